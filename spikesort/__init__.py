@@ -1,0 +1,16 @@
+"""spikesort: a fast CPU spike sorter that writes Phy folders."""
+from .errors import SpikesortError
+from .params import Params
+
+__version__ = "0.1.0"
+
+__all__ = ["Params", "SpikesortError", "sort", "SortingResult", "load_result", "__version__"]
+
+
+def __getattr__(name):
+    # the pipeline pulls in numba and spikeinterface; import it only when asked for
+    if name in ("sort", "SortingResult", "load_result"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(name)
