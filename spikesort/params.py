@@ -68,6 +68,8 @@ class Params:
                                      help="valley depth (1 - valley/peak) needed to split a cluster in two")
     merge_similarity: float = _p(0.8, lo=0.0, hi=1.0, stage="cluster",
                                  help="templates with cosine similarity above this are tested for merging")
+    template_merge_similarity: float = _p(0.9, lo=0.0, hi=1.0, stage="cluster",
+                                          help="templates more similar than this (cosine, best lag) are one unit")
     # --- match -----------------------------------------------------------------------------
     match_threshold: float = _p(5.0, lo=1.0, hi=100.0, stage="match",
                                 help="a template is subtracted when it explains this much residual (sqrt energy, noise sd units)")

@@ -1,0 +1,532 @@
+"""Write (and read back) a Phy "template-gui" folder that ``phylib`` 2.7 loads.
+
+Scaling convention (what makes Phy show µV)
+-------------------------------------------
+Traces are row vectors in time: ``x`` has shape (n_samples, C). Whitening multiplies on the
+right, ``x_w = x @ W``, as Kilosort does, and phylib undoes it the same way.
+
+What phylib 2.7.1 / phy 2.x compute from the files (read from their source):
+
+* Template waveforms. ``phylib.io.model.TemplateModel._get_template_dense`` calls
+  ``_unwhiten(templates[k])``, which is ``templates[k] @ whitening_mat_inv`` times an optional
+  ``template_scaling`` (any name in params.py becomes a model attribute; we never write it, so
+  it is 1). phy's Template view and the "templates" mode of the Waveform view
+  (``phy.apps.base.TemplateMixin._get_template_waveforms``) draw exactly that matrix.
+* Template amplitude. phy's cluster-view column ``amp``
+  (``TemplateMixin.get_template_amplitude``) is ``max over channels of (max - min over time)``
+  of that unwhitened template, i.e. its peak-to-peak on the best channel. The best channels
+  (``_find_best_channels``) are ranked by the same per-channel peak-to-peak.
+* Spike amplitudes. ``amplitudes.npy`` is shown as it is in the Amplitude view ("template"
+  mode, ``TemplateMixin.get_spike_template_amplitudes``). phylib's own model of a spike is
+  ``spike ≈ amplitudes[i] * unwhitened template``: ``TemplateModel.get_amplitudes_true`` returns
+  ``ptp(templates[k] @ whitening_mat_inv) * amplitudes[i]`` as the spike amplitude in data
+  units, and phylib's ALF export relies on it.
+* Raw waveforms (Waveform view "waveforms", Trace view, "raw" amplitudes) are read from
+  ``dat_path`` by ``phylib.io.traces`` in the file's own units: phylib applies no gain there.
+  They are in µV only if the data file itself is (e.g. a float32 µV copy). phylib extracts the
+  window ``[t - nt//2, t + nt - nt//2)`` around ``spike_times[i]``
+  (``phylib.io.traces._extract_waveform``), so templates should have the spike's reference
+  sample at row ``nt // 2``; :func:`pad_templates_to_center` does that.
+
+So we use:
+
+* ``whitening_mat`` W: the whitening applied to the traces the sorter worked on, in raw units
+  (``x_w = x_raw @ W``).
+* ``whitening_mat_inv`` = ``inv(W) * gain_uv[None, :]`` where ``gain_uv[c]`` is µV per raw unit
+  on channel c (:func:`inverse_whitening_uv`). Then ``x_w @ whitening_mat_inv`` = ``x_raw *
+  gain_uv`` = µV. (If the sorter whitened traces already in µV, pass gain 1.)
+* ``templates[k]`` (whitened space) such that ``templates[k] @ whitening_mat_inv`` is unit k's
+  mean waveform in µV at amplitude 1 (:func:`whitened_templates_from_uv` builds them from µV
+  templates).
+* ``amplitudes[i]``: dimensionless scale of spike i relative to its template (≈ 1), so that
+  spike i in µV ≈ ``amplitudes[i] * templates[k] @ whitening_mat_inv``. Phy's Template view
+  and ``amp`` column then read in µV, and ``get_amplitudes_true(sample2unit=1)`` returns µV.
+  The Amplitude view shows these scale factors (≈ 1), not µV: phylib has one template per
+  cluster and cannot show both the template and the spike amplitude in µV while keeping its
+  ``spike = amplitude × template`` model.
+* ``template_features[i, j]``: the same kind of scale factor, for spike i fitted with template
+  ``template_feature_ind[k_i, j]`` (Kilosort puts the spike's own template first).
+
+phylib squeezes every array it loads (``read_array(...).squeeze()``), so axes of length 1 break
+it. The writer pads a lone template with an empty second one (and a lone template-feature
+column with a zero column) and refuses fewer than 2 spikes or fewer than 2 PCs.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import logging
+import math
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import SpikesortError
+
+logger = logging.getLogger(__name__)
+
+# Cluster tables every Phy folder gets (Kilosort's names, which Phy users know).
+REQUIRED_TABLES = ("KSLabel", "ContamPct", "Amplitude")
+LABELS = ("good", "mua", "noise")
+# "group" is written by us (seeded from KSLabel) and "info" is phy's own cluster_info.tsv.
+_RESERVED_TABLES = ("group", "info")
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True, eq=False)
+class PhyData:
+    """Everything a Phy folder holds. See the module docstring for the scaling convention.
+
+    n spikes, K templates, nt samples per template, C channels (the sorted channels, in the
+    order of ``channel_map``), nPC PCs on nch channels per template, nTF template features.
+    Integer and float arrays of any width are accepted and converted to the file dtypes.
+    """
+
+    spike_times: np.ndarray           # (n,) int samples, non-decreasing
+    spike_templates: np.ndarray       # (n,) int in [0, K)
+    amplitudes: np.ndarray            # (n,) scale factor relative to the template, ~1
+    templates: np.ndarray             # (K, nt, C) whitened; row nt//2 = spike time
+    whitening_mat: np.ndarray         # (C, C) x_w = x_raw @ W
+    whitening_mat_inv: np.ndarray     # (C, C) inv(W) * gain_uv[None, :]
+    channel_map: np.ndarray           # (C,) column of each sorted channel in the data file
+    channel_positions: np.ndarray     # (C, 2) µm, distinct
+    pc_features: np.ndarray           # (n, nPC, nch)
+    pc_feature_ind: np.ndarray        # (K, nch) channel indices in [0, C)
+    template_features: np.ndarray     # (n, nTF)
+    template_feature_ind: np.ndarray  # (K, nTF) template indices in [0, K)
+    similar_templates: np.ndarray     # (K, K)
+    spike_positions: np.ndarray       # (n, 2) µm
+    cluster_tables: Mapping[str, Sequence]  # name -> one value per cluster_ids entry
+    dat_path: Sequence[str] | str | None    # raw file(s), absolute; None/[] = no raw data
+    n_channels_dat: int
+    dtype: str
+    sample_rate: float
+    offset: int = 0
+    hp_filtered: bool = False
+    spike_clusters: np.ndarray | None = None  # (n,) int >= 0; None = spike_templates
+    channel_shanks: np.ndarray | None = None  # (C,) int
+    # rows of the cluster tables; None = arange(K) when spike_clusters is None (one row per
+    # template, as Kilosort), else the unique values of spike_clusters
+    cluster_ids: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# helpers for callers
+# --------------------------------------------------------------------------------------------
+
+def inverse_whitening_uv(*, whitening_mat: np.ndarray, gain_uv: np.ndarray | float) -> np.ndarray:
+    """``inv(whitening_mat)`` with column c scaled by ``gain_uv[c]`` (µV per raw unit).
+
+    With ``x_w = x_raw @ W`` this maps whitened traces to µV: ``x_w @ result = x_raw * gain``.
+    """
+    w = np.asarray(whitening_mat, dtype=np.float64)
+    if w.ndim != 2 or w.shape[0] != w.shape[1]:
+        raise ValueError(f"whitening_mat must be square (C, C), got shape {w.shape}")
+    gain = np.broadcast_to(np.asarray(gain_uv, dtype=np.float64), (w.shape[0],))
+    if not np.all(np.isfinite(gain)) or np.any(gain <= 0):
+        raise ValueError(f"gain_uv must be finite and > 0 on every channel, got {gain}")
+    return np.linalg.inv(w) * gain[None, :]
+
+
+def whitened_templates_from_uv(*, templates_uv: np.ndarray, whitening_mat_inv: np.ndarray) -> np.ndarray:
+    """Whitened templates ``t_w`` with ``t_w @ whitening_mat_inv == templates_uv`` (K, nt, C)."""
+    t = np.asarray(templates_uv, dtype=np.float64)
+    wmi = np.asarray(whitening_mat_inv, dtype=np.float64)
+    if t.ndim != 3 or wmi.shape != (t.shape[2], t.shape[2]):
+        raise ValueError(
+            f"templates_uv must be (K, nt, C) and whitening_mat_inv (C, C); got {t.shape} and {wmi.shape}")
+    return (t @ np.linalg.inv(wmi)).astype(np.float32)
+
+
+def pad_templates_to_center(templates: np.ndarray, *, n_before: int) -> np.ndarray:
+    """Zero-pad templates (K, nt, C) whose spike sample is row ``n_before`` so that it is row
+    ``nt' // 2`` of the result, where phylib centres the raw waveforms it extracts."""
+    t = np.asarray(templates)
+    if t.ndim != 3:
+        raise ValueError(f"templates must be (K, nt, C), got shape {t.shape}")
+    nt = t.shape[1]
+    if not 0 <= n_before < nt:
+        raise ValueError(f"n_before={n_before} is outside the {nt} template samples")
+    n_after = nt - n_before - 1
+    # total length 2*max+1 puts the spike sample exactly at the middle row
+    half = max(n_before, n_after)
+    pad = ((0, 0), (half - n_before, half - n_after), (0, 0))
+    return np.pad(t, pad)
+
+
+# --------------------------------------------------------------------------------------------
+# validation: everything is checked before the first file is written
+# --------------------------------------------------------------------------------------------
+
+def _shape_error(name: str, arr: np.ndarray, expected: str) -> ValueError:
+    return ValueError(f"{name} must have shape {expected}, got {arr.shape}")
+
+
+def _as_int(name: str, value, shape: tuple, expected: str, dtype, lo=None, hi=None) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.shape != shape:
+        raise _shape_error(name, arr, expected)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.size:
+        if lo is not None and arr.min() < lo:
+            raise ValueError(f"{name} has a value {arr.min()} below {lo}")
+        if hi is not None and arr.max() >= hi:
+            raise ValueError(f"{name} has a value {arr.max()} not below {hi}")
+    info = np.iinfo(dtype)
+    if arr.size and (arr.min() < info.min or arr.max() > info.max):
+        raise ValueError(f"{name} does not fit in {np.dtype(dtype).name}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _as_float(name: str, value, shape: tuple, expected: str, dtype=np.float32) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.shape != shape:
+        raise _shape_error(name, arr, expected)
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{name} has {np.count_nonzero(~np.isfinite(out))} non-finite values")
+    return out
+
+
+def _validated_arrays(data: PhyData) -> dict[str, np.ndarray]:
+    """File name -> array with the file dtype; raises ValueError on any inconsistency."""
+    st = np.asarray(data.spike_times)
+    if st.ndim != 1:
+        raise _shape_error("spike_times", st, "(n,)")
+    n = st.shape[0]
+    if n < 2:
+        # phylib squeezes (1,) to () and cannot index it; an empty sorting has nothing to curate
+        raise SpikesortError(f"Phy needs at least 2 spikes to open a folder; the sorting has {n}")
+    templates = np.asarray(data.templates)
+    if templates.ndim != 3:
+        raise _shape_error("templates", templates, "(K, nt, C)")
+    k, nt, c = templates.shape
+    if k < 1 or nt < 2 or c < 1:
+        raise _shape_error("templates", templates, "(K>=1, nt>=2, C>=1)")
+
+    out: dict[str, np.ndarray] = {}
+    out["spike_times.npy"] = _as_int("spike_times", st, (n,), "(n,)", np.int64, lo=0)
+    if np.any(np.diff(out["spike_times.npy"]) < 0):
+        raise ValueError("spike_times must be sorted (non-decreasing)")
+    out["spike_templates.npy"] = _as_int("spike_templates", data.spike_templates, (n,), "(n,)", np.int32, 0, k)
+    clusters = data.spike_templates if data.spike_clusters is None else data.spike_clusters
+    out["spike_clusters.npy"] = _as_int("spike_clusters", clusters, (n,), "(n,)", np.int32, lo=0)
+    out["amplitudes.npy"] = _as_float("amplitudes", data.amplitudes, (n,), "(n,)")
+    out["templates.npy"] = _as_float("templates", templates, (k, nt, c), "(K, nt, C)")
+
+    wm = _as_float("whitening_mat", data.whitening_mat, (c, c), f"(C, C) = ({c}, {c})")
+    wmi = _as_float("whitening_mat_inv", data.whitening_mat_inv, (c, c), f"(C, C) = ({c}, {c})")
+    # W @ (inv(W) * gain) = diag(gain): anything else means the two matrices do not belong
+    # together and Phy would show wrong waveforms
+    # checked on the caller's float64 values so float32 storage cannot trip it
+    prod = np.asarray(data.whitening_mat, dtype=np.float64) @ np.asarray(data.whitening_mat_inv, dtype=np.float64)
+    diag = np.diag(prod)
+    off = prod - np.diag(diag)
+    if np.any(diag <= 0) or np.abs(off).max() > 1e-3 * diag.max():
+        raise ValueError(
+            "whitening_mat @ whitening_mat_inv must be a positive diagonal (the per-channel gain); "
+            f"got diagonal range [{diag.min():.4g}, {diag.max():.4g}], "
+            f"largest off-diagonal {np.abs(off).max():.4g}")
+    out["whitening_mat.npy"] = wm
+    out["whitening_mat_inv.npy"] = wmi
+
+    n_dat = data.n_channels_dat
+    if not isinstance(n_dat, (int, np.integer)) or n_dat < c:
+        raise ValueError(f"n_channels_dat must be an int >= C = {c}, got {n_dat!r}")
+    cmap = _as_int("channel_map", data.channel_map, (c,), "(C,)", np.int32, lo=0, hi=int(n_dat))
+    if np.unique(cmap).size != c:
+        raise ValueError("channel_map has repeated channels")
+    out["channel_map.npy"] = cmap
+    pos = _as_float("channel_positions", data.channel_positions, (c, 2), "(C, 2)")
+    if np.unique(pos, axis=0).shape[0] != c:
+        # phylib would silently replace every position with a straight line
+        raise ValueError("channel_positions has repeated positions")
+    out["channel_positions.npy"] = pos
+    if data.channel_shanks is not None:
+        out["channel_shanks.npy"] = _as_int("channel_shanks", data.channel_shanks, (c,), "(C,)", np.int32)
+
+    pcf = np.asarray(data.pc_features)
+    if pcf.ndim != 3 or pcf.shape[0] != n:
+        raise _shape_error("pc_features", pcf, f"(n, nPC, nch) with n = {n}")
+    _, n_pc, nch = pcf.shape
+    if n_pc < 2 or nch < 1:
+        # with one PC phylib's squeeze turns (n, 1, nch) into nch PCs on one channel
+        raise _shape_error("pc_features", pcf, "(n, nPC>=2, nch>=1)")
+    out["pc_features.npy"] = _as_float("pc_features", pcf, pcf.shape, "(n, nPC, nch)")
+    out["pc_feature_ind.npy"] = _as_int(
+        "pc_feature_ind", data.pc_feature_ind, (k, nch), f"(K, nch) = ({k}, {nch})", np.uint32, 0, c)
+
+    tf = np.asarray(data.template_features)
+    if tf.ndim != 2 or tf.shape[0] != n or tf.shape[1] < 1:
+        raise _shape_error("template_features", tf, f"(n, nTF) with n = {n}")
+    n_tf = tf.shape[1]
+    out["template_features.npy"] = _as_float("template_features", tf, tf.shape, "(n, nTF)")
+    out["template_feature_ind.npy"] = _as_int(
+        "template_feature_ind", data.template_feature_ind, (k, n_tf), f"(K, nTF) = ({k}, {n_tf})",
+        np.uint32, 0, k)
+    out["similar_templates.npy"] = _as_float("similar_templates", data.similar_templates, (k, k), f"(K, K) = ({k}, {k})")
+    out["spike_positions.npy"] = _as_float("spike_positions", data.spike_positions, (n, 2), "(n, 2)")
+    return out
+
+
+def _pad_singletons(arrays: dict[str, np.ndarray]) -> None:
+    """phylib squeezes arrays on load: give it a second (empty) template and a second
+    template-feature column when there is only one, so no axis has length 1."""
+    if arrays["templates.npy"].shape[0] == 1:
+        logger.info("one template only: adding an empty template 1 so that phylib can load it")
+        arrays["templates.npy"] = np.concatenate(
+            [arrays["templates.npy"], np.zeros_like(arrays["templates.npy"])])
+        arrays["similar_templates.npy"] = np.pad(arrays["similar_templates.npy"], ((0, 1), (0, 1)))
+        arrays["pc_feature_ind.npy"] = np.repeat(arrays["pc_feature_ind.npy"], 2, axis=0)
+        arrays["template_feature_ind.npy"] = np.repeat(arrays["template_feature_ind.npy"], 2, axis=0)
+    if arrays["template_features.npy"].shape[1] == 1:
+        k = arrays["templates.npy"].shape[0]
+        ind = arrays["template_feature_ind.npy"]
+        # the extra column points at another template so it never overwrites the real value
+        extra = ((ind[:, 0].astype(np.int64) + 1) % k).astype(np.uint32)[:, None]
+        arrays["template_feature_ind.npy"] = np.ascontiguousarray(np.hstack([ind, extra]))
+        arrays["template_features.npy"] = np.ascontiguousarray(
+            np.pad(arrays["template_features.npy"], ((0, 0), (0, 1))))
+
+
+def _format_value(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        # empty = missing for phylib's read_tsv; repr round-trips the float exactly
+        return "" if not math.isfinite(float(v)) else repr(float(v))
+    s = str(v)
+    if any(ch in s for ch in "\t\r\n"):
+        raise ValueError(f"cluster table value {s!r} contains a tab or newline")
+    return s
+
+
+def _validated_tables(data: PhyData, spike_clusters: np.ndarray, n_templates: int) -> dict[str, str]:
+    """File name -> TSV text for every cluster table, plus cluster_group.tsv."""
+    if data.cluster_ids is not None:
+        ids = _as_int("cluster_ids", data.cluster_ids, np.shape(data.cluster_ids), "(n_clusters,)", np.int64, lo=0)
+        if ids.ndim != 1 or np.unique(ids).size != ids.size:
+            raise ValueError("cluster_ids must be a 1-D array of distinct ids")
+    elif data.spike_clusters is None:
+        ids = np.arange(n_templates)
+    else:
+        ids = np.unique(spike_clusters).astype(np.int64)
+    tables = dict(data.cluster_tables)
+    missing = [t for t in REQUIRED_TABLES if t not in tables]
+    if missing:
+        raise ValueError(f"cluster_tables lacks {missing}; it needs {list(REQUIRED_TABLES)}")
+    out: dict[str, str] = {}
+    for name, values in tables.items():
+        if not _TABLE_NAME.match(name) or name in _RESERVED_TABLES:
+            raise ValueError(
+                f"cluster table name {name!r} must be letters, digits or _ and not one of {_RESERVED_TABLES}")
+        values = list(values)
+        if len(values) != ids.size:
+            raise ValueError(
+                f"cluster table {name!r} has {len(values)} values for {ids.size} clusters (cluster_ids)")
+        out[f"cluster_{name}.tsv"] = _tsv_text(name, ids, [_format_value(v) for v in values])
+    labels = [str(v) for v in tables["KSLabel"]]
+    bad = sorted(set(labels) - set(LABELS))
+    if bad:
+        raise ValueError(f"KSLabel values must be in {LABELS}, got {bad}")
+    # Phy's curation column starts from the automatic label
+    out["cluster_group.tsv"] = _tsv_text("group", ids, labels)
+    return out
+
+
+def _tsv_text(name: str, ids: np.ndarray, values: list[str]) -> str:
+    lines = [f"cluster_id\t{name}"]
+    lines += [f"{int(i)}\t{v}" for i, v in zip(ids, values)]
+    return "\n".join(lines) + "\n"
+
+
+def _dat_path_entry(path: str | os.PathLike, folder: Path) -> str:
+    """Relative to the Phy folder when the raw file is inside it (any depth) or directly in
+    its parent directory, so the pair can be moved together; absolute otherwise."""
+    p = Path(os.path.abspath(path))
+    f = Path(os.path.abspath(folder))
+    if p.parent == f.parent or f in p.parents:
+        return os.path.relpath(p, f)
+    return str(p)
+
+
+def _params_text(data: PhyData, folder: Path) -> str:
+    if data.dat_path is None:
+        paths: list = []
+    elif isinstance(data.dat_path, (str, os.PathLike)):
+        paths = [data.dat_path]
+    else:
+        paths = list(data.dat_path)
+    entries = []
+    for p in paths:
+        if not os.path.exists(p):
+            logger.warning("raw data file %s does not exist: Phy will show no raw waveforms", p)
+        entries.append(_dat_path_entry(p, folder))
+    try:
+        dt = np.dtype(data.dtype)
+    except TypeError as e:
+        raise ValueError(f"dtype {data.dtype!r} is not a numpy dtype") from e
+    # a name like 'int16' reads best; keep the byte-order form only when it matters
+    dtype_str = dt.name if dt.byteorder in ("=", "|") else dt.str
+    rate = float(data.sample_rate)
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"sample_rate must be finite and > 0, got {data.sample_rate!r}")
+    offset = data.offset
+    if not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+    # plain Python types so repr gives literals (numpy 2 reprs read np.float64(...))
+    values = dict(
+        dat_path=[str(e) for e in entries],
+        n_channels_dat=int(data.n_channels_dat),
+        dtype=dtype_str,
+        offset=int(offset),
+        sample_rate=rate,
+        hp_filtered=bool(data.hp_filtered),
+    )
+    lines = ["# Phy parameters written by spikesort; literals only, read by phylib.io.model.load_model"]
+    lines += [f"{k} = {v!r}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------
+
+def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through a hidden temporary file in the same folder, then rename into place.
+
+    The temporary name starts with '.' and ends with '.tmp' so that a file left by a hard
+    kill matches none of the globs phylib uses ('spike_*.npy', '*.tsv', 'templates*.npy', ...).
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        # 'x' also lets the OS apply the umask (mkstemp would force mode 0600)
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _warn_foreign_files(folder: Path, ours: set[str]) -> None:
+    # files phylib would also pick up: a stale template_ind.npy would make it read our dense
+    # templates as sparse, stale cluster_*.tsv would add columns
+    foreign = sorted(
+        p.name for p in folder.iterdir()
+        if p.name not in ours and (p.suffix in (".tsv", ".csv") or p.name.startswith(("spike_", "template")))
+    )
+    if foreign:
+        logger.warning("Phy folder %s already holds files phylib will read: %s", folder, ", ".join(foreign))
+
+
+def write_phy_folder(folder: str | os.PathLike, data: PhyData) -> None:
+    """Write ``data`` as a Phy template-gui folder (created if missing).
+
+    Callers pass (see the module docstring for why):
+
+    * ``templates`` in whitened space such that ``templates[k] @ whitening_mat_inv`` is unit k's
+      mean waveform in µV, with the spike sample at row ``nt // 2``
+      (:func:`whitened_templates_from_uv`, :func:`pad_templates_to_center`);
+    * ``whitening_mat`` W (``x_w = x_raw @ W``) and ``whitening_mat_inv = inv(W) * gain_uv``
+      (:func:`inverse_whitening_uv`); ``W @ whitening_mat_inv`` must be diagonal;
+    * ``amplitudes`` and ``template_features`` as scale factors relative to the templates (≈ 1);
+    * ``cluster_tables`` with at least KSLabel ('good'/'mua'/'noise'), ContamPct and Amplitude;
+      cluster_group.tsv is seeded from KSLabel. Non-finite numbers are written as empty cells;
+    * ``dat_path`` as absolute path(s) (relative ones are taken from the current directory);
+      params.py stores them relative to the folder when the file is inside the folder or in
+      its parent directory, absolute otherwise. None or [] means no raw data.
+
+    Every input is checked before anything is written (ValueError naming the array and its
+    shapes; SpikesortError for a sorting Phy cannot open, i.e. fewer than 2 spikes). Each file
+    goes to a hidden temporary name and is renamed into place; params.py is written last, so a
+    folder with params.py has all its files. Existing files of the same names are replaced,
+    other files are left alone (with a warning when phylib would read them).
+    """
+    folder = Path(folder)
+    arrays = _validated_arrays(data)
+    tables = _validated_tables(data, arrays["spike_clusters.npy"], arrays["templates.npy"].shape[0])
+    params = _params_text(data, folder)
+    _pad_singletons(arrays)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ours = set(arrays) | set(tables) | {"params.py"}
+    _warn_foreign_files(folder, ours)
+    for name, arr in arrays.items():
+        _write_atomic(folder / name, lambda f, a=arr: np.save(f, a, allow_pickle=False))
+    for name, text in tables.items():
+        _write_atomic(folder / name, lambda f, t=text: f.write(t.encode("utf-8")))
+    _write_atomic(folder / "params.py", lambda f: f.write(params.encode("utf-8")))
+    logger.info("wrote Phy folder %s: %d spikes, %d templates", folder,
+                arrays["spike_times.npy"].size, arrays["templates.npy"].shape[0])
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------
+
+def read_params_py(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a params.py made of ``name = literal`` lines without running it."""
+    path = Path(path)
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, SyntaxError) as e:
+        raise SpikesortError(f"cannot read Phy parameters {path}: {e}") from e
+    out: dict[str, Any] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)):
+            raise SpikesortError(f"{path}:{node.lineno}: only 'name = literal' lines are allowed")
+        try:
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError as e:
+            raise SpikesortError(f"{path}:{node.lineno}: value is not a literal") from e
+    return out
+
+
+def read_phy_folder(folder: str | os.PathLike) -> dict[str, Any]:
+    """Load a Phy folder: ``{'params': dict, 'cluster_tables': {name: {cluster_id: value}},
+    <npy stem>: array, ...}``. Empty TSV cells are left out, like phylib does."""
+    folder = Path(folder)
+    if not (folder / "params.py").is_file():
+        raise SpikesortError(f"{folder} is not a Phy folder (no params.py)")
+    out: dict[str, Any] = {"params": read_params_py(folder / "params.py"), "cluster_tables": {}}
+    for p in sorted(folder.glob("*.npy")):
+        out[p.stem] = np.load(p, allow_pickle=False)
+    for p in sorted(folder.glob("cluster_*.tsv")):
+        lines = p.read_text(encoding="utf-8").splitlines()
+        if not lines:
+            continue
+        name = lines[0].split("\t")[1]
+        table: dict[int, Any] = {}
+        for line in lines[1:]:
+            cid, _, value = line.partition("\t")
+            if value != "":
+                table[int(cid)] = _parse_cell(value)
+        out["cluster_tables"][name] = table
+    return out
+
+
+def _parse_cell(value: str):
+    for conv in (int, float):
+        try:
+            return conv(value)
+        except ValueError:
+            pass
+    return value

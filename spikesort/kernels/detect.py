@@ -1,0 +1,90 @@
+"""Numba kernels for detection: local-extremum peaks and neighbourhood projections.
+
+Each kernel has a plain numpy twin in ``tests/test_kernels.py``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from . import FASTMATH
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def detect_peaks(x, sign, threshold, neighbors, exclusion, keep_start, keep_stop):
+    """Samples where ``sign * x`` exceeds ``threshold`` and is the largest value within
+    ``exclusion`` samples on the channel and its ``neighbors`` (rows padded with -1).
+
+    Ties go to the earlier sample, then the lower channel, so equal peaks give one event.
+    Only samples in [keep_start, keep_stop) are returned; the rest of ``x`` is context.
+    Returns (times, channels), times sorted, channels ascending within a time.
+    """
+    n_t, n_c = x.shape
+    n_nb = neighbors.shape[1]
+    cap = 1024
+    times = np.empty(cap, dtype=np.int64)
+    chans = np.empty(cap, dtype=np.int64)
+    n = 0
+    for t in range(keep_start, keep_stop):
+        for c in range(n_c):
+            v = sign * x[t, c]
+            if v <= threshold:
+                continue
+            is_peak = True
+            t0 = max(0, t - exclusion)
+            t1 = min(n_t, t + exclusion + 1)
+            for k in range(n_nb):
+                cc = neighbors[c, k]
+                if cc < 0:
+                    break
+                for tt in range(t0, t1):
+                    w = sign * x[tt, cc]
+                    if w > v or (w == v and (tt < t or (tt == t and cc < c))):
+                        is_peak = False
+                        break
+                if not is_peak:
+                    break
+            if is_peak:
+                if n == cap:
+                    cap *= 2
+                    nt_ = np.empty(cap, dtype=np.int64)
+                    nc_ = np.empty(cap, dtype=np.int64)
+                    nt_[:n] = times[:n]
+                    nc_[:n] = chans[:n]
+                    times = nt_
+                    chans = nc_
+                times[n] = t
+                chans[n] = c
+                n += 1
+    return times[:n], chans[:n]
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def project_neighborhoods(x, times, chans, neighbors, bases, pre):
+    """Project each event's window on every neighbour channel onto the temporal bases.
+
+    x: (T, C) traces; times/chans: event sample (the aligned peak) and peak channel;
+    neighbors: (C, M) channel lists padded with -1; bases: (K, nt) temporal waveforms whose
+    sample ``pre`` is the peak. Returns (n, M, K) float32; padded slots and windows that fall
+    outside ``x`` give zeros.
+    """
+    n = times.shape[0]
+    m = neighbors.shape[1]
+    k_b, nt = bases.shape
+    n_t = x.shape[0]
+    out = np.zeros((n, m, k_b), dtype=np.float32)
+    for i in range(n):
+        start = times[i] - pre
+        if start < 0 or start + nt > n_t:
+            continue
+        c = chans[i]
+        for j in range(m):
+            cc = neighbors[c, j]
+            if cc < 0:
+                break
+            for k in range(k_b):
+                acc = 0.0
+                for s in range(nt):
+                    acc += bases[k, s] * x[start + s, cc]
+                out[i, j, k] = acc
+    return out

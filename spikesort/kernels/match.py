@@ -1,0 +1,111 @@
+"""Numba kernels for template matching by peeling (fit, choose, subtract on the residual).
+
+Templates are stored sparsely: ``values`` (K, nt, S) on ``channels`` (K, S) padded with -1;
+sample ``pre`` of a template is its peak. Each kernel has a numpy twin in the tests.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from . import FASTMATH
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def best_matches(r, times, chans, values, channels, norm2, chan_templates, pre, max_lag, amp_lo, amp_hi):
+    """For each candidate peak, the template, lag and amplitude that most reduce the residual energy.
+
+    The amplitude is the least-squares scale clipped to [amp_lo, amp_hi]; the reduction
+    ``2 a <r, T> - a^2 |T|^2`` is the gain. Returns (template, time, amplitude, gain) per
+    candidate; template is -1 where no window fits inside ``r``.
+    """
+    n = times.shape[0]
+    n_t = r.shape[0]
+    k_tot, nt, s_max = values.shape
+    q = chan_templates.shape[1]
+    best_k = np.full(n, -1, dtype=np.int64)
+    best_t = np.zeros(n, dtype=np.int64)
+    best_a = np.zeros(n, dtype=np.float32)
+    best_g = np.full(n, -np.inf, dtype=np.float32)
+    for i in range(n):
+        c = chans[i]
+        for qi in range(q):
+            k = chan_templates[c, qi]
+            if k < 0:
+                break
+            for lag in range(-max_lag, max_lag + 1):
+                start = times[i] + lag - pre
+                if start < 0 or start + nt > n_t:
+                    continue
+                dot = 0.0
+                for s in range(s_max):
+                    ch = channels[k, s]
+                    if ch < 0:
+                        break
+                    for j in range(nt):
+                        dot += r[start + j, ch] * values[k, j, s]
+                a = dot / norm2[k]
+                if a < amp_lo:
+                    a = amp_lo
+                elif a > amp_hi:
+                    a = amp_hi
+                g = 2.0 * a * dot - a * a * norm2[k]
+                if g > best_g[i]:
+                    best_g[i] = g
+                    best_k[i] = k
+                    best_t[i] = times[i] + lag
+                    best_a[i] = a
+    return best_k, best_t, best_a, best_g
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def select_non_overlapping(order, ks, ts, channels, pre, nt, n_t, n_c):
+    """Greedy pick in the given order (best gain first) of fits whose windows share no
+    (sample, channel) with a fit already picked; the rest wait for the next round."""
+    claimed = np.zeros((n_t, n_c), dtype=np.bool_)
+    keep = np.zeros(ks.shape[0], dtype=np.bool_)
+    s_max = channels.shape[1]
+    for oi in range(order.shape[0]):
+        i = order[oi]
+        k = ks[i]
+        start = ts[i] - pre
+        free = True
+        for s in range(s_max):
+            ch = channels[k, s]
+            if ch < 0:
+                break
+            for j in range(nt):
+                if claimed[start + j, ch]:
+                    free = False
+                    break
+            if not free:
+                break
+        if not free:
+            continue
+        keep[i] = True
+        for s in range(s_max):
+            ch = channels[k, s]
+            if ch < 0:
+                break
+            for j in range(nt):
+                claimed[start + j, ch] = True
+    return keep
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def subtract_templates(r, ts, ks, amps, values, channels, pre):
+    """r[t - pre + j, ch] -= a * template; in place."""
+    nt = values.shape[1]
+    s_max = channels.shape[1]
+    n_t = r.shape[0]
+    for i in range(ts.shape[0]):
+        k = ks[i]
+        start = ts[i] - pre
+        for s in range(s_max):
+            ch = channels[k, s]
+            if ch < 0:
+                break
+            for j in range(nt):
+                tt = start + j
+                if 0 <= tt < n_t:
+                    r[tt, ch] -= amps[i] * values[k, j, s]

@@ -1,0 +1,191 @@
+"""Templates from clusters, and template matching by peeling on the residual.
+
+Each round finds candidate peaks on the residual, fits every template that could own each
+peak (a few sample lags, clipped least-squares amplitude), keeps the best fits that do not
+overlap in space-time, and subtracts them. Overlapping spikes show up as new peaks in a later
+round once the larger spike is gone.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels.detect import detect_peaks
+from .kernels.match import best_matches, select_non_overlapping, subtract_templates
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Templates:
+    dense: np.ndarray  # (K, nt, C) float32, whitened
+    values: np.ndarray  # (K, nt, S) float32 on the support
+    channels: np.ndarray  # (K, S) int64 support channels, padded with -1
+    norm2: np.ndarray  # (K,) float32 squared norm
+    main_channel: np.ndarray  # (K,) int64
+    pre: int
+
+    @property
+    def n_templates(self) -> int:
+        return self.dense.shape[0]
+
+    def take(self, keep: np.ndarray) -> "Templates":
+        return sparsify(self.dense[keep], pre=self.pre)
+
+
+def sparsify(dense: np.ndarray, *, pre: int, support_fraction: float = 0.1, max_support: int = 32) -> Templates:
+    """Keep each template's channels whose norm is at least ``support_fraction`` of its largest."""
+    k, nt, n_c = dense.shape
+    ch_norm = np.sqrt((dense**2).sum(axis=1))  # (K, C)
+    s = 1
+    supports = []
+    for i in range(k):
+        order = np.argsort(-ch_norm[i], kind="stable")
+        keep = order[ch_norm[i, order] >= support_fraction * max(ch_norm[i, order[0]], 1e-12)][:max_support]
+        supports.append(np.sort(keep))
+        s = max(s, len(keep))
+    values = np.zeros((k, nt, s), dtype=np.float32)
+    channels = np.full((k, s), -1, dtype=np.int64)
+    clean = np.zeros_like(dense, dtype=np.float32)
+    for i, sup in enumerate(supports):
+        values[i, :, : len(sup)] = dense[i][:, sup]
+        channels[i, : len(sup)] = sup
+        clean[i][:, sup] = dense[i][:, sup]
+    norm2 = (values.astype(np.float64) ** 2).sum(axis=(1, 2)).astype(np.float32)
+    main = np.argmax(ch_norm, axis=1).astype(np.int64) if k else np.zeros(0, np.int64)
+    return Templates(dense=clean, values=values, channels=channels, norm2=norm2, main_channel=main, pre=pre)
+
+
+def channel_candidates(t: Templates, *, n_channels: int, fraction: float = 0.3, max_per_channel: int = 32) -> np.ndarray:
+    """(C, Q) templates worth trying for a peak on each channel: those with at least
+    ``fraction`` of their peak channel's norm there, strongest first; padded with -1."""
+    ch_norm = np.sqrt((t.dense.astype(np.float64) ** 2).sum(axis=1))  # (K, C)
+    rel = ch_norm / np.maximum(ch_norm.max(axis=1, keepdims=True), 1e-12)
+    rows = []
+    for c in range(n_channels):
+        ks = np.flatnonzero(rel[:, c] >= fraction)
+        ks = ks[np.argsort(-ch_norm[ks, c], kind="stable")][:max_per_channel]
+        rows.append(ks)
+    q = max([len(r) for r in rows] + [1])
+    table = np.full((n_channels, q), -1, dtype=np.int64)
+    for c, r in enumerate(rows):
+        table[c, : len(r)] = r
+    return table
+
+
+@dataclass
+class MatchedSpikes:
+    times: np.ndarray  # (n,) int64
+    templates: np.ndarray  # (n,) int64
+    amplitudes: np.ndarray  # (n,) float32 scale of the template
+    gains: np.ndarray  # (n,) float32 residual energy explained
+
+    @classmethod
+    def concat(cls, parts: list["MatchedSpikes"]) -> "MatchedSpikes":
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("times", "templates", "amplitudes", "gains")))
+
+    def take(self, idx) -> "MatchedSpikes":
+        return MatchedSpikes(self.times[idx], self.templates[idx], self.amplitudes[idx], self.gains[idx])
+
+
+def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, templates: Templates,
+                chan_templates: np.ndarray, sign: int, detect_threshold: float, peak_neighbors: np.ndarray,
+                exclusion: int, match_threshold: float, iterations: int, max_lag: int,
+                amplitude_range: tuple[float, float]) -> tuple[MatchedSpikes, np.ndarray]:
+    """Peel templates off one whitened block. Returns the spikes (recording samples) and the residual."""
+    r = np.array(x, dtype=np.float32, copy=True)
+    nt = templates.values.shape[1]
+    pre = templates.pre
+    lo = max(keep_start, pre + max_lag)
+    hi = min(keep_stop, r.shape[0] - (nt - pre) - max_lag)
+    parts = []
+    if templates.n_templates == 0 or hi <= lo:
+        return MatchedSpikes.concat([]), r
+    thr2 = float(match_threshold) ** 2
+    for _ in range(iterations):
+        t, c = detect_peaks(r, float(sign), float(detect_threshold), peak_neighbors, exclusion, lo, hi)
+        if len(t) == 0:
+            break
+        k, tt, a, g = best_matches(r, t, c, templates.values, templates.channels, templates.norm2,
+                                   chan_templates, pre, max_lag, float(amplitude_range[0]), float(amplitude_range[1]))
+        ok = np.flatnonzero((k >= 0) & (g > thr2))
+        if len(ok) == 0:
+            break
+        order = ok[np.argsort(-g[ok], kind="stable")]
+        keep = select_non_overlapping(order, k, tt, templates.channels, pre, nt, r.shape[0], r.shape[1])
+        sel = np.flatnonzero(keep)
+        subtract_templates(r, tt[sel], k[sel], a[sel], templates.values, templates.channels, pre)
+        parts.append(MatchedSpikes(tt[sel] + offset, k[sel], a[sel], g[sel]))
+    spikes = MatchedSpikes.concat(parts)
+    order = np.lexsort((spikes.templates, spikes.times))
+    return spikes.take(order), r
+
+
+def lagged_similarity(a: np.ndarray, b: np.ndarray, *, max_lag: int) -> tuple[float, int]:
+    """Best cosine similarity of two (nt, C) templates over shifts of ``b`` by -max_lag..max_lag
+    samples, and that shift (b delayed by ``lag`` matches a)."""
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 0.0, 0
+    nt = a.shape[0]
+    best, best_lag = -1.0, 0
+    for lag in range(-max_lag, max_lag + 1):
+        if lag >= 0:
+            s = float((a[lag:] * b[: nt - lag]).sum())
+        else:
+            s = float((a[: nt + lag] * b[-lag:]).sum())
+        if s > best:
+            best, best_lag = s, lag
+    return best / (na * nb), best_lag
+
+
+def merge_similar_templates(dense: np.ndarray, sizes: np.ndarray, *, positions_um: np.ndarray, max_lag: int,
+                            threshold: float, max_distance_um: float = 100.0,
+                            norm_ratio: float = 1.6) -> list[list[tuple[int, int]]]:
+    """Groups of templates that are one unit seen twice (split by peak channel or alignment).
+
+    Pairs whose lag-aware cosine similarity exceeds ``threshold`` and whose norms are within
+    ``norm_ratio`` of each other are joined, most similar first; a group joins another only if
+    every cross pair is similar enough, so chains of loosely similar units are not glued.
+    Returns, per group, (template, lag relative to the group's largest member).
+    """
+    k = dense.shape[0]
+    if k == 0:
+        return []
+    ch_norm = np.sqrt((dense**2).sum(axis=1))
+    main = ch_norm.argmax(axis=1)
+    norms = np.linalg.norm(dense.reshape(k, -1), axis=1)
+    sim = np.full((k, k), -1.0)
+    lag = np.zeros((k, k), dtype=np.int64)
+    pairs = []
+    for i in range(k):
+        for j in range(i + 1, k):
+            if np.linalg.norm(positions_um[main[i]] - positions_um[main[j]]) > max_distance_um:
+                continue
+            r = norms[i] / max(norms[j], 1e-12)
+            if r > norm_ratio or r < 1 / norm_ratio:
+                continue
+            s, l = lagged_similarity(dense[i], dense[j], max_lag=max_lag)
+            sim[i, j] = sim[j, i] = s
+            lag[i, j], lag[j, i] = l, -l
+            if s > threshold:
+                pairs.append((s, i, j))
+    group = list(range(k))
+    members = {i: [i] for i in range(k)}
+    for s, i, j in sorted(pairs, reverse=True):
+        gi, gj = group[i], group[j]
+        if gi == gj:
+            continue
+        if all(sim[a, b] > threshold for a in members[gi] for b in members[gj]):
+            for b in members[gj]:
+                group[b] = gi
+            members[gi] += members.pop(gj)
+    out = []
+    for g in members.values():
+        rep = max(g, key=lambda t: sizes[t])
+        out.append([(t, 0 if t == rep else int(lag[rep, t])) for t in g])
+    return out

@@ -1,0 +1,283 @@
+"""The orchestrator: calls the stages in order and holds no algorithm of its own."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .chunks import iter_chunks, map_chunks, n_chunks
+from .cluster import cluster_spikes
+from .detect import Detections, choose_sign, detect_block, envelope_bank, learn_temporal_bases
+from .errors import SpikesortError
+from .geometry import neighbor_table
+from .match import (MatchedSpikes, Templates, channel_candidates, match_block, merge_similar_templates,
+                    sparsify)
+from .params import Params
+from .preprocess import fit_preprocessing, preprocess_chunk
+from .traces import TraceStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecordingInfo:
+    sampling_rate_hz: float
+    n_samples: int
+    n_channels: int
+    positions_um: np.ndarray
+    shank_ids: np.ndarray
+    gains_to_uv: np.ndarray  # (C,) multiply recording units by this to get µV (1 when unknown)
+    has_gain: bool
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.sampling_rate_hz
+
+
+@dataclass
+class SortingResult:
+    output_folder: Path
+    spike_times: np.ndarray
+    spike_clusters: np.ndarray
+    amplitudes: np.ndarray
+    unit_ids: np.ndarray
+    sampling_rate_hz: float
+    timings_s: dict = field(default_factory=dict)
+
+    @property
+    def n_units(self) -> int:
+        return len(self.unit_ids)
+
+    def to_spikeinterface(self):
+        from spikeinterface.core import NumpySorting
+
+        return NumpySorting.from_samples_and_labels(
+            [self.spike_times], [self.spike_clusters], self.sampling_rate_hz, unit_ids=self.unit_ids)
+
+
+def recording_info(recording) -> RecordingInfo:
+    if recording.get_num_segments() != 1:
+        raise SpikesortError("only single-segment recordings are supported: concatenate segments first "
+                             "(spikeinterface.concatenate_recordings)")
+    try:
+        pos = np.asarray(recording.get_channel_locations(), dtype=np.float64)
+    except Exception:
+        raise SpikesortError("the recording has no probe geometry: pass --probe") from None
+    if pos.ndim != 2 or pos.shape[1] < 2:
+        raise SpikesortError("the probe has no 2D contact positions")
+    pos = pos[:, :2]
+    groups = recording.get_channel_groups()
+    shanks = np.unique(groups, return_inverse=True)[1] if groups is not None else np.zeros(len(pos), np.int64)
+    has_gain = bool(recording.has_scaleable_traces())
+    gains = np.asarray(recording.get_channel_gains(), dtype=np.float64) if has_gain else np.ones(len(pos))
+    return RecordingInfo(sampling_rate_hz=float(recording.get_sampling_frequency()),
+                         n_samples=int(recording.get_num_samples(0)), n_channels=int(recording.get_num_channels()),
+                         positions_um=pos, shank_ids=np.asarray(shanks, dtype=np.int64), gains_to_uv=gains,
+                         has_gain=has_gain)
+
+
+def _read_raw(recording, start: int, stop: int) -> np.ndarray:
+    x = recording.get_traces(start_frame=start, end_frame=stop, return_in_uV=False)
+    x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise SpikesortError(f"the recording holds NaN or infinite values (samples {start}-{stop})")
+    return x
+
+
+def _stage(timings: dict, name: str):
+    class _T:
+        def __enter__(self):
+            self.t0 = time.perf_counter()
+            log.info("stage %s ...", name)
+
+        def __exit__(self, *exc):
+            timings[name] = time.perf_counter() - self.t0
+            if exc[0] is None:
+                log.info("stage %s done in %.1f s", name, timings[name])
+
+    return _T()
+
+
+def sort(recording, output_folder, *, params: Params | None = None, overwrite: bool = False,
+         progress: bool = False, **overrides) -> SortingResult:
+    """Sort a spikeinterface recording (with a probe) into ``output_folder`` (a Phy folder)."""
+    params = Params.from_dict(overrides, base=params or Params())
+    out = Path(output_folder)
+    if out.exists():
+        if not overwrite:
+            raise SpikesortError(f"output folder {out} exists (use --overwrite to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    n_jobs = params.n_jobs or os.cpu_count() or 1
+    info = recording_info(recording)
+    fs = info.sampling_rate_hz
+    timings: dict = {}
+    rng = np.random.default_rng(params.seed)
+    chunk = max(1, int(round(params.chunk_s * fs)))
+    pre = int(round(params.ms_before * fs / 1000))
+    nt = pre + int(round(params.ms_after * fs / 1000)) + 1
+    margin = max(int(round(params.margin_ms * fs / 1000)), 2 * nt)
+    exclusion = max(1, int(round(params.exclusion_ms * fs / 1000)))
+    chunks = list(iter_chunks(n_samples=info.n_samples, chunk_samples=chunk, margin_samples=margin))
+
+    def tq(total, desc):
+        if not progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="chunk", leave=False)
+
+    # ---- preprocess -------------------------------------------------------------------------
+    with _stage(timings, "preprocess"):
+        block = min(info.n_samples, int(fs))
+        starts = np.unique(np.linspace(0, info.n_samples - block, min(params.whitening_n_chunks,
+                                                                      max(1, info.n_samples // block))).astype(np.int64))
+        blocks = [_read_raw(recording, s, s + block) for s in starts]
+        model = fit_preprocessing(blocks, sampling_rate_hz=fs, positions_um=info.positions_um,
+                                  highpass_hz=params.highpass_hz, lowpass_hz=params.lowpass_hz,
+                                  reference=params.common_reference, whitening_radius_um=params.whitening_radius_um,
+                                  detect_bad_channels=params.bad_channel_detection)
+        store = TraceStore(out / "temp_wh.dat", n_samples=info.n_samples, n_channels=info.n_channels)
+        store.create()
+
+        def pre_fn(ch):
+            w = preprocess_chunk(_read_raw(recording, ch.read_start, ch.read_stop), model=model)
+            store.write(ch.keep_start, w[ch.keep_slice])
+
+        for _ in map_chunks(pre_fn, chunks, n_jobs=n_jobs, progress=tq(len(chunks), "preprocess")):
+            pass
+
+    good = model.good_channels
+    peak_nb = neighbor_table(positions_um=info.positions_um, radius_um=params.detect_radius_um,
+                             good_channels=good, shank_ids=info.shank_ids)
+    feat_nb = neighbor_table(positions_um=info.positions_um, radius_um=params.feature_radius_um,
+                             good_channels=good, shank_ids=info.shank_ids, min_neighbors=min(4, int(good.sum())))
+
+    # ---- detect -----------------------------------------------------------------------------
+    with _stage(timings, "detect"):
+        white_blocks = [store.read(s, s + block) for s in starts[:10]]
+        sign = choose_sign(np.concatenate(white_blocks), threshold=2 * params.detect_threshold)
+        bases = learn_temporal_bases(white_blocks, sign=sign, threshold=params.detect_threshold, neighbors=peak_nb,
+                                     exclusion=exclusion, pre=pre, nt=nt, n_components=params.n_temporal_components,
+                                     rng=rng)
+        bank = envelope_bank(positions_um=info.positions_um, neighbors=feat_nb, sigmas_um=params.envelope_sigmas_um,
+                             center_radius_um=params.detect_radius_um)
+
+        def det_fn(ch):
+            x = store.read(ch.read_start, ch.read_stop)
+            return detect_block(x, keep_start=ch.keep_start - ch.read_start, keep_stop=ch.keep_stop - ch.read_start,
+                                offset=ch.read_start, sign=sign, threshold=params.detect_threshold,
+                                universal_threshold=params.universal_threshold, peak_neighbors=peak_nb,
+                                feature_neighbors=feat_nb, bank=bank, bases=bases, pre=pre, exclusion=exclusion,
+                                positions_um=info.positions_um)
+
+        det = Detections.concat(list(map_chunks(det_fn, chunks, n_jobs=n_jobs, progress=tq(len(chunks), "detect"))))
+        log.info("%d spikes detected (sign %+d)", len(det), sign)
+
+    # ---- cluster ----------------------------------------------------------------------------
+    with _stage(timings, "cluster"):
+        cl = cluster_spikes(features=det.features, channels=det.channels, neighbors=feat_nb,
+                            max_spikes_per_channel=params.max_spikes_per_channel,
+                            min_cluster_size=params.min_cluster_size, split_depth=params.split_depth,
+                            bimodality_threshold=params.bimodality_threshold,
+                            merge_similarity=params.merge_similarity, seed=params.seed)
+        times, labels = det.times[cl.spike_index], cl.labels
+        templates = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng)
+        sizes = np.bincount(labels[labels >= 0], minlength=cl.n_units)
+        groups = merge_similar_templates(templates.dense, sizes, positions_um=info.positions_um, max_lag=3,
+                                         threshold=params.template_merge_similarity)
+        times, labels = relabel_groups(times, labels, groups)
+        log.info("%d clusters after template merges", len(groups))
+        templates = build_templates(store, times, labels, n_units=len(groups), pre=pre, nt=nt, rng=rng)
+        keep = template_quality(templates, sign=sign, min_peak=params.detect_threshold)
+        templates = templates.take(keep)
+        log.info("%d templates kept for matching", templates.n_templates)
+
+    # ---- match ------------------------------------------------------------------------------
+    with _stage(timings, "match"):
+        cand = channel_candidates(templates, n_channels=info.n_channels)
+
+        def match_fn(ch):
+            x = store.read(ch.read_start, ch.read_stop)
+            spikes, _ = match_block(x, keep_start=ch.keep_start - ch.read_start,
+                                    keep_stop=ch.keep_stop - ch.read_start, offset=ch.read_start,
+                                    templates=templates, chan_templates=cand, sign=sign,
+                                    detect_threshold=params.detect_threshold, peak_neighbors=peak_nb,
+                                    exclusion=exclusion, match_threshold=params.match_threshold,
+                                    iterations=params.match_iterations, max_lag=2,
+                                    amplitude_range=params.amplitude_range)
+            return spikes
+
+        spikes = MatchedSpikes.concat(list(map_chunks(match_fn, chunks, n_jobs=n_jobs,
+                                                      progress=tq(len(chunks), "match"))))
+        log.info("%d spikes matched", len(spikes.times))
+
+    # ---- curate -----------------------------------------------------------------------------
+    with _stage(timings, "curate"):
+        spikes = remove_duplicates(spikes, window=int(round(params.duplicate_ms * fs / 1000)))
+        unit_ids = np.unique(spikes.templates)
+
+    store.path.unlink(missing_ok=True)
+    np.save(out / "spike_times.npy", spikes.times)
+    np.save(out / "spike_clusters.npy", spikes.templates.astype(np.int32))
+    (out / "spikesort_run.json").write_text(json.dumps(
+        {"version": __version__, "params": params.to_dict(), "timings_s": timings}, indent=1))
+    return SortingResult(output_folder=out, spike_times=spikes.times, spike_clusters=spikes.templates,
+                         amplitudes=spikes.amplitudes, unit_ids=unit_ids, sampling_rate_hz=fs, timings_s=timings)
+
+
+def build_templates(store: TraceStore, times: np.ndarray, labels: np.ndarray, *, n_units: int, pre: int, nt: int,
+                    rng: np.random.Generator, max_spikes: int = 300) -> Templates:
+    dense = np.zeros((n_units, nt, store.n_channels), dtype=np.float32)
+    for u in range(n_units):
+        t = times[labels == u]
+        if len(t) > max_spikes:
+            t = np.sort(rng.choice(t, max_spikes, replace=False))
+        dense[u] = np.median(store.snippets(t, pre=pre, nt=nt), axis=0) if len(t) else 0
+    return sparsify(dense, pre=pre)
+
+
+def relabel_groups(times: np.ndarray, labels: np.ndarray, groups: list) -> tuple[np.ndarray, np.ndarray]:
+    """New labels (one per group) and spike times shifted by each member's lag onto the group's template."""
+    new_labels = np.full(len(labels), -1, dtype=np.int64)
+    new_times = times.copy()
+    for g, members in enumerate(groups):
+        for k, lag in members:
+            sel = labels == k
+            new_labels[sel] = g
+            new_times[sel] = times[sel] - lag
+    return new_times, new_labels
+
+
+def template_quality(t: Templates, *, sign: int, min_peak: float) -> np.ndarray:
+    """Templates whose peak on their main channel reaches the detection threshold."""
+    if t.n_templates == 0:
+        return np.zeros(0, dtype=np.int64)
+    peak = np.array([(sign * t.dense[k, :, t.main_channel[k]]).max() for k in range(t.n_templates)])
+    return np.flatnonzero(peak >= min_peak)
+
+
+def remove_duplicates(spikes: MatchedSpikes, *, window: int) -> MatchedSpikes:
+    """Drop the smaller of two spikes of one template closer than ``window`` samples."""
+    if len(spikes.times) == 0 or window <= 0:
+        return spikes
+    order = np.lexsort((spikes.times, spikes.templates))
+    t, k, g = spikes.times[order], spikes.templates[order], spikes.gains[order]
+    drop = np.zeros(len(t), dtype=bool)
+    close = np.flatnonzero((np.diff(t) <= window) & (k[1:] == k[:-1]))
+    for i in close:
+        if drop[i]:
+            continue
+        if g[i] >= g[i + 1]:
+            drop[i + 1] = True
+        else:
+            drop[i] = True
+    kept = np.sort(order[~drop])
+    return spikes.take(kept)

@@ -1,0 +1,133 @@
+"""Filtering, common reference, bad-channel detection and local ZCA whitening.
+
+All functions work on (n_samples, n_channels) float32 arrays. ``preprocess_chunk`` is the one
+transform applied to every chunk; the model it needs (filter, whitening matrix, good channels)
+is fitted once by ``fit_preprocessing`` on a subsample of chunks.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import signal
+
+log = logging.getLogger(__name__)
+
+# MAD -> standard deviation for Gaussian noise
+MAD_TO_SD = 1.4826
+
+
+@dataclass(frozen=True)
+class PreprocessModel:
+    sos: np.ndarray  # second-order sections of the band filter
+    whitening: np.ndarray  # (C, C) float32; whitened = traces @ whitening.T
+    good_channels: np.ndarray  # (C,) bool; bad channels are zeroed after whitening
+    noise_sd: np.ndarray  # (C,) robust sd of filtered, referenced traces (recording units, µV with a gain)
+    reference: str
+    bad_reasons: dict  # channel index -> "dead" | "noisy"
+
+
+def design_filter(*, sampling_rate_hz: float, highpass_hz: float, lowpass_hz: float = 0.0) -> np.ndarray:
+    nyq = sampling_rate_hz / 2
+    if highpass_hz >= nyq:
+        raise ValueError(f"high-pass {highpass_hz} Hz is above Nyquist ({nyq} Hz) for this sampling rate")
+    if lowpass_hz and lowpass_hz < 0.95 * nyq and lowpass_hz > highpass_hz:
+        return signal.butter(3, [highpass_hz, lowpass_hz], btype="bandpass", fs=sampling_rate_hz, output="sos")
+    return signal.butter(3, highpass_hz, btype="highpass", fs=sampling_rate_hz, output="sos")
+
+
+def filter_and_reference(traces: np.ndarray, *, sos: np.ndarray, reference: str,
+                         good_channels: np.ndarray | None = None) -> np.ndarray:
+    """Zero-phase filter each channel, then subtract the common reference of the good channels."""
+    x = np.asarray(traces, dtype=np.float32)
+    x = x - x.mean(axis=0, keepdims=True)
+    # filtfilt needs a few filter lengths of signal; tiny blocks are padded less
+    padlen = min(3 * (2 * len(sos) + 1), x.shape[0] - 1)
+    x = signal.sosfiltfilt(sos, x, axis=0, padlen=max(padlen, 0)).astype(np.float32, copy=False)
+    if reference != "none" and x.shape[1] > 1:
+        sel = x if good_channels is None or good_channels.all() else x[:, good_channels]
+        ref = np.median(sel, axis=1) if reference == "median" else sel.mean(axis=1)
+        x -= ref[:, None]
+    return x
+
+
+def robust_sd(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    med = np.median(x, axis=axis, keepdims=True)
+    return MAD_TO_SD * np.median(np.abs(x - med), axis=axis)
+
+
+def find_bad_channels(noise_sd: np.ndarray, *, dead_ratio: float = 0.1, noisy_ratio: float = 5.0) -> dict:
+    """Channels far below (dead/flat) or above (noisy) the median noise of the probe."""
+    ref = np.median(noise_sd)
+    bad = {}
+    for c, s in enumerate(noise_sd):
+        if not np.isfinite(s) or s <= dead_ratio * ref or s == 0:
+            bad[c] = "dead"
+        elif s >= noisy_ratio * ref:
+            bad[c] = "noisy"
+    return bad
+
+
+def local_zca(cov: np.ndarray, *, positions_um: np.ndarray, radius_um: float,
+              good_channels: np.ndarray, eps_rel: float = 1e-3) -> np.ndarray:
+    """Whitening matrix whose row c is the ZCA row of channel c computed on its neighbourhood.
+
+    Row c only mixes channels within ``radius_um`` (always at least the channel itself and its
+    nearest neighbours, so sparse probes and tetrodes whiten too).
+    """
+    n = cov.shape[0]
+    w = np.zeros((n, n), dtype=np.float64)
+    good = np.flatnonzero(good_channels)
+    if good.size == 0:
+        return w.astype(np.float32)
+    dist = np.linalg.norm(positions_um[:, None, :] - positions_um[None, :, :], axis=2)
+    for c in good:
+        d = dist[c, good]
+        neigh = good[d <= radius_um]
+        if neigh.size < min(4, good.size):
+            neigh = good[np.argsort(d)[: min(4, good.size)]]
+        sub = cov[np.ix_(neigh, neigh)]
+        evals, evecs = np.linalg.eigh(sub)
+        evals = np.clip(evals, 0, None)
+        eps = eps_rel * max(evals.mean(), 1e-12)
+        zca = (evecs * (1.0 / np.sqrt(evals + eps))) @ evecs.T
+        w[c, neigh] = zca[np.flatnonzero(neigh == c)[0]]
+    return w.astype(np.float32)
+
+
+def preprocess_chunk(traces: np.ndarray, *, model: PreprocessModel) -> np.ndarray:
+    """Raw chunk (n_samples, C) in recording units -> whitened float32 (noise sd ~ 1)."""
+    x = filter_and_reference(traces, sos=model.sos, reference=model.reference, good_channels=model.good_channels)
+    return x @ model.whitening.T
+
+
+def fit_preprocessing(blocks: list[np.ndarray], *, sampling_rate_hz: float, positions_um: np.ndarray,
+                      highpass_hz: float, lowpass_hz: float, reference: str, whitening_radius_um: float,
+                      detect_bad_channels: bool) -> PreprocessModel:
+    """Fit filter, bad channels and whitening on a few raw blocks sampled across the recording."""
+    sos = design_filter(sampling_rate_hz=sampling_rate_hz, highpass_hz=highpass_hz, lowpass_hz=lowpass_hz)
+    n_ch = blocks[0].shape[1]
+    filtered = [filter_and_reference(b, sos=sos, reference="none") for b in blocks]
+    sd_raw = np.median([robust_sd(f) for f in filtered], axis=0)
+    bad = find_bad_channels(sd_raw) if detect_bad_channels and n_ch > 2 else {}
+    if len(bad) == n_ch:
+        raise ValueError("every channel looks dead or saturated: the recording has no usable signal")
+    good = np.ones(n_ch, dtype=bool)
+    good[list(bad)] = False
+    for c, why in bad.items():
+        log.warning("channel %d looks %s (noise sd %.3g vs probe median %.3g): left out", c, why, sd_raw[c],
+                    np.median(sd_raw))
+    referenced = [filter_and_reference(b, sos=sos, reference=reference, good_channels=good) for b in blocks]
+    stacked = np.concatenate(referenced, axis=0)
+    noise_sd = robust_sd(stacked)
+    # spikes inflate the covariance; clip big excursions so a few large units do not dominate it
+    lim = 6.0 * np.maximum(noise_sd, 1e-12)
+    clipped = np.clip(stacked, -lim, lim).astype(np.float64)
+    cov = clipped.T @ clipped / max(len(clipped), 1)
+    w = local_zca(cov, positions_um=positions_um, radius_um=whitening_radius_um, good_channels=good)
+    # scale rows so every good channel has unit robust noise sd in whitened space: thresholds are then in sd
+    sd_white = robust_sd(stacked @ w.T)
+    w[good] /= np.maximum(sd_white[good], 1e-12)[:, None].astype(np.float32)
+    return PreprocessModel(sos=sos, whitening=w, good_channels=good, noise_sd=noise_sd.astype(np.float32),
+                           reference=reference, bad_reasons=bad)
