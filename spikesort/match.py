@@ -144,13 +144,14 @@ def lagged_similarity(a: np.ndarray, b: np.ndarray, *, max_lag: int) -> tuple[fl
 
 
 def merge_similar_templates(dense: np.ndarray, sizes: np.ndarray, *, positions_um: np.ndarray, max_lag: int,
-                            threshold: float, max_distance_um: float = 100.0,
-                            norm_ratio: float = 1.6) -> list[list[tuple[int, int]]]:
+                            threshold: float, max_distance_um: float = 100.0, norm_ratio: float = 1.6,
+                            same_unit=None) -> list[list[tuple[int, int]]]:
     """Groups of templates that are one unit seen twice (split by peak channel or alignment).
 
     Pairs whose lag-aware cosine similarity exceeds ``threshold`` and whose norms are within
     ``norm_ratio`` of each other are joined, most similar first; a group joins another only if
-    every cross pair is similar enough, so chains of loosely similar units are not glued.
+    every cross pair is similar enough, so chains of loosely similar units are not glued, and
+    ``same_unit(i, j, lag)`` (when given) does not veto the pair.
     Returns, per group, (template, lag relative to the group's largest member).
     """
     k = dense.shape[0]
@@ -180,7 +181,8 @@ def merge_similar_templates(dense: np.ndarray, sizes: np.ndarray, *, positions_u
         gi, gj = group[i], group[j]
         if gi == gj:
             continue
-        if all(sim[a, b] > threshold for a in members[gi] for b in members[gj]):
+        if all(sim[a, b] > threshold for a in members[gi] for b in members[gj]) and (
+                same_unit is None or same_unit(i, j, int(lag[i, j]))):
             for b in members[gj]:
                 group[b] = gi
             members[gi] += members.pop(gj)
@@ -189,3 +191,30 @@ def merge_similar_templates(dense: np.ndarray, sizes: np.ndarray, *, positions_u
         rep = max(g, key=lambda t: sizes[t])
         out.append([(t, 0 if t == rep else int(lag[rep, t])) for t in g])
     return out
+
+
+def snippet_merge_test(store, times: np.ndarray, labels: np.ndarray, *, pre: int, nt: int, threshold: float,
+                       rng: np.random.Generator, max_spikes: int = 300):
+    """A veto for template merges: the spikes of two clusters, aligned on the first, must form
+    one mode along the axis joining their mean waveforms (else they are two neurons)."""
+    from .cluster import bimodality
+
+    def same_unit(i: int, j: int, lag: int) -> bool:
+        ti, tj = times[labels == i], times[labels == j] - lag
+        if len(ti) > max_spikes:
+            ti = rng.choice(ti, max_spikes, replace=False)
+        if len(tj) > max_spikes:
+            tj = rng.choice(tj, max_spikes, replace=False)
+        si, sj = store.snippets(ti, pre=pre, nt=nt), store.snippets(tj, pre=pre, nt=nt)
+        mi, mj = si.mean(0), sj.mean(0)
+        # the channels that carry either waveform; the rest only adds noise to the projection
+        chans = np.flatnonzero(np.maximum(np.abs(mi).max(0), np.abs(mj).max(0)) > 0.2 * max(np.abs(mi).max(), np.abs(mj).max()))
+        axis = (mi - mj)[:, chans].ravel()
+        nrm = np.linalg.norm(axis)
+        if nrm == 0:
+            return True
+        pi = si[:, :, chans].reshape(len(si), -1) @ (axis / nrm)
+        pj = sj[:, :, chans].reshape(len(sj), -1) @ (axis / nrm)
+        return bimodality(np.concatenate([pi, pj]), 0.5 * (pi.mean() + pj.mean())) < threshold
+
+    return same_unit

@@ -70,11 +70,17 @@ class Params:
                                  help="templates with cosine similarity above this are tested for merging")
     template_merge_similarity: float = _p(0.9, lo=0.0, hi=1.0, stage="cluster",
                                           help="templates more similar than this (cosine, best lag) are one unit")
+    post_merge_similarity: float = _p(0.7, lo=0.0, hi=1.0, stage="curate",
+                                      help="after matching, units this similar merge when their spike trains show a shared refractory gap")
     # --- match -----------------------------------------------------------------------------
     match_threshold: float = _p(5.0, lo=1.0, hi=100.0, stage="match",
                                 help="a template is subtracted when it explains this much residual (sqrt energy, noise sd units)")
     match_iterations: int = _p(4, lo=1, hi=20, stage="match", help="rounds of detect-and-peel on the residual")
     amplitude_range: tuple = _p((0.5, 2.0), stage="match", help="allowed scaling of a template for one spike")
+    # --- export ---
+    n_pc_channels: int = _p(12, lo=1, hi=64, stage="export", help="channels per spike in Phy's PC features")
+    n_template_features: int = _p(8, lo=1, hi=64, stage="export",
+                                  help="similar templates each spike is projected on (Phy's template-feature view)")
     # --- curate ----------------------------------------------------------------------------
     duplicate_ms: float = _p(0.25, lo=0.0, hi=5.0, stage="curate",
                              help="spikes of one unit closer than this are duplicates; the smaller is dropped")

@@ -14,11 +14,14 @@ import numpy as np
 from . import __version__
 from .chunks import iter_chunks, map_chunks, n_chunks
 from .cluster import cluster_spikes
+from .curate import apply_groups, refractory_merges, remove_duplicates
 from .detect import Detections, choose_sign, detect_block, envelope_bank, learn_temporal_bases
 from .errors import SpikesortError
+from .export import phy_whitening, unit_metrics, write_phy
+from .features import SpikeFeatures, features_block, similarity_matrix, template_feature_index
 from .geometry import neighbor_table
 from .match import (MatchedSpikes, Templates, channel_candidates, match_block, merge_similar_templates,
-                    sparsify)
+                    snippet_merge_test, sparsify)
 from .params import Params
 from .preprocess import fit_preprocessing, preprocess_chunk
 from .traces import TraceStore
@@ -50,6 +53,7 @@ class SortingResult:
     unit_ids: np.ndarray
     sampling_rate_hz: float
     timings_s: dict = field(default_factory=dict)
+    labels: np.ndarray | None = None  # 'good' / 'mua' / 'noise' per unit
 
     @property
     def n_units(self) -> int:
@@ -191,8 +195,10 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
         times, labels = det.times[cl.spike_index], cl.labels
         templates = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng)
         sizes = np.bincount(labels[labels >= 0], minlength=cl.n_units)
+        veto = snippet_merge_test(store, times, labels, pre=pre, nt=nt, threshold=params.bimodality_threshold,
+                                  rng=rng)
         groups = merge_similar_templates(templates.dense, sizes, positions_um=info.positions_um, max_lag=3,
-                                         threshold=params.template_merge_similarity)
+                                         threshold=params.template_merge_similarity, same_unit=veto)
         times, labels = relabel_groups(times, labels, groups)
         log.info("%d clusters after template merges", len(groups))
         templates = build_templates(store, times, labels, n_units=len(groups), pre=pre, nt=nt, rng=rng)
@@ -221,16 +227,69 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
 
     # ---- curate -----------------------------------------------------------------------------
     with _stage(timings, "curate"):
-        spikes = remove_duplicates(spikes, window=int(round(params.duplicate_ms * fs / 1000)))
-        unit_ids = np.unique(spikes.templates)
+        dup = int(round(params.duplicate_ms * fs / 1000))
+        spikes = remove_duplicates(spikes, window=dup)
+        post = build_templates(store, spikes.times, spikes.templates, n_units=templates.n_templates, pre=pre,
+                               nt=nt, rng=rng)
+        groups = refractory_merges(spikes, post.dense, positions_um=info.positions_um, duration=info.n_samples,
+                                   refractory=int(round(params.refractory_ms * fs / 1000)),
+                                   similarity=params.post_merge_similarity)
+        spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
+        log.info("%d units after refractory merges", len(groups))
+        final = build_templates(store, spikes.times, spikes.templates, n_units=len(groups), pre=pre, nt=nt, rng=rng)
+        # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
+        counts = np.bincount(spikes.templates, minlength=final.n_templates)
+        keep = np.flatnonzero(counts > 0)
+        remap = np.full(final.n_templates, -1, dtype=np.int64)
+        remap[keep] = np.arange(len(keep))
+        final = final.take(keep)
+        spikes = MatchedSpikes(spikes.times, remap[spikes.templates], spikes.amplitudes, spikes.gains)
+
+    # ---- features and export ------------------------------------------------------------------
+    with _stage(timings, "export"):
+        similar = similarity_matrix(final.dense)
+        tf_index = template_feature_index(similar, n_features=params.n_template_features)
+        n_pc_ch = min(info.n_channels, params.n_pc_channels)
+        pc_nb = neighbor_table(positions_um=info.positions_um, radius_um=0.0, good_channels=None,
+                               shank_ids=info.shank_ids, min_neighbors=n_pc_ch)[:, :n_pc_ch]
+        pc_nb = np.where(pc_nb >= 0, pc_nb, np.arange(info.n_channels)[:, None])
+        bounds = np.searchsorted(spikes.times, [[c.keep_start, c.keep_stop] for c in chunks])
+
+        def feat_fn(ic):
+            ch = chunks[ic]
+            lo, hi = bounds[ic]
+            x = store.read(ch.read_start, ch.read_stop)
+            return features_block(x, times=spikes.times[lo:hi] - ch.read_start, units=spikes.templates[lo:hi],
+                                  templates=final, pc_neighbors=pc_nb, bases=bases, tf_index=tf_index,
+                                  positions_um=info.positions_um)
+
+        feats = SpikeFeatures.concat(list(map_chunks(feat_fn, range(len(chunks)), n_jobs=n_jobs,
+                                                     progress=tq(len(chunks), "features"))))
+        amplitudes = feats.template_features[:, 0]
+        _, w_inv_uv = phy_whitening(model.whitening, info.gains_to_uv)
+        templates_uv = final.dense @ w_inv_uv.astype(np.float32)
+        metrics, labels = unit_metrics(spike_times=spikes.times, spike_clusters=spikes.templates,
+                                       amplitudes=amplitudes, templates_uv=templates_uv,
+                                       noise_uv=model.noise_sd * info.gains_to_uv, positions_um=info.positions_um,
+                                       sampling_rate_hz=fs, duration_s=info.duration_s, params=params)
+        if len(spikes.times) >= 2:
+            write_phy(out, recording=recording, spike_times=spikes.times, spike_units=spikes.templates,
+                      amplitudes=amplitudes, templates_white=final.dense, pre=pre, whitening=model.whitening,
+                      gains_to_uv=info.gains_to_uv, positions_um=info.positions_um, shank_ids=info.shank_ids,
+                      pc_features=feats.pc_features, pc_feature_ind=pc_nb[final.main_channel],
+                      template_features=feats.template_features, template_feature_ind=tf_index,
+                      similar=similar, spike_positions=feats.positions_um, metrics=metrics, labels=labels,
+                      sampling_rate_hz=fs)
+        unit_ids = np.arange(final.n_templates)
 
     store.path.unlink(missing_ok=True)
-    np.save(out / "spike_times.npy", spikes.times)
-    np.save(out / "spike_clusters.npy", spikes.templates.astype(np.int32))
     (out / "spikesort_run.json").write_text(json.dumps(
-        {"version": __version__, "params": params.to_dict(), "timings_s": timings}, indent=1))
+        {"version": __version__, "params": params.to_dict(), "timings_s": timings,
+         "n_units": int(final.n_templates), "n_spikes": int(len(spikes.times)),
+         "bad_channels": {int(c): r for c, r in model.bad_reasons.items()}}, indent=1))
     return SortingResult(output_folder=out, spike_times=spikes.times, spike_clusters=spikes.templates,
-                         amplitudes=spikes.amplitudes, unit_ids=unit_ids, sampling_rate_hz=fs, timings_s=timings)
+                         amplitudes=amplitudes, unit_ids=unit_ids, sampling_rate_hz=fs, timings_s=timings,
+                         labels=np.asarray(labels))
 
 
 def build_templates(store: TraceStore, times: np.ndarray, labels: np.ndarray, *, n_units: int, pre: int, nt: int,
@@ -262,22 +321,3 @@ def template_quality(t: Templates, *, sign: int, min_peak: float) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     peak = np.array([(sign * t.dense[k, :, t.main_channel[k]]).max() for k in range(t.n_templates)])
     return np.flatnonzero(peak >= min_peak)
-
-
-def remove_duplicates(spikes: MatchedSpikes, *, window: int) -> MatchedSpikes:
-    """Drop the smaller of two spikes of one template closer than ``window`` samples."""
-    if len(spikes.times) == 0 or window <= 0:
-        return spikes
-    order = np.lexsort((spikes.times, spikes.templates))
-    t, k, g = spikes.times[order], spikes.templates[order], spikes.gains[order]
-    drop = np.zeros(len(t), dtype=bool)
-    close = np.flatnonzero((np.diff(t) <= window) & (k[1:] == k[:-1]))
-    for i in close:
-        if drop[i]:
-            continue
-        if g[i] >= g[i + 1]:
-            drop[i + 1] = True
-        else:
-            drop[i] = True
-    kept = np.sort(order[~drop])
-    return spikes.take(kept)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
+from .kernels.preprocess import sosfiltfilt_rows, subtract_reference
+
 log = logging.getLogger(__name__)
 
 # MAD -> standard deviation for Gaussian noise
@@ -40,16 +42,20 @@ def design_filter(*, sampling_rate_hz: float, highpass_hz: float, lowpass_hz: fl
 def filter_and_reference(traces: np.ndarray, *, sos: np.ndarray, reference: str,
                          good_channels: np.ndarray | None = None) -> np.ndarray:
     """Zero-phase filter each channel, then subtract the common reference of the good channels."""
-    x = np.asarray(traces, dtype=np.float32)
+    x = np.ascontiguousarray(traces, dtype=np.float32)
     x = x - x.mean(axis=0, keepdims=True)
     # filtfilt needs a few filter lengths of signal; tiny blocks are padded less
-    padlen = min(3 * (2 * len(sos) + 1), x.shape[0] - 1)
-    x = signal.sosfiltfilt(sos, x, axis=0, padlen=max(padlen, 0)).astype(np.float32, copy=False)
+    padlen = max(0, min(3 * (2 * len(sos) + 1), x.shape[0] - 1))
+    if x.shape[0] >= 2:
+        x = sosfiltfilt_rows(x, sos, _sos_zi(sos), padlen)
     if reference != "none" and x.shape[1] > 1:
-        sel = x if good_channels is None or good_channels.all() else x[:, good_channels]
-        ref = np.median(sel, axis=1) if reference == "median" else sel.mean(axis=1)
-        x -= ref[:, None]
+        chans = np.arange(x.shape[1]) if good_channels is None else np.flatnonzero(good_channels)
+        subtract_reference(x, chans.astype(np.int64), reference == "median")
     return x
+
+
+def _sos_zi(sos: np.ndarray) -> np.ndarray:
+    return signal.sosfilt_zi(sos)
 
 
 def robust_sd(x: np.ndarray, axis: int = 0) -> np.ndarray:

@@ -42,7 +42,14 @@ _PRB_CONTACT_RADIUS_UM = 5.0
 
 
 def bundled_probes_dir() -> Path:
-    """The repo-level folder of bundled probeinterface JSON files."""
+    """The folder of bundled probeinterface JSON files.
+
+    An installed wheel ships them as the package ``spikesort.probes``; a source checkout
+    (also an editable install) keeps them in the repo-level ``probes/`` folder.
+    """
+    installed = Path(__file__).resolve().parents[1] / "probes"
+    if installed.is_dir():
+        return installed
     return Path(__file__).resolve().parents[2] / "probes"
 
 

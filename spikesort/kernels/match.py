@@ -109,3 +109,33 @@ def subtract_templates(r, ts, ks, amps, values, channels, pre):
                 tt = start + j
                 if 0 <= tt < n_t:
                     r[tt, ch] -= amps[i] * values[k, j, s]
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def template_projections(x, times, ind, values, channels, norm2, pre):
+    """Least-squares scale of each listed template on each spike's window: <x, T> / |T|^2.
+
+    ind: (n, J) template ids per spike (-1 = none, gives 0). Windows outside ``x`` give 0.
+    """
+    n, j_max = ind.shape
+    nt = values.shape[1]
+    s_max = channels.shape[1]
+    n_t = x.shape[0]
+    out = np.zeros((n, j_max), dtype=np.float32)
+    for i in range(n):
+        start = times[i] - pre
+        if start < 0 or start + nt > n_t:
+            continue
+        for jj in range(j_max):
+            k = ind[i, jj]
+            if k < 0:
+                continue
+            dot = 0.0
+            for s in range(s_max):
+                ch = channels[k, s]
+                if ch < 0:
+                    break
+                for j in range(nt):
+                    dot += x[start + j, ch] * values[k, j, s]
+            out[i, jj] = dot / norm2[k] if norm2[k] > 0 else 0.0
+    return out

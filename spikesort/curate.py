@@ -1,0 +1,110 @@
+"""After matching: duplicate removal and merges of units that are one neuron.
+
+A neuron split into two units shows two similar templates whose spike trains never fire
+within the refractory period of each other; two neurons with similar templates fire
+independently, so their cross-correlogram has no such gap. The merge needs both.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .match import MatchedSpikes, lagged_similarity
+
+log = logging.getLogger(__name__)
+
+
+def remove_duplicates(spikes: MatchedSpikes, *, window: int) -> MatchedSpikes:
+    """Drop the smaller of two spikes of one template closer than ``window`` samples."""
+    if len(spikes.times) == 0 or window <= 0:
+        return spikes
+    order = np.lexsort((spikes.times, spikes.templates))
+    t, k, g = spikes.times[order], spikes.templates[order], spikes.gains[order]
+    drop = np.zeros(len(t), dtype=bool)
+    close = np.flatnonzero((np.diff(t) <= window) & (k[1:] == k[:-1]))
+    for i in close:
+        if drop[i]:
+            continue
+        if g[i] >= g[i + 1]:
+            drop[i + 1] = True
+        else:
+            drop[i] = True
+    return spikes.take(np.sort(order[~drop]))
+
+
+def cross_refractory_ratio(ta: np.ndarray, tb: np.ndarray, *, refractory: int, duration: int) -> tuple[float, float]:
+    """Observed / expected number of (a, b) spike pairs closer than ``refractory`` samples, and the
+    expected count under independent firing (the evidence available)."""
+    ta, tb = np.sort(ta), np.sort(tb)
+    lo = np.searchsorted(tb, ta - refractory, side="left")
+    hi = np.searchsorted(tb, ta + refractory, side="right")
+    observed = float((hi - lo).sum())
+    expected = len(ta) * len(tb) * (2 * refractory + 1) / max(duration, 1)
+    return observed / max(expected, 1e-12), expected
+
+
+def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um: np.ndarray, duration: int,
+                      refractory: int, similarity: float, max_ratio: float = 0.25, min_expected: float = 5.0,
+                      strict_similarity: float = 0.95, max_lag: int = 3,
+                      max_distance_um: float = 100.0) -> list[list[tuple[int, int]]]:
+    """Groups of templates to merge, each as (template, lag onto the group's first template).
+
+    Pairs need lag-aware template similarity above ``similarity`` and a refractory gap in their
+    cross-correlogram (observed/expected < ``max_ratio``); where firing is too sparse for the
+    correlogram to say anything (expected pairs < ``min_expected``), only near-identical
+    templates (``strict_similarity``) merge.
+    """
+    k = dense.shape[0]
+    if k == 0:
+        return []
+    main = np.sqrt((dense**2).sum(axis=1)).argmax(axis=1)
+    times = [spikes.times[spikes.templates == i] for i in range(k)]
+    pairs = []
+    for i in range(k):
+        for j in range(i + 1, k):
+            if np.linalg.norm(positions_um[main[i]] - positions_um[main[j]]) > max_distance_um:
+                continue
+            s, lag = lagged_similarity(dense[i], dense[j], max_lag=max_lag)
+            if s < similarity:
+                continue
+            ratio, expected = cross_refractory_ratio(times[i], times[j] - lag, refractory=refractory,
+                                                     duration=duration)
+            ok = ratio < max_ratio if expected >= min_expected else s >= strict_similarity
+            if ok:
+                pairs.append((s, i, j, lag))
+    parent = {i: (i, 0) for i in range(k)}  # template -> (root, lag onto root)
+
+    def find(i):
+        lag = 0
+        while parent[i][0] != i:
+            lag += parent[i][1]
+            i = parent[i][0]
+        return i, lag
+
+    for s, i, j, lag in sorted(pairs, reverse=True):
+        ri, li = find(i)
+        rj, lj = find(j)
+        if ri == rj:
+            continue
+        # j's spikes align on i with -lag; on ri that is li - lag; rj moves by the same offset
+        parent[rj] = (ri, li - lag - lj)
+        log.debug("merge units %d and %d (similarity %.2f)", i, j, s)
+    groups: dict[int, list] = {}
+    for i in range(k):
+        r, lag = find(i)
+        groups.setdefault(r, []).append((i, lag))
+    return list(groups.values())
+
+
+def apply_groups(spikes: MatchedSpikes, groups: list[list[tuple[int, int]]]) -> MatchedSpikes:
+    """Relabel spikes to their group index, shifting times by each member's lag."""
+    new_t = spikes.times.copy()
+    new_k = np.full(len(spikes.times), -1, dtype=np.int64)
+    for g, members in enumerate(groups):
+        for k, lag in members:
+            sel = spikes.templates == k
+            new_k[sel] = g
+            new_t[sel] = spikes.times[sel] + lag
+    out = MatchedSpikes(new_t, new_k, spikes.amplitudes, spikes.gains)
+    return out.take(np.lexsort((out.templates, out.times)))
