@@ -7,6 +7,7 @@ traceback going to the log file only. The console never shows a traceback.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -139,6 +140,11 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# click >= 8.2 raises this for a group called without a subcommand; older click exits with the help
+_NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _Terminated(BaseException):
     """SIGTERM (a batch system's time limit, ``kill``), raised so that cleanup still runs."""
 
@@ -160,6 +166,9 @@ class _Group(click.Group):
             rv = super().main(args=args, prog_name=prog_name or PROG, complete_var=complete_var,
                               standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
+        except _NoArgsIsHelp as exc:  # bare `spikesort` or `spikesort probes`: show the help
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            code = 0
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             failure, code = f"error: {_one_line(exc.format_message())}{hint}", EXIT_USAGE
@@ -171,12 +180,17 @@ class _Group(click.Group):
             failure, code = "interrupted", EXIT_INTERRUPTED
         except _Terminated:
             failure, code = "terminated (SIGTERM)", EXIT_TERMINATED
-        except Exception as exc:  # a bug: one line here, the traceback in the log file
-            cmd_log = _active_log or _CommandLog()
-            cmd_log.write_traceback(exc)
-            _active_log = cmd_log
-            failure = f"internal error: {type(exc).__name__}: {_one_line(str(exc))} (details in {cmd_log.path})"
+        except BrokenPipeError:  # `spikesort params | head`: the reader left, nothing to say
+            _silence_stdout()
             code = EXIT_INTERNAL
+        except OSError as exc:
+            if exc.errno not in _USER_OS_ERRORS:
+                failure, code = _internal_error(exc), EXIT_INTERNAL
+            else:  # disk full, read-only or forbidden folder: the user can fix these
+                where = f": {exc.filename}" if exc.filename else ""
+                failure, code = f"error: {exc.strerror or exc}{where}", EXIT_USAGE
+        except Exception as exc:  # a bug: one line here, the traceback in the log file
+            failure, code = _internal_error(exc), EXIT_INTERNAL
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -187,6 +201,28 @@ class _Group(click.Group):
         if failure is not None:
             _fail(failure, code)
         sys.exit(code)
+
+
+def _internal_error(exc: BaseException) -> str:
+    """Write the traceback to the command's log (a new temp log if none) and say where it is."""
+    global _active_log
+    if _active_log is None:
+        _active_log = _CommandLog()
+    try:
+        _active_log.write_traceback(exc)
+        where = f" (details in {_active_log.path})"
+    except OSError:  # e.g. the disk is full: the one line must still come out
+        where = ""
+    return f"internal error: {type(exc).__name__}: {_one_line(str(exc))}{where}"
+
+
+def _silence_stdout() -> None:
+    # the interpreter flushes stdout at exit; point it at /dev/null so that flush cannot fail
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _one_line(text: str) -> str:
@@ -376,7 +412,7 @@ def run(path, probe, output, fmt, sampling_rate, n_channels, dtype, offset, conf
     cmd_log = _start_log(verbose=verbose, quiet=quiet)
     t0 = time.perf_counter()
     params = resolve_params(config=config, set_values=set_values, flags=param_flags)
-    protected = [path] + ([Path(probe)] if probe and Path(probe).exists() else [])
+    protected = [path] + [p for p in (Path(probe) if probe else None, config) if p is not None and p.exists()]
     _check_output_folder(output, overwrite=overwrite, protected=protected)
 
     from .io.probes import attach_probe, load_probe

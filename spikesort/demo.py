@@ -84,7 +84,7 @@ def make_demo_recording(*, duration_s: float = 30.0, n_channels: int = 32, n_uni
     return static, gt_sorting
 
 
-def _prepare_folder(out: Path, overwrite: bool) -> None:
+def _check_folder(out: Path, overwrite: bool) -> None:
     if out.exists():
         if not overwrite:
             raise SpikesortError(f"output folder {out} exists (use --overwrite to replace it)")
@@ -94,6 +94,11 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
         if any(out.iterdir()) and not (out / RECORDING_DIR).is_dir() and not (out / SUMMARY_FILE).is_file():
             raise SpikesortError(f"{out} is not empty and does not look like a spikesort demo folder: "
                                  f"choose another output folder")
+
+
+def _prepare_folder(out: Path, overwrite: bool) -> None:
+    _check_folder(out, overwrite)
+    if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
 
@@ -136,6 +141,7 @@ def run_demo(output_folder, *, duration_s: float = 30.0, n_channels: int = 32, n
 
     t0 = time.perf_counter()
     out = Path(output_folder).expanduser()
+    _check_folder(out, overwrite)  # before the simulation: a refusal should be quick
     recording, gt_sorting = make_demo_recording(duration_s=duration_s, n_channels=n_channels, n_units=n_units,
                                                 seed=seed)
     _prepare_folder(out, overwrite)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels.detect import detect_peaks, project_neighborhoods
+from .kernels.detect import detect_peaks, project_neighborhoods, temporal_filter
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +136,31 @@ def localize(features: np.ndarray, channels: np.ndarray, *, neighbors: np.ndarra
     return (w[:, :, None] * pos).sum(axis=1).astype(np.float32)
 
 
+def filtered_noise_sd(blocks: list[np.ndarray], *, bases: np.ndarray, pre: int) -> np.ndarray:
+    """Robust sd per channel of the traces after the matched filter of the first temporal basis."""
+    from .preprocess import robust_sd
+
+    y = np.concatenate([temporal_filter(b, bases[0], pre) for b in blocks])
+    return np.maximum(robust_sd(y), 1e-6).astype(np.float32)
+
+
+def candidate_peaks(x: np.ndarray, *, bases: np.ndarray, filter_sd: np.ndarray, pre: int, threshold: float,
+                    neighbors: np.ndarray, exclusion: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Peaks of the temporally matched-filtered traces (in noise sd) above ``threshold``.
+
+    Filtering with the main spike shape before thresholding gathers a spike's energy over its
+    whole waveform, which finds units whose single-sample peak hides in the noise. The bases
+    are oriented so that spikes of the detected polarity give positive output.
+    """
+    y = temporal_filter(x, bases[0], pre)
+    y /= filter_sd[None, :]
+    return detect_peaks(y, 1.0, float(threshold), neighbors, exclusion, lo, hi)
+
+
 def detect_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, sign: int, threshold: float,
                  universal_threshold: float, peak_neighbors: np.ndarray, feature_neighbors: np.ndarray,
                  bank: np.ndarray, bases: np.ndarray, pre: int, exclusion: int,
-                 positions_um: np.ndarray) -> Detections:
+                 positions_um: np.ndarray, filter_sd: np.ndarray, align_lag: int = 2) -> Detections:
     """Detect in one whitened block; ``offset`` is the recording sample of ``x[0]``."""
     nt = bases.shape[1]
     # a window must fit: events too close to the recording's edges cannot be fitted or extracted
@@ -147,9 +168,21 @@ def detect_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int,
     hi = min(keep_stop, x.shape[0] - (nt - pre))
     if hi <= lo:
         return Detections.empty(feature_neighbors.shape[1], bases.shape[0])
-    t, c = detect_peaks(x, float(sign), float(threshold), peak_neighbors, exclusion, lo, hi)
-    feats = project_neighborhoods(x, t, c, feature_neighbors, bases, pre)
-    scores = universal_scores(feats, c, bank)
+    t, c = candidate_peaks(x, bases=bases, filter_sd=filter_sd, pre=pre, threshold=threshold,
+                           neighbors=peak_neighbors, exclusion=exclusion, lo=lo, hi=hi)
+    # the sample of a noisy minimum jitters; the matched filter's best lag aligns spikes of one
+    # unit far better, which keeps clusters from splitting by alignment
+    best = None
+    for lag in range(-align_lag, align_lag + 1):
+        tl = np.clip(t + lag, pre, x.shape[0] - (nt - pre))
+        f = project_neighborhoods(x, tl, c, feature_neighbors, bases, pre)
+        sc = universal_scores(f, c, bank)
+        if best is None:
+            best, feats, scores, t_al = lag, f, sc, tl
+        else:
+            better = sc > scores
+            feats[better], scores[better], t_al[better] = f[better], sc[better], tl[better]
+    t = t_al
     ok = scores >= universal_threshold
     t, c, feats, scores = t[ok], c[ok], feats[ok], scores[ok]
     amps = (sign * x[t, c]).astype(np.float32)

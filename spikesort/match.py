@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels.detect import detect_peaks
+from .detect import candidate_peaks
 from .kernels.match import best_matches, select_non_overlapping, subtract_templates
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ class MatchedSpikes:
 def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, templates: Templates,
                 chan_templates: np.ndarray, sign: int, detect_threshold: float, peak_neighbors: np.ndarray,
                 exclusion: int, match_threshold: float, iterations: int, max_lag: int,
-                amplitude_range: tuple[float, float]) -> tuple[MatchedSpikes, np.ndarray]:
+                amplitude_range: tuple[float, float], bases: np.ndarray,
+                filter_sd: np.ndarray) -> tuple[MatchedSpikes, np.ndarray]:
     """Peel templates off one whitened block. Returns the spikes (recording samples) and the residual."""
     r = np.array(x, dtype=np.float32, copy=True)
     nt = templates.values.shape[1]
@@ -107,7 +108,8 @@ def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, 
         return MatchedSpikes.concat([]), r
     thr2 = float(match_threshold) ** 2
     for _ in range(iterations):
-        t, c = detect_peaks(r, float(sign), float(detect_threshold), peak_neighbors, exclusion, lo, hi)
+        t, c = candidate_peaks(r, bases=bases, filter_sd=filter_sd, pre=pre, threshold=detect_threshold,
+                               neighbors=peak_neighbors, exclusion=exclusion, lo=lo, hi=hi)
         if len(t) == 0:
             break
         k, tt, a, g = best_matches(r, t, c, templates.values, templates.channels, templates.norm2,

@@ -15,7 +15,8 @@ from . import __version__
 from .chunks import iter_chunks, map_chunks, n_chunks
 from .cluster import cluster_spikes
 from .curate import apply_groups, refractory_merges, remove_duplicates
-from .detect import Detections, choose_sign, detect_block, envelope_bank, learn_temporal_bases
+from .detect import (Detections, choose_sign, detect_block, envelope_bank, filtered_noise_sd,
+                     learn_temporal_bases)
 from .errors import SpikesortError
 from .export import phy_whitening, unit_metrics, write_phy
 from .features import SpikeFeatures, features_block, similarity_matrix, template_feature_index
@@ -171,6 +172,7 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
         bases = learn_temporal_bases(white_blocks, sign=sign, threshold=params.detect_threshold, neighbors=peak_nb,
                                      exclusion=exclusion, pre=pre, nt=nt, n_components=params.n_temporal_components,
                                      rng=rng)
+        filter_sd = filtered_noise_sd(white_blocks, bases=bases, pre=pre)
         bank = envelope_bank(positions_um=info.positions_um, neighbors=feat_nb, sigmas_um=params.envelope_sigmas_um,
                              center_radius_um=params.detect_radius_um)
 
@@ -180,7 +182,7 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
                                 offset=ch.read_start, sign=sign, threshold=params.detect_threshold,
                                 universal_threshold=params.universal_threshold, peak_neighbors=peak_nb,
                                 feature_neighbors=feat_nb, bank=bank, bases=bases, pre=pre, exclusion=exclusion,
-                                positions_um=info.positions_um)
+                                positions_um=info.positions_um, filter_sd=filter_sd)
 
         det = Detections.concat(list(map_chunks(det_fn, chunks, n_jobs=n_jobs, progress=tq(len(chunks), "detect"))))
         log.info("%d spikes detected (sign %+d)", len(det), sign)
@@ -202,7 +204,7 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
         times, labels = relabel_groups(times, labels, groups)
         log.info("%d clusters after template merges", len(groups))
         templates = build_templates(store, times, labels, n_units=len(groups), pre=pre, nt=nt, rng=rng)
-        keep = template_quality(templates, sign=sign, min_peak=params.detect_threshold)
+        keep = np.flatnonzero(np.sqrt(templates.norm2) >= params.universal_threshold)
         templates = templates.take(keep)
         log.info("%d templates kept for matching", templates.n_templates)
 
@@ -218,7 +220,7 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
                                     detect_threshold=params.detect_threshold, peak_neighbors=peak_nb,
                                     exclusion=exclusion, match_threshold=params.match_threshold,
                                     iterations=params.match_iterations, max_lag=2,
-                                    amplitude_range=params.amplitude_range)
+                                    amplitude_range=params.amplitude_range, bases=bases, filter_sd=filter_sd)
             return spikes
 
         spikes = MatchedSpikes.concat(list(map_chunks(match_fn, chunks, n_jobs=n_jobs,
@@ -313,11 +315,3 @@ def relabel_groups(times: np.ndarray, labels: np.ndarray, groups: list) -> tuple
             new_labels[sel] = g
             new_times[sel] = times[sel] - lag
     return new_times, new_labels
-
-
-def template_quality(t: Templates, *, sign: int, min_peak: float) -> np.ndarray:
-    """Templates whose peak on their main channel reaches the detection threshold."""
-    if t.n_templates == 0:
-        return np.zeros(0, dtype=np.int64)
-    peak = np.array([(sign * t.dense[k, :, t.main_channel[k]]).max() for k in range(t.n_templates)])
-    return np.flatnonzero(peak >= min_peak)

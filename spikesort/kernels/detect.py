@@ -88,3 +88,23 @@ def project_neighborhoods(x, times, chans, neighbors, bases, pre):
                     acc += bases[k, s] * x[start + s, cc]
                 out[i, j, k] = acc
     return out
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def temporal_filter(x, h, pre):
+    """Matched filter along time: y[t, c] = sum_i h[i] * x[t - pre + i, c], zero beyond the edges.
+
+    The channel loop is innermost, over contiguous memory, so it vectorises.
+    """
+    n_t, n_c = x.shape
+    nt = h.shape[0]
+    y = np.zeros((n_t, n_c), dtype=np.float32)
+    for t in range(n_t):
+        i0 = max(0, pre - t)
+        i1 = min(nt, n_t - t + pre)
+        for i in range(i0, i1):
+            hi = h[i]
+            src = t - pre + i
+            for c in range(n_c):
+                y[t, c] += hi * x[src, c]
+    return y

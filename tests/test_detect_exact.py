@@ -1,0 +1,267 @@
+"""Detection and peeling on hand-made traces whose spike times are known exactly.
+
+6 contacts on a line 20 µm apart, white noise of sd 1 (the whitened scale), a fixed waveform
+with its trough (-20) at sample PRE of a NT-sample window, copied on the neighbours with
+decaying gains.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spikesort.chunks import iter_chunks, map_chunks
+from spikesort.detect import Detections, detect_block, envelope_bank, learn_temporal_bases
+from spikesort.geometry import neighbor_table
+from spikesort.match import channel_candidates, match_block, sparsify
+
+PRE = 10  # sample of the trough inside a waveform window
+NT = 30  # waveform window length
+
+
+def spike_waveform(pre: int = PRE, nt: int = NT, trough: float = -20.0, width: float = 1.0) -> np.ndarray:
+    """A sharp trough (exactly ``trough`` at sample ``pre``, its unique minimum) and a small, slow rebound."""
+    s = np.arange(nt, dtype=np.float64) - pre
+    w = -np.exp(-0.5 * (s / width) ** 2) + 0.25 * np.exp(-0.5 * ((s - 5 * width) / (2.5 * width)) ** 2)
+    w = w / -w[pre] * -trough
+    assert np.argmin(w) == pre
+    return w.astype(np.float32)
+
+
+N_C = 6
+N = 3000
+EXCLUSION = 5
+GAINS = {0: 1.0, 1: 0.6, 2: 0.3, 3: 0.1, 4: 0.05, 5: 0.0}  # by distance in contacts from the peak channel
+
+
+def footprint(main: int) -> np.ndarray:
+    return np.array([GAINS[abs(c - main)] for c in range(N_C)], dtype=np.float32)
+
+
+def plant(x, times, mains, waveform, scales=None):
+    scales = np.ones(len(times)) if scales is None else scales
+    for t, m, a in zip(times, mains, scales):
+        x[t - PRE: t - PRE + NT] += a * waveform[:, None] * footprint(m)[None, :]
+    return x
+
+
+def noise(seed, n=N, sd=1.0):
+    return (sd * np.random.default_rng(seed).normal(size=(n, N_C))).astype(np.float32)
+
+
+def hand_bases(waveform) -> np.ndarray:
+    """Orthonormal (3, NT): the spike shape, its time derivative and a slow bump, by QR."""
+    s = np.arange(NT) - PRE
+    raw = np.stack([waveform, np.gradient(waveform), np.exp(-0.5 * (s / 6.0) ** 2)]).astype(np.float64)
+    q, _ = np.linalg.qr(raw.T)
+    bases = q.T
+    assert abs(bases[0] @ waveform / np.linalg.norm(waveform)) == pytest.approx(1.0, abs=1e-6)
+    return np.ascontiguousarray(bases, dtype=np.float32)
+
+
+@pytest.fixture
+def probe(line_positions):
+    peak_nb = neighbor_table(positions_um=line_positions, radius_um=50.0)
+    feat_nb = neighbor_table(positions_um=line_positions, radius_um=75.0, min_neighbors=4)
+    bank = envelope_bank(positions_um=line_positions, neighbors=feat_nb, sigmas_um=(15.0, 30.0, 60.0),
+                         center_radius_um=50.0)
+    return dict(positions_um=line_positions, peak_neighbors=peak_nb, feature_neighbors=feat_nb, bank=bank)
+
+
+def detect(x, probe, bases, *, sign, keep_start=0, keep_stop=None, offset=0, threshold=5.0, universal=7.0):
+    return detect_block(x, keep_start=keep_start, keep_stop=x.shape[0] if keep_stop is None else keep_stop,
+                        offset=offset, sign=sign, threshold=threshold, universal_threshold=universal,
+                        peak_neighbors=probe["peak_neighbors"], feature_neighbors=probe["feature_neighbors"],
+                        bank=probe["bank"], bases=bases, pre=PRE, exclusion=EXCLUSION,
+                        positions_um=probe["positions_um"])
+
+
+FIRST, LAST = PRE, N - (NT - PRE)  # detect_block's valid range is [FIRST, LAST)
+PLANTED = np.array([FIRST, 400, 1000, 1500, 2200, LAST - 1])
+
+
+def test_probe_tables(probe):
+    # the neighbour table the tests rely on: the channel leads, nearest first, padded with -1
+    assert list(probe["peak_neighbors"][2]) == [2, 1, 3, 0, 4]
+    assert list(probe["peak_neighbors"][0][:3]) == [0, 1, 2] and probe["peak_neighbors"][0][3] == -1
+    assert probe["bank"].shape[0] == N_C
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("main", [2, 5])
+def test_negative_spikes_detected_at_the_planted_trough(probe, seed, main):
+    w = spike_waveform()
+    x = plant(noise(seed), PLANTED, [main] * len(PLANTED), w)
+    det = detect(x, probe, hand_bases(w), sign=-1)
+    np.testing.assert_array_equal(det.times, PLANTED)
+    np.testing.assert_array_equal(det.channels, main)
+    np.testing.assert_array_equal(det.amplitudes, -x[PLANTED, main])
+    assert np.all(np.abs(det.amplitudes - 20) < 4)
+    assert np.all(det.scores >= 7.0)
+    assert det.features.shape == (len(PLANTED), probe["feature_neighbors"].shape[1], 3)
+    if main == 2:
+        np.testing.assert_allclose(det.positions_um[:, 1], 40.0, atol=6.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_positive_spikes_with_sign_plus_one(probe, seed):
+    w = spike_waveform()
+    x = plant(noise(seed), PLANTED, [2] * len(PLANTED), -w)
+    bases = hand_bases(-w)
+    det = detect(x, probe, bases, sign=1)
+    np.testing.assert_array_equal(det.times, PLANTED)
+    np.testing.assert_array_equal(det.channels, 2)
+    assert np.all(det.amplitudes > 15)
+    # with the wrong polarity only the waveform's rebound (5 samples later) can show up
+    wrong = detect(x, probe, bases, sign=-1)
+    assert not set(wrong.times) & set(PLANTED)
+
+
+def test_offset_and_keep_window(probe):
+    w = spike_waveform()
+    x = plant(noise(3), PLANTED, [2] * len(PLANTED), w)
+    det = detect(x, probe, hand_bases(w), sign=-1, keep_start=400, keep_stop=1501, offset=12345)
+    np.testing.assert_array_equal(det.times, [12345 + 400, 12345 + 1000, 12345 + 1500])
+    assert len(detect(x, probe, hand_bases(w), sign=-1, keep_start=401, keep_stop=1000)) == 0
+
+
+def test_spikes_outside_the_valid_range_are_not_detected(probe):
+    w = spike_waveform()
+    x = noise(4)
+    # windows one sample off either end: troughs at FIRST - 1 and LAST + 1
+    x[: NT - 1] += w[1:, None] * footprint(2)
+    x[N - NT + 1:] += w[: NT - 1, None] * footprint(2)
+    assert -x[FIRST - 1, 2] > 15 and -x[LAST + 1, 2] > 15
+    det = detect(x, probe, hand_bases(w), sign=-1)
+    assert len(det) == 0
+
+
+def test_pure_noise_gives_no_event(probe):
+    w = spike_waveform()
+    assert len(detect(noise(5), probe, hand_bases(w), sign=-1)) == 0
+    empty = detect(noise(5)[:10], probe, hand_bases(w), sign=-1)  # shorter than one window
+    assert len(empty) == 0 and empty.features.shape == (0, probe["feature_neighbors"].shape[1], 3)
+
+
+def test_generic_bases_when_too_few_spikes_to_learn(probe):
+    w = spike_waveform()
+    x = plant(noise(6), PLANTED, [2] * len(PLANTED), w)
+    bases = learn_temporal_bases([x], sign=-1, threshold=5.0, neighbors=probe["peak_neighbors"], exclusion=EXCLUSION,
+                                 pre=PRE, nt=NT, n_components=3, rng=np.random.default_rng(0))
+    assert bases.shape == (3, NT) and bases.dtype == np.float32
+    np.testing.assert_allclose(bases @ bases.T, np.eye(3), atol=1e-5)
+    det = detect(x, probe, bases, sign=-1)
+    np.testing.assert_array_equal(det.times, PLANTED)
+    np.testing.assert_array_equal(det.channels, 2)
+
+
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_learned_bases_span_the_spike_shape(probe, sign):
+    w = spike_waveform()
+    times = np.arange(60, N - 60, 70)  # 41 spikes, enough to learn 3 components from
+    mains = np.resize([1, 2, 3, 4], len(times))
+    x = plant(noise(7), times, mains, -sign * w)
+    bases = learn_temporal_bases([x], sign=sign, threshold=5.0, neighbors=probe["peak_neighbors"],
+                                 exclusion=EXCLUSION, pre=PRE, nt=NT, n_components=3, rng=np.random.default_rng(0))
+    np.testing.assert_allclose(bases @ bases.T, np.eye(3), atol=1e-5)
+    assert np.all(sign * bases[:, PRE] >= 0)
+    assert abs(bases[0] @ w) / np.linalg.norm(w) > 0.98
+    det = detect(x, probe, bases, sign=sign)
+    np.testing.assert_array_equal(det.times, times)
+    np.testing.assert_array_equal(det.channels, mains)
+
+
+# ---------------------------------------------------------------------------------------------
+# one block vs many chunks, exactly as pipeline.py's detect stage does it
+# ---------------------------------------------------------------------------------------------
+
+def detect_chunked(x, probe, bases, *, chunk, sign, threshold, universal, n_jobs=1):
+    n = x.shape[0]
+    margin = max(10, 2 * NT)  # pipeline: max(margin_ms in samples, 2 * nt)
+
+    def det_fn(ch):
+        xb = x[ch.read_start: ch.read_stop]
+        return detect(xb, probe, bases, sign=sign, keep_start=ch.keep_start - ch.read_start,
+                      keep_stop=ch.keep_stop - ch.read_start, offset=ch.read_start, threshold=threshold,
+                      universal=universal)
+
+    chunks = list(iter_chunks(n_samples=n, chunk_samples=chunk, margin_samples=margin))
+    return Detections.concat(list(map_chunks(det_fn, chunks, n_jobs=n_jobs)))
+
+
+@pytest.mark.parametrize("chunk, n_jobs", [(500, 1), (137, 2), (7, 1)])
+def test_one_block_and_many_chunks_give_identical_events(probe, chunk, n_jobs):
+    rng = np.random.default_rng(11)
+    w = spike_waveform()
+    # random spikes, plus spikes on every side of the chunk boundaries at 500, 1000, ...
+    times = np.concatenate([rng.integers(FIRST, LAST, 30), [499, 500, 503, 998, 1001, 1500, 1504, 2000, 1997]])
+    mains = rng.integers(0, N_C, len(times))
+    x = plant(noise(12), times, mains, w, rng.uniform(0.3, 1.2, len(times)))
+    bases = hand_bases(w)
+    # a low threshold so noise events near boundaries are compared too
+    kw = dict(sign=-1, threshold=2.5, universal=0.0)
+    whole = detect_chunked(x, probe, bases, chunk=N, **kw)
+    split = detect_chunked(x, probe, bases, chunk=chunk, n_jobs=n_jobs, **kw)
+    assert len(whole) > len(times) + 20  # noise events too
+    np.testing.assert_array_equal(split.times, whole.times)
+    np.testing.assert_array_equal(split.channels, whole.channels)
+    np.testing.assert_array_equal(split.amplitudes, whole.amplitudes)
+    np.testing.assert_allclose(split.features, whole.features, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(split.scores, whole.scores, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(split.positions_um, whole.positions_um, rtol=1e-6, atol=1e-4)
+    # and whole-block detection equals a direct call on the full traces
+    direct = detect(x, probe, bases, sign=-1, threshold=2.5, universal=0.0)
+    np.testing.assert_array_equal(direct.times, whole.times)
+
+
+# ---------------------------------------------------------------------------------------------
+# peeling: two templates overlapping in space and time are both recovered
+# ---------------------------------------------------------------------------------------------
+
+def two_templates():
+    """A: the standard waveform centred on channel 2 (support 1..3); B: a wider, smaller one
+    centred on channel 3 (support 2..4)."""
+    dense = np.zeros((2, NT, N_C), dtype=np.float32)
+    dense[0][:, 1:4] = spike_waveform()[:, None] * np.array([0.6, 1.0, 0.6])
+    dense[1][:, 2:5] = spike_waveform(trough=-16.0, width=1.6)[:, None] * np.array([0.5, 1.0, 0.5])
+    return dense
+
+
+@pytest.mark.parametrize("lag", [5, -5])
+@pytest.mark.parametrize("amps", [(1.0, 1.0), (0.6, 1.4)])  # A peeled first, then B peeled first
+def test_match_block_recovers_overlapping_spikes(line_positions, lag, amps):
+    dense = two_templates()
+    templates = sparsify(dense, pre=PRE)
+    np.testing.assert_array_equal(templates.main_channel, [2, 3])
+    cand = channel_candidates(templates, n_channels=N_C)
+    peak_nb = neighbor_table(positions_um=line_positions, radius_um=50.0)
+    n = 600
+    t_a, t_b = 300, 300 + lag
+    isolated = [(100, 0, 1.0), (500, 1, 1.0)]
+    x = noise(21, n=n, sd=0.1)
+    for t, k, a in [(t_a, 0, amps[0]), (t_b, 1, amps[1]), *isolated]:
+        x[t - PRE: t - PRE + NT] += a * dense[k]
+    spikes, residual = match_block(x, keep_start=0, keep_stop=n, offset=1000, templates=templates,
+                                   chan_templates=cand, sign=-1, detect_threshold=5.0, peak_neighbors=peak_nb,
+                                   exclusion=EXCLUSION, match_threshold=5.0, iterations=4, max_lag=2,
+                                   amplitude_range=(0.5, 2.0))
+    want = sorted([(100, 0), (500, 1), (t_a, 0), (t_b, 1)])
+    assert list(zip(spikes.times - 1000, spikes.templates)) == want
+    amp = dict(zip(want, spikes.amplitudes))
+    assert amp[(100, 0)] == pytest.approx(1.0, abs=0.05) and amp[(500, 1)] == pytest.approx(1.0, abs=0.05)
+    # greedy peeling fits one spike at a time, so an overlapping pair's amplitudes carry the
+    # templates' cross-correlation (up to ~20% here: A's rebound sits on B's trough at lag +5)
+    assert amp[(t_a, 0)] == pytest.approx(amps[0], abs=0.25) and amp[(t_b, 1)] == pytest.approx(amps[1], abs=0.25)
+    planted = x - noise(21, n=n, sd=0.1)
+    assert (residual.astype(np.float64) ** 2).sum() < 0.1 * (planted.astype(np.float64) ** 2).sum()
+
+
+def test_match_block_without_templates_or_room(line_positions):
+    templates = sparsify(np.zeros((0, NT, N_C), dtype=np.float32), pre=PRE)
+    peak_nb = neighbor_table(positions_um=line_positions, radius_um=50.0)
+    x = noise(22, n=200)
+    spikes, residual = match_block(x, keep_start=0, keep_stop=200, offset=0, templates=templates,
+                                   chan_templates=channel_candidates(templates, n_channels=N_C), sign=-1,
+                                   detect_threshold=5.0, peak_neighbors=peak_nb, exclusion=EXCLUSION,
+                                   match_threshold=5.0, iterations=2, max_lag=2, amplitude_range=(0.5, 2.0))
+    assert len(spikes.times) == 0
+    np.testing.assert_array_equal(residual, x)

@@ -1,0 +1,587 @@
+"""Every numba kernel against a plain numpy twin written here from its docstring contract.
+
+The twins favour clarity over speed (python loops, float64 sums); inputs are kept small.
+Argument dtypes match the production call sites (float32 traces, int64 indices, float scalars)
+so no extra numba specialisation is compiled.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spikesort.kernels.detect import detect_peaks, project_neighborhoods
+from spikesort.kernels.match import best_matches, select_non_overlapping, subtract_templates
+
+SEEDS = [0, 1, 2, 3, 4]
+I64 = np.int64
+
+
+# ---------------------------------------------------------------------------------------------
+# twins
+# ---------------------------------------------------------------------------------------------
+
+def ref_detect_peaks(x, sign, threshold, neighbors, exclusion, keep_start, keep_stop):
+    """(t, c) in the keep window with sign*x[t, c] > threshold that is the maximum of sign*x over
+    samples [t - exclusion, t + exclusion] (clipped to x) on c and its neighbours, where a larger
+    value wins, then the earlier sample, then the lower channel."""
+    y = sign * np.asarray(x, dtype=np.float64)
+    n_t = y.shape[0]
+    times, chans = [], []
+    for t in range(keep_start, keep_stop):
+        for c in range(y.shape[1]):
+            if not y[t, c] > threshold:
+                continue
+            group = {c} | {int(n) for n in neighbors[c] if n >= 0}
+            best = max((y[tt, cc], -tt, -cc) for cc in group
+                       for tt in range(max(0, t - exclusion), min(n_t, t + exclusion + 1)))
+            if best == (y[t, c], -t, -c):
+                times.append(t)
+                chans.append(c)
+    return np.array(times, dtype=I64), np.array(chans, dtype=I64)
+
+
+def ref_project(x, times, chans, neighbors, bases, pre):
+    n, m = len(times), neighbors.shape[1]
+    k_b, nt = bases.shape
+    out = np.zeros((n, m, k_b))
+    for i, (t, c) in enumerate(zip(times, chans)):
+        start = t - pre
+        if start < 0 or start + nt > x.shape[0]:
+            continue
+        for j, cc in enumerate(neighbors[c]):
+            if cc >= 0:
+                out[i, j] = bases.astype(np.float64) @ x[start: start + nt, cc].astype(np.float64)
+    return out
+
+
+def ref_best_matches(r, times, chans, values, channels, norm2, chan_templates, pre, max_lag, amp_lo, amp_hi):
+    """Exhaustive search over the candidate channel's templates and lags; first best kept."""
+    n, n_t, nt = len(times), r.shape[0], values.shape[1]
+    ks = np.full(n, -1, dtype=I64)
+    ts = np.zeros(n, dtype=I64)
+    amps = np.zeros(n)
+    gains = np.full(n, -np.inf)
+    for i in range(n):
+        for k in chan_templates[chans[i]]:
+            if k < 0:
+                continue
+            sup = channels[k]
+            tpl = values[k][:, sup >= 0].astype(np.float64)
+            for lag in range(-max_lag, max_lag + 1):
+                start = times[i] + lag - pre
+                if start < 0 or start + nt > n_t:
+                    continue
+                dot = float((r[start: start + nt, sup[sup >= 0]].astype(np.float64) * tpl).sum())
+                a = min(max(dot / float(norm2[k]), amp_lo), amp_hi)
+                g = 2 * a * dot - a * a * float(norm2[k])
+                if g > gains[i]:
+                    ks[i], ts[i], amps[i], gains[i] = k, times[i] + lag, a, g
+    return ks, ts, amps, gains
+
+
+def ref_select(order, ks, ts, channels, pre, nt):
+    claimed = set()
+    keep = np.zeros(len(ks), dtype=bool)
+    for i in order:
+        cells = {(ts[i] - pre + j, ch) for ch in channels[ks[i]] if ch >= 0 for j in range(nt)}
+        if cells & claimed:
+            continue
+        keep[i] = True
+        claimed |= cells
+    return keep
+
+
+def ref_subtract(r, ts, ks, amps, values, channels, pre):
+    out = r.astype(np.float64).copy()
+    for t, k, a in zip(ts, ks, amps):
+        for s, ch in enumerate(channels[k]):
+            if ch < 0:
+                continue
+            for j in range(values.shape[1]):
+                if 0 <= t - pre + j < out.shape[0]:
+                    out[t - pre + j, ch] -= float(a) * float(values[k, j, s])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def random_neighbors(rng, n_c, m):
+    """Each channel leads its own row, then up to m-1 random others, padded with -1."""
+    nb = np.full((n_c, m), -1, dtype=I64)
+    for c in range(n_c):
+        others = rng.permutation([o for o in range(n_c) if o != c])[: rng.integers(0, m)]
+        row = [c, *others]
+        nb[c, : len(row)] = row
+    return nb
+
+
+def self_neighbors(n_c):
+    return np.arange(n_c, dtype=I64)[:, None]
+
+
+def peaks(x, sign, threshold, neighbors, exclusion, keep_start=0, keep_stop=None):
+    keep_stop = x.shape[0] if keep_stop is None else keep_stop
+    return detect_peaks(np.ascontiguousarray(x, dtype=np.float32), float(sign), float(threshold), neighbors,
+                        int(exclusion), int(keep_start), int(keep_stop))
+
+
+def assert_peaks_equal(got, want):
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def random_sparse_templates(rng, k, nt, n_c, s):
+    """values (K, nt, S), channels (K, S) padded with -1 (random support sizes 1..S), norm2."""
+    values = np.zeros((k, nt, s), dtype=np.float32)
+    channels = np.full((k, s), -1, dtype=I64)
+    for i in range(k):
+        n_sup = int(rng.integers(1, min(s, n_c) + 1))
+        channels[i, :n_sup] = np.sort(rng.choice(n_c, n_sup, replace=False))
+        values[i, :, :n_sup] = rng.normal(size=(nt, n_sup))
+    norm2 = (values.astype(np.float64) ** 2).sum(axis=(1, 2)).astype(np.float32)
+    return values, channels, norm2
+
+
+def chan_table(channels, n_c):
+    """(C, Q) templates whose support holds channel c, padded with -1."""
+    rows = [[k for k in range(len(channels)) if c in channels[k]] for c in range(n_c)]
+    q = max([len(r) for r in rows] + [1])
+    tab = np.full((n_c, q), -1, dtype=I64)
+    for c, r in enumerate(rows):
+        tab[c, : len(r)] = r
+    return tab
+
+
+def dense_plant(n_t, n_c, ts, ks, amps, values, channels, pre):
+    x = np.zeros((n_t, n_c), dtype=np.float64)
+    for t, k, a in zip(ts, ks, amps):
+        for s, ch in enumerate(channels[k]):
+            if ch >= 0:
+                x[t - pre: t - pre + values.shape[1], ch] += a * values[k, :, s]
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# detect_peaks
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_detect_peaks_matches_twin_random(seed, sign):
+    rng = np.random.default_rng(seed)
+    n_t, n_c = 300, 5
+    x = rng.normal(size=(n_t, n_c)).astype(np.float32)
+    nb = random_neighbors(rng, n_c, 4)
+    exclusion = int(rng.integers(0, 6))
+    ks, ke = int(rng.integers(0, 20)), int(n_t - rng.integers(0, 20))
+    got = peaks(x, sign, 1.5, nb, exclusion, ks, ke)
+    assert len(got[0]) > 5
+    assert_peaks_equal(got, ref_detect_peaks(x, sign, 1.5, nb, exclusion, ks, ke))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_detect_peaks_matches_twin_with_many_ties(seed, sign):
+    # values on a coarse grid: equal neighbouring values everywhere
+    rng = np.random.default_rng(100 + seed)
+    x = (np.round(rng.normal(size=(200, 4)) * 2) / 2).astype(np.float32)
+    nb = random_neighbors(rng, 4, 4)
+    got = peaks(x, sign, 0.9, nb, 3)
+    assert_peaks_equal(got, ref_detect_peaks(x, sign, 0.9, nb, 3, 0, 200))
+
+
+def test_detect_peaks_output_types_and_order():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(400, 6)).astype(np.float32)
+    t, c = peaks(x, -1, 1.0, random_neighbors(rng, 6, 3), 1)
+    assert t.dtype == np.int64 and c.dtype == np.int64
+    assert len(t) > 10
+    key = t * 6 + c
+    assert np.all(np.diff(key) > 0)  # times sorted, channels ascending within a time
+
+
+def test_detect_peaks_empty_inputs():
+    nb = self_neighbors(3)
+    t, c = peaks(np.zeros((0, 3)), -1, 1.0, nb, 2, 0, 0)
+    assert t.shape == (0,) and c.shape == (0,)
+    x = np.zeros((50, 3))
+    x[20, 1] = -10
+    t, c = peaks(x, -1, 1.0, nb, 2, 20, 20)  # empty keep window
+    assert len(t) == 0
+    t, c = peaks(x, -1, 1.0, nb, 2)  # nothing above threshold of the other sign
+    assert list(t) == [20]
+    assert len(peaks(x, 1, 1.0, nb, 2)[0]) == 0
+
+
+def test_detect_peaks_one_channel():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 1)).astype(np.float32)
+    nb = np.zeros((1, 1), dtype=I64)
+    for sign in (-1, 1):
+        got = peaks(x, sign, 1.0, nb, 2)
+        assert len(got[0]) > 10
+        assert_peaks_equal(got, ref_detect_peaks(x, sign, 1.0, nb, 2, 0, 500))
+
+
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_detect_peaks_first_and_last_samples(sign):
+    x = np.zeros((40, 2), dtype=np.float32)
+    x[0, 0] = x[39, 1] = sign * 8
+    t, c = peaks(x, sign, 4.0, np.array([[0, 1], [1, 0]], dtype=I64), 3)
+    assert list(t) == [0, 39] and list(c) == [0, 1]
+
+
+def test_detect_peaks_keep_window_bounds():
+    x = np.zeros((100, 1), dtype=np.float32)
+    for t in (4, 5, 94, 95):
+        x[t, 0] = -8
+    nb = self_neighbors(1)
+    t, _ = peaks(x, -1, 4.0, nb, 0, 5, 95)  # [keep_start, keep_stop)
+    assert list(t) == [5, 94]
+
+
+def test_detect_peaks_context_outside_keep_window_suppresses():
+    # a larger value just outside the keep window still wins; the rest of x is context
+    x = np.zeros((50, 1), dtype=np.float32)
+    x[19, 0], x[21, 0] = -9, -7
+    assert len(peaks(x, -1, 4.0, self_neighbors(1), 3, 20, 50)[0]) == 0
+    assert list(peaks(x, -1, 4.0, self_neighbors(1), 1, 20, 50)[0]) == [21]
+
+
+def test_detect_peaks_threshold_is_strict():
+    x = np.zeros((20, 1), dtype=np.float32)
+    x[5, 0], x[15, 0] = -4.0, -4.5
+    assert list(peaks(x, -1, 4.0, self_neighbors(1), 2)[0]) == [15]
+
+
+def test_detect_peaks_sign_selects_polarity():
+    x = np.zeros((60, 2), dtype=np.float32)
+    x[10, 0], x[40, 1] = -8, 8
+    nb = np.array([[0, 1], [1, 0]], dtype=I64)
+    assert_peaks_equal(peaks(x, -1, 4.0, nb, 5), ([10], [0]))
+    assert_peaks_equal(peaks(x, 1, 4.0, nb, 5), ([40], [1]))
+
+
+def test_detect_peaks_ties_same_channel_give_one_event_at_the_earlier_sample():
+    x = np.zeros((30, 1), dtype=np.float32)
+    x[10, 0] = x[12, 0] = -6
+    assert_peaks_equal(peaks(x, -1, 4.0, self_neighbors(1), 3), ([10], [0]))
+    # beyond the exclusion zone, both are peaks
+    assert_peaks_equal(peaks(x, -1, 4.0, self_neighbors(1), 1), ([10, 12], [0, 0]))
+
+
+def test_detect_peaks_ties_across_channels_go_to_the_lower_channel():
+    x = np.zeros((30, 3), dtype=np.float32)
+    x[10, 1] = x[10, 2] = 6
+    nb = np.array([[0, 1, -1], [1, 0, 2], [2, 1, -1]], dtype=I64)
+    assert_peaks_equal(peaks(x, 1, 4.0, nb, 2), ([10], [1]))
+    # an earlier equal sample on a higher neighbour channel wins over the lower channel
+    x[9, 2] = 6
+    assert_peaks_equal(peaks(x, 1, 4.0, nb, 2), ([9], [2]))
+
+
+def test_detect_peaks_plateau_gives_one_event():
+    x = np.zeros((30, 1), dtype=np.float32)
+    x[10:16, 0] = -6
+    assert_peaks_equal(peaks(x, -1, 4.0, self_neighbors(1), 2), ([10], [0]))
+
+
+def test_detect_peaks_padding_is_not_read_as_a_channel():
+    # with -1 read as "last channel", the big value on channel 2 would suppress channel 0
+    x = np.zeros((30, 3), dtype=np.float32)
+    x[10, 0], x[10, 2] = -6, -9
+    nb = np.array([[0, -1, -1], [1, -1, -1], [2, -1, -1]], dtype=I64)
+    assert_peaks_equal(peaks(x, -1, 4.0, nb, 3), ([10, 10], [0, 2]))
+    # the same layout with channel 2 as a real neighbour of 0 suppresses it
+    nb2 = np.array([[0, 2, -1], [1, -1, -1], [2, 0, -1]], dtype=I64)
+    assert_peaks_equal(peaks(x, -1, 4.0, nb2, 3), ([10], [2]))
+
+
+def test_detect_peaks_exclusion_window_clipped_at_array_edges():
+    x = np.zeros((20, 1), dtype=np.float32)
+    x[0, 0], x[1, 0] = -9, -6  # the larger sample at the very start wins
+    x[19, 0], x[18, 0] = -9, -6  # and at the very end
+    assert_peaks_equal(peaks(x, -1, 4.0, self_neighbors(1), 5), ([0, 19], [0, 0]))
+    assert_peaks_equal(peaks(x, -1, 4.0, self_neighbors(1), 5, 1, 19), ([], []))
+
+
+def test_detect_peaks_many_events_grow_the_buffer():
+    # more events than the kernel's initial capacity
+    x = np.zeros((3000, 2), dtype=np.float32)
+    x[::2, :] = -6
+    nb = self_neighbors(2)
+    got = peaks(x, -1, 4.0, nb, 0)
+    assert len(got[0]) == 3000
+    assert_peaks_equal(got, (np.repeat(np.arange(0, 3000, 2), 2), np.tile([0, 1], 1500)))
+
+
+@pytest.mark.xfail(strict=True, reason="kernel compares only with neighbors[c]; a row that omits c itself "
+                                       "does not compare with the own channel (docstring: 'on the channel and its neighbors')")
+def test_detect_peaks_own_channel_always_in_the_exclusion_zone():
+    x = np.zeros((20, 1), dtype=np.float32)
+    x[10, 0], x[11, 0] = -6, -8
+    nb = np.full((1, 1), -1, dtype=I64)  # no neighbours at all
+    assert_peaks_equal(peaks(x, -1, 4.0, nb, 2), ([11], [0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# project_neighborhoods
+# ---------------------------------------------------------------------------------------------
+
+def project(x, times, chans, nb, bases, pre):
+    return project_neighborhoods(np.ascontiguousarray(x, dtype=np.float32), np.asarray(times, dtype=I64),
+                                 np.asarray(chans, dtype=I64), nb, np.ascontiguousarray(bases, dtype=np.float32),
+                                 int(pre))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_project_matches_twin_random(seed):
+    rng = np.random.default_rng(seed)
+    n_t, n_c, nt, pre, k_b = 200, 5, 16, 5, 3
+    x = rng.normal(size=(n_t, n_c)).astype(np.float32)
+    bases = rng.normal(size=(k_b, nt)).astype(np.float32)
+    nb = random_neighbors(rng, n_c, 4)
+    times = rng.integers(0, n_t, 40)  # includes windows falling off either edge
+    chans = rng.integers(0, n_c, 40)
+    got = project(x, times, chans, nb, bases, pre)
+    assert got.dtype == np.float32 and got.shape == (40, 4, k_b)
+    np.testing.assert_allclose(got, ref_project(x, times, chans, nb, bases, pre), rtol=1e-5, atol=1e-4)
+
+
+def test_project_empty_and_one_channel():
+    bases = np.eye(3, 8, dtype=np.float32)
+    x = np.arange(40, dtype=np.float32)[:, None]
+    out = project(x, np.zeros(0), np.zeros(0), self_neighbors(1), bases, 2)
+    assert out.shape == (0, 1, 3) and out.dtype == np.float32
+    out = project(x, [10], [0], self_neighbors(1), bases, 2)
+    # unit bases pick samples 8, 9, 10 of the window starting at 10 - 2
+    np.testing.assert_array_equal(out[0, 0], [8, 9, 10])
+
+
+def test_project_windows_touching_the_edges():
+    n_t, nt, pre = 50, 10, 3
+    x = np.random.default_rng(0).normal(size=(n_t, 2)).astype(np.float32)
+    bases = np.random.default_rng(1).normal(size=(2, nt)).astype(np.float32)
+    nb = np.array([[0, 1], [1, 0]], dtype=I64)
+    first, last = pre, n_t - nt + pre  # windows [0, nt) and [n_t - nt, n_t)
+    times = [first - 1, first, last, last + 1]
+    out = project(x, times, [0, 0, 1, 1], nb, bases, pre)
+    np.testing.assert_array_equal(out[0], 0)
+    np.testing.assert_array_equal(out[3], 0)
+    np.testing.assert_allclose(out[1, 0], bases @ x[:nt, 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1, 1], bases @ x[:nt, 1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[2, 0], bases @ x[n_t - nt:, 1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[2, 1], bases @ x[n_t - nt:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_project_padded_slots_are_zero():
+    x = np.ones((30, 3), dtype=np.float32)
+    nb = np.array([[0, -1, -1], [1, 0, 2], [2, 1, -1]], dtype=I64)
+    out = project(x, [10, 10, 10], [0, 1, 2], nb, np.ones((1, 5)), 2)
+    np.testing.assert_array_equal(out[:, :, 0], [[5, 0, 0], [5, 5, 5], [5, 5, 0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# best_matches
+# ---------------------------------------------------------------------------------------------
+
+def fit(r, times, chans, values, channels, norm2, cand, pre, max_lag, lo=0.5, hi=2.0):
+    return best_matches(np.ascontiguousarray(r, dtype=np.float32), np.asarray(times, dtype=I64),
+                        np.asarray(chans, dtype=I64), values, channels, norm2, cand, int(pre), int(max_lag),
+                        float(lo), float(hi))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_best_matches_matches_twin_random(seed):
+    rng = np.random.default_rng(seed)
+    n_t, n_c, nt, pre, k, s, max_lag = 200, 6, 12, 4, 5, 3, 2
+    values, channels, norm2 = random_sparse_templates(rng, k, nt, n_c, s)
+    cand = chan_table(channels, n_c)
+    ts = rng.integers(pre, n_t - nt + pre, 6)
+    r = dense_plant(n_t, n_c, ts, rng.integers(0, k, 6), rng.uniform(0.3, 2.5, 6), values, channels, pre)
+    r = (r + 0.3 * rng.normal(size=r.shape)).astype(np.float32)
+    times = np.concatenate([ts, rng.integers(0, n_t, 30), [0, n_t - 1]])  # some with no window that fits
+    chans = rng.integers(0, n_c, len(times))
+    kk, tt, aa, gg = fit(r, times, chans, values, channels, norm2, cand, pre, max_lag)
+    rk, rt, ra, rg = ref_best_matches(r, times, chans, values, channels, norm2, cand, pre, max_lag, 0.5, 2.0)
+    np.testing.assert_array_equal(kk, rk)
+    assert np.any(rk == -1) and np.any(rk >= 0)
+    ok = rk >= 0
+    np.testing.assert_array_equal(tt[ok], rt[ok])
+    np.testing.assert_allclose(aa[ok], ra[ok], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gg[ok], rg[ok], rtol=1e-4, atol=1e-3)
+    assert aa.dtype == np.float32 and gg.dtype == np.float32 and kk.dtype == np.int64 and tt.dtype == np.int64
+
+
+def test_best_matches_no_candidates_and_no_templates():
+    rng = np.random.default_rng(0)
+    values, channels, norm2 = random_sparse_templates(rng, 2, 10, 3, 2)
+    r = rng.normal(size=(50, 3)).astype(np.float32)
+    out = fit(r, [], [], values, channels, norm2, chan_table(channels, 3), 3, 1)
+    assert all(len(o) == 0 for o in out)
+    empty_v = np.zeros((0, 10, 1), dtype=np.float32)
+    empty_c = np.zeros((0, 1), dtype=I64)
+    k, _, _, _ = fit(r, [20, 30], [0, 2], empty_v, empty_c, np.zeros(0, np.float32),
+                     np.full((3, 1), -1, dtype=I64), 3, 1)
+    np.testing.assert_array_equal(k, [-1, -1])
+
+
+def test_best_matches_channel_without_candidate_templates():
+    values = np.ones((1, 5, 1), dtype=np.float32)
+    channels = np.array([[0]], dtype=I64)
+    cand = np.array([[0], [-1]], dtype=I64)
+    r = np.zeros((30, 2), dtype=np.float32)
+    r[10:15, :] = 1
+    k, t, a, _ = fit(r, [12, 12], [0, 1], values, channels, np.array([5.0], np.float32), cand, 2, 0)
+    np.testing.assert_array_equal(k, [0, -1])
+    assert t[0] == 12 and a[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.01])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_best_matches_recovers_a_planted_template(noise, seed):
+    rng = np.random.default_rng(seed)
+    n_t, n_c, nt, pre, k = 120, 6, 14, 5, 4
+    values, channels, norm2 = random_sparse_templates(rng, k, nt, n_c, 4)
+    cand = np.tile(np.arange(k, dtype=I64), (n_c, 1))  # every template tried on every channel
+    k0, t0, a0 = int(rng.integers(0, k)), 60, 1.25
+    r = dense_plant(n_t, n_c, [t0], [k0], [a0], values, channels, pre)
+    r = (r + noise * rng.normal(size=r.shape)).astype(np.float32)
+    for lag in (-2, 0, 1, 2):  # the candidate peak need not sit on the template's own peak
+        kk, tt, aa, gg = fit(r, [t0 + lag], [channels[k0, 0]], values, channels, norm2, cand, pre, 2)
+        assert (kk[0], tt[0]) == (k0, t0)
+        if noise == 0:
+            assert aa[0] == pytest.approx(a0, rel=1e-5)
+            assert gg[0] == pytest.approx(a0 * a0 * norm2[k0], rel=1e-4)
+        else:
+            assert aa[0] == pytest.approx(a0, abs=0.02)
+
+
+def test_best_matches_amplitude_is_clipped():
+    values = np.zeros((1, 6, 1), dtype=np.float32)
+    values[0, :, 0] = [0, 1, -3, 1, 0, 0]
+    channels = np.array([[0]], dtype=I64)
+    norm2 = np.array([11.0], dtype=np.float32)
+    cand = np.zeros((1, 1), dtype=I64)
+    for a_true, a_fit in [(3.0, 2.0), (0.2, 0.5), (-1.0, 0.5), (1.5, 1.5)]:
+        r = dense_plant(40, 1, [20], [0], [a_true], values, channels, 2).astype(np.float32)
+        k, t, a, g = fit(r, [20], [0], values, channels, norm2, cand, 2, 0, 0.5, 2.0)
+        dot = a_true * 11.0
+        assert (k[0], t[0]) == (0, 20)
+        assert a[0] == pytest.approx(a_fit, rel=1e-6)
+        assert g[0] == pytest.approx(2 * a_fit * dot - a_fit**2 * 11.0, rel=1e-5)
+
+
+def test_best_matches_one_channel_window_at_both_edges():
+    values = np.zeros((1, 8, 1), dtype=np.float32)
+    values[0, :, 0] = np.hanning(8)
+    channels = np.zeros((1, 1), dtype=I64)
+    norm2 = (values**2).sum(axis=(1, 2)).astype(np.float32)
+    pre, n_t = 3, 30
+    r = dense_plant(n_t, 1, [pre, n_t - 8 + pre], [0, 0], [1.0, 0.8], values, channels, pre).astype(np.float32)
+    cand = np.zeros((1, 1), dtype=I64)
+    # candidates on the first and last sample whose window fits; lags that fall off are skipped
+    k, t, a, _ = fit(r, [pre, n_t - 8 + pre], [0, 0], values, channels, norm2, cand, pre, 2)
+    np.testing.assert_array_equal(k, [0, 0])
+    np.testing.assert_array_equal(t, [pre, n_t - 8 + pre])
+    np.testing.assert_allclose(a, [1.0, 0.8], rtol=1e-5)
+    # no lag fits at all
+    k, *_ = fit(r, [0, n_t - 1], [0, 0], values, channels, norm2, cand, pre, 2)
+    np.testing.assert_array_equal(k, [-1, -1])
+
+
+# ---------------------------------------------------------------------------------------------
+# select_non_overlapping
+# ---------------------------------------------------------------------------------------------
+
+def select(order, ks, ts, channels, pre, nt, n_t, n_c):
+    return select_non_overlapping(np.asarray(order, dtype=I64), np.asarray(ks, dtype=I64),
+                                  np.asarray(ts, dtype=I64), channels, int(pre), int(nt), int(n_t), int(n_c))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_select_matches_twin_random(seed):
+    rng = np.random.default_rng(seed)
+    n_t, n_c, nt, pre, k = 300, 8, 10, 3, 6
+    _, channels, _ = random_sparse_templates(rng, k, nt, n_c, 3)
+    n = 40
+    ks = rng.integers(0, k, n)
+    ts = rng.integers(pre, n_t - nt + pre + 1, n)  # windows may touch both edges
+    order = rng.permutation(n)[: rng.integers(n // 2, n + 1)]  # not every fit is offered
+    got = select(order, ks, ts, channels, pre, nt, n_t, n_c)
+    want = ref_select(order, ks, ts, channels, pre, nt)
+    assert got.dtype == np.bool_
+    np.testing.assert_array_equal(got, want)
+    assert 0 < want.sum() < len(order)
+
+
+def test_select_overlap_keeps_the_first_in_order():
+    channels = np.array([[0, 1, -1], [1, 2, -1], [3, -1, -1]], dtype=I64)
+    ks, ts = [0, 1], [20, 25]  # share channel 1 and samples 22..26
+    assert list(select([0, 1], ks, ts, channels, 2, 10, 60, 4)) == [True, False]
+    assert list(select([1, 0], ks, ts, channels, 2, 10, 60, 4)) == [False, True]
+
+
+def test_select_disjoint_fits_are_all_kept():
+    channels = np.array([[0, 1, -1], [1, 2, -1], [3, -1, -1]], dtype=I64)
+    # same time, different channels; same channel, windows back to back; windows at both array edges
+    ks = [0, 2, 1, 1, 0]
+    ts = [20, 20, 2, 12, 52]  # nt=10, pre=2: windows [0,10), [10,20) on channel 1-2; [50, 60) on 0-1
+    keep = select([4, 3, 2, 1, 0], ks, ts, channels, 2, 10, 60, 4)
+    np.testing.assert_array_equal(keep, [False, True, True, True, True])  # 0 overlaps 3 at sample 18-19, ch 1
+    keep = select([2, 1, 4], ks, ts, channels, 2, 10, 60, 4)
+    np.testing.assert_array_equal(keep, [False, True, True, False, True])  # only the offered ones
+
+
+def test_select_empty_order():
+    channels = np.array([[0]], dtype=I64)
+    assert select([], [], [], channels, 2, 5, 20, 1).shape == (0,)
+    np.testing.assert_array_equal(select([], [0, 0], [5, 10], channels, 2, 5, 20, 1), [False, False])
+
+
+# ---------------------------------------------------------------------------------------------
+# subtract_templates
+# ---------------------------------------------------------------------------------------------
+
+def subtract(r, ts, ks, amps, values, channels, pre):
+    subtract_templates(r, np.asarray(ts, dtype=I64), np.asarray(ks, dtype=I64), np.asarray(amps, dtype=np.float32),
+                       values, channels, int(pre))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_subtract_matches_twin_random(seed):
+    rng = np.random.default_rng(seed)
+    n_t, n_c, nt, pre, k = 100, 5, 12, 4, 4
+    values, channels, _ = random_sparse_templates(rng, k, nt, n_c, 3)
+    r = rng.normal(size=(n_t, n_c)).astype(np.float32)
+    ts = rng.integers(-5, n_t + 5, 25)  # windows overlapping each other and falling off both edges
+    ks = rng.integers(0, k, 25)
+    amps = rng.uniform(-2, 2, 25).astype(np.float32)
+    want = ref_subtract(r, ts, ks, amps, values, channels, pre)
+    subtract(r, ts, ks, amps, values, channels, pre)
+    np.testing.assert_allclose(r, want, rtol=1e-5, atol=1e-5)
+
+
+def test_subtract_planted_gives_zeros():
+    rng = np.random.default_rng(5)
+    n_t, n_c, nt, pre, k = 80, 4, 10, 3, 3
+    values, channels, _ = random_sparse_templates(rng, k, nt, n_c, 3)
+    ts, ks, amps = [pre, 30, 33, n_t - nt + pre], [0, 1, 2, 1], np.float32([1.0, 0.7, 1.6, 1.2])
+    r = dense_plant(n_t, n_c, ts, ks, amps, values, channels, pre).astype(np.float32)
+    assert np.abs(r).max() > 0.5
+    subtract(r, ts, ks, amps, values, channels, pre)
+    np.testing.assert_allclose(r, 0, atol=1e-5)
+
+
+def test_subtract_empty_and_in_place():
+    values = np.ones((1, 4, 1), dtype=np.float32)
+    channels = np.zeros((1, 1), dtype=I64)
+    r = np.full((10, 1), 2.0, dtype=np.float32)
+    subtract(r, [], [], [], values, channels, 1)
+    np.testing.assert_array_equal(r, 2.0)
+    subtract(r, [0], [0], [0.5], values, channels, 1)  # window [-1, 3) clipped
+    np.testing.assert_array_equal(r[:, 0], [1.5, 1.5, 1.5, 2, 2, 2, 2, 2, 2, 2])
+    subtract(r, [9], [0], [1.0], values, channels, 1)  # window [8, 12) clipped
+    np.testing.assert_array_equal(r[:, 0], [1.5, 1.5, 1.5, 2, 2, 2, 2, 2, 1, 1])
