@@ -360,20 +360,28 @@ def child_main(*, spec_path: Path) -> int:
 
 
 def _tree_memory_mb(proc) -> float:
-    """Summed PSS (RSS where PSS is unreadable) of a process and its descendants, in MB."""
+    """Memory of a process and its descendants, in MB.
+
+    RSS for a lone process; summed PSS (shared pages split between sharers, so forked workers
+    are not counted twice) once it has workers. PSS reads /proc/PID/smaps, which costs CPU on
+    big processes, so it is only read when needed.
+    """
     import psutil
 
-    total = 0
     try:
         procs = [proc] + proc.children(recursive=True)
     except psutil.Error:
         return 0.0
+    total = 0
     for p in procs:
         try:
-            try:
-                total += p.memory_full_info().pss
-            except (psutil.AccessDenied, AttributeError):
+            if len(procs) == 1:
                 total += p.memory_info().rss
+            else:
+                try:
+                    total += p.memory_full_info().pss
+                except (psutil.AccessDenied, AttributeError):
+                    total += p.memory_info().rss
         except psutil.Error:
             pass
     return total / 2**20
@@ -389,7 +397,7 @@ def run_sorter_subprocess(
     n_jobs: int,
     timeout_s: float | None,
     dummy: bool = False,
-    poll_s: float = 0.5,
+    poll_s: float = 1.0,
 ) -> dict:
     """Run one sorter in a child python; return status, wall and peak memory."""
     import psutil

@@ -46,14 +46,14 @@ def cross_refractory_ratio(ta: np.ndarray, tb: np.ndarray, *, refractory: int, d
 
 def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um: np.ndarray, duration: int,
                       refractory: int, similarity: float, max_ratio: float = 0.25, min_expected: float = 5.0,
-                      strict_similarity: float = 0.95, max_lag: int = 3,
-                      max_distance_um: float = 100.0) -> list[list[tuple[int, int]]]:
+                      strict_similarity: float = 0.9, max_lag: int = 3, max_distance_um: float = 100.0,
+                      same_unit=None) -> list[list[tuple[int, int]]]:
     """Groups of templates to merge, each as (template, lag onto the group's first template).
 
     Pairs need lag-aware template similarity above ``similarity`` and a refractory gap in their
     cross-correlogram (observed/expected < ``max_ratio``); where firing is too sparse for the
     correlogram to say anything (expected pairs < ``min_expected``), only near-identical
-    templates (``strict_similarity``) merge.
+    templates (``strict_similarity``) whose spikes form one mode (``same_unit(i, j, lag)``) merge.
     """
     k = dense.shape[0]
     if k == 0:
@@ -70,7 +70,10 @@ def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um:
                 continue
             ratio, expected = cross_refractory_ratio(times[i], times[j] - lag, refractory=refractory,
                                                      duration=duration)
-            ok = ratio < max_ratio if expected >= min_expected else s >= strict_similarity
+            if expected >= min_expected:
+                ok = ratio < max_ratio
+            else:
+                ok = s >= strict_similarity and (same_unit is None or same_unit(i, j, lag))
             if ok:
                 pairs.append((s, i, j, lag))
     parent = {i: (i, 0) for i in range(k)}  # template -> (root, lag onto root)
@@ -108,3 +111,30 @@ def apply_groups(spikes: MatchedSpikes, groups: list[list[tuple[int, int]]]) -> 
             new_t[sel] = spikes.times[sel] + lag
     out = MatchedSpikes(new_t, new_k, spikes.amplitudes, spikes.gains)
     return out.take(np.lexsort((out.templates, out.times)))
+
+
+def ghost_units(spikes: MatchedSpikes, dense: np.ndarray, *, window: int, max_fraction: float = 0.5,
+                max_distance_um: float = 100.0, positions_um: np.ndarray) -> np.ndarray:
+    """Units that mostly fire within ``window`` samples of a larger unit nearby: what is left of
+    a big spike after an imperfect subtraction, matched to another template. Returns their ids."""
+    k = dense.shape[0]
+    norms = np.linalg.norm(dense.reshape(k, -1), axis=1)
+    main = np.sqrt((dense**2).sum(axis=1)).argmax(axis=1) if k else np.zeros(0, np.int64)
+    times = [np.sort(spikes.times[spikes.templates == i]) for i in range(k)]
+    ghosts = []
+    for a in range(k):
+        if len(times[a]) == 0:
+            continue
+        for b in range(k):
+            if b == a or norms[b] <= norms[a] or len(times[b]) == 0:
+                continue
+            if np.linalg.norm(positions_um[main[a]] - positions_um[main[b]]) > max_distance_um:
+                continue
+            lo = np.searchsorted(times[b], times[a] - window, side="left")
+            hi = np.searchsorted(times[b], times[a] + window, side="right")
+            if np.mean(hi > lo) > max_fraction:
+                log.info("unit %d fires with larger unit %d on %.0f%% of its spikes: dropped as a subtraction "
+                         "residue", a, b, 100 * np.mean(hi > lo))
+                ghosts.append(a)
+                break
+    return np.asarray(ghosts, dtype=np.int64)

@@ -14,7 +14,7 @@ import numpy as np
 from . import __version__
 from .chunks import iter_chunks, map_chunks, n_chunks
 from .cluster import cluster_spikes
-from .curate import apply_groups, refractory_merges, remove_duplicates
+from .curate import apply_groups, ghost_units, refractory_merges, remove_duplicates
 from .detect import (Detections, choose_sign, detect_block, envelope_bank, filtered_noise_sd,
                      learn_temporal_bases)
 from .errors import SpikesortError
@@ -233,9 +233,14 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
         spikes = remove_duplicates(spikes, window=dup)
         post = build_templates(store, spikes.times, spikes.templates, n_units=templates.n_templates, pre=pre,
                                nt=nt, rng=rng)
+        ghosts = ghost_units(spikes, post.dense, window=int(round(params.refractory_ms * fs / 1000)),
+                             positions_um=info.positions_um)
+        spikes = spikes.take(np.flatnonzero(~np.isin(spikes.templates, ghosts)))
+        veto = snippet_merge_test(store, spikes.times, spikes.templates, pre=pre, nt=nt,
+                                  threshold=params.bimodality_threshold, rng=rng)
         groups = refractory_merges(spikes, post.dense, positions_um=info.positions_um, duration=info.n_samples,
                                    refractory=int(round(params.refractory_ms * fs / 1000)),
-                                   similarity=params.post_merge_similarity)
+                                   similarity=params.post_merge_similarity, same_unit=veto)
         spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
         log.info("%d units after refractory merges", len(groups))
         final = build_templates(store, spikes.times, spikes.templates, n_units=len(groups), pre=pre, nt=nt, rng=rng)

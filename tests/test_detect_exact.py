@@ -3,6 +3,13 @@
 6 contacts on a line 20 µm apart, white noise of sd 1 (the whitened scale), a fixed waveform
 with its trough (-20) at sample PRE of a NT-sample window, copied on the neighbours with
 decaying gains.
+
+Candidates are the peaks of the traces filtered with the first temporal basis (in units of the
+filtered noise sd, ``filter_sd``), then moved by up to ``align_lag`` samples to the best
+universal-template score. When the planted waveform is a scaled copy of that basis, the filter
+output is the waveform's autocorrelation, whose unique maximum is at lag 0: the candidate sits on
+the planted trough and the alignment keeps it there, so times are asserted exactly. With other
+bases the filter output peaks near, not necessarily on, the trough (see the tests that say so).
 """
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import numpy as np
 import pytest
 
 from spikesort.chunks import iter_chunks, map_chunks
-from spikesort.detect import Detections, detect_block, envelope_bank, learn_temporal_bases
+from spikesort.detect import Detections, detect_block, envelope_bank, filtered_noise_sd, learn_temporal_bases
 from spikesort.geometry import neighbor_table
 from spikesort.match import channel_candidates, match_block, sparsify
 
@@ -49,12 +56,18 @@ def noise(seed, n=N, sd=1.0):
 
 
 def hand_bases(waveform) -> np.ndarray:
-    """Orthonormal (3, NT): the spike shape, its time derivative and a slow bump, by QR."""
+    """Orthonormal (3, NT): the spike shape, its time derivative and a slow bump, by QR.
+
+    The first basis is ``waveform / |waveform|`` with that sign (QR may flip it), so a spike of the
+    waveform's polarity gives a positive matched-filter output, as ``learn_temporal_bases`` orients it.
+    """
     s = np.arange(NT) - PRE
     raw = np.stack([waveform, np.gradient(waveform), np.exp(-0.5 * (s / 6.0) ** 2)]).astype(np.float64)
     q, _ = np.linalg.qr(raw.T)
     bases = q.T
-    assert abs(bases[0] @ waveform / np.linalg.norm(waveform)) == pytest.approx(1.0, abs=1e-6)
+    if bases[0] @ waveform < 0:
+        bases[0] = -bases[0]
+    np.testing.assert_allclose(bases[0], waveform / np.linalg.norm(waveform), atol=1e-6)
     return np.ascontiguousarray(bases, dtype=np.float32)
 
 
@@ -67,12 +80,19 @@ def probe(line_positions):
     return dict(positions_um=line_positions, peak_neighbors=peak_nb, feature_neighbors=feat_nb, bank=bank)
 
 
-def detect(x, probe, bases, *, sign, keep_start=0, keep_stop=None, offset=0, threshold=5.0, universal=7.0):
+def noise_sd_of(x, bases):
+    """The pipeline's ``filter_sd``: estimated once, from the whole recording's traces."""
+    return filtered_noise_sd([x], bases=bases, pre=PRE)
+
+
+def detect(x, probe, bases, *, sign, keep_start=0, keep_stop=None, offset=0, threshold=5.0, universal=7.0,
+           filter_sd=None):
+    filter_sd = noise_sd_of(x, bases) if filter_sd is None else filter_sd
     return detect_block(x, keep_start=keep_start, keep_stop=x.shape[0] if keep_stop is None else keep_stop,
                         offset=offset, sign=sign, threshold=threshold, universal_threshold=universal,
                         peak_neighbors=probe["peak_neighbors"], feature_neighbors=probe["feature_neighbors"],
                         bank=probe["bank"], bases=bases, pre=PRE, exclusion=EXCLUSION,
-                        positions_um=probe["positions_um"])
+                        positions_um=probe["positions_um"], filter_sd=filter_sd)
 
 
 FIRST, LAST = PRE, N - (NT - PRE)  # detect_block's valid range is [FIRST, LAST)
@@ -111,8 +131,10 @@ def test_positive_spikes_with_sign_plus_one(probe, seed):
     np.testing.assert_array_equal(det.times, PLANTED)
     np.testing.assert_array_equal(det.channels, 2)
     assert np.all(det.amplitudes > 15)
-    # with the wrong polarity only the waveform's rebound (5 samples later) can show up
-    wrong = detect(x, probe, bases, sign=-1)
+    # with the wrong polarity only the waveform's rebound (5 samples later) can show up. Candidates
+    # take their polarity from the first basis's orientation (``sign`` only signs the amplitudes),
+    # so the wrong polarity is what learn_temporal_bases(sign=-1) gives: bases and sign both flipped
+    wrong = detect(x, probe, hand_bases(w), sign=-1)
     assert not set(wrong.times) & set(PLANTED)
 
 
@@ -135,6 +157,14 @@ def test_spikes_outside_the_valid_range_are_not_detected(probe):
     assert len(det) == 0
 
 
+def test_filter_sd_is_one_for_whitened_noise():
+    # a unit-norm basis keeps white noise of sd 1 at sd 1: the threshold stays in whitened sd
+    bases = hand_bases(spike_waveform())
+    sd = noise_sd_of(noise(5), bases)
+    assert sd.shape == (N_C,) and sd.dtype == np.float32
+    np.testing.assert_allclose(sd, 1.0, atol=0.15)
+
+
 def test_pure_noise_gives_no_event(probe):
     w = spike_waveform()
     assert len(detect(noise(5), probe, hand_bases(w), sign=-1)) == 0
@@ -142,22 +172,48 @@ def test_pure_noise_gives_no_event(probe):
     assert len(empty) == 0 and empty.features.shape == (0, probe["feature_neighbors"].shape[1], 3)
 
 
-def test_generic_bases_when_too_few_spikes_to_learn(probe):
-    w = spike_waveform()
-    x = plant(noise(6), PLANTED, [2] * len(PLANTED), w)
+def assert_times_near(got, want, tol=1):
+    """One event per planted spike (they are far apart), each within ``tol`` samples of it."""
+    got, want = np.sort(got), np.sort(want)
+    assert len(got) == len(want), (got, want)
+    assert np.all(np.abs(got - want) <= tol), got - want
+
+
+def generic_bases(x, probe):
     bases = learn_temporal_bases([x], sign=-1, threshold=5.0, neighbors=probe["peak_neighbors"], exclusion=EXCLUSION,
                                  pre=PRE, nt=NT, n_components=3, rng=np.random.default_rng(0))
     assert bases.shape == (3, NT) and bases.dtype == np.float32
     np.testing.assert_allclose(bases @ bases.T, np.eye(3), atol=1e-5)
-    det = detect(x, probe, bases, sign=-1)
-    np.testing.assert_array_equal(det.times, PLANTED)
+    return bases
+
+
+def test_generic_bases_when_too_few_spikes_to_learn(probe):
+    w = spike_waveform()
+    interior = PLANTED[1:]  # the spike on the first valid sample: see the xfail below
+    x = plant(noise(6), interior, [2] * len(interior), w)
+    det = detect(x, probe, generic_bases(x, probe), sign=-1)
+    # the generic first basis is a broad Gaussian (sd NT/6 samples), not the spike shape: its
+    # output peaks ~2 samples before the trough (the rebound after it pulls the peak earlier), and
+    # the alignment's score is nearly flat over +-1 sample with these smooth bases, so noise
+    # decides between the trough and the sample before it
+    assert_times_near(det.times, interior, tol=1)
     np.testing.assert_array_equal(det.channels, 2)
+
+
+@pytest.mark.xfail(strict=True, reason="candidates must lie in the valid range before alignment: with the generic "
+                                       "bases the filter peaks ~2 samples before the trough, so a spike whose "
+                                       "trough is the first valid sample has its candidate outside the range")
+def test_generic_bases_spike_on_the_first_valid_sample(probe):
+    w = spike_waveform()
+    x = plant(noise(6), PLANTED, [2] * len(PLANTED), w)
+    det = detect(x, probe, generic_bases(x, probe), sign=-1)
+    assert_times_near(det.times, PLANTED, tol=1)
 
 
 @pytest.mark.parametrize("sign", [-1, 1])
 def test_learned_bases_span_the_spike_shape(probe, sign):
     w = spike_waveform()
-    times = np.arange(60, N - 60, 70)  # 41 spikes, enough to learn 3 components from
+    times = np.arange(60, N - 60, 70)  # 42 spikes, enough to learn 3 components from
     mains = np.resize([1, 2, 3, 4], len(times))
     x = plant(noise(7), times, mains, -sign * w)
     bases = learn_temporal_bases([x], sign=sign, threshold=5.0, neighbors=probe["peak_neighbors"],
@@ -166,7 +222,9 @@ def test_learned_bases_span_the_spike_shape(probe, sign):
     assert np.all(sign * bases[:, PRE] >= 0)
     assert abs(bases[0] @ w) / np.linalg.norm(w) > 0.98
     det = detect(x, probe, bases, sign=sign)
-    np.testing.assert_array_equal(det.times, times)
+    # the learned first basis is the spike shape only up to the SVD's estimation error from noisy
+    # snippets, so the filter peak is not guaranteed on the trough (here it is, on every spike)
+    assert_times_near(det.times, times, tol=1)
     np.testing.assert_array_equal(det.channels, mains)
 
 
@@ -174,7 +232,7 @@ def test_learned_bases_span_the_spike_shape(probe, sign):
 # one block vs many chunks, exactly as pipeline.py's detect stage does it
 # ---------------------------------------------------------------------------------------------
 
-def detect_chunked(x, probe, bases, *, chunk, sign, threshold, universal, n_jobs=1):
+def detect_chunked(x, probe, bases, *, chunk, sign, threshold, universal, filter_sd, n_jobs=1):
     n = x.shape[0]
     margin = max(10, 2 * NT)  # pipeline: max(margin_ms in samples, 2 * nt)
 
@@ -182,7 +240,7 @@ def detect_chunked(x, probe, bases, *, chunk, sign, threshold, universal, n_jobs
         xb = x[ch.read_start: ch.read_stop]
         return detect(xb, probe, bases, sign=sign, keep_start=ch.keep_start - ch.read_start,
                       keep_stop=ch.keep_stop - ch.read_start, offset=ch.read_start, threshold=threshold,
-                      universal=universal)
+                      universal=universal, filter_sd=filter_sd)
 
     chunks = list(iter_chunks(n_samples=n, chunk_samples=chunk, margin_samples=margin))
     return Detections.concat(list(map_chunks(det_fn, chunks, n_jobs=n_jobs)))
@@ -197,8 +255,11 @@ def test_one_block_and_many_chunks_give_identical_events(probe, chunk, n_jobs):
     mains = rng.integers(0, N_C, len(times))
     x = plant(noise(12), times, mains, w, rng.uniform(0.3, 1.2, len(times)))
     bases = hand_bases(w)
-    # a low threshold so noise events near boundaries are compared too
-    kw = dict(sign=-1, threshold=2.5, universal=0.0)
+    # the pipeline estimates filter_sd once for the recording, not per chunk
+    filter_sd = noise_sd_of(x, bases)
+    # a low threshold so noise events near boundaries are compared too (the filtered traces are
+    # smooth and have fewer local maxima than the raw ones)
+    kw = dict(sign=-1, threshold=2.0, universal=0.0, filter_sd=filter_sd)
     whole = detect_chunked(x, probe, bases, chunk=N, **kw)
     split = detect_chunked(x, probe, bases, chunk=chunk, n_jobs=n_jobs, **kw)
     assert len(whole) > len(times) + 20  # noise events too
@@ -209,7 +270,7 @@ def test_one_block_and_many_chunks_give_identical_events(probe, chunk, n_jobs):
     np.testing.assert_allclose(split.scores, whole.scores, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(split.positions_um, whole.positions_um, rtol=1e-6, atol=1e-4)
     # and whole-block detection equals a direct call on the full traces
-    direct = detect(x, probe, bases, sign=-1, threshold=2.5, universal=0.0)
+    direct = detect(x, probe, bases, sign=-1, threshold=2.0, universal=0.0, filter_sd=filter_sd)
     np.testing.assert_array_equal(direct.times, whole.times)
 
 
@@ -240,10 +301,14 @@ def test_match_block_recovers_overlapping_spikes(line_positions, lag, amps):
     x = noise(21, n=n, sd=0.1)
     for t, k, a in [(t_a, 0, amps[0]), (t_b, 1, amps[1]), *isolated]:
         x[t - PRE: t - PRE + NT] += a * dense[k]
+    # candidates come from the traces filtered with A's shape, in units of their noise sd (as the
+    # pipeline does it: bases and filter_sd from detection); B's candidate may sit off its trough,
+    # which the fit's +-max_lag search absorbs
+    bases = hand_bases(spike_waveform())
     spikes, residual = match_block(x, keep_start=0, keep_stop=n, offset=1000, templates=templates,
                                    chan_templates=cand, sign=-1, detect_threshold=5.0, peak_neighbors=peak_nb,
                                    exclusion=EXCLUSION, match_threshold=5.0, iterations=4, max_lag=2,
-                                   amplitude_range=(0.5, 2.0))
+                                   amplitude_range=(0.5, 2.0), bases=bases, filter_sd=noise_sd_of(x, bases))
     want = sorted([(100, 0), (500, 1), (t_a, 0), (t_b, 1)])
     assert list(zip(spikes.times - 1000, spikes.templates)) == want
     amp = dict(zip(want, spikes.amplitudes))
@@ -262,6 +327,7 @@ def test_match_block_without_templates_or_room(line_positions):
     spikes, residual = match_block(x, keep_start=0, keep_stop=200, offset=0, templates=templates,
                                    chan_templates=channel_candidates(templates, n_channels=N_C), sign=-1,
                                    detect_threshold=5.0, peak_neighbors=peak_nb, exclusion=EXCLUSION,
-                                   match_threshold=5.0, iterations=2, max_lag=2, amplitude_range=(0.5, 2.0))
+                                   match_threshold=5.0, iterations=2, max_lag=2, amplitude_range=(0.5, 2.0),
+                                   bases=hand_bases(spike_waveform()), filter_sd=np.ones(N_C, np.float32))
     assert len(spikes.times) == 0
     np.testing.assert_array_equal(residual, x)

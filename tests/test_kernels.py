@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spikesort.kernels.detect import detect_peaks, project_neighborhoods
+from spikesort.kernels.detect import detect_peaks, project_neighborhoods, temporal_filter
 from spikesort.kernels.match import best_matches, select_non_overlapping, subtract_templates
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -52,6 +52,18 @@ def ref_project(x, times, chans, neighbors, bases, pre):
             if cc >= 0:
                 out[i, j] = bases.astype(np.float64) @ x[start: start + nt, cc].astype(np.float64)
     return out
+
+
+def ref_temporal_filter(x, h, pre):
+    """y[t, c] = sum_i h[i] * x[t - pre + i, c], terms whose sample falls outside x count as 0."""
+    n_t, n_c = x.shape
+    y = np.zeros((n_t, n_c))
+    for t in range(n_t):
+        for i in range(len(h)):
+            src = t - pre + i
+            if 0 <= src < n_t:
+                y[t] += float(h[i]) * x[src].astype(np.float64)
+    return y
 
 
 def ref_best_matches(r, times, chans, values, channels, norm2, chan_templates, pre, max_lag, amp_lo, amp_hi):
@@ -381,6 +393,90 @@ def test_project_padded_slots_are_zero():
     nb = np.array([[0, -1, -1], [1, 0, 2], [2, 1, -1]], dtype=I64)
     out = project(x, [10, 10, 10], [0, 1, 2], nb, np.ones((1, 5)), 2)
     np.testing.assert_array_equal(out[:, :, 0], [[5, 0, 0], [5, 5, 5], [5, 5, 0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# temporal_filter
+# ---------------------------------------------------------------------------------------------
+
+def tfilter(x, h, pre):
+    # production: float32 C-contiguous traces, h = bases[0] (a float32 row), int pre
+    return temporal_filter(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(h, dtype=np.float32),
+                           int(pre))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_temporal_filter_matches_twin_random(seed):
+    rng = np.random.default_rng(seed)
+    n_t, n_c, nt = 150, 5, int(rng.integers(1, 20))
+    x = rng.normal(size=(n_t, n_c)).astype(np.float32)
+    h = rng.normal(size=nt).astype(np.float32)
+    for pre in sorted({0, int(rng.integers(0, nt)), nt - 1}):  # the peak anywhere in the window, ends included
+        got = tfilter(x, h, pre)
+        assert got.dtype == np.float32 and got.shape == (n_t, n_c)
+        np.testing.assert_allclose(got, ref_temporal_filter(x, h, pre), rtol=1e-5, atol=1e-4)
+
+
+def test_temporal_filter_one_channel_is_a_correlation():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(300, 1)).astype(np.float32)
+    h = rng.normal(size=11).astype(np.float32)
+    pre = 4
+    got = tfilter(x, h, pre)
+    np.testing.assert_allclose(got, ref_temporal_filter(x, h, pre), rtol=1e-5, atol=1e-4)
+    # independently of the twin: a correlation of the zero-padded trace with h, read at offset pre
+    xp = np.concatenate([np.zeros(pre), x[:, 0].astype(np.float64), np.zeros(len(h) - 1 - pre)])
+    np.testing.assert_allclose(got[:, 0], np.correlate(xp, h.astype(np.float64), mode="valid"), rtol=1e-5, atol=1e-4)
+
+
+def test_temporal_filter_empty_inputs():
+    h = np.ones(5, dtype=np.float32)
+    assert tfilter(np.zeros((0, 3)), h, 2).shape == (0, 3)
+    assert tfilter(np.zeros((10, 0)), h, 2).shape == (10, 0)
+    assert tfilter(np.zeros((0, 0)), h, 2).shape == (0, 0)
+
+
+def test_temporal_filter_impulse_gives_the_reversed_filter_around_pre():
+    # x = delta at t0 -> y[t0 + pre - i] = h[i]: the output peaks at t0 when h peaks at pre
+    h = np.array([1, 2, 7, 3, -1, 0.5], dtype=np.float32)
+    pre, n_t, t0 = 2, 30, 12
+    x = np.zeros((n_t, 2), dtype=np.float32)
+    x[t0, 1] = 1
+    y = tfilter(x, h, pre)
+    np.testing.assert_array_equal(y[:, 0], 0)
+    want = np.zeros(n_t)
+    want[t0 + pre - np.arange(len(h))] = h
+    np.testing.assert_array_equal(y[:, 1], want)
+    assert np.argmax(y[:, 1]) == t0
+
+
+@pytest.mark.parametrize("pre", [0, 3, 7])
+def test_temporal_filter_edges_are_zero_padded(pre):
+    nt, n_t = 8, 40
+    h = np.ones(nt, dtype=np.float32)
+    y = tfilter(np.ones((n_t, 2), dtype=np.float32), h, pre)
+    # count of the window's samples inside x: nt - pre at t=0 up to nt, down to pre + 1 at the end
+    want = np.array([sum(0 <= t - pre + i < n_t for i in range(nt)) for t in range(n_t)], dtype=np.float32)
+    assert want[0] == nt - pre and want[-1] == pre + 1 and want[n_t // 2] == nt
+    np.testing.assert_array_equal(y, np.column_stack([want, want]))
+    # impulses on the very first and last samples are seen by the outputs whose windows reach them
+    x = np.zeros((n_t, 1), dtype=np.float32)
+    x[0, 0] = x[-1, 0] = 1
+    h = np.arange(1, nt + 1, dtype=np.float32)
+    np.testing.assert_array_equal(tfilter(x, h, pre), ref_temporal_filter(x, h, pre))
+
+
+@pytest.mark.parametrize("pre", [0, 4, 11])
+def test_temporal_filter_h_longer_than_x(pre):
+    rng = np.random.default_rng(pre)
+    x = rng.normal(size=(5, 3)).astype(np.float32)
+    h = rng.normal(size=12).astype(np.float32)
+    got = tfilter(x, h, pre)
+    assert got.shape == (5, 3)
+    np.testing.assert_allclose(got, ref_temporal_filter(x, h, pre), rtol=1e-5, atol=1e-5)
+    # a single sample: only h[pre] touches it
+    one = rng.normal(size=(1, 2)).astype(np.float32)
+    np.testing.assert_allclose(tfilter(one, h, pre), h[pre] * one, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
