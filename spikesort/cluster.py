@@ -26,14 +26,23 @@ class ClusterResult:
 
 
 def bimodality(proj: np.ndarray, split_value: float) -> float:
-    """1 - valley / smaller peak of the smoothed histogram around ``split_value`` (0 = one mode)."""
+    """1 - valley / smaller peak of the density of ``proj`` around ``split_value`` (0 = one mode).
+
+    The density is a histogram smoothed at Silverman's bandwidth, so sampling noise in a single
+    mode does not look like a valley.
+    """
     n = len(proj)
-    n_bins = int(np.clip(np.sqrt(n) * 1.5, 15, 80))
+    if n < 4:
+        return 0.0
     lo, hi = np.percentile(proj, [0.5, 99.5])
     if hi <= lo:
         return 0.0
+    n_bins = 100
     hist, edges = np.histogram(proj, bins=n_bins, range=(lo, hi))
-    h = gaussian_filter1d(hist.astype(float), 1.0)
+    sd = np.std(proj)
+    iqr = np.subtract(*np.percentile(proj, [75, 25]))
+    bw = 0.9 * min(sd, iqr / 1.34 if iqr > 0 else sd) * n ** -0.2
+    h = gaussian_filter1d(hist.astype(float), max(bw / (edges[1] - edges[0]), 0.5))
     centers = 0.5 * (edges[1:] + edges[:-1])
     cut = int(np.clip(np.searchsorted(centers, split_value), 1, n_bins - 1))
     left, right = int(np.argmax(h[:cut])), cut + int(np.argmax(h[cut:]))
@@ -65,8 +74,9 @@ def two_means(x: np.ndarray, rng: np.random.Generator, n_iter: int = 30) -> np.n
 
 def local_pca(x: np.ndarray, n_dims: int) -> np.ndarray:
     xc = x - x.mean(0)
-    _, _, vt = np.linalg.svd(xc, full_matrices=False)
-    return xc @ vt[: min(n_dims, vt.shape[0])].T
+    # eigenvectors of the (d x d) covariance: far cheaper than an SVD of the (n x d) data
+    evals, evecs = np.linalg.eigh(xc.T @ xc)
+    return xc @ evecs[:, ::-1][:, : min(n_dims, len(evals))]
 
 
 def split_recursive(x: np.ndarray, *, min_size: int, max_depth: int, threshold: float,

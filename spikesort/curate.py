@@ -113,7 +113,7 @@ def apply_groups(spikes: MatchedSpikes, groups: list[list[tuple[int, int]]]) -> 
     return out.take(np.lexsort((out.templates, out.times)))
 
 
-def ghost_units(spikes: MatchedSpikes, dense: np.ndarray, *, window: int, max_fraction: float = 0.5,
+def ghost_units(spikes: MatchedSpikes, dense: np.ndarray, *, window: int, max_fraction: float = 0.3,
                 max_distance_um: float = 100.0, positions_um: np.ndarray) -> np.ndarray:
     """Units that mostly fire within ``window`` samples of a larger unit nearby: what is left of
     a big spike after an imperfect subtraction, matched to another template. Returns their ids."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .detect import candidate_peaks
+from .kernels.detect import detect_peaks, refilter_rows, temporal_filter
 from .kernels.match import best_matches, select_non_overlapping, subtract_templates
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,11 @@ def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, 
     if templates.n_templates == 0 or hi <= lo:
         return MatchedSpikes.concat([]), r
     thr2 = float(match_threshold) ** 2
+    h = np.ascontiguousarray(bases[0])
+    inv_sd = (1.0 / filter_sd).astype(np.float32)
+    y = temporal_filter(r, h, pre) * inv_sd[None, :]
     for _ in range(iterations):
-        t, c = candidate_peaks(r, bases=bases, filter_sd=filter_sd, pre=pre, threshold=detect_threshold,
-                               neighbors=peak_neighbors, exclusion=exclusion, lo=lo, hi=hi)
+        t, c = detect_peaks(y, 1.0, float(detect_threshold), peak_neighbors, exclusion, lo, hi)
         if len(t) == 0:
             break
         k, tt, a, g = best_matches(r, t, c, templates.values, templates.channels, templates.norm2,
@@ -121,6 +123,11 @@ def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, 
         keep = select_non_overlapping(order, k, tt, templates.channels, pre, nt, r.shape[0], r.shape[1])
         sel = np.flatnonzero(keep)
         subtract_templates(r, tt[sel], k[sel], a[sel], templates.values, templates.channels, pre)
+        # the filtered traces change only within a template length of each subtraction
+        marks = np.zeros(r.shape[0] + 1, dtype=np.int64)
+        np.add.at(marks, np.clip(tt[sel] - nt, 0, r.shape[0]), 1)
+        np.add.at(marks, np.clip(tt[sel] + nt, 0, r.shape[0]), -1)
+        refilter_rows(y, r, h, pre, inv_sd, np.cumsum(marks)[:-1] > 0)
         parts.append(MatchedSpikes(tt[sel] + offset, k[sel], a[sel], g[sel]))
     spikes = MatchedSpikes.concat(parts)
     order = np.lexsort((spikes.templates, spikes.times))

@@ -58,7 +58,12 @@ def _sos_zi(sos: np.ndarray) -> np.ndarray:
     return signal.sosfilt_zi(sos)
 
 
-def robust_sd(x: np.ndarray, axis: int = 0) -> np.ndarray:
+def robust_sd(x: np.ndarray, axis: int = 0, max_samples: int = 100_000) -> np.ndarray:
+    """MAD-based noise sd along ``axis``; long inputs are subsampled with a regular stride
+    (the estimate needs thousands of samples, not millions)."""
+    n = x.shape[axis]
+    if n > max_samples:
+        x = np.take(x, np.arange(0, n, -(-n // max_samples)), axis=axis)
     med = np.median(x, axis=axis, keepdims=True)
     return MAD_TO_SD * np.median(np.abs(x - med), axis=axis)
 
@@ -115,7 +120,7 @@ def fit_preprocessing(blocks: list[np.ndarray], *, sampling_rate_hz: float, posi
     sos = design_filter(sampling_rate_hz=sampling_rate_hz, highpass_hz=highpass_hz, lowpass_hz=lowpass_hz)
     n_ch = blocks[0].shape[1]
     filtered = [filter_and_reference(b, sos=sos, reference="none") for b in blocks]
-    sd_raw = np.median([robust_sd(f) for f in filtered], axis=0)
+    sd_raw = np.median([robust_sd(f, max_samples=10_000) for f in filtered], axis=0)
     bad = find_bad_channels(sd_raw) if detect_bad_channels and n_ch > 2 else {}
     if len(bad) == n_ch:
         raise ValueError("every channel looks dead or saturated: the recording has no usable signal")

@@ -108,3 +108,25 @@ def temporal_filter(x, h, pre):
             for c in range(n_c):
                 y[t, c] += hi * x[src, c]
     return y
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def refilter_rows(y, x, h, pre, inv_sd, rows):
+    """Recompute ``temporal_filter(x, h, pre) * inv_sd`` only on the rows flagged in ``rows``;
+    in place. After a subtraction only the samples near the subtracted spikes change."""
+    n_t, n_c = x.shape
+    nt = h.shape[0]
+    for t in range(n_t):
+        if not rows[t]:
+            continue
+        for c in range(n_c):
+            y[t, c] = 0.0
+        i0 = max(0, pre - t)
+        i1 = min(nt, n_t - t + pre)
+        for i in range(i0, i1):
+            hi = h[i]
+            src = t - pre + i
+            for c in range(n_c):
+                y[t, c] += hi * x[src, c]
+        for c in range(n_c):
+            y[t, c] *= inv_sd[c]
