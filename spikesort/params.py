@@ -62,12 +62,15 @@ class Params:
                                   help="features of a spike are taken on channels within this distance of its peak")
     max_spikes_per_channel: int = _p(3000, lo=100, hi=10**6, stage="cluster",
                                      help="clustering subsamples at most this many spikes per peak channel")
-    min_cluster_size: int = _p(30, lo=5, hi=10**5, stage="cluster", help="smaller clusters are dropped")
+    min_cluster_size: int = _p(30, lo=5, hi=10**5, stage="cluster",
+                               help="smaller clusters are dropped, and so are units left with fewer spikes after matching")
     split_depth: int = _p(6, lo=1, hi=20, stage="cluster", help="maximum depth of recursive bimodal splits")
     bimodality_threshold: float = _p(0.25, lo=0.0, hi=1.0, stage="cluster",
                                      help="valley depth (1 - valley/peak) needed to split a cluster in two")
     merge_similarity: float = _p(0.8, lo=0.0, hi=1.0, stage="cluster",
                                  help="templates with cosine similarity above this are tested for merging")
+    min_template_snr: float = _p(3.0, lo=0.0, hi=100.0, stage="cluster",
+                                 help="templates whose peak is below this many noise sd (best channel) are not matched")
     template_merge_similarity: float = _p(0.9, lo=0.0, hi=1.0, stage="cluster",
                                           help="templates more similar than this (cosine, best lag) are one unit")
     post_merge_similarity: float = _p(0.7, lo=0.0, hi=1.0, stage="curate",

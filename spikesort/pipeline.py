@@ -204,7 +204,11 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
         times, labels = relabel_groups(times, labels, groups)
         log.info("%d clusters after template merges", len(groups))
         templates = build_templates(store, times, labels, n_units=len(groups), pre=pre, nt=nt, rng=rng)
-        keep = np.flatnonzero(np.sqrt(templates.norm2) >= params.universal_threshold)
+        _, w_inv_uv = phy_whitening(model.whitening, info.gains_to_uv)
+        snr = template_snr(templates.dense @ w_inv_uv.astype(np.float32), model.noise_sd * info.gains_to_uv)
+        keep = np.flatnonzero((np.sqrt(templates.norm2) >= params.universal_threshold) & (snr >= params.min_template_snr))
+        log.info("%d templates below SNR %.1f or too weak to match: dropped", templates.n_templates - len(keep),
+                 params.min_template_snr)
         templates = templates.take(keep)
         log.info("%d templates kept for matching", templates.n_templates)
 
@@ -245,8 +249,10 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
         log.info("%d units after refractory merges", len(groups))
         final = build_templates(store, spikes.times, spikes.templates, n_units=len(groups), pre=pre, nt=nt, rng=rng)
         # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
+        # too few spikes to be a unit: leftovers of a unit whose spikes other templates took
         counts = np.bincount(spikes.templates, minlength=final.n_templates)
-        keep = np.flatnonzero(counts > 0)
+        keep = np.flatnonzero(counts >= params.min_cluster_size)
+        spikes = spikes.take(np.flatnonzero(np.isin(spikes.templates, keep)))
         remap = np.full(final.n_templates, -1, dtype=np.int64)
         remap[keep] = np.arange(len(keep))
         final = final.take(keep)
@@ -273,7 +279,6 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
         feats = SpikeFeatures.concat(list(map_chunks(feat_fn, range(len(chunks)), n_jobs=n_jobs,
                                                      progress=tq(len(chunks), "features"))))
         amplitudes = feats.template_features[:, 0]
-        _, w_inv_uv = phy_whitening(model.whitening, info.gains_to_uv)
         templates_uv = final.dense @ w_inv_uv.astype(np.float32)
         metrics, labels = unit_metrics(spike_times=spikes.times, spike_clusters=spikes.templates,
                                        amplitudes=amplitudes, templates_uv=templates_uv,
@@ -297,6 +302,15 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
     return SortingResult(output_folder=out, spike_times=spikes.times, spike_clusters=spikes.templates,
                          amplitudes=amplitudes, unit_ids=unit_ids, sampling_rate_hz=fs, timings_s=timings,
                          labels=np.asarray(labels))
+
+
+def template_snr(templates_uv: np.ndarray, noise_uv: np.ndarray) -> np.ndarray:
+    """|peak| on each template's best channel over that channel's noise sd (both µV)."""
+    if len(templates_uv) == 0:
+        return np.zeros(0)
+    peak = np.abs(templates_uv).max(axis=1)  # (K, C)
+    best = peak.argmax(axis=1)
+    return peak[np.arange(len(best)), best] / np.maximum(noise_uv[best], 1e-12)
 
 
 def build_templates(store: TraceStore, times: np.ndarray, labels: np.ndarray, *, n_units: int, pre: int, nt: int,
