@@ -14,6 +14,8 @@ Examples::
     nice -n 19 python scripts/benchmark.py --scenarios static32 static64 --seeds 0
     nice -n 19 python scripts/benchmark.py --scenarios static64 --seeds 0 1 --sorters spikesort
     nice -n 19 python scripts/benchmark.py --scenarios static64 --sorters tridesclous2 --rerun-peers
+    python scripts/benchmark.py --scenarios static32 static64 --seeds 0 1 --sorters tridesclous2 \
+        spykingcircus2 lupin kilosort4 --cached-peers-only      # the peer table, nothing is run
 
 The table is printed as markdown; ``--out results.json`` also writes JSON and CSV.
 """
@@ -138,14 +140,17 @@ def displacement_kwargs(*, drift: str) -> dict:
 
 
 def scenario_spec(*, scenario: Scenario, seed: int) -> dict:
+    """What the generated data depends on; a change regenerates it and re-runs the peers."""
     import spikeinterface
 
+    fields = dataclasses.asdict(scenario)
+    del fields["description"]  # text only
     return dict(
         generator_version=GENERATOR_VERSION,
         spikeinterface=spikeinterface.__version__,
         storage_gain_uv=STORAGE_GAIN_UV,
         seed=int(seed),
-        **dataclasses.asdict(scenario),
+        **fields,
     )
 
 
@@ -559,6 +564,7 @@ def run_benchmark(
     cache_dir: Path,
     work_dir: Path,
     rerun_peers: bool,
+    cached_peers_only: bool = False,
     spikesort_params: dict,
     n_jobs: int,
     timeout_s: float | None,
@@ -599,6 +605,9 @@ def run_benchmark(
                     )
                     result_file = result_folder / "result.json"
                     cached = result_file.exists() and (result_folder / "sorting.npz").exists() and not rerun_peers
+                if not cached and cached_peers_only and sorter != "spikesort":
+                    log(f"[{name} seed {seed}] {sorter} {version}: no cached result, skipped")
+                    continue
                 if cached:
                     report = json.loads(result_file.read_text())
                     row["source"] = f"cache {report.get('date', '')}".strip()
@@ -673,6 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for sorter output folders (default: CACHE/runs)")
     p.add_argument("--keep-outputs", action="store_true", help="keep the sorters' output folders")
     p.add_argument("--rerun-peers", action="store_true", help="re-run peers even when a cached result exists")
+    p.add_argument("--cached-peers-only", action="store_true",
+                   help="show peers only where a cached result exists, never run them")
     p.add_argument("--param", dest="params", action="append", type=_parse_param, default=[], metavar="KEY=VALUE",
                    help="extra spikesort.sort() parameter (VALUE parsed as JSON when it can be); repeatable")
     p.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1,
@@ -688,7 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.rerun_peers and args.cached_peers_only:
+        parser.error("--rerun-peers and --cached-peers-only contradict each other")
     if args._child is not None:
         return child_main(spec_path=args._child)
     cache_dir = args.cache.expanduser().resolve()
@@ -700,7 +714,7 @@ def main(argv=None) -> int:
 
     rows = run_benchmark(
         scenarios=args.scenarios, seeds=args.seeds, sorters=args.sorters, cache_dir=cache_dir,
-        work_dir=work_dir, rerun_peers=args.rerun_peers, spikesort_params=dict(args.params),
+        work_dir=work_dir, rerun_peers=args.rerun_peers, cached_peers_only=args.cached_peers_only, spikesort_params=dict(args.params),
         n_jobs=args.n_jobs, timeout_s=args.timeout, keep_outputs=args.keep_outputs, dummy=args.dummy, log=log,
     )
     for row in rows:

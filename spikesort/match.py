@@ -214,6 +214,8 @@ def snippet_merge_test(store, times: np.ndarray, labels: np.ndarray, *, pre: int
             ti = rng.choice(ti, max_spikes, replace=False)
         if len(tj) > max_spikes:
             tj = rng.choice(tj, max_spikes, replace=False)
+        if len(ti) == 0 or len(tj) == 0:
+            return False
         si, sj = store.snippets(ti, pre=pre, nt=nt), store.snippets(tj, pre=pre, nt=nt)
         mi, mj = si.mean(0), sj.mean(0)
         # the channels that carry either waveform; the rest only adds noise to the projection
