@@ -4,12 +4,12 @@ from .params import Params
 
 __version__ = "0.1.0"
 
-__all__ = ["Params", "SpikesortError", "sort", "SortingResult", "load_result", "__version__"]
+__all__ = ["Params", "SpikesortError", "sort", "SortingResult", "__version__"]
 
 
 def __getattr__(name):
     # the pipeline pulls in numba and spikeinterface; import it only when asked for
-    if name in ("sort", "SortingResult", "load_result"):
+    if name in ("sort", "SortingResult"):
         from . import pipeline
 
         return getattr(pipeline, name)

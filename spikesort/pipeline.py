@@ -297,6 +297,8 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
     store.path.unlink(missing_ok=True)
     (out / "spikesort_run.json").write_text(json.dumps(
         {"version": __version__, "params": params.to_dict(), "timings_s": timings,
+         "recording": {"sampling_rate_hz": fs, "n_channels": info.n_channels, "n_samples": info.n_samples,
+                       "duration_s": info.duration_s, "has_gain": info.has_gain},
          "n_units": int(final.n_templates), "n_spikes": int(len(spikes.times)),
          "bad_channels": {int(c): r for c, r in model.bad_reasons.items()}}, indent=1))
     return SortingResult(output_folder=out, spike_times=spikes.times, spike_clusters=spikes.templates,
