@@ -118,6 +118,8 @@ def ghost_units(spikes: MatchedSpikes, dense: np.ndarray, *, window: int, max_fr
     """Units that mostly fire within ``window`` samples of a larger unit nearby: what is left of
     a big spike after an imperfect subtraction, matched to another template. Returns their ids."""
     k = dense.shape[0]
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
     norms = np.linalg.norm(dense.reshape(k, -1), axis=1)
     main = np.sqrt((dense**2).sum(axis=1)).argmax(axis=1) if k else np.zeros(0, np.int64)
     times = [np.sort(spikes.times[spikes.templates == i]) for i in range(k)]

@@ -33,6 +33,8 @@ class SpikeFeatures:
 def similarity_matrix(dense: np.ndarray) -> np.ndarray:
     """(K, K) cosine similarity of templates at zero lag."""
     k = dense.shape[0]
+    if k == 0:
+        return np.zeros((0, 0), dtype=np.float32)
     flat = dense.reshape(k, -1).astype(np.float64)
     flat /= np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
     return (flat @ flat.T).astype(np.float32)

@@ -120,6 +120,17 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
             raise SpikesortError(f"output folder {out} exists (use --overwrite to replace it)")
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    try:
+        return _sort_into(recording, out, params=params, progress=progress)
+    finally:
+        # the whitened scratch copy is as large as the recording: never leave it behind
+        (out / TEMP_TRACES).unlink(missing_ok=True)
+
+
+TEMP_TRACES = "temp_wh.dat"
+
+
+def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> SortingResult:
     n_jobs = params.n_jobs or os.cpu_count() or 1
     info = recording_info(recording)
     fs = info.sampling_rate_hz
@@ -149,7 +160,7 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
                                   highpass_hz=params.highpass_hz, lowpass_hz=params.lowpass_hz,
                                   reference=params.common_reference, whitening_radius_um=params.whitening_radius_um,
                                   detect_bad_channels=params.bad_channel_detection)
-        store = TraceStore(out / "temp_wh.dat", n_samples=info.n_samples, n_channels=info.n_channels)
+        store = TraceStore(out / TEMP_TRACES, n_samples=info.n_samples, n_channels=info.n_channels)
         store.create()
 
         def pre_fn(ch):
@@ -278,13 +289,15 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
 
         feats = SpikeFeatures.concat(list(map_chunks(feat_fn, range(len(chunks)), n_jobs=n_jobs,
                                                      progress=tq(len(chunks), "features"))))
-        amplitudes = feats.template_features[:, 0]
+        # column 0 is the spike's own template: its least-squares scale is Phy's amplitude
+        amplitudes = feats.template_features[:, 0] if final.n_templates else np.zeros(0, np.float32)
         templates_uv = final.dense @ w_inv_uv.astype(np.float32)
-        metrics, labels = unit_metrics(spike_times=spikes.times, spike_clusters=spikes.templates,
+        metrics, labels = (None, np.zeros(0, dtype=str)) if final.n_templates == 0 else unit_metrics(
+                                       spike_times=spikes.times, spike_clusters=spikes.templates,
                                        amplitudes=amplitudes, templates_uv=templates_uv,
                                        noise_uv=model.noise_sd * info.gains_to_uv, positions_um=info.positions_um,
                                        sampling_rate_hz=fs, duration_s=info.duration_s, params=params)
-        if len(spikes.times) >= 2:
+        if len(spikes.times) >= 2 and final.n_templates > 0:
             write_phy(out, recording=recording, spike_times=spikes.times, spike_units=spikes.templates,
                       amplitudes=amplitudes, templates_white=final.dense, pre=pre, whitening=model.whitening,
                       gains_to_uv=info.gains_to_uv, positions_um=info.positions_um, shank_ids=info.shank_ids,
