@@ -90,6 +90,19 @@ def project_neighborhoods(x, times, chans, neighbors, bases, pre):
     return out
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
+def _filter_row(y, x, h, pre, t):
+    """y[t, :] += sum_i h[i] * x[t - pre + i, :] over the taps that fall inside x."""
+    n_t, n_c = x.shape
+    i0 = max(0, pre - t)
+    i1 = min(h.shape[0], n_t - t + pre)
+    for i in range(i0, i1):
+        hi = h[i]
+        src = t - pre + i
+        for c in range(n_c):
+            y[t, c] += hi * x[src, c]
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
 def temporal_filter(x, h, pre):
     """Matched filter along time: y[t, c] = sum_i h[i] * x[t - pre + i, c], zero beyond the edges.
@@ -97,16 +110,9 @@ def temporal_filter(x, h, pre):
     The channel loop is innermost, over contiguous memory, so it vectorises.
     """
     n_t, n_c = x.shape
-    nt = h.shape[0]
     y = np.zeros((n_t, n_c), dtype=np.float32)
     for t in range(n_t):
-        i0 = max(0, pre - t)
-        i1 = min(nt, n_t - t + pre)
-        for i in range(i0, i1):
-            hi = h[i]
-            src = t - pre + i
-            for c in range(n_c):
-                y[t, c] += hi * x[src, c]
+        _filter_row(y, x, h, pre, t)
     return y
 
 
@@ -115,18 +121,11 @@ def refilter_rows(y, x, h, pre, inv_sd, rows):
     """Recompute ``temporal_filter(x, h, pre) * inv_sd`` only on the rows flagged in ``rows``;
     in place. After a subtraction only the samples near the subtracted spikes change."""
     n_t, n_c = x.shape
-    nt = h.shape[0]
     for t in range(n_t):
         if not rows[t]:
             continue
         for c in range(n_c):
             y[t, c] = 0.0
-        i0 = max(0, pre - t)
-        i1 = min(nt, n_t - t + pre)
-        for i in range(i0, i1):
-            hi = h[i]
-            src = t - pre + i
-            for c in range(n_c):
-                y[t, c] += hi * x[src, c]
+        _filter_row(y, x, h, pre, t)
         for c in range(n_c):
             y[t, c] *= inv_sd[c]

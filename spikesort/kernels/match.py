@@ -11,6 +11,19 @@ from numba import njit
 from . import FASTMATH
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
+def _dot_template(r, start, values, channels, k):
+    """<r[start:start + nt, support], template k>."""
+    dot = 0.0
+    for s in range(channels.shape[1]):
+        ch = channels[k, s]
+        if ch < 0:
+            break
+        for j in range(values.shape[1]):
+            dot += r[start + j, ch] * values[k, j, s]
+    return dot
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
 def best_matches(r, times, chans, values, channels, norm2, chan_templates, pre, max_lag, amp_lo, amp_hi):
     """For each candidate peak, the template, lag and amplitude that most reduce the residual energy.
@@ -37,13 +50,7 @@ def best_matches(r, times, chans, values, channels, norm2, chan_templates, pre, 
                 start = times[i] + lag - pre
                 if start < 0 or start + nt > n_t:
                     continue
-                dot = 0.0
-                for s in range(s_max):
-                    ch = channels[k, s]
-                    if ch < 0:
-                        break
-                    for j in range(nt):
-                        dot += r[start + j, ch] * values[k, j, s]
+                dot = _dot_template(r, start, values, channels, k)
                 a = dot / norm2[k]
                 if a < amp_lo:
                     a = amp_lo
@@ -130,12 +137,6 @@ def template_projections(x, times, ind, values, channels, norm2, pre):
             k = ind[i, jj]
             if k < 0:
                 continue
-            dot = 0.0
-            for s in range(s_max):
-                ch = channels[k, s]
-                if ch < 0:
-                    break
-                for j in range(nt):
-                    dot += x[start + j, ch] * values[k, j, s]
+            dot = _dot_template(x, start, values, channels, k)
             out[i, jj] = dot / norm2[k] if norm2[k] > 0 else 0.0
     return out
