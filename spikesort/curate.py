@@ -100,16 +100,22 @@ def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um:
     return list(groups.values())
 
 
-def apply_groups(spikes: MatchedSpikes, groups: list[list[tuple[int, int]]]) -> MatchedSpikes:
-    """Relabel spikes to their group index, shifting times by each member's lag."""
-    new_t = spikes.times.copy()
-    new_k = np.full(len(spikes.times), -1, dtype=np.int64)
+def relabel(times: np.ndarray, labels: np.ndarray, groups: list[list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Group index as the new label of each spike (-1 outside every group), and its time plus
+    its member's offset, so merged spikes align on one template."""
+    new_t = times.copy()
+    new_k = np.full(len(labels), -1, dtype=np.int64)
     for g, members in enumerate(groups):
-        for k, lag in members:
-            sel = spikes.templates == k
+        for k, offset in members:
+            sel = labels == k
             new_k[sel] = g
-            new_t[sel] = spikes.times[sel] + lag
-    out = MatchedSpikes(new_t, new_k, spikes.amplitudes, spikes.gains)
+            new_t[sel] = times[sel] + offset
+    return new_t, new_k
+
+
+def apply_groups(spikes: MatchedSpikes, groups: list[list[tuple[int, int]]]) -> MatchedSpikes:
+    t, k = relabel(spikes.times, spikes.templates, groups)
+    out = MatchedSpikes(t, k, spikes.amplitudes, spikes.gains)
     return out.take(np.lexsort((out.templates, out.times)))
 
 

@@ -161,7 +161,8 @@ def merge_similar_templates(dense: np.ndarray, sizes: np.ndarray, *, positions_u
     ``norm_ratio`` of each other are joined, most similar first; a group joins another only if
     every cross pair is similar enough, so chains of loosely similar units are not glued, and
     ``same_unit(i, j, lag)`` (when given) does not veto the pair.
-    Returns, per group, (template, lag relative to the group's largest member).
+    Returns, per group, (template, sample offset that aligns its spikes on the group's largest
+    member).
     """
     k = dense.shape[0]
     if k == 0:
@@ -198,7 +199,8 @@ def merge_similar_templates(dense: np.ndarray, sizes: np.ndarray, *, positions_u
     out = []
     for g in members.values():
         rep = max(g, key=lambda t: sizes[t])
-        out.append([(t, 0 if t == rep else int(lag[rep, t])) for t in g])
+        # offsets to add to a member's spike times to align them on the group's largest member
+        out.append([(t, 0 if t == rep else -int(lag[rep, t])) for t in g])
     return out
 
 
@@ -229,3 +231,24 @@ def snippet_merge_test(store, times: np.ndarray, labels: np.ndarray, *, pre: int
         return bimodality(np.concatenate([pi, pj]), 0.5 * (pi.mean() + pj.mean())) < threshold
 
     return same_unit
+
+
+def template_snr(templates_uv: np.ndarray, noise_uv: np.ndarray) -> np.ndarray:
+    """|peak| on each template's best channel over that channel's noise sd (both µV)."""
+    if len(templates_uv) == 0:
+        return np.zeros(0)
+    peak = np.abs(templates_uv).max(axis=1)  # (K, C)
+    best = peak.argmax(axis=1)
+    return peak[np.arange(len(best)), best] / np.maximum(noise_uv[best], 1e-12)
+
+
+def build_templates(store, times: np.ndarray, labels: np.ndarray, *, n_units: int, pre: int, nt: int,
+                    rng: np.random.Generator, max_spikes: int = 300) -> Templates:
+    """Median waveform of up to ``max_spikes`` spikes of each label, read from the trace store."""
+    dense = np.zeros((n_units, nt, store.n_channels), dtype=np.float32)
+    for u in range(n_units):
+        t = times[labels == u]
+        if len(t) > max_spikes:
+            t = np.sort(rng.choice(t, max_spikes, replace=False))
+        dense[u] = np.median(store.snippets(t, pre=pre, nt=nt), axis=0) if len(t) else 0
+    return sparsify(dense, pre=pre)

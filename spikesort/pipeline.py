@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .chunks import iter_chunks, map_chunks, n_chunks
+from .chunks import iter_chunks, map_chunks
 from .cluster import cluster_spikes
-from .curate import apply_groups, ghost_units, refractory_merges, remove_duplicates
+from .curate import apply_groups, ghost_units, refractory_merges, relabel, remove_duplicates
 from .detect import (Detections, choose_sign, detect_block, envelope_bank, filtered_noise_sd,
                      learn_temporal_bases)
 from .errors import SpikesortError
 from .export import phy_whitening, unit_metrics, write_phy
 from .features import SpikeFeatures, features_block, similarity_matrix, template_feature_index
 from .geometry import neighbor_table
-from .match import (MatchedSpikes, Templates, channel_candidates, match_block, merge_similar_templates,
-                    snippet_merge_test, sparsify)
+from .match import (MatchedSpikes, build_templates, channel_candidates, match_block, merge_similar_templates,
+                    snippet_merge_test, template_snr)
 from .params import Params
 from .preprocess import fit_preprocessing, preprocess_chunk
 from .traces import TraceStore
@@ -212,7 +212,7 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
                                   rng=rng)
         groups = merge_similar_templates(templates.dense, sizes, positions_um=info.positions_um, max_lag=3,
                                          threshold=params.template_merge_similarity, same_unit=veto)
-        times, labels = relabel_groups(times, labels, groups)
+        times, labels = relabel(times, labels, groups)
         log.info("%d clusters after template merges", len(groups))
         templates = build_templates(store, times, labels, n_units=len(groups), pre=pre, nt=nt, rng=rng)
         _, w_inv_uv = phy_whitening(model.whitening, info.gains_to_uv)
@@ -232,7 +232,7 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
             spikes, _ = match_block(x, keep_start=ch.keep_start - ch.read_start,
                                     keep_stop=ch.keep_stop - ch.read_start, offset=ch.read_start,
                                     templates=templates, chan_templates=cand, sign=sign,
-                                    detect_threshold=params.detect_threshold, peak_neighbors=peak_nb,
+                                    detect_threshold=params.match_detect_threshold, peak_neighbors=peak_nb,
                                     exclusion=exclusion, match_threshold=params.match_threshold,
                                     iterations=params.match_iterations, max_lag=2,
                                     amplitude_range=params.amplitude_range, bases=bases, filter_sd=filter_sd)
@@ -317,35 +317,3 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
     return SortingResult(output_folder=out, spike_times=spikes.times, spike_clusters=spikes.templates,
                          amplitudes=amplitudes, unit_ids=unit_ids, sampling_rate_hz=fs, timings_s=timings,
                          labels=np.asarray(labels))
-
-
-def template_snr(templates_uv: np.ndarray, noise_uv: np.ndarray) -> np.ndarray:
-    """|peak| on each template's best channel over that channel's noise sd (both µV)."""
-    if len(templates_uv) == 0:
-        return np.zeros(0)
-    peak = np.abs(templates_uv).max(axis=1)  # (K, C)
-    best = peak.argmax(axis=1)
-    return peak[np.arange(len(best)), best] / np.maximum(noise_uv[best], 1e-12)
-
-
-def build_templates(store: TraceStore, times: np.ndarray, labels: np.ndarray, *, n_units: int, pre: int, nt: int,
-                    rng: np.random.Generator, max_spikes: int = 300) -> Templates:
-    dense = np.zeros((n_units, nt, store.n_channels), dtype=np.float32)
-    for u in range(n_units):
-        t = times[labels == u]
-        if len(t) > max_spikes:
-            t = np.sort(rng.choice(t, max_spikes, replace=False))
-        dense[u] = np.median(store.snippets(t, pre=pre, nt=nt), axis=0) if len(t) else 0
-    return sparsify(dense, pre=pre)
-
-
-def relabel_groups(times: np.ndarray, labels: np.ndarray, groups: list) -> tuple[np.ndarray, np.ndarray]:
-    """New labels (one per group) and spike times shifted by each member's lag onto the group's template."""
-    new_labels = np.full(len(labels), -1, dtype=np.int64)
-    new_times = times.copy()
-    for g, members in enumerate(groups):
-        for k, lag in members:
-            sel = labels == k
-            new_labels[sel] = g
-            new_times[sel] = times[sel] - lag
-    return new_times, new_labels

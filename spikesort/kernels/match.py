@@ -126,7 +126,6 @@ def template_projections(x, times, ind, values, channels, norm2, pre):
     """
     n, j_max = ind.shape
     nt = values.shape[1]
-    s_max = channels.shape[1]
     n_t = x.shape[0]
     out = np.zeros((n, j_max), dtype=np.float32)
     for i in range(n):
