@@ -129,12 +129,13 @@ def ghost_units(spikes: MatchedSpikes, dense: np.ndarray, *, window: int, max_fr
     norms = np.linalg.norm(dense.reshape(k, -1), axis=1)
     main = np.sqrt((dense**2).sum(axis=1)).argmax(axis=1) if k else np.zeros(0, np.int64)
     times = [np.sort(spikes.times[spikes.templates == i]) for i in range(k)]
-    ghosts = []
-    for a in range(k):
+    ghosts: list[int] = []
+    # largest first, so a unit already found to be a residue does not condemn smaller ones
+    for a in np.argsort(-norms, kind="stable"):
         if len(times[a]) == 0:
             continue
         for b in range(k):
-            if b == a or norms[b] <= norms[a] or len(times[b]) == 0:
+            if b == a or norms[b] <= norms[a] or len(times[b]) == 0 or b in ghosts:
                 continue
             if np.linalg.norm(positions_um[main[a]] - positions_um[main[b]]) > max_distance_um:
                 continue
@@ -143,6 +144,6 @@ def ghost_units(spikes: MatchedSpikes, dense: np.ndarray, *, window: int, max_fr
             if np.mean(hi > lo) > max_fraction:
                 log.info("unit %d fires with larger unit %d on %.0f%% of its spikes: dropped as a subtraction "
                          "residue", a, b, 100 * np.mean(hi > lo))
-                ghosts.append(a)
+                ghosts.append(int(a))
                 break
     return np.asarray(ghosts, dtype=np.int64)

@@ -69,7 +69,7 @@ class Params:
                                      help="valley depth (1 - valley/peak) needed to split a cluster in two")
     merge_similarity: float = _p(0.8, lo=0.0, hi=1.0, stage="cluster",
                                  help="templates with cosine similarity above this are tested for merging")
-    min_template_snr: float = _p(3.0, lo=0.0, hi=100.0, stage="cluster",
+    min_template_snr: float = _p(2.5, lo=0.0, hi=100.0, stage="cluster",
                                  help="templates whose peak is below this many noise sd (best channel) are not matched")
     template_merge_similarity: float = _p(0.9, lo=0.0, hi=1.0, stage="cluster",
                                           help="templates more similar than this (cosine, best lag) are one unit")
