@@ -121,6 +121,17 @@ def firing_rate_hz(*, spike_clusters, unit_ids, duration_s: float) -> np.ndarray
     return counts / duration_s
 
 
+def _violation_inputs(spike_times, spike_clusters, unit_ids, sampling_rate_hz, duration_s, refractory_ms,
+                      censored_ms):
+    """What both refractory estimates start from: periods (s), duration, violation counts, N."""
+    t_r, t_c = _periods_s(refractory_ms, censored_ms)
+    duration_s = _positive("duration_s", duration_s)
+    v = refractory_violations(spike_times=spike_times, spike_clusters=spike_clusters,
+                              unit_ids=unit_ids, sampling_rate_hz=sampling_rate_hz,
+                              refractory_ms=refractory_ms)
+    return t_r, t_c, duration_s, v, v.n_spikes.astype(np.float64)
+
+
 def isi_violation_ratio(*, spike_times, spike_clusters, unit_ids, sampling_rate_hz: float,
                         duration_s: float, refractory_ms: float, censored_ms: float = 0.0) -> np.ndarray:
     """ISI violation ratio of Hill et al. (2011), as the Allen Institute and SpikeInterface
@@ -132,12 +143,8 @@ def isi_violation_ratio(*, spike_times, spike_clusters, unit_ids, sampling_rate_
     violation rate relative to that of a Poisson train of the same rate; roughly the
     contaminating fraction when small, 0.5 for pure Poisson, and unbounded. NaN without spikes.
     """
-    t_r, t_c = _periods_s(refractory_ms, censored_ms)
-    duration_s = _positive("duration_s", duration_s)
-    v = refractory_violations(spike_times=spike_times, spike_clusters=spike_clusters,
-                              unit_ids=unit_ids, sampling_rate_hz=sampling_rate_hz,
-                              refractory_ms=refractory_ms)
-    n = v.n_spikes.astype(np.float64)
+    t_r, t_c, duration_s, v, n = _violation_inputs(spike_times, spike_clusters, unit_ids, sampling_rate_hz,
+                                                   duration_s, refractory_ms, censored_ms)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = v.n_isi * duration_s / (2.0 * n**2 * (t_r - t_c))
     return np.where(n > 0, ratio, np.nan)
@@ -160,12 +167,8 @@ def contamination(*, spike_times, spike_clusters, unit_ids, sampling_rate_hz: fl
 
     clipped to 1 when there are more violations than the model allows. NaN below 2 spikes.
     """
-    t_r, t_c = _periods_s(refractory_ms, censored_ms)
-    duration_s = _positive("duration_s", duration_s)
-    v = refractory_violations(spike_times=spike_times, spike_clusters=spike_clusters,
-                              unit_ids=unit_ids, sampling_rate_hz=sampling_rate_hz,
-                              refractory_ms=refractory_ms)
-    n = v.n_spikes.astype(np.float64)
+    t_r, t_c, duration_s, v, n = _violation_inputs(spike_times, spike_clusters, unit_ids, sampling_rate_hz,
+                                                   duration_s, refractory_ms, censored_ms)
     t_eff = duration_s - 2.0 * n * t_c
     with np.errstate(divide="ignore", invalid="ignore"):
         arg = 1.0 - v.n_pairs * t_eff / (n**2 * (t_r - t_c))
