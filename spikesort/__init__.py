@@ -9,8 +9,12 @@ __all__ = ["Params", "SpikesortError", "sort", "SortingResult", "__version__"]
 
 def __getattr__(name):
     # the pipeline pulls in numba and spikeinterface; import it only when asked for
-    if name in ("sort", "SortingResult"):
-        from . import pipeline
+    if name == "sort":
+        from .pipeline import sort
 
-        return getattr(pipeline, name)
+        return sort
+    if name == "SortingResult":
+        from .result import SortingResult
+
+        return SortingResult
     raise AttributeError(name)

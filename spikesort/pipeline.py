@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from .match import (MatchedSpikes, build_templates, channel_candidates, match_bl
                     snippet_merge_test, template_snr)
 from .params import Params
 from .preprocess import fit_preprocessing, preprocess_chunk
+from .result import SortingResult
 from .traces import TraceStore
 
 log = logging.getLogger(__name__)
@@ -43,28 +44,6 @@ class RecordingInfo:
     @property
     def duration_s(self) -> float:
         return self.n_samples / self.sampling_rate_hz
-
-
-@dataclass
-class SortingResult:
-    output_folder: Path
-    spike_times: np.ndarray
-    spike_clusters: np.ndarray
-    amplitudes: np.ndarray
-    unit_ids: np.ndarray
-    sampling_rate_hz: float
-    timings_s: dict = field(default_factory=dict)
-    labels: np.ndarray | None = None  # 'good' / 'mua' / 'noise' per unit
-
-    @property
-    def n_units(self) -> int:
-        return len(self.unit_ids)
-
-    def to_spikeinterface(self):
-        from spikeinterface.core import NumpySorting
-
-        return NumpySorting.from_samples_and_labels(
-            [self.spike_times], [self.spike_clusters], self.sampling_rate_hz, unit_ids=self.unit_ids)
 
 
 def recording_info(recording) -> RecordingInfo:
