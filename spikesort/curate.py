@@ -47,6 +47,7 @@ def cross_refractory_ratio(ta: np.ndarray, tb: np.ndarray, *, refractory: int, d
 def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um: np.ndarray, duration: int,
                       refractory: int, similarity: float, max_ratio: float = 0.25, min_expected: float = 5.0,
                       strict_similarity: float = 0.9, max_lag: int = 3, max_distance_um: float = 100.0,
+                      absorb_similarity: float = 0.97, absorb_fraction: float = 0.05,
                       same_unit=None) -> list[list[tuple[int, int]]]:
     """Groups of templates to merge, each as (template, lag onto the group's first template).
 
@@ -54,6 +55,10 @@ def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um:
     cross-correlogram (observed/expected < ``max_ratio``); where firing is too sparse for the
     correlogram to say anything (expected pairs < ``min_expected``), only near-identical
     templates (``strict_similarity``) whose spikes form one mode (``same_unit(i, j, lag)``) merge.
+    A unit with under ``absorb_fraction`` of the spikes of a unit whose template it repeats
+    (``absorb_similarity``) joins it without the mode test: it is a slice of that unit's spikes
+    (sub-sample jitter, collisions) the test would call separable, and a wrong merge of so few
+    spikes costs the large unit little.
     """
     k = dense.shape[0]
     if k == 0:
@@ -72,6 +77,9 @@ def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um:
                                                      duration=duration)
             if expected >= min_expected:
                 ok = ratio < max_ratio
+            elif s >= absorb_similarity and min(len(times[i]), len(times[j])) <= absorb_fraction * max(
+                    len(times[i]), len(times[j])):
+                ok = True
             else:
                 ok = s >= strict_similarity and (same_unit is None or same_unit(i, j, lag))
             if ok:
