@@ -47,7 +47,7 @@ def cross_refractory_ratio(ta: np.ndarray, tb: np.ndarray, *, refractory: int, d
 def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um: np.ndarray, duration: int,
                       refractory: int, similarity: float, max_ratio: float = 0.25, min_expected: float = 5.0,
                       strict_similarity: float = 0.9, max_lag: int = 3, max_distance_um: float = 100.0,
-                      absorb_similarity: float = 0.97, absorb_fraction: float = 0.05,
+                      absorb_similarity: float = 0.97, absorb_fraction: float = 0.1,
                       same_unit=None) -> list[list[tuple[int, int]]]:
     """Groups of templates to merge, each as (template, lag onto the group's first template).
 

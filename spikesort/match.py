@@ -134,12 +134,20 @@ def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, 
     return spikes.take(order), r
 
 
-def lagged_similarity(a: np.ndarray, b: np.ndarray, *, max_lag: int) -> tuple[float, int]:
+def lagged_similarity(a: np.ndarray, b: np.ndarray, *, max_lag: int, signal_fraction: float = 0.2) -> tuple[float, int]:
     """Best cosine similarity of two (nt, C) templates over shifts of ``b`` by -max_lag..max_lag
-    samples, and that shift (b delayed by ``lag`` matches a)."""
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
+    samples, and that shift (b delayed by ``lag`` matches a).
+
+    Only channels where either template has at least ``signal_fraction`` of its strongest
+    channel's norm count: elsewhere a template of a few dozen spikes is mostly averaged noise,
+    which would pull two halves of one sparse unit below any merge threshold.
+    """
+    ca, cb = np.linalg.norm(a, axis=0), np.linalg.norm(b, axis=0)
+    if ca.max(initial=0) == 0 or cb.max(initial=0) == 0:
         return 0.0, 0
+    chans = (ca >= signal_fraction * ca.max()) | (cb >= signal_fraction * cb.max())
+    a, b = a[:, chans], b[:, chans]
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
     nt = a.shape[0]
     best, best_lag = -1.0, 0
     for lag in range(-max_lag, max_lag + 1):

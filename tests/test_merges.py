@@ -1,0 +1,54 @@
+"""Template similarity and the merge rules of curation, on hand-made templates."""
+import numpy as np
+
+from spikesort.curate import refractory_merges
+from spikesort.match import MatchedSpikes, lagged_similarity
+
+
+def _unit(n_channels=32, nt=60, peak=20.0, center=12):
+    t = np.arange(nt)
+    shape = -np.exp(-0.5 * ((t - 20) / 2.0) ** 2) + 0.3 * np.exp(-0.5 * ((t - 30) / 5.0) ** 2)
+    space = np.exp(-0.5 * ((np.arange(n_channels) - center) / 1.5) ** 2)
+    return (peak * shape[:, None] * space[None, :]).astype(np.float32)
+
+
+def test_similarity_ignores_noise_on_channels_without_signal():
+    rng = np.random.default_rng(0)
+    u = _unit(peak=6.0)
+    # two halves of one sparse unit: the same waveform, each averaged over ~40 spikes of noise
+    a = u + rng.normal(0, 1 / np.sqrt(40), u.shape).astype(np.float32)
+    b = u + rng.normal(0, 1 / np.sqrt(40), u.shape).astype(np.float32)
+    s_all, _ = lagged_similarity(a, b, max_lag=3, signal_fraction=0.0)
+    s_sig, lag = lagged_similarity(a, b, max_lag=3)
+    assert s_all < 0.9 < s_sig and lag == 0
+    # a neighbour with another footprint stays dissimilar
+    c = _unit(center=16)
+    assert lagged_similarity(u, c, max_lag=3)[0] < 0.5
+
+
+def test_lag_is_found():
+    u = _unit()
+    shifted = np.roll(u, 2, axis=0)
+    s, lag = lagged_similarity(u, shifted, max_lag=3)
+    assert s > 0.99 and lag == -2  # b delayed by -2 samples (advanced by 2) matches a
+
+
+def test_small_slice_of_a_unit_is_absorbed_but_a_distinct_unit_is_not():
+    rng = np.random.default_rng(1)
+    big, twin, other = _unit(peak=40), np.roll(_unit(peak=40), 1, axis=0), _unit(peak=40, center=20)
+    dense = np.stack([big, twin, other])
+    fs, dur = 30000, 30000 * 300
+    tb = np.sort(rng.choice(dur, 1800, replace=False))
+    tt = np.sort(rng.choice(dur, 60, replace=False))
+    to = np.sort(rng.choice(dur, 60, replace=False))
+    times = np.concatenate([tb, tt, to])
+    units = np.concatenate([np.zeros(1800, int), np.ones(60, int), np.full(60, 2)])
+    order = np.argsort(times, kind="stable")
+    spikes = MatchedSpikes(times[order], units[order], np.ones(len(times), np.float32), np.ones(len(times), np.float32))
+    positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
+    groups = refractory_merges(spikes, dense, positions_um=positions, duration=dur, refractory=int(0.0015 * fs),
+                               similarity=0.7, same_unit=lambda i, j, lag: False)
+    members = sorted(sorted(k for k, _ in g) for g in groups)
+    assert members == [[0, 1], [2]]
+    lag_of = {k: lag for g in groups for k, lag in g}
+    assert lag_of[1] - lag_of[0] == 1  # the twin peaks a sample late: its spike times move one sample on
