@@ -212,6 +212,55 @@ def load_recording(*, folder: Path):
     return si.load(folder / "recording")
 
 
+TRUE_DISPLACEMENT = "true_displacement.npz"
+
+
+def ensure_true_displacement(*, folder: Path, scenario: Scenario, seed: int) -> Path | None:
+    """The generator's true displacement of a drifting scenario, in its own file next to the
+    recording (written when missing, so recordings cached before it existed are kept): times_s
+    (T,), displacement_um (T, units) = how far each unit moved towards larger depth (y),
+    unit_depth_um (units,). The generator is deterministic in its seed, so calling it again
+    gives the displacement of the saved recording without rebuilding the traces."""
+    if scenario.drift == "none":
+        return None
+    path = folder / TRUE_DISPLACEMENT
+    if path.is_file():
+        return path
+    from spikeinterface.generation import generate_drifting_recording
+
+    *_, extra = generate_drifting_recording(
+        num_units=scenario.num_units, duration=scenario.duration_s, probe=build_probe(kind=scenario.probe),
+        generate_displacement_vector_kwargs=displacement_kwargs(drift=scenario.drift), seed=seed,
+        extra_outputs=True)
+    disp = np.asarray(extra["unit_displacements"])[:, :, 1]
+    times = np.arange(disp.shape[0]) / float(extra["displacement_sampling_frequency"])
+    tmp = folder / f".{TRUE_DISPLACEMENT}.tmp.npz"
+    np.savez(tmp, times_s=times, displacement_um=disp, unit_depth_um=np.asarray(extra["unit_locations"])[:, 1])
+    tmp.rename(path)
+    return path
+
+
+def motion_error_um(*, motion_folder: Path, truth_path: Path) -> float | None:
+    """RMS (µm) of spikesort's motion estimate minus the true displacement, over the truth's
+    time samples and every ground-truth unit, each evaluated at the unit's depth. Both say how far
+    the tissue moved towards larger y; each unit's mean difference is removed first (the
+    estimate's reference position is the median one, the truth's the start). None without an
+    estimate (drift not corrected)."""
+    from spikesort.motion import Motion
+
+    if not Motion.exists(motion_folder):
+        return None
+    motion = Motion.load(motion_folder)
+    with np.load(truth_path) as truth:
+        times, disp, depths = truth["times_s"], truth["displacement_um"], truth["unit_depth_um"]
+    errors = []
+    for u, depth in enumerate(depths):
+        est = motion.at(times_s=times, depths_um=np.full(len(times), depth))
+        d = est - disp[:, u]
+        errors.append(d - d.mean())
+    return float(np.sqrt(np.mean(np.square(errors))))
+
+
 # ---------------------------------------------------------------------------------------------
 # sortings on disk (a small npz that does not depend on any sorter's output format)
 
@@ -269,6 +318,26 @@ def score_sorting(*, gt, tested) -> dict:
         mean_recall=float(perf["recall"].mean()),
         mean_precision=float(perf["precision"].mean()),
     )
+
+
+def score_labels(*, gt, tested, labels_tsv: Path) -> dict:
+    """How the automatic labels (cluster_KSLabel.tsv) agree with the ground truth: of the units
+    labelled good, how many match a GT unit with accuracy >= WELL_DETECTED_SCORE; of the
+    false-positive units, how many are labelled mua or noise."""
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+
+    labels = {}
+    for line in Path(labels_tsv).read_text().splitlines()[1:]:
+        cid, _, value = line.partition("\t")
+        if cid.strip():
+            labels[int(cid)] = value.strip()
+    comp = compare_sorter_to_ground_truth(gt, tested, exhaustive_gt=True, delta_time=DELTA_TIME_MS)
+    match = comp.hungarian_match_21
+    good = [u for u in tested.unit_ids if labels.get(int(u)) == "good"]
+    good_matched = sum(1 for u in good if match[u] != -1 and comp.agreement_scores.at[match[u], u] >= WELL_DETECTED_SCORE)
+    fp = list(comp.get_false_positive_units(REDUNDANT_SCORE))
+    return dict(n_good=len(good), good_matched=good_matched, n_fp_labelled=len(fp),
+                fp_not_good=sum(1 for u in fp if labels.get(int(u)) in ("mua", "noise")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +413,13 @@ def child_main(*, spec_path: Path) -> int:
             result = sort_fn(recording, work, overwrite=True, **params)
             sorting = result.to_spikeinterface()
             wall = time.perf_counter() - t0
+            # the automatic labels, for the label columns (the work folder may be deleted)
+            if (work / "cluster_KSLabel.tsv").is_file():
+                shutil.copy(work / "cluster_KSLabel.tsv", out / "cluster_KSLabel.tsv")
+            # the motion estimate, for the motion-error column
+            for name in ("motion.npy", "motion_time_bins_s.npy", "motion_depth_bins_um.npy", "motion_shanks.npy"):
+                if (work / name).is_file():
+                    shutil.copy(work / name, out / name)
         else:
             from spikeinterface.sorters import run_sorter
 
@@ -496,6 +572,9 @@ COLUMNS = (
     ("redundant", "redundant"),
     ("overmerged", "overmerged"),
     ("mean accuracy", "mean_accuracy"),
+    ("motion RMS µm", "motion_rms_um"),
+    ("good = GT ≥ 0.8", "good_precision"),
+    ("FP not good", "fp_labels"),
     ("wall s", "wall_s"),
     ("CPU s", "cpu_s"),
     ("× real time", "x_realtime"),
@@ -509,11 +588,17 @@ def _fmt(row: dict, key: str) -> str:
         return row.get("status", "failed") if key == "well" else "–"
     if key == "well":
         return f"{row['well_detected']}/{row['num_gt']}"
+    if key in ("good_precision", "fp_labels"):
+        n, of = (row.get("good_matched"), row.get("n_good")) if key == "good_precision" else (
+            row.get("fp_not_good"), row.get("n_fp_labelled"))
+        return "–" if of is None else f"{n}/{of}"
     v = row.get(key)
     if v is None:
         return "–"
     if key == "mean_accuracy":
         return f"{v:.3f}"
+    if key == "motion_rms_um":
+        return f"{v:.1f}"
     if key in ("wall_s", "cpu_s"):
         return f"{v:.1f}"
     if key == "x_realtime":
@@ -651,6 +736,11 @@ def run_benchmark(
                 if report["status"] == "ok":
                     tested = load_sorting_npz(path=result_folder / "sorting.npz")
                     row.update(score_sorting(gt=gt, tested=tested))
+                    if (result_folder / "cluster_KSLabel.tsv").is_file():
+                        row.update(score_labels(gt=gt, tested=tested, labels_tsv=result_folder / "cluster_KSLabel.tsv"))
+                    if sorter == "spikesort" and scenario.drift != "none" and not dummy:
+                        truth = ensure_true_displacement(folder=folder, scenario=scenario, seed=seed)
+                        row["motion_rms_um"] = motion_error_um(motion_folder=result_folder, truth_path=truth)
                     if sorter != "spikesort" and not cached:
                         keep = {k: v for k, v in report.items() if k != "traceback"}
                         keep.update({k: row[k] for k in ("well_detected", "num_gt", "mean_accuracy")})

@@ -4,7 +4,7 @@ from .params import Params
 
 __version__ = "0.1.0"
 
-__all__ = ["Params", "SpikesortError", "sort", "SortingResult", "__version__"]
+__all__ = ["Params", "SpikesortError", "sort", "SortingResult", "load_result", "__version__"]
 
 
 def __getattr__(name):
@@ -17,4 +17,8 @@ def __getattr__(name):
         from .result import SortingResult
 
         return SortingResult
+    if name == "load_result":
+        from .curation import load_result
+
+        return load_result
     raise AttributeError(name)

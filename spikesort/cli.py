@@ -101,7 +101,13 @@ class _CommandLog:
         self._root.removeHandler(self._file)
         self._file.close()
         try:
-            shutil.move(str(self.path), str(target))
+            if target.is_file():
+                # a resumed run: the earlier attempts' log goes on
+                with open(self.path, "rb") as src, open(target, "ab") as dst:
+                    shutil.copyfileobj(src, dst)
+                self.path.unlink()
+            else:
+                shutil.move(str(self.path), str(target))
             self.path, self.in_temp = target, False
         except OSError:
             pass  # keep the temp log: losing the output folder's copy is better than losing the log
@@ -341,12 +347,27 @@ class _RunCommand(click.Command):
 # --------------------------------------------------------------------------- run
 
 
-def _check_output_folder(out: Path, *, overwrite: bool, protected: list[Path]) -> None:
+def _check_output_folder(out: Path, *, overwrite: bool, protected: list[Path], resume: bool = False) -> None:
+    if resume and overwrite:
+        raise SpikesortError("--resume and --overwrite exclude each other: --resume keeps the finished stages, "
+                             "--overwrite deletes them")
     if out.exists():
         if not out.is_dir():
             raise SpikesortError(f"output path {out} is a file, not a folder")
-        if not overwrite:
-            raise SpikesortError(f"output folder {out} exists (use --overwrite to replace it)")
+        from .checkpoints import is_resumable_folder, is_unfinished
+
+        if resume and not is_resumable_folder(out):
+            raise SpikesortError(f"output folder {out} exists but holds no spikesort run to resume: "
+                                 f"choose another output folder")
+        if not overwrite and not resume:
+            what = " and holds an unfinished run: continue it with --resume, or" if is_unfinished(out) else ":"
+            raise SpikesortError(f"output folder {out} exists{what} use --overwrite to replace it")
+    else:
+        parent = out.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise SpikesortError(f"cannot create output folder {out}: {parent} is a file")
     # --overwrite deletes the folder: never when it holds the inputs
     target = out.resolve()
     for p in protected:
@@ -394,12 +415,18 @@ def _summary_lines(result, out: Path, log_path: Path, seconds: float) -> list[st
 @click.option("--config", type=click.Path(path_type=Path), metavar="FILE.toml",
               help="parameter file (template: `spikesort params`)")
 @click.option("--overwrite", is_flag=True, help="replace an existing output folder")
+@click.option("--resume", is_flag=True,
+              help="continue the interrupted run in OUT: finished stages made from the same recording, "
+                   "parameters and version are reused; the result is the same as an uninterrupted run's")
+@click.option("--export-raw", is_flag=True,
+              help="also write OUT/recording.dat (int16, µV) and point params.py at it, for Phy's trace and "
+                   "waveform views when Phy cannot read the recording's own format")
 @click.option("--set", "set_values", multiple=True, metavar="KEY=VALUE",
               help="set any parameter, e.g. --set detect_threshold=6 (repeatable)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars, warnings and errors only")
 @click.option("-v", "--verbose", count=True, help="debug messages on the console")
 def run(path, probe, output, fmt, sampling_rate, n_channels, dtype, offset, config, overwrite, set_values,
-        quiet, verbose, **param_flags):
+        quiet, verbose, export_raw=False, resume=False, **param_flags):
     """Sort the recording at PATH into the Phy folder OUT.
 
     \b
@@ -413,7 +440,7 @@ def run(path, probe, output, fmt, sampling_rate, n_channels, dtype, offset, conf
     t0 = time.perf_counter()
     params = resolve_params(config=config, set_values=set_values, flags=param_flags)
     protected = [path] + [p for p in (Path(probe) if probe else None, config) if p is not None and p.exists()]
-    _check_output_folder(output, overwrite=overwrite, protected=protected)
+    _check_output_folder(output, overwrite=overwrite, protected=protected, resume=resume)
 
     from .io.probes import attach_probe, load_probe
     from .io.recordings import open_recording
@@ -432,13 +459,43 @@ def run(path, probe, output, fmt, sampling_rate, n_channels, dtype, offset, conf
     from .pipeline import sort
 
     log.debug("parameters: %s", json.dumps(params.to_dict()))
+    # every check above passed: the folder is this run's. Made now, so that the log is in it even
+    # if the run is killed; sort() then starts afresh in it or, with --resume, goes on from its checkpoints
+    if overwrite and output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    cmd_log.adopt(output)
     try:
-        result = sort(recording, output, params=params, overwrite=overwrite, progress=not quiet)
+        result = sort(recording, output, params=params, resume=True, progress=not quiet)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        raise SpikesortError(f"{exc.strerror or 'disk full'}{where} (free some space, then run the same command "
+                             f"with --resume to continue)") from None
+    except (KeyboardInterrupt, _Terminated):
+        from .checkpoints import is_complete
+
+        if output.is_dir() and not is_complete(output):
+            log.warning("the run stopped before the end: run the same command with --resume to continue it")
+        raise
     finally:
-        # every check above passed, so a folder here is this run's (even a failed one)
         cmd_log.adopt(output)
+    if export_raw:
+        from .exporters import export_raw_recording
+
+        export_raw_recording(recording, output, chunk_s=params.chunk_s, progress=not quiet)
+    report = None
+    try:
+        from .report import make_report
+
+        report = make_report(output)
+    except Exception as exc:  # the sorting is finished and safe: a figure problem must not fail the run
+        log.warning("report not written (%s): rebuild it with `spikesort report %s`", exc, output)
     for line in _summary_lines(result, output, cmd_log.path, time.perf_counter() - t0):
         click.echo(line)
+    if report is not None:
+        click.echo(f"  report:        {report}")
 
 
 _with_param_options(run)
@@ -620,6 +677,12 @@ def demo(output, duration, channels, units, seed, overwrite, quiet, verbose):
     click.echo(f"  Phy folder:                            {s['phy_folder']}")
     if s.get("phy_params"):
         click.echo(f"  open in Phy:                           phy template-gui {shlex.quote(s['phy_params'])}")
+    try:
+        from .report import make_report
+
+        click.echo(f"  report:                                {make_report(s['phy_folder'])}")
+    except Exception as exc:  # the demo's sort is done: a figure problem must not fail it
+        log.warning("report not written (%s): rebuild it with `spikesort report %s`", exc, s["phy_folder"])
 
 
 # --------------------------------------------------------------------------- info
@@ -634,6 +697,14 @@ def folder_info(folder: Path) -> dict:
         raise SpikesortError(f"output folder not found: {folder}")
     if not folder.is_dir():
         raise SpikesortError(f"{folder} is not a folder")
+    from .checkpoints import finished_stages, is_unfinished
+
+    # a folder of ours without the completion marker (written last) is unfinished, even if it
+    # already holds Phy files; a Phy folder made elsewhere (no marker, no spikesort log) is described
+    if is_unfinished(folder):
+        done = ", ".join(finished_stages(folder)) or "none"
+        raise SpikesortError(f"{folder} holds an unfinished spikesort run (finished stages: {done}): continue it "
+                             f"with `spikesort run RECORDING ... -o {folder} --resume`")
     times_file = folder / "spike_times.npy"
     if not times_file.is_file():
         raise SpikesortError(f"{folder} is not a finished spikesort output folder (no spike_times.npy)")
@@ -703,6 +774,39 @@ def info(folder):
         click.echo(f"sort time:  {s['sort_s']:.1f} s" + (f" (spikesort {s['version']})" if s["version"] else ""))
     if s["phy"]:
         click.echo(f"open in Phy: phy template-gui {shlex.quote(str(Path(s['folder']) / 'params.py'))}")
+
+
+# --------------------------------------------------------------------------- report
+
+
+@main.command("report")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--max-unit-pages", type=click.IntRange(min=0), default=50, show_default=True, metavar="N",
+              help="unit pages for the first N units by id (the rest are in the overview and the table)")
+@click.option("--all-units", is_flag=True, help="a page for every unit, however many")
+@click.option("--good-only", is_flag=True, help="unit pages for units labelled good only")
+def report_cmd(folder, max_unit_pages, all_units, good_only):
+    """(Re)build the figures of a finished output FOLDER in FOLDER/report (open summary.html)."""
+    from .report import make_report
+
+    t0 = time.perf_counter()
+    page = make_report(folder, max_unit_pages=None if all_units else max_unit_pages, good_only=good_only)
+    n_pages = len(list(page.parent.glob("unit_*.png")))
+    click.echo(f"{PROG}: report with {n_pages} unit pages written in {time.perf_counter() - t0:.1f} s")
+    click.echo(f"  open: {page}")
+
+
+# --------------------------------------------------------------------------- export
+
+from .exporters import export_command  # noqa: E402  (numpy only; pynwb/spikeinterface load on use)
+
+main.add_command(export_command, "export")
+
+# --------------------------------------------------------------------------- batch
+
+from .cli_batch import add_batch_command  # noqa: E402  (dask loads only when the command runs)
+
+add_batch_command(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,24 @@ class Params:
                                  help="number of chunks sampled to estimate the channel covariance")
     bad_channel_detection: bool = _p(True, stage="preprocess",
                                      help="find dead (flat) and very noisy channels and leave them out")
+    # --- drift -----------------------------------------------------------------------------
+    drift: str = _p("auto", choices=("auto", "rigid", "nonrigid", "none"), stage="drift",
+                    help="motion correction: auto = non-rigid on long shanks, rigid on shorter ones, "
+                         "none on shanks too small to estimate it (tetrodes, a few channels)")
+    drift_bin_s: float = _p(2.0, lo=0.5, hi=60.0, stage="drift", help="time resolution of the motion estimate")
+    drift_block_um: float = _p(200.0, lo=20.0, hi=10000.0, stage="drift",
+                               help="spacing of the depth blocks of a non-rigid motion estimate")
+    drift_max_um: float = _p(60.0, lo=5.0, hi=1000.0, stage="drift",
+                             help="largest displacement between two moments of the recording that is searched")
+    drift_min_span_um: float = _p(150.0, lo=0.0, hi=100000.0, stage="drift",
+                                  help="shanks whose contacts span less depth than this are not corrected")
+    drift_nonrigid_span_um: float = _p(1000.0, lo=0.0, hi=100000.0, stage="drift",
+                                       help="with drift = auto, shanks spanning at least this depth get non-rigid correction")
+    drift_min_um: float = _p(5.0, lo=0.0, hi=1000.0, stage="drift",
+                             help="motion estimated to span less than this (1st-99th percentile) is left uncorrected")
+    drift_merge_similarity: float = _p(0.85, lo=0.0, hi=1.0, stage="drift",
+                                       help="after correction, units this similar (template cosine) whose spikes come "
+                                            "from different probe positions are one neuron split by drift")
     # --- detect ----------------------------------------------------------------------------
     detect_threshold: float = _p(5.0, lo=2.0, hi=50.0, stage="detect",
                                  help="candidate threshold on whitened traces, in noise standard deviations")
@@ -92,7 +111,7 @@ class Params:
                              help="spikes of one unit closer than this are duplicates; the smaller is dropped")
     refractory_ms: float = _p(1.5, lo=0.1, hi=10.0, stage="curate", help="refractory period for contamination")
     censored_ms: float = _p(0.0, lo=0.0, hi=5.0, stage="curate", help="censored period for contamination estimates")
-    good_max_contamination: float = _p(0.1, lo=0.0, hi=10.0, stage="curate",
+    good_max_contamination: float = _p(0.1, lo=0.0, hi=1.0, stage="curate",
                                        help="label 'good' needs refractory contamination below this")
     good_min_snr: float = _p(5.0, lo=0.0, hi=1000.0, stage="curate", help="label 'good' needs SNR above this")
     good_min_presence: float = _p(0.8, lo=0.0, hi=1.0, stage="curate",
@@ -111,7 +130,11 @@ class Params:
                     raise SpikesortError(f"parameter {f.name} is NaN")
                 if m.get("lo") is not None and v < m["lo"] or m.get("hi") is not None and v > m["hi"]:
                     raise SpikesortError(f"parameter {f.name}={v} is out of range [{m['lo']}, {m['hi']}]")
-        if self.amplitude_range[0] >= self.amplitude_range[1] or self.amplitude_range[0] <= 0:
+        for name in ("amplitude_range", "envelope_sigmas_um"):
+            if not all(math.isfinite(x) for x in getattr(self, name)):
+                raise SpikesortError(f"parameter {name}={getattr(self, name)} must hold finite numbers")
+        if (len(self.amplitude_range) != 2 or self.amplitude_range[0] >= self.amplitude_range[1]
+                or self.amplitude_range[0] <= 0):
             raise SpikesortError(f"parameter amplitude_range={self.amplitude_range} must be (low, high) with 0 < low < high")
         if not self.envelope_sigmas_um or min(self.envelope_sigmas_um) <= 0:
             raise SpikesortError("parameter envelope_sigmas_um needs positive widths")
@@ -195,7 +218,7 @@ def _coerce(key: str, value, default):
                 value = [x for x in value.replace("(", "").replace(")", "").split(",") if x.strip()]
             return tuple(float(x) for x in value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int("inf"), float(10**400)
         raise SpikesortError(f"parameter {key}={value!r} is not a valid {type(default).__name__}") from None
 
 
@@ -211,5 +234,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     try:
         with open(p, "rb") as fh:
             return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SpikesortError(f"config file {p} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise SpikesortError(f"cannot read config file {p}: {e.strerror or e}") from None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, checkpoints, saturation
 from .chunks import iter_chunks, map_chunks
 from .cluster import cluster_spikes
 from .curate import apply_groups, ghost_units, refractory_merges, relabel, remove_duplicates
@@ -21,10 +21,10 @@ from .errors import SpikesortError
 from .export import phy_whitening, unit_metrics, write_phy
 from .features import SpikeFeatures, features_block, similarity_matrix, template_feature_index
 from .geometry import neighbor_table
-from .match import (MatchedSpikes, build_templates, channel_candidates, match_block, merge_similar_templates,
+from .match import (MatchedSpikes, Templates, build_templates, channel_candidates, match_block, merge_similar_templates,
                     snippet_merge_test, template_snr)
 from .params import Params
-from .preprocess import fit_preprocessing, preprocess_chunk
+from .preprocess import PreprocessModel, fit_preprocessing, preprocess_chunk
 from .result import SortingResult
 from .traces import TraceStore
 
@@ -89,210 +89,500 @@ def _stage(timings: dict, name: str):
     return _T()
 
 
+STAGES = checkpoints.STAGES
+
+
+def stage_rng(seed: int, stage: str) -> np.random.Generator:
+    """The random stream of one stage: the same whether or not earlier stages came from checkpoints."""
+    return np.random.default_rng([int(seed), STAGES.index(stage)])
+
+
 def sort(recording, output_folder, *, params: Params | None = None, overwrite: bool = False,
-         progress: bool = False, **overrides) -> SortingResult:
-    """Sort a spikeinterface recording (with a probe) into ``output_folder`` (a Phy folder)."""
+         resume: bool = False, progress: bool = False, **overrides) -> SortingResult:
+    """Sort a spikeinterface recording (with a probe) into ``output_folder`` (a Phy folder).
+
+    ``progress``: False (silent), True (a tqdm bar per streamed stage on stderr) or a callable
+    ``progress(stage: str, done: int, total: int)`` (see :mod:`spikesort.progress`).
+
+    ``resume``: continue the unfinished run in ``output_folder``. Stages whose checkpoint was made
+    from the same recording, parameters and spikesort version are reused, the others recomputed;
+    the result is the same as an uninterrupted run's. A finished folder of the same inputs is read
+    back without sorting again; a missing folder is created. ``overwrite`` deletes an existing
+    folder first (the two exclude each other).
+    """
     params = Params.from_dict(overrides, base=params or Params())
     out = Path(output_folder)
+    if resume and overwrite:
+        raise SpikesortError("resume and overwrite exclude each other: resume keeps the finished stages, "
+                             "overwrite deletes them")
     if out.exists():
-        if not overwrite:
-            raise SpikesortError(f"output folder {out} exists (use --overwrite to replace it)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+        if resume:
+            if not checkpoints.is_resumable_folder(out):
+                raise SpikesortError(f"output folder {out} exists but holds no spikesort run to resume")
+            if is_complete(out):
+                return _finished_result(recording, out, params)
+        elif not overwrite:
+            what = " and holds an unfinished run: continue it with --resume, or" if is_unfinished(out) else ":"
+            raise SpikesortError(f"output folder {out} exists{what} use --overwrite to replace it")
+        else:
+            shutil.rmtree(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     try:
         return _sort_into(recording, out, params=params, progress=progress)
-    finally:
-        # the whitened scratch copy is as large as the recording: never leave it behind
-        (out / TEMP_TRACES).unlink(missing_ok=True)
+    except BaseException:
+        # checkpoints stay for --resume; a scratch copy that preprocessing did not finish is useless
+        checkpoints.Checkpoints(out, identity={}).drop_unfinished_traces()
+        if created and not any(out.iterdir()):
+            out.rmdir()  # failed before writing anything: leave no trace
+        raise
 
 
-TEMP_TRACES = "temp_wh.dat"
+def is_complete(folder) -> bool:
+    """True when ``folder`` holds a finished spikesort run (its completion marker is written last)."""
+    return checkpoints.is_complete(folder)
+
+
+def is_unfinished(folder) -> bool:
+    """True when ``folder`` holds a spikesort run that stopped before the end (``resume=True``)."""
+    return checkpoints.is_unfinished(folder)
+
+
+TEMP_TRACES = checkpoints.TRACES_FILE
+# Preprocessing streams the recording on a grid of its own, whatever chunk_s: its zero-phase IIR
+# filter sees a chunk's whole read window, so other chunk edges would change the whitened traces
+# in the last bit of a few samples in 10^4, enough to flip a detection at threshold now and then.
+# Every later stage gives the same events for any chunking (an event belongs to the chunk that
+# holds its sample), so with this grid the result does not depend on chunk_s.
+PREPROCESS_CHUNK_S = 2.0
+RUN_FILE = checkpoints.RUN_FILE
+
+
+def _identity(recording, info: RecordingInfo) -> dict:
+    """What a checkpoint must have been made from: this recording, this geometry, this version."""
+    from .io.recordings import recording_fingerprint
+
+    return {"recording": recording_fingerprint(recording),
+            "geometry": checkpoints.digest([info.positions_um, info.gains_to_uv, info.shank_ids]),
+            "sampling_rate_hz": info.sampling_rate_hz, "n_samples": info.n_samples, "version": __version__}
+
+
+def _finished_result(recording, out: Path, params: Params) -> SortingResult:
+    """The result of the finished run in ``out``, when it was made from the same inputs."""
+    marker = checkpoints.read_marker(out)
+    identity = _identity(recording, recording_info(recording))
+    if marker.get("identity") != identity:
+        why = "another recording or probe" if marker["identity"].get("version") == __version__ else \
+            f"spikesort {marker['identity'].get('version')}"
+        raise SpikesortError(f"output folder {out} holds a finished run of {why}: use --overwrite to replace it, "
+                             f"or another output folder")
+    changed = checkpoints.param_differences(marker.get("params", {}), checkpoints.param_values(params))
+    if changed:
+        raise SpikesortError(f"output folder {out} holds a finished run with other parameters "
+                             f"({'; '.join(changed)}): use --overwrite to replace it, or another output folder")
+    checkpoints.remove_state(out)  # left only if the finishing run was killed while cleaning up
+    log.info("output folder %s already holds this run, finished: nothing to do", out)
+    return read_result(out)
+
+
+def read_result(folder) -> SortingResult:
+    """The SortingResult of a finished output folder, read from its files."""
+    folder = Path(folder)
+    run = json.loads((folder / RUN_FILE).read_text(encoding="utf8"))
+    n_units = int(run["n_units"])
+    labels = np.full(n_units, "", dtype=object)
+    table = folder / "cluster_KSLabel.tsv"
+    for line in table.read_text(encoding="utf8").splitlines()[1:] if table.is_file() else []:
+        cid, _, value = line.partition("\t")
+        if cid.strip().isdigit() and int(cid) < n_units:
+            labels[int(cid)] = value.strip()
+    return SortingResult(output_folder=folder, spike_times=np.load(folder / "spike_times.npy"),
+                         spike_clusters=np.load(folder / "spike_clusters.npy").astype(np.int64),
+                         amplitudes=np.load(folder / "amplitudes.npy"), unit_ids=np.arange(n_units),
+                         sampling_rate_hz=float(run["recording"]["sampling_rate_hz"]),
+                         timings_s=dict(run.get("timings_s", {})), labels=labels.astype(str))
+
+
+# --------------------------------------------------------------------------- stage results
+
+
+@dataclass
+class Preprocessed:
+    model: PreprocessModel
+    saturated: np.ndarray  # (k, 2) int64 [start, stop) samples left out as clipped
+
+
+@dataclass
+class Detected:
+    sign: int
+    bases: np.ndarray  # temporal bases (nt, n_components)
+    filter_sd: np.ndarray
+    spikes: Detections
+
+
+@dataclass
+class Clustered:
+    templates: Templates  # the templates matching fits
+
+
+@dataclass
+class Matched:
+    spikes: MatchedSpikes
+
+
+@dataclass
+class Curated:
+    spikes: MatchedSpikes
+    templates: Templates  # final, one per unit
+
+
+@dataclass
+class _Run:
+    """What every stage reads: the recording, its geometry, the sizes derived from the parameters."""
+    recording: object
+    info: RecordingInfo
+    params: checkpoints.ParamReads
+    n_jobs: int
+    chunks: list
+    preprocess_chunks: list  # a grid of its own: see PREPROCESS_CHUNK_S
+    pre: int
+    nt: int
+    exclusion: int
+    store: TraceStore
+    tq: object
+
+    def map(self, fn, items, desc: str, stage: str):
+        """map_chunks over ``items`` with a progress bar, and the test kill hook after each item."""
+        results = map_chunks(fn, items, n_jobs=self.n_jobs, progress=self.tq(len(items), desc))
+        try:
+            for i, result in enumerate(results, start=1):
+                checkpoints.kill_point(f"{stage}:{i}")
+                yield result
+        finally:
+            results.close()  # on an interrupt, wait here for the chunks in flight to finish
 
 
 def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> SortingResult:
-    n_jobs = params.n_jobs or os.cpu_count() or 1
     info = recording_info(recording)
+    state = checkpoints.Checkpoints(out, identity=_identity(recording, info))
+    params = checkpoints.ParamReads(params)
+    n_jobs = params.n_jobs or os.cpu_count() or 1
     fs = info.sampling_rate_hz
     timings: dict = {}
-    rng = np.random.default_rng(params.seed)
     chunk = max(1, int(round(params.chunk_s * fs)))
     pre = int(round(params.ms_before * fs / 1000))
     nt = pre + int(round(params.ms_after * fs / 1000)) + 1
     margin = max(int(round(params.margin_ms * fs / 1000)), 2 * nt)
     exclusion = max(1, int(round(params.exclusion_ms * fs / 1000)))
     chunks = list(iter_chunks(n_samples=info.n_samples, chunk_samples=chunk, margin_samples=margin))
+    preprocess_chunks = list(iter_chunks(n_samples=info.n_samples, margin_samples=margin,
+                                         chunk_samples=max(1, int(round(PREPROCESS_CHUNK_S * fs)))))
 
     def tq(total, desc):
-        if not progress:
-            return None
-        from tqdm.auto import tqdm
+        # False: silent; True: a tqdm bar; a callable: progress(stage, done, total)
+        from .progress import stage_progress
 
-        return tqdm(total=total, desc=desc, unit="chunk", leave=False)
+        return stage_progress(progress, total=total, desc=desc)
 
-    # ---- preprocess -------------------------------------------------------------------------
-    with _stage(timings, "preprocess"):
-        block = min(info.n_samples, int(fs))
-        starts = np.unique(np.linspace(0, info.n_samples - block, min(params.whitening_n_chunks,
-                                                                      max(1, info.n_samples // block))).astype(np.int64))
-        blocks = [_read_raw(recording, s, s + block) for s in starts]
-        model = fit_preprocessing(blocks, sampling_rate_hz=fs, positions_um=info.positions_um,
-                                  highpass_hz=params.highpass_hz, lowpass_hz=params.lowpass_hz,
-                                  reference=params.common_reference, whitening_radius_um=params.whitening_radius_um,
-                                  detect_bad_channels=params.bad_channel_detection)
-        store = TraceStore(out / TEMP_TRACES, n_samples=info.n_samples, n_channels=info.n_channels)
-        store.create()
+    run = _Run(recording=recording, info=info, params=params, n_jobs=n_jobs, chunks=chunks,
+               preprocess_chunks=preprocess_chunks, pre=pre, nt=nt,
+               exclusion=exclusion, tq=tq,
+               store=TraceStore(state.traces_path, n_samples=info.n_samples, n_channels=info.n_channels))
+    reused: list[str] = []
 
-        def pre_fn(ch):
-            w = preprocess_chunk(_read_raw(recording, ch.read_start, ch.read_stop), model=model)
-            store.write(ch.keep_start, w[ch.keep_slice])
+    def stage(name: str, cls, compute):
+        """The stage's checkpoint when it matches, else compute it and save it."""
+        with _stage(timings, name):
+            result = state.load(name, cls, params)
+            if result is not None:
+                reused.append(name)
+                return result
+            state.discard_from(name)
+            params.start(name)
+            checkpoints.kill_point(f"{name}:start")
+            result = compute()
+            state.save(name, result, reads=params.read_values(name),
+                       files=[run.store.path] if name == "preprocess" else ())
+        checkpoints.kill_point(name)
+        return result
 
-        for _ in map_chunks(pre_fn, chunks, n_jobs=n_jobs, progress=tq(len(chunks), "preprocess")):
-            pass
-
-    good = model.good_channels
-    peak_nb = neighbor_table(positions_um=info.positions_um, radius_um=params.detect_radius_um,
-                             good_channels=good, shank_ids=info.shank_ids)
-    feat_nb = neighbor_table(positions_um=info.positions_um, radius_um=params.feature_radius_um,
-                             good_channels=good, shank_ids=info.shank_ids, min_neighbors=min(4, int(good.sum())))
-
-    # ---- detect -----------------------------------------------------------------------------
-    with _stage(timings, "detect"):
-        white_blocks = [store.read(s, s + block) for s in starts[:10]]
-        sign = choose_sign(np.concatenate(white_blocks), threshold=2 * params.detect_threshold)
-        bases = learn_temporal_bases(white_blocks, sign=sign, threshold=params.detect_threshold, neighbors=peak_nb,
-                                     exclusion=exclusion, pre=pre, nt=nt, n_components=params.n_temporal_components,
-                                     rng=rng)
-        filter_sd = filtered_noise_sd(white_blocks, bases=bases, pre=pre)
-        bank = envelope_bank(positions_um=info.positions_um, neighbors=feat_nb, sigmas_um=params.envelope_sigmas_um,
-                             center_radius_um=params.detect_radius_um)
-
-        def det_fn(ch):
-            x = store.read(ch.read_start, ch.read_stop)
-            return detect_block(x, keep_start=ch.keep_start - ch.read_start, keep_stop=ch.keep_stop - ch.read_start,
-                                offset=ch.read_start, sign=sign, threshold=params.detect_threshold,
-                                universal_threshold=params.universal_threshold, peak_neighbors=peak_nb,
-                                feature_neighbors=feat_nb, bank=bank, bases=bases, pre=pre, exclusion=exclusion,
-                                positions_um=info.positions_um, filter_sd=filter_sd)
-
-        det = Detections.concat(list(map_chunks(det_fn, chunks, n_jobs=n_jobs, progress=tq(len(chunks), "detect"))))
-        log.info("%d spikes detected (sign %+d)", len(det), sign)
-
-    # ---- cluster ----------------------------------------------------------------------------
-    with _stage(timings, "cluster"):
-        cl = cluster_spikes(features=det.features, channels=det.channels, neighbors=feat_nb,
-                            max_spikes_per_channel=params.max_spikes_per_channel,
-                            min_cluster_size=params.min_cluster_size, split_depth=params.split_depth,
-                            bimodality_threshold=params.bimodality_threshold,
-                            merge_similarity=params.merge_similarity, seed=params.seed)
-        times, labels = det.times[cl.spike_index], cl.labels
-        templates = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng)
-        sizes = np.bincount(labels[labels >= 0], minlength=cl.n_units)
-        veto = snippet_merge_test(store, times, labels, pre=pre, nt=nt, threshold=params.bimodality_threshold,
-                                  rng=rng)
-        groups = merge_similar_templates(templates.dense, sizes, positions_um=info.positions_um, max_lag=3,
-                                         threshold=params.template_merge_similarity, same_unit=veto)
-        times, labels = relabel(times, labels, groups)
-        log.info("%d clusters after template merges", len(groups))
-        templates = build_templates(store, times, labels, n_units=len(groups), pre=pre, nt=nt, rng=rng)
-        _, w_inv_uv = phy_whitening(model.whitening, info.gains_to_uv)
-        snr = template_snr(templates.dense @ w_inv_uv.astype(np.float32), model.noise_sd * info.gains_to_uv)
-        keep = np.flatnonzero((np.sqrt(templates.norm2) >= params.universal_threshold) & (snr >= params.min_template_snr))
-        log.info("%d templates below SNR %.1f or too weak to match: dropped", templates.n_templates - len(keep),
-                 params.min_template_snr)
-        templates = templates.take(keep)
-        log.info("%d templates kept for matching", templates.n_templates)
-
-    # ---- match ------------------------------------------------------------------------------
-    with _stage(timings, "match"):
-        cand = channel_candidates(templates, n_channels=info.n_channels)
-
-        def match_fn(ch):
-            x = store.read(ch.read_start, ch.read_stop)
-            spikes, _ = match_block(x, keep_start=ch.keep_start - ch.read_start,
-                                    keep_stop=ch.keep_stop - ch.read_start, offset=ch.read_start,
-                                    templates=templates, chan_templates=cand, sign=sign,
-                                    detect_threshold=params.match_detect_threshold, peak_neighbors=peak_nb,
-                                    exclusion=exclusion, match_threshold=params.match_threshold,
-                                    iterations=params.match_iterations, max_lag=2,
-                                    amplitude_range=params.amplitude_range, bases=bases, filter_sd=filter_sd)
-            return spikes
-
-        spikes = MatchedSpikes.concat(list(map_chunks(match_fn, chunks, n_jobs=n_jobs,
-                                                      progress=tq(len(chunks), "match"))))
-        log.info("%d spikes matched", len(spikes.times))
-
-    # ---- curate -----------------------------------------------------------------------------
-    with _stage(timings, "curate"):
-        dup = int(round(params.duplicate_ms * fs / 1000))
-        spikes = remove_duplicates(spikes, window=dup)
-        post = build_templates(store, spikes.times, spikes.templates, n_units=templates.n_templates, pre=pre,
-                               nt=nt, rng=rng)
-        ghosts = ghost_units(spikes, post.dense, window=int(round(params.refractory_ms * fs / 1000)),
-                             positions_um=info.positions_um)
-        spikes = spikes.take(np.flatnonzero(~np.isin(spikes.templates, ghosts)))
-        veto = snippet_merge_test(store, spikes.times, spikes.templates, pre=pre, nt=nt,
-                                  threshold=params.bimodality_threshold, rng=rng)
-        groups = refractory_merges(spikes, post.dense, positions_um=info.positions_um, duration=info.n_samples,
-                                   refractory=int(round(params.refractory_ms * fs / 1000)),
-                                   similarity=params.post_merge_similarity, same_unit=veto)
-        spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
-        log.info("%d units after refractory merges", len(groups))
-        final = build_templates(store, spikes.times, spikes.templates, n_units=len(groups), pre=pre, nt=nt, rng=rng)
-        # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
-        # too few spikes to be a unit: leftovers of a unit whose spikes other templates took
-        counts = np.bincount(spikes.templates, minlength=final.n_templates)
-        keep = np.flatnonzero(counts >= params.min_cluster_size)
-        spikes = spikes.take(np.flatnonzero(np.isin(spikes.templates, keep)))
-        remap = np.full(final.n_templates, -1, dtype=np.int64)
-        remap[keep] = np.arange(len(keep))
-        final = final.take(keep)
-        spikes = MatchedSpikes(spikes.times, remap[spikes.templates], spikes.amplitudes, spikes.gains)
-
-    # ---- features and export ------------------------------------------------------------------
+    # drift correction rewrites the whitened traces, so it runs inside the preprocess stage: its
+    # checkpoint then covers the corrected traces and the drift parameters
+    prep = stage("preprocess", Preprocessed, lambda: _drift(run, _preprocess(run), out=out, timings=timings))
+    det = stage("detect", Detected, lambda: _detect(run, prep=prep))
+    clu = stage("cluster", Clustered, lambda: _cluster(run, prep=prep, det=det))
+    mat = stage("match", Matched, lambda: _match(run, prep=prep, det=det, clu=clu))
+    cur = stage("curate", Curated, lambda: _merge_drift_splits(run, _curate(run, clu=clu, mat=mat), out=out))
     with _stage(timings, "export"):
-        similar = similarity_matrix(final.dense)
-        tf_index = template_feature_index(similar, n_features=params.n_template_features)
-        n_pc_ch = min(info.n_channels, params.n_pc_channels)
-        pc_nb = neighbor_table(positions_um=info.positions_um, radius_um=0.0, good_channels=None,
-                               shank_ids=info.shank_ids, min_neighbors=n_pc_ch)[:, :n_pc_ch]
-        pc_nb = np.where(pc_nb >= 0, pc_nb, np.arange(info.n_channels)[:, None])
-        bounds = np.searchsorted(spikes.times, [[c.keep_start, c.keep_stop] for c in chunks])
+        state.discard_from("export")
+        params.start("export")
+        checkpoints.kill_point("export:start")
+        result = _export(run, out, prep=prep, det=det, cur=cur)
+    # the run record, then the marker: a folder is complete only once both are in place
+    checkpoints.write_json_atomic(out / RUN_FILE, {
+        "version": __version__, "params": params.to_dict(), "timings_s": timings, "reused_stages": reused,
+        "recording": {"sampling_rate_hz": fs, "n_channels": info.n_channels, "n_samples": info.n_samples,
+                      "duration_s": info.duration_s, "has_gain": info.has_gain},
+        "n_units": int(result.n_units), "n_spikes": int(len(result.spike_times)),
+        "bad_channels": {str(c): r for c, r in sorted(prep.model.bad_reasons.items())},
+        "saturated_s": [[round(a / fs, 4), round(b / fs, 4)] for a, b in prep.saturated.tolist()]})
+    checkpoints.kill_point("export")
+    checkpoints.write_marker(out, identity=state.identity, params=params)
+    checkpoints.remove_state(out)
+    result.timings_s = timings
+    return result
 
-        def feat_fn(ic):
-            ch = chunks[ic]
-            lo, hi = bounds[ic]
-            x = store.read(ch.read_start, ch.read_stop)
-            return features_block(x, times=spikes.times[lo:hi] - ch.read_start, units=spikes.templates[lo:hi],
-                                  templates=final, pc_neighbors=pc_nb, bases=bases, tf_index=tf_index,
-                                  positions_um=info.positions_um)
 
-        feats = SpikeFeatures.concat(list(map_chunks(feat_fn, range(len(chunks)), n_jobs=n_jobs,
-                                                     progress=tq(len(chunks), "features"))))
-        # column 0 is the spike's own template: its least-squares scale is Phy's amplitude
-        amplitudes = feats.template_features[:, 0] if final.n_templates else np.zeros(0, np.float32)
-        templates_uv = final.dense @ w_inv_uv.astype(np.float32)
-        metrics, labels = (None, np.zeros(0, dtype=str)) if final.n_templates == 0 else unit_metrics(
-                                       spike_times=spikes.times, spike_clusters=spikes.templates,
-                                       amplitudes=amplitudes, templates_uv=templates_uv,
-                                       noise_uv=model.noise_sd * info.gains_to_uv, positions_um=info.positions_um,
-                                       sampling_rate_hz=fs, duration_s=info.duration_s, params=params)
-        if len(spikes.times) >= 2 and final.n_templates > 0:
-            write_phy(out, recording=recording, spike_times=spikes.times, spike_units=spikes.templates,
-                      amplitudes=amplitudes, templates_white=final.dense, pre=pre, whitening=model.whitening,
-                      gains_to_uv=info.gains_to_uv, positions_um=info.positions_um, shank_ids=info.shank_ids,
-                      pc_features=feats.pc_features, pc_feature_ind=pc_nb[final.main_channel],
-                      template_features=feats.template_features, template_feature_ind=tf_index,
-                      similar=similar, spike_positions=feats.positions_um, metrics=metrics, labels=labels,
-                      sampling_rate_hz=fs)
-        unit_ids = np.arange(final.n_templates)
+def _sample_blocks(run: _Run) -> tuple[int, np.ndarray]:
+    """Length and starts of the one-second blocks sampled across the recording to fit models."""
+    n, fs = run.info.n_samples, run.info.sampling_rate_hz
+    block = min(n, int(fs))
+    starts = np.unique(np.linspace(0, n - block, min(run.params.whitening_n_chunks,
+                                                     max(1, n // block))).astype(np.int64))
+    return block, starts
 
-    store.path.unlink(missing_ok=True)
-    (out / "spikesort_run.json").write_text(json.dumps(
-        {"version": __version__, "params": params.to_dict(), "timings_s": timings,
-         "recording": {"sampling_rate_hz": fs, "n_channels": info.n_channels, "n_samples": info.n_samples,
-                       "duration_s": info.duration_s, "has_gain": info.has_gain},
-         "n_units": int(final.n_templates), "n_spikes": int(len(spikes.times)),
-         "bad_channels": {int(c): r for c, r in model.bad_reasons.items()}}, indent=1))
+
+def _neighbors(run: _Run, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbour tables of the good channels: for peak detection, and for features."""
+    info, p = run.info, run.params
+    peak_nb = neighbor_table(positions_um=info.positions_um, radius_um=p.detect_radius_um,
+                             good_channels=good, shank_ids=info.shank_ids)
+    feat_nb = neighbor_table(positions_um=info.positions_um, radius_um=p.feature_radius_um,
+                             good_channels=good, shank_ids=info.shank_ids, min_neighbors=min(4, int(good.sum())))
+    return peak_nb, feat_nb
+
+
+def _preprocess(run: _Run) -> Preprocessed:
+    info, p, recording, store = run.info, run.params, run.recording, run.store
+    fs = info.sampling_rate_hz
+    block, starts = _sample_blocks(run)
+    blocks = [_read_raw(recording, s, s + block) for s in starts]
+    try:
+        model = fit_preprocessing(blocks, sampling_rate_hz=fs, positions_um=info.positions_um,
+                                  highpass_hz=p.highpass_hz, lowpass_hz=p.lowpass_hz,
+                                  reference=p.common_reference, whitening_radius_um=p.whitening_radius_um,
+                                  detect_bad_channels=p.bad_channel_detection)
+    except ValueError as exc:  # no usable channel, a filter above Nyquist: the data's fault
+        if isinstance(exc, SpikesortError):
+            raise
+        raise SpikesortError(f"cannot preprocess the recording: {exc}") from None
+    rails = saturation.rails(recording.get_dtype())
+    good = np.flatnonzero(model.good_channels)
+    pad = int(round(saturation.PAD_MS * fs / 1000))
+    store.path.parent.mkdir(parents=True, exist_ok=True)
+    store.create()
+
+    def pre_fn(ch):
+        raw = _read_raw(recording, ch.read_start, ch.read_stop)
+        w = preprocess_chunk(raw, model=model)
+        clipped = np.zeros(0, bool)
+        if rails is not None:
+            clipped = saturation.saturated_mask(raw, rails=rails, channels=good, pad=pad)[ch.keep_slice]
+            w[ch.keep_slice][clipped] = 0
+        store.write(ch.keep_start, w[ch.keep_slice])
+        return saturation.runs(clipped, offset=ch.keep_start)
+
+    saturated = saturation.merge_runs(list(run.map(pre_fn, run.preprocess_chunks, "preprocess", "preprocess")))
+    if len(saturated):
+        total = float(np.sum(saturated[:, 1] - saturated[:, 0])) / fs
+        log.warning("%d saturated (clipped) stretches, %.2f s in all (the first at %.2f s), left out of the "
+                    "sorting", len(saturated), total, saturated[0, 0] / fs)
+    return Preprocessed(model=model, saturated=saturated)
+
+
+def _drift(run: _Run, prep: Preprocessed, *, out: Path, timings: dict) -> Preprocessed:
+    """Motion estimation and correction of the whitened traces in place (spikesort/motion.py);
+    writes motion*.npy and drift_map.png to ``out``, or logs why drift is not corrected."""
+    from .motion import correct_drift
+
+    with _stage(timings, "drift"):
+        peak_nb, feat_nb = _neighbors(run, prep.model.good_channels)
+        correct_drift(run.store, chunks=run.chunks, sampling_rate_hz=run.info.sampling_rate_hz,
+                      positions_um=run.info.positions_um, shank_ids=run.info.shank_ids,
+                      good_channels=prep.model.good_channels, peak_neighbors=peak_nb, feature_neighbors=feat_nb,
+                      pre=run.pre, nt=run.nt, exclusion=run.exclusion, params=run.params, out=out,
+                      n_jobs=run.n_jobs, progress=run.tq)
+    return prep
+
+
+def _detect(run: _Run, *, prep: Preprocessed) -> Detected:
+    info, p, store = run.info, run.params, run.store
+    pre, nt, exclusion = run.pre, run.nt, run.exclusion
+    rng = stage_rng(p.seed, "detect")
+    block, starts = _sample_blocks(run)
+    peak_nb, feat_nb = _neighbors(run, prep.model.good_channels)
+    white_blocks = [store.read(s, s + block) for s in starts[:10]]
+    sign = choose_sign(np.concatenate(white_blocks), threshold=2 * p.detect_threshold)
+    bases = learn_temporal_bases(white_blocks, sign=sign, threshold=p.detect_threshold, neighbors=peak_nb,
+                                 exclusion=exclusion, pre=pre, nt=nt, n_components=p.n_temporal_components,
+                                 rng=rng)
+    filter_sd = filtered_noise_sd(white_blocks, bases=bases, pre=pre)
+    bank = envelope_bank(positions_um=info.positions_um, neighbors=feat_nb, sigmas_um=p.envelope_sigmas_um,
+                         center_radius_um=p.detect_radius_um)
+
+    def det_fn(ch):
+        x = store.read(ch.read_start, ch.read_stop)
+        return detect_block(x, keep_start=ch.keep_start - ch.read_start, keep_stop=ch.keep_stop - ch.read_start,
+                            offset=ch.read_start, sign=sign, threshold=p.detect_threshold,
+                            universal_threshold=p.universal_threshold, peak_neighbors=peak_nb,
+                            feature_neighbors=feat_nb, bank=bank, bases=bases, pre=pre, exclusion=exclusion,
+                            positions_um=info.positions_um, filter_sd=filter_sd)
+
+    det = Detections.concat(list(run.map(det_fn, run.chunks, "detect", "detect")))
+    log.info("%d spikes detected (sign %+d)", len(det), sign)
+    return Detected(sign=int(sign), bases=bases, filter_sd=filter_sd, spikes=det)
+
+
+def _cluster(run: _Run, *, prep: Preprocessed, det: Detected) -> Clustered:
+    info, p, store = run.info, run.params, run.store
+    pre, nt = run.pre, run.nt
+    rng = stage_rng(p.seed, "cluster")
+    _, feat_nb = _neighbors(run, prep.model.good_channels)
+    spikes = det.spikes
+    cl = cluster_spikes(features=spikes.features, channels=spikes.channels, neighbors=feat_nb,
+                        max_spikes_per_channel=p.max_spikes_per_channel,
+                        min_cluster_size=p.min_cluster_size, split_depth=p.split_depth,
+                        bimodality_threshold=p.bimodality_threshold,
+                        merge_similarity=p.merge_similarity, seed=p.seed)
+    times, labels = spikes.times[cl.spike_index], cl.labels
+    templates = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng)
+    sizes = np.bincount(labels[labels >= 0], minlength=cl.n_units)
+    veto = snippet_merge_test(store, times, labels, pre=pre, nt=nt, threshold=p.bimodality_threshold, rng=rng)
+    groups = merge_similar_templates(templates.dense, sizes, positions_um=info.positions_um, max_lag=3,
+                                     threshold=p.template_merge_similarity, same_unit=veto)
+    times, labels = relabel(times, labels, groups)
+    log.info("%d clusters after template merges", len(groups))
+    templates = build_templates(store, times, labels, n_units=len(groups), pre=pre, nt=nt, rng=rng)
+    _, w_inv_uv = phy_whitening(prep.model.whitening, info.gains_to_uv)
+    snr = template_snr(templates.dense @ w_inv_uv.astype(np.float32), prep.model.noise_sd * info.gains_to_uv)
+    keep = np.flatnonzero((np.sqrt(templates.norm2) >= p.universal_threshold) & (snr >= p.min_template_snr))
+    log.info("%d templates below SNR %.1f or too weak to match: dropped", templates.n_templates - len(keep),
+             p.min_template_snr)
+    templates = templates.take(keep)
+    log.info("%d templates kept for matching", templates.n_templates)
+    return Clustered(templates=templates)
+
+
+def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> Matched:
+    info, p, store = run.info, run.params, run.store
+    templates = clu.templates
+    peak_nb, _ = _neighbors(run, prep.model.good_channels)
+    cand = channel_candidates(templates, n_channels=info.n_channels)
+
+    def match_fn(ch):
+        x = store.read(ch.read_start, ch.read_stop)
+        spikes, _ = match_block(x, keep_start=ch.keep_start - ch.read_start,
+                                keep_stop=ch.keep_stop - ch.read_start, offset=ch.read_start,
+                                templates=templates, chan_templates=cand, sign=det.sign,
+                                detect_threshold=p.match_detect_threshold, peak_neighbors=peak_nb,
+                                exclusion=run.exclusion, match_threshold=p.match_threshold,
+                                iterations=p.match_iterations, max_lag=2,
+                                amplitude_range=p.amplitude_range, bases=det.bases, filter_sd=det.filter_sd)
+        return spikes
+
+    spikes = MatchedSpikes.concat(list(run.map(match_fn, run.chunks, "match", "match")))
+    log.info("%d spikes matched", len(spikes.times))
+    return Matched(spikes=spikes)
+
+
+def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
+    """After drift correction: units that are one neuron seen at two probe positions become one
+    (spikesort/motion.py, drift_split_groups). Nothing changes when the traces were not corrected."""
+    from .motion import applied_motion, drift_split_groups
+
+    p = run.params
+    motion = applied_motion(out) if p.drift != "none" else None
+    if motion is None or cur.templates.n_templates < 2:
+        return cur
+    fs = run.info.sampling_rate_hz
+    groups = drift_split_groups(spike_times_s=cur.spikes.times / fs, spike_units=cur.spikes.templates,
+                                templates=cur.templates.dense, main_channels=cur.templates.main_channel,
+                                positions_um=run.info.positions_um, channel_shanks=run.info.shank_ids, motion=motion,
+                                min_similarity=p.drift_merge_similarity)
+    if len(groups) == cur.templates.n_templates:
+        return cur
+    log.info("drift: %d units seen at different probe positions merged into %d", cur.templates.n_templates,
+             len(groups))
+    spikes = remove_duplicates(apply_groups(cur.spikes, [[(u, 0) for u in g] for g in groups]),
+                               window=int(round(p.duplicate_ms * fs / 1000)))
+    templates = build_templates(run.store, spikes.times, spikes.templates, n_units=len(groups), pre=run.pre,
+                                nt=run.nt, rng=stage_rng(p.seed, "curate"))
+    return Curated(spikes=spikes, templates=templates)
+
+
+def _curate(run: _Run, *, clu: Clustered, mat: Matched) -> Curated:
+    info, p, store = run.info, run.params, run.store
+    pre, nt, fs = run.pre, run.nt, info.sampling_rate_hz
+    rng = stage_rng(p.seed, "curate")
+    dup = int(round(p.duplicate_ms * fs / 1000))
+    spikes = remove_duplicates(mat.spikes, window=dup)
+    post = build_templates(store, spikes.times, spikes.templates, n_units=clu.templates.n_templates, pre=pre,
+                           nt=nt, rng=rng)
+    ghosts = ghost_units(spikes, post.dense, window=int(round(p.refractory_ms * fs / 1000)),
+                         positions_um=info.positions_um)
+    spikes = spikes.take(np.flatnonzero(~np.isin(spikes.templates, ghosts)))
+    veto = snippet_merge_test(store, spikes.times, spikes.templates, pre=pre, nt=nt,
+                              threshold=p.bimodality_threshold, rng=rng)
+    groups = refractory_merges(spikes, post.dense, positions_um=info.positions_um, duration=info.n_samples,
+                               refractory=int(round(p.refractory_ms * fs / 1000)),
+                               similarity=p.post_merge_similarity, same_unit=veto)
+    spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
+    log.info("%d units after refractory merges", len(groups))
+    final = build_templates(store, spikes.times, spikes.templates, n_units=len(groups), pre=pre, nt=nt, rng=rng)
+    # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
+    # too few spikes to be a unit: leftovers of a unit whose spikes other templates took
+    counts = np.bincount(spikes.templates, minlength=final.n_templates)
+    keep = np.flatnonzero(counts >= p.min_cluster_size)
+    spikes = spikes.take(np.flatnonzero(np.isin(spikes.templates, keep)))
+    remap = np.full(final.n_templates, -1, dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+    final = final.take(keep)
+    spikes = MatchedSpikes(spikes.times, remap[spikes.templates], spikes.amplitudes, spikes.gains)
+    return Curated(spikes=spikes, templates=final)
+
+
+def _export(run: _Run, out: Path, *, prep: Preprocessed, det: Detected, cur: Curated) -> SortingResult:
+    """Features, metrics and the Phy folder (empty arrays when nothing was found)."""
+    info, p, store, chunks = run.info, run.params, run.store, run.chunks
+    fs, model, spikes, final = info.sampling_rate_hz, prep.model, cur.spikes, cur.templates
+    similar = similarity_matrix(final.dense)
+    tf_index = template_feature_index(similar, n_features=p.n_template_features)
+    n_pc_ch = min(info.n_channels, p.n_pc_channels)
+    pc_nb = neighbor_table(positions_um=info.positions_um, radius_um=0.0, good_channels=None,
+                           shank_ids=info.shank_ids, min_neighbors=n_pc_ch)[:, :n_pc_ch]
+    pc_nb = np.where(pc_nb >= 0, pc_nb, np.arange(info.n_channels)[:, None])
+    bounds = np.searchsorted(spikes.times, [[c.keep_start, c.keep_stop] for c in chunks])
+
+    def feat_fn(ic):
+        ch = chunks[ic]
+        lo, hi = bounds[ic]
+        x = store.read(ch.read_start, ch.read_stop)
+        return features_block(x, times=spikes.times[lo:hi] - ch.read_start, units=spikes.templates[lo:hi],
+                              templates=final, pc_neighbors=pc_nb, bases=det.bases, tf_index=tf_index,
+                              positions_um=info.positions_um)
+
+    feats = SpikeFeatures.concat(list(run.map(feat_fn, range(len(chunks)), "features", "export")))
+    # column 0 is the spike's own template: its least-squares scale is Phy's amplitude
+    amplitudes = feats.template_features[:, 0] if final.n_templates else np.zeros(0, np.float32)
+    _, w_inv_uv = phy_whitening(model.whitening, info.gains_to_uv)
+    templates_uv = final.dense @ w_inv_uv.astype(np.float32)
+    metrics, labels = unit_metrics(spike_times=spikes.times, spike_clusters=spikes.templates,
+                                   amplitudes=amplitudes, templates_uv=templates_uv,
+                                   noise_uv=model.noise_sd * info.gains_to_uv, positions_um=info.positions_um,
+                                   sampling_rate_hz=fs, duration_s=info.duration_s, params=p)
+    if final.n_templates == 0:
+        # one row per template and spike: the arrays are empty but keep their other dimensions
+        feats = SpikeFeatures(pc_features=np.zeros((0, max(2, feats.pc_features.shape[1]), n_pc_ch), np.float32),
+                              template_features=np.zeros((0, 1), np.float32),
+                              positions_um=np.zeros((0, 2), np.float32))
+        tf_index = np.zeros((0, 1), np.int64)
+    write_phy(out, recording=run.recording, spike_times=spikes.times, spike_units=spikes.templates,
+              amplitudes=amplitudes, templates_white=final.dense, pre=run.pre, whitening=model.whitening,
+              gains_to_uv=info.gains_to_uv, positions_um=info.positions_um, shank_ids=info.shank_ids,
+              pc_features=feats.pc_features, pc_feature_ind=pc_nb[final.main_channel],
+              template_features=feats.template_features, template_feature_ind=tf_index,
+              similar=similar, spike_positions=feats.positions_um, metrics=metrics, labels=labels,
+              sampling_rate_hz=fs)
     return SortingResult(output_folder=out, spike_times=spikes.times, spike_clusters=spikes.templates,
-                         amplitudes=amplitudes, unit_ids=unit_ids, sampling_rate_hz=fs, timings_s=timings,
-                         labels=np.asarray(labels))
+                         amplitudes=amplitudes, unit_ids=np.arange(final.n_templates), sampling_rate_hz=fs,
+                         labels=np.asarray(labels), metrics=metrics)

@@ -185,7 +185,7 @@ def test_internal_error_goes_to_the_log(noise_bin, tmp_path, monkeypatch):
     import spikesort.pipeline
 
     def broken_sort(recording, output_folder, **kw):
-        Path(output_folder).mkdir()
+        Path(output_folder).mkdir(exist_ok=True)  # the CLI makes it first, for its log
         raise RuntimeError("boom\nsecond line")
 
     monkeypatch.setattr(spikesort.pipeline, "sort", broken_sort)
@@ -241,7 +241,7 @@ def test_disk_full_is_a_user_error(noise_bin, tmp_path, monkeypatch):
     import spikesort.pipeline
 
     def full(recording, output_folder, **kw):
-        Path(output_folder).mkdir()
+        Path(output_folder).mkdir(exist_ok=True)  # the CLI makes it first, for its log
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(output_folder) / "temp_wh.dat"))
 
     monkeypatch.setattr(spikesort.pipeline, "sort", full)

@@ -49,7 +49,8 @@ So we use:
 
 phylib squeezes every array it loads (``read_array(...).squeeze()``), so axes of length 1 break
 it. The writer pads a lone template with an empty second one (and a lone template-feature
-column with a zero column) and refuses fewer than 2 spikes or fewer than 2 PCs.
+column with a zero column) and refuses 1 spike or fewer than 2 PCs. A sorting with no spikes at
+all is written as every file with zero rows (zero templates), which phylib cannot open.
 """
 from __future__ import annotations
 
@@ -203,14 +204,15 @@ def _validated_arrays(data: PhyData) -> dict[str, np.ndarray]:
     if st.ndim != 1:
         raise _shape_error("spike_times", st, "(n,)")
     n = st.shape[0]
-    if n < 2:
-        # phylib squeezes (1,) to () and cannot index it; an empty sorting has nothing to curate
+    if n == 1:
+        # phylib squeezes (1,) to () and cannot index it
         raise SpikesortError(f"Phy needs at least 2 spikes to open a folder; the sorting has {n}")
     templates = np.asarray(data.templates)
     if templates.ndim != 3:
         raise _shape_error("templates", templates, "(K, nt, C)")
     k, nt, c = templates.shape
-    if k < 1 or nt < 2 or c < 1:
+    # no spikes, no templates: the empty sorting of a recording where nothing was found
+    if (n > 0 and k < 1) or nt < 2 or c < 1:
         raise _shape_error("templates", templates, "(K>=1, nt>=2, C>=1)")
 
     out: dict[str, np.ndarray] = {}
@@ -281,6 +283,8 @@ def _validated_arrays(data: PhyData) -> dict[str, np.ndarray]:
 def _pad_singletons(arrays: dict[str, np.ndarray]) -> None:
     """phylib squeezes arrays on load: give it a second (empty) template and a second
     template-feature column when there is only one, so no axis has length 1."""
+    if arrays["spike_times.npy"].size == 0:
+        return  # phylib cannot open a sorting without spikes anyway
     if arrays["templates.npy"].shape[0] == 1:
         logger.info("one template only: adding an empty template 1 so that phylib can load it")
         arrays["templates.npy"] = np.concatenate(
@@ -454,7 +458,7 @@ def write_phy_folder(folder: str | os.PathLike, data: PhyData) -> None:
       its parent directory, absolute otherwise. None or [] means no raw data.
 
     Every input is checked before anything is written (ValueError naming the array and its
-    shapes; SpikesortError for a sorting Phy cannot open, i.e. fewer than 2 spikes). Each file
+    shapes; SpikesortError for a sorting of exactly 1 spike, which Phy cannot open). Each file
     goes to a hidden temporary name and is renamed into place; params.py is written last, so a
     folder with params.py has all its files. Existing files of the same names are replaced,
     other files are left alone (with a warning when phylib would read them).
@@ -475,6 +479,9 @@ def write_phy_folder(folder: str | os.PathLike, data: PhyData) -> None:
     _write_atomic(folder / "params.py", lambda f: f.write(params.encode("utf-8")))
     logger.info("wrote Phy folder %s: %d spikes, %d templates", folder,
                 arrays["spike_times.npy"].size, arrays["templates.npy"].shape[0])
+    if arrays["spike_times.npy"].size == 0:
+        logger.warning("no spikes found: %s holds every Phy file with zero spikes and units, which Phy "
+                       "itself cannot open (phylib needs at least 2 spikes)", folder)
 
 
 # --------------------------------------------------------------------------------------------

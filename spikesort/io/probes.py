@@ -28,6 +28,15 @@ from ..errors import SpikesortError
 
 logger = logging.getLogger(__name__)
 
+
+def _expanduser(path: Path) -> Path:
+    # "~name" of a user that does not exist (RuntimeError), a NUL byte (ValueError): keep the path
+    # as typed, it is then simply not found
+    try:
+        return path.expanduser()
+    except (RuntimeError, ValueError):
+        return path
+
 __all__ = ["attach_probe", "bundled_probes_dir", "list_bundled_probes", "load_probe", "probe_channel_count"]
 
 PROBE_FILE_SUFFIXES = (".json", ".prb", ".mat")
@@ -86,7 +95,7 @@ def load_probe(spec: str | Path) -> ProbeGroup:
     text = str(spec).strip()
     if not text:
         raise SpikesortError("no probe given: pass a probe file or a bundled probe name")
-    path = Path(text).expanduser()
+    path = _expanduser(Path(text))
     if path.is_dir():
         raise SpikesortError(f"probe {path} is a folder: pass a .json, .prb or .mat probe file")
     if path.is_file():
@@ -195,7 +204,10 @@ def _prb_value(node: ast.AST, env: dict):
     if isinstance(node, ast.Dict):
         if any(k is None for k in node.keys):
             raise _NotLiteral("dict unpacking")
-        return {_prb_value(k, env): _prb_value(v, env) for k, v in zip(node.keys, node.values)}
+        try:
+            return {_prb_value(k, env): _prb_value(v, env) for k, v in zip(node.keys, node.values)}
+        except TypeError:  # a list or dict as a key
+            raise _NotLiteral("unhashable dict key") from None
     if isinstance(node, ast.Name):
         if node.id in env:
             return env[node.id]
@@ -222,6 +234,8 @@ def _prb_value(node: ast.AST, env: dict):
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
         args = [_prb_value(a, env) for a in node.args]
         if node.func.id == "range" and 1 <= len(args) <= 3 and all(_is_int(a) for a in args):
+            if len(args) == 3 and args[2] == 0:
+                raise _NotLiteral("range() with a step of 0")
             values = range(*args)
             if len(values) > _MAX_PRB_RANGE:
                 raise _NotLiteral(f"range of {len(values)} values")
@@ -314,6 +328,8 @@ def _prb_group_to_probe(path: Path, key, group) -> Probe:
     if channels is None:
         if not isinstance(geometry, dict):
             raise SpikesortError(f"{where} has no 'channels' list")
+        if not all(_is_int(c) for c in geometry):
+            raise SpikesortError(f"{where}: the keys of 'geometry' must be channel numbers (ints >= 0)")
         channels = sorted(geometry)
     if not isinstance(channels, (list, tuple)) or not all(_is_int(c) and c >= 0 for c in channels):
         raise SpikesortError(f"{where}: 'channels' must be a list of channel numbers (ints >= 0)")

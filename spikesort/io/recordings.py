@@ -31,6 +31,15 @@ from ..errors import SpikesortError
 
 logger = logging.getLogger(__name__)
 
+
+def _expanduser(path: Path) -> Path:
+    # "~name" of a user that does not exist (RuntimeError), a NUL byte (ValueError): keep the path
+    # as typed, it is then simply not found
+    try:
+        return path.expanduser()
+    except (RuntimeError, ValueError):
+        return path
+
 __all__ = [
     "SUPPORTED_FORMATS",
     "Hdf5Recording",
@@ -70,7 +79,7 @@ def open_recording(
     Raises SpikesortError for a missing or unreadable recording, a wrong description of a
     binary file, an unknown format or a multi-segment recording.
     """
-    path = Path(path).expanduser()
+    path = _expanduser(Path(path))
     if not path.exists():
         raise SpikesortError(f"recording not found: {path}")
     if fmt is None:
@@ -187,8 +196,10 @@ def _annotate_sources(recording, files) -> None:
 
 
 def _meta_beside(path: Path) -> Path | None:
+    if not path.is_file():
+        return None
     meta = path.with_suffix(".meta")
-    return meta if path.is_file() and meta.is_file() else None
+    return meta if meta.is_file() else None
 
 
 def _check_readable(path: Path) -> None:

@@ -1,0 +1,467 @@
+"""Drift: motion estimation from spike positions, correction of the traces, and the pipeline stage.
+
+Estimation is checked on synthetic spike positions with a known displacement (rigid, and a
+depth-dependent one), including a stretch with almost no spikes; correction against a numpy
+reference (a smooth spatial profile moved by a known amount); the stage end to end on small
+generated recordings (drifting, tetrode, drift switched off).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from spikesort.errors import SpikesortError
+from spikesort.motion import (MOTION_FILES, Kriging, Motion, ShankGeometry, correct_block, correct_chunk,
+                              draw_drift_map, estimate_motion, interpolation_matrix, plan_drift, read_drift_record)
+from spikesort.params import Params
+
+
+# ------------------------------------------------------------------------------------------
+# synthetic spikes
+
+
+def zigzag(t, *, amplitude_um: float, period_s: float) -> np.ndarray:
+    """Triangle wave between -amplitude and +amplitude, 0 at t = 0."""
+    phase = (np.asarray(t) / period_s + 0.25) % 1.0
+    return amplitude_um * (4 * np.abs(phase - 0.5) - 1) * -1
+
+
+def synthetic_spikes(*, displacement, duration_s=200.0, n_units=40, depth_um=(0.0, 600.0), rate_hz=6.0,
+                     quiet=(80.0, 100.0), quiet_factor=0.02, jitter_um=3.0, seed=0):
+    """Spike (times, depths, amplitudes) of units at fixed tissue depths moved by
+    ``displacement(t, depth)``; during ``quiet`` the units fire ``quiet_factor`` times as often."""
+    rng = np.random.default_rng(seed)
+    unit_depth = rng.uniform(*depth_um, n_units)
+    unit_amp = rng.lognormal(np.log(12), 0.5, n_units)
+    times, depths, amps = [], [], []
+    for u in range(n_units):
+        n = rng.poisson(rate_hz * duration_s)
+        t = np.sort(rng.uniform(0, duration_s, n))
+        in_quiet = (t >= quiet[0]) & (t < quiet[1])
+        t = t[~in_quiet | (rng.random(n) < quiet_factor)]
+        y = unit_depth[u] + displacement(t, unit_depth[u]) + rng.normal(0, jitter_um, len(t))
+        times.append(t)
+        depths.append(y)
+        amps.append(unit_amp[u] * rng.lognormal(0, 0.1, len(t)))
+    order = np.argsort(np.concatenate(times))
+    return tuple(np.concatenate(x)[order] for x in (times, depths, amps))
+
+
+def centred_rms(a, b) -> float:
+    """RMS of a - b after removing its mean (the motion's reference depth is arbitrary)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    return float(np.sqrt(np.mean((d - d.mean()) ** 2)))
+
+
+# ------------------------------------------------------------------------------------------
+# estimation
+
+
+def test_rigid_motion_recovered_through_a_quiet_stretch():
+    truth = lambda t, y: zigzag(t, amplitude_um=15.0, period_s=80.0)  # noqa: E731
+    t, y, a = synthetic_spikes(displacement=truth)
+    n_quiet = np.count_nonzero((t >= 80) & (t < 100))
+    assert n_quiet < 0.05 * len(t) / 10  # the quiet 20 s hold far fewer spikes than any 20 s elsewhere
+    motion = estimate_motion(times_s=t, depths_um=y, amplitudes=a, geometry=[ShankGeometry(0, 0.0, 600.0, "rigid")],
+                             duration_s=200.0, bin_s=2.0)
+    assert motion.displacement_um.shape == (100, 1)
+    np.testing.assert_allclose(motion.time_bins_s, np.arange(100) * 2.0 + 1.0)
+    est = motion.displacement_um[:, 0]
+    true = truth(motion.time_bins_s, 0)
+    # signed comparison: units moving up give a positive displacement
+    assert centred_rms(est, true) < 1.0, centred_rms(est, true)
+    quiet = (motion.time_bins_s > 80) & (motion.time_bins_s < 100)
+    offset = np.mean(est - true)
+    assert np.max(np.abs(est[quiet] - true[quiet] - offset)) < 4.0, est[quiet] - true[quiet] - offset
+    # the reference is the middle of the range: the largest correction either way is the same
+    assert abs(np.percentile(est, 1) + np.percentile(est, 99)) < 0.5
+
+
+def test_static_spikes_give_no_motion():
+    t, y, a = synthetic_spikes(displacement=lambda t, y: np.zeros_like(t), quiet=(0, 0))
+    motion = estimate_motion(times_s=t, depths_um=y, amplitudes=a, geometry=[ShankGeometry(0, 0.0, 600.0, "rigid")],
+                             duration_s=200.0)
+    assert np.abs(motion.displacement_um).max() < 1.0, np.abs(motion.displacement_um).max()
+
+
+def test_nonrigid_motion_recovered_per_block():
+    # the top of a 1 mm shank moves three times as much as the bottom
+    def truth(t, y):
+        return zigzag(t, amplitude_um=10.0, period_s=100.0) * (0.5 + y / 1000.0)
+
+    t, y, a = synthetic_spikes(displacement=truth, n_units=80, depth_um=(0.0, 1000.0), seed=1)
+    motion = estimate_motion(times_s=t, depths_um=y, amplitudes=a,
+                             geometry=[ShankGeometry(0, 0.0, 1000.0, "nonrigid")], duration_s=200.0,
+                             block_um=250.0)
+    assert len(motion.depth_bins_um) == 4
+    errors = [centred_rms(motion.displacement_um[:, b], truth(motion.time_bins_s, c))
+              for b, c in enumerate(motion.depth_bins_um)]
+    assert max(errors) < 2.0, errors
+    # and a rigid estimate of the same spikes is clearly worse at the ends of the shank
+    rigid = estimate_motion(times_s=t, depths_um=y, amplitudes=a, geometry=[ShankGeometry(0, 0.0, 1000.0, "rigid")],
+                            duration_s=200.0)
+    rigid_errors = [centred_rms(rigid.displacement_um[:, 0], truth(motion.time_bins_s, c))
+                    for c in motion.depth_bins_um]
+    assert rigid_errors[0] > 2 * errors[0] and rigid_errors[-1] > 2 * errors[-1], (rigid_errors, errors)
+
+
+def test_shanks_are_estimated_separately():
+    t0, y0, a0 = synthetic_spikes(displacement=lambda t, y: zigzag(t, amplitude_um=12.0, period_s=60.0), seed=2)
+    t1, y1, a1 = synthetic_spikes(displacement=lambda t, y: np.zeros_like(t), seed=3)
+    t, y, a = (np.concatenate(p) for p in ((t0, t1), (y0, y1), (a0, a1)))
+    shanks = np.r_[np.zeros(len(t0), int), np.ones(len(t1), int)]
+    motion = estimate_motion(times_s=t, depths_um=y, amplitudes=a, shanks=shanks, duration_s=200.0,
+                             geometry=[ShankGeometry(0, 0.0, 600.0, "rigid"), ShankGeometry(1, 0.0, 600.0, "rigid")])
+    np.testing.assert_array_equal(motion.block_shanks, [0, 1])
+    assert centred_rms(motion.displacement_um[:, 0], zigzag(motion.time_bins_s, amplitude_um=12.0, period_s=60.0)) < 1.0
+    assert np.abs(motion.displacement_um[:, 1]).max() < 1.5  # the other shank's motion does not leak in
+
+
+def test_no_spikes_no_motion():
+    motion = estimate_motion(times_s=np.zeros(0), depths_um=np.zeros(0), amplitudes=np.zeros(0),
+                             geometry=[ShankGeometry(0, 0.0, 600.0, "rigid")], duration_s=10.0)
+    assert motion.displacement_um.shape == (5, 1)
+    assert np.all(motion.displacement_um == 0)
+
+
+# ------------------------------------------------------------------------------------------
+# the Motion object
+
+
+def test_motion_interpolates_in_time_and_depth_and_round_trips(tmp_path):
+    # shank 0 has blocks at 100 and 300 µm (columns 0, 1); shank 1 one block at 50 µm (column 2)
+    d = np.array([[0.0, 10.0, -1.0], [4.0, 30.0, -2.0], [8.0, 50.0, -3.0]], dtype=np.float32)
+    m = Motion(d, np.array([1.0, 3.0, 5.0]), np.array([100.0, 300.0, 50.0]), np.array([0, 0, 1]))
+    at = lambda t, y, s=0: float(m.at(times_s=[t], depths_um=[y], shanks=[s])[0])  # noqa: E731
+    assert at(1.0, 100.0) == pytest.approx(0.0)
+    assert at(2.0, 100.0) == pytest.approx(2.0)  # halfway between bins 0 and 1
+    assert at(2.0, 200.0) == pytest.approx((2.0 + 20.0) / 2)  # and halfway between the blocks
+    assert at(0.0, 0.0) == pytest.approx(0.0)  # constant before the first bin and below the first block
+    assert at(9.0, 900.0) == pytest.approx(50.0)  # and after the last
+    assert at(4.0, 300.0, 1) == pytest.approx(-2.5)  # the one-block shank ignores depth
+    assert at(4.0, 300.0, 7) == 0.0  # a shank without blocks does not move
+    m.save(tmp_path)
+    assert Motion.exists(tmp_path)
+    back = Motion.load(tmp_path)
+    for name in ("displacement_um", "time_bins_s", "depth_bins_um", "block_shanks"):
+        np.testing.assert_allclose(getattr(back, name), getattr(m, name))
+    assert np.load(tmp_path / "motion.npy").shape == (3, 3)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------
+# correction
+
+
+def two_column_probe(n_rows=24, pitch=20.0):
+    y = np.repeat(np.arange(n_rows) * pitch, 2)
+    x = np.tile([0.0, 30.0], n_rows)
+    return np.column_stack([x, y])
+
+
+def profile(positions, centre_y, width=40.0):
+    """A smooth spatial footprint (Gaussian along depth, broad across columns)."""
+    return np.exp(-0.5 * ((positions[:, 1] - centre_y) / width) ** 2) * (1 + 0.001 * positions[:, 0])
+
+
+EXACT = dict(sigma_um=20.0, regularization=1e-6)  # a near-exact interpolator, for reference
+
+
+def test_zero_shift_and_bad_channels():
+    pos = two_column_probe()
+    good = np.ones(len(pos), bool)
+    good[[5, 17]] = False
+    # the exact interpolator leaves unshifted traces alone
+    m = interpolation_matrix(positions_um=pos, shift_um=0.0, good_channels=good, **EXACT)
+    np.testing.assert_allclose(m, np.diag(good.astype(np.float32)), atol=1e-3)
+    # the default one smooths a little, the same at every shift
+    for shift in (0.0, 7.0):
+        m = interpolation_matrix(positions_um=pos, shift_um=shift, good_channels=good)
+        assert np.all(m[[5, 17]] == 0) and np.all(m[:, [5, 17]] == 0)  # bad channels: neither source nor target
+        assert np.all(np.diag(m)[good] < 0.9)
+
+
+@pytest.mark.parametrize("shift", [5.0, -12.0, 20.0, 33.0])
+def test_correction_moves_a_profile_back(shift):
+    pos = two_column_probe()
+    y0 = 230.0
+    inner = (pos[:, 1] > 60) & (pos[:, 1] < 400)  # away from the ends of the probe
+    scale = np.array([[1.0], [-0.5], [2.0]])  # 3 samples
+    # at this moment the tissue sits `shift` µm higher: the recording shows the profile there
+    recorded = profile(pos, y0 + shift)[None, :] * scale
+    expected = profile(pos, y0)[None, :] * scale
+    # exact interpolation moves it back
+    exact = correct_chunk(recorded, matrix=interpolation_matrix(positions_um=pos, shift_um=shift, **EXACT))
+    assert np.abs(exact - expected)[:, inner].max() < 0.03 * np.abs(expected).max()
+    # the default correction gives what it gives a profile already in place (its smoothing)
+    corrected = correct_chunk(recorded, matrix=interpolation_matrix(positions_um=pos, shift_um=shift))
+    in_place = correct_chunk(expected, matrix=interpolation_matrix(positions_um=pos, shift_um=0.0))
+    assert np.abs(corrected - in_place)[:, inner].max() < 0.03 * np.abs(in_place).max()
+    # without correction the error is large: the test can tell
+    assert np.abs(recorded - expected)[:, inner].max() > 0.06 * np.abs(expected).max()
+
+
+def test_a_channel_moved_off_the_probe_fades_to_zero():
+    pos = two_column_probe(n_rows=10)
+    m = interpolation_matrix(positions_um=pos, shift_um=120.0)
+    top = pos[:, 1] >= pos[:, 1].max() - 20  # targets 100+ µm beyond the last contact
+    assert np.abs(m[top]).max() < 0.05
+
+
+def test_correction_does_not_depend_on_chunking():
+    pos = two_column_probe(n_rows=12)
+    fs = 1000.0
+    t = np.arange(20) * 0.5 + 0.25
+    motion = Motion(zigzag(t, amplitude_um=15.0, period_s=6.0)[:, None].astype(np.float32), t,
+                    np.array([100.0]), np.array([0]))
+    x = np.random.default_rng(0).normal(size=(10_000, len(pos))).astype(np.float32)
+    kriging = Kriging.build(positions_um=pos)
+    kw = dict(sampling_rate_hz=fs, motion=motion, kriging=kriging, channel_shanks=np.zeros(len(pos), int),
+              step_samples=125)
+    whole = correct_block(x, start=0, **kw)
+    parts = np.concatenate([correct_block(x[a:b], start=a, **kw) for a, b in ((0, 3333), (3333, 7001), (7001, 10_000))])
+    np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-5)
+    # and it did something: weights differ between steps
+    assert np.abs(whole - x).max() > 0.1
+
+
+def test_units_split_by_a_step_of_the_probe_are_grouped():
+    from spikesort.motion import drift_split_groups
+
+    rng = np.random.default_rng(0)
+    t_bins = np.arange(50) * 2.0 + 1.0
+    step = np.where(t_bins < 50, -15.0, 15.0).astype(np.float32)
+    motion = Motion(step[:, None], t_bins, np.array([100.0]), np.array([0]))
+    base = rng.normal(size=(20, 8))
+    templates = np.stack([base, base + 0.2 * rng.normal(size=base.shape),  # one neuron at two positions
+                          base + 0.2 * rng.normal(size=base.shape),  # a look-alike that fires all along
+                          rng.normal(size=base.shape)])  # and a different unit
+    spans = {0: (0, 48), 1: (52, 100), 2: (0, 100), 3: (52, 100)}
+    times = np.concatenate([rng.uniform(*spans[u], 300) for u in range(4)])
+    units = np.repeat(np.arange(4), 300)
+    kw = dict(spike_times_s=times, spike_units=units, templates=templates, main_channels=np.zeros(4, int),
+              positions_um=np.array([[0.0, 100.0]] * 8), channel_shanks=np.zeros(8, int), motion=motion)
+    assert drift_split_groups(**kw) == [[0, 1], [2], [3]]
+    # a still probe explains nothing
+    still = Motion(np.zeros((50, 1), np.float32), t_bins, np.array([100.0]), np.array([0]))
+    assert drift_split_groups(**{**kw, "motion": still}) == [[0], [1], [2], [3]]
+
+
+# ------------------------------------------------------------------------------------------
+# which shanks, which mode
+
+
+def line(n, pitch, x=0.0):
+    return np.column_stack([np.full(n, x), np.arange(n) * pitch])
+
+
+def test_plan_modes():
+    kw = dict(min_span_um=150.0, nonrigid_span_um=1000.0)
+    tetrode = np.array([[0, 0], [20, 0], [0, 20], [20, 20]], float)
+    plan = plan_drift(mode="auto", positions_um=tetrode, **kw)
+    assert not plan.shanks and "only 4 usable channels" in plan.skipped[0]
+    # 8 contacts on 10 µm: enough channels, too short
+    plan = plan_drift(mode="rigid", positions_um=line(8, 10.0), **kw)
+    assert not plan.shanks and "span only 70 µm" in plan.skipped[0]
+    assert plan_drift(mode="auto", positions_um=line(64, 10.0), **kw).shanks[0].mode == "rigid"
+    assert plan_drift(mode="auto", positions_um=line(384, 10.0), **kw).shanks[0].mode == "nonrigid"
+    assert plan_drift(mode="nonrigid", positions_um=line(64, 10.0), **kw).shanks[0].mode == "nonrigid"
+    assert plan_drift(mode="rigid", positions_um=line(384, 10.0), **kw).shanks[0].mode == "rigid"
+    plan = plan_drift(mode="none", positions_um=line(64, 10.0), **kw)
+    assert not plan.shanks and "off" in plan.skipped[0]
+    # bad channels do not count
+    good = np.ones(64, bool)
+    good[8:] = False
+    assert not plan_drift(mode="auto", positions_um=line(64, 10.0), good_channels=good, **kw).shanks
+
+
+def test_plan_per_shank():
+    pos = np.concatenate([line(32, 20.0, x=0.0), line(4, 20.0, x=250.0)])
+    shanks = np.r_[np.zeros(32, int), np.ones(4, int)]
+    plan = plan_drift(mode="auto", positions_um=pos, shank_ids=shanks, min_span_um=150.0, nonrigid_span_um=1000.0)
+    assert [g.shank for g in plan.shanks] == [0] and plan.shanks[0].depth_max_um == 620.0
+    assert list(plan.skipped) == [1]
+    m = interpolation_matrix(positions_um=pos, shank_ids=shanks, shift_um=np.r_[np.full(32, 10.0), np.zeros(4)])
+    assert np.all(m[:32, 32:] == 0) and np.all(m[32:, :32] == 0)  # never across shanks
+    np.testing.assert_allclose(m[32:, 32:], interpolation_matrix(positions_um=pos[32:], shift_um=0.0), atol=1e-6)
+
+
+def test_drift_parameters():
+    p = Params()
+    assert p.drift == "auto" and p.drift_bin_s == 2.0
+    assert Params(drift="nonrigid").drift == "nonrigid"
+    with pytest.raises(SpikesortError, match="drift"):
+        Params(drift="sideways")
+    with pytest.raises(SpikesortError, match="drift_bin_s"):
+        Params(drift_bin_s=0.0)
+    assert "drift_block_um" in p.to_toml()
+
+
+def test_cli_has_drift_flags():
+    from click.testing import CliRunner
+
+    from spikesort import cli
+
+    result = CliRunner().invoke(cli.main, ["run", "--help"])
+    assert result.exit_code == 0
+    assert "--drift [auto|rigid|nonrigid|none]" in result.output
+    assert "--drift-bin-s" in result.output
+
+
+# ------------------------------------------------------------------------------------------
+# drift map
+
+
+def test_draw_drift_map(tmp_path):
+    t = np.linspace(0, 100, 5000)
+    raw = 300 + zigzag(t, amplitude_um=20, period_s=50)
+    m = Motion(zigzag(np.arange(50) * 2 + 1.0, amplitude_um=20, period_s=50)[:, None].astype(np.float32),
+               np.arange(50) * 2 + 1.0, np.array([300.0]), np.array([0]))
+    path = draw_drift_map(tmp_path / "map.png", times_s=t, raw_um=raw, corrected_um=raw * 0 + 300,
+                          amplitudes=np.full(len(t), 10.0), motion=m)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------
+# the pipeline stage, end to end
+
+
+FS = 30000.0
+
+
+def _generated(folder, *, probe, duration_s, num_units, drift_um, period_s, seed=0, drifting=True):
+    """A drifting recording saved as int16 with a gain, its sorting and true displacement (time, µm)."""
+    from spikeinterface.generation import generate_drifting_recording
+    from spikeinterface.preprocessing import scale
+
+    from spikesort.io.recordings import open_recording
+
+    probe.set_device_channel_indices(np.arange(probe.get_contact_count()))
+    kw = dict(displacement_sampling_frequency=5.0, drift_start_um=[0.0, drift_um], drift_stop_um=[0.0, -drift_um],
+              drift_step_um=1.0, motion_list=[dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=0.0,
+                                                   t_end_drift=None, period_s=period_s)])
+    static, moving, gt, extra = generate_drifting_recording(
+        num_units=num_units, duration=duration_s, probe=probe, generate_displacement_vector_kwargs=kw, seed=seed,
+        extra_outputs=True)
+    rec = scale(moving if drifting else static, gain=1 / 0.195, offset=0.0, dtype="int16")
+    rec.set_channel_gains(0.195)
+    rec.set_channel_offsets(0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec.save(folder=folder, format="binary", n_jobs=1, chunk_duration="1s", progress_bar=False)
+    disp = extra["unit_displacements"][:, 0, 1]
+    return open_recording(folder), gt, np.arange(len(disp)) / extra["displacement_sampling_frequency"], disp
+
+
+@pytest.fixture(scope="module")
+def drifting16(tmp_path_factory):
+    """16 contacts in one column 25 µm apart (375 µm), 8 units, 30 s, zigzag ±15 µm (period 30 s)."""
+    from probeinterface import generate_linear_probe
+
+    from spikesort.pipeline import sort
+
+    base = tmp_path_factory.mktemp("drift16")
+    probe = generate_linear_probe(num_elec=16, ypitch=25.0)
+    rec, gt, t, disp = _generated(base / "rec", probe=probe, duration_s=30.0, num_units=8, drift_um=15.0,
+                                  period_s=30.0)
+    t0 = time.perf_counter()
+    result = sort(rec, base / "out")
+    return dict(folder=base / "out", result=result, wall=time.perf_counter() - t0, t=t, disp=disp, gt=gt)
+
+
+def test_pipeline_writes_an_accurate_motion(drifting16):
+    folder = drifting16["folder"]
+    assert all((folder / name).is_file() for name in MOTION_FILES)
+    assert (folder / "drift_map.png").is_file()
+    motion = Motion.load(folder)
+    assert motion.displacement_um.shape == (15, 1)  # 30 s in 2 s bins, rigid (375 µm < 1000 µm)
+    est = motion.at(times_s=drifting16["t"], depths_um=np.full(len(drifting16["t"]), 180.0))
+    err = centred_rms(est, drifting16["disp"])
+    # the true motion has an RMS of 8.7 µm; measured errors 2.0, 0.7, 0.8 µm on seeds 0, 1, 2
+    assert err < 3.0, err
+    assert drifting16["result"].timings_s["drift"] < 30.0, drifting16["result"].timings_s
+    record = read_drift_record(folder)
+    assert record["corrected"] is True and record["shanks"] == {"0": "rigid"}, record
+    assert record["spread_um"] > 20.0  # the ±15 µm zigzag spans 30 µm
+
+
+def test_tetrode_skips_drift_with_its_reason(tmp_path, caplog):
+    from probeinterface import generate_tetrode
+    from spikeinterface.generation import generate_ground_truth_recording
+
+    from spikesort.pipeline import sort
+
+    probe = generate_tetrode()
+    probe.set_device_channel_indices(np.arange(4))
+    rec, _ = generate_ground_truth_recording(durations=[6.0], sampling_frequency=FS, probe=probe, num_units=3, seed=0)
+    with caplog.at_level(logging.INFO, logger="spikesort"):
+        sort(rec, tmp_path / "out")
+    assert "drift not corrected: only 4 usable channels" in caplog.text
+    assert not any((tmp_path / "out" / name).exists() for name in MOTION_FILES)
+    record = read_drift_record(tmp_path / "out")
+    assert record["corrected"] is False and "only 4 usable channels" in record["reason"]
+    assert not (tmp_path / "out" / "drift_map.png").exists()
+
+
+def test_drift_none_writes_no_motion(tmp_path, caplog):
+    from spikeinterface.generation import generate_ground_truth_recording
+
+    from spikesort.pipeline import sort
+
+    rec, _ = generate_ground_truth_recording(durations=[6.0], sampling_frequency=FS, num_channels=16, num_units=4,
+                                             seed=0, generate_probe_kwargs=dict(num_columns=1, ypitch=25.0))
+    with caplog.at_level(logging.INFO, logger="spikesort"):
+        result = sort(rec, tmp_path / "out", drift="none")
+    assert "drift correction is off" in caplog.text
+    assert not any((tmp_path / "out" / name).exists() for name in MOTION_FILES)
+    assert read_drift_record(tmp_path / "out")["corrected"] is False
+    assert result.timings_s["drift"] < 1.0
+
+
+# ------------------------------------------------------------------------------------------
+# the benchmark's motion-error column
+
+
+def test_benchmark_motion_error(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("spikesort_benchmark",
+                                                  Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "spikesort_benchmark", bench)  # its dataclasses look themselves up there
+    spec.loader.exec_module(bench)
+    times = np.arange(0, 100, 0.2)
+    true = zigzag(times, amplitude_um=20.0, period_s=40.0)
+    np.savez(tmp_path / "truth.npz", times_s=times, displacement_um=np.column_stack([true, true]),
+             unit_depth_um=np.array([100.0, 400.0]))
+    bins = np.arange(50) * 2.0 + 1.0
+    est = zigzag(bins, amplitude_um=20.0, period_s=40.0) + 7.0  # another reference: an offset
+    assert bench.motion_error_um(motion_folder=tmp_path, truth_path=tmp_path / "truth.npz") is None
+    Motion(est[:, None].astype(np.float32), bins, np.array([250.0]), np.array([0])).save(tmp_path)
+    # only the 2 s sampling of the estimate differs from the truth
+    assert bench.motion_error_um(motion_folder=tmp_path, truth_path=tmp_path / "truth.npz") < 0.5
+    # the opposite sign convention would show as a large error
+    Motion((-est)[:, None].astype(np.float32), bins, np.array([250.0]), np.array([0])).save(tmp_path)
+    assert bench.motion_error_um(motion_folder=tmp_path, truth_path=tmp_path / "truth.npz") > 20.0
+
+
+def test_static_recording_is_estimated_and_left_alone(tmp_path, caplog):
+    from spikeinterface.generation import generate_ground_truth_recording
+
+    from spikesort.pipeline import sort
+
+    rec, _ = generate_ground_truth_recording(durations=[10.0], sampling_frequency=FS, num_channels=16, num_units=8,
+                                             seed=1, generate_probe_kwargs=dict(num_columns=1, ypitch=25.0))
+    with caplog.at_level(logging.INFO, logger="spikesort"):
+        sort(rec, tmp_path / "out")
+    record = read_drift_record(tmp_path / "out")
+    assert record["shanks"] == {"0": "rigid"} and record["corrected"] is False, record
+    assert record["spread_um"] < Params().drift_min_um and "spans only" in record["reason"]
+    # motion files mean corrected traces: none here
+    assert not any((tmp_path / "out" / name).exists() for name in MOTION_FILES)
