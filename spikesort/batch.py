@@ -668,7 +668,14 @@ def _sort_job(job: BatchJob, *, params: Params, overwrite: bool):
     except ImportError:  # threadpoolctl comes with spikeinterface; without it BLAS keeps its count
         blas = contextlib.nullcontext()
     with blas:
-        return sort(recording, job.output, params=params, overwrite=overwrite, resume=resume, progress=False)
+        result = sort(recording, job.output, params=params, overwrite=overwrite, resume=resume, progress=False)
+    try:  # as `spikesort run` does; the sorting is finished, so a figure problem does not fail it
+        from .report import make_report
+
+        make_report(job.output)
+    except Exception as exc:
+        log.warning("report not written (%s): rebuild it with `spikesort report %s`", exc, job.output)
+    return result
 
 
 # --------------------------------------------------------------------------- the driver
