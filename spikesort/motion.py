@@ -7,25 +7,28 @@ spike seen at depth y at time t sits at reference depth ``y - d``; a corrected t
 c holds what the probe recorded at ``p_c + (0, d)``, so corrected traces look as if the probe
 never moved.
 
-Estimation (``estimate_motion``), per shank:
+Estimation (``estimate_motion``), per shank, from the spikes of a first detection pass located
+by a peaked fit of their amplitude across contacts (``detect_for_motion``, ``localize_fit``):
 1. spikes are binned into (time bin × depth bin × log-amplitude bin) histograms, one per
-   ``bin_s`` of recording, smoothed a little along depth;
+   ``bin_s`` of recording, smoothed along depth; spikes placed at either end of the shank are
+   left out (a unit beyond the last contact is placed there whatever its true depth);
 2. every pair of time bins within ``horizon_s`` is registered by cross-correlation along depth
    (FFT, sub-bin peak by a parabola), which gives a relative shift and a confidence (the
-   normalised correlation peak);
+   normalised correlation peak, discounted for bins with few spikes);
 3. the displacement of every time bin comes from one weighted least-squares fit of all pairwise
-   shifts (the decentralised registration of Kilosort 2.5's successor methods and DREDge), with a
-   smoothness term across neighbouring bins; a bin with few or no spikes has low-confidence
-   pairs and so takes its value from its neighbours. Two reweighting rounds (Tukey) drop pairs
-   that registered on the wrong peak;
+   shifts (decentralised registration, the idea of DREDge), with a smoothness term across
+   neighbouring bins; a bin with few or no spikes has low-confidence pairs and so takes its
+   value from its neighbours. Two reweighting rounds (Tukey) drop pairs that registered on the
+   wrong peak;
 4. non-rigid: the same on Gaussian depth windows ("blocks") of the rigidly corrected spikes,
    whose residual is added to the rigid estimate.
 
-Correction (``interpolation_matrix``, ``correct_chunk``, ``correct_store``): Gaussian-kernel
-kriging across the channels of a shank. Each corrected channel is the kriging prediction at its
-shifted position from the recorded channels; the weights are recomputed every quarter of a time
-bin from the displacement interpolated in time. The traces corrected are the whitened ones in
-the scratch store (as Kilosort 4 does): that costs one read and write of the store, while fusing
+Correction (``Kriging``, ``interpolation_matrix``, ``correct_chunk``, ``correct_store``):
+Gaussian-kernel kriging across the channels of a shank, regularised so that it smooths the
+same at every shift (see ``Kriging``). Each corrected channel is the prediction at its shifted
+position from the recorded channels; the weights are recomputed every quarter of a time bin
+from the displacement interpolated in time. The traces corrected are the whitened ones in the
+scratch store (as Kilosort 4 does): that costs one read and write of the store, while fusing
 the interpolation with whitening would need filtering the raw recording a second time.
 
 Files, written only when the traces were corrected (``Motion.save``): ``motion.npy`` (T, B)
@@ -382,7 +385,9 @@ class Kriging:
     same amount at every shift keeps one waveform per unit: measured on 64-channel NP1-like
     recordings (120 s, ±20 µm zigzag, 30 units), mean change of a unit's waveform between
     displacement quartiles 0.22 -> 0.15, well-detected units 16 -> 21 (static: 23).
-    Correction is therefore only applied when the motion is worth it (``drift_min_um``).
+    The smoothing lowers the noise of the whitened traces (to about 0.6 sd); one gain per shank
+    brings it back to 1, so the later stages' thresholds (in noise sd) keep their meaning.
+    Correction is only applied when the motion is worth it (``drift_min_um``).
     """
     positions_um: np.ndarray  # (C, 2)
     sources: tuple  # per shank: good channel indices
@@ -404,8 +409,12 @@ class Kriging:
             if src.size == 0:
                 continue
             kyy = _gauss_kernel(pos[src], pos[src], sigma_um)
+            inv = np.linalg.inv(kyy + regularization * np.eye(len(src)))
+            # the smoothing lowers the noise: one gain per shank brings it back to unit sd, so
+            # thresholds in noise sd keep their meaning (the same gain at every shift)
+            inv /= np.sqrt(np.median(((kyy @ inv) ** 2).sum(axis=1)))
             sources.append(src)
-            inverses.append(np.linalg.inv(kyy + regularization * np.eye(len(src))))
+            inverses.append(inv)
         return cls(pos, tuple(sources), tuple(inverses), float(sigma_um))
 
     def matrix(self, shift_um) -> np.ndarray:
@@ -811,8 +820,8 @@ def draw_drift_map(path, *, times_s, raw_um, corrected_um, amplitudes, motion: M
 
 
 def drift_split_groups(*, spike_times_s, spike_units, templates, main_channels, positions_um, channel_shanks,
-                       motion: Motion, min_similarity: float = 0.85, min_separation: float = 0.6,
-                       min_spikes: int = 20, bin_um: float = 2.0) -> list[list[int]]:
+                       motion: Motion, min_similarity: float = 0.8, min_separation: float = 0.4,
+                       min_spikes: int = 30, bin_um: float = 4.0, seed: int = 0) -> list[list[int]]:
     """Groups of units that are one neuron split by drift (singletons included).
 
     Interpolated traces are not exact: a unit whose spikes come from two probe positions (a step
@@ -820,9 +829,12 @@ def drift_split_groups(*, spike_times_s, spike_units, templates, main_channels, 
     (their snippets are bimodal). Two units are the same neuron when their templates
     ``(K, nt, C)`` are similar (cosine >= ``min_similarity``) and their spikes come from
     different probe positions: the distributions of the displacement at their spikes (at their
-    depth) overlap by at most 1 - ``min_separation``. Different neurons fire whatever the probe
-    position. Groups grow greedily from the most similar pair and every pair inside a group must
-    pass both tests.
+    depth) differ, by at least ``min_separation`` (1 - overlap) and clearly more than two
+    samples of one distribution would (the 95th percentile of 20 label shuffles, + 0.15), and
+    together they sample the probe's positions like a neuron that fired all along. Different
+    neurons fire whatever the probe position. Groups grow greedily from the most similar pair;
+    templates must be similar between every two members, and the position tests compare the
+    two groups being joined.
     """
     times = np.asarray(spike_times_s, dtype=np.float64)
     units = np.asarray(spike_units, dtype=np.int64)
@@ -836,20 +848,48 @@ def drift_split_groups(*, spike_times_s, spike_units, templates, main_channels, 
     depth = np.asarray(positions_um)[main, 1][units]
     disp = motion.at(times_s=times, depths_um=depth, shanks=np.asarray(channel_shanks)[main][units])
     edges = np.arange(np.floor(disp.min()) - bin_um, np.ceil(disp.max()) + 2 * bin_um, bin_um)
-    counts = np.bincount(units, minlength=k)
-    hist = np.zeros((k, len(edges) - 1))
-    for u in np.flatnonzero(counts >= min_spikes):
-        hist[u] = np.histogram(disp[units == u], edges)[0] / counts[u]
-    ok = counts >= min_spikes
-    separation = 1.0 - np.minimum(hist[:, None, :], hist[None, :, :]).sum(axis=2)
-    joinable = (cos >= min_similarity) & (separation >= min_separation) & ok[:, None] & ok[None, :]
-    np.fill_diagonal(joinable, False)
-    group = np.arange(k)
+    binned = np.clip(np.searchsorted(edges, disp, side="right") - 1, 0, len(edges) - 2)
+    rng = np.random.default_rng(seed)
+
+    def separation(a: np.ndarray, b: np.ndarray) -> float:
+        pa = np.bincount(a, minlength=len(edges) - 1) / len(a)
+        pb = np.bincount(b, minlength=len(edges) - 1) / len(b)
+        return 1.0 - float(np.minimum(pa, pb).sum())
+
+    # where the probe was, at a unit's depth: what a neuron firing steadily samples
+    bin_s = motion.time_bins_s[1] - motion.time_bins_s[0] if motion.n_time_bins > 1 else 2.0
+    grid = np.arange(0.0, motion.time_bins_s[-1] + 0.5 * bin_s, 0.25 * bin_s)
+
+    def occupancy(u: int) -> np.ndarray:
+        d = motion.at(times_s=grid, depths_um=np.full(len(grid), np.asarray(positions_um)[main[u], 1]),
+                      shanks=np.full(len(grid), np.asarray(channel_shanks)[main[u]]))
+        return np.clip(np.searchsorted(edges, d, side="right") - 1, 0, len(edges) - 2)
+
+    similar = cos >= min_similarity
     members = {u: [u] for u in range(k)}
-    for i, j in sorted(zip(*np.nonzero(np.triu(joinable))), key=lambda p: -cos[p]):
-        a, b = group[i], group[j]
-        if a == b or not all(joinable[x, y] for x in members[a] for y in members[b]):
+    group = np.arange(k)
+
+    def same_neuron(ga: list, gb: list) -> bool:
+        a = binned[np.isin(units, ga)]
+        b = binned[np.isin(units, gb)]
+        sep = separation(a, b)
+        if len(a) < min_spikes or len(b) < min_spikes or sep < min_separation:
+            return False
+        pooled = np.concatenate([a, b])
+        null = [separation(*np.split(rng.permutation(pooled), [len(a)])) for _ in range(20)]
+        if sep < np.percentile(null, 95) + 0.15:
+            return False
+        # together they must fire like one neuron that never stopped: the union follows the
+        # probe's occupancy clearly better than either part (a look-alike that fires all along
+        # and a unit seen at one position only do not)
+        occ = occupancy(ga[0])
+        return separation(pooled, occ) <= min(separation(a, occ), separation(b, occ)) - 0.1
+
+    for i, j in sorted(zip(*np.nonzero(np.triu(similar, 1))), key=lambda p: -cos[p]):
+        ga, gb = group[i], group[j]
+        if ga == gb or not similar[np.ix_(members[ga], members[gb])].all():
             continue
-        members[a] += members.pop(b)
-        group[members[a]] = a
+        if same_neuron(members[ga], members[gb]):
+            members[ga] += members.pop(gb)
+            group[members[ga]] = ga
     return sorted(members.values())

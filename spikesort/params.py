@@ -58,7 +58,7 @@ class Params:
                                        help="with drift = auto, shanks spanning at least this depth get non-rigid correction")
     drift_min_um: float = _p(5.0, lo=0.0, hi=1000.0, stage="drift",
                              help="motion estimated to span less than this (1st-99th percentile) is left uncorrected")
-    drift_merge_similarity: float = _p(0.85, lo=0.0, hi=1.0, stage="drift",
+    drift_merge_similarity: float = _p(0.8, lo=0.0, hi=1.0, stage="drift",
                                        help="after correction, units this similar (template cosine) whose spikes come "
                                             "from different probe positions are one neuron split by drift")
     # --- detect ----------------------------------------------------------------------------
