@@ -16,26 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from spikesort import cli
 from spikesort.batch import _is_finished, _PeakRss, cluster_layout, read_manifest
 from spikesort.checkpoints import KILL_ENV, is_unfinished
 from spikesort.params import Params
+from clitools import invoke as _invoke
 
 N_CHANNELS = 8
 RATE = 30000
-
-
-def _runner() -> CliRunner:
-    try:  # click 8.1 mixes stderr into stdout unless told otherwise; 8.2 dropped the argument
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
-
-
-def _invoke(*args):
-    return _runner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(autouse=True)

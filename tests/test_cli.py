@@ -1,7 +1,6 @@
 """The command line: one clear error line for every user mistake, a real run, the helpers."""
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -9,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from spikesort import cli
 from spikesort.params import Params
+from clitools import invoke as _invoke, file_state as _state
 
 try:
     import tomllib
@@ -20,21 +19,6 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _runner() -> CliRunner:
-    try:  # click 8.1 mixes stderr into stdout unless told otherwise; 8.2 dropped the argument
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
-
-
-def _invoke(*args):
-    return _runner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False)
-
-
-def _state(path: Path):
-    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
 
 
 @pytest.fixture

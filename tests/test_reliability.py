@@ -14,7 +14,6 @@ Every test that reads a recording checks that its bytes and mtime are unchanged 
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import json
 import os
@@ -27,10 +26,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from spikesort import checkpoints, cli
+from spikesort import checkpoints
 from spikesort.errors import SpikesortError
+from clitools import invoke as _invoke, file_state as _state
 
 FS = 30000.0
 N_CH = 8
@@ -46,21 +45,6 @@ PHY_FILES = ("params.py", "spike_times.npy", "spike_templates.npy", "spike_clust
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _runner() -> CliRunner:
-    try:  # click 8.1 mixes stderr into stdout unless told otherwise; 8.2 dropped the argument
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
-
-
-def _invoke(*args):
-    return _runner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False)
-
-
-def _state(path: Path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest(), Path(path).stat().st_mtime_ns
 
 
 def _assert_user_error(result, *needles: str):
