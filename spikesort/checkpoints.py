@@ -26,11 +26,11 @@ import os
 import shutil
 import signal
 import typing
-import uuid
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
+from .atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +53,6 @@ _FORMAT = 1
 
 
 # --------------------------------------------------------------------------- atomic files
-
-
-def write_atomic(path: Path, write: Callable) -> None:
-    """Write through a hidden temporary file in the same folder, fsync it, rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(path: Path, data) -> None:

@@ -55,19 +55,17 @@ all is written as every file with zero rows (zero templates), which phylib canno
 from __future__ import annotations
 
 import ast
-import contextlib
-import io
 import logging
 import math
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..atomic import write_atomic as _write_atomic
 from ..errors import SpikesortError
 
 logger = logging.getLogger(__name__)
@@ -408,26 +406,6 @@ def _params_text(data: PhyData, folder: Path) -> str:
 # --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------
-
-def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a hidden temporary file in the same folder, then rename into place.
-
-    The temporary name starts with '.' and ends with '.tmp' so that a file left by a hard
-    kill matches none of the globs phylib uses ('spike_*.npy', '*.tsv', 'templates*.npy', ...).
-    """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        # 'x' also lets the OS apply the umask (mkstemp would force mode 0600)
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
 
 def _warn_foreign_files(folder: Path, ours: set[str]) -> None:
     # files phylib would also pick up: a stale template_ind.npy would make it read our dense
