@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import signal
 import typing
 from pathlib import Path
@@ -206,6 +207,7 @@ class Checkpoints:
         self.dir = self.folder / STATE_DIR
         self.identity = identity
         self._upstream: str | None = None
+        self._pending: dict = {}  # stage -> (thread, error list) of saves finishing in the background
 
     @property
     def traces_path(self) -> Path:
@@ -220,6 +222,7 @@ class Checkpoints:
     def load(self, stage: str, cls, params):
         """The saved result of ``stage`` as a ``cls``, or None when it is missing or was made
         from other inputs (then it and every later stage must be recomputed)."""
+        self.wait([stage])
         meta = _read_json(self._meta_path(stage))
         if meta is None:
             return None
@@ -252,47 +255,97 @@ class Checkpoints:
 
     def discard_from(self, stage: str) -> None:
         """Forget ``stage`` and every later one (before recomputing ``stage``)."""
+        self.wait(STAGES[STAGES.index(stage):])
         for s in reversed(STAGES[STAGES.index(stage):]):
             self._meta_path(s).unlink(missing_ok=True)
             self._data_path(s).unlink(missing_ok=True)
 
-    def save(self, stage: str, obj, *, reads: dict, files=()) -> None:
+    def save(self, stage: str, obj, *, reads: dict, files=(), background: bool = False) -> None:
         """Save ``obj`` (a dataclass) as the result of ``stage``; ``files`` in the state folder
-        belong to it too (they are fsynced and their size and mtime recorded)."""
+        belong to it too (they are fsynced and their size and mtime recorded).
+
+        ``background``: write it on a thread, so the next stage starts while a large file is
+        flushed to disk (~2 s for 1 GB); the checkpoint exists once :meth:`wait` returns, and
+        loading or discarding that stage waits for it first."""
+        self.wait([stage])
         self.dir.mkdir(parents=True, exist_ok=True)
         arrays, values = pack(obj)
-        write_atomic(self._data_path(stage), lambda fh: np.savez(fh, **arrays))
-        entries = []
-        for p in files:
-            p = Path(p)
-            fsync_file(p)
-            st = p.stat()
-            entries.append([p.name, st.st_size, st.st_mtime_ns])
         meta = {"format": _FORMAT, "stage": stage, "identity": self.identity, "upstream": self._upstream,
                 "params": reads}
         meta["key"] = digest(meta)
-        meta.update(values=values, files=entries)
-        write_json_atomic(self._meta_path(stage), meta)
         self._upstream = meta["key"]
+
+        def finish():
+            write_atomic(self._data_path(stage), lambda fh: np.savez(fh, **arrays))
+            entries = []
+            for p in files:
+                p = Path(p)
+                fsync_file(p)
+                st = p.stat()
+                entries.append([p.name, st.st_size, st.st_mtime_ns])
+            meta.update(values=values, files=entries)
+            write_json_atomic(self._meta_path(stage), meta)
+
+        if not background:
+            finish()
+            return
+        errors: list = []
+
+        def run():
+            try:
+                finish()
+            except BaseException as exc:  # raised again by wait(), in the sorting thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=run, name=f"checkpoint-{stage}", daemon=True)
+        _BACKGROUND.add(thread)
+        thread.start()
+        self._pending[stage] = (thread, errors)
+
+    def wait(self, stages=None) -> None:
+        """Block until the background saves of ``stages`` (all by default) are on disk; raise
+        the first error one of them had."""
+        failed = []
+        for stage in list(self._pending) if stages is None else [s for s in stages if s in self._pending]:
+            thread, errors = self._pending.pop(stage)
+            thread.join()
+            failed += errors
+        if failed:
+            raise failed[0]
 
     def has(self, stage: str) -> bool:
         return self._meta_path(stage).is_file()
 
     def drop_unfinished_traces(self) -> None:
         """Delete a scratch trace file that preprocessing did not finish: no resume can use it."""
+        settle()
         if not self.has("preprocess"):
             self.traces_path.unlink(missing_ok=True)
             if self.dir.is_dir() and not any(self.dir.iterdir()):
                 self.dir.rmdir()
 
 
+# the threads of background saves (Checkpoints.save(background=True)) of every run in this process
+_BACKGROUND: set = set()
+
+
+def settle() -> None:
+    """Wait for every background save of this process to finish (their errors stay with their
+    Checkpoints' wait())."""
+    for thread in list(_BACKGROUND):
+        thread.join()
+        _BACKGROUND.discard(thread)
+
+
 def kill_point(name: str) -> None:
-    """The test hook described at :data:`KILL_ENV`."""
+    """The test hook described at :data:`KILL_ENV`. Background saves finish first, so a kill
+    at a point means: everything before it is on disk."""
     spec = os.environ.get(KILL_ENV)
     if not spec:
         return
     point, _, sig = spec.partition("@")
     if point == name:
+        settle()
         log.debug("test hook %s=%s: signalling this process", KILL_ENV, spec)
         os.kill(os.getpid(), getattr(signal, sig or "SIGKILL"))
 

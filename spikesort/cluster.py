@@ -168,6 +168,11 @@ def _common_features(g: _Group, chans: np.ndarray, features, channels, slots) ->
     return f.reshape(len(g.members), -1).astype(np.float64)
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    flat = v.ravel()
+    return flat / max(np.linalg.norm(flat), 1e-12)
+
+
 def merge_groups(groups: list[_Group], *, features, channels, neighbors, similarity: float,
                  threshold: float, max_test: int = 1000) -> list[_Group]:
     slots = _neighbor_slots(neighbors)
@@ -189,23 +194,23 @@ def merge_groups(groups: list[_Group], *, features, channels, neighbors, similar
             cnt[nb] += len(sel)
         return out / np.maximum(cnt, 1)[:, None]
 
-    rejected = set()
-    alive = list(range(len(groups)))
-    means = {i: mean_global(groups[i]) for i in alive}
+    # cosine similarity of every pair of live groups, upper triangle only (a < b, so the first
+    # maximum in row-major order is the pair the old pairwise scan picked); dead pairs are -inf
+    n0 = len(groups)
+    cap = 2 * n0 + 1
+    unit = np.zeros((cap, neighbors.shape[0] * features.shape[2]))
+    for i in range(n0):
+        unit[i] = _unit(mean_global(groups[i]))
+    sim = np.full((cap, cap), -np.inf)
+    if n0:
+        sim[:n0, :n0] = np.triu(unit[:n0] @ unit[:n0].T, k=1)
+        sim[np.tril_indices(cap)] = -np.inf
+    alive = list(range(n0))
     for _ in range(max_test):
-        best, best_pair = similarity, None
-        flat = {i: means[i].ravel() for i in alive}
-        norms = {i: np.linalg.norm(flat[i]) for i in alive}
-        for ai, a in enumerate(alive):
-            for b in alive[ai + 1:]:
-                if (a, b) in rejected:
-                    continue
-                s = flat[a] @ flat[b] / max(norms[a] * norms[b], 1e-12)
-                if s > best:
-                    best, best_pair = s, (a, b)
-        if best_pair is None:
+        flat = int(np.argmax(sim))
+        a, b = divmod(flat, cap)
+        if not sim[a, b] > similarity:
             break
-        a, b = best_pair
         chans = common(groups[a], groups[b])
         merge = False
         if len(chans):
@@ -219,13 +224,17 @@ def merge_groups(groups: list[_Group], *, features, channels, neighbors, similar
                 pa, pb = xa @ (axis / nrm), xb @ (axis / nrm)
                 proj = np.concatenate([pa, pb])
                 merge = bimodality(proj, 0.5 * (pa.mean() + pb.mean())) < threshold
-        if merge:
-            g = _Group(np.sort(np.concatenate([groups[a].members, groups[b].members])),
-                       groups[a].peak_channels | groups[b].peak_channels)
-            groups.append(g)
-            new = len(groups) - 1
-            alive = [i for i in alive if i not in (a, b)] + [new]
-            means[new] = mean_global(g)
-        else:
-            rejected.add((a, b))
+        if not merge:
+            sim[a, b] = -np.inf
+            continue
+        g = _Group(np.sort(np.concatenate([groups[a].members, groups[b].members])),
+                   groups[a].peak_channels | groups[b].peak_channels)
+        groups.append(g)
+        new = len(groups) - 1
+        alive = [i for i in alive if i not in (a, b)] + [new]
+        sim[[a, b], :] = -np.inf
+        sim[:, [a, b]] = -np.inf
+        unit[new] = _unit(mean_global(g))
+        others = np.asarray(alive[:-1], dtype=np.int64)
+        sim[others, new] = unit[others] @ unit[new]
     return [groups[i] for i in alive]

@@ -596,41 +596,12 @@ def localize_fit(features: np.ndarray, channels: np.ndarray, *, neighbors: np.nd
     return out.astype(np.float32)
 
 
-def detect_for_motion(store, *, chunks, sampling_rate_hz: float, positions_um, shank_ids, peak_neighbors,
-                      feature_neighbors, pre: int, nt: int, exclusion: int, params, n_jobs: int = 1,
-                      progress=None) -> MotionPeaks:
-    """Spikes of the (uncorrected) whitened store, found and located as the detect stage does."""
-    from .chunks import map_chunks
-    from .detect import choose_sign, detect_block, envelope_bank, filtered_noise_sd, learn_temporal_bases
-
-    block = min(store.n_samples, int(sampling_rate_hz))
-    starts = np.unique(np.linspace(0, store.n_samples - block, min(10, max(1, store.n_samples // max(block, 1))))
-                       .astype(np.int64))
-    blocks = [store.read(s, s + block) for s in starts]
-    sign = choose_sign(np.concatenate(blocks), threshold=2 * params.detect_threshold)
-    # its own generator: the later stages draw the same random numbers whether drift is on or off
-    bases = learn_temporal_bases(blocks, sign=sign, threshold=params.detect_threshold, neighbors=peak_neighbors,
-                                 exclusion=exclusion, pre=pre, nt=nt, n_components=params.n_temporal_components,
-                                 rng=np.random.default_rng(params.seed))
-    filter_sd = filtered_noise_sd(blocks, bases=bases, pre=pre)
-    bank = envelope_bank(positions_um=positions_um, neighbors=feature_neighbors, sigmas_um=params.envelope_sigmas_um,
-                         center_radius_um=params.detect_radius_um)
-
-    def fn(ch):
-        x = store.read(ch.read_start, ch.read_stop)
-        d = detect_block(x, keep_start=ch.keep_start - ch.read_start, keep_stop=ch.keep_stop - ch.read_start,
-                         offset=ch.read_start, sign=sign, threshold=params.detect_threshold,
-                         universal_threshold=params.universal_threshold, peak_neighbors=peak_neighbors,
-                         feature_neighbors=feature_neighbors, bank=bank, bases=bases, pre=pre, exclusion=exclusion,
-                         positions_um=positions_um, filter_sd=filter_sd)
-        y = localize_fit(d.features, d.channels, neighbors=feature_neighbors, positions_um=positions_um)[:, 1]
-        # features are not needed any further and would hold memory for every spike of the recording
-        return d.times, d.channels, d.amplitudes, y
-
-    parts = list(map_chunks(fn, chunks, n_jobs=n_jobs, progress=progress))
-    t, c, a, y = (np.concatenate([p[i] for p in parts]) for i in range(4)) if parts else (np.zeros(0),) * 4
-    c = c.astype(np.int64)
-    return MotionPeaks(t / sampling_rate_hz, y.astype(np.float64), np.maximum(a, 1e-3).astype(np.float64),
+def motion_peaks(spikes, *, sampling_rate_hz: float, positions_um, shank_ids, feature_neighbors) -> MotionPeaks:
+    """What estimation needs from the detected spikes (spikesort.detect.Detections)."""
+    y = localize_fit(spikes.features, spikes.channels, neighbors=feature_neighbors, positions_um=positions_um)[:, 1]
+    c = np.asarray(spikes.channels, dtype=np.int64)
+    return MotionPeaks(spikes.times / sampling_rate_hz, y.astype(np.float64),
+                       np.maximum(spikes.amplitudes, 1e-3).astype(np.float64),
                        np.asarray(shank_ids)[c] if len(c) else np.zeros(0, np.int64))
 
 
@@ -642,10 +613,12 @@ def motion_summary(motion: Motion) -> str:
             f"range {d.min():+.1f} to {d.max():+.1f} µm")
 
 
-def correct_drift(store, *, chunks, sampling_rate_hz: float, positions_um, shank_ids, good_channels,
-                  peak_neighbors, feature_neighbors, pre: int, nt: int, exclusion: int, params, out=None,
-                  n_jobs: int = 1, progress=None) -> Motion | None:
+def correct_drift(store, *, detect, chunks, sampling_rate_hz: float, positions_um, shank_ids, good_channels,
+                  feature_neighbors, params, out=None, n_jobs: int = 1, progress=None) -> Motion | None:
     """The drift stage: decide, detect, estimate, correct ``store`` in place, write the outputs.
+
+    ``detect()`` returns the spikes (spikesort.detect.Detections) of the uncorrected store; it is
+    called only when the probe allows an estimate.
 
     Returns the motion when the traces were corrected, None when they were not (drift off, a
     shank too small, too few spikes, or motion below ``drift_min_um``); the decision and its
@@ -682,10 +655,8 @@ def correct_drift(store, *, chunks, sampling_rate_hz: float, positions_um, shank
         return finish(None, "; ".join(reasons) if not several else
                       "; ".join(f"shank {s}: {why}" for s, why in sorted(plan.skipped.items())))
     bar = (lambda desc: progress(len(chunks), desc)) if progress is not None else (lambda desc: None)
-    peaks = detect_for_motion(store, chunks=chunks, sampling_rate_hz=sampling_rate_hz, positions_um=positions_um,
-                              shank_ids=shank_ids, peak_neighbors=peak_neighbors, feature_neighbors=feature_neighbors,
-                              pre=pre, nt=nt, exclusion=exclusion, params=params, n_jobs=n_jobs,
-                              progress=bar("drift: detect"))
+    peaks = motion_peaks(detect(), sampling_rate_hz=sampling_rate_hz, positions_um=positions_um,
+                         shank_ids=shank_ids, feature_neighbors=feature_neighbors)
     record["n_spikes"] = int(len(peaks.times_s))
     duration_s = store.n_samples / sampling_rate_hz
     n_bins = max(1, int(np.ceil(duration_s / params.drift_bin_s)))

@@ -21,10 +21,11 @@ from .errors import SpikesortError
 from .export import phy_whitening, unit_metrics, write_phy
 from .features import SpikeFeatures, features_block, similarity_matrix, template_feature_index
 from .geometry import neighbor_table
-from .match import (MatchedSpikes, Templates, build_templates, channel_candidates, match_block, merge_similar_templates,
-                    snippet_merge_test, template_snr)
+from .match import (MatchedSpikes, Templates, build_templates, channel_candidates, filtered_templates, match_block,
+                    merge_similar_templates, snippet_merge_test, template_snr)
 from .params import Params
 from .preprocess import PreprocessModel, fit_preprocessing, preprocess_chunk
+from .memory import PeakRss
 from .result import SortingResult
 from .traces import TraceStore
 
@@ -69,22 +70,34 @@ def recording_info(recording) -> RecordingInfo:
 
 def _read_raw(recording, start: int, stop: int) -> np.ndarray:
     x = recording.get_traces(start_frame=start, end_frame=stop, return_in_uV=False)
+    integer = np.asarray(x).dtype.kind in "iub"
     x = np.asarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
+    if not integer and not np.isfinite(x).all():
         raise SpikesortError(f"the recording holds NaN or infinite values (samples {start}-{stop})")
     return x
 
 
-def _stage(timings: dict, name: str):
+@dataclass
+class StageLog:
+    """Wall seconds and peak resident memory (MB) of each stage, for the run record."""
+    timings_s: dict
+    peak_rss_mb: dict
+
+
+def _stage(stages: StageLog, name: str):
     class _T:
         def __enter__(self):
             self.t0 = time.perf_counter()
+            self.rss = PeakRss().__enter__()
             log.info("stage %s ...", name)
 
         def __exit__(self, *exc):
-            timings[name] = time.perf_counter() - self.t0
+            self.rss.__exit__(*exc)
+            stages.timings_s[name] = time.perf_counter() - self.t0
+            stages.peak_rss_mb[name] = round(self.rss.peak_mb, 1)
             if exc[0] is None:
-                log.info("stage %s done in %.1f s", name, timings[name])
+                log.info("stage %s done in %.1f s (peak memory %.0f MB)", name, stages.timings_s[name],
+                         self.rss.peak_mb)
 
     return _T()
 
@@ -250,6 +263,8 @@ class _Run:
     exclusion: int
     store: TraceStore
     tq: object
+    # spikes found on the final traces by the drift estimation pass, handed to the detect stage
+    detected: "Detected | None" = None
 
     def map(self, fn, items, desc: str, stage: str):
         """map_chunks over ``items`` with a progress bar, and the test kill hook after each item."""
@@ -268,7 +283,8 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
     params = checkpoints.ParamReads(params)
     n_jobs = params.n_jobs or os.cpu_count() or 1
     fs = info.sampling_rate_hz
-    timings: dict = {}
+    stages = StageLog(timings_s={}, peak_rss_mb={})
+    timings = stages.timings_s
     chunk = max(1, int(round(params.chunk_s * fs)))
     pre = int(round(params.ms_before * fs / 1000))
     nt = pre + int(round(params.ms_after * fs / 1000)) + 1
@@ -292,7 +308,7 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
 
     def stage(name: str, cls, compute):
         """The stage's checkpoint when it matches, else compute it and save it."""
-        with _stage(timings, name):
+        with _stage(stages, name):
             result = state.load(name, cls, params)
             if result is not None:
                 reused.append(name)
@@ -301,32 +317,35 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
             params.start(name)
             checkpoints.kill_point(f"{name}:start")
             result = compute()
+            # the trace file's flush to disk overlaps the next stages
             state.save(name, result, reads=params.read_values(name),
-                       files=[run.store.path] if name == "preprocess" else ())
+                       files=[run.store.path] if name == "preprocess" else (), background=name == "preprocess")
         checkpoints.kill_point(name)
         return result
 
     # drift correction rewrites the whitened traces, so it runs inside the preprocess stage: its
     # checkpoint then covers the corrected traces and the drift parameters
-    prep = stage("preprocess", Preprocessed, lambda: _drift(run, _preprocess(run), out=out, timings=timings))
+    prep = stage("preprocess", Preprocessed, lambda: _drift(run, _preprocess(run), out=out, stages=stages))
     det = stage("detect", Detected, lambda: _detect(run, prep=prep))
     clu = stage("cluster", Clustered, lambda: _cluster(run, prep=prep, det=det))
     mat = stage("match", Matched, lambda: _match(run, prep=prep, det=det, clu=clu))
     cur = stage("curate", Curated, lambda: _merge_drift_splits(run, _curate(run, clu=clu, mat=mat), out=out))
-    with _stage(timings, "export"):
+    with _stage(stages, "export"):
         state.discard_from("export")
         params.start("export")
         checkpoints.kill_point("export:start")
         result = _export(run, out, prep=prep, det=det, cur=cur)
     # the run record, then the marker: a folder is complete only once both are in place
     checkpoints.write_json_atomic(out / RUN_FILE, {
-        "version": __version__, "params": params.to_dict(), "timings_s": timings, "reused_stages": reused,
+        "version": __version__, "params": params.to_dict(), "timings_s": timings, "peak_rss_mb": stages.peak_rss_mb,
+        "reused_stages": reused,
         "recording": {"sampling_rate_hz": fs, "n_channels": info.n_channels, "n_samples": info.n_samples,
                       "duration_s": info.duration_s, "has_gain": info.has_gain},
         "n_units": int(result.n_units), "n_spikes": int(len(result.spike_times)),
         "bad_channels": {str(c): r for c, r in sorted(prep.model.bad_reasons.items())},
         "saturated_s": [[round(a / fs, 4), round(b / fs, 4)] for a, b in prep.saturated.tolist()]})
     checkpoints.kill_point("export")
+    state.wait()
     checkpoints.write_marker(out, identity=state.identity, params=params)
     checkpoints.remove_state(out)
     result.timings_s = timings
@@ -390,22 +409,41 @@ def _preprocess(run: _Run) -> Preprocessed:
     return Preprocessed(model=model, saturated=saturated)
 
 
-def _drift(run: _Run, prep: Preprocessed, *, out: Path, timings: dict) -> Preprocessed:
+def _drift(run: _Run, prep: Preprocessed, *, out: Path, stages: StageLog) -> Preprocessed:
     """Motion estimation and correction of the whitened traces in place (spikesort/motion.py);
     writes motion*.npy and drift_map.png to ``out``, or logs why drift is not corrected."""
     from .motion import correct_drift
 
-    with _stage(timings, "drift"):
-        peak_nb, feat_nb = _neighbors(run, prep.model.good_channels)
-        correct_drift(run.store, chunks=run.chunks, sampling_rate_hz=run.info.sampling_rate_hz,
-                      positions_um=run.info.positions_um, shank_ids=run.info.shank_ids,
-                      good_channels=prep.model.good_channels, peak_neighbors=peak_nb, feature_neighbors=feat_nb,
-                      pre=run.pre, nt=run.nt, exclusion=run.exclusion, params=run.params, out=out,
-                      n_jobs=run.n_jobs, progress=run.tq)
+    made = []
+
+    def detect():
+        made.append(_detection_pass(run, prep=prep))
+        return made[-1].spikes
+
+    with _stage(stages, "drift"):
+        _, feat_nb = _neighbors(run, prep.model.good_channels)
+        motion = correct_drift(run.store, detect=detect, chunks=run.chunks, sampling_rate_hz=run.info.sampling_rate_hz,
+                               positions_um=run.info.positions_um, shank_ids=run.info.shank_ids,
+                               good_channels=prep.model.good_channels, feature_neighbors=feat_nb, params=run.params,
+                               out=out, n_jobs=run.n_jobs, progress=run.tq)
+    if motion is None and made:
+        # the traces were left as they were: the detect stage's pass would find exactly these spikes
+        run.detected = made[-1]
     return prep
 
 
 def _detect(run: _Run, *, prep: Preprocessed) -> Detected:
+    if run.detected is not None:
+        det, run.detected = run.detected, None
+        log.info("%d spikes detected (sign %+d), by the drift estimation pass", len(det.spikes), det.sign)
+        return det
+    det = _detection_pass(run, prep=prep)
+    log.info("%d spikes detected (sign %+d)", len(det.spikes), det.sign)
+    return det
+
+
+def _detection_pass(run: _Run, *, prep: Preprocessed) -> Detected:
+    """Detect the spikes of the whole trace store."""
     info, p, store = run.info, run.params, run.store
     pre, nt, exclusion = run.pre, run.nt, run.exclusion
     rng = stage_rng(p.seed, "detect")
@@ -429,7 +467,6 @@ def _detect(run: _Run, *, prep: Preprocessed) -> Detected:
                             positions_um=info.positions_um, filter_sd=filter_sd)
 
     det = Detections.concat(list(run.map(det_fn, run.chunks, "detect", "detect")))
-    log.info("%d spikes detected (sign %+d)", len(det), sign)
     return Detected(sign=int(sign), bases=bases, filter_sd=filter_sd, spikes=det)
 
 
@@ -468,6 +505,7 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
     templates = clu.templates
     peak_nb, _ = _neighbors(run, prep.model.good_channels)
     cand = channel_candidates(templates, n_channels=info.n_channels)
+    filtered = filtered_templates(templates, det.bases[0])
 
     def match_fn(ch):
         x = store.read(ch.read_start, ch.read_stop)
@@ -477,7 +515,8 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
                                 detect_threshold=p.match_detect_threshold, peak_neighbors=peak_nb,
                                 exclusion=run.exclusion, match_threshold=p.match_threshold,
                                 iterations=p.match_iterations, max_lag=2,
-                                amplitude_range=p.amplitude_range, bases=det.bases, filter_sd=det.filter_sd)
+                                amplitude_range=p.amplitude_range, bases=det.bases, filter_sd=det.filter_sd,
+                                filtered=filtered)
         return spikes
 
     spikes = MatchedSpikes.concat(list(run.map(match_fn, run.chunks, "match", "match")))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
-from .kernels.preprocess import sosfiltfilt_rows, subtract_reference
+from .kernels.preprocess import sosfiltfilt_rows, sparse_mix, subtract_reference
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,14 @@ def filter_and_reference(traces: np.ndarray, *, sos: np.ndarray, reference: str,
     return x
 
 
+def _referenced(filtered: np.ndarray, *, reference: str, good_channels: np.ndarray) -> np.ndarray:
+    """filter_and_reference's output from its unreferenced output (the filter is the same)."""
+    x = filtered.copy()
+    if reference != "none" and x.shape[1] > 1:
+        subtract_reference(x, np.flatnonzero(good_channels).astype(np.int64), reference == "median")
+    return x
+
+
 def _sos_zi(sos: np.ndarray) -> np.ndarray:
     return signal.sosfilt_zi(sos)
 
@@ -64,8 +72,10 @@ def robust_sd(x: np.ndarray, axis: int = 0, max_samples: int = 100_000) -> np.nd
     n = x.shape[axis]
     if n > max_samples:
         x = np.take(x, np.arange(0, n, -(-n // max_samples)), axis=axis)
-    med = np.median(x, axis=axis, keepdims=True)
-    return MAD_TO_SD * np.median(np.abs(x - med), axis=axis)
+    # numpy selects along a strided axis slowly: move it last and contiguous first
+    x = np.ascontiguousarray(np.moveaxis(x, axis, -1))
+    med = np.median(x, axis=-1, keepdims=True)
+    return MAD_TO_SD * np.median(np.abs(x - med), axis=-1)
 
 
 def find_bad_channels(noise_sd: np.ndarray, *, dead_ratio: float = 0.1, noisy_ratio: float = 5.0) -> dict:
@@ -110,7 +120,32 @@ def local_zca(cov: np.ndarray, *, positions_um: np.ndarray, radius_um: float,
 def preprocess_chunk(traces: np.ndarray, *, model: PreprocessModel) -> np.ndarray:
     """Raw chunk (n_samples, C) in recording units -> whitened float32 (noise sd ~ 1)."""
     x = filter_and_reference(traces, sos=model.sos, reference=model.reference, good_channels=model.good_channels)
-    return x @ model.whitening.T
+    return apply_whitening(x, model.whitening)
+
+
+def apply_whitening(x: np.ndarray, whitening: np.ndarray) -> np.ndarray:
+    """``x @ whitening.T``. A local whitening matrix on a long probe is mostly zeros (384
+    channels, 100 µm: ~19 per row): its rows are applied as sparse sums, ~2x faster than BLAS
+    on the dense matrix there; small or dense matrices go to BLAS."""
+    idx, w = _sparse_rows(whitening)
+    if idx.shape[1] > 0.25 * whitening.shape[1]:
+        return x @ whitening.T
+    out = np.empty((x.shape[0], whitening.shape[0]), dtype=np.float32)
+    sparse_mix(np.ascontiguousarray(x, dtype=np.float32), idx, w, out)
+    return out
+
+
+def _sparse_rows(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values) of the non-zeros of each row of m, rows padded with -1 / 0."""
+    nz = m != 0
+    k = max(1, int(nz.sum(axis=1).max()))
+    idx = np.full((len(m), k), -1, dtype=np.int64)
+    w = np.zeros((len(m), k), dtype=np.float32)
+    for o in range(len(m)):
+        cols = np.flatnonzero(nz[o])
+        idx[o, :len(cols)] = cols
+        w[o, :len(cols)] = m[o, cols]
+    return idx, w
 
 
 def fit_preprocessing(blocks: list[np.ndarray], *, sampling_rate_hz: float, positions_um: np.ndarray,
@@ -129,16 +164,18 @@ def fit_preprocessing(blocks: list[np.ndarray], *, sampling_rate_hz: float, posi
     for c, why in bad.items():
         log.warning("channel %d looks %s (noise sd %.3g vs probe median %.3g): left out", c, why, sd_raw[c],
                     np.median(sd_raw))
-    referenced = [filter_and_reference(b, sos=sos, reference=reference, good_channels=good) for b in blocks]
+    referenced = [_referenced(f, reference=reference, good_channels=good) for f in filtered]
     stacked = np.concatenate(referenced, axis=0)
     noise_sd = robust_sd(stacked)
     # spikes inflate the covariance; clip big excursions so a few large units do not dominate it
     lim = 6.0 * np.maximum(noise_sd, 1e-12)
-    clipped = np.clip(stacked, -lim, lim).astype(np.float64)
-    cov = clipped.T @ clipped / max(len(clipped), 1)
+    clipped = np.clip(stacked, -lim.astype(np.float32), lim.astype(np.float32))
+    # float32 BLAS: ~10x faster than float64 here, and 1e-6 relative accuracy is plenty for a whitening
+    cov = (clipped.T @ clipped).astype(np.float64) / max(len(clipped), 1)
     w = local_zca(cov, positions_um=positions_um, radius_um=whitening_radius_um, good_channels=good)
     # scale rows so every good channel has unit robust noise sd in whitened space: thresholds are then in sd
-    sd_white = robust_sd(stacked @ w.T)
+    # the rows robust_sd would subsample anyway, without whitening the others
+    sd_white = robust_sd(apply_whitening(stacked[:: -(-len(stacked) // 100_000)], w))
     w[good] /= np.maximum(sd_white[good], 1e-12)[:, None].astype(np.float32)
     return PreprocessModel(sos=sos, whitening=w, good_channels=good, noise_sd=noise_sd.astype(np.float32),
                            reference=reference, bad_reasons=bad)

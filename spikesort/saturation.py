@@ -27,6 +27,8 @@ def rails(dtype) -> tuple[float, float] | None:
 def saturated_mask(raw: np.ndarray, *, rails: tuple[float, float], channels: np.ndarray, pad: int) -> np.ndarray:
     """(n,) bool: samples within ``pad`` samples of one where any of ``channels`` is at a rail."""
     lo, hi = rails
+    if len(raw) and raw.min() > lo and raw.max() < hi:  # the common case, without a (n, C) copy
+        return np.zeros(len(raw), dtype=bool)
     x = raw[:, channels]
     hit = ((x <= lo) | (x >= hi)).any(axis=1)
     if pad <= 0 or not hit.any():

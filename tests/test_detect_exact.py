@@ -331,3 +331,31 @@ def test_match_block_without_templates_or_room(line_positions):
                                    bases=hand_bases(spike_waveform()), filter_sd=np.ones(N_C, np.float32))
     assert len(spikes.times) == 0
     np.testing.assert_array_equal(residual, x)
+
+
+def test_match_block_local_search_equals_searching_everywhere(line_positions, monkeypatch):
+    """After the first round, candidates are searched only near the subtracted spikes; with many
+    spikes (overlaps included) that gives exactly what a search over the whole block gives."""
+    import spikesort.match as match
+
+    dense = two_templates()
+    templates = sparsify(dense, pre=PRE)
+    rng = np.random.default_rng(5)
+    n = 4000
+    x = noise(23, n=n, sd=0.3)
+    for t in np.sort(rng.choice(np.arange(NT, n - NT), 60, replace=False)):
+        x[t - PRE: t - PRE + NT] += rng.uniform(0.6, 1.4) * dense[rng.integers(2)]
+    bases = hand_bases(spike_waveform())
+    kw = dict(keep_start=0, keep_stop=n, offset=0, templates=templates,
+              chan_templates=channel_candidates(templates, n_channels=N_C), sign=-1, detect_threshold=4.0,
+              peak_neighbors=neighbor_table(positions_um=line_positions, radius_um=50.0), exclusion=EXCLUSION,
+              match_threshold=3.0, iterations=6, max_lag=2, amplitude_range=(0.5, 2.0), bases=bases,
+              filter_sd=noise_sd_of(x, bases))
+    local, residual_local = match_block(x, **kw)
+    monkeypatch.setattr(match, "rows_near", lambda times, *, reach, lo, hi: np.arange(lo, hi))
+    everywhere, residual_everywhere = match_block(x, **kw)
+    assert len(local.times) >= 60
+    np.testing.assert_array_equal(local.times, everywhere.times)
+    np.testing.assert_array_equal(local.templates, everywhere.templates)
+    np.testing.assert_array_equal(local.amplitudes, everywhere.amplitudes)
+    np.testing.assert_array_equal(residual_local, residual_everywhere)

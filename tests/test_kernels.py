@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from spikesort.kernels.detect import detect_peaks, project_neighborhoods, temporal_filter
-from spikesort.kernels.match import best_matches, select_non_overlapping, subtract_templates
+from spikesort.kernels.match import best_matches, select_non_overlapping, subtract_filtered, subtract_templates
 
 SEEDS = [0, 1, 2, 3, 4]
 I64 = np.int64
@@ -681,3 +681,110 @@ def test_subtract_empty_and_in_place():
     np.testing.assert_array_equal(r[:, 0], [1.5, 1.5, 1.5, 2, 2, 2, 2, 2, 2, 2])
     subtract(r, [9], [0], [1.0], values, channels, 1)  # window [8, 12) clipped
     np.testing.assert_array_equal(r[:, 0], [1.5, 1.5, 1.5, 2, 2, 2, 2, 2, 1, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocessing: zero-phase filter and common reference
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_channels", [1, 7, 64])
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_sosfiltfilt_rows_matches_scipy(seed, n_channels):
+    from scipy import signal
+
+    from spikesort.kernels.preprocess import sosfiltfilt_rows
+
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((3000, n_channels)) * 50 + rng.uniform(-500, 500, n_channels)).astype(np.float32)
+    sos = signal.butter(3, [300, 6000], btype="bandpass", fs=30000, output="sos")
+    got = sosfiltfilt_rows(x, sos, signal.sosfilt_zi(sos), 21)
+    want = signal.sosfiltfilt(sos, x.astype(np.float64), axis=0, padlen=21)
+    np.testing.assert_allclose(got, want, atol=1e-3 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 31, 64, 65, 257, 384])
+def test_subtract_reference_median_matches_numpy(m):
+    from spikesort.kernels.preprocess import subtract_reference
+
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((700, m + 5)).astype(np.float32)
+    x[::7, 0] = x[::7, 1]  # ties
+    channels = np.sort(rng.choice(m + 5, m, replace=False)).astype(I64)
+    want = x - np.median(x[:, channels].astype(np.float64), axis=1, keepdims=True)
+    got = x.copy()
+    subtract_reference(got, channels, True)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_subtract_reference_mean_matches_numpy():
+    from spikesort.kernels.preprocess import subtract_reference
+
+    x = np.random.default_rng(9).standard_normal((500, 12)).astype(np.float32)
+    channels = np.array([0, 3, 4, 11], dtype=I64)
+    got = x.copy()
+    subtract_reference(got, channels, False)
+    np.testing.assert_allclose(got, x - x[:, channels].mean(axis=1, keepdims=True), atol=1e-5)
+
+
+def test_median_network_is_pruned_and_sorts_the_middle():
+    from spikesort.kernels.preprocess import median_network
+
+    pairs, n_pad, n_low = median_network(64)
+    assert n_pad == 64 and n_low == 0
+    assert 0 < len(pairs) < 543  # Batcher's full network on 64 inputs has 543 compare-exchanges
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_sparse_mix_matches_dense_product(seed):
+    from spikesort.kernels.preprocess import sparse_mix
+    from spikesort.preprocess import _sparse_rows
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((40, 40)).astype(np.float32) * (rng.random((40, 40)) < 0.2)
+    w[3] = 0  # a row with no entry (a bad channel)
+    x = rng.standard_normal((300, 40)).astype(np.float32)  # not a multiple of the 128-sample tile
+    idx, vals = _sparse_rows(w)
+    out = np.empty_like(x)
+    sparse_mix(x, idx, vals, out)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w.T.astype(np.float64), atol=1e-4)
+
+
+def test_median_over_first_axis_matches_numpy():
+    from spikesort.match import median_over_first_axis
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 50, 51):
+        x = rng.standard_normal((n, 6, 5)).astype(np.float32)
+        np.testing.assert_allclose(median_over_first_axis(x), np.median(x, axis=0), atol=1e-6)
+
+
+def test_quantize_int16_matches_numpy():
+    from spikesort.kernels.preprocess import quantize_int16
+
+    x = (np.random.default_rng(1).standard_normal((200, 9)) * 80).astype(np.float32)
+    x[0, 0], x[1, 1], x[2, 2] = 1e9, -1e9, 0.5 / 200
+    want = np.clip(np.rint(x * np.float32(200)), -32767, 32767).astype(np.int16)
+    np.testing.assert_array_equal(quantize_int16(x, np.float32(200)), want)
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_subtract_filtered_equals_refiltering_the_residual(seed):
+    """Updating the matched-filter output by each subtracted template's filtered copy gives the
+    filter of the new residual, also for templates cut by the block's edges."""
+    from spikesort.match import filtered_templates, sparsify
+
+    rng = np.random.default_rng(seed)
+    nt, pre, n_c = 21, 8, 6
+    dense = rng.standard_normal((3, nt, n_c)).astype(np.float32)
+    dense[:, :, 4:] *= 0.01  # small channels fall outside the support
+    t = sparsify(dense, pre=pre)
+    h = rng.standard_normal(nt).astype(np.float32)
+    inv_sd = rng.uniform(0.5, 2, n_c).astype(np.float32)
+    x = rng.standard_normal((200, n_c)).astype(np.float32)
+    ts = np.array([pre, 60, 70, 200 - (nt - pre)], dtype=I64)
+    ks = np.array([0, 1, 2, 1], dtype=I64)
+    amps = rng.uniform(0.5, 1.5, 4).astype(np.float32)
+    y = temporal_filter(x, h, pre) * inv_sd
+    subtract_templates(x, ts, ks, amps, t.values, t.channels, pre)
+    subtract_filtered(y, ts, ks, amps, filtered_templates(t, h), t.channels, inv_sd)
+    np.testing.assert_allclose(y, temporal_filter(x, h, pre) * inv_sd, atol=1e-4)

@@ -386,6 +386,9 @@ def test_output_folder_holds_every_file(run16):
     assert run["params"] == Params().to_dict()
     assert isinstance(run["version"], str) and run["version"]
     assert set(run["timings_s"]) >= {"preprocess", "detect", "cluster", "match", "curate", "export"}
+    # every stage's peak memory: at least the interpreter with numpy and numba, at most this machine
+    assert set(run["peak_rss_mb"]) == set(run["timings_s"])
+    assert all(50 < mb < 24_000 for mb in run["peak_rss_mb"].values()), run["peak_rss_mb"]
 
 
 # ------------------------------------------------------------------------------------------

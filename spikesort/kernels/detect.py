@@ -10,41 +10,39 @@ from numba import njit
 from . import FASTMATH
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
-def detect_peaks(x, sign, threshold, neighbors, exclusion, keep_start, keep_stop):
-    """Samples where ``sign * x`` exceeds ``threshold`` and is the largest value within
-    ``exclusion`` samples on the channel and its ``neighbors`` (rows padded with -1).
+@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
+def _is_peak(x, sign, v, t, c, neighbors, exclusion):
+    """sign * x[t, c] (= v) is the largest within ``exclusion`` samples on c and its neighbours;
+    ties go to the earlier sample, then the lower channel."""
+    n_t = x.shape[0]
+    t0 = max(0, t - exclusion)
+    t1 = min(n_t, t + exclusion + 1)
+    for k in range(neighbors.shape[1]):
+        cc = neighbors[c, k]
+        if cc < 0:
+            break
+        for tt in range(t0, t1):
+            w = sign * x[tt, cc]
+            if w > v or (w == v and (tt < t or (tt == t and cc < c))):
+                return False
+    return True
 
-    Ties go to the earlier sample, then the lower channel, so equal peaks give one event.
-    Only samples in [keep_start, keep_stop) are returned; the rest of ``x`` is context.
-    Returns (times, channels), times sorted, channels ascending within a time.
-    """
-    n_t, n_c = x.shape
-    n_nb = neighbors.shape[1]
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def detect_peaks_rows(x, sign, threshold, neighbors, exclusion, rows):
+    """``detect_peaks`` on the samples listed in ``rows`` (ascending) only."""
+    n_c = x.shape[1]
     cap = 1024
     times = np.empty(cap, dtype=np.int64)
     chans = np.empty(cap, dtype=np.int64)
     n = 0
-    for t in range(keep_start, keep_stop):
+    for i in range(rows.shape[0]):
+        t = rows[i]
         for c in range(n_c):
             v = sign * x[t, c]
             if v <= threshold:
                 continue
-            is_peak = True
-            t0 = max(0, t - exclusion)
-            t1 = min(n_t, t + exclusion + 1)
-            for k in range(n_nb):
-                cc = neighbors[c, k]
-                if cc < 0:
-                    break
-                for tt in range(t0, t1):
-                    w = sign * x[tt, cc]
-                    if w > v or (w == v and (tt < t or (tt == t and cc < c))):
-                        is_peak = False
-                        break
-                if not is_peak:
-                    break
-            if is_peak:
+            if _is_peak(x, sign, v, t, c, neighbors, exclusion):
                 if n == cap:
                     cap *= 2
                     nt_ = np.empty(cap, dtype=np.int64)
@@ -57,6 +55,19 @@ def detect_peaks(x, sign, threshold, neighbors, exclusion, keep_start, keep_stop
                 chans[n] = c
                 n += 1
     return times[:n], chans[:n]
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def detect_peaks(x, sign, threshold, neighbors, exclusion, keep_start, keep_stop):
+    """Samples where ``sign * x`` exceeds ``threshold`` and is the largest value within
+    ``exclusion`` samples on the channel and its ``neighbors`` (rows padded with -1).
+
+    Ties go to the earlier sample, then the lower channel, so equal peaks give one event.
+    Only samples in [keep_start, keep_stop) are returned; the rest of ``x`` is context.
+    Returns (times, channels), times sorted, channels ascending within a time.
+    """
+    return detect_peaks_rows(x, sign, threshold, neighbors, exclusion,
+                             np.arange(max(0, keep_start), min(x.shape[0], keep_stop)))
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
@@ -114,18 +125,3 @@ def temporal_filter(x, h, pre):
     for t in range(n_t):
         _filter_row(y, x, h, pre, t)
     return y
-
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
-def refilter_rows(y, x, h, pre, inv_sd, rows):
-    """Recompute ``temporal_filter(x, h, pre) * inv_sd`` only on the rows flagged in ``rows``;
-    in place. After a subtraction only the samples near the subtracted spikes change."""
-    n_t, n_c = x.shape
-    for t in range(n_t):
-        if not rows[t]:
-            continue
-        for c in range(n_c):
-            y[t, c] = 0.0
-        _filter_row(y, x, h, pre, t)
-        for c in range(n_c):
-            y[t, c] *= inv_sd[c]

@@ -139,3 +139,28 @@ def template_projections(x, times, ind, values, channels, norm2, pre):
             dot = _dot_template(x, start, values, channels, k)
             out[i, jj] = dot / norm2[k] if norm2[k] > 0 else 0.0
     return out
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def subtract_filtered(y, ts, ks, amps, filtered, channels, inv_sd):
+    """The matched-filter output y (T, C) after ``subtract_templates``, updated in place:
+    y[t - (nt - 1) + m, ch] -= a * filtered[k, m, s] * inv_sd[ch], where ``filtered`` holds each
+    template's support channels convolved with the reversed filter (``filtered_templates``).
+
+    The filter is linear, so this equals refiltering the residual, at the cost of a template
+    instead of a filter pass over every sample the template touched."""
+    n_t = y.shape[0]
+    m_len = filtered.shape[1]
+    off = (m_len - 1) // 2
+    for i in range(ts.shape[0]):
+        k = ks[i]
+        base = ts[i] - off
+        for s in range(channels.shape[1]):
+            ch = channels[k, s]
+            if ch < 0:
+                break
+            f = amps[i] * inv_sd[ch]
+            for m in range(m_len):
+                t = base + m
+                if 0 <= t < n_t:
+                    y[t, ch] -= f * filtered[k, m, s]

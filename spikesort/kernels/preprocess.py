@@ -7,34 +7,49 @@ and ``x - np.median(x, axis=1)``.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit
 
+from . import FASTMATH
 
-@njit(nogil=True, cache=True)
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _sos_pass(x, sos, zi, reverse):
     """Filter the rows of x (T, C) in place with the cascade ``sos``, starting each section's
-    state at ``zi[s] * x[first row]`` (steady state for a constant signal)."""
+    state at ``zi[s] * x[first row]`` (steady state for a constant signal).
+
+    The channel loop is innermost over contiguous state rows, so one time step of every
+    channel is a vector operation."""
     n_t, n_c = x.shape
     n_s = sos.shape[0]
-    z = np.empty((n_s, 2, n_c), dtype=np.float64)
+    z0 = np.empty((n_s, n_c), dtype=np.float64)
+    z1 = np.empty((n_s, n_c), dtype=np.float64)
+    v = np.empty(n_c, dtype=np.float64)
     first = n_t - 1 if reverse else 0
     for s in range(n_s):
         for c in range(n_c):
-            z[s, 0, c] = zi[s, 0] * x[first, c]
-            z[s, 1, c] = zi[s, 1] * x[first, c]
+            z0[s, c] = zi[s, 0] * x[first, c]
+            z1[s, c] = zi[s, 1] * x[first, c]
     for i in range(n_t):
         t = n_t - 1 - i if reverse else i
+        row = x[t]
         for c in range(n_c):
-            v = np.float64(x[t, c])
-            for s in range(n_s):
-                b0, b1, b2 = sos[s, 0], sos[s, 1], sos[s, 2]
-                a1, a2 = sos[s, 4], sos[s, 5]
-                y = b0 * v + z[s, 0, c]
-                z[s, 0, c] = b1 * v - a1 * y + z[s, 1, c]
-                z[s, 1, c] = b2 * v - a2 * y
-                v = y
-            x[t, c] = v
+            v[c] = row[c]
+        for s in range(n_s):
+            b0, b1, b2 = sos[s, 0], sos[s, 1], sos[s, 2]
+            a1, a2 = sos[s, 4], sos[s, 5]
+            zs0 = z0[s]
+            zs1 = z1[s]
+            for c in range(n_c):
+                vc = v[c]
+                y = b0 * vc + zs0[c]
+                zs0[c] = b1 * vc - a1 * y + zs1[c]
+                zs1[c] = b2 * vc - a2 * y
+                v[c] = y
+        for c in range(n_c):
+            row[c] = v[c]
 
 
 @njit(nogil=True, cache=True)
@@ -80,27 +95,173 @@ def _select(buf, k):
     return buf[k]
 
 
+@functools.lru_cache(maxsize=None)
+def median_network(m: int) -> tuple[np.ndarray, int, int]:
+    """Compare-exchange pairs of Batcher's odd-even merge sort on the next power of two >= m,
+    pruned to those that decide the middle element(s) of m values padded with -inf/+inf.
+
+    Returns (pairs (k, 2) int64, padded size, number of -inf pads)."""
+    n = 1
+    while n < m:
+        n *= 2
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    n_low = (n - m) // 2
+    need = {n_low + (m - 1) // 2, n_low + m // 2}
+    kept = []
+    for i, k in reversed(pairs):
+        if i in need or k in need:
+            kept.append((i, k))
+            need.update((i, k))
+    return np.asarray(kept[::-1], dtype=np.int64).reshape(-1, 2), n, n_low
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _median_rows_network(x, channels, pairs, n_pad, n_low, out):
+    """out[t] = median of x[t, channels], 256 rows at a time through a sorting network: the
+    compare-exchanges run across rows, so they vectorise where a per-row select cannot."""
+    n_t = x.shape[0]
+    m = channels.shape[0]
+    width = 256
+    buf = np.empty((n_pad, width), dtype=np.float32)
+    lo = n_low + (m - 1) // 2
+    hi = n_low + m // 2
+    for t0 in range(0, n_t, width):
+        nb = min(width, n_t - t0)
+        for j in range(m):
+            c = channels[j]
+            for b in range(nb):
+                buf[j, b] = x[t0 + b, c]
+        for j in range(m, n_pad):
+            pad = -np.inf if j - m < n_low else np.inf
+            for b in range(nb):
+                buf[j, b] = pad
+        for q in range(pairs.shape[0]):
+            i = pairs[q, 0]
+            k = pairs[q, 1]
+            for b in range(nb):
+                u = buf[i, b]
+                v = buf[k, b]
+                lt = u < v
+                buf[i, b] = u if lt else v
+                buf[k, b] = v if lt else u
+        for b in range(nb):
+            out[t0 + b] = 0.5 * (buf[lo, b] + buf[hi, b])
+
+
 @njit(nogil=True, cache=True)
-def subtract_reference(x, channels, use_median):
-    """x[t, :] -= median (or mean) of x[t, channels]; in place."""
-    n_t, n_c = x.shape
+def _median_rows_select(x, channels, out):
+    """out[t] = median of x[t, channels] by quickselect (large channel counts)."""
+    n_t = x.shape[0]
     m = channels.shape[0]
     buf = np.empty(m, dtype=np.float32)
     for t in range(n_t):
         for j in range(m):
             buf[j] = x[t, channels[j]]
-        if use_median:
-            hi = _select(buf, m // 2)
-            if m % 2 == 0:
-                # the lower middle is the largest of the values left below position m // 2
-                lo = buf[0]
-                for j in range(1, m // 2):
-                    if buf[j] > lo:
-                        lo = buf[j]
-                ref = 0.5 * (lo + hi)
-            else:
-                ref = hi
+        hi = _select(buf, m // 2)
+        if m % 2 == 0:
+            # the lower middle is the largest of the values left below position m // 2
+            lo = buf[0]
+            for j in range(1, m // 2):
+                if buf[j] > lo:
+                    lo = buf[j]
+            out[t] = 0.5 * (lo + hi)
         else:
-            ref = buf.mean()
+            out[t] = hi
+
+
+@njit(nogil=True, cache=True)
+def _mean_rows(x, channels, out):
+    n_t = x.shape[0]
+    m = channels.shape[0]
+    for t in range(n_t):
+        acc = 0.0
+        for j in range(m):
+            acc += x[t, channels[j]]
+        out[t] = acc / m
+
+
+@njit(nogil=True, cache=True)
+def _subtract_rows(x, ref):
+    n_t, n_c = x.shape
+    for t in range(n_t):
+        r = ref[t]
         for c in range(n_c):
-            x[t, c] -= ref
+            x[t, c] -= r
+
+
+# a sorting network costs m log^2 m compare-exchanges but vectorises; quickselect costs ~3m
+# branchy steps. Measured on 60k rows: 28 vs 78 ms at 64 channels, 374 vs 385 ms at 384.
+NETWORK_MAX_CHANNELS = 256
+
+
+def subtract_reference(x: np.ndarray, channels: np.ndarray, use_median: bool) -> None:
+    """x[t, :] -= median (or mean) of x[t, channels]; in place. x is (T, C) float32."""
+    channels = np.ascontiguousarray(channels, dtype=np.int64)
+    ref = np.empty(x.shape[0], dtype=np.float32)
+    if len(channels) == 0:
+        return
+    if not use_median:
+        _mean_rows(x, channels, ref)
+    elif len(channels) <= NETWORK_MAX_CHANNELS:
+        pairs, n_pad, n_low = median_network(len(channels))
+        _median_rows_network(x, channels, pairs, n_pad, n_low, ref)
+    else:
+        _median_rows_select(x, channels, ref)
+    _subtract_rows(x, ref)
+
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def sparse_mix(x, idx, w, out):
+    """out[t, o] = sum_k w[o, k] * x[t, idx[o, k]] (rows of idx padded with -1): ``x @ W.T`` for
+    a sparse W. 128 samples at a time are turned channel-major, so each term is a vector
+    multiply-add over samples."""
+    n_t, n_c = x.shape
+    n_o, k_max = idx.shape
+    width = 128
+    tile = np.empty((n_c, width), dtype=np.float32)
+    acc = np.empty((n_o, width), dtype=np.float32)
+    for t0 in range(0, n_t, width):
+        nb = min(width, n_t - t0)
+        for b in range(nb):
+            row = x[t0 + b]
+            for c in range(n_c):
+                tile[c, b] = row[c]
+        for o in range(n_o):
+            a = acc[o]
+            for b in range(nb):
+                a[b] = 0.0
+            for k in range(k_max):
+                c = idx[o, k]
+                if c < 0:
+                    break
+                wk = w[o, k]
+                src = tile[c]
+                for b in range(nb):
+                    a[b] += wk * src[b]
+        for b in range(nb):
+            orow = out[t0 + b]
+            for o in range(n_o):
+                orow[o] = acc[o, b]
+
+
+@njit(nogil=True, cache=True)
+def quantize_int16(x, scale):
+    """int16 of round(x * scale), clipped to +-32767; one pass instead of numpy's four."""
+    n_t, n_c = x.shape
+    out = np.empty((n_t, n_c), dtype=np.int16)
+    for t in range(n_t):
+        for c in range(n_c):
+            v = np.rint(x[t, c] * scale)
+            out[t, c] = np.int16(min(32767.0, max(-32767.0, v)))
+    return out
