@@ -279,14 +279,31 @@ def template_snr(templates_uv: np.ndarray, noise_uv: np.ndarray) -> np.ndarray:
 
 
 def build_templates(store, times: np.ndarray, labels: np.ndarray, *, n_units: int, pre: int, nt: int,
-                    rng: np.random.Generator, max_spikes: int = 300) -> Templates:
-    """Median waveform of up to ``max_spikes`` spikes of each label, read from the trace store."""
-    dense = np.zeros((n_units, nt, store.n_channels), dtype=np.float32)
+                    rng: np.random.Generator, max_spikes: int = 300, n_jobs: int = 1) -> Templates:
+    """Median waveform of up to ``max_spikes`` spikes of each label, read from the trace store.
+
+    The spikes are drawn in unit order first, so ``n_jobs`` threads (the reads and numpy's
+    selection release the GIL) give the same templates as one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chosen = []
     for u in range(n_units):
         t = times[labels == u]
         if len(t) > max_spikes:
             t = np.sort(rng.choice(t, max_spikes, replace=False))
-        dense[u] = median_over_first_axis(store.snippets(t, pre=pre, nt=nt)) if len(t) else 0
+        chosen.append(t)
+    dense = np.zeros((n_units, nt, store.n_channels), dtype=np.float32)
+
+    def one(u):
+        if len(chosen[u]):
+            dense[u] = median_over_first_axis(store.snippets(chosen[u], pre=pre, nt=nt))
+
+    if n_jobs > 1 and n_units > 1:
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            list(pool.map(one, range(n_units)))
+    else:
+        for u in range(n_units):
+            one(u)
     return sparsify(dense, pre=pre)
 
 

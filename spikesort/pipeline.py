@@ -371,16 +371,30 @@ def _neighbors(run: _Run, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return peak_nb, feat_nb
 
 
+class _RawBlocks:
+    """The raw blocks preprocessing is fitted on, read when indexed (see fit_preprocessing)."""
+
+    def __init__(self, recording, *, starts: np.ndarray, length: int):
+        self.recording, self.starts, self.length = recording, starts, length
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        s = int(self.starts[i])
+        return _read_raw(self.recording, s, s + self.length)
+
+
 def _preprocess(run: _Run) -> Preprocessed:
     info, p, recording, store = run.info, run.params, run.recording, run.store
     fs = info.sampling_rate_hz
     block, starts = _sample_blocks(run)
-    blocks = [_read_raw(recording, s, s + block) for s in starts]
+    blocks = _RawBlocks(recording, starts=starts, length=block)
     try:
         model = fit_preprocessing(blocks, sampling_rate_hz=fs, positions_um=info.positions_um,
                                   highpass_hz=p.highpass_hz, lowpass_hz=p.lowpass_hz,
                                   reference=p.common_reference, whitening_radius_um=p.whitening_radius_um,
-                                  detect_bad_channels=p.bad_channel_detection)
+                                  detect_bad_channels=p.bad_channel_detection, n_jobs=run.n_jobs)
     except ValueError as exc:  # no usable channel, a filter above Nyquist: the data's fault
         if isinstance(exc, SpikesortError):
             raise
@@ -482,14 +496,16 @@ def _cluster(run: _Run, *, prep: Preprocessed, det: Detected) -> Clustered:
                         bimodality_threshold=p.bimodality_threshold,
                         merge_similarity=p.merge_similarity, seed=p.seed)
     times, labels = spikes.times[cl.spike_index], cl.labels
-    templates = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng)
+    templates = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng,
+                                n_jobs=run.n_jobs)
     sizes = np.bincount(labels[labels >= 0], minlength=cl.n_units)
     veto = snippet_merge_test(store, times, labels, pre=pre, nt=nt, threshold=p.bimodality_threshold, rng=rng)
     groups = merge_similar_templates(templates.dense, sizes, positions_um=info.positions_um, max_lag=3,
                                      threshold=p.template_merge_similarity, same_unit=veto)
     times, labels = relabel(times, labels, groups)
     log.info("%d clusters after template merges", len(groups))
-    templates = build_templates(store, times, labels, n_units=len(groups), pre=pre, nt=nt, rng=rng)
+    templates = build_templates(store, times, labels, n_units=len(groups), pre=pre, nt=nt, rng=rng,
+                                n_jobs=run.n_jobs)
     _, w_inv_uv = phy_whitening(prep.model.whitening, info.gains_to_uv)
     snr = template_snr(templates.dense @ w_inv_uv.astype(np.float32), prep.model.noise_sd * info.gains_to_uv)
     keep = np.flatnonzero((np.sqrt(templates.norm2) >= p.universal_threshold) & (snr >= p.min_template_snr))
@@ -545,7 +561,7 @@ def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
     spikes = remove_duplicates(apply_groups(cur.spikes, [[(u, 0) for u in g] for g in groups]),
                                window=int(round(p.duplicate_ms * fs / 1000)))
     templates = build_templates(run.store, spikes.times, spikes.templates, n_units=len(groups), pre=run.pre,
-                                nt=run.nt, rng=stage_rng(p.seed, "curate"))
+                                nt=run.nt, rng=stage_rng(p.seed, "curate"), n_jobs=run.n_jobs)
     return Curated(spikes=spikes, templates=templates)
 
 
@@ -556,7 +572,7 @@ def _curate(run: _Run, *, clu: Clustered, mat: Matched) -> Curated:
     dup = int(round(p.duplicate_ms * fs / 1000))
     spikes = remove_duplicates(mat.spikes, window=dup)
     post = build_templates(store, spikes.times, spikes.templates, n_units=clu.templates.n_templates, pre=pre,
-                           nt=nt, rng=rng)
+                           nt=nt, rng=rng, n_jobs=run.n_jobs)
     ghosts = ghost_units(spikes, post.dense, window=int(round(p.refractory_ms * fs / 1000)),
                          positions_um=info.positions_um)
     spikes = spikes.take(np.flatnonzero(~np.isin(spikes.templates, ghosts)))
@@ -567,7 +583,8 @@ def _curate(run: _Run, *, clu: Clustered, mat: Matched) -> Curated:
                                similarity=p.post_merge_similarity, same_unit=veto)
     spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
     log.info("%d units after refractory merges", len(groups))
-    final = build_templates(store, spikes.times, spikes.templates, n_units=len(groups), pre=pre, nt=nt, rng=rng)
+    final = build_templates(store, spikes.times, spikes.templates, n_units=len(groups), pre=pre, nt=nt, rng=rng,
+                            n_jobs=run.n_jobs)
     # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
     # too few spikes to be a unit: leftovers of a unit whose spikes other templates took
     counts = np.bincount(spikes.templates, minlength=final.n_templates)

@@ -54,14 +54,6 @@ def filter_and_reference(traces: np.ndarray, *, sos: np.ndarray, reference: str,
     return x
 
 
-def _referenced(filtered: np.ndarray, *, reference: str, good_channels: np.ndarray) -> np.ndarray:
-    """filter_and_reference's output from its unreferenced output (the filter is the same)."""
-    x = filtered.copy()
-    if reference != "none" and x.shape[1] > 1:
-        subtract_reference(x, np.flatnonzero(good_channels).astype(np.int64), reference == "median")
-    return x
-
-
 def _sos_zi(sos: np.ndarray) -> np.ndarray:
     return signal.sosfilt_zi(sos)
 
@@ -148,14 +140,22 @@ def _sparse_rows(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return idx, w
 
 
-def fit_preprocessing(blocks: list[np.ndarray], *, sampling_rate_hz: float, positions_um: np.ndarray,
+def fit_preprocessing(blocks, *, sampling_rate_hz: float, positions_um: np.ndarray,
                       highpass_hz: float, lowpass_hz: float, reference: str, whitening_radius_um: float,
-                      detect_bad_channels: bool) -> PreprocessModel:
-    """Fit filter, bad channels and whitening on a few raw blocks sampled across the recording."""
+                      detect_bad_channels: bool, n_jobs: int = 1) -> PreprocessModel:
+    """Fit filter, bad channels and whitening on a few raw blocks sampled across the recording.
+
+    ``blocks``: a sequence of (n, C) raw arrays; it is indexed, one block at a time per worker,
+    so it may read each block when asked (memory then holds a few blocks, not all of them: 32
+    one-second blocks of 384 channels are 1.5 GB in float32)."""
+    from .chunks import map_chunks
+
     sos = design_filter(sampling_rate_hz=sampling_rate_hz, highpass_hz=highpass_hz, lowpass_hz=lowpass_hz)
-    n_ch = blocks[0].shape[1]
-    filtered = [filter_and_reference(b, sos=sos, reference="none") for b in blocks]
-    sd_raw = np.median([robust_sd(f, max_samples=10_000) for f in filtered], axis=0)
+    n_blocks = len(blocks)
+    sds = list(map_chunks(lambda i: robust_sd(filter_and_reference(blocks[i], sos=sos, reference="none"),
+                                              max_samples=10_000), range(n_blocks), n_jobs=n_jobs))
+    n_ch = len(sds[0])
+    sd_raw = np.median(sds, axis=0)
     bad = find_bad_channels(sd_raw) if detect_bad_channels and n_ch > 2 else {}
     if len(bad) == n_ch:
         raise ValueError("every channel looks dead or saturated: the recording has no usable signal")
@@ -164,18 +164,23 @@ def fit_preprocessing(blocks: list[np.ndarray], *, sampling_rate_hz: float, posi
     for c, why in bad.items():
         log.warning("channel %d looks %s (noise sd %.3g vs probe median %.3g): left out", c, why, sd_raw[c],
                     np.median(sd_raw))
-    referenced = [_referenced(f, reference=reference, good_channels=good) for f in filtered]
-    stacked = np.concatenate(referenced, axis=0)
-    noise_sd = robust_sd(stacked)
-    # spikes inflate the covariance; clip big excursions so a few large units do not dominate it
-    lim = 6.0 * np.maximum(noise_sd, 1e-12)
-    clipped = np.clip(stacked, -lim.astype(np.float32), lim.astype(np.float32))
-    # float32 BLAS: ~10x faster than float64 here, and 1e-6 relative accuracy is plenty for a whitening
-    cov = (clipped.T @ clipped).astype(np.float64) / max(len(clipped), 1)
+
+    def referenced(i):
+        x = filter_and_reference(blocks[i], sos=sos, reference=reference, good_channels=good)
+        sd = robust_sd(x, max_samples=10_000)
+        # spikes inflate the covariance; clip big excursions so a few large units do not dominate it
+        lim = (6.0 * np.maximum(sd, 1e-12)).astype(np.float32)
+        clipped = np.clip(x, -lim, lim)
+        # float32 BLAS: ~10x faster than float64, and 1e-6 relative accuracy is plenty for a whitening
+        return (clipped.T @ clipped).astype(np.float64), len(x), sd, x[:: max(1, len(x) * n_blocks // 100_000)]
+
+    parts = list(map_chunks(referenced, range(n_blocks), n_jobs=n_jobs))
+    cov = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
+    noise_sd = np.median([p[2] for p in parts], axis=0)
+    sample = np.concatenate([p[3] for p in parts])
     w = local_zca(cov, positions_um=positions_um, radius_um=whitening_radius_um, good_channels=good)
     # scale rows so every good channel has unit robust noise sd in whitened space: thresholds are then in sd
-    # the rows robust_sd would subsample anyway, without whitening the others
-    sd_white = robust_sd(apply_whitening(stacked[:: -(-len(stacked) // 100_000)], w))
+    sd_white = robust_sd(apply_whitening(sample, w))
     w[good] /= np.maximum(sd_white[good], 1e-12)[:, None].astype(np.float32)
     return PreprocessModel(sos=sos, whitening=w, good_channels=good, noise_sd=noise_sd.astype(np.float32),
                            reference=reference, bad_reasons=bad)
