@@ -600,3 +600,28 @@ def test_no_spikes_gives_an_empty_phy_folder(rec, tmp_path):
     r = _invoke("info", out)
     assert r.exit_code == 0 and "units:      0" in r.stdout and "spikes:     0" in r.stdout
     _untouched(rec)
+
+
+def test_background_save_is_loadable_after_wait_and_reports_its_error(tmp_path):
+    """The preprocess checkpoint is written on a thread while the next stages run: it is there
+    once wait() returns, and a failure on that thread surfaces in the sorting thread."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Value:
+        x: np.ndarray
+
+    params = checkpoints.ParamReads(__import__("spikesort").Params())
+    state = checkpoints.Checkpoints(tmp_path, identity={"recording": "r"})
+    big = tmp_path / checkpoints.STATE_DIR / "big.dat"
+    big.parent.mkdir(parents=True)
+    big.write_bytes(b"\0" * 1000)
+    state.save("preprocess", Value(np.arange(5)), reads={}, files=[big], background=True)
+    state.wait()
+    again = checkpoints.Checkpoints(tmp_path, identity={"recording": "r"})
+    np.testing.assert_array_equal(again.load("preprocess", Value, params).x, np.arange(5))
+
+    state.save("detect", Value(np.arange(3)), reads={}, files=[tmp_path / "missing.dat"], background=True)
+    with pytest.raises(FileNotFoundError):
+        state.wait()
+    assert not state.has("detect")
