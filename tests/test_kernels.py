@@ -788,3 +788,28 @@ def test_subtract_filtered_equals_refiltering_the_residual(seed):
     subtract_templates(x, ts, ks, amps, t.values, t.channels, pre)
     subtract_filtered(y, ts, ks, amps, filtered_templates(t, h), t.channels, inv_sd)
     np.testing.assert_allclose(y, temporal_filter(x, h, pre) * inv_sd, atol=1e-4)
+
+
+def test_reference_channels_spread_evenly_over_long_probes():
+    from spikesort.preprocess import REFERENCE_MAX_CHANNELS, reference_channels
+
+    good = np.arange(64)
+    np.testing.assert_array_equal(reference_channels(good), good)
+    good = np.delete(np.arange(384), [5, 100, 200])
+    sub = reference_channels(good)
+    assert len(sub) == REFERENCE_MAX_CHANNELS and np.all(np.isin(sub, good))
+    assert sub[0] == good[0] and sub[-1] == good[-1]
+    assert np.diff(sub).max() <= 4  # no stretch of the probe left out
+
+
+def test_robust_template_is_the_median_where_the_waveform_is():
+    from spikesort.match import robust_template
+
+    rng = np.random.default_rng(3)
+    snippets = rng.standard_normal((301, 20, 10)).astype(np.float32)
+    snippets[:, 8, 2:4] += 15  # the unit lives on channels 2 and 3
+    snippets[:5, 8, 2] += 1000  # a few overlapping spikes, which a mean would follow
+    t = robust_template(snippets)
+    np.testing.assert_allclose(t[:, 2:4], np.median(snippets[:, :, 2:4], axis=0), atol=1e-5)
+    np.testing.assert_allclose(t[:, 5:], snippets[:, :, 5:].mean(axis=0), atol=1e-5)
+    assert abs(t[8, 2] - 15) < 1
