@@ -18,6 +18,15 @@ Examples::
         spykingcircus2 lupin kilosort4 --cached-peers-only      # the peer table, nothing is run
 
 The table is printed as markdown; ``--out results.json`` also writes JSON and CSV.
+
+``--speed`` measures speed and memory instead (see ``--help`` and scripts/speed_scenarios.py):
+spikesort's per-stage wall time and peak RSS on a ground-truth scenario (static64, with the
+peers) and on a 384-channel Neuropixels-1.0-like recording of 5 and 10 minutes, each beside a
+floor pass (read the int16 binary and high-pass filter it)::
+
+    python scripts/benchmark.py --speed --cached-peers-only --out speed.json   # on an idle machine
+    python scripts/benchmark.py --speed --scenarios static32 --speed-channels 32 \
+        --speed-minutes 0.2 0.4 --sorters spikesort       # a quick check of the whole path
 """
 from __future__ import annotations
 
@@ -38,6 +47,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+# the speed mode's own module sits next to this script (not on the path when loaded by a test)
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speed_scenarios  # noqa: E402
 
 # bump when the way recordings are generated or stored changes: old caches are then rebuilt
 GENERATOR_VERSION = 1
@@ -94,11 +108,11 @@ def build_probe(*, kind: str):
         probe = generate_multi_columns_probe(
             num_columns=2, num_contact_per_column=16, xpitch=22.0, ypitch=25.0, y_shift_per_column=[0.0, 12.5]
         )
-    elif kind == "np1_64":
+    elif kind.startswith("np1_") and kind[4:].isdigit() and 1 <= int(kind[4:]) <= 384:
         from probeinterface.neuropixels_tools import build_neuropixels_probe
 
-        # first 64 contacts of a Neuropixels 1.0: x = 16/48, 0/32 staggered rows, 20 µm pitch
-        probe = build_neuropixels_probe("NP1000").get_slice(np.arange(64))
+        # first N contacts (bank 0) of a Neuropixels 1.0: x = 16/48, 0/32 staggered rows, 20 µm pitch
+        probe = build_neuropixels_probe("NP1000").get_slice(np.arange(int(kind[4:])))
     else:
         raise ValueError(f"unknown probe kind {kind!r}")
     probe.set_device_channel_indices(np.arange(probe.get_contact_count()))
@@ -165,10 +179,61 @@ def recording_folder(*, cache_dir: Path, scenario: str, seed: int) -> Path:
 def ensure_recording(*, cache_dir: Path, scenario: Scenario, seed: int, n_jobs: int) -> Path:
     """Generate and save a scenario once; return its folder (``recording/``, ``gt_sorting.npz``)."""
     from spikeinterface.generation import generate_drifting_recording
+
+    def generate():
+        static, drifting, gt = generate_drifting_recording(
+            num_units=scenario.num_units,
+            duration=scenario.duration_s,
+            probe=build_probe(kind=scenario.probe),
+            generate_displacement_vector_kwargs=displacement_kwargs(drift=scenario.drift),
+            seed=seed,
+        )
+        return (static if scenario.drift == "none" else drifting), gt
+
+    return save_generated(folder=recording_folder(cache_dir=cache_dir, scenario=scenario.name, seed=seed),
+                          spec=scenario_spec(scenario=scenario, seed=seed), generate=generate, n_jobs=n_jobs)
+
+
+# the speed mode's long recording: about 150 units on 384 channels, fewer on fewer channels
+SPEED_UNITS_PER_CHANNEL = 150 / 384
+
+
+def speed_recording_spec(*, n_channels: int, duration_s: float, num_units: int, seed: int) -> dict:
+    import spikeinterface
+
+    return dict(generator_version=GENERATOR_VERSION, spikeinterface=spikeinterface.__version__,
+                storage_gain_uv=STORAGE_GAIN_UV, seed=int(seed), name=f"np1_{n_channels}ch", probe=f"np1_{n_channels}",
+                num_units=int(num_units), duration_s=float(duration_s), drift="none", noise="white 6-8 uV")
+
+
+def ensure_speed_recording(*, cache_dir: Path, n_channels: int, duration_s: float, num_units: int, seed: int,
+                           n_jobs: int) -> Path:
+    """The speed mode's Neuropixels-1.0-like recording (the first ``n_channels`` contacts of bank
+    0), static, generated lazily and saved once in 1 s chunks on ``n_jobs`` processes.
+
+    The noise is white (independent channels, 6-8 µV): the scenarios' spatially correlated noise
+    draws a multivariate normal per block and makes 384 channels about 10× slower to generate,
+    and a sorter's cost does not depend on it."""
+    from spikeinterface.generation import generate_drifting_recording
+
+    def generate():
+        static, _, gt = generate_drifting_recording(
+            num_units=num_units, duration=duration_s, probe=build_probe(kind=f"np1_{n_channels}"),
+            generate_displacement_vector_kwargs=displacement_kwargs(drift="none"),
+            generate_noise_kwargs=dict(noise_levels=(6.0, 8.0), spatial_decay=None), seed=seed)
+        return static, gt
+
+    folder = cache_dir / "recordings" / f"np1_{n_channels}ch_{duration_s:g}s_seed{seed}"
+    spec = speed_recording_spec(n_channels=n_channels, duration_s=duration_s, num_units=num_units, seed=seed)
+    return save_generated(folder=folder, spec=spec, generate=generate, n_jobs=n_jobs)
+
+
+def save_generated(*, folder: Path, spec: dict, generate, n_jobs: int) -> Path:
+    """Save ``generate()`` -> (recording in µV, ground-truth sorting) as an int16 binary folder
+    with its ground truth, once: a folder whose ``scenario.json`` equals ``spec`` is reused. The
+    folder appears complete or not at all (built under a temporary name, then renamed)."""
     from spikeinterface.preprocessing import scale
 
-    folder = recording_folder(cache_dir=cache_dir, scenario=scenario.name, seed=seed)
-    spec = scenario_spec(scenario=scenario, seed=seed)
     spec_file = folder / "scenario.json"
     if spec_file.exists() and json.loads(spec_file.read_text()) == spec:
         return folder
@@ -177,15 +242,7 @@ def ensure_recording(*, cache_dir: Path, scenario: Scenario, seed: int, n_jobs: 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        probe = build_probe(kind=scenario.probe)
-        static, drifting, gt = generate_drifting_recording(
-            num_units=scenario.num_units,
-            duration=scenario.duration_s,
-            probe=probe,
-            generate_displacement_vector_kwargs=displacement_kwargs(drift=scenario.drift),
-            seed=seed,
-        )
-        source = static if scenario.drift == "none" else drifting
+        source, gt = generate()
         # the generated recording is rebuilt from its seed, not from a provenance file
         warnings.filterwarnings("ignore", message="The extractor is not serializable")
         as_int16 = scale(source, gain=1.0 / STORAGE_GAIN_UV, offset=0.0, dtype="int16")
@@ -397,6 +454,9 @@ def child_main(*, spec_path: Path) -> int:
 
         set_global_job_kwargs(n_jobs=spec["n_jobs"], progress_bar=False, chunk_duration="1s")
         recording = load_recording(folder=Path(spec["recording_folder"]))
+        if spec.get("frame_range"):
+            # the speed mode's shorter case: the first part of the long recording's binary
+            recording = recording.frame_slice(start_frame=spec["frame_range"][0], end_frame=spec["frame_range"][1])
         sorter = spec["sorter"]
         params = spec["params"]
         work = Path(spec["work_folder"])
@@ -416,8 +476,8 @@ def child_main(*, spec_path: Path) -> int:
             # the automatic labels, for the label columns (the work folder may be deleted)
             if (work / "cluster_KSLabel.tsv").is_file():
                 shutil.copy(work / "cluster_KSLabel.tsv", out / "cluster_KSLabel.tsv")
-            # the motion estimate, for the motion-error column
-            for name in ("motion.npy", "motion_time_bins_s.npy", "motion_depth_bins_um.npy", "motion_shanks.npy"):
+            # the motion estimate, for the motion-error column; the run record, for the stage costs
+            for name in ("spikesort_run.json", "motion.npy", "motion_time_bins_s.npy", "motion_depth_bins_um.npy", "motion_shanks.npy"):
                 if (work / name).is_file():
                     shutil.copy(work / name, out / name)
         else:
@@ -479,6 +539,7 @@ def run_sorter_subprocess(
     timeout_s: float | None,
     dummy: bool = False,
     poll_s: float = 1.0,
+    frame_range: tuple[int, int] | None = None,
 ) -> dict:
     """Run one sorter in a child python; return status, wall and peak memory."""
     import psutil
@@ -492,6 +553,7 @@ def run_sorter_subprocess(
         params=params,
         n_jobs=n_jobs,
         dummy=dummy,
+        frame_range=None if frame_range is None else [int(frame_range[0]), int(frame_range[1])],
     )
     spec_path = result_folder / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
@@ -615,9 +677,11 @@ def markdown_table(*, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(*, rows: list[dict], out: Path) -> None:
+def write_outputs(*, rows: list[dict], out: Path, extra: dict | None = None) -> None:
+    """OUT.json (the rows; with ``extra``, an object {"rows": rows, **extra}) and OUT.csv."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
+    doc = rows if extra is None else {"rows": rows, **extra}
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
     keys = []
     for row in rows:
         keys += [k for k in row if k not in keys and k != "traceback"]
@@ -722,6 +786,7 @@ def run_benchmark(
                     log(f"[{name} seed {seed}] {sorter}: {report['status']} in {report.get('wall_s', report['process_wall_s']):.1f} s"
                         + (f" ({report['error']})" if report.get("error") else ""))
                 row.update(
+                    result_folder=str(result_folder),
                     status=report["status"],
                     error=report.get("error"),
                     wall_s=report.get("wall_s"),
@@ -749,6 +814,123 @@ def run_benchmark(
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# speed mode
+
+
+def binary_of(*, folder: Path) -> dict:
+    """The int16 binary behind a saved recording folder: its path, channels, rate and frames."""
+    rec = load_recording(folder=folder)
+    path = folder / "recording" / "traces_cached_seg0.raw"
+    if rec.get_num_segments() != 1 or not path.is_file():
+        raise ValueError(f"{folder / 'recording'} is not a one-segment binary folder")
+    return dict(path=path, n_channels=int(rec.get_num_channels()), sampling_rate_hz=float(rec.get_sampling_frequency()),
+                n_samples=int(rec.get_num_samples(0)), dtype=str(rec.get_dtype()))
+
+
+def _duration_label(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def _add_floor(row: dict, floor) -> None:
+    row.update(floor_s=floor.wall_s, floor_threads=floor.threads, floor_mean_square=floor.mean_square)
+    if row.get("status") == "ok" and row.get("wall_s"):
+        row["sort_floor"] = row["wall_s"] / floor.wall_s
+
+
+def run_speed(
+    *,
+    scenarios: list[str],
+    seed: int,
+    sorters: list[str],
+    cache_dir: Path,
+    work_dir: Path,
+    rerun_peers: bool,
+    cached_peers_only: bool,
+    spikesort_params: dict,
+    n_jobs: int,
+    timeout_s: float | None,
+    keep_outputs: bool,
+    channels: int,
+    minutes: list[float],
+    num_units: int | None,
+    floor_threads: int,
+    log=lambda msg: None,
+) -> list[dict]:
+    """Rows of the speed table: (a) every sorter on the ground-truth ``scenarios`` (peers from
+    their cache as in the accuracy benchmark); (b) spikesort on the first ``minutes`` of one
+    NP1-like recording of ``channels`` channels and max(minutes) minutes; each row with the floor
+    pass on the same frames of the same binary (run after the sorts) and, for spikesort, the
+    per-stage costs its run recorded."""
+    rows = []
+    a_rows = run_benchmark(
+        scenarios=scenarios, seeds=[seed], sorters=sorters, cache_dir=cache_dir, work_dir=work_dir,
+        rerun_peers=rerun_peers, cached_peers_only=cached_peers_only, spikesort_params=spikesort_params,
+        n_jobs=n_jobs, timeout_s=timeout_s, keep_outputs=keep_outputs, dummy=False, log=log)
+    for name in scenarios:
+        mine = [r for r in a_rows if r["scenario"] == name]
+        if not mine:
+            continue
+        binary = binary_of(folder=recording_folder(cache_dir=cache_dir, scenario=name, seed=seed))
+        floor = speed_scenarios.floor_pass(path=binary["path"], n_channels=binary["n_channels"], dtype=binary["dtype"],
+                                           sampling_rate_hz=binary["sampling_rate_hz"], threads=floor_threads)
+        log(f"[{name}] floor pass: {floor.wall_s:.1f} s ({floor.x_realtime:.1f}× real time)")
+        for row in mine:
+            row.update(case=name, kind="a", channels=binary["n_channels"], minutes=row["duration_s"] / 60,
+                       recording=f"{binary['n_channels']} ch × {_duration_label(row['duration_s'])}")
+            if row["sorter"] == "spikesort" and row.get("status") == "ok":
+                row.update(speed_scenarios.stage_costs(run_json=Path(row["result_folder"]) / "spikesort_run.json"))
+            _add_floor(row, floor)
+            rows.append(row)
+
+    version = sorter_version(sorter="spikesort")
+    if not minutes or "spikesort" not in sorters or version is None:
+        log("the NP1-like runs are skipped: they run spikesort only")
+        return rows
+    units = num_units or max(3, int(round(SPEED_UNITS_PER_CHANNEL * channels)))
+    t0 = time.perf_counter()
+    folder = ensure_speed_recording(cache_dir=cache_dir, n_channels=channels, duration_s=60.0 * max(minutes),
+                                    num_units=units, seed=seed, n_jobs=n_jobs)
+    log(f"[np1 {channels} ch] recording of {max(minutes):g} min ready in {time.perf_counter() - t0:.1f} s: {folder}")
+    binary = binary_of(folder=folder)
+    fs = binary["sampling_rate_hz"]
+    gt = load_sorting_npz(path=folder / "gt_sorting.npz")
+    for m in sorted(set(minutes)):
+        n = min(binary["n_samples"], int(round(m * 60.0 * fs)))
+        case = f"np1_{channels}ch_{m:g}min"
+        result_folder = work_dir / f"{case}_seed{seed}" / "spikesort-result"
+        work_folder = work_dir / f"{case}_seed{seed}" / "spikesort"
+        if result_folder.exists():
+            shutil.rmtree(result_folder)
+        log(f"[{case}] spikesort {version}: running ...")
+        report = run_sorter_subprocess(
+            sorter="spikesort", recording_folder=folder, work_folder=work_folder, result_folder=result_folder,
+            params=dict(spikesort_params), n_jobs=n_jobs, timeout_s=timeout_s, frame_range=(0, n))
+        if not keep_outputs and work_folder.exists():
+            shutil.rmtree(work_folder, ignore_errors=True)
+        log(f"[{case}] spikesort: {report['status']} in {report.get('wall_s', report['process_wall_s']):.1f} s"
+            + (f" ({report['error']})" if report.get("error") else ""))
+        row = dict(case=case, kind="b", scenario=case, seed=seed, sorter="spikesort", version=version,
+                   params=dict(spikesort_params), duration_s=n / fs, minutes=m, channels=channels,
+                   recording=f"{channels} ch × {_duration_label(n / fs)}", source="run", result_folder=str(result_folder),
+                   status=report["status"], error=report.get("error"), wall_s=report.get("wall_s"),
+                   process_wall_s=report.get("process_wall_s"), cpu_s=report.get("cpu_s"),
+                   load_before=report.get("load_before"), load_after=report.get("load_after"),
+                   peak_rss_mb=report.get("peak_rss_mb"))
+        if row["wall_s"]:
+            row["x_realtime"] = row["duration_s"] / row["wall_s"]
+        if report["status"] == "ok":
+            row.update(speed_scenarios.stage_costs(run_json=result_folder / "spikesort_run.json"))
+            row.update(score_sorting(gt=gt.frame_slice(start_frame=0, end_frame=n),
+                                     tested=load_sorting_npz(path=result_folder / "sorting.npz")))
+        floor = speed_scenarios.floor_pass(path=binary["path"], n_channels=binary["n_channels"], dtype=binary["dtype"],
+                                           sampling_rate_hz=fs, n_samples=n, threads=floor_threads)
+        log(f"[{case}] floor pass: {floor.wall_s:.1f} s ({floor.x_realtime:.1f}× real time)")
+        _add_floor(row, floor)
+        rows.append(row)
+    return rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] + " Prints one markdown table.",
@@ -757,11 +939,19 @@ def build_parser() -> argparse.ArgumentParser:
         "unmatched sorted units with best agreement < 0.2; mean accuracy over all GT units (0 when\n"
         "missed); wall s = the sort call alone (imports and scoring excluded); CPU s = user+system\n"
         "of the sorter process and its workers; peak RSS = max of the polled memory (PSS) of the\n"
-        "process tree and of ru_maxrss. On a shared machine check load_before/load_after in --out.",
+        "process tree and of ru_maxrss. On a shared machine check load_before/load_after in --out.\n\n"
+        "--speed: one run measures (a) every sorter on --scenarios (default static64; peers from\n"
+        "their cache as above), (b) spikesort on the first --speed-minutes of one Neuropixels-1.0-like\n"
+        "recording of --speed-channels channels (generated once, saved as int16 and cached, so its\n"
+        "generation is never timed), and beside each (c) the floor pass: read that int16 binary in\n"
+        "2 s chunks and high-pass it (300 Hz, 3rd-order Butterworth, zero phase, float32) on\n"
+        "--floor-threads threads. The table adds floor pass s, sort ÷ floor and per-stage\n"
+        "'seconds / peak RSS MB' from spikesort_run.json, and ratio lines under it: × real time,\n"
+        "sort ÷ floor, peak RSS and RSS(longest) ÷ RSS(shortest), each beside the issue's target.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scenarios", nargs="+", default=["static32", "static64"], choices=sorted(SCENARIOS),
-                   metavar="NAME", help="scenarios to run (default: static32 static64)")
+    p.add_argument("--scenarios", nargs="+", default=None, choices=sorted(SCENARIOS),
+                   metavar="NAME", help="scenarios to run (default: static32 static64; with --speed: static64)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="generation seeds (default: 0)")
     p.add_argument("--sorters", nargs="+", default=list(ALL_SORTERS), choices=ALL_SORTERS,
                    metavar="NAME", help="sorters to run: " + ", ".join(ALL_SORTERS) + "; peers that are not installed are skipped (default: all)")
@@ -781,6 +971,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="kill a sorter after this many seconds")
     p.add_argument("--out", type=Path, default=None, help="also write the rows to OUT.json and OUT.csv")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    speed = p.add_argument_group("speed mode")
+    speed.add_argument("--speed", action="store_true",
+                       help="measure speed and memory (per stage, beside a floor pass) instead of accuracy; one seed")
+    speed.add_argument("--speed-channels", type=int, default=384, metavar="N",
+                       help="channels of the NP1-like recording: its first N contacts (default: 384)")
+    speed.add_argument("--speed-minutes", nargs="*", type=float, default=[5.0, 10.0], metavar="MIN",
+                       help="durations sorted from the start of one recording of the longest; none: skip (b) "
+                            "(default: 5 10)")
+    speed.add_argument("--speed-units", type=int, default=None, metavar="N",
+                       help="ground-truth units of the NP1-like recording (default: 150 per 384 channels)")
+    speed.add_argument("--floor-threads", type=int, default=2, metavar="N",
+                       help="threads of the floor pass (default: 2)")
     # hidden: a stand-in for spikesort.sort (ground truth degraded in known ways), to test this script
     p.add_argument("--dummy", action="store_true", help=argparse.SUPPRESS)
     # hidden: run one sorter (internal, used by the subprocess)
@@ -795,6 +997,18 @@ def main(argv=None) -> int:
         parser.error("--rerun-peers and --cached-peers-only contradict each other")
     if args._child is not None:
         return child_main(spec_path=args._child)
+    if args.speed:
+        if len(args.seeds) != 1:
+            parser.error("--speed runs one seed")
+        if args.dummy:
+            parser.error("--speed measures spikesort itself: --dummy does not apply")
+        if not 8 <= args.speed_channels <= 384:
+            parser.error("--speed-channels must be between 8 and 384 (the contacts of one NP1 bank)")
+        if any(not 0 < m <= 600 for m in args.speed_minutes):
+            parser.error("--speed-minutes must be above 0 and at most 600")
+        if args.floor_threads < 1 or (args.speed_units is not None and args.speed_units < 1):
+            parser.error("--floor-threads and --speed-units must be at least 1")
+    scenarios = args.scenarios or (["static64"] if args.speed else ["static32", "static64"])
     cache_dir = args.cache.expanduser().resolve()
     work_dir = (args.workdir or cache_dir / "runs").expanduser().resolve()
 
@@ -802,8 +1016,10 @@ def main(argv=None) -> int:
         if not args.quiet:
             print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
+    if args.speed:
+        return speed_main(args=args, scenarios=scenarios, cache_dir=cache_dir, work_dir=work_dir, log=log)
     rows = run_benchmark(
-        scenarios=args.scenarios, seeds=args.seeds, sorters=args.sorters, cache_dir=cache_dir,
+        scenarios=scenarios, seeds=args.seeds, sorters=args.sorters, cache_dir=cache_dir,
         work_dir=work_dir, rerun_peers=args.rerun_peers, cached_peers_only=args.cached_peers_only, spikesort_params=dict(args.params),
         n_jobs=args.n_jobs, timeout_s=args.timeout, keep_outputs=args.keep_outputs, dummy=args.dummy, log=log,
     )
@@ -818,6 +1034,27 @@ def main(argv=None) -> int:
     failed = [r for r in rows if r["status"] != "ok"]
     for r in failed:
         print(f"{r['scenario']} seed {r['seed']} {r['sorter']}: {r['status']}: {r.get('error')}", file=sys.stderr)
+    return 0
+
+
+def speed_main(*, args, scenarios: list[str], cache_dir: Path, work_dir: Path, log) -> int:
+    rows = run_speed(
+        scenarios=scenarios, seed=args.seeds[0], sorters=args.sorters, cache_dir=cache_dir, work_dir=work_dir,
+        rerun_peers=args.rerun_peers, cached_peers_only=args.cached_peers_only, spikesort_params=dict(args.params),
+        n_jobs=args.n_jobs, timeout_s=args.timeout, keep_outputs=args.keep_outputs, channels=args.speed_channels,
+        minutes=args.speed_minutes, num_units=args.speed_units, floor_threads=args.floor_threads, log=log)
+    for row in rows:
+        if row["sorter"] != "spikesort":
+            row["sorter"] = f"{row['sorter']} {row['version']}"
+    summary = speed_scenarios.speed_summary(rows=rows)
+    print(speed_scenarios.speed_table(rows=rows))
+    print()
+    print("\n".join(summary.lines))
+    if args.out is not None:
+        write_outputs(rows=rows, out=args.out, extra={"ratios": summary.ratios})
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"{r['case']} {r['sorter']}: {r['status']}: {r.get('error')}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,301 @@
+"""The parts of the speed benchmark (``scripts/benchmark.py --speed``) that stand on their own.
+
+* the floor pass: read an int16 binary in chunks and high-pass filter every chunk, the cost any
+  sorter pays before it does anything of its own;
+* the per-stage costs a spikesort run records in ``spikesort_run.json``;
+* the speed table and the ratios the issue's targets are stated in.
+
+Nothing here runs a sorter or generates data: ``benchmark.py`` does that and hands over rows
+(dicts). A row of the speed table has ``case``, ``kind`` ("a": a ground-truth scenario, spikesort
+and the peers; "b": the long NP1-like recording, spikesort only), ``recording`` (a label),
+``minutes``, ``sorter``, ``status``, ``wall_s``, ``x_realtime``, ``peak_rss_mb``, ``floor_s``,
+``sort_floor``, the accuracy fields when scored, and ``stage_<name>_s`` / ``stage_<name>_rss_mb``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# the order spikesort runs its stages in; drift runs inside preprocess (its time is part of it)
+STAGES = ("preprocess", "drift", "detect", "cluster", "match", "curate", "export")
+
+# the issue's done-when figures
+TARGET_X_REALTIME_A = 8.0  # 64 ch × 300 s
+TARGET_X_REALTIME_B = 1.0  # 384 ch
+TARGET_RSS_B_MB = 4096.0  # 4 GB, for the 384-channel runs
+TARGET_RSS_GROWTH = 1.10  # RSS(longest) ÷ RSS(shortest)
+TARGET_SORT_FLOOR = 4.0  # whole sort ÷ floor pass on the same data
+
+# the floor pass filters like spikesort's preprocessing: 3rd-order Butterworth, zero phase, on a
+# 2 s grid with a 10 ms margin on each side
+FLOOR_HIGHPASS_HZ = 300.0
+FLOOR_CHUNK_S = 2.0
+FLOOR_MARGIN_S = 0.01
+CHECK_STRIDE = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# the floor pass
+
+
+@dataclasses.dataclass(frozen=True)
+class FloorPass:
+    wall_s: float
+    n_samples: int
+    n_channels: int
+    sampling_rate_hz: float
+    n_chunks: int
+    threads: int
+    # mean square of the filtered samples of every CHECK_STRIDE-th channel: a check on the output
+    # that costs under 1% of the pass (all channels would cost ~6%)
+    mean_square: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.sampling_rate_hz
+
+    @property
+    def x_realtime(self) -> float:
+        return self.duration_s / self.wall_s if self.wall_s > 0 else math.inf
+
+
+def floor_chunks(*, n_samples: int, chunk: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """(read_start, read_stop, keep_start, keep_stop) of every chunk: the kept windows tile
+    [0, n_samples) exactly; the reads add up to ``margin`` samples on each side."""
+    if chunk < 1 or margin < 0:
+        raise ValueError(f"chunk must be >= 1 and margin >= 0, got {chunk} and {margin}")
+    out = []
+    for keep_start in range(0, n_samples, chunk):
+        keep_stop = min(n_samples, keep_start + chunk)
+        out.append((max(0, keep_start - margin), min(n_samples, keep_stop + margin), keep_start, keep_stop))
+    return out
+
+
+def highpass_sos(*, sampling_rate_hz: float, highpass_hz: float = FLOOR_HIGHPASS_HZ) -> np.ndarray:
+    from scipy import signal
+
+    # float32 coefficients keep sosfiltfilt in float32 (float64 ones would upcast the traces)
+    return signal.butter(3, highpass_hz, btype="highpass", fs=sampling_rate_hz, output="sos").astype(np.float32)
+
+
+def floor_pass(*, path: Path, n_channels: int, sampling_rate_hz: float, n_samples: int | None = None,
+               dtype: str = "int16", threads: int = 2, chunk_s: float = FLOOR_CHUNK_S,
+               margin_s: float = FLOOR_MARGIN_S, highpass_hz: float = FLOOR_HIGHPASS_HZ) -> FloorPass:
+    """Read the first ``n_samples`` frames (all by default) of a headerless (samples, channels)
+    binary in chunks and high-pass filter each one, zero phase, in float32, on ``threads``
+    threads (file reads and scipy's filter loop release the GIL); return the wall time."""
+    from scipy import signal
+
+    path = Path(path)
+    itemsize = np.dtype(dtype).itemsize
+    frame_bytes = itemsize * int(n_channels)
+    total = os.path.getsize(path) // frame_bytes
+    n = total if n_samples is None else int(n_samples)
+    if not 0 < n <= total:
+        raise ValueError(f"{path} holds {total} frames of {n_channels} channels, cannot read {n}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    sos = highpass_sos(sampling_rate_hz=sampling_rate_hz, highpass_hz=highpass_hz)
+    chunks = floor_chunks(n_samples=n, chunk=max(1, int(round(chunk_s * sampling_rate_hz))),
+                          margin=int(round(margin_s * sampling_rate_hz)))
+
+    def one(bounds) -> float:
+        a, b, keep_a, keep_b = bounds
+        x = np.fromfile(path, dtype=dtype, count=(b - a) * n_channels, offset=a * frame_bytes)
+        # channels as rows: the filter then runs along contiguous memory
+        x = np.ascontiguousarray(x.reshape(b - a, n_channels).T, dtype=np.float32)
+        y = signal.sosfiltfilt(sos, x, axis=1)[::CHECK_STRIDE, keep_a - a:keep_b - a]
+        return float(np.einsum("ij,ij->", y, y, dtype=np.float64))
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        energy = sum(pool.map(one, chunks))
+    wall = time.perf_counter() - t0
+    return FloorPass(wall_s=wall, n_samples=n, n_channels=int(n_channels), sampling_rate_hz=float(sampling_rate_hz),
+                     n_chunks=len(chunks), threads=int(threads),
+                     mean_square=energy / (n * len(range(0, n_channels, CHECK_STRIDE))))
+
+
+# ---------------------------------------------------------------------------------------------
+# per-stage costs of a spikesort run
+
+
+def stage_costs(*, run_json: Path) -> dict:
+    """``{"stage_<name>_s": seconds, "stage_<name>_rss_mb": MB}`` from a spikesort_run.json (its
+    ``timings_s`` and, when the run recorded it, ``peak_rss_mb``); empty when there is none."""
+    path = Path(run_json)
+    if not path.is_file():
+        return {}
+    try:
+        run = json.loads(path.read_text(encoding="utf8"))
+    except (OSError, ValueError):
+        log.warning("could not read %s", path)
+        return {}
+    out = {}
+    for key, suffix in (("timings_s", "_s"), ("peak_rss_mb", "_rss_mb")):
+        values = run.get(key)
+        if isinstance(values, dict):
+            for stage, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"stage_{stage}{suffix}"] = float(v)
+    return out
+
+
+def stage_names(*, rows: list[dict]) -> list[str]:
+    """The stages the rows carry: spikesort's in run order, then any other."""
+    found = []
+    for row in rows:
+        for key in row:
+            if key.startswith("stage_"):
+                stage = key[len("stage_"):].removesuffix("_rss_mb").removesuffix("_s")
+                if stage not in found:
+                    found.append(stage)
+    return [s for s in STAGES if s in found] + [s for s in found if s not in STAGES]
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+COLUMNS = (
+    ("case", "case"),
+    ("recording", "recording"),
+    ("sorter", "sorter"),
+    ("well detected", "well"),
+    ("wall s", "wall_s"),
+    ("× real time", "x_realtime"),
+    ("peak RSS MB", "peak_rss_mb"),
+    ("floor pass s", "floor_s"),
+    ("sort ÷ floor", "sort_floor"),
+)
+
+
+def _num(v, fmt: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return format(v, fmt)
+
+
+def _cell(row: dict, key: str) -> str:
+    if key == "well":
+        if row.get("status") != "ok":
+            return row.get("status", "failed")
+        return "–" if row.get("well_detected") is None else f"{row['well_detected']}/{row['num_gt']}"
+    if key in ("wall_s", "floor_s"):
+        return _num(row.get(key), ".1f")
+    if key in ("x_realtime", "sort_floor"):
+        return _num(row.get(key), ".2f")
+    if key == "peak_rss_mb":
+        return _num(row.get(key), ".0f")
+    if key == "load":
+        a, b = row.get("load_before"), row.get("load_after")
+        return "–" if a is None or b is None else f"{a:.1f}→{b:.1f}"
+    v = row.get(key)
+    return "–" if v is None else str(v)
+
+
+def speed_table(*, rows: list[dict]) -> str:
+    """One markdown table: a row per case and sorter, a ``<stage> s / MB`` column per stage
+    (time, then peak RSS of the stage, ``–`` when the run did not record it)."""
+    stages = stage_names(rows=rows)
+    heads = [h for h, _ in COLUMNS] + [f"{s} s / MB" for s in stages] + ["load 1 min"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
+    for row in rows:
+        cells = [_cell(row, k) for _, k in COLUMNS]
+        for s in stages:
+            t, m = row.get(f"stage_{s}_s"), row.get(f"stage_{s}_rss_mb")
+            cells.append("–" if t is None and m is None else f"{_num(t, '.1f')} / {_num(m, '.0f')}")
+        cells.append(_cell(row, "load"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# the ratios
+
+
+@dataclasses.dataclass
+class SpeedSummary:
+    lines: list[str]  # printed under the table
+    ratios: dict  # the same figures, for --out
+
+
+def _ok(flag: bool | None) -> str:
+    return "" if flag is None else (" (met)" if flag else " (NOT met)")
+
+
+def _is_spikesort(row: dict) -> bool:
+    return str(row.get("sorter", "")).split(" ")[0] == "spikesort"
+
+
+def speed_summary(*, rows: list[dict]) -> SpeedSummary:
+    """× real time, whole sort ÷ floor pass, peak RSS and RSS(longest) ÷ RSS(shortest) of the
+    NP1-like runs, and spikesort against the peers on the ground-truth scenarios, each beside the
+    issue's target."""
+    ours = [r for r in rows if _is_spikesort(r) and r.get("status") == "ok"]
+    ratios: dict = {"x_realtime": {}, "sort_floor": {}, "floor_x_realtime": {}, "targets_met": {}}
+    lines = []
+    for r in ours:
+        ratios["x_realtime"][r["case"]] = r.get("x_realtime")
+        ratios["sort_floor"][r["case"]] = r.get("sort_floor")
+    for r in rows:
+        if r.get("floor_s"):
+            ratios["floor_x_realtime"][r["case"]] = r["duration_s"] / r["floor_s"]
+
+    def check(name: str, values: list, ok) -> bool | None:
+        values = [v for v in values if v is not None]
+        if not values:
+            return None
+        met = all(ok(v) for v in values)
+        ratios["targets_met"][name] = met
+        return met
+
+    a = [r for r in ours if r["kind"] == "a"]
+    b = sorted((r for r in ours if r["kind"] == "b"), key=lambda r: r["minutes"])
+    if a or b:
+        parts = [f"{r['case']} {_num(r.get('x_realtime'), '.2f')}" for r in a + b]
+        met_a = check("x_realtime_a", [r.get("x_realtime") for r in a], lambda v: v >= TARGET_X_REALTIME_A)
+        met_b = check("x_realtime_b", [r.get("x_realtime") for r in b], lambda v: v >= TARGET_X_REALTIME_B)
+        lines.append("× real time (spikesort): " + ", ".join(parts)
+                     + (f"; target ≥ {TARGET_X_REALTIME_A:g} on {', '.join(r['case'] for r in a)}{_ok(met_a)}" if a else "")
+                     + (f"; target ≥ {TARGET_X_REALTIME_B:g} on the {b[0]['channels']}-channel runs{_ok(met_b)}" if b else ""))
+        parts = [f"{r['case']} {_num(r.get('sort_floor'), '.2f')}" for r in a + b]
+        met = check("sort_floor", [r.get("sort_floor") for r in a + b], lambda v: v <= TARGET_SORT_FLOOR)
+        lines.append("whole sort ÷ floor pass (spikesort): " + ", ".join(parts)
+                     + f"; target ≤ {TARGET_SORT_FLOOR:g}{_ok(met)}")
+    floors = [f"{case} {x:.2f}× real time" for case, x in ratios["floor_x_realtime"].items()]
+    if floors:
+        lines.append("floor pass alone: " + ", ".join(floors))
+    if b:
+        peak = [r.get("peak_rss_mb") for r in b]
+        met = check("rss_b", peak, lambda v: v <= TARGET_RSS_B_MB)
+        lines.append("peak RSS (spikesort): " + ", ".join(f"{r['case']} {_num(r.get('peak_rss_mb'), '.0f')} MB" for r in b)
+                     + f"; target ≤ {TARGET_RSS_B_MB:.0f} MB{_ok(met)}")
+    if len(b) >= 2 and b[0].get("peak_rss_mb") and b[-1].get("peak_rss_mb"):
+        growth = b[-1]["peak_rss_mb"] / b[0]["peak_rss_mb"]
+        label = f"RSS({b[-1]['minutes']:g} min) ÷ RSS({b[0]['minutes']:g} min)"
+        ratios["rss_growth"] = {"label": label, "value": growth}
+        met = check("rss_growth", [growth], lambda v: v <= TARGET_RSS_GROWTH)
+        lines.append(f"{label} = {growth:.3f}; target ≤ {TARGET_RSS_GROWTH:.2f}{_ok(met)}")
+    peers = [r for r in rows if r["kind"] == "a" and not _is_spikesort(r) and r.get("status") == "ok" and r.get("wall_s")]
+    for r in a:
+        mine = [p for p in peers if p["case"] == r["case"]]
+        if not mine or not r.get("wall_s"):
+            continue
+        speedup = {p["sorter"]: p["wall_s"] / r["wall_s"] for p in mine}
+        ratios.setdefault("peer_wall_over_spikesort", {})[r["case"]] = speedup
+        met = check(f"faster_than_peers_{r['case']}", [min(speedup.values())], lambda v: v > 1.0)
+        lines.append(f"peers on {r['case']} (their wall ÷ spikesort's): "
+                     + ", ".join(f"{name} {v:.2f}" for name, v in speedup.items())
+                     + f"; target: faster than every peer{_ok(met)}")
+    return SpeedSummary(lines=lines, ratios=ratios)

@@ -1,0 +1,218 @@
+"""The speed mode of scripts/benchmark.py: the floor pass, the stage costs, the table and the
+ratios, and one tiny end-to-end run (spikesort only, a temporary cache)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """scripts/benchmark.py as a module (it puts scripts/ on the path for speed_scenarios)."""
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script's sys.path insert stays here
+    spec = importlib.util.spec_from_file_location("spikesort_benchmark", SCRIPTS / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "spikesort_benchmark", module)  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def speed(bench):
+    return bench.speed_scenarios
+
+
+def _binary(tmp_path, *, n_samples=50_000, n_channels=10, seed=0):
+    rng = np.random.default_rng(seed)
+    # a scale of its own per channel: a read with the channels misaligned would show
+    x = (rng.standard_normal((n_samples, n_channels)) * 40 * np.arange(1, n_channels + 1)).astype(np.int16)
+    path = tmp_path / "traces.raw"
+    x.tofile(path)
+    return path, x
+
+
+# ---------------------------------------------------------------------------------------------
+# the floor pass
+
+
+def test_floor_chunks_tile_the_recording(speed):
+    chunks = speed.floor_chunks(n_samples=10_001, chunk=3000, margin=100)
+    keeps = [(k0, k1) for _, _, k0, k1 in chunks]
+    assert keeps[0][0] == 0 and keeps[-1][1] == 10_001
+    assert all(a[1] == b[0] for a, b in zip(keeps, keeps[1:]))
+    for r0, r1, k0, k1 in chunks:
+        assert r0 == max(0, k0 - 100) and r1 == min(10_001, k1 + 100)
+    with pytest.raises(ValueError):
+        speed.floor_chunks(n_samples=10, chunk=0, margin=0)
+
+
+def test_floor_pass_filters_every_sample(speed, tmp_path):
+    from scipy import signal
+
+    fs = 30_000.0
+    path, x = _binary(tmp_path)
+    sos = signal.butter(3, 300.0, btype="highpass", fs=fs, output="sos")
+    whole = signal.sosfiltfilt(sos, x.astype(np.float64), axis=0)
+    expected = float(np.mean(whole[:, ::speed.CHECK_STRIDE] ** 2))  # the checked channels: 0 and 8
+    # 0.5 s chunks with a 10 ms margin: only the chunk edges differ from the whole-signal filter
+    one = speed.floor_pass(path=path, n_channels=10, sampling_rate_hz=fs, threads=1, chunk_s=0.5)
+    two = speed.floor_pass(path=path, n_channels=10, sampling_rate_hz=fs, threads=2, chunk_s=0.5)
+    assert one.n_samples == 50_000 and one.n_chunks == 4 and one.wall_s > 0
+    assert one.mean_square == pytest.approx(expected, rel=0.01)
+    assert two.mean_square == pytest.approx(one.mean_square, rel=1e-9)  # threads change nothing
+    assert one.duration_s == pytest.approx(50_000 / fs) and one.x_realtime > 0
+    # the 300 Hz high-pass keeps most of the power of white noise, not all
+    raw = float(np.mean(x[:, ::speed.CHECK_STRIDE].astype(np.float64) ** 2))
+    assert 0.8 * raw < one.mean_square < raw
+
+
+def test_floor_pass_reads_the_first_frames_only(speed, tmp_path):
+    path, x = _binary(tmp_path)
+    first = speed.floor_pass(path=path, n_channels=10, sampling_rate_hz=30_000.0, n_samples=20_000)
+    assert first.n_samples == 20_000 and first.duration_s == pytest.approx(2 / 3)
+    # the second half replaced by zeros: the first 20 000 frames alone give the same result
+    y = x.copy()
+    y[20_000:] = 0
+    y.tofile(tmp_path / "zeroed.raw")
+    again = speed.floor_pass(path=tmp_path / "zeroed.raw", n_channels=10, sampling_rate_hz=30_000.0, n_samples=20_000)
+    assert again.mean_square == pytest.approx(first.mean_square, rel=1e-9)
+    with pytest.raises(ValueError, match="cannot read"):
+        speed.floor_pass(path=path, n_channels=10, sampling_rate_hz=30_000.0, n_samples=50_001)
+    with pytest.raises(ValueError, match="threads"):
+        speed.floor_pass(path=path, n_channels=10, sampling_rate_hz=30_000.0, threads=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# stage costs, table, ratios
+
+
+def test_stage_costs(speed, tmp_path):
+    assert speed.stage_costs(run_json=tmp_path / "missing.json") == {}
+    path = tmp_path / "spikesort_run.json"
+    path.write_text(json.dumps({"timings_s": {"preprocess": 2.5, "drift": 1.0, "match": 3.0},
+                                "peak_rss_mb": {"preprocess": 800, "match": 950.5, "note": "x"}}))
+    costs = speed.stage_costs(run_json=path)
+    assert costs == {"stage_preprocess_s": 2.5, "stage_drift_s": 1.0, "stage_match_s": 3.0,
+                     "stage_preprocess_rss_mb": 800.0, "stage_match_rss_mb": 950.5}
+    path.write_text("{not json")
+    assert speed.stage_costs(run_json=path) == {}
+
+
+def _rows():
+    common = dict(status="ok", load_before=0.5, load_after=1.0)
+    return [
+        dict(case="static64", kind="a", recording="64 ch × 5 min", sorter="spikesort", duration_s=300.0, minutes=5.0,
+             channels=64, wall_s=30.0, x_realtime=10.0, peak_rss_mb=900.0, floor_s=10.0, sort_floor=3.0,
+             well_detected=44, num_gt=50, stage_preprocess_s=12.0, stage_match_s=8.0, stage_match_rss_mb=700.0,
+             **common),
+        dict(case="static64", kind="a", recording="64 ch × 5 min", sorter="tridesclous2 2026.01", duration_s=300.0,
+             minutes=5.0, channels=64, wall_s=150.0, x_realtime=2.0, peak_rss_mb=3000.0, floor_s=10.0,
+             sort_floor=15.0, well_detected=44, num_gt=50, **common),
+        dict(case="np1_384ch_5min", kind="b", recording="384 ch × 5 min", sorter="spikesort", duration_s=300.0,
+             minutes=5.0, channels=384, wall_s=200.0, x_realtime=1.5, peak_rss_mb=2000.0, floor_s=60.0,
+             sort_floor=200 / 60, well_detected=120, num_gt=150, **common),
+        dict(case="np1_384ch_10min", kind="b", recording="384 ch × 10 min", sorter="spikesort", duration_s=600.0,
+             minutes=10.0, channels=384, wall_s=500.0, x_realtime=1.2, peak_rss_mb=2300.0, floor_s=120.0,
+             sort_floor=500 / 120, well_detected=None, num_gt=150, **common),
+    ]
+
+
+def test_speed_table(speed):
+    table = speed.speed_table(rows=_rows()).splitlines()
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    assert head[:9] == ["case", "recording", "sorter", "well detected", "wall s", "× real time", "peak RSS MB",
+                        "floor pass s", "sort ÷ floor"]
+    # only the stages some row carries, in run order; then the load column
+    assert head[9:] == ["preprocess s / MB", "match s / MB", "load 1 min"]
+    assert len(table) == 2 + 4
+    first = [c.strip() for c in table[2].strip("|").split("|")]
+    assert first[3:] == ["44/50", "30.0", "10.00", "900", "10.0", "3.00", "12.0 / –", "8.0 / 700", "0.5→1.0"]
+    peer = [c.strip() for c in table[3].strip("|").split("|")]
+    assert peer[9:11] == ["–", "–"]  # no stage costs for a peer
+    last = [c.strip() for c in table[5].strip("|").split("|")]
+    assert last[3] == "–" and last[8] == "4.17"
+
+
+def test_speed_summary(speed):
+    summary = speed.speed_summary(rows=_rows())
+    r = summary.ratios
+    assert r["x_realtime"] == {"static64": 10.0, "np1_384ch_5min": 1.5, "np1_384ch_10min": 1.2}
+    assert r["rss_growth"]["value"] == pytest.approx(2300 / 2000)
+    assert r["rss_growth"]["label"] == "RSS(10 min) ÷ RSS(5 min)"
+    assert r["floor_x_realtime"]["np1_384ch_10min"] == pytest.approx(5.0)
+    assert r["peer_wall_over_spikesort"]["static64"] == {"tridesclous2 2026.01": pytest.approx(5.0)}
+    assert r["targets_met"] == {"x_realtime_a": True, "x_realtime_b": True, "sort_floor": False, "rss_b": True,
+                                "rss_growth": False, "faster_than_peers_static64": True}
+    text = "\n".join(summary.lines)
+    assert "RSS(10 min) ÷ RSS(5 min) = 1.150; target ≤ 1.10 (NOT met)" in text
+    assert "whole sort ÷ floor pass (spikesort): static64 3.00, np1_384ch_5min 3.33, np1_384ch_10min 4.17" in text
+    assert "tridesclous2 2026.01 5.00" in text
+    # a failed run is left out of the ratios instead of breaking them
+    rows = _rows()
+    rows[3].update(status="failed", wall_s=None, x_realtime=None, sort_floor=None)
+    assert "rss_growth" not in speed.speed_summary(rows=rows).ratios
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end
+
+
+def test_speed_mode_end_to_end(bench, tmp_path, monkeypatch, capsys):
+    """A tiny speed run: a 16-channel, 10 s ground-truth scenario for (a) and 6 s / 12 s of one
+    16-channel NP1-like recording for (b), spikesort only, each sorted in its own process."""
+    monkeypatch.setitem(bench.SCENARIOS, "tiny16", bench.Scenario("tiny16", "np1_16", 5, 10.0, "none", "test"))
+    out = tmp_path / "speed.json"
+    code = bench.main(["--speed", "--scenarios", "tiny16", "--speed-channels", "16", "--speed-minutes", "0.1", "0.2",
+                       "--sorters", "spikesort", "--cache", str(tmp_path / "cache"), "--n-jobs", "2",
+                       "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    rows = {r["case"]: r for r in doc["rows"]}
+    assert set(rows) == {"tiny16", "np1_16ch_0.1min", "np1_16ch_0.2min"}
+    for case, row in rows.items():
+        assert row["status"] == "ok", (case, row.get("error"))
+        assert row["wall_s"] > 0 and row["floor_s"] > 0 and row["peak_rss_mb"] > 50
+        assert row["sort_floor"] == pytest.approx(row["wall_s"] / row["floor_s"])
+        assert row["x_realtime"] == pytest.approx(row["duration_s"] / row["wall_s"])
+        # the stage times spikesort recorded add up to about its wall time
+        stages = sum(row[f"stage_{s}_s"] for s in ("preprocess", "detect", "cluster", "match", "curate", "export"))
+        assert 0.5 * row["wall_s"] < stages <= row["wall_s"] * 1.01
+        assert row["num_gt"] > 0 and row["well_detected"] is not None
+    assert rows["np1_16ch_0.1min"]["duration_s"] == pytest.approx(6.0)
+    assert rows["np1_16ch_0.2min"]["duration_s"] == pytest.approx(12.0)
+    # one recording of the longest duration was generated; the shorter case is its first part
+    recordings = sorted(p.name for p in (tmp_path / "cache" / "recordings").iterdir())
+    assert recordings == ["np1_16ch_12s_seed0", "tiny16_seed0"]
+    growth = doc["ratios"]["rss_growth"]["value"]
+    assert math.isfinite(growth) and growth > 0
+    assert growth == pytest.approx(rows["np1_16ch_0.2min"]["peak_rss_mb"] / rows["np1_16ch_0.1min"]["peak_rss_mb"])
+    # the printed table: header, rule, one row per case; then the ratio lines
+    lines = printed.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) == 2 + 3 and "preprocess s / MB" in table[0] and "floor pass s" in table[0]
+    assert any(line.startswith("| np1_16ch_0.2min | 16 ch × 12 s | spikesort |") for line in table)
+    assert any(line.startswith("× real time (spikesort): tiny16 ") for line in lines)
+    assert any(line.startswith("whole sort ÷ floor pass (spikesort): ") for line in lines)
+    assert any(line.startswith("RSS(0.2 min) ÷ RSS(0.1 min) = ") for line in lines)
+    # the CSV has the same rows
+    assert len(out.with_suffix(".csv").read_text().splitlines()) == 1 + 3
+
+
+def test_speed_flags_are_checked(bench, capsys):
+    for argv, message in ((["--speed", "--seeds", "0", "1"], "one seed"),
+                          (["--speed", "--speed-channels", "500"], "between 8 and 384"),
+                          (["--speed", "--speed-minutes", "0"], "above 0"),
+                          (["--speed", "--dummy"], "--dummy")):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(argv)
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
