@@ -13,6 +13,10 @@ Execution model:
   worker) and gives it all its threads: ``Params.n_jobs`` = the worker's ``nthreads`` (unless
   the user set n_jobs), and the BLAS pool is raised to the same count for the task (dask's
   nanny starts workers with OPENBLAS/MKL/OMP_NUM_THREADS=1);
+- the local cluster's workers leave out the dask defaults that slow a sort (glibc's malloc
+  trim setting, the profiler, frequent event-loop callbacks: :func:`local_cluster_config`),
+  and the driver never imports the sorter itself: a batch costs less than a loop of
+  ``spikesort run``, which pays interpreter start, imports and teardown per recording;
 - a failing recording becomes a ``failed`` row with its error line, the others go on;
 - on a re-run, a recording whose folder is complete (``pipeline.is_complete``, same
   parameters) is skipped, an unfinished folder is resumed (``sort(..., resume=True)``).
@@ -581,10 +585,10 @@ def _count_good(labels) -> int:
 
 def _is_finished(folder: Path, params: Params) -> bool:
     """A finished run made with these parameters (sort would only read it back)."""
+    # checkpoints, not pipeline: the driver never imports the sorter (scipy.signal, numba: 1.5 s)
     from . import checkpoints
-    from .pipeline import is_complete
 
-    if not folder.is_dir() or not is_complete(folder):
+    if not folder.is_dir() or not checkpoints.is_complete(folder):
         return False
     # other parameters: not skipped; the worker's sort(resume=True) then says what differs
     marker = checkpoints.read_marker(folder) or {}
@@ -745,6 +749,42 @@ class _OneRecordingPerWorker(WorkerPlugin):
             await worker.set_resources(**{RESOURCE: 1})
 
 
+def local_cluster_config() -> dict:
+    """dask settings for the local cluster, so that its workers sort a recording as fast as a
+    ``spikesort run`` process does. Measured in a default worker, per recording of 32 channels
+    x 60 s (about 15 s of sorting):
+
+    - the nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` freezes glibc's mmap threshold at 128 kB: every
+      chunk-sized numpy array is a fresh mmap whose pages fault in again (9x the page faults,
+      4.2-4.7 s of system time instead of 1.1-2.1 s);
+    - the statistical profiler samples every thread's stack every 10 ms, the event loop's
+      tick runs every 20 ms and the system monitor every 0.5 s: 1-2.4 s of CPU (and GIL) on
+      the worker's event loop per recording, 0.1 s without;
+    - spilling and pausing (and the 100 ms memory monitor behind them) do nothing for a task
+      that holds its own memory; the nanny still restarts a worker above 95% of its memory
+      limit (that recording fails, the others go on).
+
+    The nanny's one BLAS thread stays (``sort_recording_task`` raises it for the task). A
+    ``MALLOC_TRIM_THRESHOLD_`` already in this process's environment (an earlier dask cluster
+    in the same Python session puts dask's value there) still reaches the workers.
+    """
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return {
+        "distributed.nanny.pre-spawn-environ": environ,
+        "distributed.worker.profile.enabled": False,
+        "distributed.admin.tick.interval": "1s",
+        "distributed.admin.system-monitor.interval": "2s",
+        "distributed.worker.memory.target": False,
+        "distributed.worker.memory.spill": False,
+        "distributed.worker.memory.pause": False,
+        # a worker that dies mid-sort (out of memory, a crash) would die again: no retries
+        "distributed.scheduler.allowed-failures": 0,
+    }
+
+
 class _Cluster:
     """A dask client on a local cluster we start, or on the scheduler the user gave."""
 
@@ -757,8 +797,7 @@ class _Cluster:
         if scheduler is None:
             n_workers, n_threads = cluster_layout(cores=usable_cores(), n_recordings=n_recordings, workers=workers,
                                                   threads=threads, memory_b=_total_memory_b())
-            # a worker that dies mid-sort (out of memory, a crash) would die again: no retries
-            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            with dask.config.set(local_cluster_config()):
                 # no dashboard, and its HTTP server on a free port: never a clash on a shared machine
                 self.cluster = LocalCluster(n_workers=n_workers, threads_per_worker=n_threads, processes=True,
                                             resources={RESOURCE: 1}, dashboard_address=None,

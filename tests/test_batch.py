@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikesort.batch import _is_finished, _PeakRss, cluster_layout, read_manifest
+from spikesort.batch import _Cluster, _is_finished, _PeakRss, cluster_layout, read_manifest
 from spikesort.checkpoints import KILL_ENV, is_unfinished
 from spikesort.params import Params
 from clitools import invoke as _invoke
@@ -275,6 +275,58 @@ def test_peak_memory_is_per_task(sample):
     if sys.platform.startswith("linux"):
         assert big is not None and small is not None
         assert big - small > 250, (big, small)
+
+
+# --------------------------------------------------------------------------- overhead
+
+
+def _worker_settings() -> dict:
+    """What a task sees of its worker (runs inside the worker)."""
+    import dask
+    from distributed import get_worker
+
+    worker = get_worker()
+    return dict(malloc_trim=os.environ.get("MALLOC_TRIM_THRESHOLD_"), callbacks=sorted(worker.periodic_callbacks),
+                tick_ms=worker.periodic_callbacks["tick"].callback_time,
+                monitor_ms=worker.periodic_callbacks["monitor"].callback_time,
+                profile=dask.config.get("distributed.worker.profile.enabled"))
+
+
+def test_local_workers_drop_the_dask_defaults_that_slow_a_sort(monkeypatch):
+    """Each of these was measured to slow a recording in a default worker (batch.local_cluster_config)."""
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # as in a fresh `spikesort batch`
+    cluster = _Cluster(scheduler=None, workers=1, threads=1, n_recordings=1)
+    try:
+        seen = cluster.client.submit(_worker_settings, pure=False).result()
+    finally:
+        cluster.close()
+    assert seen["malloc_trim"] is None  # glibc keeps its adaptive mmap threshold: no page fault storm
+    assert not seen["profile"] and "profile" not in seen["callbacks"]  # no 10 ms stack sampling
+    assert "memory_monitor" not in seen["callbacks"]  # no spill/pause polling every 100 ms
+    assert seen["tick_ms"] >= 1000 and seen["monitor_ms"] >= 1000
+    assert {"heartbeat", "tick"} <= set(seen["callbacks"])  # the worker itself is intact
+
+
+def test_the_batch_driver_never_imports_the_sorter(data, tmp_path):
+    """The driver (manifest checks, skip checks, the cluster) leaves the pipeline and its
+    imports (scipy.signal, spikeinterface, numba kernels: seconds) to the workers."""
+    manifest = data / "batch.toml"
+    manifest.write_text(TOML_GLOB)
+    out = tmp_path / "sorted"
+    for name in ("a", "b"):  # existing, unfinished folders: the skip check reads them
+        (out / name).mkdir(parents=True)
+    code = ("import sys\n"
+            "from spikesort import cli\n"
+            "from spikesort.batch import _is_finished, read_manifest\n"
+            "from spikesort.params import Params\n"
+            "jobs = read_manifest(sys.argv[1], out_root=sys.argv[2])\n"
+            "assert not any(_is_finished(j.output, Params()) for j in jobs)\n"
+            "print(' '.join(m for m in ('spikesort.pipeline', 'scipy.signal', 'spikeinterface', 'numba') "
+            "if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(manifest), str(out)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", proc.stdout
 
 
 # --------------------------------------------------------------------------- real clusters
