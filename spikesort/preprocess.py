@@ -168,8 +168,9 @@ def fit_preprocessing(blocks, *, sampling_rate_hz: float, positions_um: np.ndarr
 
     sos = design_filter(sampling_rate_hz=sampling_rate_hz, highpass_hz=highpass_hz, lowpass_hz=lowpass_hz)
     n_blocks = len(blocks)
+    # 3000 samples per block: the median over the blocks of their robust sds is within ~1%
     sds = list(map_chunks(lambda i: robust_sd(filter_and_reference(blocks[i], sos=sos, reference="none"),
-                                              max_samples=10_000), range(n_blocks), n_jobs=n_jobs))
+                                              max_samples=3_000), range(n_blocks), n_jobs=n_jobs))
     n_ch = len(sds[0])
     sd_raw = np.median(sds, axis=0)
     bad = find_bad_channels(sd_raw) if detect_bad_channels and n_ch > 2 else {}
@@ -183,7 +184,7 @@ def fit_preprocessing(blocks, *, sampling_rate_hz: float, positions_um: np.ndarr
 
     def referenced(i):
         x = filter_and_reference(blocks[i], sos=sos, reference=reference, good_channels=good)
-        sd = robust_sd(x, max_samples=10_000)
+        sd = robust_sd(x, max_samples=3_000)
         # spikes inflate the covariance; clip big excursions so a few large units do not dominate it
         lim = (6.0 * np.maximum(sd, 1e-12)).astype(np.float32)
         # every 3rd sample: 10k per block is plenty for a covariance, and the product is the costly

@@ -813,3 +813,21 @@ def test_robust_template_is_the_median_where_the_waveform_is():
     np.testing.assert_allclose(t[:, 2:4], np.median(snippets[:, :, 2:4], axis=0), atol=1e-5)
     np.testing.assert_allclose(t[:, 5:], snippets[:, :, 5:].mean(axis=0), atol=1e-5)
     assert abs(t[8, 2] - 15) < 1
+
+
+def test_store_snippets_match_numpy_slices(tmp_path):
+    from spikesort.traces import SCALE, TraceStore
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((500, 7)).astype(np.float32)
+    store = TraceStore(tmp_path / "s.dat", n_samples=500, n_channels=7)
+    store.create()
+    store.write(0, x)
+    times = np.array([10, 3, 499, 250, 2], dtype=I64)  # two windows cross an edge: zeros
+    chans = np.array([6, 0, 3], dtype=I64)
+    got = store.snippets(times, pre=3, nt=8, channels=chans)
+    q = np.clip(np.rint(x * SCALE), -32767, 32767).astype(np.int16).astype(np.float32) / SCALE
+    for i, t in enumerate(times):
+        want = q[t - 3: t + 5][:, chans] if 0 <= t - 3 and t + 5 <= 500 else np.zeros((8, 3), np.float32)
+        np.testing.assert_allclose(got[i], want, atol=1e-6)
+    np.testing.assert_allclose(store.snippets(times[:1], pre=3, nt=8)[0], q[7:15], atol=1e-6)

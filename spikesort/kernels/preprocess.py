@@ -265,3 +265,19 @@ def quantize_int16(x, scale):
             v = np.rint(x[t, c] * scale)
             out[t, c] = np.int16(min(32767.0, max(-32767.0, v)))
     return out
+
+
+@njit(nogil=True, cache=True)
+def gather_windows(data, starts, channels, scale, out):
+    """out[i, j, k] = data[starts[i] + j, channels[k]] * scale for windows inside ``data``
+    (the others are left as they are): one pass from the int16 store to float32 snippets."""
+    n_t = data.shape[0]
+    nt = out.shape[1]
+    for i in range(starts.shape[0]):
+        s = starts[i]
+        if s < 0 or s + nt > n_t:
+            continue
+        for j in range(nt):
+            row = data[s + j]
+            for k in range(channels.shape[0]):
+                out[i, j, k] = row[channels[k]] * scale
