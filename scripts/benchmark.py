@@ -391,7 +391,9 @@ def score_labels(*, gt, tested, labels_tsv: Path) -> dict:
     comp = compare_sorter_to_ground_truth(gt, tested, exhaustive_gt=True, delta_time=DELTA_TIME_MS)
     match = comp.hungarian_match_21
     good = [u for u in tested.unit_ids if labels.get(int(u)) == "good"]
-    good_matched = sum(1 for u in good if match[u] != -1 and comp.agreement_scores.at[match[u], u] >= WELL_DETECTED_SCORE)
+    # an unmatched unit maps to -1, or to "" when the ground-truth ids are strings
+    good_matched = sum(1 for u in good if match[u] in comp.agreement_scores.index
+                       and comp.agreement_scores.at[match[u], u] >= WELL_DETECTED_SCORE)
     fp = list(comp.get_false_positive_units(REDUNDANT_SCORE))
     return dict(n_good=len(good), good_matched=good_matched, n_fp_labelled=len(fp),
                 fp_not_good=sum(1 for u in fp if labels.get(int(u)) in ("mua", "noise")))
