@@ -14,7 +14,7 @@ import numpy as np
 from . import __version__, checkpoints, saturation
 from .chunks import iter_chunks, map_chunks
 from .cluster import cluster_spikes
-from .curate import apply_groups, ghost_units, refractory_merges, relabel, remove_duplicates
+from .curate import apply_groups, refractory_merges, residue_spikes, relabel, remove_duplicates
 from .detect import (Detections, choose_sign, detect_block, envelope_bank, filtered_noise_sd,
                      learn_temporal_bases)
 from .errors import SpikesortError
@@ -573,9 +573,9 @@ def _curate(run: _Run, *, clu: Clustered, mat: Matched) -> Curated:
     spikes = remove_duplicates(mat.spikes, window=dup)
     post = build_templates(store, spikes.times, spikes.templates, n_units=clu.templates.n_templates, pre=pre,
                            nt=nt, rng=rng, n_jobs=run.n_jobs)
-    ghosts = ghost_units(spikes, post.dense, window=int(round(p.refractory_ms * fs / 1000)),
-                         positions_um=info.positions_um)
-    spikes = spikes.take(np.flatnonzero(~np.isin(spikes.templates, ghosts)))
+    residue = residue_spikes(spikes, post.dense, window=int(round(p.refractory_ms * fs / 1000)),
+                             positions_um=info.positions_um)
+    spikes = spikes.take(np.flatnonzero(~residue))
     veto = snippet_merge_test(store, spikes.times, spikes.templates, pre=pre, nt=nt,
                               threshold=p.bimodality_threshold, rng=rng)
     groups = refractory_merges(spikes, post.dense, positions_um=info.positions_um, duration=info.n_samples,

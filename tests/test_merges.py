@@ -52,3 +52,50 @@ def test_small_slice_of_a_unit_is_absorbed_but_a_distinct_unit_is_not():
     assert members == [[0, 1], [2]]
     lag_of = {k: lag for g in groups for k, lag in g}
     assert lag_of[1] - lag_of[0] == 1  # the twin peaks a sample late: its spike times move one sample on
+
+
+def _poisson_times(rng, rate_hz, duration, fs=30000, refractory=60):
+    t = np.cumsum(rng.exponential(fs / rate_hz, int(2 * rate_hz * duration / fs) + 10)).astype(np.int64)
+    t = t[np.concatenate([[True], np.diff(t) > refractory])]
+    return t[(t > 100) & (t < duration - 100)]
+
+
+def test_residue_spikes_dropped_but_the_small_unit_kept():
+    from spikesort.curate import residue_spikes
+
+    rng = np.random.default_rng(2)
+    fs, dur = 30000, 30000 * 300
+    big, small = _unit(peak=40, center=12), _unit(peak=4, center=14)
+    positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
+    tb = _poisson_times(rng, 10, dur)
+    own = _poisson_times(rng, 3, dur)
+    # a third of the big unit's spikes leave a residue matched to the small template 10 samples on
+    ghost = np.sort(rng.choice(tb, len(tb) // 3, replace=False)) + 10 + rng.integers(-1, 2, len(tb) // 3)
+    times = np.concatenate([tb, own, ghost])
+    labels = np.concatenate([np.zeros(len(tb)), np.ones(len(own) + len(ghost))]).astype(np.int64)
+    spikes = MatchedSpikes(times, labels, np.ones(len(times), np.float32), np.ones(len(times), np.float32))
+    drop = residue_spikes(spikes, np.stack([big, small]), window=45, positions_um=positions)
+    is_ghost = np.concatenate([np.zeros(len(tb) + len(own), bool), np.ones(len(ghost), bool)])
+    assert drop[is_ghost].mean() > 0.97
+    # the small unit's own spikes: only those that happen to fall at the residue lag go
+    assert drop[~is_ghost].mean() < 0.01
+    # a unit that is residue and nothing else is dropped whole
+    only = np.concatenate([tb, ghost])
+    lab2 = np.concatenate([np.zeros(len(tb)), np.ones(len(ghost))]).astype(np.int64)
+    spikes2 = MatchedSpikes(only, lab2, np.ones(len(only), np.float32), np.ones(len(only), np.float32))
+    drop2 = residue_spikes(spikes2, np.stack([big, small]), window=45, positions_um=positions)
+    assert drop2[lab2 == 1].all() and not drop2[lab2 == 0].any()
+
+
+def test_independent_units_lose_no_residue_spikes():
+    from spikesort.curate import residue_spikes
+
+    rng = np.random.default_rng(3)
+    dur = 30000 * 300
+    big, small = _unit(peak=40, center=12), _unit(peak=4, center=14)
+    positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
+    ta, tb = _poisson_times(rng, 20, dur), _poisson_times(rng, 5, dur)
+    times = np.concatenate([ta, tb])
+    labels = np.concatenate([np.zeros(len(ta)), np.ones(len(tb))]).astype(np.int64)
+    spikes = MatchedSpikes(times, labels, np.ones(len(times), np.float32), np.ones(len(times), np.float32))
+    assert not residue_spikes(spikes, np.stack([big, small]), window=45, positions_um=positions).any()
