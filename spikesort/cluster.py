@@ -25,7 +25,7 @@ class ClusterResult:
     n_units: int
 
 
-def bimodality(proj: np.ndarray, split_value: float) -> float:
+def bimodality(proj: np.ndarray, split_value: float, *, min_z: float = 2.0) -> float:
     """1 - valley / smaller peak of the density of ``proj`` around ``split_value`` (0 = one mode).
 
     The density is a histogram smoothed at Silverman's bandwidth, so sampling noise in a single
@@ -49,7 +49,15 @@ def bimodality(proj: np.ndarray, split_value: float) -> float:
     peak = min(h[left], h[right])
     if peak <= 0:
         return 0.0
-    valley = h[left: right + 1].min()
+    v = left + int(np.argmin(h[left: right + 1]))
+    valley = h[v]
+    # a valley between few spikes may be sampling noise: the counts within a bandwidth of the
+    # smaller peak and of the valley must differ by more than their Poisson spread
+    small = left if h[left] <= h[right] else right
+    n_peak = np.count_nonzero(np.abs(proj - centers[small]) <= bw)
+    n_valley = np.count_nonzero(np.abs(proj - centers[v]) <= bw)
+    if n_peak - n_valley < min_z * np.sqrt(n_peak + n_valley):
+        return 0.0
     return float(1.0 - valley / peak)
 
 
@@ -85,7 +93,7 @@ def local_pca(x: np.ndarray, n_dims: int) -> np.ndarray:
 
 
 def split_recursive(x: np.ndarray, *, min_size: int, max_depth: int, threshold: float,
-                    rng: np.random.Generator, n_dims: int = 6) -> np.ndarray:
+                    rng: np.random.Generator, n_dims: int = 6, n_init: int = 5) -> np.ndarray:
     """Labels for rows of ``x`` (features), found by recursive bimodal 2-means splits."""
     labels = np.zeros(len(x), dtype=np.int64)
     stack = [(np.arange(len(x)), 0)]
@@ -95,18 +103,28 @@ def split_recursive(x: np.ndarray, *, min_size: int, max_depth: int, threshold: 
         if depth >= max_depth or len(idx) < 2 * min_size:
             continue
         y = local_pca(x[idx], n_dims)
-        lab = two_means(y, rng)
-        a, b = lab == 0, lab == 1
-        if a.sum() < min_size or b.sum() < min_size:
+        # 2-means from a single k-means++ seed sometimes cuts one big cluster in two and leaves a
+        # small one inside a half: no valley, and the whole branch would stop splitting. The best
+        # valley over a few seeds finds the small cluster.
+        best = None
+        for _ in range(n_init):
+            lab = two_means(y, rng)
+            a, b = lab == 0, lab == 1
+            if a.sum() < min_size or b.sum() < min_size:
+                continue
+            axis = y[a].mean(0) - y[b].mean(0)
+            norm = np.linalg.norm(axis)
+            if norm == 0:
+                continue
+            proj = y @ (axis / norm)
+            score = bimodality(proj, 0.5 * (proj[a].mean() + proj[b].mean()))
+            if best is None or score > best[0]:
+                best = (score, a, b)
+            if score >= threshold:
+                break
+        if best is None or best[0] < threshold:
             continue
-        axis = y[a].mean(0) - y[b].mean(0)
-        norm = np.linalg.norm(axis)
-        if norm == 0:
-            continue
-        proj = y @ (axis / norm)
-        split_value = 0.5 * (proj[a].mean() + proj[b].mean())
-        if bimodality(proj, split_value) < threshold:
-            continue
+        _, a, b = best
         labels[idx[b]] = next_label
         next_label += 1
         stack.append((idx[a], depth + 1))
