@@ -160,7 +160,7 @@ def candidate_peaks(x: np.ndarray, *, bases: np.ndarray, filter_sd: np.ndarray, 
 def detect_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, sign: int, threshold: float,
                  universal_threshold: float, peak_neighbors: np.ndarray, feature_neighbors: np.ndarray,
                  bank: np.ndarray, bases: np.ndarray, pre: int, exclusion: int,
-                 positions_um: np.ndarray, filter_sd: np.ndarray, align_lag: int = 2) -> Detections:
+                 positions_um: np.ndarray, filter_sd: np.ndarray) -> Detections:
     """Detect in one whitened block; ``offset`` is the recording sample of ``x[0]``."""
     nt = bases.shape[1]
     # a window must fit: events too close to the recording's edges cannot be fitted or extracted
@@ -170,19 +170,11 @@ def detect_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int,
         return Detections.empty(feature_neighbors.shape[1], bases.shape[0])
     t, c = candidate_peaks(x, bases=bases, filter_sd=filter_sd, pre=pre, threshold=threshold,
                            neighbors=peak_neighbors, exclusion=exclusion, lo=lo, hi=hi)
-    # the sample of a noisy minimum jitters; the matched filter's best lag aligns spikes of one
-    # unit far better, which keeps clusters from splitting by alignment
-    best = None
-    for lag in range(-align_lag, align_lag + 1):
-        tl = np.clip(t + lag, pre, x.shape[0] - (nt - pre))
-        f = project_neighborhoods(x, tl, c, feature_neighbors, bases, pre)
-        sc = universal_scores(f, c, bank)
-        if best is None:
-            best, feats, scores, t_al = lag, f, sc, tl
-        else:
-            better = sc > scores
-            feats[better], scores[better], t_al[better] = f[better], sc[better], tl[better]
-    t = t_al
+    # no re-alignment by the best universal score over a few lags: that criterion is nearly
+    # flat across lags, so it put one unit's spikes on different samples and clustering split
+    # them by alignment. The matched filter's peak is the consistent alignment.
+    feats = project_neighborhoods(x, t, c, feature_neighbors, bases, pre)
+    scores = universal_scores(feats, c, bank)
     ok = scores >= universal_threshold
     t, c, feats, scores = t[ok], c[ok], feats[ok], scores[ok]
     amps = (sign * x[t, c]).astype(np.float32)

@@ -5,10 +5,10 @@ with its trough (-20) at sample PRE of a NT-sample window, copied on the neighbo
 decaying gains.
 
 Candidates are the peaks of the traces filtered with the first temporal basis (in units of the
-filtered noise sd, ``filter_sd``), then moved by up to ``align_lag`` samples to the best
-universal-template score. When the planted waveform is a scaled copy of that basis, the filter
-output is the waveform's autocorrelation, whose unique maximum is at lag 0: the candidate sits on
-the planted trough and the alignment keeps it there, so times are asserted exactly. With other
+filtered noise sd, ``filter_sd``), kept where their universal-template score is high enough.
+When the planted waveform is a scaled copy of that basis, the filter output is the waveform's
+autocorrelation, whose unique maximum is at lag 0: the candidate sits on the planted trough, so
+times are asserted exactly. With other
 bases the filter output peaks near, not necessarily on, the trough (see the tests that say so).
 """
 from __future__ import annotations
@@ -193,10 +193,11 @@ def test_generic_bases_when_too_few_spikes_to_learn(probe):
     x = plant(noise(6), interior, [2] * len(interior), w)
     det = detect(x, probe, generic_bases(x, probe), sign=-1)
     # the generic first basis is a broad Gaussian (sd NT/6 samples), not the spike shape: its
-    # output peaks ~2 samples before the trough (the rebound after it pulls the peak earlier), and
-    # the alignment's score is nearly flat over +-1 sample with these smooth bases, so noise
-    # decides between the trough and the sample before it
-    assert_times_near(det.times, interior, tol=1)
+    # output peaks up to 2 samples before the trough (the rebound after it pulls the peak earlier),
+    # and the candidate stays on that peak. Templates are built on the same alignment, so matching
+    # is unaffected; only the reported time leads the trough by a fraction of a millisecond.
+    got, want = np.sort(det.times), np.sort(interior)
+    assert len(got) == len(want) and np.all((got - want >= -2) & (got - want <= 0)), got - want
     np.testing.assert_array_equal(det.channels, 2)
 
 
