@@ -97,7 +97,7 @@ class Params:
     # --- match -----------------------------------------------------------------------------
     match_threshold: float = _p(5.0, lo=1.0, hi=100.0, stage="match",
                                 help="a template is subtracted when it explains this much residual (sqrt energy, noise sd units)")
-    match_detect_threshold: float = _p(5.0, lo=2.0, hi=50.0, stage="match",
+    match_detect_threshold: float = _p(4.0, lo=2.0, hi=50.0, stage="match",
                                        help="candidate threshold on the filtered residual while matching (noise sd); "
                                             "the template fit then decides")
     match_iterations: int = _p(4, lo=1, hi=20, stage="match", help="rounds of detect-and-peel on the residual")
