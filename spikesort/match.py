@@ -35,7 +35,7 @@ class Templates:
         return sparsify(self.dense[keep], pre=self.pre)
 
 
-def sparsify(dense: np.ndarray, *, pre: int, support_fraction: float = 0.1, max_support: int = 64) -> Templates:
+def sparsify(dense: np.ndarray, *, pre: int, support_fraction: float = 0.1, max_support: int = 32) -> Templates:
     """Keep each template's channels whose norm is at least ``support_fraction`` of its largest."""
     k, nt, n_c = dense.shape
     ch_norm = np.sqrt((dense**2).sum(axis=1))  # (K, C)
