@@ -485,6 +485,26 @@ def test_noise_only_recording(tmp_path):
         assert len(result.spike_times) == 0 and np.load(out / "spike_times.npy").shape == (0,)
 
 
+def test_blas_threads_held_to_n_jobs(tmp_path, monkeypatch):
+    # BLAS's own threads beside busy workers oversubscribe the cores; n_jobs=1 means one thread
+    from threadpoolctl import threadpool_info
+
+    import spikesort.pipeline as pipeline
+
+    seen = []
+    real = pipeline.cluster_spikes
+
+    def spy(**kw):
+        seen.append(max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1))
+        return real(**kw)
+
+    monkeypatch.setattr(pipeline, "cluster_spikes", spy)
+    simulated, _ = simulate(seed=SEED, duration_s=10.0, num_channels=N_CHANNELS, num_units=4)
+    recording = save_int16(simulated, tmp_path / "recording")
+    sort(recording, tmp_path / "sorted", n_jobs=1)
+    assert seen == [1]
+
+
 # ------------------------------------------------------------------------------------------
 # slow: the same checks on more seeds
 # ------------------------------------------------------------------------------------------
