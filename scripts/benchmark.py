@@ -68,6 +68,12 @@ PEER_PARAMS = {
     "mountainsort5": {},
     "kilosort4": {"torch_device": "cpu"},
 }
+# on drifting scenarios, peers whose motion correction is off by default get it switched on:
+# the comparison is of drift handling, not of defaults
+PEER_DRIFT_PARAMS = {
+    "tridesclous2": {"apply_motion_correction": True},
+    "lupin": {"apply_motion_correction": True},
+}
 
 WELL_DETECTED_SCORE = 0.8
 REDUNDANT_SCORE = 0.2
@@ -743,6 +749,8 @@ def run_benchmark(
                     log(f"[{name} seed {seed}] {sorter}: not installed, skipped")
                     continue
                 params = dict(spikesort_params) if sorter == "spikesort" else dict(PEER_PARAMS[sorter])
+                if sorter != "spikesort" and scenario.drift != "none":
+                    params.update(PEER_DRIFT_PARAMS.get(sorter, {}))
                 row["params"] = params
                 if sorter == "spikesort":
                     result_folder = work_dir / f"{name}_seed{seed}" / "spikesort-result"
