@@ -837,10 +837,9 @@ def drift_split_groups(*, spike_times_s, spike_units, templates, main_channels, 
         return np.clip(np.searchsorted(edges, d, side="right") - 1, 0, len(edges) - 2)
 
     similar = cos >= min_similarity
-    members = {u: [u] for u in range(k)}
-    group = np.arange(k)
 
-    def same_neuron(ga: list, gb: list) -> bool:
+    def apart(ga: list, gb: list) -> bool:
+        """The two groups' spikes come from clearly different probe positions."""
         a = binned[np.isin(units, ga)]
         b = binned[np.isin(units, gb)]
         sep = separation(a, b)
@@ -848,19 +847,40 @@ def drift_split_groups(*, spike_times_s, spike_units, templates, main_channels, 
             return False
         pooled = np.concatenate([a, b])
         null = [separation(*np.split(rng.permutation(pooled), [len(a)])) for _ in range(20)]
-        if sep < np.percentile(null, 95) + 0.15:
-            return False
-        # together they must fire like one neuron that never stopped: the union follows the
-        # probe's occupancy clearly better than either part (a look-alike that fires all along
-        # and a unit seen at one position only do not)
-        occ = occupancy(ga[0])
-        return separation(pooled, occ) <= min(separation(a, occ), separation(b, occ)) - 0.1
+        return sep >= np.percentile(null, 95) + 0.15
 
-    for i, j in sorted(zip(*np.nonzero(np.triu(similar, 1))), key=lambda p: -cos[p]):
-        ga, gb = group[i], group[j]
-        if ga == gb or not similar[np.ix_(members[ga], members[gb])].all():
-            continue
-        if same_neuron(members[ga], members[gb]):
-            members[ga] += members.pop(gb)
-            group[members[ga]] = ga
-    return sorted(members.values())
+    def fills(parts: list[list]) -> bool:
+        """Together the parts fire like one neuron that never stopped: their union follows the
+        probe's occupancy clearly better than any part alone (a look-alike that fires all along,
+        and a unit seen at one position only, do not)."""
+        occ = occupancy(parts[0][0])
+        pooled = binned[np.isin(units, [u for g in parts for u in g])]
+        best = min(separation(binned[np.isin(units, g)], occ) for g in parts)
+        # a part that already misses only a short stretch (a 30 s step) can improve by little
+        return separation(pooled, occ) <= best - min(0.1, 0.5 * best)
+
+    def grow(candidates: list[int], *, check_fill: bool) -> list[list[int]]:
+        members = {u: [u] for u in candidates}
+        group = {u: u for u in candidates}
+        sub = np.asarray(candidates)
+        pairs = [(int(sub[i]), int(sub[j])) for i, j in zip(*np.nonzero(np.triu(similar[np.ix_(sub, sub)], 1)))]
+        for i, j in sorted(pairs, key=lambda p: -cos[p]):
+            ga, gb = group[i], group[j]
+            if ga == gb or not similar[np.ix_(members[ga], members[gb])].all():
+                continue
+            if apart(members[ga], members[gb]) and (not check_fill or fills([members[ga], members[gb]])):
+                members[ga] += members.pop(gb)
+                for u in members[ga]:
+                    group[u] = ga
+        return list(members.values())
+
+    # a neuron seen at three positions is three units, and any two of them miss the third
+    # position: groups grow on the position tests alone, then a group must fill the occupancy as
+    # a whole; one that does not is grown again pair by pair with the occupancy test
+    out = []
+    for g in grow(list(range(k)), check_fill=False):
+        if len(g) == 1 or fills([[u] for u in g]):
+            out.append(sorted(g))
+        else:
+            out.extend(sorted(x) for x in grow(g, check_fill=True))
+    return sorted(out)

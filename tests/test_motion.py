@@ -253,6 +253,29 @@ def test_units_split_by_a_step_of_the_probe_are_grouped():
     assert drift_split_groups(**{**kw, "motion": still}) == [[0], [1], [2], [3]]
 
 
+def test_neuron_seen_at_three_positions_is_one_unit():
+    # a bump: 0 µm, then -15 µm, a short +15 µm stretch, -15 µm, 0 again. One neuron comes out as
+    # three units, one per position; any two of them miss the third position, so a pairwise
+    # occupancy test never joins them (the bump64 benchmark scenario had 20 such pieces)
+    from spikesort.motion import drift_split_groups
+
+    rng = np.random.default_rng(1)
+    t_bins = np.arange(150) * 2.0 + 1.0
+    disp = np.select([t_bins < 60, t_bins < 170, t_bins < 200, t_bins < 260], [0.0, -15.0, 15.0, -15.0], 0.0)
+    motion = Motion(disp.astype(np.float32)[:, None], t_bins, np.array([100.0]), np.array([0]))
+    base = rng.normal(size=(20, 8))
+    templates = np.stack([base + 0.2 * rng.normal(size=base.shape) for _ in range(3)]
+                         + [base + 0.2 * rng.normal(size=base.shape)])  # the last: a look-alike firing all along
+    times_all = np.sort(rng.uniform(0, 300, 3000))
+    d = np.interp(times_all, t_bins, disp)
+    piece = np.select([d < -7, d > 7], [1, 2], 0)
+    times = np.concatenate([times_all, rng.uniform(0, 300, 1500)])
+    units = np.concatenate([piece, np.full(1500, 3)])
+    kw = dict(spike_times_s=times, spike_units=units, templates=templates, main_channels=np.zeros(4, int),
+              positions_um=np.array([[0.0, 100.0]] * 8), channel_shanks=np.zeros(8, int), motion=motion)
+    assert drift_split_groups(**kw) == [[0, 1, 2], [3]]
+
+
 # ------------------------------------------------------------------------------------------
 # which shanks, which mode
 
