@@ -417,6 +417,17 @@ def test_temporal_filter_matches_twin_random(seed):
         np.testing.assert_allclose(got, ref_temporal_filter(x, h, pre), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("n_t", [0, 1, 3, 7, 40, 79, 80, 81, 82, 83, 84, 401])
+def test_temporal_filter_production_length_every_row_count(n_t):
+    # a 76-tap filter as in production: the four-row inner path, the edges, and row counts that
+    # leave 0-3 rows after the last block of four
+    rng = np.random.default_rng(n_t)
+    h = rng.normal(size=76).astype(np.float32)
+    x = rng.normal(size=(n_t, 9)).astype(np.float32)
+    for pre in (0, 30, 75):
+        np.testing.assert_allclose(tfilter(x, h, pre), ref_temporal_filter(x, h, pre), rtol=1e-5, atol=1e-4)
+
+
 def test_temporal_filter_one_channel_is_a_correlation():
     rng = np.random.default_rng(8)
     x = rng.normal(size=(300, 1)).astype(np.float32)

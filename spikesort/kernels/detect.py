@@ -103,25 +103,76 @@ def project_neighborhoods(x, times, chans, neighbors, bases, pre):
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
 def _filter_row(y, x, h, pre, t):
-    """y[t, :] += sum_i h[i] * x[t - pre + i, :] over the taps that fall inside x."""
+    """y[t, :] = sum_i h[i] * x[t - pre + i, :] over the taps that fall inside x."""
     n_t, n_c = x.shape
     i0 = max(0, pre - t)
     i1 = min(h.shape[0], n_t - t + pre)
+    for c in range(n_c):
+        y[t, c] = 0.0
     for i in range(i0, i1):
         hi = h[i]
-        src = t - pre + i
+        src = x[t - pre + i]
         for c in range(n_c):
-            y[t, c] += hi * x[src, c]
+            y[t, c] += hi * src[c]
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
 def temporal_filter(x, h, pre):
     """Matched filter along time: y[t, c] = sum_i h[i] * x[t - pre + i, c], zero beyond the edges.
 
-    The channel loop is innermost, over contiguous memory, so it vectorises.
+    The channel loop is innermost, over contiguous memory, so it vectorises. Away from the
+    edges four output rows are accumulated together, two input rows at a time: each input row
+    loaded feeds four sums, which halves the memory traffic per multiply-add of a one-row loop
+    (the filter was a third of a sort's CPU time).
     """
     n_t, n_c = x.shape
-    y = np.zeros((n_t, n_c), dtype=np.float32)
-    for t in range(n_t):
-        _filter_row(y, x, h, pre, t)
+    nh = h.shape[0]
+    y = np.empty((n_t, n_c), dtype=np.float32)
+    # zero-padded taps: output row t + k takes input row t - pre + j with h[j - k] = hp[j - k + 3]
+    hp = np.zeros(nh + 8, dtype=np.float32)
+    for i in range(nh):
+        hp[i + 3] = h[i]
+    a0 = np.empty(n_c, dtype=np.float32)
+    a1 = np.empty(n_c, dtype=np.float32)
+    a2 = np.empty(n_c, dtype=np.float32)
+    a3 = np.empty(n_c, dtype=np.float32)
+    inner_stop = n_t - (nh - pre)  # rows t whose taps all fall inside x: pre <= t < inner_stop
+    t = min(pre, n_t)
+    for edge in range(t):
+        _filter_row(y, x, h, pre, edge)
+    while t + 3 < inner_stop:
+        for c in range(n_c):
+            a0[c] = 0.0
+            a1[c] = 0.0
+            a2[c] = 0.0
+            a3[c] = 0.0
+        s0 = t - pre
+        j = 0
+        while j + 2 <= nh + 3:
+            r0 = x[s0 + j]
+            r1 = x[s0 + j + 1]
+            for c in range(n_c):
+                v0 = r0[c]
+                v1 = r1[c]
+                a0[c] += hp[j + 3] * v0 + hp[j + 4] * v1
+                a1[c] += hp[j + 2] * v0 + hp[j + 3] * v1
+                a2[c] += hp[j + 1] * v0 + hp[j + 2] * v1
+                a3[c] += hp[j] * v0 + hp[j + 1] * v1
+            j += 2
+        if j < nh + 3:
+            r0 = x[s0 + j]
+            for c in range(n_c):
+                v0 = r0[c]
+                a0[c] += hp[j + 3] * v0
+                a1[c] += hp[j + 2] * v0
+                a2[c] += hp[j + 1] * v0
+                a3[c] += hp[j] * v0
+        for c in range(n_c):
+            y[t, c] = a0[c]
+            y[t + 1, c] = a1[c]
+            y[t + 2, c] = a2[c]
+            y[t + 3, c] = a3[c]
+        t += 4
+    for edge in range(t, n_t):
+        _filter_row(y, x, h, pre, edge)
     return y
