@@ -140,7 +140,7 @@ def filtered_noise_sd(blocks: list[np.ndarray], *, bases: np.ndarray, pre: int) 
     """Robust sd per channel of the traces after the matched filter of the first temporal basis."""
     from .preprocess import robust_sd
 
-    y = np.concatenate([temporal_filter(b, bases[0], pre) for b in blocks])
+    y = np.concatenate([temporal_filter(b, bases[0], pre, np.ones(b.shape[1], np.float32)) for b in blocks])
     return np.maximum(robust_sd(y), 1e-6).astype(np.float32)
 
 
@@ -152,8 +152,7 @@ def candidate_peaks(x: np.ndarray, *, bases: np.ndarray, filter_sd: np.ndarray, 
     whole waveform, which finds units whose single-sample peak hides in the noise. The bases
     are oriented so that spikes of the detected polarity give positive output.
     """
-    y = temporal_filter(x, bases[0], pre)
-    y /= filter_sd[None, :]
+    y = temporal_filter(x, bases[0], pre, (1.0 / filter_sd).astype(np.float32))
     return detect_peaks(y, 1.0, float(threshold), neighbors, exclusion, lo, hi)
 
 

@@ -111,7 +111,7 @@ def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, 
     thr2 = float(match_threshold) ** 2
     h = np.ascontiguousarray(bases[0])
     inv_sd = (1.0 / filter_sd).astype(np.float32)
-    y = temporal_filter(r, h, pre) * inv_sd[None, :]
+    y = temporal_filter(r, h, pre, inv_sd)
     if filtered is None:
         filtered = filtered_templates(templates, h)
     rows = np.arange(lo, hi)

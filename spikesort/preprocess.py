@@ -43,11 +43,12 @@ def filter_and_reference(traces: np.ndarray, *, sos: np.ndarray, reference: str,
                          good_channels: np.ndarray | None = None) -> np.ndarray:
     """Zero-phase filter each channel, then subtract the common reference of the good channels."""
     x = np.ascontiguousarray(traces, dtype=np.float32)
-    x = x - x.mean(axis=0, keepdims=True)
     # filtfilt needs a few filter lengths of signal; tiny blocks are padded less
     padlen = max(0, min(3 * (2 * len(sos) + 1), x.shape[0] - 1))
     if x.shape[0] >= 2:
-        x = sosfiltfilt_rows(x, sos, _sos_zi(sos), padlen)
+        x = sosfiltfilt_rows(x, sos, _sos_zi(sos), padlen, True)
+    else:
+        x = x - x.mean(axis=0, keepdims=True)
     if reference != "none" and x.shape[1] > 1:
         chans = np.arange(x.shape[1]) if good_channels is None else np.flatnonzero(good_channels)
         subtract_reference(x, reference_channels(chans), reference == "median")

@@ -401,8 +401,8 @@ def test_project_padded_slots_are_zero():
 
 def tfilter(x, h, pre):
     # production: float32 C-contiguous traces, h = bases[0] (a float32 row), int pre
-    return temporal_filter(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(h, dtype=np.float32),
-                           int(pre))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return temporal_filter(x, np.ascontiguousarray(h, dtype=np.float32), int(pre), np.ones(x.shape[1], np.float32))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -426,6 +426,15 @@ def test_temporal_filter_production_length_every_row_count(n_t):
     x = rng.normal(size=(n_t, 9)).astype(np.float32)
     for pre in (0, 30, 75):
         np.testing.assert_allclose(tfilter(x, h, pre), ref_temporal_filter(x, h, pre), rtol=1e-5, atol=1e-4)
+
+
+def test_temporal_filter_scales_each_channel():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(203, 6)).astype(np.float32)
+    h = rng.normal(size=76).astype(np.float32)
+    scale = rng.uniform(0.2, 3, 6).astype(np.float32)
+    got = temporal_filter(x, h, 30, scale)
+    np.testing.assert_allclose(got, ref_temporal_filter(x, h, 30) * scale, rtol=1e-5, atol=1e-4)
 
 
 def test_temporal_filter_one_channel_is_a_correlation():
@@ -708,9 +717,16 @@ def test_sosfiltfilt_rows_matches_scipy(seed, n_channels):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((3000, n_channels)) * 50 + rng.uniform(-500, 500, n_channels)).astype(np.float32)
     sos = signal.butter(3, [300, 6000], btype="bandpass", fs=30000, output="sos")
-    got = sosfiltfilt_rows(x, sos, signal.sosfilt_zi(sos), 21)
+    x_before = x.copy()
+    got = sosfiltfilt_rows(x, sos, signal.sosfilt_zi(sos), 21, False)
     want = signal.sosfiltfilt(sos, x.astype(np.float64), axis=0, padlen=21)
     np.testing.assert_allclose(got, want, atol=1e-3 * np.abs(want).max())
+    # demean: the channel means are taken off before filtering; the input stays as it was
+    got = sosfiltfilt_rows(x, sos, signal.sosfilt_zi(sos), 21, True)
+    centred = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)
+    want = signal.sosfiltfilt(sos, centred, axis=0, padlen=21)
+    np.testing.assert_allclose(got, want, atol=1e-3 * np.abs(want).max())
+    np.testing.assert_array_equal(x, x_before)
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 31, 64, 65, 257, 384])
@@ -795,10 +811,10 @@ def test_subtract_filtered_equals_refiltering_the_residual(seed):
     ts = np.array([pre, 60, 70, 200 - (nt - pre)], dtype=I64)
     ks = np.array([0, 1, 2, 1], dtype=I64)
     amps = rng.uniform(0.5, 1.5, 4).astype(np.float32)
-    y = temporal_filter(x, h, pre) * inv_sd
+    y = temporal_filter(x, h, pre, inv_sd)
     subtract_templates(x, ts, ks, amps, t.values, t.channels, pre)
     subtract_filtered(y, ts, ks, amps, filtered_templates(t, h), t.channels, inv_sd)
-    np.testing.assert_allclose(y, temporal_filter(x, h, pre) * inv_sd, atol=1e-4)
+    np.testing.assert_allclose(y, temporal_filter(x, h, pre, inv_sd), atol=1e-4)
 
 
 def test_reference_channels_spread_evenly_over_long_probes():

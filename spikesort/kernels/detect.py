@@ -102,8 +102,8 @@ def project_neighborhoods(x, times, chans, neighbors, bases, pre):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
-def _filter_row(y, x, h, pre, t):
-    """y[t, :] = sum_i h[i] * x[t - pre + i, :] over the taps that fall inside x."""
+def _filter_row(y, x, h, pre, t, scale):
+    """y[t, :] = scale * sum_i h[i] * x[t - pre + i, :] over the taps that fall inside x."""
     n_t, n_c = x.shape
     i0 = max(0, pre - t)
     i1 = min(h.shape[0], n_t - t + pre)
@@ -114,11 +114,14 @@ def _filter_row(y, x, h, pre, t):
         src = x[t - pre + i]
         for c in range(n_c):
             y[t, c] += hi * src[c]
+    for c in range(n_c):
+        y[t, c] *= scale[c]
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def temporal_filter(x, h, pre):
-    """Matched filter along time: y[t, c] = sum_i h[i] * x[t - pre + i, c], zero beyond the edges.
+def temporal_filter(x, h, pre, scale):
+    """Matched filter along time: y[t, c] = scale[c] * sum_i h[i] * x[t - pre + i, c], zero
+    beyond the edges (``scale``: (C,) float32, e.g. one over each channel's filtered noise sd).
 
     The channel loop is innermost, over contiguous memory, so it vectorises. Away from the
     edges four output rows are accumulated together, two input rows at a time: each input row
@@ -139,7 +142,7 @@ def temporal_filter(x, h, pre):
     inner_stop = n_t - (nh - pre)  # rows t whose taps all fall inside x: pre <= t < inner_stop
     t = min(pre, n_t)
     for edge in range(t):
-        _filter_row(y, x, h, pre, edge)
+        _filter_row(y, x, h, pre, edge, scale)
     while t + 3 < inner_stop:
         for c in range(n_c):
             a0[c] = 0.0
@@ -168,11 +171,12 @@ def temporal_filter(x, h, pre):
                 a2[c] += hp[j + 1] * v0
                 a3[c] += hp[j] * v0
         for c in range(n_c):
-            y[t, c] = a0[c]
-            y[t + 1, c] = a1[c]
-            y[t + 2, c] = a2[c]
-            y[t + 3, c] = a3[c]
+            sc = scale[c]
+            y[t, c] = a0[c] * sc
+            y[t + 1, c] = a1[c] * sc
+            y[t + 2, c] = a2[c] * sc
+            y[t + 3, c] = a3[c] * sc
         t += 4
     for edge in range(t, n_t):
-        _filter_row(y, x, h, pre, edge)
+        _filter_row(y, x, h, pre, edge, scale)
     return y
