@@ -17,10 +17,19 @@ def _is_peak(x, sign, v, t, c, neighbors, exclusion):
     n_t = x.shape[0]
     t0 = max(0, t - exclusion)
     t1 = min(n_t, t + exclusion + 1)
+    # the own channel first, nearest samples first: most samples above threshold sit on a
+    # spike's slope, and the next or previous sample rejects them in one or two reads
+    for d in range(1, exclusion + 1):
+        if t - d >= t0 and sign * x[t - d, c] >= v:
+            return False
+        if t + d < t1 and sign * x[t + d, c] > v:
+            return False
     for k in range(neighbors.shape[1]):
         cc = neighbors[c, k]
         if cc < 0:
             break
+        if cc == c:
+            continue
         for tt in range(t0, t1):
             w = sign * x[tt, cc]
             if w > v or (w == v and (tt < t or (tt == t and cc < c))):
@@ -38,6 +47,13 @@ def detect_peaks_rows(x, sign, threshold, neighbors, exclusion, rows):
     n = 0
     for i in range(rows.shape[0]):
         t = rows[i]
+        row = x[t]
+        # a vectorised count first: most rows hold no value above threshold
+        above = 0
+        for c in range(n_c):
+            above += sign * row[c] > threshold
+        if above == 0:
+            continue
         for c in range(n_c):
             v = sign * x[t, c]
             if v <= threshold:

@@ -25,16 +25,19 @@ def _dot_template(r, start, values, channels, k):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def best_matches(r, times, chans, values, channels, norm2, chan_templates, pre, max_lag, amp_lo, amp_hi):
+def best_matches(r_t, times, chans, values_t, channels, norm2, chan_templates, pre, max_lag, amp_lo, amp_hi):
     """For each candidate peak, the template, lag and amplitude that most reduce the residual energy.
 
+    Channel-major arrays: ``r_t`` (C, T) residual, ``values_t`` (K, S, nt) templates, so each
+    dot product runs over contiguous samples (about 3x faster than over the rows of a (T, C)
+    residual, where every sample of a channel sits on its own cache line).
     The amplitude is the least-squares scale clipped to [amp_lo, amp_hi]; the reduction
     ``2 a <r, T> - a^2 |T|^2`` is the gain. Returns (template, time, amplitude, gain) per
-    candidate; template is -1 where no window fits inside ``r``.
+    candidate; template is -1 where no window fits inside ``r_t``.
     """
     n = times.shape[0]
-    n_t = r.shape[0]
-    k_tot, nt, s_max = values.shape
+    n_t = r_t.shape[1]
+    nt = values_t.shape[2]
     q = chan_templates.shape[1]
     best_k = np.full(n, -1, dtype=np.int64)
     best_t = np.zeros(n, dtype=np.int64)
@@ -50,7 +53,17 @@ def best_matches(r, times, chans, values, channels, norm2, chan_templates, pre, 
                 start = times[i] + lag - pre
                 if start < 0 or start + nt > n_t:
                     continue
-                dot = _dot_template(r, start, values, channels, k)
+                dot = 0.0
+                for s in range(channels.shape[1]):
+                    ch = channels[k, s]
+                    if ch < 0:
+                        break
+                    row = r_t[ch]
+                    tpl = values_t[k, s]
+                    acc = np.float32(0.0)
+                    for j in range(nt):
+                        acc += row[start + j] * tpl[j]
+                    dot += acc
                 a = dot / norm2[k]
                 if a < amp_lo:
                     a = amp_lo
@@ -100,22 +113,24 @@ def select_non_overlapping(order, ks, ts, channels, pre, nt, n_t, n_c):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def subtract_templates(r, ts, ks, amps, values, channels, pre):
-    """r[t - pre + j, ch] -= a * template; in place."""
-    nt = values.shape[1]
+def subtract_templates(r_t, ts, ks, amps, values_t, channels, pre):
+    """r_t[ch, t - pre + j] -= a * template; in place, channel-major like ``best_matches``."""
+    nt = values_t.shape[2]
     s_max = channels.shape[1]
-    n_t = r.shape[0]
+    n_t = r_t.shape[1]
     for i in range(ts.shape[0]):
         k = ks[i]
         start = ts[i] - pre
+        j0 = max(0, -start)
+        j1 = min(nt, n_t - start)
         for s in range(s_max):
             ch = channels[k, s]
             if ch < 0:
                 break
-            for j in range(nt):
-                tt = start + j
-                if 0 <= tt < n_t:
-                    r[tt, ch] -= amps[i] * values[k, j, s]
+            row = r_t[ch]
+            tpl = values_t[k, s]
+            for j in range(j0, j1):
+                row[start + j] -= amps[i] * tpl[j]
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
