@@ -100,19 +100,18 @@ def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, 
     """Peel templates off one whitened block. Returns the spikes (recording samples) and the residual.
 
     ``filtered``: ``filtered_templates(templates, bases[0])``, computed here when not given."""
-    # channel-major residual for the fits (see best_matches)
-    r = np.ascontiguousarray(np.asarray(x, dtype=np.float32).T)
+    r = np.array(x, dtype=np.float32, copy=True)
     nt = templates.values.shape[1]
     pre = templates.pre
     lo = max(keep_start, pre + max_lag)
-    hi = min(keep_stop, r.shape[1] - (nt - pre) - max_lag)
+    hi = min(keep_stop, r.shape[0] - (nt - pre) - max_lag)
     parts = []
     if templates.n_templates == 0 or hi <= lo:
-        return MatchedSpikes.concat([]), r.T
+        return MatchedSpikes.concat([]), r
     thr2 = float(match_threshold) ** 2
     h = np.ascontiguousarray(bases[0])
     inv_sd = (1.0 / filter_sd).astype(np.float32)
-    y = temporal_filter(np.ascontiguousarray(x, dtype=np.float32), h, pre, inv_sd)
+    y = temporal_filter(r, h, pre, inv_sd)
     if filtered is None:
         filtered = filtered_templates(templates, h)
     values_t = np.ascontiguousarray(templates.values.transpose(0, 2, 1))
@@ -127,9 +126,9 @@ def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, 
         if len(ok) == 0:
             break
         order = ok[np.argsort(-g[ok], kind="stable")]
-        keep = select_non_overlapping(order, k, tt, templates.channels, pre, nt, r.shape[1], r.shape[0])
+        keep = select_non_overlapping(order, k, tt, templates.channels, pre, nt, r.shape[0], r.shape[1])
         sel = np.flatnonzero(keep)
-        subtract_templates(r, tt[sel], k[sel], a[sel], values_t, templates.channels, pre)
+        subtract_templates(r, tt[sel], k[sel], a[sel], templates.values, templates.channels, pre)
         subtract_filtered(y, tt[sel], k[sel], a[sel], filtered, templates.channels, inv_sd)
         # elsewhere neither the filtered traces nor the residual changed, so a candidate there
         # would be found and rejected again: search only near the subtractions
@@ -138,7 +137,7 @@ def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, 
         parts.append(MatchedSpikes(tt[sel] + offset, k[sel], a[sel], g[sel]))
     spikes = MatchedSpikes.concat(parts)
     order = np.lexsort((spikes.templates, spikes.times))
-    return spikes.take(order), r.T
+    return spikes.take(order), r
 
 
 def rows_near(times: np.ndarray, *, reach: int, lo: int, hi: int) -> np.ndarray:

@@ -501,15 +501,10 @@ def test_temporal_filter_h_longer_than_x(pre):
 # best_matches
 # ---------------------------------------------------------------------------------------------
 
-def channel_major(r, values):
-    # the kernels take the residual (C, T) and the templates (K, S, nt) channel-major
-    return (np.ascontiguousarray(np.asarray(r, dtype=np.float32).T),
-            np.ascontiguousarray(values.transpose(0, 2, 1)))
-
-
 def fit(r, times, chans, values, channels, norm2, cand, pre, max_lag, lo=0.5, hi=2.0):
-    r_t, values_t = channel_major(r, values)
-    return best_matches(r_t, np.asarray(times, dtype=I64), np.asarray(chans, dtype=I64), values_t, channels,
+    # the kernel takes the templates channel-major, (K, S, nt)
+    return best_matches(np.ascontiguousarray(r, dtype=np.float32), np.asarray(times, dtype=I64),
+                        np.asarray(chans, dtype=I64), np.ascontiguousarray(values.transpose(0, 2, 1)), channels,
                         norm2, cand, int(pre), int(max_lag), float(lo), float(hi))
 
 
@@ -666,10 +661,8 @@ def test_select_empty_order():
 # ---------------------------------------------------------------------------------------------
 
 def subtract(r, ts, ks, amps, values, channels, pre):
-    r_t, values_t = channel_major(r, values)
-    subtract_templates(r_t, np.asarray(ts, dtype=I64), np.asarray(ks, dtype=I64),
-                       np.asarray(amps, dtype=np.float32), values_t, channels, int(pre))
-    r[:] = r_t.T
+    subtract_templates(r, np.asarray(ts, dtype=I64), np.asarray(ks, dtype=I64), np.asarray(amps, dtype=np.float32),
+                       values, channels, int(pre))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
