@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from .kernels.cluster import two_means_labels
+
 log = logging.getLogger(__name__)
 
 
@@ -62,22 +64,13 @@ def bimodality(proj: np.ndarray, split_value: float, *, min_z: float = 2.0) -> f
 
 
 def two_means(x: np.ndarray, rng: np.random.Generator, n_iter: int = 30) -> np.ndarray:
-    """Labels 0/1 of 2-means with k-means++ seeding."""
-    c0 = x[rng.integers(len(x))]
-    d = ((x - c0) ** 2).sum(1)
-    c1 = x[rng.choice(len(x), p=d / d.sum())] if d.sum() > 0 else x[0]
-    cent = np.stack([c0, c1])
-    lab = np.zeros(len(x), dtype=np.int64)
-    for _ in range(n_iter):
-        dist = ((x[:, None, :] - cent[None]) ** 2).sum(2)
-        new = np.argmin(dist, axis=1)
-        if (new == lab).all() and _ > 0:
-            break
-        lab = new
-        for k in range(2):
-            if np.any(lab == k):
-                cent[k] = x[lab == k].mean(0)
-    return lab
+    """Labels 0/1 of 2-means with k-means++ seeding (the loop is a numba kernel: it ran a few
+    hundred times per sort, and numpy's small-array overhead made it the costliest step here)."""
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = int(rng.integers(len(x)))
+    u = float(rng.random())
+    return two_means_labels(np.ascontiguousarray(x, dtype=np.float64), first, u, n_iter)
 
 
 def local_pca(x: np.ndarray, n_dims: int) -> np.ndarray:

@@ -49,10 +49,15 @@ def filter_and_reference(traces: np.ndarray, *, sos: np.ndarray, reference: str,
         x = sosfiltfilt_rows(x, sos, _sos_zi(sos), padlen, True)
     else:
         x = x - x.mean(axis=0, keepdims=True)
+    common_reference(x, reference=reference, good_channels=good_channels)
+    return x
+
+
+def common_reference(x: np.ndarray, *, reference: str, good_channels: np.ndarray | None = None) -> None:
+    """Subtract the common (median or mean) reference of the good channels from filtered traces, in place."""
     if reference != "none" and x.shape[1] > 1:
         chans = np.arange(x.shape[1]) if good_channels is None else np.flatnonzero(good_channels)
         subtract_reference(x, reference_channels(chans), reference == "median")
-    return x
 
 
 # the common reference of a long probe is taken on at most this many of its good channels, evenly
@@ -170,8 +175,29 @@ def fit_preprocessing(blocks, *, sampling_rate_hz: float, positions_um: np.ndarr
 
     sos = design_filter(sampling_rate_hz=sampling_rate_hz, highpass_hz=highpass_hz, lowpass_hz=lowpass_hz)
     n_blocks = len(blocks)
-    sds = list(map_chunks(lambda i: robust_sd(filter_and_reference(blocks[i], sos=sos, reference="none"),
-                                              max_samples=10_000), range(n_blocks), n_jobs=n_jobs))
+
+    def stats(x):
+        """Covariance terms, robust sd and a sample of filtered, referenced traces."""
+        sd = robust_sd(x, max_samples=10_000)
+        # spikes inflate the covariance; clip big excursions so a few large units do not dominate it
+        lim = (6.0 * np.maximum(sd, 1e-12)).astype(np.float32)
+        # float32 BLAS is ~10x faster than float64 and accurate enough here. (Every 3rd sample
+        # would cut the cost on long probes, but moved sorted units on the benchmark scenarios:
+        # the clustering is sensitive to the whitening at that level.)
+        clipped = np.clip(x, -lim, lim)
+        return (clipped.T @ clipped).astype(np.float64), len(clipped), sd, x[:: max(1, len(x) * n_blocks // 100_000)]
+
+    def first_pass(i):
+        # one read and one filtering serve both the bad-channel test (unreferenced noise) and,
+        # when every channel turns out good (the usual case), the whitening statistics
+        x = filter_and_reference(blocks[i], sos=sos, reference="none")
+        # the bad-channel test compares with a tenth and 5x the probe median: a coarse sd will do
+        sd_raw = robust_sd(x, max_samples=3_000)
+        common_reference(x, reference=reference)
+        return sd_raw, stats(x)
+
+    first = list(map_chunks(first_pass, range(n_blocks), n_jobs=n_jobs))
+    sds = [f[0] for f in first]
     n_ch = len(sds[0])
     sd_raw = np.median(sds, axis=0)
     bad = find_bad_channels(sd_raw) if detect_bad_channels and n_ch > 2 else {}
@@ -182,19 +208,13 @@ def fit_preprocessing(blocks, *, sampling_rate_hz: float, positions_um: np.ndarr
     for c, why in bad.items():
         log.warning("channel %d looks %s (noise sd %.3g vs probe median %.3g): left out", c, why, sd_raw[c],
                     np.median(sd_raw))
-
-    def referenced(i):
-        x = filter_and_reference(blocks[i], sos=sos, reference=reference, good_channels=good)
-        sd = robust_sd(x, max_samples=10_000)
-        # spikes inflate the covariance; clip big excursions so a few large units do not dominate it
-        lim = (6.0 * np.maximum(sd, 1e-12)).astype(np.float32)
-        # float32 BLAS is ~10x faster than float64 and accurate enough here. (Every 3rd sample
-        # would cut the cost on long probes, but moved sorted units on the benchmark scenarios:
-        # the clustering is sensitive to the whitening at that level.)
-        clipped = np.clip(x, -lim, lim)
-        return (clipped.T @ clipped).astype(np.float64), len(clipped), sd, x[:: max(1, len(x) * n_blocks // 100_000)]
-
-    parts = list(map_chunks(referenced, range(n_blocks), n_jobs=n_jobs))
+    if bad:
+        # the reference must leave the bad channels out: filter again
+        parts = list(map_chunks(lambda i: stats(filter_and_reference(blocks[i], sos=sos, reference=reference,
+                                                                     good_channels=good)),
+                                range(n_blocks), n_jobs=n_jobs))
+    else:
+        parts = [f[1] for f in first]
     cov = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
     noise_sd = np.median([p[2] for p in parts], axis=0)
     sample = np.concatenate([p[3] for p in parts])

@@ -857,3 +857,52 @@ def test_store_snippets_match_numpy_slices(tmp_path):
         want = q[t - 3: t + 5][:, chans] if 0 <= t - 3 and t + 5 <= 500 else np.zeros((8, 3), np.float32)
         np.testing.assert_allclose(got[i], want, atol=1e-6)
     np.testing.assert_allclose(store.snippets(times[:1], pre=3, nt=8)[0], q[7:15], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# two_means_labels
+# ---------------------------------------------------------------------------------------------
+
+def ref_two_means(x, first, u, n_iter):
+    """numpy twin: k-means++ second centre from the cumulative squared distances, then Lloyd."""
+    c0 = x[first]
+    d = ((x - c0) ** 2).sum(1)
+    second = int(np.searchsorted(np.cumsum(d) / d.sum(), u, side="right")) if d.sum() > 0 else 0
+    cent = np.stack([c0, x[min(second, len(x) - 1)]]).astype(np.float64)
+    lab = np.zeros(len(x), dtype=I64)
+    for it in range(n_iter):
+        dist = ((x[:, None, :] - cent[None]) ** 2).sum(2)
+        new = np.where(dist[:, 1] < dist[:, 0], 1, 0)
+        if (new == lab).all() and it > 0:
+            break
+        lab = new
+        for k in range(2):
+            if np.any(lab == k):
+                cent[k] = x[lab == k].mean(0)
+    return lab
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_two_means_matches_twin_random(seed):
+    from spikesort.kernels.cluster import two_means_labels
+
+    rng = np.random.default_rng(seed)
+    n, d = int(rng.integers(5, 400)), int(rng.integers(1, 8))
+    x = rng.normal(size=(n, d))
+    x[: n // 3] += rng.normal(size=d) * 4  # two groups, unequal sizes
+    first, u = int(rng.integers(n)), float(rng.random())
+    got = two_means_labels(x, first, u, 30)
+    np.testing.assert_array_equal(got, ref_two_means(x, first, u, 30))
+    assert 0 < got.sum() < n
+
+
+def test_two_means_separates_two_clouds_and_handles_degenerate_input():
+    from spikesort.kernels.cluster import two_means_labels
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(size=(50, 3)), rng.normal(size=(30, 3)) + 20])
+    lab = two_means_labels(x, 0, 0.5, 30)
+    assert len(set(lab[:50])) == 1 and len(set(lab[50:])) == 1 and lab[0] != lab[-1]
+    # every row on the first centre: one cluster, no error
+    np.testing.assert_array_equal(two_means_labels(np.ones((10, 2)), 3, 0.7, 30), 0)
+    assert two_means_labels(np.zeros((0, 2)), 0, 0.5, 30).shape == (0,)
