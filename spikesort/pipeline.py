@@ -175,6 +175,9 @@ TEMP_TRACES = checkpoints.TRACES_FILE
 # holds its sample), so with this grid the result does not depend on chunk_s.
 PREPROCESS_CHUNK_S = 2.0
 RUN_FILE = checkpoints.RUN_FILE
+# the refractory merge test compares coincidences with the rates of the two units over stretches
+# this long: long enough for several spikes a bin, short enough to see a 30 s drift step
+REFRACTORY_RATE_BIN_S = 10.0
 
 
 def _identity(recording, info: RecordingInfo) -> dict:
@@ -586,7 +589,8 @@ def _curate(run: _Run, *, clu: Clustered, mat: Matched) -> Curated:
                               threshold=p.bimodality_threshold, rng=rng)
     groups = refractory_merges(spikes, post.dense, positions_um=info.positions_um, duration=info.n_samples,
                                refractory=int(round(p.refractory_ms * fs / 1000)),
-                               similarity=p.post_merge_similarity, same_unit=veto)
+                               similarity=p.post_merge_similarity, same_unit=veto,
+                               rate_bin=int(round(REFRACTORY_RATE_BIN_S * fs)))
     spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
     log.info("%d units after refractory merges", len(groups))
     final = build_templates(store, spikes.times, spikes.templates, n_units=len(groups), pre=pre, nt=nt, rng=rng,

@@ -99,3 +99,43 @@ def test_independent_units_lose_no_residue_spikes():
     labels = np.concatenate([np.zeros(len(ta)), np.ones(len(tb))]).astype(np.int64)
     spikes = MatchedSpikes(times, labels, np.ones(len(times), np.float32), np.ones(len(times), np.float32))
     assert not residue_spikes(spikes, np.stack([big, small]), window=45, positions_um=positions).any()
+
+
+def _spikes(*trains):
+    times = np.concatenate(trains)
+    units = np.concatenate([np.full(len(t), i) for i, t in enumerate(trains)])
+    order = np.argsort(times, kind="stable")
+    ones = np.ones(len(times), np.float32)
+    return MatchedSpikes(times[order].astype(np.int64), units[order].astype(np.int64), ones, ones)
+
+
+def test_units_firing_in_different_stretches_are_not_merged_on_an_empty_correlogram():
+    # two neurons with look-alike templates, one seen before a drift step and one after: they
+    # never fire together, so their correlogram is empty; that is no evidence of one neuron
+    rng = np.random.default_rng(4)
+    fs, dur = 30000, 30000 * 300
+    a = _poisson_times(rng, 8, dur // 2)
+    b = _poisson_times(rng, 8, dur // 2) + dur // 2
+    dense = np.stack([_unit(peak=30, center=12), _unit(peak=30, center=13)])
+    assert 0.7 < lagged_similarity(dense[0], dense[1], max_lag=3)[0] < 0.9
+    positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
+    kw = dict(positions_um=positions, duration=dur, refractory=45, similarity=0.7, same_unit=lambda i, j, lag: True)
+    # the whole-recording rate expects ~60 coincidences and sees none: it called them one neuron
+    assert len(refractory_merges(_spikes(a, b), dense, **kw)) == 1
+    assert len(refractory_merges(_spikes(a, b), dense, rate_bin=10 * fs, **kw)) == 2
+
+
+def test_a_small_unit_does_not_chain_two_neurons_into_one():
+    # A and B fire independently all along (no refractory gap between them); C, a dozen spikes,
+    # looks like both and passes every pair test: the groups {A, C} and {B} must stay apart
+    rng = np.random.default_rng(5)
+    fs, dur = 30000, 30000 * 300
+    a, b = _poisson_times(rng, 8, dur), _poisson_times(rng, 8, dur)
+    c = np.sort(rng.choice(dur, 12, replace=False))
+    dense = np.stack([_unit(peak=30, center=12), _unit(peak=30, center=13), _unit(peak=30, center=12.5)])
+    positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
+    groups = refractory_merges(_spikes(a, b, c), dense, positions_um=positions, duration=dur, refractory=45,
+                               similarity=0.7, rate_bin=10 * fs, same_unit=lambda i, j, lag: True)
+    members = [sorted(k for k, _ in g) for g in groups]
+    assert not any(0 in m and 1 in m for m in members)
+    assert any(2 in m and len(m) == 2 for m in members)  # C joins one of them
