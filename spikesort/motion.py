@@ -804,8 +804,8 @@ def drift_split_groups(*, spike_times_s, spike_units, templates, main_channels, 
     samples of one distribution would (the 95th percentile of 20 label shuffles, + 0.15), and
     together they sample the probe's positions like a neuron that fired all along. Different
     neurons fire whatever the probe position. Groups grow greedily from the most similar pair;
-    templates must be similar between every two members, and the position tests compare the
-    two groups being joined.
+    two groups join when their templates are similar on average over every cross pair, and the
+    position tests compare the two groups being joined.
     """
     times = np.asarray(spike_times_s, dtype=np.float64)
     units = np.asarray(spike_units, dtype=np.int64)
@@ -859,14 +859,16 @@ def drift_split_groups(*, spike_times_s, spike_units, templates, main_channels, 
         # a part that already misses only a short stretch (a 30 s step) can improve by little
         return separation(pooled, occ) <= best - min(0.1, 0.5 * best)
 
-    def grow(candidates: list[int], *, check_fill: bool) -> list[list[int]]:
-        members = {u: [u] for u in candidates}
-        group = {u: u for u in candidates}
-        sub = np.asarray(candidates)
+    def grow(initial: list[list[int]], *, check_fill: bool) -> list[list[int]]:
+        members = {g[0]: list(g) for g in initial}
+        group = {u: g[0] for g in initial for u in g}
+        sub = np.asarray([u for g in initial for u in g])
         pairs = [(int(sub[i]), int(sub[j])) for i, j in zip(*np.nonzero(np.triu(similar[np.ix_(sub, sub)], 1)))]
         for i, j in sorted(pairs, key=lambda p: -cos[p]):
             ga, gb = group[i], group[j]
-            if ga == gb or not similar[np.ix_(members[ga], members[gb])].all():
+            # similar on average: pieces at the two ends of a neuron's travel can differ more
+            # than either differs from the piece in the middle
+            if ga == gb or cos[np.ix_(members[ga], members[gb])].mean() < min_similarity:
                 continue
             if apart(members[ga], members[gb]) and (not check_fill or fills([members[ga], members[gb]])):
                 members[ga] += members.pop(gb)
@@ -876,11 +878,12 @@ def drift_split_groups(*, spike_times_s, spike_units, templates, main_channels, 
 
     # a neuron seen at three positions is three units, and any two of them miss the third
     # position: groups grow on the position tests alone, then a group must fill the occupancy as
-    # a whole; one that does not is grown again pair by pair with the occupancy test
-    out = []
-    for g in grow(list(range(k)), check_fill=False):
-        if len(g) == 1 or fills([[u] for u in g]):
-            out.append(sorted(g))
-        else:
-            out.extend(sorted(x) for x in grow(g, check_fill=True))
+    # a whole. The members of one that does not are free again, and every unit is grown once
+    # more with the occupancy test on each join (a piece first grouped with a look-alike that
+    # fires elsewhere can then find its own neuron)
+    first = grow([[u] for u in range(k)], check_fill=False)
+    whole = [len(g) == 1 or fills([[u] for u in g]) for g in first]
+    kept = [g for g, ok in zip(first, whole) if ok]
+    freed = [[u] for g, ok in zip(first, whole) if not ok for u in g]
+    out = [sorted(g) for g in grow(kept + freed, check_fill=True)]
     return sorted(out)

@@ -276,6 +276,28 @@ def test_neuron_seen_at_three_positions_is_one_unit():
     assert drift_split_groups(**kw) == [[0, 1, 2], [3]]
 
 
+def test_piece_first_grouped_with_a_look_alike_finds_its_own_neuron():
+    # neuron A is two units: A0 at 0 and -15 µm, A1 during the short +15 µm stretch. B fires all
+    # along and looks even more like A1 than A0 does, so A1 and B are joined first; that group
+    # fails the occupancy test (B alone fires everywhere), and A1 must then be free to join A0
+    from spikesort.motion import drift_split_groups
+
+    rng = np.random.default_rng(2)
+    t_bins = np.arange(150) * 2.0 + 1.0
+    disp = np.select([t_bins < 60, t_bins < 170, t_bins < 200, t_bins < 260], [0.0, -15.0, 15.0, -15.0], 0.0)
+    motion = Motion(disp.astype(np.float32)[:, None], t_bins, np.array([100.0]), np.array([0]))
+    base = rng.normal(size=(20, 8))
+    a1 = base + 0.1 * rng.normal(size=base.shape)
+    templates = np.stack([base + 0.5 * rng.normal(size=base.shape), a1, a1 + 0.05 * rng.normal(size=base.shape)])
+    times_a = np.sort(rng.uniform(0, 300, 3000))
+    piece = (np.interp(times_a, t_bins, disp) > 7).astype(int)
+    times = np.concatenate([times_a, rng.uniform(0, 300, 1500)])
+    units = np.concatenate([piece, np.full(1500, 2)])
+    kw = dict(spike_times_s=times, spike_units=units, templates=templates, main_channels=np.zeros(3, int),
+              positions_um=np.array([[0.0, 100.0]] * 8), channel_shanks=np.zeros(8, int), motion=motion)
+    assert drift_split_groups(**kw) == [[0, 1], [2]]
+
+
 # ------------------------------------------------------------------------------------------
 # which shanks, which mode
 
