@@ -253,6 +253,13 @@ def test_units_split_by_a_step_of_the_probe_are_grouped():
     assert drift_split_groups(**{**kw, "motion": still}) == [[0], [1], [2], [3]]
 
 
+def _bump_motion():
+    """0 µm, then -15 µm, a short +15 µm stretch, -15 µm, 0 again (2 s bins over 300 s)."""
+    t_bins = np.arange(150) * 2.0 + 1.0
+    disp = np.select([t_bins < 60, t_bins < 170, t_bins < 200, t_bins < 260], [0.0, -15.0, 15.0, -15.0], 0.0)
+    return t_bins, disp, Motion(disp.astype(np.float32)[:, None], t_bins, np.array([100.0]), np.array([0]))
+
+
 def test_neuron_seen_at_three_positions_is_one_unit():
     # a bump: 0 µm, then -15 µm, a short +15 µm stretch, -15 µm, 0 again. One neuron comes out as
     # three units, one per position; any two of them miss the third position, so a pairwise
@@ -260,9 +267,7 @@ def test_neuron_seen_at_three_positions_is_one_unit():
     from spikesort.motion import drift_split_groups
 
     rng = np.random.default_rng(1)
-    t_bins = np.arange(150) * 2.0 + 1.0
-    disp = np.select([t_bins < 60, t_bins < 170, t_bins < 200, t_bins < 260], [0.0, -15.0, 15.0, -15.0], 0.0)
-    motion = Motion(disp.astype(np.float32)[:, None], t_bins, np.array([100.0]), np.array([0]))
+    t_bins, disp, motion = _bump_motion()
     base = rng.normal(size=(20, 8))
     templates = np.stack([base + 0.2 * rng.normal(size=base.shape) for _ in range(3)]
                          + [base + 0.2 * rng.normal(size=base.shape)])  # the last: a look-alike firing all along
@@ -283,9 +288,7 @@ def test_piece_first_grouped_with_a_look_alike_finds_its_own_neuron():
     from spikesort.motion import drift_split_groups
 
     rng = np.random.default_rng(2)
-    t_bins = np.arange(150) * 2.0 + 1.0
-    disp = np.select([t_bins < 60, t_bins < 170, t_bins < 200, t_bins < 260], [0.0, -15.0, 15.0, -15.0], 0.0)
-    motion = Motion(disp.astype(np.float32)[:, None], t_bins, np.array([100.0]), np.array([0]))
+    t_bins, disp, motion = _bump_motion()
     base = rng.normal(size=(20, 8))
     a1 = base + 0.1 * rng.normal(size=base.shape)
     templates = np.stack([base + 0.5 * rng.normal(size=base.shape), a1, a1 + 0.05 * rng.normal(size=base.shape)])
