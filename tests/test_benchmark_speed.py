@@ -1,33 +1,16 @@
-"""The speed mode of scripts/benchmark.py: the floor pass, the stage costs, the table and the
-ratios, and one tiny end-to-end run (spikesort only, a temporary cache)."""
+"""The speed mode of the benchmark (benchmarks/speed.py, ``scripts/benchmark.py --speed``): the
+floor pass, the stage costs, the table and the ratios, and one tiny end-to-end run (spikesort
+only, a temporary cache)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-@pytest.fixture
-def bench(monkeypatch):
-    """scripts/benchmark.py as a module (it puts scripts/ on the path for speed_scenarios)."""
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the script's sys.path insert stays here
-    spec = importlib.util.spec_from_file_location("spikesort_benchmark", SCRIPTS / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "spikesort_benchmark", module)  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def speed(bench):
-    return bench.speed_scenarios
+from benchmarks import cli, scenarios, speed
 
 
 def _binary(tmp_path, *, n_samples=50_000, n_channels=10, seed=0):
@@ -43,18 +26,18 @@ def _binary(tmp_path, *, n_samples=50_000, n_channels=10, seed=0):
 # the floor pass
 
 
-def test_floor_chunks_tile_the_recording(speed):
+def test_floor_chunks_tile_the_recording():
     chunks = speed.floor_chunks(n_samples=10_001, chunk=3000, margin=100)
     keeps = [(k0, k1) for _, _, k0, k1 in chunks]
     assert keeps[0][0] == 0 and keeps[-1][1] == 10_001
-    assert all(a[1] == b[0] for a, b in zip(keeps, keeps[1:]))
+    assert all(a[1] == b[0] for a, b in pairwise(keeps))
     for r0, r1, k0, k1 in chunks:
         assert r0 == max(0, k0 - 100) and r1 == min(10_001, k1 + 100)
     with pytest.raises(ValueError):
         speed.floor_chunks(n_samples=10, chunk=0, margin=0)
 
 
-def test_floor_pass_filters_every_sample(speed, tmp_path):
+def test_floor_pass_filters_every_sample(tmp_path):
     from scipy import signal
 
     fs = 30_000.0
@@ -74,7 +57,7 @@ def test_floor_pass_filters_every_sample(speed, tmp_path):
     assert 0.8 * raw < one.mean_square < raw
 
 
-def test_floor_pass_reads_the_first_frames_only(speed, tmp_path):
+def test_floor_pass_reads_the_first_frames_only(tmp_path):
     path, x = _binary(tmp_path)
     first = speed.floor_pass(path=path, n_channels=10, sampling_rate_hz=30_000.0, n_samples=20_000)
     assert first.n_samples == 20_000 and first.duration_s == pytest.approx(2 / 3)
@@ -94,7 +77,7 @@ def test_floor_pass_reads_the_first_frames_only(speed, tmp_path):
 # stage costs, table, ratios
 
 
-def test_stage_costs(speed, tmp_path):
+def test_stage_costs(tmp_path):
     assert speed.stage_costs(run_json=tmp_path / "missing.json") == {}
     path = tmp_path / "spikesort_run.json"
     path.write_text(json.dumps({"timings_s": {"preprocess": 2.5, "drift": 1.0, "match": 3.0},
@@ -107,7 +90,7 @@ def test_stage_costs(speed, tmp_path):
 
 
 def _rows():
-    common = dict(status="ok", load_before=0.5, load_after=1.0)
+    common = {"status": "ok", "load_before": 0.5, "load_after": 1.0}
     return [
         dict(case="static64", kind="a", recording="64 ch × 5 min", sorter="spikesort", duration_s=300.0, minutes=5.0,
              channels=64, wall_s=30.0, x_realtime=10.0, peak_rss_mb=900.0, floor_s=10.0, sort_floor=3.0,
@@ -125,7 +108,7 @@ def _rows():
     ]
 
 
-def test_speed_table(speed):
+def test_speed_table():
     table = speed.speed_table(rows=_rows()).splitlines()
     head = [c.strip() for c in table[0].strip("|").split("|")]
     assert head[:9] == ["case", "recording", "sorter", "well detected", "wall s", "× real time", "peak RSS MB",
@@ -141,7 +124,7 @@ def test_speed_table(speed):
     assert last[3] == "–" and last[8] == "4.17"
 
 
-def test_speed_summary(speed):
+def test_speed_summary():
     summary = speed.speed_summary(rows=_rows())
     r = summary.ratios
     assert r["x_realtime"] == {"static64": 10.0, "np1_384ch_5min": 1.5, "np1_384ch_10min": 1.2}
@@ -165,12 +148,12 @@ def test_speed_summary(speed):
 # end to end
 
 
-def test_speed_mode_end_to_end(bench, tmp_path, monkeypatch, capsys):
+def test_speed_mode_end_to_end(tmp_path, monkeypatch, capsys):
     """A tiny speed run: a 16-channel, 10 s ground-truth scenario for (a) and 6 s / 12 s of one
     16-channel NP1-like recording for (b), spikesort only, each sorted in its own process."""
-    monkeypatch.setitem(bench.SCENARIOS, "tiny16", bench.Scenario("tiny16", "np1_16", 5, 10.0, "none", "test"))
+    monkeypatch.setitem(scenarios.SCENARIOS, "tiny16", scenarios.Scenario("tiny16", "np1_16", 5, 10.0, "none", "test"))
     out = tmp_path / "speed.json"
-    code = bench.main(["--speed", "--scenarios", "tiny16", "--speed-channels", "16", "--speed-minutes", "0.1", "0.2",
+    code = cli.main(["--speed", "--scenarios", "tiny16", "--speed-channels", "16", "--speed-minutes", "0.1", "0.2",
                        "--sorters", "spikesort", "--cache", str(tmp_path / "cache"), "--n-jobs", "2",
                        "--out", str(out), "--quiet"])
     assert code == 0
@@ -207,12 +190,12 @@ def test_speed_mode_end_to_end(bench, tmp_path, monkeypatch, capsys):
     assert len(out.with_suffix(".csv").read_text().splitlines()) == 1 + 3
 
 
-def test_speed_flags_are_checked(bench, capsys):
+def test_speed_flags_are_checked(capsys):
     for argv, message in ((["--speed", "--seeds", "0", "1"], "one seed"),
                           (["--speed", "--speed-channels", "500"], "between 8 and 384"),
                           (["--speed", "--speed-minutes", "0"], "above 0"),
                           (["--speed", "--dummy"], "--dummy")):
         with pytest.raises(SystemExit) as exc:
-            bench.main(argv)
+            cli.main(argv)
         assert exc.value.code == 2
         assert message in capsys.readouterr().err

@@ -1,15 +1,16 @@
-"""The parts of the speed benchmark (``scripts/benchmark.py --speed``) that stand on their own.
+"""Speed mode (``--speed``): spikesort's wall time, per-stage costs and peak memory beside a floor.
 
 * the floor pass: read an int16 binary in chunks and high-pass filter every chunk, the cost any
   sorter pays before it does anything of its own;
 * the per-stage costs a spikesort run records in ``spikesort_run.json``;
-* the speed table and the ratios the issue's targets are stated in.
+* the speed table and the ratios the issue's targets are stated in;
+* ``run_speed``: the ground-truth scenarios (spikesort and peers, as in the accuracy benchmark)
+  and spikesort on one long NP1-like recording, each beside a floor pass on the same frames.
 
-Nothing here runs a sorter or generates data: ``benchmark.py`` does that and hands over rows
-(dicts). A row of the speed table has ``case``, ``kind`` ("a": a ground-truth scenario, spikesort
-and the peers; "b": the long NP1-like recording, spikesort only), ``recording`` (a label),
-``minutes``, ``sorter``, ``status``, ``wall_s``, ``x_realtime``, ``peak_rss_mb``, ``floor_s``,
-``sort_floor``, the accuracy fields when scored, and ``stage_<name>_s`` / ``stage_<name>_rss_mb``.
+A row of the speed table has ``case``, ``kind`` ("a": a ground-truth scenario, spikesort and the
+peers; "b": the long NP1-like recording, spikesort only), ``recording`` (a label), ``minutes``,
+``sorter``, ``status``, ``wall_s``, ``x_realtime``, ``peak_rss_mb``, ``floor_s``, ``sort_floor``,
+the accuracy fields when scored, and ``stage_<name>_s`` / ``stage_<name>_rss_mb``.
 """
 from __future__ import annotations
 
@@ -18,13 +19,18 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from .runner import run_benchmark, run_sorter_subprocess, sorter_version
+from .scenarios import SPEED_UNITS_PER_CHANNEL, ensure_speed_recording, load_recording, recording_folder
+from .scoring import load_sorting_npz, score_sorting
+
+logger = logging.getLogger(__name__)
 
 # the order spikesort runs its stages in; drift runs inside preprocess (its time is part of it)
 STAGES = ("preprocess", "drift", "detect", "cluster", "match", "curate", "export")
@@ -106,8 +112,8 @@ def floor_pass(*, path: Path, n_channels: int, sampling_rate_hz: float, n_sample
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     sos = highpass_sos(sampling_rate_hz=sampling_rate_hz, highpass_hz=highpass_hz)
-    chunks = floor_chunks(n_samples=n, chunk=max(1, int(round(chunk_s * sampling_rate_hz))),
-                          margin=int(round(margin_s * sampling_rate_hz)))
+    chunks = floor_chunks(n_samples=n, chunk=max(1, round(float(chunk_s * sampling_rate_hz))),
+                          margin=round(float(margin_s * sampling_rate_hz)))
 
     def one(bounds) -> float:
         a, b, keep_a, keep_b = bounds
@@ -139,7 +145,7 @@ def stage_costs(*, run_json: Path) -> dict:
     try:
         run = json.loads(path.read_text(encoding="utf8"))
     except (OSError, ValueError):
-        log.warning("could not read %s", path)
+        logger.warning("could not read %s", path)
         return {}
     out = {}
     for key, suffix in (("timings_s", "_s"), ("peak_rss_mb", "_rss_mb")):
@@ -299,3 +305,122 @@ def speed_summary(*, rows: list[dict]) -> SpeedSummary:
                      + ", ".join(f"{name} {v:.2f}" for name, v in speedup.items())
                      + f"; target: faster than every peer{_ok(met)}")
     return SpeedSummary(lines=lines, ratios=ratios)
+
+
+# ---------------------------------------------------------------------------------------------
+# running the speed mode
+
+
+def binary_of(*, folder: Path) -> dict:
+    """The int16 binary behind a saved recording folder: its path, channels, rate and frames."""
+    rec = load_recording(folder=folder)
+    path = folder / "recording" / "traces_cached_seg0.raw"
+    if rec.get_num_segments() != 1 or not path.is_file():
+        raise ValueError(f"{folder / 'recording'} is not a one-segment binary folder")
+    return {"path": path, "n_channels": int(rec.get_num_channels()),
+            "sampling_rate_hz": float(rec.get_sampling_frequency()), "n_samples": int(rec.get_num_samples(0)),
+            "dtype": str(rec.get_dtype())}
+
+
+def _duration_label(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def _add_floor(row: dict, floor) -> None:
+    row.update(floor_s=floor.wall_s, floor_threads=floor.threads, floor_mean_square=floor.mean_square)
+    if row.get("status") == "ok" and row.get("wall_s"):
+        row["sort_floor"] = row["wall_s"] / floor.wall_s
+
+
+def run_speed(
+    *,
+    scenarios: list[str],
+    seed: int,
+    sorters: list[str],
+    cache_dir: Path,
+    work_dir: Path,
+    rerun_peers: bool,
+    cached_peers_only: bool,
+    spikesort_params: dict,
+    n_jobs: int,
+    timeout_s: float | None,
+    keep_outputs: bool,
+    channels: int,
+    minutes: list[float],
+    num_units: int | None,
+    floor_threads: int,
+    log=lambda msg: None,
+) -> list[dict]:
+    """Rows of the speed table: (a) every sorter on the ground-truth ``scenarios`` (peers from
+    their cache as in the accuracy benchmark); (b) spikesort on the first ``minutes`` of one
+    NP1-like recording of ``channels`` channels and max(minutes) minutes; each row with the floor
+    pass on the same frames of the same binary (run after the sorts) and, for spikesort, the
+    per-stage costs its run recorded."""
+    rows = []
+    a_rows = run_benchmark(
+        scenarios=scenarios, seeds=[seed], sorters=sorters, cache_dir=cache_dir, work_dir=work_dir,
+        rerun_peers=rerun_peers, cached_peers_only=cached_peers_only, spikesort_params=spikesort_params,
+        n_jobs=n_jobs, timeout_s=timeout_s, keep_outputs=keep_outputs, dummy=False, log=log)
+    for name in scenarios:
+        mine = [r for r in a_rows if r["scenario"] == name]
+        if not mine:
+            continue
+        binary = binary_of(folder=recording_folder(cache_dir=cache_dir, scenario=name, seed=seed))
+        floor = floor_pass(path=binary["path"], n_channels=binary["n_channels"], dtype=binary["dtype"],
+                                           sampling_rate_hz=binary["sampling_rate_hz"], threads=floor_threads)
+        log(f"[{name}] floor pass: {floor.wall_s:.1f} s ({floor.x_realtime:.1f}× real time)")
+        for row in mine:
+            row.update(case=name, kind="a", channels=binary["n_channels"], minutes=row["duration_s"] / 60,
+                       recording=f"{binary['n_channels']} ch × {_duration_label(row['duration_s'])}")
+            if row["sorter"] == "spikesort" and row.get("status") == "ok":
+                row.update(stage_costs(run_json=Path(row["result_folder"]) / "spikesort_run.json"))
+            _add_floor(row, floor)
+            rows.append(row)
+
+    version = sorter_version(sorter="spikesort")
+    if not minutes or "spikesort" not in sorters or version is None:
+        log("the NP1-like runs are skipped: they run spikesort only")
+        return rows
+    units = num_units or max(3, round(SPEED_UNITS_PER_CHANNEL * channels))
+    t0 = time.perf_counter()
+    folder = ensure_speed_recording(cache_dir=cache_dir, n_channels=channels, duration_s=60.0 * max(minutes),
+                                    num_units=units, seed=seed, n_jobs=n_jobs)
+    log(f"[np1 {channels} ch] recording of {max(minutes):g} min ready in {time.perf_counter() - t0:.1f} s: {folder}")
+    binary = binary_of(folder=folder)
+    fs = binary["sampling_rate_hz"]
+    gt = load_sorting_npz(path=folder / "gt_sorting.npz")
+    for m in sorted(set(minutes)):
+        n = min(binary["n_samples"], round(m * 60.0 * fs))
+        case = f"np1_{channels}ch_{m:g}min"
+        result_folder = work_dir / f"{case}_seed{seed}" / "spikesort-result"
+        work_folder = work_dir / f"{case}_seed{seed}" / "spikesort"
+        if result_folder.exists():
+            shutil.rmtree(result_folder)
+        log(f"[{case}] spikesort {version}: running ...")
+        report = run_sorter_subprocess(
+            sorter="spikesort", recording_folder=folder, work_folder=work_folder, result_folder=result_folder,
+            params=dict(spikesort_params), n_jobs=n_jobs, timeout_s=timeout_s, frame_range=(0, n))
+        if not keep_outputs and work_folder.exists():
+            shutil.rmtree(work_folder, ignore_errors=True)
+        log(f"[{case}] spikesort: {report['status']} in {report.get('wall_s', report['process_wall_s']):.1f} s"
+            + (f" ({report['error']})" if report.get("error") else ""))
+        row = {"case": case, "kind": "b", "scenario": case, "seed": seed, "sorter": "spikesort", "version": version,
+               "params": dict(spikesort_params), "duration_s": n / fs, "minutes": m, "channels": channels,
+               "recording": f"{channels} ch × {_duration_label(n / fs)}", "source": "run",
+               "result_folder": str(result_folder), "status": report["status"], "error": report.get("error"),
+               "wall_s": report.get("wall_s"), "process_wall_s": report.get("process_wall_s"),
+               "cpu_s": report.get("cpu_s"), "load_before": report.get("load_before"),
+               "load_after": report.get("load_after"), "peak_rss_mb": report.get("peak_rss_mb")}
+        if row["wall_s"]:
+            row["x_realtime"] = row["duration_s"] / row["wall_s"]
+        if report["status"] == "ok":
+            row.update(stage_costs(run_json=result_folder / "spikesort_run.json"))
+            row.update(score_sorting(gt=gt.frame_slice(start_frame=0, end_frame=n),
+                                     tested=load_sorting_npz(path=result_folder / "sorting.npz")))
+        floor = floor_pass(path=binary["path"], n_channels=binary["n_channels"], dtype=binary["dtype"],
+                                           sampling_rate_hz=fs, n_samples=n, threads=floor_threads)
+        log(f"[{case}] floor pass: {floor.wall_s:.1f} s ({floor.x_realtime:.1f}× real time)")
+        _add_floor(row, floor)
+        rows.append(row)
+    return rows
+

@@ -1,0 +1,161 @@
+"""The command line: ``scripts/benchmark.py`` and ``python -m benchmarks`` both call ``main``.
+
+This module prints the tables (stdout) and the progress lines (stderr); the modules it calls
+return rows and print nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .runner import ALL_SORTERS, child_main, run_benchmark
+from .scenarios import SCENARIOS
+from .speed import run_speed, speed_summary, speed_table
+from .tables import markdown_table, write_outputs
+
+# the first line of --help
+SUMMARY = "Ground-truth benchmark: spikesort against peer sorters on generated recordings."
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+
+def build_parser(*, prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=SUMMARY + " Prints one markdown table.",
+        epilog="scenarios:\n" + "\n".join(f"  {s.name:9s} {s.description}" for s in SCENARIOS.values()) + "\n\n"
+        "columns: well detected = GT units matched with accuracy >= 0.8 (delta 0.4 ms); FP units =\n"
+        "unmatched sorted units with best agreement < 0.2; mean accuracy over all GT units (0 when\n"
+        "missed); wall s = the sort call alone (imports and scoring excluded); CPU s = user+system\n"
+        "of the sorter process and its workers; peak RSS = max of the polled memory (PSS) of the\n"
+        "process tree and of ru_maxrss. On a shared machine check load_before/load_after in --out.\n\n"
+        "--speed: one run measures (a) every sorter on --scenarios (default static64; peers from\n"
+        "their cache as above), (b) spikesort on the first --speed-minutes of one Neuropixels-1.0-like\n"
+        "recording of --speed-channels channels (generated once, saved as int16 and cached, so its\n"
+        "generation is never timed), and beside each (c) the floor pass: read that int16 binary in\n"
+        "2 s chunks and high-pass it (300 Hz, 3rd-order Butterworth, zero phase, float32) on\n"
+        "--floor-threads threads. The table adds floor pass s, sort ÷ floor and per-stage\n"
+        "'seconds / peak RSS MB' from spikesort_run.json, and ratio lines under it: × real time,\n"
+        "sort ÷ floor, peak RSS and RSS(longest) ÷ RSS(shortest), each beside the issue's target.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--scenarios", nargs="+", default=None, choices=sorted(SCENARIOS),
+                   metavar="NAME", help="scenarios to run (default: static32 static64; with --speed: static64)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="generation seeds (default: 0)")
+    p.add_argument("--sorters", nargs="+", default=list(ALL_SORTERS), choices=ALL_SORTERS,
+                   metavar="NAME", help="sorters to run: " + ", ".join(ALL_SORTERS) + "; peers that are not installed are skipped (default: all)")
+    p.add_argument("--cache", type=Path, default=Path(os.environ.get("SPIKESORT_BENCH_CACHE", "~/.cache/spikesort-bench")),
+                   help="folder for generated recordings and cached peer results "
+                        "(default: $SPIKESORT_BENCH_CACHE or ~/.cache/spikesort-bench)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="folder for sorter output folders (default: CACHE/runs)")
+    p.add_argument("--keep-outputs", action="store_true", help="keep the sorters' output folders")
+    p.add_argument("--rerun-peers", action="store_true", help="re-run peers even when a cached result exists")
+    p.add_argument("--cached-peers-only", action="store_true",
+                   help="show peers only where a cached result exists, never run them")
+    p.add_argument("--param", dest="params", action="append", type=_parse_param, default=[], metavar="KEY=VALUE",
+                   help="extra spikesort.sort() parameter (VALUE parsed as JSON when it can be); repeatable")
+    p.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1,
+                   help="spikeinterface n_jobs for generation and peers (default: all cores)")
+    p.add_argument("--timeout", type=float, default=None, help="kill a sorter after this many seconds")
+    p.add_argument("--out", type=Path, default=None, help="also write the rows to OUT.json and OUT.csv")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    speed = p.add_argument_group("speed mode")
+    speed.add_argument("--speed", action="store_true",
+                       help="measure speed and memory (per stage, beside a floor pass) instead of accuracy; one seed")
+    speed.add_argument("--speed-channels", type=int, default=384, metavar="N",
+                       help="channels of the NP1-like recording: its first N contacts (default: 384)")
+    speed.add_argument("--speed-minutes", nargs="*", type=float, default=[5.0, 10.0], metavar="MIN",
+                       help="durations sorted from the start of one recording of the longest; none: skip (b) "
+                            "(default: 5 10)")
+    speed.add_argument("--speed-units", type=int, default=None, metavar="N",
+                       help="ground-truth units of the NP1-like recording (default: 150 per 384 channels)")
+    speed.add_argument("--floor-threads", type=int, default=2, metavar="N",
+                       help="threads of the floor pass (default: 2)")
+    # hidden: a stand-in for spikesort.sort (ground truth degraded in known ways), to test this script
+    p.add_argument("--dummy", action="store_true", help=argparse.SUPPRESS)
+    # hidden: run one sorter (internal, used by the subprocess)
+    p.add_argument("--_child", type=Path, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None, *, prog: str | None = None) -> int:
+    parser = build_parser(prog=prog)
+    args = parser.parse_args(argv)
+    if args.rerun_peers and args.cached_peers_only:
+        parser.error("--rerun-peers and --cached-peers-only contradict each other")
+    if args._child is not None:
+        return child_main(spec_path=args._child)
+    if args.speed:
+        if len(args.seeds) != 1:
+            parser.error("--speed runs one seed")
+        if args.dummy:
+            parser.error("--speed measures spikesort itself: --dummy does not apply")
+        if not 8 <= args.speed_channels <= 384:
+            parser.error("--speed-channels must be between 8 and 384 (the contacts of one NP1 bank)")
+        if any(not 0 < m <= 600 for m in args.speed_minutes):
+            parser.error("--speed-minutes must be above 0 and at most 600")
+        if args.floor_threads < 1 or (args.speed_units is not None and args.speed_units < 1):
+            parser.error("--floor-threads and --speed-units must be at least 1")
+    scenarios = args.scenarios or (["static64"] if args.speed else ["static32", "static64"])
+    cache_dir = args.cache.expanduser().resolve()
+    work_dir = (args.workdir or cache_dir / "runs").expanduser().resolve()
+
+    def log(msg):
+        if not args.quiet:
+            print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+    if args.speed:
+        return speed_main(args=args, scenarios=scenarios, cache_dir=cache_dir, work_dir=work_dir, log=log)
+    rows = run_benchmark(
+        scenarios=scenarios, seeds=args.seeds, sorters=args.sorters, cache_dir=cache_dir,
+        work_dir=work_dir, rerun_peers=args.rerun_peers, cached_peers_only=args.cached_peers_only, spikesort_params=dict(args.params),
+        n_jobs=args.n_jobs, timeout_s=args.timeout, keep_outputs=args.keep_outputs, dummy=args.dummy, log=log,
+    )
+    for row in rows:
+        if row["sorter"] != "spikesort":
+            row["sorter"] = f"{row['sorter']} {row['version']}"
+        elif args.dummy:
+            row["sorter"] = "spikesort (dummy)"
+    print(markdown_table(rows=rows))
+    if args.out is not None:
+        write_outputs(rows=rows, out=args.out)
+    failed = [r for r in rows if r["status"] != "ok"]
+    for r in failed:
+        print(f"{r['scenario']} seed {r['seed']} {r['sorter']}: {r['status']}: {r.get('error')}", file=sys.stderr)
+    return 0
+
+
+def speed_main(*, args, scenarios: list[str], cache_dir: Path, work_dir: Path, log) -> int:
+    rows = run_speed(
+        scenarios=scenarios, seed=args.seeds[0], sorters=args.sorters, cache_dir=cache_dir, work_dir=work_dir,
+        rerun_peers=args.rerun_peers, cached_peers_only=args.cached_peers_only, spikesort_params=dict(args.params),
+        n_jobs=args.n_jobs, timeout_s=args.timeout, keep_outputs=args.keep_outputs, channels=args.speed_channels,
+        minutes=args.speed_minutes, num_units=args.speed_units, floor_threads=args.floor_threads, log=log)
+    for row in rows:
+        if row["sorter"] != "spikesort":
+            row["sorter"] = f"{row['sorter']} {row['version']}"
+    summary = speed_summary(rows=rows)
+    print(speed_table(rows=rows))
+    print()
+    print("\n".join(summary.lines))
+    if args.out is not None:
+        write_outputs(rows=rows, out=args.out, extra={"ratios": summary.ratios})
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"{r['case']} {r['sorter']}: {r['status']}: {r.get('error')}", file=sys.stderr)
+    return 0
+
