@@ -13,7 +13,7 @@ import click
 
 def add_batch_command(group: click.Group) -> click.Command:
     """Define ``batch`` on ``group`` (the ``spikesort`` group of spikesort/cli.py)."""
-    from . import cli  # its helpers are defined by the time cli.py calls this
+    from spikesort.cli import app as cli  # its helpers are defined by the time cli.py calls this
 
     @group.command("batch", cls=cli._RunCommand)
     @click.argument("manifest", type=click.Path(path_type=Path))
@@ -50,7 +50,7 @@ def add_batch_command(group: click.Group) -> click.Command:
         """
         cli._start_log(verbose=verbose, quiet=quiet)
         params = cli.resolve_params(config=config, set_values=set_values, flags=param_flags)
-        from .batch import read_manifest, run_batch
+        from spikesort.batch import read_manifest, run_batch
 
         jobs = read_manifest(manifest, out_root=out_root)
         result = run_batch(jobs, out_root=out_root, params=params, scheduler=scheduler, workers=workers,

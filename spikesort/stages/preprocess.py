@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
-from .kernels.preprocess import sosfiltfilt_rows, sparse_mix, subtract_reference
+from spikesort.kernels.preprocess import sosfiltfilt_rows, sparse_mix, subtract_reference
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def fit_preprocessing(blocks, *, sampling_rate_hz: float, positions_um: np.ndarr
     ``blocks``: a sequence of (n, C) raw arrays; it is indexed, one block at a time per worker,
     so it may read each block when asked (memory then holds a few blocks, not all of them: 32
     one-second blocks of 384 channels are 1.5 GB in float32)."""
-    from .chunks import map_chunks
+    from spikesort.chunks import map_chunks
 
     sos = design_filter(sampling_rate_hz=sampling_rate_hz, highpass_hz=highpass_hz, lowpass_hz=lowpass_hz)
     n_blocks = len(blocks)

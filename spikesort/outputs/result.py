@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .metrics import UnitMetrics
+    from spikesort.stages.metrics import UnitMetrics
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +22,7 @@ _TSV_COLUMNS = {"fr": ("firing_rate_hz", 1.0), "Amplitude": ("amplitude_uv", 1.0
                 "isi_viol": ("isi_violation_ratio", 1.0), "presence_ratio": ("presence_ratio", 1.0),
                 "amp_cutoff": ("amplitude_cutoff", 1.0)}
 
-RUN_FILE = "spikesort_run.json"
-LOG_FILE = "spikesort.log"
-REPORT_DIR = "report"
-REPORT_HTML = "summary.html"
+from spikesort.layout import LOG_FILE, REPORT_DIR, REPORT_HTML, RUN_FILE  # noqa: F401 (re-exported)
 
 
 @dataclass

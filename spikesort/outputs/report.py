@@ -26,13 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SpikesortError
+from spikesort.errors import SpikesortError
 from .result import REPORT_DIR, REPORT_HTML, RUN_FILE, read_tsv
 
 log = logging.getLogger(__name__)
 
-DRIFT_MAP = "drift_map.png"
-OVERVIEW = "overview.png"
+from spikesort.layout import DRIFT_MAP, OVERVIEW_PNG as OVERVIEW  # noqa: F401 (re-exported)
 LABEL_COLORS = {"good": "#1a9850", "mua": "#f28e2b", "noise": "#8c8c8c"}
 OTHER_COLOR = "#4e79a7"
 # cluster_<name>.tsv shown on a unit page, with its caption and format
@@ -116,7 +115,7 @@ def load_folder(folder) -> FolderData:
     rec = run.get("recording") if isinstance(run.get("recording"), dict) else {}
     fs = rec.get("sampling_rate_hz")
     if fs is None and (folder / "params.py").is_file():
-        from .io.phy import read_params_py
+        from spikesort.io.phy import read_params_py
 
         fs = read_params_py(folder / "params.py").get("sample_rate")
     if not fs or float(fs) <= 0:
@@ -250,7 +249,7 @@ def recorded_depths(data: FolderData, *, times_s: np.ndarray, depths_um: np.ndar
     positions are then measured on drift-corrected traces, and recorded = corrected +
     displacement. None without an estimate (or one that cannot be read)."""
     try:
-        from .motion import Motion
+        from spikesort.stages.drift.stage import Motion
 
         if not Motion.exists(data.folder):
             return None

@@ -41,8 +41,8 @@ from pathlib import Path
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .errors import SpikesortError
-from .params import Params
+from spikesort.errors import SpikesortError
+from spikesort.params import Params
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,7 @@ __all__ = ["BatchJob", "BatchResult", "RecordingOutcome", "cluster_layout", "rea
 RECORDING_KEYS = ("name", "path", "probe", "format", "sampling_rate", "n_channels", "dtype", "offset")
 DEFAULT_KEYS = RECORDING_KEYS[2:]
 TOML_TOP_KEYS = DEFAULT_KEYS + ("glob", "recording")
-SUMMARY_NAME = "batch_summary.csv"
-BATCH_LOG_NAME = "batch.log"
-SCRATCH_DIR = ".spikesort-batch"  # per-recording logs while a sort runs (moved into OUT/<name>/ after)
-LOG_NAME = "spikesort.log"
+from spikesort.layout import BATCH_LOG as BATCH_LOG_NAME, BATCH_SCRATCH_DIR as SCRATCH_DIR, BATCH_SUMMARY as SUMMARY_NAME, LOG_FILE as LOG_NAME, RUN_FILE  # noqa: E501
 RESOURCE = "spikesort_recording"  # one unit per worker: a worker sorts one recording at a time
 SUMMARY_COLUMNS = ("name", "status", "units", "good_units", "wall_s", "peak_rss_mb", "n_jobs", "worker", "pid",
                    "started", "error", "output", "log")
@@ -343,7 +340,7 @@ def _number(values: dict, key: str, *, where: str, kind: type, low: float, inclu
 def _recording_flags(values: dict, *, where: str, base: Path) -> dict:
     # the CLI's copy of io.recordings.SUPPORTED_FORMATS (a test keeps them equal): the driver
     # then never imports spikeinterface, which only the workers need
-    from .cli import FORMATS as SUPPORTED_FORMATS
+    from spikesort.cli.app import FORMATS as SUPPORTED_FORMATS
 
     fmt = values.get("format")
     if fmt is not None:
@@ -389,7 +386,7 @@ def _check_names(jobs: list[BatchJob]) -> None:
 
 
 def _check_probes(jobs: list[BatchJob]) -> None:
-    from .io.probes import load_probe
+    from spikesort.io.probes import load_probe
 
     checked: set = set()
     for job in jobs:
@@ -586,7 +583,7 @@ def _count_good(labels) -> int:
 def _is_finished(folder: Path, params: Params) -> bool:
     """A finished run made with these parameters (sort would only read it back)."""
     # checkpoints, not pipeline: the driver never imports the sorter (scipy.signal, numba: 1.5 s)
-    from . import checkpoints
+    from spikesort.pipeline import checkpoints
 
     if not folder.is_dir() or not checkpoints.is_complete(folder):
         return False
@@ -601,8 +598,8 @@ def sort_recording_task(job: BatchJob, *, params: Params, overwrite: bool = Fals
 
     An existing unfinished folder is resumed (``overwrite`` sorts it from scratch instead)."""
     # the first task of a worker imports the readers and the pipeline: not part of its time
-    from . import pipeline  # noqa: F401
-    from .io import probes, recordings  # noqa: F401
+    import spikesort.pipeline as pipeline  # noqa: F401
+    from spikesort.io import probes, recordings  # noqa: F401
 
     t0 = time.perf_counter()
     started = time.time()
@@ -623,7 +620,7 @@ def sort_recording_task(job: BatchJob, *, params: Params, overwrite: bool = Fals
     root.addHandler(handler)
     pkg.setLevel(logging.DEBUG)
     try:
-        from . import __version__
+        from spikesort import __version__
 
         log.info("spikesort %s batch: sorting %s (%s) into %s on worker %s, pid %d, %d threads", __version__,
                  job.name, job.path, job.output, address or "(none)", os.getpid(), n_jobs)
@@ -650,9 +647,9 @@ def sort_recording_task(job: BatchJob, *, params: Params, overwrite: bool = Fals
 
 
 def _sort_job(job: BatchJob, *, params: Params, overwrite: bool):
-    from .io.probes import attach_probe, load_probe
-    from .io.recordings import open_recording
-    from .pipeline import sort
+    from spikesort.io.probes import attach_probe, load_probe
+    from spikesort.io.recordings import open_recording
+    from spikesort.pipeline import sort
 
     recording = open_recording(job.path, fmt=job.fmt, sampling_rate_hz=job.sampling_rate_hz,
                                n_channels=job.n_channels, dtype=job.dtype, offset_bytes=job.offset_bytes)
@@ -674,7 +671,7 @@ def _sort_job(job: BatchJob, *, params: Params, overwrite: bool):
     with blas:
         result = sort(recording, job.output, params=params, overwrite=overwrite, resume=resume, progress=False)
     try:  # as `spikesort run` does; the sorting is finished, so a figure problem does not fail it
-        from .report import make_report
+        from spikesort.outputs.report import make_report
 
         make_report(job.output)
     except Exception as exc:
@@ -691,7 +688,7 @@ def _finished_outcome(job: BatchJob, previous: dict) -> RecordingOutcome:
 
     units = good = None
     try:
-        units = int(json.loads((job.output / "spikesort_run.json").read_text(encoding="utf8"))["n_units"])
+        units = int(json.loads((job.output / RUN_FILE).read_text(encoding="utf8"))["n_units"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     labels = job.output / "cluster_KSLabel.tsv"

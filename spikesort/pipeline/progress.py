@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Protocol, Union
 
-from .errors import SpikesortError
+from spikesort.errors import SpikesortError
 
 log = logging.getLogger(__name__)
 

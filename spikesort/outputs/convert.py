@@ -31,8 +31,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .curation import CuratedResult, _phy_folder, load_result, parse_labels, select_units
-from .errors import SpikesortError
+from .curated import CuratedResult, _phy_folder, load_result, parse_labels, select_units
+from spikesort.errors import SpikesortError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ NPZ_FORMAT = "spikesort-npz-1"
 BINNED_FORMAT = "spikesort-binned-1"
 # a counts matrix larger than this many cells (4 GiB as int32) is refused: choose wider bins
 MAX_BINNED_CELLS = 2**30
-RAW_FILE = "recording.dat"
+from spikesort.layout import RAW_COPY as RAW_FILE  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def default_output(folder, fmt: str) -> Path:
 
 
 def _raw_files(phy_folder: Path) -> list[Path]:
-    from .io.phy import read_params_py
+    from spikesort.io.phy import read_params_py
 
     paths = read_params_py(phy_folder / "params.py").get("dat_path") or []
     paths = [paths] if isinstance(paths, str) else list(paths)
@@ -408,7 +408,7 @@ def export_command(folder, fmt, output, labels, bin_ms, overwrite, quiet, verbos
       spikesort export sorted --to binned --bin-ms 20 --labels good
       spikesort export sorted --to spikeinterface -o si_sorting/
     """
-    from .cli import _start_log
+    from spikesort.cli.app import _start_log
 
     _start_log(verbose=verbose, quiet=quiet)
     s = export(folder, to=fmt, output=output, labels=labels, bin_ms=bin_ms, overwrite=overwrite)
@@ -442,7 +442,7 @@ def _raw_scale(recording, *, has_gain: bool, block: int) -> float:
 
 
 def _params_with_raw(folder: Path, *, n_channels: int, note: str) -> str:
-    from .io.phy import read_params_py
+    from spikesort.io.phy import read_params_py
 
     values = read_params_py(folder / "params.py")
     values.update(dat_path=[RAW_FILE], n_channels_dat=int(n_channels), dtype="int16", offset=0, hp_filtered=False)
@@ -458,7 +458,7 @@ def export_raw_recording(recording, folder, *, chunk_s: float = 2.0, progress: b
     input format. With gains the file holds µV (1 µV per bit, clipped to ±32767 µV); without,
     an int16 recording is copied as it is and any other is scaled so its largest sampled value
     is 16384. Returns None (with a warning) when the sort wrote no Phy folder."""
-    from .chunks import iter_chunks
+    from spikesort.chunks import iter_chunks
 
     folder = Path(folder)
     if not (folder / "params.py").is_file():

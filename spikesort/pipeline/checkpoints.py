@@ -31,15 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_atomic
+from spikesort.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".spikesort_state"
-TRACES_FILE = "temp_wh.dat"
-MARKER_FILE = "spikesort_complete.json"
-LOG_FILE = "spikesort.log"
-RUN_FILE = "spikesort_run.json"
+from spikesort.layout import LOG_FILE, MARKER_FILE, RUN_FILE, STATE_DIR, TRACES_FILE  # noqa: F401 (re-exported)
 # the order of the stages; a checkpoint is valid only if the one before it is
 STAGES = ("preprocess", "detect", "cluster", "match", "curate", "export")
 # parameters that never change a result (threads: see tests/test_reliability.py, determinism)

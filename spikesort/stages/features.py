@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .detect import localize
-from .kernels.detect import project_neighborhoods
-from .kernels.match import template_projections
+from spikesort.kernels.detect import project_neighborhoods
+from spikesort.kernels.match import template_projections
 from .match import Templates
 
 

@@ -53,9 +53,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-MOTION_FILES = ("motion.npy", "motion_time_bins_s.npy", "motion_depth_bins_um.npy", "motion_shanks.npy")
-DRIFT_MAP = "drift_map.png"
-DRIFT_RECORD = "drift.json"
+from spikesort.layout import DRIFT_MAP, DRIFT_RECORD, MOTION_FILES  # noqa: F401 (re-exported)
 # a shank needs this many usable channels before its drift can be estimated
 MIN_CHANNELS = 8
 # amplitude bins of the registration histograms (log-spaced between the 1st and 99.5th percentiles)
@@ -469,7 +467,7 @@ def correct_store(store, *, motion: Motion, chunks, sampling_rate_hz: float, pos
                   n_jobs: int = 1, progress=None, sigma_um: float | None = None) -> None:
     """Correct the whitened traces of ``store`` in place, chunk by chunk (keep windows only:
     the interpolation is across channels, so no margin is needed)."""
-    from .chunks import map_chunks
+    from spikesort.chunks import map_chunks
 
     kriging = Kriging.build(positions_um=positions_um, shank_ids=shank_ids, good_channels=good_channels,
                             sigma_um=sigma_um)
@@ -561,7 +559,7 @@ def localize_fit(features: np.ndarray, channels: np.ndarray, *, neighbors: np.nd
     peak moves with the unit. Spikes the fit cannot place (fewer than 4 channels, no peak, a
     peak far outside the neighbourhood) keep their centre of mass.
     """
-    from .detect import localize
+    from spikesort.stages.detect import localize
 
     com = localize(features, channels, neighbors=neighbors, positions_um=positions_um).astype(np.float64)
     if len(features) == 0:

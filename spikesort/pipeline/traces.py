@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernels.preprocess import gather_windows, quantize_int16
+from spikesort.kernels.preprocess import gather_windows, quantize_int16
 
 # whitened noise has sd ~ 1; x200 keeps 0.005 sd resolution and +-160 sd range in int16
 SCALE = 200.0

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels.detect import detect_peaks_rows, temporal_filter
-from .kernels.match import best_matches, select_non_overlapping, subtract_filtered, subtract_templates
+from spikesort.kernels.detect import detect_peaks_rows, temporal_filter
+from spikesort.kernels.match import best_matches, select_non_overlapping, subtract_filtered, subtract_templates
 
 log = logging.getLogger(__name__)
 

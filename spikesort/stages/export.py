@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.phy import PhyData, inverse_whitening_uv, pad_templates_to_center, write_phy_folder
+from spikesort.io.phy import PhyData, inverse_whitening_uv, pad_templates_to_center, write_phy_folder
 from .metrics import UnitMetrics, compute_unit_metrics, label_units
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels.detect import detect_peaks, project_neighborhoods, temporal_filter
+from spikesort.kernels.detect import detect_peaks, project_neighborhoods, temporal_filter
 
 log = logging.getLogger(__name__)
 

@@ -24,18 +24,18 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import SpikesortError
-from .params import Params
+from spikesort import __version__
+from spikesort.errors import SpikesortError
+from spikesort.params import Params
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spikesort.cli")  # the name users see in spikesort.log
 
 PROG = "spikesort"
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-LOG_NAME = "spikesort.log"
+from spikesort.layout import LOG_FILE as LOG_NAME  # noqa: F401 (re-exported)
 # kept in step with spikesort.io.recordings.SUPPORTED_FORMATS (a test checks); not imported so
 # that `spikesort --help` does not pull in spikeinterface
 FORMATS = ("binary", "spikeglx", "openephys", "nwb", "intan", "hdf5", "spikeinterface")
@@ -312,7 +312,7 @@ def _parse_set(values) -> dict:
 
 def resolve_params(*, config: str | None, set_values=(), flags: dict | None = None) -> Params:
     """defaults < --config file < --set KEY=VALUE < dedicated flags (--detect-threshold ...)."""
-    from .params import load_config
+    from spikesort.params import load_config
 
     params = Params()
     if config is not None:
@@ -354,7 +354,7 @@ def _check_output_folder(out: Path, *, overwrite: bool, protected: list[Path], r
     if out.exists():
         if not out.is_dir():
             raise SpikesortError(f"output path {out} is a file, not a folder")
-        from .checkpoints import is_resumable_folder, is_unfinished
+        from spikesort.pipeline.checkpoints import is_resumable_folder, is_unfinished
 
         if resume and not is_resumable_folder(out):
             raise SpikesortError(f"output folder {out} exists but holds no spikesort run to resume: "
@@ -442,8 +442,8 @@ def run(path, probe, output, fmt, sampling_rate, n_channels, dtype, offset, conf
     protected = [path] + [p for p in (Path(probe) if probe else None, config) if p is not None and p.exists()]
     _check_output_folder(output, overwrite=overwrite, protected=protected, resume=resume)
 
-    from .io.probes import attach_probe, load_probe
-    from .io.recordings import open_recording
+    from spikesort.io.probes import attach_probe, load_probe
+    from spikesort.io.recordings import open_recording
 
     try:
         recording = open_recording(path, fmt=fmt, sampling_rate_hz=sampling_rate, n_channels=n_channels,
@@ -456,7 +456,7 @@ def run(path, probe, output, fmt, sampling_rate, n_channels, dtype, offset, conf
         raise SpikesortError(f"the recording {path} has no probe geometry: pass --probe NAME_OR_FILE "
                              f"(see `spikesort probes list`)")
 
-    from .pipeline import sort
+    from spikesort.pipeline import sort
 
     log.debug("parameters: %s", json.dumps(params.to_dict()))
     # every check above passed: the folder is this run's. Made now, so that the log is in it even
@@ -474,7 +474,7 @@ def run(path, probe, output, fmt, sampling_rate, n_channels, dtype, offset, conf
         raise SpikesortError(f"{exc.strerror or 'disk full'}{where} (free some space, then run the same command "
                              f"with --resume to continue)") from None
     except (KeyboardInterrupt, _Terminated):
-        from .checkpoints import is_complete
+        from spikesort.pipeline.checkpoints import is_complete
 
         if output.is_dir() and not is_complete(output):
             log.warning("the run stopped before the end: run the same command with --resume to continue it")
@@ -482,12 +482,12 @@ def run(path, probe, output, fmt, sampling_rate, n_channels, dtype, offset, conf
     finally:
         cmd_log.adopt(output)
     if export_raw:
-        from .exporters import export_raw_recording
+        from spikesort.outputs.convert import export_raw_recording
 
         export_raw_recording(recording, output, chunk_s=params.chunk_s, progress=not quiet)
     report = None
     try:
-        from .report import make_report
+        from spikesort.outputs.report import make_report
 
         report = make_report(output)
     except Exception as exc:  # the sorting is finished and safe: a figure problem must not fail the run
@@ -521,7 +521,7 @@ def probes_group():
 @probes_group.command("list")
 def probes_list():
     """List the bundled probes."""
-    from .io.probes import bundled_probes_dir, list_bundled_probes
+    from spikesort.io.probes import bundled_probes_dir, list_bundled_probes
 
     names = list_bundled_probes()
     if not names:
@@ -556,7 +556,7 @@ def probe_summary(probegroup) -> dict:
     """Channel count, shanks, extent and pitch of a probe group."""
     import numpy as np
 
-    from .io.probes import probe_channel_count
+    from spikesort.io.probes import probe_channel_count
 
     pos = np.concatenate([p.contact_positions[:, :2] for p in probegroup.probes])
     shanks = set()
@@ -594,7 +594,7 @@ def _fmt_um(v) -> str:
               help="also draw the contact layout into this image file")
 def probes_show(name, plot):
     """Describe a probe (bundled NAME or probe file): channels, shanks, extent, pitch."""
-    from .io.probes import load_probe
+    from spikesort.io.probes import load_probe
 
     group = load_probe(name)
     s = probe_summary(group)
@@ -662,7 +662,7 @@ def demo(output, duration, channels, units, seed, overwrite, quiet, verbose):
     Nothing is downloaded. Takes about a minute with the defaults.
     """
     cmd_log = _start_log(verbose=verbose, quiet=quiet)
-    from .demo import run_demo
+    from spikesort.demo import run_demo
 
     s = run_demo(output, duration_s=duration, n_channels=channels, n_units=units, seed=seed,
                  overwrite=overwrite, progress=not quiet, on_folder_ready=cmd_log.adopt)
@@ -678,7 +678,7 @@ def demo(output, duration, channels, units, seed, overwrite, quiet, verbose):
     if s.get("phy_params"):
         click.echo(f"  open in Phy:                           phy template-gui {shlex.quote(s['phy_params'])}")
     try:
-        from .report import make_report
+        from spikesort.outputs.report import make_report
 
         click.echo(f"  report:                                {make_report(s['phy_folder'])}")
     except Exception as exc:  # the demo's sort is done: a figure problem must not fail it
@@ -697,7 +697,7 @@ def folder_info(folder: Path) -> dict:
         raise SpikesortError(f"output folder not found: {folder}")
     if not folder.is_dir():
         raise SpikesortError(f"{folder} is not a folder")
-    from .checkpoints import finished_stages, is_unfinished
+    from spikesort.pipeline.checkpoints import finished_stages, is_unfinished
 
     # a folder of ours without the completion marker (written last) is unfinished, even if it
     # already holds Phy files; a Phy folder made elsewhere (no marker, no spikesort log) is described
@@ -718,7 +718,9 @@ def folder_info(folder: Path) -> dict:
         raise SpikesortError(f"cannot read the arrays in {folder}: {exc}") from None
     info: dict = dict(folder=str(folder), n_spikes=int(times.shape[0]))
     info["n_units"] = int(len(np.unique(clusters))) if clusters is not None else None
-    run_file = folder / "spikesort_run.json"
+    from spikesort.layout import RUN_FILE
+
+    run_file = folder / RUN_FILE
     run = {}
     if run_file.is_file():
         try:
@@ -787,7 +789,7 @@ def info(folder):
 @click.option("--good-only", is_flag=True, help="unit pages for units labelled good only")
 def report_cmd(folder, max_unit_pages, all_units, good_only):
     """(Re)build the figures of a finished output FOLDER in FOLDER/report (open summary.html)."""
-    from .report import make_report
+    from spikesort.outputs.report import make_report
 
     t0 = time.perf_counter()
     page = make_report(folder, max_unit_pages=None if all_units else max_unit_pages, good_only=good_only)
@@ -798,13 +800,13 @@ def report_cmd(folder, max_unit_pages, all_units, good_only):
 
 # --------------------------------------------------------------------------- export
 
-from .exporters import export_command  # noqa: E402  (numpy only; pynwb/spikeinterface load on use)
+from spikesort.outputs.convert import export_command  # noqa: E402  (numpy only; pynwb/spikeinterface load on use)
 
 main.add_command(export_command, "export")
 
 # --------------------------------------------------------------------------- batch
 
-from .cli_batch import add_batch_command  # noqa: E402  (dask loads only when the command runs)
+from .batch import add_batch_command  # noqa: E402  (dask loads only when the command runs)
 
 add_batch_command(main)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from .errors import SpikesortError
+from spikesort.errors import SpikesortError
 
 logger = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SpikesortError
-from .io.phy import read_params_py
-from .metrics import UnitMetrics, compute_unit_metrics
-from .params import Params
+from spikesort.errors import SpikesortError
+from spikesort.io.phy import read_params_py
+from spikesort.stages.metrics import UnitMetrics, compute_unit_metrics
+from spikesort.params import Params
 from .result import SortingResult
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # Phy's four groups; a curator may type others, which are kept as they are
 KNOWN_LABELS = ("good", "mua", "noise", "unsorted")
 UNSORTED = "unsorted"
-RUN_FILE = "spikesort_run.json"
+from spikesort.layout import RUN_FILE  # noqa: F401 (re-exported)
 # metrics recomputed for every curated unit (names of spikesort.metrics.UnitMetrics fields)
 METRIC_COLUMNS = ("n_spikes", "firing_rate_hz", "isi_violation_ratio", "contamination", "presence_ratio",
                   "amplitude_cutoff", "snr", "amplitude_uv", "peak_channel", "depth_um")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from .kernels.cluster import two_means_labels
+from spikesort.kernels.cluster import two_means_labels
 
 log = logging.getLogger(__name__)
 

@@ -11,22 +11,24 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, checkpoints, saturation
-from .chunks import iter_chunks, map_chunks
-from .cluster import cluster_spikes
-from .curate import apply_groups, refractory_merges, residue_spikes, relabel, remove_duplicates
-from .detect import (Detections, choose_sign, detect_block, envelope_bank, filtered_noise_sd,
+from spikesort import __version__
+from spikesort.pipeline import checkpoints
+from spikesort.stages import saturation
+from spikesort.chunks import iter_chunks, map_chunks
+from spikesort.stages.cluster import cluster_spikes
+from spikesort.stages.curate import apply_groups, refractory_merges, residue_spikes, relabel, remove_duplicates
+from spikesort.stages.detect import (Detections, choose_sign, detect_block, envelope_bank, filtered_noise_sd,
                      learn_temporal_bases)
-from .errors import SpikesortError
-from .export import phy_whitening, unit_metrics, write_phy
-from .features import SpikeFeatures, features_block, similarity_matrix, template_feature_index
-from .geometry import neighbor_table
-from .match import (MatchedSpikes, Templates, build_templates, channel_candidates, filtered_templates, match_block,
+from spikesort.errors import SpikesortError
+from spikesort.stages.export import phy_whitening, unit_metrics, write_phy
+from spikesort.stages.features import SpikeFeatures, features_block, similarity_matrix, template_feature_index
+from spikesort.stages.geometry import neighbor_table
+from spikesort.stages.match import (MatchedSpikes, Templates, build_templates, channel_candidates, filtered_templates, match_block,
                     merge_similar_templates, snippet_merge_test, template_snr)
-from .params import Params
-from .preprocess import PreprocessModel, fit_preprocessing, preprocess_chunk
-from .memory import PeakRss
-from .result import SortingResult
+from spikesort.params import Params
+from spikesort.stages.preprocess import PreprocessModel, fit_preprocessing, preprocess_chunk
+from spikesort.memory import PeakRss
+from spikesort.outputs.result import SortingResult
 from .traces import TraceStore
 
 log = logging.getLogger(__name__)
@@ -182,7 +184,7 @@ REFRACTORY_RATE_BIN_S = 10.0
 
 def _identity(recording, info: RecordingInfo) -> dict:
     """What a checkpoint must have been made from: this recording, this geometry, this version."""
-    from .io.recordings import recording_fingerprint
+    from spikesort.io.recordings import recording_fingerprint
 
     return {"recording": recording_fingerprint(recording),
             "geometry": checkpoints.digest([info.positions_um, info.gains_to_uv, info.shank_ids]),
@@ -435,7 +437,7 @@ def _preprocess(run: _Run) -> Preprocessed:
 def _drift(run: _Run, prep: Preprocessed, *, out: Path, stages: StageLog) -> Preprocessed:
     """Motion estimation and correction of the whitened traces in place (spikesort/motion.py);
     writes motion*.npy and drift_map.png to ``out``, or logs why drift is not corrected."""
-    from .motion import correct_drift
+    from spikesort.stages.drift.stage import correct_drift
 
     made = []
 
@@ -552,7 +554,7 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
 def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
     """After drift correction: units that are one neuron seen at two probe positions become one
     (spikesort/motion.py, drift_split_groups). Nothing changes when the traces were not corrected."""
-    from .motion import applied_motion, drift_split_groups
+    from spikesort.stages.drift.stage import applied_motion, drift_split_groups
 
     p = run.params
     motion = applied_motion(out) if p.drift != "none" else None

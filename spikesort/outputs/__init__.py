@@ -1,0 +1,1 @@
+"""What a finished sort gives the user: the result object, the curated reader, conversions, the report."""

@@ -1,0 +1,1 @@
+"""Drift: motion estimation, interpolation of the traces, the plan of what to correct, the stage."""
