@@ -338,9 +338,8 @@ def _number(values: dict, key: str, *, where: str, kind: type, low: float, inclu
 
 
 def _recording_flags(values: dict, *, where: str, base: Path) -> dict:
-    # the CLI's copy of io.recordings.SUPPORTED_FORMATS (a test keeps them equal): the driver
-    # then never imports spikeinterface, which only the workers need
-    from spikesort.cli.app import FORMATS as SUPPORTED_FORMATS
+    # io.formats, not io.recordings: the driver never imports spikeinterface, which only the workers need
+    from spikesort.io.formats import FORMATS as SUPPORTED_FORMATS
 
     fmt = values.get("format")
     if fmt is not None:

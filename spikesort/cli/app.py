@@ -36,9 +36,7 @@ EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 from spikesort.layout import LOG_FILE as LOG_NAME  # noqa: F401 (re-exported)
-# kept in step with spikesort.io.recordings.SUPPORTED_FORMATS (a test checks); not imported so
-# that `spikesort --help` does not pull in spikeinterface
-FORMATS = ("binary", "spikeglx", "openephys", "nwb", "intan", "hdf5", "spikeinterface")
+from spikesort.io.formats import FORMATS  # noqa: E402
 
 
 # --------------------------------------------------------------------------- logging

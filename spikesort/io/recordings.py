@@ -49,7 +49,8 @@ __all__ = [
     "recording_fingerprint",
 ]
 
-SUPPORTED_FORMATS = ("binary", "spikeglx", "openephys", "nwb", "intan", "hdf5", "spikeinterface")
+from .formats import FORMATS as SUPPORTED_FORMATS  # noqa: E402
+
 BINARY_SUFFIXES = (".bin", ".dat", ".raw")
 _FORMATS_HELP = (
     "binary (.bin/.dat/.raw), spikeglx (.bin + .meta, or its folder), "
