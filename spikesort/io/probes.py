@@ -25,17 +25,9 @@ import numpy as np
 from probeinterface import Probe, ProbeGroup
 
 from ..errors import SpikesortError
+from ._common import expanduser, first_line
 
 logger = logging.getLogger(__name__)
-
-
-def _expanduser(path: Path) -> Path:
-    # "~name" of a user that does not exist (RuntimeError), a NUL byte (ValueError): keep the path
-    # as typed, it is then simply not found
-    try:
-        return path.expanduser()
-    except (RuntimeError, ValueError):
-        return path
 
 __all__ = ["attach_probe", "bundled_probes_dir", "list_bundled_probes", "load_probe", "probe_channel_count"]
 
@@ -95,7 +87,7 @@ def load_probe(spec: str | Path) -> ProbeGroup:
     text = str(spec).strip()
     if not text:
         raise SpikesortError("no probe given: pass a probe file or a bundled probe name")
-    path = _expanduser(Path(text))
+    path = expanduser(Path(text))
     if path.is_dir():
         raise SpikesortError(f"probe {path} is a folder: pass a .json, .prb or .mat probe file")
     if path.is_file():
@@ -133,16 +125,11 @@ def _read_probe_file(path: Path) -> ProbeGroup:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _read_json(path: Path) -> ProbeGroup:
     try:
         data = json.loads(path.read_text(encoding="utf8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SpikesortError(f"probe file {path} is not valid JSON: {_first_line(exc)}") from exc
+        raise SpikesortError(f"probe file {path} is not valid JSON: {first_line(exc)}") from exc
     except OSError as exc:
         raise SpikesortError(f"cannot read probe file {path}: {exc.strerror or exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("probes"), list):
@@ -162,7 +149,7 @@ def _read_json(path: Path) -> ProbeGroup:
         return ProbeGroup.from_dict(data)
     except Exception as exc:  # probeinterface raises KeyError/ValueError/TypeError/IndexError
         logger.debug("probeinterface could not build %s", path, exc_info=True)
-        raise SpikesortError(f"probe file {path} is not a valid probeinterface file: {_first_line(exc)}") from exc
+        raise SpikesortError(f"probe file {path} is not a valid probeinterface file: {first_line(exc)}") from exc
 
 
 def _check_json_positions(path: Path, index: int, probe_dict: dict) -> None:
@@ -383,14 +370,14 @@ def _read_mat_fields(path: Path) -> dict:
                 return {k: np.asarray(f[k][()]).ravel() for k in f if isinstance(f[k], h5py.Dataset)}
         except Exception as exc:  # h5py raises OSError/KeyError/TypeError on odd files
             logger.debug("h5py could not read %s", path, exc_info=True)
-            raise SpikesortError(f"probe file {path} is not a readable MATLAB v7.3 file: {_first_line(exc)}") from exc
+            raise SpikesortError(f"probe file {path} is not a readable MATLAB v7.3 file: {first_line(exc)}") from exc
     import scipy.io
 
     try:
         raw = scipy.io.loadmat(path)
     except Exception as exc:  # scipy raises ValueError/MatReadError/TypeError/OSError on garbage
         logger.debug("scipy could not read %s", path, exc_info=True)
-        raise SpikesortError(f"probe file {path} is not a readable MATLAB .mat file: {_first_line(exc)}") from exc
+        raise SpikesortError(f"probe file {path} is not a readable MATLAB .mat file: {first_line(exc)}") from exc
     return {k: np.asarray(v).ravel() for k, v in raw.items() if not k.startswith("__")}
 
 

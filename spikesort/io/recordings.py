@@ -28,17 +28,9 @@ from spikeinterface.core import BaseRecording, BaseRecordingSegment
 from spikeinterface.core.base import BaseExtractor
 
 from ..errors import SpikesortError
+from ._common import expanduser, first_line
 
 logger = logging.getLogger(__name__)
-
-
-def _expanduser(path: Path) -> Path:
-    # "~name" of a user that does not exist (RuntimeError), a NUL byte (ValueError): keep the path
-    # as typed, it is then simply not found
-    try:
-        return path.expanduser()
-    except (RuntimeError, ValueError):
-        return path
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -80,7 +72,7 @@ def open_recording(
     Raises SpikesortError for a missing or unreadable recording, a wrong description of a
     binary file, an unknown format or a multi-segment recording.
     """
-    path = _expanduser(Path(path))
+    path = expanduser(Path(path))
     if not path.exists():
         raise SpikesortError(f"recording not found: {path}")
     if fmt is None:
@@ -173,11 +165,6 @@ def _find_first(folder: Path, name: str, *, max_depth: int = 4) -> Path | None:
 # --------------------------------------------------------------------------- error wrapping
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0].strip() if lines else type(exc).__name__
-
-
 def _call_extractor(what: str, path: Path, func, *args, **kwargs):
     """Run a spikeinterface/neo reader; turn its exceptions into one SpikesortError line."""
     try:
@@ -186,7 +173,7 @@ def _call_extractor(what: str, path: Path, func, *args, **kwargs):
         raise
     except Exception as exc:
         logger.debug("opening %s as %s failed", path, what, exc_info=True)
-        raise SpikesortError(f"could not open {path} as {what}: {_first_line(exc)}") from exc
+        raise SpikesortError(f"could not open {path} as {what}: {first_line(exc)}") from exc
 
 
 def _annotate_sources(recording, files) -> None:
@@ -453,7 +440,7 @@ class Hdf5Recording(BaseRecording):
             raise
         except Exception as exc:  # h5py: OSError for non-HDF5 files, others for odd content
             logger.debug("h5py could not read %s", file_path, exc_info=True)
-            raise SpikesortError(f"could not open {where}: {_first_line(exc)}") from exc
+            raise SpikesortError(f"could not open {where}: {first_line(exc)}") from exc
 
         if len(shape) != 2 or dtype.kind not in "iuf":
             raise SpikesortError(f"{where}: 'traces' must be a 2D numeric array (n_samples, n_channels), got {shape} {dtype}")
