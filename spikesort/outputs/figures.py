@@ -1,37 +1,34 @@
-"""Figures of a finished sort, made from the output folder alone (no recording needed).
+"""The figures of a finished sort, made from the output folder alone (no recording needed).
 
-``make_report(OUT)`` writes ``OUT/report/``:
+:func:`load_folder` reads what they need (:class:`FolderData`, through the folder reader
+:mod:`spikesort.outputs.folder`); then one function per figure, each returning a matplotlib
+``Figure`` drawn on the Agg canvas directly (no pyplot, no display, no global state):
 
-* ``drift_map.png``: every spike's depth (``spike_positions.npy``) against time, coloured by
-  its amplitude in µV; a drift shows as slanted bands;
-* ``overview.png``: every unit at its position on the probe (size: amplitude, colour: label),
-  and amplitude against depth;
-* ``unit_<id>.png``: per unit, the template on the channels around its peak drawn at their
-  probe positions (µV), the auto-correlogram, the amplitude over time and its metrics;
-* ``summary.html``: one page linking them, with the table of units.
+* :func:`figure_drift_map`: every spike's depth (``spike_positions.npy``) against time, coloured
+  by its amplitude in µV; a drift shows as slanted bands;
+* :func:`figure_overview`: every unit at its position on the probe (size: amplitude, colour:
+  label), and amplitude against depth;
+* :func:`figure_unit`: one unit's template on the channels around its peak drawn at their probe
+  positions (µV), its auto-correlogram, its amplitude over time and its metrics.
 
-A big sort (hundreds of units) gets unit pages for the first ``max_unit_pages`` units by id
-(optionally good units only); the other units are still in the overview and the table.
-Works on any finished folder, including one where nothing was found (no Phy files).
-Figures use matplotlib's Agg canvas directly (no pyplot, no display, no global state).
+:func:`spikesort.outputs.report.make_report` writes them into ``OUT/report/``.
 """
 from __future__ import annotations
 
-import html
-import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from spikesort.errors import SpikesortError
-from .result import REPORT_DIR, REPORT_HTML, RUN_FILE, read_tsv
+from spikesort.layout import (AMPLITUDES, CHANNEL_POSITIONS, CHANNEL_SHANKS, RUN_FILE, SPIKE_CLUSTERS,
+                              SPIKE_POSITIONS, SPIKE_TEMPLATES, SPIKE_TIMES, TEMPLATES, WHITENING_MAT_INV)
+
+from .folder import read_folder
 
 log = logging.getLogger(__name__)
 
-from spikesort.layout import DRIFT_MAP, OVERVIEW_PNG as OVERVIEW  # noqa: F401 (re-exported)
 LABEL_COLORS = {"good": "#1a9850", "mua": "#f28e2b", "noise": "#8c8c8c"}
 OTHER_COLOR = "#4e79a7"
 # cluster_<name>.tsv shown on a unit page, with its caption and format
@@ -90,62 +87,47 @@ class FolderData:
             return float("nan")
 
 
-def _load(path: Path, **kw) -> np.ndarray | None:
-    try:
-        return np.load(path, **kw) if path.is_file() else None
-    except (OSError, ValueError) as exc:
-        raise SpikesortError(f"cannot read {path}: {exc}") from None
-
-
 def load_folder(folder) -> FolderData:
     """Read what the report needs from a finished spikesort (or any Phy) output folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SpikesortError(f"output folder not found: {folder}")
-    run = {}
-    if (folder / RUN_FILE).is_file():
-        try:
-            run = json.loads((folder / RUN_FILE).read_text(encoding="utf8"))
-        except (OSError, ValueError):
-            run = {}
-    times = _load(folder / "spike_times.npy")
+    files = read_folder(folder)
+    run = files.run_record_or_empty()
+    times = files.array(SPIKE_TIMES)
     if times is None and not run:
         raise SpikesortError(f"{folder} is not a finished spikesort output folder "
                              f"(neither spike_times.npy nor {RUN_FILE})")
-    rec = run.get("recording") if isinstance(run.get("recording"), dict) else {}
-    fs = rec.get("sampling_rate_hz")
-    if fs is None and (folder / "params.py").is_file():
-        from spikesort.io.phy import read_params_py
-
-        fs = read_params_py(folder / "params.py").get("sample_rate")
+    fs = files.sampling_rate_hz()
     if not fs or float(fs) <= 0:
         raise SpikesortError(f"{folder}: the sampling rate is unknown (no {RUN_FILE}, no params.py)")
     fs = float(fs)
     times = np.zeros(0, np.int64) if times is None else np.asarray(times, dtype=np.int64).ravel()
     n = len(times)
-    templates_of_spikes = _load(folder / "spike_templates.npy")
-    clusters = _load(folder / "spike_clusters.npy")
+    templates_of_spikes = files.array(SPIKE_TEMPLATES)
+    clusters = files.array(SPIKE_CLUSTERS)
     templates_of_spikes = (np.zeros(n, np.int64) if templates_of_spikes is None
                            else np.asarray(templates_of_spikes, dtype=np.int64).ravel())
     clusters = templates_of_spikes if clusters is None else np.asarray(clusters, dtype=np.int64).ravel()
-    amplitudes = _load(folder / "amplitudes.npy")
+    amplitudes = files.array(AMPLITUDES)
     amplitudes = np.ones(n) if amplitudes is None else np.asarray(amplitudes, dtype=np.float64).ravel()
-    positions = _load(folder / "spike_positions.npy")
+    positions = files.array(SPIKE_POSITIONS)
     if positions is not None and positions.shape != (n, 2):
         positions = None
     for name, arr in (("spike_templates", templates_of_spikes), ("spike_clusters", clusters),
                       ("amplitudes", amplitudes)):
         if len(arr) != n:
             raise SpikesortError(f"{folder}: {name}.npy has {len(arr)} entries for {n} spikes")
-    duration = rec.get("duration_s") or (float(times.max() + 1) / fs if n else 0.0)
-    tables = {p.name[len("cluster_"):-len(".tsv")]: read_tsv(p) for p in sorted(folder.glob("cluster_*.tsv"))}
+    duration = files.duration_s() or (float(times.max() + 1) / fs if n else 0.0)
+    tables = files.tables()
+    # per cluster, a curator's label over the sorter's
     labels = {**tables.get("KSLabel", {}), **tables.get("group", {})}
     return FolderData(folder=folder, sampling_rate_hz=fs, duration_s=float(duration), spike_times=times,
                       spike_clusters=clusters, spike_templates=templates_of_spikes, amplitudes=amplitudes,
-                      spike_positions=positions, templates=_load(folder / "templates.npy", mmap_mode="r"),
-                      whitening_mat_inv=_load(folder / "whitening_mat_inv.npy"),
-                      channel_positions=_load(folder / "channel_positions.npy"),
-                      channel_shanks=_load(folder / "channel_shanks.npy"),
+                      spike_positions=positions, templates=files.array(TEMPLATES, mmap=True),
+                      whitening_mat_inv=files.array(WHITENING_MAT_INV),
+                      channel_positions=files.array(CHANNEL_POSITIONS),
+                      channel_shanks=files.array(CHANNEL_SHANKS),
                       unit_ids=np.unique(clusters), labels=labels, tables=tables)
 
 
@@ -428,90 +410,3 @@ def figure_unit(data: FolderData, unit_id, *, amps_uv: np.ndarray | None = None)
     ax_txt.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=10,
                 transform=ax_txt.transAxes)
     return fig
-
-
-def _save(fig, path: Path) -> None:
-    try:
-        fig.savefig(path, dpi=DPI)
-    except OSError as exc:
-        raise SpikesortError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-# --------------------------------------------------------------------------- the report
-
-
-def _fmt(v: float, fmt: str) -> str:
-    return fmt.format(v) if np.isfinite(v) else ""
-
-
-def _html(data: FolderData, pages: set, n_spikes_by_unit: dict) -> str:
-    esc = html.escape
-    counts: dict = {}
-    for u in data.unit_ids:
-        counts[data.label(u) or "unlabelled"] = counts.get(data.label(u) or "unlabelled", 0) + 1
-    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"
-    rows = []
-    for u in data.unit_ids:
-        link = f'<a href="unit_{u}.png">{u}</a>' if int(u) in pages else str(u)
-        label = data.label(u)
-        cells = [link, f'<span style="color:{LABEL_COLORS.get(label, "black")}">{esc(label)}</span>',
-                 str(n_spikes_by_unit[int(u)])]
-        cells += [_fmt(data.metric(name, u), fmt.split(" ")[0]) for name, _, fmt in METRIC_ROWS]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = ["unit", "label", "spikes"] + [esc(caption) for _, caption, _ in METRIC_ROWS]
-    n_pages = len(pages)
-    page_note = (f"Unit pages: {n_pages} of {data.n_units} units (click a unit id)."
-                 if data.n_units else "")
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>spikesort report: {esc(str(data.folder))}</title>
-<style>body{{font-family:sans-serif;margin:1em 2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} img{{max-width:100%}}</style></head>
-<body>
-<h1>spikesort report</h1>
-<p>Folder: <code>{esc(str(data.folder.resolve()))}</code><br>
-{data.n_units} units ({esc(summary)}), {len(data.spike_times)} spikes, {data.duration_s:.1f} s at
-{data.sampling_rate_hz:g} Hz.</p>
-<h2>Drift map</h2>
-<p><a href="{DRIFT_MAP}"><img src="{DRIFT_MAP}" alt="drift map"></a></p>
-<h2>Units on the probe</h2>
-<p><a href="{OVERVIEW}"><img src="{OVERVIEW}" alt="overview"></a></p>
-<h2>Units</h2>
-<p>{page_note}</p>
-<table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>
-{chr(10).join(rows)}
-</table>
-</body></html>
-"""
-
-
-def make_report(folder, *, max_unit_pages: int | None = 50, good_only: bool = False,
-                max_drift_spikes: int = 100_000) -> Path:
-    """Write the figures of the output folder ``folder`` into ``folder/report`` and return the
-    path of ``summary.html``. Unit pages go to the first ``max_unit_pages`` units by id (None:
-    all), good units only with ``good_only``. Pages of an earlier report are replaced."""
-    if max_unit_pages is not None and int(max_unit_pages) < 0:
-        raise SpikesortError(f"max_unit_pages must be >= 0, got {max_unit_pages}")
-    if int(max_drift_spikes) < 1:
-        raise SpikesortError(f"max_drift_spikes must be >= 1, got {max_drift_spikes}")
-    t0 = time.perf_counter()
-    data = load_folder(folder)
-    out = data.folder / REPORT_DIR
-    try:
-        out.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise SpikesortError(f"cannot create {out}: {exc.strerror or exc}") from None
-    for old in out.glob("unit_*.png"):
-        old.unlink()
-    amps = spike_amplitudes_uv(data)
-    _save(figure_drift_map(data, amps_uv=amps, max_spikes=int(max_drift_spikes)), out / DRIFT_MAP)
-    _save(figure_overview(data, amps_uv=amps), out / OVERVIEW)
-    chosen = pick_units(data, max_unit_pages=max_unit_pages, good_only=good_only)
-    for u in chosen:
-        _save(figure_unit(data, u, amps_uv=amps), out / f"unit_{u}.png")
-    n_spikes = dict(zip(data.unit_ids.tolist(), np.bincount(np.searchsorted(data.unit_ids, data.spike_clusters),
-                                                            minlength=data.n_units).tolist()))
-    page = out / REPORT_HTML
-    page.write_text(_html(data, {int(u) for u in chosen}, n_spikes), encoding="utf8")
-    log.info("report written to %s: %d unit pages of %d units in %.1f s", out, len(chosen), data.n_units,
-             time.perf_counter() - t0)
-    return page
