@@ -39,14 +39,14 @@ log = logging.getLogger(__name__)
 KNOWN_LABELS = ("good", "mua", "noise", "unsorted")
 UNSORTED = "unsorted"
 from spikesort.layout import RUN_FILE  # noqa: F401 (re-exported)
-# metrics recomputed for every curated unit (names of spikesort.metrics.UnitMetrics fields)
+# metrics recomputed for every curated unit (names of spikesort.stages.metrics.UnitMetrics fields)
 METRIC_COLUMNS = ("n_spikes", "firing_rate_hz", "isi_violation_ratio", "contamination", "presence_ratio",
                   "amplitude_cutoff", "snr", "amplitude_uv", "peak_channel", "depth_um")
 
 
 @dataclass
 class CuratedResult(SortingResult):
-    """A :class:`spikesort.result.SortingResult` read from a Phy folder, with per-unit extras.
+    """A :class:`spikesort.outputs.result.SortingResult` read from a Phy folder, with per-unit extras.
 
     ``unit_ids`` are Phy's cluster ids (sorted), ``labels`` the curated labels, ``amplitudes``
     the per-spike scale factors of ``amplitudes.npy``. ``properties`` maps a name to one value

@@ -227,7 +227,7 @@ def _empty(ax, text: str) -> None:
 
 def recorded_depths(data: FolderData, *, times_s: np.ndarray, depths_um: np.ndarray,
                     x_um: np.ndarray) -> np.ndarray | None:
-    """Depths as recorded, when the folder holds a motion estimate (``spikesort.motion``): spike
+    """Depths as recorded, when the folder holds a motion estimate (``spikesort.stages.drift``): spike
     positions are then measured on drift-corrected traces, and recorded = corrected +
     displacement. None without an estimate (or one that cannot be read)."""
     try:

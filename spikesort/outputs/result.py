@@ -37,7 +37,7 @@ class SortingResult:
     sampling_rate_hz: float
     timings_s: dict = field(default_factory=dict)
     labels: np.ndarray | None = None  # 'good' / 'mua' / 'noise' per unit
-    # spikesort.metrics.UnitMetrics of unit_ids; None = read back from the cluster_*.tsv files
+    # spikesort.stages.metrics.UnitMetrics of unit_ids; None = read back from the cluster_*.tsv files
     metrics: UnitMetrics | None = None
 
     @property
@@ -74,7 +74,7 @@ class SortingResult:
         return self._existing(REPORT_DIR, REPORT_HTML)
 
     def make_report(self, **kwargs) -> Path:
-        """Write the figures into ``OUT/report`` (see :func:`spikesort.report.make_report`)."""
+        """Write the figures into ``OUT/report`` (see :func:`spikesort.outputs.report.make_report`)."""
         from .report import make_report
 
         return make_report(self.output_folder, **kwargs)
