@@ -28,10 +28,12 @@ MOVED: dict[str, tuple[str, ...]] = {
     "spikesort.geometry": ("spikesort.stages.geometry",),
     "spikesort.export": ("spikesort.stages.export",),
     "spikesort.motion": ("spikesort.stages.drift.stage",),
-    "spikesort.result": ("spikesort.outputs.result",),
-    "spikesort.curation": ("spikesort.outputs.curated",),
-    "spikesort.exporters": ("spikesort.outputs.convert",),
-    "spikesort.report": ("spikesort.outputs.report",),
+    "spikesort.result": ("spikesort.outputs.result", "spikesort.outputs.folder"),
+    "spikesort.curation": ("spikesort.outputs.curated", "spikesort.outputs.folder"),
+    # the `spikesort export` command itself is spikesort.cli.export now
+    "spikesort.exporters": ("spikesort.outputs.convert", "spikesort.io.raw_copy", "spikesort.atomic",
+                            "spikesort.cli.export"),
+    "spikesort.report": ("spikesort.outputs.report", "spikesort.outputs.figures", "spikesort.outputs.folder"),
     "spikesort.cli_batch": ("spikesort.cli.batch",),
 }
 

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikesort.batch.task import _Cluster, _is_finished, _PeakRss, cluster_layout, read_manifest
+from spikesort.batch.cluster import _Cluster, cluster_layout
+from spikesort.batch.manifest import read_manifest
+from spikesort.batch.task import _is_finished
+from spikesort.memory import task_peak_rss as _PeakRss
 from spikesort.pipeline.checkpoints import KILL_ENV, is_unfinished
 from spikesort.params import Params
 from clitools import invoke as _invoke

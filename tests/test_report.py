@@ -19,8 +19,9 @@ from matplotlib.image import imread  # noqa: E402
 from spikesort import cli  # noqa: E402
 from spikesort.errors import SpikesortError  # noqa: E402
 from spikesort.io.phy import PhyData, write_phy_folder  # noqa: E402
-from spikesort.outputs.report import (autocorrelogram, figure_drift_map, figure_overview, figure_unit,  # noqa: E402
-                              load_folder, make_report)
+from spikesort.outputs.figures import (autocorrelogram, figure_drift_map, figure_overview, figure_unit,  # noqa: E402
+                                       load_folder)
+from spikesort.outputs.report import make_report  # noqa: E402
 
 FS = 30000.0
 DURATION_S = 20.0

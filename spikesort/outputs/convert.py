@@ -1,7 +1,8 @@
-"""Export the curated units of a Phy folder, and write the raw copy Phy reads.
+"""Export the curated units of a Phy folder to other formats.
 
-Formats (``spikesort export OUT --to FORMAT``), all read through
-:func:`spikesort.curation.load_result`, so merges, splits and labels made in Phy are honoured:
+Formats (``spikesort export OUT --to FORMAT``, the command in :mod:`spikesort.cli.export`), all
+read through :func:`spikesort.outputs.curated.load_result`, so merges, splits and labels made in
+Phy are honoured:
 
 * ``spikeinterface``: a NumpyFolderSorting folder (``spikeinterface.load(path)``) with every
   per-unit column as a unit property.
@@ -18,21 +19,20 @@ Each output is written under a temporary name beside the destination and renamed
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import logging
 import os
-import shutil
 import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 
-from .curated import CuratedResult, _phy_folder, load_result, parse_labels, select_units
+from spikesort.atomic import atomic_destination
 from spikesort.errors import SpikesortError
+
+from .curated import CuratedResult, _phy_folder, load_result, parse_labels, select_units
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ NPZ_FORMAT = "spikesort-npz-1"
 BINNED_FORMAT = "spikesort-binned-1"
 # a counts matrix larger than this many cells (4 GiB as int32) is refused: choose wider bins
 MAX_BINNED_CELLS = 2**30
-from spikesort.layout import RAW_COPY as RAW_FILE  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -103,34 +102,6 @@ def check_destination(dest: Path, *, phy_folder: Path, fmt: str, overwrite: bool
             raise SpikesortError(f"{dest} is a {kind}; --to {fmt} writes a "
                                  f"{'folder' if fmt == 'spikeinterface' else 'file'}: choose another destination")
     return dest
-
-
-def _temporary(dest: Path) -> Path:
-    # hidden, beside the destination (one file system for the rename), same extension (pynwb asks)
-    return dest.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{dest.name}")
-
-
-def _put_in_place(tmp: Path, dest: Path) -> None:
-    if dest.is_dir() and not dest.is_symlink():
-        # only a spikeinterface folder gets here (check_destination)
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-
-
-@contextlib.contextmanager
-def _atomic(dest: Path):
-    """Yields a temporary path; renames it to ``dest`` if the block succeeds, removes it otherwise."""
-    tmp = _temporary(dest)
-    try:
-        yield tmp
-        _put_in_place(tmp, dest)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        raise
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
@@ -365,7 +336,7 @@ def export(folder, *, to: str, output=None, labels=None, bin_ms: float | None = 
         raise SpikesortError(f"no units labelled {', '.join(chosen) or '(none)'} in {result.output_folder} "
                              f"(it has {have}): choose other --labels")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic(dest) as tmp:
+    with atomic_destination(dest) as tmp:
         if to == "npz":
             write_npz(selected, tmp)
         elif to == "binned":
@@ -379,133 +350,3 @@ def export(folder, *, to: str, output=None, labels=None, bin_ms: float | None = 
     log.info("exported %d units (%d spikes) from %s to %s (%s)", summary.n_units, summary.n_spikes,
              result.output_folder, dest, to)
     return summary
-
-
-@click.command("export")
-@click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--to", "fmt", type=click.Choice(FORMATS), required=True,
-              help="spikeinterface (a sorting folder), nwb (Units table), npz (spikes and unit table), "
-                   "binned (units x time-bins counts with depths, .npz)")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, metavar="PATH",
-              help="destination [default: beside FOLDER: FOLDER_spikeinterface/, FOLDER.nwb, FOLDER.npz, "
-                   "FOLDER_binned.npz]")
-@click.option("--labels", default=None, metavar="L1,L2",
-              help="units to export by label: good, mua, noise, unsorted, or all [default: all but noise]")
-@click.option("--bin-ms", type=float, default=None, metavar="MS",
-              help=f"binned: bin width in ms [default: {DEFAULT_BIN_MS:g}]")
-@click.option("--overwrite", is_flag=True, help="replace an existing destination")
-@click.option("-q", "--quiet", is_flag=True, help="warnings and errors only")
-@click.option("-v", "--verbose", count=True, help="debug messages on the console")
-def export_command(folder, fmt, output, labels, bin_ms, overwrite, quiet, verbose):
-    """Export the units of a sorted (and maybe Phy-curated) FOLDER to another format.
-
-    Reads the folder as Phy left it: merged and split clusters from spike_clusters.npy,
-    labels from cluster_group.tsv. The folder itself is never changed.
-
-    \b
-    Examples:
-      spikesort export sorted --to nwb                      # sorted.nwb, all but noise
-      spikesort export sorted --to binned --bin-ms 20 --labels good
-      spikesort export sorted --to spikeinterface -o si_sorting/
-    """
-    from spikesort.cli.app import _start_log
-
-    _start_log(verbose=verbose, quiet=quiet)
-    s = export(folder, to=fmt, output=output, labels=labels, bin_ms=bin_ms, overwrite=overwrite)
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(s.labels.items()))
-    click.echo(f"spikesort: exported {s.n_units} units ({counts}), {s.n_spikes} spikes")
-    click.echo(f"  {s.format}: {s.path}")
-
-
-# --------------------------------------------------------------------------------------------
-# the raw copy for Phy (spikesort run --export-raw)
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RawExport:
-    path: Path
-    uv_per_bit: float | None  # 1.0 when the recording has gains; None when the units are unknown
-    scale: float              # file value = recording value x scale (µV when uv_per_bit is 1)
-    n_clipped: int            # samples beyond the int16 range, clipped
-
-
-def _raw_scale(recording, *, has_gain: bool, block: int) -> float:
-    if has_gain or np.dtype(recording.get_dtype()) == np.int16:
-        return 1.0
-    n = recording.get_num_samples(0)
-    peak = 0.0
-    for start in np.linspace(0, max(0, n - block), num=min(5, max(1, n // block))).astype(np.int64):
-        x = recording.get_traces(start_frame=int(start), end_frame=int(min(n, start + block)), return_in_uV=False)
-        peak = max(peak, float(np.abs(x).max()) if x.size else 0.0)
-    # the largest sampled value at half the int16 range leaves room for larger ones elsewhere
-    return 16384.0 / peak if peak > 0 else 1.0
-
-
-def _params_with_raw(folder: Path, *, n_channels: int, note: str) -> str:
-    from spikesort.io.phy import read_params_py
-
-    values = read_params_py(folder / "params.py")
-    values.update(dat_path=[RAW_FILE], n_channels_dat=int(n_channels), dtype="int16", offset=0, hp_filtered=False)
-    lines = ["# Phy parameters written by spikesort; literals only, read by phylib.io.model.load_model",
-             f"# {RAW_FILE}: {note}"]
-    lines += [f"{k} = {v!r}" for k, v in values.items()]
-    return "\n".join(lines) + "\n"
-
-
-def export_raw_recording(recording, folder, *, chunk_s: float = 2.0, progress: bool = False) -> RawExport | None:
-    """Write ``folder/recording.dat`` (int16, samples x channels) from ``recording`` chunk by chunk
-    and point the Phy folder's params.py at it, so Phy's trace and waveform views work for any
-    input format. With gains the file holds µV (1 µV per bit, clipped to ±32767 µV); without,
-    an int16 recording is copied as it is and any other is scaled so its largest sampled value
-    is 16384. Returns None (with a warning) when the sort wrote no Phy folder."""
-    from spikesort.chunks import iter_chunks
-
-    folder = Path(folder)
-    if not (folder / "params.py").is_file():
-        log.warning("no Phy folder in %s (no units found): %s not written", folder, RAW_FILE)
-        return None
-    n_ch = int(recording.get_num_channels())
-    channel_map = np.load(folder / "channel_map.npy")
-    if not np.array_equal(channel_map, np.arange(n_ch)):
-        raise SpikesortError(f"{folder} was not sorted from this recording ({len(channel_map)} channels in the "
-                             f"Phy folder, {n_ch} in the recording)")
-    fs = float(recording.get_sampling_frequency())
-    n = int(recording.get_num_samples(0))
-    block = max(1, int(round(chunk_s * fs)))
-    has_gain = bool(recording.has_scaleable_traces())
-    scale = _raw_scale(recording, has_gain=has_gain, block=block)
-    if has_gain:
-        note = "int16, 1 microvolt per bit (written by spikesort --export-raw)"
-    elif scale == 1.0:
-        note = "int16 copy of the recording (no gain known)"
-    else:
-        note = f"int16, recording values x {scale:.6g} (no gain known)"
-        log.warning("the recording has no gain: %s holds its values x %.6g", RAW_FILE, scale)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=-(-n // block), desc="raw copy", unit="chunk", leave=False)
-    clipped = 0
-    dest = folder / RAW_FILE
-    with _atomic(dest) as tmp, open(tmp, "xb") as f:
-        for ch in iter_chunks(n_samples=n, chunk_samples=block, margin_samples=0):
-            x = recording.get_traces(start_frame=ch.keep_start, end_frame=ch.keep_stop, return_in_uV=has_gain)
-            if not (np.dtype(x.dtype) == np.int16 and scale == 1.0):
-                # float32 is exact for whole µV (and half the memory of a chunk); a scale needs float64
-                x = np.rint(np.asarray(x, dtype=np.float32) if scale == 1.0 else np.asarray(x, np.float64) * scale)
-                over = np.abs(x) > 32767
-                clipped += int(np.count_nonzero(over))
-                x = np.clip(x, -32767, 32767)
-            f.write(np.ascontiguousarray(x, dtype=np.int16).tobytes())
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    if clipped:
-        log.warning("%d samples of %s were beyond the int16 range and clipped", clipped, RAW_FILE)
-    text = _params_with_raw(folder, n_channels=n_ch, note=note)
-    with _atomic(folder / "params.py") as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    log.info("wrote %s (%d samples x %d channels, int16); params.py points Phy at it", dest, n, n_ch)
-    return RawExport(path=dest, uv_per_bit=1.0 if has_gain else None, scale=scale, n_clipped=clipped)

@@ -20,7 +20,6 @@ The folder is only read, never written.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field, fields, replace
@@ -29,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from spikesort.errors import SpikesortError
-from spikesort.io.phy import read_params_py
 from spikesort.stages.metrics import UnitMetrics, compute_unit_metrics
 from spikesort.params import Params
+from .folder import FolderFiles, UnreadableFile, read_folder
 from .result import SortingResult
 
 log = logging.getLogger(__name__)
@@ -40,14 +39,14 @@ log = logging.getLogger(__name__)
 KNOWN_LABELS = ("good", "mua", "noise", "unsorted")
 UNSORTED = "unsorted"
 from spikesort.layout import RUN_FILE  # noqa: F401 (re-exported)
-# metrics recomputed for every curated unit (names of spikesort.metrics.UnitMetrics fields)
+# metrics recomputed for every curated unit (names of spikesort.stages.metrics.UnitMetrics fields)
 METRIC_COLUMNS = ("n_spikes", "firing_rate_hz", "isi_violation_ratio", "contamination", "presence_ratio",
                   "amplitude_cutoff", "snr", "amplitude_uv", "peak_channel", "depth_um")
 
 
 @dataclass
 class CuratedResult(SortingResult):
-    """A :class:`spikesort.result.SortingResult` read from a Phy folder, with per-unit extras.
+    """A :class:`spikesort.outputs.result.SortingResult` read from a Phy folder, with per-unit extras.
 
     ``unit_ids`` are Phy's cluster ids (sorted), ``labels`` the curated labels, ``amplitudes``
     the per-spike scale factors of ``amplitudes.npy``. ``properties`` maps a name to one value
@@ -128,28 +127,19 @@ def _phy_folder(folder) -> Path:
     return folder
 
 
-def _load(folder: Path, name: str, *, required: bool = True, mmap: bool = False):
-    path = folder / name
-    if not path.is_file():
-        if required:
-            raise SpikesortError(f"{folder} lacks {name}: not a complete spikesort Phy folder")
-        return None
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise SpikesortError(f"cannot read {path}: {e}") from None
+def _load(files: FolderFiles, name: str, *, required: bool = True, mmap: bool = False):
+    array = files.array(name, mmap=mmap)
+    if array is None and required:
+        raise SpikesortError(f"{files.path} lacks {name}: not a complete spikesort Phy folder")
+    return array
 
 
-def _run_record(folder: Path) -> dict:
-    path = folder / RUN_FILE
-    if not path.is_file():
-        return {}
+def _run_record(files: FolderFiles) -> dict:
     try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        log.warning("cannot read %s (%s): using default parameters for the metrics", path, e)
+        return files.run_record()
+    except UnreadableFile as e:
+        log.warning("cannot read %s (%s): using default parameters for the metrics", e.path, e.reason)
         return {}
-    return run if isinstance(run, dict) else {}
 
 
 def _n_samples(folder: Path, params: dict, run: dict, last_spike: int) -> int:
@@ -294,7 +284,8 @@ def load_result(folder, *, labels=None) -> CuratedResult:
     the units with those labels (see :func:`select_units`). Nothing in the folder is written.
     """
     folder = _phy_folder(folder)
-    params = read_params_py(folder / "params.py")
+    files = read_folder(folder)
+    params = files.params()
     try:
         fs = float(params["sample_rate"])
     except (KeyError, TypeError, ValueError):
@@ -302,12 +293,12 @@ def load_result(folder, *, labels=None) -> CuratedResult:
     if not np.isfinite(fs) or fs <= 0:
         raise SpikesortError(f"{folder / 'params.py'}: sample_rate must be > 0, got {fs}")
 
-    spike_times = np.asarray(_load(folder, "spike_times.npy"), dtype=np.int64).reshape(-1)
+    spike_times = np.asarray(_load(files, "spike_times.npy"), dtype=np.int64).reshape(-1)
     n = spike_times.size
-    spike_templates = np.asarray(_load(folder, "spike_templates.npy"), dtype=np.int64).reshape(-1)
-    clusters = _load(folder, "spike_clusters.npy", required=False)
+    spike_templates = np.asarray(_load(files, "spike_templates.npy"), dtype=np.int64).reshape(-1)
+    clusters = _load(files, "spike_clusters.npy", required=False)
     spike_clusters = spike_templates.copy() if clusters is None else np.asarray(clusters, dtype=np.int64).reshape(-1)
-    amplitudes = np.asarray(_load(folder, "amplitudes.npy"), dtype=np.float32).reshape(-1)
+    amplitudes = np.asarray(_load(files, "amplitudes.npy"), dtype=np.float32).reshape(-1)
     for name, arr in (("spike_templates", spike_templates), ("spike_clusters", spike_clusters),
                       ("amplitudes", amplitudes)):
         if arr.size != n:
@@ -315,9 +306,9 @@ def load_result(folder, *, labels=None) -> CuratedResult:
     if n and (spike_clusters.min() < 0 or spike_templates.min() < 0):
         raise SpikesortError(f"{folder}: negative cluster or template ids in spike_clusters/spike_templates.npy")
 
-    templates = np.asarray(_load(folder, "templates.npy"), dtype=np.float64)
-    wmi = np.asarray(_load(folder, "whitening_mat_inv.npy"), dtype=np.float64)
-    positions = np.asarray(_load(folder, "channel_positions.npy"), dtype=np.float64)
+    templates = np.asarray(_load(files, "templates.npy"), dtype=np.float64)
+    wmi = np.asarray(_load(files, "whitening_mat_inv.npy"), dtype=np.float64)
+    positions = np.asarray(_load(files, "channel_positions.npy"), dtype=np.float64)
     if templates.ndim != 3 or wmi.shape != (templates.shape[2],) * 2 or positions.shape != (templates.shape[2], 2):
         raise SpikesortError(f"{folder}: templates.npy {templates.shape}, whitening_mat_inv.npy {wmi.shape} and "
                              f"channel_positions.npy {positions.shape} do not fit together")
@@ -327,8 +318,8 @@ def load_result(folder, *, labels=None) -> CuratedResult:
     # the unwhitening phylib does: templates in µV (see spikesort.io.phy)
     templates_uv = templates @ wmi
 
-    tables = {p.name[len("cluster_"):-len(".tsv")]: read_cluster_table(p)
-              for p in sorted(folder.glob("cluster_*.tsv")) if p.name != "cluster_info.tsv"}
+    # phy's own cluster_info.tsv repeats the others
+    tables = {name: read_cluster_table(p) for name, p in files.table_paths().items() if name != "info"}
     unit_ids = np.unique(spike_clusters)
     if "group" in tables:
         group = tables["group"]
@@ -338,7 +329,7 @@ def load_result(folder, *, labels=None) -> CuratedResult:
     unit_labels = np.array([group.get(int(u), UNSORTED) for u in unit_ids], dtype=object).astype(str)
     ks = tables.get("KSLabel", {})
 
-    run = _run_record(folder)
+    run = _run_record(files)
     n_samples = _n_samples(folder, params, run, int(spike_times.max()) if n else 0)
     mp = _metric_params(run)
     counts = template_counts(spike_clusters=spike_clusters, spike_templates=spike_templates, unit_ids=unit_ids,

@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from spikesort.layout import LOG_FILE, PARAMS_PY, REPORT_DIR, REPORT_HTML, RUN_FILE, TEMPLATES, WHITENING_MAT_INV
+
+from .folder import FolderFiles, UnreadableFile, read_folder, read_tsv  # noqa: F401 (read_tsv: its old home)
+
 if TYPE_CHECKING:
     from spikesort.stages.metrics import UnitMetrics
 
@@ -22,8 +26,6 @@ _TSV_COLUMNS = {"fr": ("firing_rate_hz", 1.0), "Amplitude": ("amplitude_uv", 1.0
                 "isi_viol": ("isi_violation_ratio", 1.0), "presence_ratio": ("presence_ratio", 1.0),
                 "amp_cutoff": ("amplitude_cutoff", 1.0)}
 
-from spikesort.layout import LOG_FILE, REPORT_DIR, REPORT_HTML, RUN_FILE  # noqa: F401 (re-exported)
-
 
 @dataclass
 class SortingResult:
@@ -35,7 +37,7 @@ class SortingResult:
     sampling_rate_hz: float
     timings_s: dict = field(default_factory=dict)
     labels: np.ndarray | None = None  # 'good' / 'mua' / 'noise' per unit
-    # spikesort.metrics.UnitMetrics of unit_ids; None = read back from the cluster_*.tsv files
+    # spikesort.stages.metrics.UnitMetrics of unit_ids; None = read back from the cluster_*.tsv files
     metrics: UnitMetrics | None = None
 
     @property
@@ -50,7 +52,7 @@ class SortingResult:
     @property
     def params_py(self) -> Path | None:
         """``params.py`` to open with ``phy template-gui``; None when the sort found no units."""
-        return self._existing("params.py")
+        return self._existing(PARAMS_PY)
 
     @property
     def phy_folder(self) -> Path | None:
@@ -72,7 +74,7 @@ class SortingResult:
         return self._existing(REPORT_DIR, REPORT_HTML)
 
     def make_report(self, **kwargs) -> Path:
-        """Write the figures into ``OUT/report`` (see :func:`spikesort.report.make_report`)."""
+        """Write the figures into ``OUT/report`` (see :func:`spikesort.outputs.report.make_report`)."""
         from .report import make_report
 
         return make_report(self.output_folder, **kwargs)
@@ -132,46 +134,28 @@ def _spike_counts(spike_clusters, ids: np.ndarray) -> np.ndarray:
 def read_unit_tables(folder, unit_ids) -> dict[str, np.ndarray]:
     """The metric columns of ``unit_ids`` from the cluster_*.tsv files of a Phy folder (NaN where a
     file or a row is missing), plus the peak channel of each unit's template."""
-    folder = Path(folder)
+    files = read_folder(folder)
     ids = np.asarray(unit_ids, dtype=np.int64)
     row = {int(u): i for i, u in enumerate(ids)}
     out = {name: np.full(len(ids), np.nan) for name, _ in _TSV_COLUMNS.values()}
     for tsv, (name, factor) in _TSV_COLUMNS.items():
-        for cid, value in read_tsv(folder / f"cluster_{tsv}.tsv").items():
+        for cid, value in files.table(tsv).items():
             if cid in row:
                 try:
                     out[name][row[cid]] = float(value) * factor
                 except ValueError:
                     pass  # a hand-edited cell: leave NaN rather than fail
-    out["peak_channel"] = _peak_channels(folder, ids)
+    out["peak_channel"] = _peak_channels(files, ids)
     return out
 
 
-def read_tsv(path: Path) -> dict[int, str]:
-    """A Phy cluster table (header ``cluster_id<TAB>name``) as {cluster id: cell}; {} if absent.
-    Empty cells are left out, as phylib does."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return {}
-    out = {}
-    for line in lines[1:]:
-        cid, _, value = line.partition("\t")
-        if cid.strip() and value.strip():
-            try:
-                out[int(cid)] = value.strip()
-            except ValueError:
-                continue
-    return out
-
-
-def _peak_channels(folder: Path, ids: np.ndarray) -> np.ndarray:
+def _peak_channels(files: FolderFiles, ids: np.ndarray) -> np.ndarray:
     # peak channel = largest |µV| of the template (templates @ whitening_mat_inv), as metrics.py
     peak = np.full(len(ids), -1, dtype=np.int64)
     try:
-        templates = np.load(folder / "templates.npy", mmap_mode="r")
-        winv = np.load(folder / "whitening_mat_inv.npy")
-    except (OSError, ValueError):
+        templates = files.array(TEMPLATES, mmap=True, required=True)
+        winv = files.array(WHITENING_MAT_INV, required=True)
+    except UnreadableFile:
         return peak
     for i, u in enumerate(ids):
         if 0 <= u < templates.shape[0]:

@@ -211,18 +211,21 @@ def _finished_result(recording, out: Path, params: Params) -> SortingResult:
 
 def read_result(folder) -> SortingResult:
     """The SortingResult of a finished output folder, read from its files."""
+    from spikesort.layout import AMPLITUDES, SPIKE_CLUSTERS, SPIKE_TIMES
+    from spikesort.outputs.folder import read_folder
+
     folder = Path(folder)
-    run = json.loads((folder / RUN_FILE).read_text(encoding="utf8"))
+    files = read_folder(folder)
+    run = files.run_record(required=True)
     n_units = int(run["n_units"])
     labels = np.full(n_units, "", dtype=object)
-    table = folder / "cluster_KSLabel.tsv"
-    for line in table.read_text(encoding="utf8").splitlines()[1:] if table.is_file() else []:
-        cid, _, value = line.partition("\t")
-        if cid.strip().isdigit() and int(cid) < n_units:
-            labels[int(cid)] = value.strip()
-    return SortingResult(output_folder=folder, spike_times=np.load(folder / "spike_times.npy"),
-                         spike_clusters=np.load(folder / "spike_clusters.npy").astype(np.int64),
-                         amplitudes=np.load(folder / "amplitudes.npy"), unit_ids=np.arange(n_units),
+    # the sorter's own labels: the result of the sort, whatever a curator did since
+    for cid, value in files.table("KSLabel").items():
+        if 0 <= cid < n_units:
+            labels[cid] = value
+    return SortingResult(output_folder=folder, spike_times=files.array(SPIKE_TIMES, required=True),
+                         spike_clusters=files.array(SPIKE_CLUSTERS, required=True).astype(np.int64),
+                         amplitudes=files.array(AMPLITUDES, required=True), unit_ids=np.arange(n_units),
                          sampling_rate_hz=float(run["recording"]["sampling_rate_hz"]),
                          timings_s=dict(run.get("timings_s", {})), labels=labels.astype(str))
 
