@@ -16,17 +16,19 @@ from spikesort.pipeline import checkpoints
 from spikesort.stages import saturation
 from spikesort.chunks import iter_chunks, map_chunks
 from spikesort.stages.cluster import cluster_spikes
-from spikesort.stages.curate import apply_groups, refractory_merges, residue_spikes, relabel, remove_duplicates
+from spikesort.stages.curate import residue_spikes, remove_duplicates
 from spikesort.stages.detect import (Detections, choose_sign, detect_block, envelope_bank, filtered_noise_sd,
                      learn_temporal_bases)
 from spikesort.errors import SpikesortError
 from spikesort.stages.export import phy_whitening, unit_metrics, write_phy
 from spikesort.stages.features import SpikeFeatures, features_block, similarity_matrix, template_feature_index
 from spikesort.stages.geometry import neighbor_table
-from spikesort.stages.match import (MatchedSpikes, Templates, build_templates, channel_candidates, filtered_templates, match_block,
-                    merge_similar_templates, snippet_merge_test, template_snr)
+from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block
+from spikesort.stages.merges import (apply_groups, merge_similar_templates, refractory_merges, relabel,
+                                     snippet_merge_test)
 from spikesort.params import Params
 from spikesort.stages.preprocess import PreprocessModel, fit_preprocessing, preprocess_chunk
+from spikesort.stages.templates import Templates, build_templates, filtered_templates, template_snr
 from spikesort.memory import PeakRss
 from spikesort.outputs.result import SortingResult
 from .traces import TraceStore
@@ -554,7 +556,8 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
 def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
     """After drift correction: units that are one neuron seen at two probe positions become one
     (spikesort/motion.py, drift_split_groups). Nothing changes when the traces were not corrected."""
-    from spikesort.stages.drift.stage import applied_motion, drift_split_groups
+    from spikesort.stages.drift.records import applied_motion
+    from spikesort.stages.merges import drift_split_groups
 
     p = run.params
     motion = applied_motion(out) if p.drift != "none" else None

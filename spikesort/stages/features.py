@@ -15,7 +15,7 @@ import numpy as np
 from .detect import localize
 from spikesort.kernels.detect import project_neighborhoods
 from spikesort.kernels.match import template_projections
-from .match import Templates
+from .templates import Templates
 
 
 @dataclass
