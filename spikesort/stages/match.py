@@ -20,7 +20,8 @@ from .templates import Templates, filtered_templates
 log = logging.getLogger(__name__)
 
 
-def channel_candidates(t: Templates, *, n_channels: int, fraction: float = 0.3, max_per_channel: int = 32) -> np.ndarray:
+def channel_candidates(t: Templates, *, n_channels: int, fraction: float = 0.3,
+                       max_per_channel: int = 32) -> np.ndarray:
     """(C, Q) templates worth trying for a peak on each channel: those with at least
     ``fraction`` of their peak channel's norm there, strongest first; padded with -1."""
     ch_norm = np.sqrt((t.dense.astype(np.float64) ** 2).sum(axis=1))  # (K, C)
@@ -48,7 +49,8 @@ class MatchedSpikes:
     def concat(cls, parts: list["MatchedSpikes"]) -> "MatchedSpikes":
         if not parts:
             return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("times", "templates", "amplitudes", "gains")))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("times", "templates", "amplitudes", "gains")))
 
     def take(self, idx) -> "MatchedSpikes":
         return MatchedSpikes(self.times[idx], self.templates[idx], self.amplitudes[idx], self.gains[idx])

@@ -138,7 +138,8 @@ def correct_drift(store, *, detect, chunks, sampling_rate_hz: float, positions_u
     for s, why in sorted(plan.skipped.items()):
         record["shanks"][str(s)] = f"not corrected: {why}"
         if several and plan.shanks:
-            (log.info if params.drift in ("auto", "none") else log.warning)("drift not corrected on shank %d: %s", s, why)
+            say = log.info if params.drift in ("auto", "none") else log.warning
+            say("drift not corrected on shank %d: %s", s, why)
     if not plan.shanks:
         reasons = sorted(set(plan.skipped.values()))
         if params.drift in ("rigid", "nonrigid"):

@@ -1,9 +1,8 @@
-"""Units that are one neuron split by drift: seen at two (or more) probe positions.
+"""After drift correction: units that are one neuron seen at two (or more) probe positions.
 
-Interpolated traces are not exact: a unit whose spikes come from two probe positions (a step in
-the motion) looks slightly different at each, and clustering may keep the two apart (their
-snippets are bimodal). ``drift_split_groups`` finds them after curation; the position tests
-(``_apart``, ``_fills``) compare where the probe was when the units fired.
+``drift_split_groups`` grows the groups (``_grow``) with two position tests that compare where
+the probe was when the units fired: ``_apart`` (the units' spikes come from different
+positions) and ``_fills`` (together they sample the positions like one neuron firing all along).
 """
 from __future__ import annotations
 

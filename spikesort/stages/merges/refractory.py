@@ -125,7 +125,8 @@ def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um:
     return list(groups.values())
 
 
-def relabel(times: np.ndarray, labels: np.ndarray, groups: list[list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray]:
+def relabel(times: np.ndarray, labels: np.ndarray,
+            groups: list[list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray]:
     """Group index as the new label of each spike (-1 outside every group), and its time plus
     its member's offset, so merged spikes align on one template."""
     new_t = times.copy()

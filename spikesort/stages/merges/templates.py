@@ -103,7 +103,8 @@ def snippet_merge_test(store, times: np.ndarray, labels: np.ndarray, *, pre: int
         si, sj = store.snippets(ti, pre=pre, nt=nt), store.snippets(tj, pre=pre, nt=nt)
         mi, mj = si.mean(0), sj.mean(0)
         # the channels that carry either waveform; the rest only adds noise to the projection
-        chans = np.flatnonzero(np.maximum(np.abs(mi).max(0), np.abs(mj).max(0)) > 0.2 * max(np.abs(mi).max(), np.abs(mj).max()))
+        chans = np.flatnonzero(np.maximum(np.abs(mi).max(0), np.abs(mj).max(0))
+                               > 0.2 * max(np.abs(mi).max(), np.abs(mj).max()))
         axis = (mi - mj)[:, chans].ravel()
         nrm = np.linalg.norm(axis)
         if nrm == 0:
