@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bimodality import bimodality
+from spikesort.stages.bimodality import bimodality
 
 
 def _neighbor_slots(neighbors: np.ndarray) -> np.ndarray:

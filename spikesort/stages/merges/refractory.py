@@ -11,7 +11,8 @@ import logging
 
 import numpy as np
 
-from ..match import MatchedSpikes
+from spikesort.stages.match import MatchedSpikes
+
 from .templates import lagged_similarity
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bimodality import bimodality
+from spikesort.stages.bimodality import bimodality
 
 
 def lagged_similarity(a: np.ndarray, b: np.ndarray, *, max_lag: int, signal_fraction: float = 0.2) -> tuple[float, int]:
