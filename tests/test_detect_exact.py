@@ -19,7 +19,8 @@ import pytest
 from spikesort.chunks import iter_chunks, map_chunks
 from spikesort.stages.detect import Detections, detect_block, envelope_bank, filtered_noise_sd, learn_temporal_bases
 from spikesort.stages.geometry import neighbor_table
-from spikesort.stages.match import channel_candidates, match_block, sparsify
+from spikesort.stages.match import channel_candidates, match_block
+from spikesort.stages.templates import sparsify
 
 PRE = 10  # sample of the trough inside a waveform window
 NT = 30  # waveform window length

@@ -1,8 +1,8 @@
 """Template similarity and the merge rules of curation, on hand-made templates."""
 import numpy as np
 
-from spikesort.stages.curate import refractory_merges
-from spikesort.stages.match import MatchedSpikes, lagged_similarity
+from spikesort.stages.match import MatchedSpikes
+from spikesort.stages.merges import lagged_similarity, refractory_merges
 
 
 def _unit(n_channels=32, nt=60, peak=20.0, center=12):

@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 
 from spikesort.errors import SpikesortError
-from spikesort.stages.drift.stage import (MOTION_FILES, Kriging, Motion, ShankGeometry, correct_block, correct_chunk,
-                              draw_drift_map, estimate_motion, interpolation_matrix, plan_drift, read_drift_record)
+from spikesort.layout import MOTION_FILES
+from spikesort.stages.drift.estimate import Motion, ShankGeometry, estimate_motion
+from spikesort.stages.drift.figure import draw_drift_map
+from spikesort.stages.drift.interpolate import Kriging, correct_block, correct_chunk, interpolation_matrix
+from spikesort.stages.drift.plan import plan_drift
+from spikesort.stages.drift.records import read_drift_record
 from spikesort.params import Params
 
 
@@ -232,7 +236,7 @@ def test_correction_does_not_depend_on_chunking():
 
 
 def test_units_split_by_a_step_of_the_probe_are_grouped():
-    from spikesort.stages.drift.stage import drift_split_groups
+    from spikesort.stages.merges import drift_split_groups
 
     rng = np.random.default_rng(0)
     t_bins = np.arange(50) * 2.0 + 1.0
@@ -264,7 +268,7 @@ def test_neuron_seen_at_three_positions_is_one_unit():
     # a bump: 0 µm, then -15 µm, a short +15 µm stretch, -15 µm, 0 again. One neuron comes out as
     # three units, one per position; any two of them miss the third position, so a pairwise
     # occupancy test never joins them (the bump64 benchmark scenario had 20 such pieces)
-    from spikesort.stages.drift.stage import drift_split_groups
+    from spikesort.stages.merges import drift_split_groups
 
     rng = np.random.default_rng(1)
     t_bins, disp, motion = _bump_motion()
@@ -285,7 +289,7 @@ def test_piece_first_grouped_with_a_look_alike_finds_its_own_neuron():
     # neuron A is two units: A0 at 0 and -15 µm, A1 during the short +15 µm stretch. B fires all
     # along and looks even more like A1 than A0 does, so A1 and B are joined first; that group
     # fails the occupancy test (B alone fires everywhere), and A1 must then be free to join A0
-    from spikesort.stages.drift.stage import drift_split_groups
+    from spikesort.stages.merges import drift_split_groups
 
     rng = np.random.default_rng(2)
     t_bins, disp, motion = _bump_motion()

@@ -153,7 +153,7 @@ def test_drift_map_plots_every_spike_at_its_depth_and_amplitude(folder4):
 
 
 def test_drift_map_shows_the_recorded_depths_when_there_is_a_motion_estimate(tmp_path):
-    motion_mod = pytest.importorskip("spikesort.stages.drift.stage")
+    motion_mod = pytest.importorskip("spikesort.stages.drift.estimate")
     if not hasattr(motion_mod, "Motion"):
         pytest.skip("spikesort.motion has no Motion class")
     folder = write_folder(tmp_path / "out", n_units=2)

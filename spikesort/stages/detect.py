@@ -122,7 +122,8 @@ def universal_scores(features: np.ndarray, channels: np.ndarray, bank: np.ndarra
     return np.sqrt((v * v).sum(axis=2).max(axis=1)).astype(np.float32)
 
 
-def localize(features: np.ndarray, channels: np.ndarray, *, neighbors: np.ndarray, positions_um: np.ndarray) -> np.ndarray:
+def localize(features: np.ndarray, channels: np.ndarray, *, neighbors: np.ndarray,
+             positions_um: np.ndarray) -> np.ndarray:
     """Centre of mass of the projected energy over the neighbourhood (µm)."""
     if len(features) == 0:
         return np.zeros((0, 2), np.float32)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .detect import localize
 from spikesort.kernels.detect import project_neighborhoods
 from spikesort.kernels.match import template_projections
-from .match import Templates
+
+from .detect import localize
+from .templates import Templates
 
 
 @dataclass
