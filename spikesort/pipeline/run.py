@@ -6,7 +6,6 @@ and the completion marker.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
