@@ -106,10 +106,7 @@ def motion_error_um(*, motion_folder: Path, truth_path: Path) -> float | None:
     the tissue moved towards larger y; each unit's mean difference is removed first (the
     estimate's reference position is the median one, the truth's the start). None without an
     estimate (drift not corrected)."""
-    try:  # where Motion lives once the stages are moved; the old path until then
-        from spikesort.stages.drift import Motion
-    except ImportError:
-        from spikesort.motion import Motion
+    from spikesort.stages.drift import Motion
 
     if not Motion.exists(motion_folder):
         return None

@@ -10,9 +10,5 @@ if ROOT not in sys.path:  # run as a script, only scripts/ is on the path
 
 from benchmarks.cli import main
 
-# tests/test_motion.py and scripts/phy_check.py import these from here; drop once they import benchmarks.*
-from benchmarks.scenarios import Scenario, build_probe, ensure_true_displacement, load_recording  # noqa: F401
-from benchmarks.scoring import load_sorting_npz, motion_error_um, score_sorting  # noqa: F401
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -48,8 +48,9 @@ def load_ground_truth(gt_folder: Path):
     import spikeinterface as si
 
     if (gt_folder / "gt_sorting.npz").is_file():
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from benchmark import load_recording, load_sorting_npz
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for benchmarks/
+        from benchmarks.scenarios import load_recording
+        from benchmarks.scoring import load_sorting_npz
 
         return load_recording(folder=gt_folder), load_sorting_npz(path=gt_folder / "gt_sorting.npz")
     summary = gt_folder / "demo_summary.json"

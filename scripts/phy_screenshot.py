@@ -335,7 +335,7 @@ def check_curation(folder: Path, curation: dict | None) -> tuple[list[str], bool
     """Read the folder Phy saved with spikesort.load_result and compare with what Phy reported."""
     if not curation:
         return ["the curation step did not run: see the console log"], False
-    from spikesort.curation import load_result
+    from spikesort.outputs.curated import load_result
 
     r = load_result(folder)
     labels = dict(zip(r.unit_ids.tolist(), r.labels.tolist()))

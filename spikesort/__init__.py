@@ -1,8 +1,11 @@
 """spikesort: a fast CPU spike sorter that writes Phy folders."""
+from . import _moved
 from .errors import SpikesortError
 from .params import Params
 
 __version__ = "0.1.0"
+
+_moved.install()
 
 __all__ = ["Params", "SpikesortError", "sort", "SortingResult", "load_result", "__version__"]
 
@@ -14,11 +17,11 @@ def __getattr__(name):
 
         return sort
     if name == "SortingResult":
-        from .result import SortingResult
+        from spikesort.outputs.result import SortingResult
 
         return SortingResult
     if name == "load_result":
-        from .curation import load_result
+        from spikesort.outputs.curated import load_result
 
         return load_result
     raise AttributeError(name)

@@ -7,38 +7,106 @@ import sys
 import threading
 
 
-def rss_mb() -> float:
-    """Resident set size now (MB); the peak so far where /proc is missing."""
+def _statm_mb() -> float | None:
+    """Resident set size now (MB) from /proc; None where /proc is missing (macOS)."""
     try:
         with open("/proc/self/statm", "rb") as fh:
             pages = int(fh.read().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def rss_mb() -> float:
+    """Resident set size now (MB); the peak so far where /proc is missing."""
+    now = _statm_mb()
+    if now is not None:
+        return now
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB elsewhere
+
+
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0  # kB
     except (OSError, ValueError, IndexError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB elsewhere
+        pass
+    return None
+
+
+def _reset_high_water_mark() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 class PeakRss:
-    """``with PeakRss() as p: ...`` then ``p.peak_mb``: the highest RSS sampled every
-    ``interval_s`` while the block ran (a sampler thread; file pages mapped by memmap count)."""
+    """The highest resident memory (MB) of this process while a stretch of work runs, without psutil.
 
-    def __init__(self, interval_s: float = 0.1):
+    ``with PeakRss() as p: ...`` then ``p.peak_mb``: a thread samples the resident size every
+    ``interval_s`` (file pages mapped by memmap count); a peak shorter than that can be missed.
+    Measures may nest (the pipeline measures each stage).
+
+    ``per_task=True`` measures a whole task in a long-lived process (a dask worker sorting one
+    recording after another). On Linux the kernel's high-water mark (VmHWM) is reset when the task
+    starts (writing 5 to /proc/self/clear_refs) and read when it ends: exact, and free. Where that
+    is refused (or with ``sample``) it samples as above, and without /proc it gives None:
+    ``ru_maxrss`` is the maximum over the whole life of the process, so every task after the
+    largest would report the largest. Resetting the mark is process-wide: never nest two of these.
+    """
+
+    def __init__(self, interval_s: float = 0.1, *, per_task: bool = False, sample: bool = False):
         self.interval_s = interval_s
+        self.per_task = per_task
+        self.sample = sample
         self.peak_mb = 0.0
+        self.method = "sampled"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
 
+    def _now(self) -> float | None:
+        return _statm_mb() if self.per_task else rss_mb()
+
     def _sample(self) -> None:
         while True:
-            self.peak_mb = max(self.peak_mb, rss_mb())
+            now = self._now()
+            if now is not None:
+                self.peak_mb = max(self.peak_mb, now)
             if self._stop.wait(self.interval_s):
                 return
 
-    def __enter__(self) -> "PeakRss":
-        self._thread.start()
+    def start(self) -> "PeakRss":
+        if self.per_task and not self.sample and _reset_high_water_mark():
+            self.method = "hwm"
+        else:
+            self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> float | None:
+        """The peak (MB); None when this process cannot tell."""
+        if self.method == "hwm":
+            peak = _proc_status_mb("VmHWM")
+            self.peak_mb = peak or 0.0
+            return peak
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, rss_mb())
+        if not self.per_task:
+            self.peak_mb = max(self.peak_mb, rss_mb())
+        return self.peak_mb or None
+
+    def __enter__(self) -> "PeakRss":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def task_peak_rss(*, sample: bool = False) -> PeakRss:
+    """Start measuring the peak memory of one task (see ``PeakRss(per_task=True)``); ``stop()`` gives it."""
+    return PeakRss(0.05, per_task=True, sample=sample).start()

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 SORTER_NAME = "spikesort"
 PHY_DIR = "phy"
 SORTING_DIR = "sorting"
-LOG_NAME = "spikesort.log"
+from spikesort.layout import LOG_FILE as LOG_NAME  # noqa: F401 (re-exported)
 
 
 def _params_description() -> dict[str, str]:

@@ -19,8 +19,8 @@ pytest.importorskip("spikeinterface.generation")
 import spikesort  # noqa: E402
 from spikesort.errors import SpikesortError  # noqa: E402
 from spikesort.params import Params  # noqa: E402
-from spikesort.progress import stage_progress  # noqa: E402
-from spikesort.result import UNIT_COLUMNS, SortingResult  # noqa: E402
+from spikesort.pipeline.progress import stage_progress  # noqa: E402
+from spikesort.outputs.result import UNIT_COLUMNS, SortingResult  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMED_STAGES = ["preprocess", "detect", "match", "features"]
@@ -64,7 +64,7 @@ def test_sort_a_lazy_chain_with_a_config(run):
 def test_progress_callback_counts_up_per_stage(run):
     stages = [c[0] for c in run.calls]
     assert list(dict.fromkeys(stages)) == STREAMED_STAGES
-    from spikesort.pipeline import PREPROCESS_CHUNK_S
+    from spikesort.pipeline.run import PREPROCESS_CHUNK_S
 
     for stage in STREAMED_STAGES:
         # preprocessing streams on its own grid, whatever chunk_s (see spikesort.pipeline)
@@ -116,7 +116,7 @@ def test_units_table_read_back_from_the_folder(run):
 
 
 def test_units_table_prefers_the_metrics_in_memory(run):
-    from spikesort.metrics import UnitMetrics
+    from spikesort.stages.metrics import UnitMetrics
 
     r = run.result
     k = r.n_units

@@ -17,8 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikesort.batch import _Cluster, _is_finished, _PeakRss, cluster_layout, read_manifest
-from spikesort.checkpoints import KILL_ENV, is_unfinished
+from spikesort.batch.cluster import _Cluster, cluster_layout
+from spikesort.batch.manifest import read_manifest
+from spikesort.batch.task import _is_finished
+from spikesort.memory import task_peak_rss as _PeakRss
+from spikesort.pipeline.checkpoints import KILL_ENV, is_unfinished
 from spikesort.params import Params
 from clitools import invoke as _invoke
 
@@ -321,7 +324,7 @@ def test_the_batch_driver_never_imports_the_sorter(data, tmp_path):
             "from spikesort.params import Params\n"
             "jobs = read_manifest(sys.argv[1], out_root=sys.argv[2])\n"
             "assert not any(_is_finished(j.output, Params()) for j in jobs)\n"
-            "print(' '.join(m for m in ('spikesort.pipeline', 'scipy.signal', 'spikeinterface', 'numba') "
+            "print(' '.join(m for m in ('spikesort.pipeline.run', 'scipy.signal', 'spikeinterface', 'numba') "
             "if m in sys.modules))\n")
     proc = subprocess.run([sys.executable, "-c", code, str(manifest), str(out)], capture_output=True, text=True,
                           timeout=60)

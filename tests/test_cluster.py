@@ -2,7 +2,8 @@
 import numpy as np
 from scipy.stats import norm
 
-from spikesort.cluster import bimodality, split_recursive
+from spikesort.stages.bimodality import bimodality
+from spikesort.stages.cluster import split_recursive
 
 
 def test_a_mode_of_a_few_points_is_not_a_split():

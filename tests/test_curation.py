@@ -24,7 +24,7 @@ load_model = pytest.importorskip("phylib.io.model").load_model
 pytest.importorskip("spikeinterface.generation")
 
 import spikesort  # noqa: E402
-from spikesort.curation import (  # noqa: E402
+from spikesort.outputs.curated import (  # noqa: E402
     CuratedResult,
     load_result,
     parse_labels,
@@ -327,7 +327,7 @@ def test_without_cluster_group_the_automatic_labels_are_used(shared, tmp_path):
 
 
 def test_a_sorting_without_spikes_reads_as_no_units(shared, tmp_path):
-    from spikesort.exporters import export
+    from spikesort.outputs.convert import export
 
     folder = tmp_path / "empty"
     shutil.copytree(shared.folder, folder)

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from spikesort.chunks import iter_chunks, map_chunks
-from spikesort.detect import Detections, detect_block, envelope_bank, filtered_noise_sd, learn_temporal_bases
-from spikesort.geometry import neighbor_table
-from spikesort.match import channel_candidates, match_block, sparsify
+from spikesort.stages.detect import Detections, detect_block, envelope_bank, filtered_noise_sd, learn_temporal_bases
+from spikesort.stages.geometry import neighbor_table
+from spikesort.stages.match import channel_candidates, match_block
+from spikesort.stages.templates import sparsify
 
 PRE = 10  # sample of the trough inside a waveform window
 NT = 30  # waveform window length
@@ -337,7 +338,7 @@ def test_match_block_without_templates_or_room(line_positions):
 def test_match_block_local_search_equals_searching_everywhere(line_positions, monkeypatch):
     """After the first round, candidates are searched only near the subtracted spikes; with many
     spikes (overlaps included) that gives exactly what a search over the whole block gives."""
-    import spikesort.match as match
+    import spikesort.stages.match as match
 
     dense = two_templates()
     templates = sparsify(dense, pre=PRE)

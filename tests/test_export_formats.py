@@ -18,14 +18,13 @@ pytest.importorskip("spikeinterface.generation")
 from test_curation import GAIN_UV, folder_state, shared_sorting, simulate_phy_curation  # noqa: E402
 
 from spikesort import cli  # noqa: E402
-from spikesort.curation import load_result  # noqa: E402
+from spikesort.outputs.curated import load_result  # noqa: E402
 from spikesort.errors import SpikesortError  # noqa: E402
-from spikesort.exporters import (  # noqa: E402
-    RAW_FILE,
+from spikesort.io.raw_copy import RAW_FILE, export_raw_recording  # noqa: E402
+from spikesort.outputs.convert import (  # noqa: E402
     bin_spikes,
     default_output,
     export,
-    export_raw_recording,
 )
 from spikesort.io.phy import read_params_py  # noqa: E402
 

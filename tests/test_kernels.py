@@ -763,7 +763,7 @@ def test_median_network_is_pruned_and_sorts_the_middle():
 @pytest.mark.parametrize("seed", SEEDS[:3])
 def test_sparse_mix_matches_dense_product(seed):
     from spikesort.kernels.preprocess import sparse_mix
-    from spikesort.preprocess import _sparse_rows
+    from spikesort.stages.preprocess import _sparse_rows
 
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((40, 40)).astype(np.float32) * (rng.random((40, 40)) < 0.2)
@@ -776,7 +776,7 @@ def test_sparse_mix_matches_dense_product(seed):
 
 
 def test_median_over_first_axis_matches_numpy():
-    from spikesort.match import median_over_first_axis
+    from spikesort.stages.templates import median_over_first_axis
 
     rng = np.random.default_rng(0)
     for n in (1, 2, 3, 50, 51):
@@ -797,7 +797,7 @@ def test_quantize_int16_matches_numpy():
 def test_subtract_filtered_equals_refiltering_the_residual(seed):
     """Updating the matched-filter output by each subtracted template's filtered copy gives the
     filter of the new residual, also for templates cut by the block's edges."""
-    from spikesort.match import filtered_templates, sparsify
+    from spikesort.stages.templates import filtered_templates, sparsify
 
     rng = np.random.default_rng(seed)
     nt, pre, n_c = 21, 8, 6
@@ -817,7 +817,7 @@ def test_subtract_filtered_equals_refiltering_the_residual(seed):
 
 
 def test_reference_channels_spread_evenly_over_long_probes():
-    from spikesort.preprocess import REFERENCE_MAX_CHANNELS, reference_channels
+    from spikesort.stages.preprocess import REFERENCE_MAX_CHANNELS, reference_channels
 
     good = np.arange(64)
     np.testing.assert_array_equal(reference_channels(good), good)
@@ -829,7 +829,7 @@ def test_reference_channels_spread_evenly_over_long_probes():
 
 
 def test_robust_template_is_the_median_where_the_waveform_is():
-    from spikesort.match import robust_template
+    from spikesort.stages.templates import robust_template
 
     rng = np.random.default_rng(3)
     snippets = rng.standard_normal((301, 20, 10)).astype(np.float32)
@@ -842,7 +842,7 @@ def test_robust_template_is_the_median_where_the_waveform_is():
 
 
 def test_store_snippets_match_numpy_slices(tmp_path):
-    from spikesort.traces import SCALE, TraceStore
+    from spikesort.pipeline.traces import SCALE, TraceStore
 
     rng = np.random.default_rng(4)
     x = rng.standard_normal((500, 7)).astype(np.float32)

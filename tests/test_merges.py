@@ -1,8 +1,8 @@
 """Template similarity and the merge rules of curation, on hand-made templates."""
 import numpy as np
 
-from spikesort.curate import refractory_merges
-from spikesort.match import MatchedSpikes, lagged_similarity
+from spikesort.stages.match import MatchedSpikes
+from spikesort.stages.merges import lagged_similarity, refractory_merges
 
 
 def _unit(n_channels=32, nt=60, peak=20.0, center=12):
@@ -61,7 +61,7 @@ def _poisson_times(rng, rate_hz, duration, fs=30000, refractory=60):
 
 
 def test_residue_spikes_dropped_but_the_small_unit_kept():
-    from spikesort.curate import residue_spikes
+    from spikesort.stages.curate import residue_spikes
 
     rng = np.random.default_rng(2)
     fs, dur = 30000, 30000 * 300
@@ -88,7 +88,7 @@ def test_residue_spikes_dropped_but_the_small_unit_kept():
 
 
 def test_independent_units_lose_no_residue_spikes():
-    from spikesort.curate import residue_spikes
+    from spikesort.stages.curate import residue_spikes
 
     rng = np.random.default_rng(3)
     dur = 30000 * 300

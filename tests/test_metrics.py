@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from spikesort import metrics as m
+from spikesort.stages import metrics as m
 from spikesort.errors import SpikesortError
 
 FS = 30000.0

@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 
 from spikesort.errors import SpikesortError
-from spikesort.motion import (MOTION_FILES, Kriging, Motion, ShankGeometry, correct_block, correct_chunk,
-                              draw_drift_map, estimate_motion, interpolation_matrix, plan_drift, read_drift_record)
+from spikesort.layout import MOTION_FILES
+from spikesort.stages.drift.estimate import Motion, ShankGeometry, estimate_motion
+from spikesort.stages.drift.figure import draw_drift_map
+from spikesort.stages.drift.interpolate import Kriging, correct_block, correct_chunk, interpolation_matrix
+from spikesort.stages.drift.plan import plan_drift
+from spikesort.stages.drift.records import read_drift_record
 from spikesort.params import Params
 
 
@@ -232,7 +236,7 @@ def test_correction_does_not_depend_on_chunking():
 
 
 def test_units_split_by_a_step_of_the_probe_are_grouped():
-    from spikesort.motion import drift_split_groups
+    from spikesort.stages.merges import drift_split_groups
 
     rng = np.random.default_rng(0)
     t_bins = np.arange(50) * 2.0 + 1.0
@@ -264,7 +268,7 @@ def test_neuron_seen_at_three_positions_is_one_unit():
     # a bump: 0 µm, then -15 µm, a short +15 µm stretch, -15 µm, 0 again. One neuron comes out as
     # three units, one per position; any two of them miss the third position, so a pairwise
     # occupancy test never joins them (the bump64 benchmark scenario had 20 such pieces)
-    from spikesort.motion import drift_split_groups
+    from spikesort.stages.merges import drift_split_groups
 
     rng = np.random.default_rng(1)
     t_bins, disp, motion = _bump_motion()
@@ -285,7 +289,7 @@ def test_piece_first_grouped_with_a_look_alike_finds_its_own_neuron():
     # neuron A is two units: A0 at 0 and -15 µm, A1 during the short +15 µm stretch. B fires all
     # along and looks even more like A1 than A0 does, so A1 and B are joined first; that group
     # fails the occupancy test (B alone fires everywhere), and A1 must then be free to join A0
-    from spikesort.motion import drift_split_groups
+    from spikesort.stages.merges import drift_split_groups
 
     rng = np.random.default_rng(2)
     t_bins, disp, motion = _bump_motion()
@@ -478,18 +482,15 @@ def test_drift_none_writes_no_motion(tmp_path, caplog):
 
 
 @pytest.fixture
-def bench(monkeypatch):
-    """scripts/benchmark.py as a module."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+def bench():
+    """The benchmark package's scenario and scoring helpers under one name."""
+    from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("spikesort_benchmark",
-                                                  Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "spikesort_benchmark", module)  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks.scenarios import Scenario, ensure_true_displacement
+    from benchmarks.scoring import motion_error_um
+
+    return SimpleNamespace(Scenario=Scenario, ensure_true_displacement=ensure_true_displacement,
+                           motion_error_um=motion_error_um)
 
 
 def test_benchmark_true_displacement(bench, tmp_path):

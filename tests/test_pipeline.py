@@ -489,7 +489,7 @@ def test_blas_threads_held_to_n_jobs(tmp_path, monkeypatch):
     # BLAS's own threads beside busy workers oversubscribe the cores; n_jobs=1 means one thread
     from threadpoolctl import threadpool_info
 
-    import spikesort.pipeline as pipeline
+    import spikesort.pipeline.steps as pipeline
 
     seen = []
     real = pipeline.cluster_spikes

@@ -19,7 +19,7 @@ import scipy.io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spikesort.cli import _parse_set, resolve_params
+from spikesort.cli.options import _parse_set, resolve_params
 from spikesort.errors import SpikesortError
 from spikesort.io.probes import list_bundled_probes, load_probe
 from spikesort.io.recordings import SUPPORTED_FORMATS, open_recording

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from spikesort import checkpoints
+from spikesort.pipeline import checkpoints
 from spikesort.errors import SpikesortError
 from clitools import invoke as _invoke, file_state as _state
 
@@ -489,7 +489,7 @@ def test_output_inside_a_file(noise_bin, tmp_path):
 
 
 def test_disk_full_while_preprocessing(rec, tmp_path, monkeypatch):
-    from spikesort.traces import TraceStore
+    from spikesort.pipeline.traces import TraceStore
 
     calls = itertools.count()
     real_write = TraceStore.write

@@ -19,8 +19,9 @@ from matplotlib.image import imread  # noqa: E402
 from spikesort import cli  # noqa: E402
 from spikesort.errors import SpikesortError  # noqa: E402
 from spikesort.io.phy import PhyData, write_phy_folder  # noqa: E402
-from spikesort.report import (autocorrelogram, figure_drift_map, figure_overview, figure_unit,  # noqa: E402
-                              load_folder, make_report)
+from spikesort.outputs.figures import (autocorrelogram, figure_drift_map, figure_overview, figure_unit,  # noqa: E402
+                                       load_folder)
+from spikesort.outputs.report import make_report  # noqa: E402
 
 FS = 30000.0
 DURATION_S = 20.0
@@ -152,7 +153,7 @@ def test_drift_map_plots_every_spike_at_its_depth_and_amplitude(folder4):
 
 
 def test_drift_map_shows_the_recorded_depths_when_there_is_a_motion_estimate(tmp_path):
-    motion_mod = pytest.importorskip("spikesort.motion")
+    motion_mod = pytest.importorskip("spikesort.stages.drift.estimate")
     if not hasattr(motion_mod, "Motion"):
         pytest.skip("spikesort.motion has no Motion class")
     folder = write_folder(tmp_path / "out", n_units=2)

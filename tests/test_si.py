@@ -24,7 +24,7 @@ from spikeinterface.core import generate_ground_truth_recording  # noqa: E402
 import spikesort.si  # noqa: E402
 from spikesort import __version__  # noqa: E402
 from spikesort.params import Params  # noqa: E402
-from spikesort.result import UNIT_COLUMNS  # noqa: E402
+from spikesort.outputs.result import UNIT_COLUMNS  # noqa: E402
 from spikesort.si import SpikesortSorter, register  # noqa: E402
 
 register()

@@ -1,0 +1,113 @@
+"""Template matching by peeling on the residual (the templates themselves: :mod:`.templates`).
+
+Each round finds candidate peaks on the residual, fits every template that could own each
+peak (a few sample lags, clipped least-squares amplitude), keeps the best fits that do not
+overlap in space-time, and subtracts them. Overlapping spikes show up as new peaks in a later
+round once the larger spike is gone.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from spikesort.kernels.detect import detect_peaks_rows, temporal_filter
+from spikesort.kernels.match import best_matches, select_non_overlapping, subtract_filtered, subtract_templates
+
+from .templates import Templates, filtered_templates
+
+log = logging.getLogger(__name__)
+
+
+def channel_candidates(t: Templates, *, n_channels: int, fraction: float = 0.3,
+                       max_per_channel: int = 32) -> np.ndarray:
+    """(C, Q) templates worth trying for a peak on each channel: those with at least
+    ``fraction`` of their peak channel's norm there, strongest first; padded with -1."""
+    ch_norm = np.sqrt((t.dense.astype(np.float64) ** 2).sum(axis=1))  # (K, C)
+    rel = ch_norm / np.maximum(ch_norm.max(axis=1, keepdims=True), 1e-12)
+    rows = []
+    for c in range(n_channels):
+        ks = np.flatnonzero(rel[:, c] >= fraction)
+        ks = ks[np.argsort(-ch_norm[ks, c], kind="stable")][:max_per_channel]
+        rows.append(ks)
+    q = max([len(r) for r in rows] + [1])
+    table = np.full((n_channels, q), -1, dtype=np.int64)
+    for c, r in enumerate(rows):
+        table[c, : len(r)] = r
+    return table
+
+
+@dataclass
+class MatchedSpikes:
+    times: np.ndarray  # (n,) int64
+    templates: np.ndarray  # (n,) int64
+    amplitudes: np.ndarray  # (n,) float32 scale of the template
+    gains: np.ndarray  # (n,) float32 residual energy explained
+
+    @classmethod
+    def concat(cls, parts: list["MatchedSpikes"]) -> "MatchedSpikes":
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("times", "templates", "amplitudes", "gains")))
+
+    def take(self, idx) -> "MatchedSpikes":
+        return MatchedSpikes(self.times[idx], self.templates[idx], self.amplitudes[idx], self.gains[idx])
+
+
+def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, templates: Templates,
+                chan_templates: np.ndarray, sign: int, detect_threshold: float, peak_neighbors: np.ndarray,
+                exclusion: int, match_threshold: float, iterations: int, max_lag: int,
+                amplitude_range: tuple[float, float], bases: np.ndarray,
+                filter_sd: np.ndarray, filtered: np.ndarray | None = None) -> tuple[MatchedSpikes, np.ndarray]:
+    """Peel templates off one whitened block. Returns the spikes (recording samples) and the residual.
+
+    ``filtered``: ``filtered_templates(templates, bases[0])``, computed here when not given."""
+    r = np.array(x, dtype=np.float32, copy=True)
+    nt = templates.values.shape[1]
+    pre = templates.pre
+    lo = max(keep_start, pre + max_lag)
+    hi = min(keep_stop, r.shape[0] - (nt - pre) - max_lag)
+    parts = []
+    if templates.n_templates == 0 or hi <= lo:
+        return MatchedSpikes.concat([]), r
+    thr2 = float(match_threshold) ** 2
+    h = np.ascontiguousarray(bases[0])
+    inv_sd = (1.0 / filter_sd).astype(np.float32)
+    y = temporal_filter(r, h, pre, inv_sd)
+    if filtered is None:
+        filtered = filtered_templates(templates, h)
+    values_t = np.ascontiguousarray(templates.values.transpose(0, 2, 1))
+    rows = np.arange(lo, hi)
+    for _ in range(iterations):
+        t, c = detect_peaks_rows(y, 1.0, float(detect_threshold), peak_neighbors, exclusion, rows)
+        if len(t) == 0:
+            break
+        k, tt, a, g = best_matches(r, t, c, values_t, templates.channels, templates.norm2,
+                                   chan_templates, pre, max_lag, float(amplitude_range[0]), float(amplitude_range[1]))
+        ok = np.flatnonzero((k >= 0) & (g > thr2))
+        if len(ok) == 0:
+            break
+        order = ok[np.argsort(-g[ok], kind="stable")]
+        keep = select_non_overlapping(order, k, tt, templates.channels, pre, nt, r.shape[0], r.shape[1])
+        sel = np.flatnonzero(keep)
+        subtract_templates(r, tt[sel], k[sel], a[sel], templates.values, templates.channels, pre)
+        subtract_filtered(y, tt[sel], k[sel], a[sel], filtered, templates.channels, inv_sd)
+        # elsewhere neither the filtered traces nor the residual changed, so a candidate there
+        # would be found and rejected again: search only near the subtractions
+        reach = nt + max(max_lag, exclusion)
+        rows = rows_near(tt[sel], reach=reach, lo=lo, hi=hi)
+        parts.append(MatchedSpikes(tt[sel] + offset, k[sel], a[sel], g[sel]))
+    spikes = MatchedSpikes.concat(parts)
+    order = np.lexsort((spikes.templates, spikes.times))
+    return spikes.take(order), r
+
+
+def rows_near(times: np.ndarray, *, reach: int, lo: int, hi: int) -> np.ndarray:
+    """Sorted samples of [lo, hi) within ``reach`` of any of ``times``."""
+    marks = np.zeros(hi - lo + 1, dtype=np.int64)
+    np.add.at(marks, np.clip(times - reach - lo, 0, hi - lo), 1)
+    np.add.at(marks, np.clip(times + reach + 1 - lo, 0, hi - lo), -1)
+    return np.flatnonzero(np.cumsum(marks)[:-1] > 0) + lo
+

@@ -1,0 +1,16 @@
+"""Every merge rule of the sorter: which units (or clusters) are one neuron.
+
+In pipeline order: :mod:`.clusters` (clusters of one unit seen on several peak channels,
+during clustering), :mod:`.templates` (templates that are one unit seen twice, after
+clustering; the lag-aware template similarity and the snippet veto every template merge
+uses), :mod:`.refractory` (units whose spike trains keep a refractory gap, at curation; and
+applying a merge's groups to the spikes), :mod:`.drift` (units seen at two probe positions,
+after drift correction).
+"""
+from .clusters import merge_groups
+from .drift import drift_split_groups
+from .refractory import apply_groups, cross_refractory_ratio, refractory_merges, relabel
+from .templates import lagged_similarity, merge_similar_templates, snippet_merge_test
+
+__all__ = ["merge_groups", "drift_split_groups", "apply_groups", "cross_refractory_ratio", "refractory_merges",
+           "relabel", "lagged_similarity", "merge_similar_templates", "snippet_merge_test"]

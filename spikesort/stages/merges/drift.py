@@ -1,0 +1,140 @@
+"""After drift correction: units that are one neuron seen at two (or more) probe positions.
+
+``drift_split_groups`` grows the groups (``_grow``) with two position tests that compare where
+the probe was when the units fired: ``_apart`` (the units' spikes come from different
+positions) and ``_fills`` (together they sample the positions like one neuron firing all along).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spikesort.stages.drift.estimate import Motion
+
+
+@dataclass(frozen=True)
+class _Positions:
+    """Where the probe was, as bins of the displacement at a unit's depth (its main channel): at
+    each spike, and at the times a neuron firing steadily would sample."""
+    units: np.ndarray  # (n,) unit of each spike
+    binned: np.ndarray  # (n,) displacement bin at each spike
+    edges: np.ndarray  # displacement bin edges (µm)
+    motion: Motion
+    grid_s: np.ndarray  # a steady neuron's firing times: every quarter of a time bin
+    unit_depths_um: np.ndarray  # (K,) depth of each unit's main channel
+    unit_shanks: np.ndarray  # (K,) shank of each unit's main channel
+
+
+def _separation(a: np.ndarray, b: np.ndarray, *, n_bins: int) -> float:
+    """1 - overlap of two distributions of displacement bins."""
+    pa = np.bincount(a, minlength=n_bins) / len(a)
+    pb = np.bincount(b, minlength=n_bins) / len(b)
+    return 1.0 - float(np.minimum(pa, pb).sum())
+
+
+def _occupancy(u: int, *, pos: _Positions) -> np.ndarray:
+    """Where the probe was, at unit ``u``'s depth: what a neuron firing steadily samples."""
+    d = pos.motion.at(times_s=pos.grid_s, depths_um=np.full(len(pos.grid_s), pos.unit_depths_um[u]),
+                      shanks=np.full(len(pos.grid_s), pos.unit_shanks[u]))
+    return np.clip(np.searchsorted(pos.edges, d, side="right") - 1, 0, len(pos.edges) - 2)
+
+
+def _apart(ga: list, gb: list, *, pos: _Positions, min_spikes: int, min_separation: float,
+           rng: np.random.Generator) -> bool:
+    """The two groups' spikes come from clearly different probe positions."""
+    n_bins = len(pos.edges) - 1
+    a = pos.binned[np.isin(pos.units, ga)]
+    b = pos.binned[np.isin(pos.units, gb)]
+    sep = _separation(a, b, n_bins=n_bins)
+    if len(a) < min_spikes or len(b) < min_spikes or sep < min_separation:
+        return False
+    pooled = np.concatenate([a, b])
+    null = [_separation(*np.split(rng.permutation(pooled), [len(a)]), n_bins=n_bins) for _ in range(20)]
+    return sep >= np.percentile(null, 95) + 0.15
+
+
+def _fills(parts: list[list], *, pos: _Positions) -> bool:
+    """Together the parts fire like one neuron that never stopped: their union follows the
+    probe's occupancy clearly better than any part alone (a look-alike that fires all along,
+    and a unit seen at one position only, do not)."""
+    n_bins = len(pos.edges) - 1
+    occ = _occupancy(parts[0][0], pos=pos)
+    pooled = pos.binned[np.isin(pos.units, [u for g in parts for u in g])]
+    best = min(_separation(pos.binned[np.isin(pos.units, g)], occ, n_bins=n_bins) for g in parts)
+    # a part that already misses only a short stretch (a 30 s step) can improve by little
+    return _separation(pooled, occ, n_bins=n_bins) <= best - min(0.1, 0.5 * best)
+
+
+def _grow(initial: list[list[int]], *, check_fill: bool, cos: np.ndarray, min_similarity: float, pos: _Positions,
+          min_spikes: int, min_separation: float, rng: np.random.Generator) -> list[list[int]]:
+    """Join the groups of ``initial``, most similar pair of units first, when their templates are
+    similar on average and they pass the position tests (``_fills`` only with ``check_fill``)."""
+    similar = cos >= min_similarity
+    members = {g[0]: list(g) for g in initial}
+    group = {u: g[0] for g in initial for u in g}
+    sub = np.asarray([u for g in initial for u in g])
+    pairs = [(int(sub[i]), int(sub[j])) for i, j in zip(*np.nonzero(np.triu(similar[np.ix_(sub, sub)], 1)))]
+    for i, j in sorted(pairs, key=lambda p: -cos[p]):
+        ga, gb = group[i], group[j]
+        # similar on average: pieces at the two ends of a neuron's travel can differ more
+        # than either differs from the piece in the middle
+        if ga == gb or cos[np.ix_(members[ga], members[gb])].mean() < min_similarity:
+            continue
+        if _apart(members[ga], members[gb], pos=pos, min_spikes=min_spikes, min_separation=min_separation,
+                  rng=rng) and (not check_fill or _fills([members[ga], members[gb]], pos=pos)):
+            members[ga] += members.pop(gb)
+            for u in members[ga]:
+                group[u] = ga
+    return list(members.values())
+
+
+def drift_split_groups(*, spike_times_s, spike_units, templates, main_channels, positions_um, channel_shanks,
+                       motion: Motion, min_similarity: float = 0.8, min_separation: float = 0.4,
+                       min_spikes: int = 30, bin_um: float = 4.0, seed: int = 0) -> list[list[int]]:
+    """Groups of units that are one neuron split by drift (singletons included).
+
+    Interpolated traces are not exact: a unit whose spikes come from two probe positions (a step
+    in the motion) looks slightly different at each, and clustering may keep the two apart
+    (their snippets are bimodal). Two units are the same neuron when their templates
+    ``(K, nt, C)`` are similar (cosine >= ``min_similarity``) and their spikes come from
+    different probe positions: the distributions of the displacement at their spikes (at their
+    depth) differ, by at least ``min_separation`` (1 - overlap) and clearly more than two
+    samples of one distribution would (the 95th percentile of 20 label shuffles, + 0.15), and
+    together they sample the probe's positions like a neuron that fired all along. Different
+    neurons fire whatever the probe position. Groups grow greedily from the most similar pair;
+    two groups join when their templates are similar on average over every cross pair, and the
+    position tests compare the two groups being joined.
+    """
+    times = np.asarray(spike_times_s, dtype=np.float64)
+    units = np.asarray(spike_units, dtype=np.int64)
+    k = len(templates)
+    if k < 2 or len(times) == 0:
+        return [[u] for u in range(k)]
+    flat = np.asarray(templates, dtype=np.float64).reshape(k, -1)
+    flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    cos = flat @ flat.T
+    main = np.asarray(main_channels, dtype=np.int64)
+    depth = np.asarray(positions_um)[main, 1][units]
+    disp = motion.at(times_s=times, depths_um=depth, shanks=np.asarray(channel_shanks)[main][units])
+    edges = np.arange(np.floor(disp.min()) - bin_um, np.ceil(disp.max()) + 2 * bin_um, bin_um)
+    binned = np.clip(np.searchsorted(edges, disp, side="right") - 1, 0, len(edges) - 2)
+    rng = np.random.default_rng(seed)
+    # where the probe was, at a unit's depth: what a neuron firing steadily samples
+    bin_s = motion.time_bins_s[1] - motion.time_bins_s[0] if motion.n_time_bins > 1 else 2.0
+    grid = np.arange(0.0, motion.time_bins_s[-1] + 0.5 * bin_s, 0.25 * bin_s)
+    pos = _Positions(units=units, binned=binned, edges=edges, motion=motion, grid_s=grid,
+                     unit_depths_um=np.asarray(positions_um)[main, 1], unit_shanks=np.asarray(channel_shanks)[main])
+    kw = dict(cos=cos, min_similarity=min_similarity, pos=pos, min_spikes=min_spikes, min_separation=min_separation,
+              rng=rng)
+    # a neuron seen at three positions is three units, and any two of them miss the third
+    # position: groups grow on the position tests alone, then a group must fill the occupancy as
+    # a whole. The members of one that does not are free again, and every unit is grown once
+    # more with the occupancy test on each join (a piece first grouped with a look-alike that
+    # fires elsewhere can then find its own neuron)
+    first = _grow([[u] for u in range(k)], check_fill=False, **kw)
+    whole = [len(g) == 1 or _fills([[u] for u in g], pos=pos) for g in first]
+    kept = [g for g, ok in zip(first, whole) if ok]
+    freed = [[u] for g, ok in zip(first, whole) if not ok for u in g]
+    out = [sorted(g) for g in _grow(kept + freed, check_fill=True, **kw)]
+    return sorted(out)

@@ -1,0 +1,147 @@
+"""Merges after matching: units that are one neuron never fire within each other's refractory period.
+
+A neuron split into two units shows two similar templates whose spike trains never fire
+within the refractory period of each other; two neurons with similar templates fire
+independently, so their cross-correlogram has no such gap. The merge needs both. ``relabel``
+and ``apply_groups`` apply the groups of any template merge to the spikes.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from spikesort.stages.match import MatchedSpikes
+
+from .templates import lagged_similarity
+
+log = logging.getLogger(__name__)
+
+
+def cross_refractory_ratio(ta: np.ndarray, tb: np.ndarray, *, refractory: int, duration: int,
+                           rate_bin: int | None = None) -> tuple[float, float]:
+    """Observed / expected number of (a, b) spike pairs closer than ``refractory`` samples, and the
+    expected count under independent firing (the evidence available).
+
+    The expectation uses each unit's rate in bins of ``rate_bin`` samples (the whole recording
+    when None): two units that fire in different stretches of the recording (the pieces of two
+    neurons split by a drift step) expect no pairs, so an empty correlogram says nothing there.
+    """
+    ta, tb = np.sort(ta), np.sort(tb)
+    lo = np.searchsorted(tb, ta - refractory, side="left")
+    hi = np.searchsorted(tb, ta + refractory, side="right")
+    observed = float((hi - lo).sum())
+    duration = max(int(duration), 1)
+    width = duration if not rate_bin else max(1, min(int(rate_bin), duration))
+    edges = np.append(np.arange(0, duration, width), duration)
+    na = np.histogram(ta, bins=edges)[0].astype(np.float64)
+    nb = np.histogram(tb, bins=edges)[0].astype(np.float64)
+    expected = float((na * nb / np.diff(edges)).sum()) * (2 * refractory + 1)
+    return observed / max(expected, 1e-12), expected
+
+
+def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um: np.ndarray, duration: int,
+                      refractory: int, similarity: float, max_ratio: float = 0.25, min_expected: float = 5.0,
+                      strict_similarity: float = 0.9, max_lag: int = 3, max_distance_um: float = 100.0,
+                      absorb_similarity: float = 0.97, absorb_fraction: float = 0.1, rate_bin: int | None = None,
+                      same_unit=None) -> list[list[tuple[int, int]]]:
+    """Groups of templates to merge, each as (template, lag onto the group's first template).
+
+    Pairs need lag-aware template similarity above ``similarity`` and a refractory gap in their
+    cross-correlogram (observed/expected < ``max_ratio``, the expectation from the rates in bins
+    of ``rate_bin`` samples); where the two fire too little at the same time for the correlogram
+    to say anything (expected pairs < ``min_expected``), only near-identical templates
+    (``strict_similarity``) whose spikes form one mode (``same_unit(i, j, lag)``) merge.
+    A unit with under ``absorb_fraction`` of the spikes of a unit whose template it repeats
+    (``absorb_similarity``) joins it without the mode test: it is a slice of that unit's spikes
+    (sub-sample jitter, collisions) the test would call separable, and a wrong merge of so few
+    spikes costs the large unit little.
+    Groups are joined most similar pair first, and two groups' whole spike trains must pass the
+    refractory test again: pairs alone would chain two neurons through a small unit that looks
+    like both, or through their pieces (a drift step splits each neuron, and pieces that fire in
+    different stretches never violate each other's refractory period).
+    """
+    k = dense.shape[0]
+    if k == 0:
+        return []
+    main = np.sqrt((dense**2).sum(axis=1)).argmax(axis=1)
+    times = [spikes.times[spikes.templates == i] for i in range(k)]
+    pairs = []
+    for i in range(k):
+        for j in range(i + 1, k):
+            if np.linalg.norm(positions_um[main[i]] - positions_um[main[j]]) > max_distance_um:
+                continue
+            s, lag = lagged_similarity(dense[i], dense[j], max_lag=max_lag)
+            if s < similarity:
+                continue
+            ratio, expected = cross_refractory_ratio(times[i], times[j] - lag, refractory=refractory,
+                                                     duration=duration, rate_bin=rate_bin)
+            if expected >= min_expected:
+                ok = ratio < max_ratio
+            elif s >= absorb_similarity and min(len(times[i]), len(times[j])) <= absorb_fraction * max(
+                    len(times[i]), len(times[j])):
+                ok = True
+            else:
+                ok = s >= strict_similarity and (same_unit is None or same_unit(i, j, lag))
+            if ok:
+                pairs.append((s, i, j, lag))
+    parent = {i: (i, 0) for i in range(k)}  # template -> (root, lag onto root)
+    size = {i: 1 for i in range(k)}  # root -> members
+
+    def find(i):
+        lag = 0
+        while parent[i][0] != i:
+            lag += parent[i][1]
+            i = parent[i][0]
+        return i, lag
+
+    def group_times(root: int, shift: int) -> np.ndarray:
+        """The spike times of root's group, aligned on root, plus ``shift``."""
+        parts = []
+        for m in range(k):
+            r, lag = find(m)
+            if r == root:
+                parts.append(times[m] + lag + shift)
+        return np.concatenate(parts)
+
+    for s, i, j, lag in sorted(pairs, reverse=True):
+        ri, li = find(i)
+        rj, lj = find(j)
+        if ri == rj:
+            continue
+        if size[ri] > 1 or size[rj] > 1:  # a lone pair was tested above
+            ratio, expected = cross_refractory_ratio(group_times(ri, 0), group_times(rj, li - lag - lj),
+                                                     refractory=refractory, duration=duration, rate_bin=rate_bin)
+            if expected >= min_expected and ratio >= max_ratio:
+                log.debug("units %d and %d not merged: their groups fire independently", i, j)
+                continue
+        # j's spikes align on i with -lag; on ri that is li - lag; rj moves by the same offset
+        parent[rj] = (ri, li - lag - lj)
+        size[ri] += size.pop(rj)
+        log.debug("merge units %d and %d (similarity %.2f)", i, j, s)
+    groups: dict[int, list] = {}
+    for i in range(k):
+        r, lag = find(i)
+        groups.setdefault(r, []).append((i, lag))
+    return list(groups.values())
+
+
+def relabel(times: np.ndarray, labels: np.ndarray,
+            groups: list[list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Group index as the new label of each spike (-1 outside every group), and its time plus
+    its member's offset, so merged spikes align on one template."""
+    new_t = times.copy()
+    new_k = np.full(len(labels), -1, dtype=np.int64)
+    for g, members in enumerate(groups):
+        for k, offset in members:
+            sel = labels == k
+            new_k[sel] = g
+            new_t[sel] = times[sel] + offset
+    return new_t, new_k
+
+
+def apply_groups(spikes: MatchedSpikes, groups: list[list[tuple[int, int]]]) -> MatchedSpikes:
+    t, k = relabel(spikes.times, spikes.templates, groups)
+    out = MatchedSpikes(t, k, spikes.amplitudes, spikes.gains)
+    return out.take(np.lexsort((out.templates, out.times)))
+

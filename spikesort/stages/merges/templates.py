@@ -1,0 +1,116 @@
+"""Merges of templates that are one unit seen twice (split by peak channel or alignment).
+
+``lagged_similarity`` is the template similarity every template merge uses;
+``snippet_merge_test`` the veto that keeps two neurons with similar templates apart.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from spikesort.stages.bimodality import bimodality
+
+
+def lagged_similarity(a: np.ndarray, b: np.ndarray, *, max_lag: int, signal_fraction: float = 0.2) -> tuple[float, int]:
+    """Best cosine similarity of two (nt, C) templates over shifts of ``b`` by -max_lag..max_lag
+    samples, and that shift (b delayed by ``lag`` matches a).
+
+    Only channels where either template has at least ``signal_fraction`` of its strongest
+    channel's norm count: elsewhere a template of a few dozen spikes is mostly averaged noise,
+    which would pull two halves of one sparse unit below any merge threshold.
+    """
+    ca, cb = np.linalg.norm(a, axis=0), np.linalg.norm(b, axis=0)
+    if ca.max(initial=0) == 0 or cb.max(initial=0) == 0:
+        return 0.0, 0
+    chans = (ca >= signal_fraction * ca.max()) | (cb >= signal_fraction * cb.max())
+    a, b = a[:, chans], b[:, chans]
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    nt = a.shape[0]
+    best, best_lag = -1.0, 0
+    for lag in range(-max_lag, max_lag + 1):
+        if lag >= 0:
+            s = float((a[lag:] * b[: nt - lag]).sum())
+        else:
+            s = float((a[: nt + lag] * b[-lag:]).sum())
+        if s > best:
+            best, best_lag = s, lag
+    return best / (na * nb), best_lag
+
+
+def merge_similar_templates(dense: np.ndarray, sizes: np.ndarray, *, positions_um: np.ndarray, max_lag: int,
+                            threshold: float, max_distance_um: float = 100.0, norm_ratio: float = 1.6,
+                            same_unit=None) -> list[list[tuple[int, int]]]:
+    """Groups of templates that are one unit seen twice (split by peak channel or alignment).
+
+    Pairs whose lag-aware cosine similarity exceeds ``threshold`` and whose norms are within
+    ``norm_ratio`` of each other are joined, most similar first; a group joins another only if
+    every cross pair is similar enough, so chains of loosely similar units are not glued, and
+    ``same_unit(i, j, lag)`` (when given) does not veto the pair.
+    Returns, per group, (template, sample offset that aligns its spikes on the group's largest
+    member).
+    """
+    k = dense.shape[0]
+    if k == 0:
+        return []
+    ch_norm = np.sqrt((dense**2).sum(axis=1))
+    main = ch_norm.argmax(axis=1)
+    norms = np.linalg.norm(dense.reshape(k, -1), axis=1)
+    sim = np.full((k, k), -1.0)
+    lag = np.zeros((k, k), dtype=np.int64)
+    pairs = []
+    for i in range(k):
+        for j in range(i + 1, k):
+            if np.linalg.norm(positions_um[main[i]] - positions_um[main[j]]) > max_distance_um:
+                continue
+            r = norms[i] / max(norms[j], 1e-12)
+            if r > norm_ratio or r < 1 / norm_ratio:
+                continue
+            s, l = lagged_similarity(dense[i], dense[j], max_lag=max_lag)
+            sim[i, j] = sim[j, i] = s
+            lag[i, j], lag[j, i] = l, -l
+            if s > threshold:
+                pairs.append((s, i, j))
+    group = list(range(k))
+    members = {i: [i] for i in range(k)}
+    for s, i, j in sorted(pairs, reverse=True):
+        gi, gj = group[i], group[j]
+        if gi == gj:
+            continue
+        if all(sim[a, b] > threshold for a in members[gi] for b in members[gj]) and (
+                same_unit is None or same_unit(i, j, int(lag[i, j]))):
+            for b in members[gj]:
+                group[b] = gi
+            members[gi] += members.pop(gj)
+    out = []
+    for g in members.values():
+        rep = max(g, key=lambda t: sizes[t])
+        # offsets to add to a member's spike times to align them on the group's largest member
+        out.append([(t, 0 if t == rep else -int(lag[rep, t])) for t in g])
+    return out
+
+
+def snippet_merge_test(store, times: np.ndarray, labels: np.ndarray, *, pre: int, nt: int, threshold: float,
+                       rng: np.random.Generator, max_spikes: int = 300):
+    """A veto for template merges: the spikes of two clusters, aligned on the first, must form
+    one mode along the axis joining their mean waveforms (else they are two neurons)."""
+    def same_unit(i: int, j: int, lag: int) -> bool:
+        ti, tj = times[labels == i], times[labels == j] - lag
+        if len(ti) > max_spikes:
+            ti = rng.choice(ti, max_spikes, replace=False)
+        if len(tj) > max_spikes:
+            tj = rng.choice(tj, max_spikes, replace=False)
+        if len(ti) == 0 or len(tj) == 0:
+            return False
+        si, sj = store.snippets(ti, pre=pre, nt=nt), store.snippets(tj, pre=pre, nt=nt)
+        mi, mj = si.mean(0), sj.mean(0)
+        # the channels that carry either waveform; the rest only adds noise to the projection
+        chans = np.flatnonzero(np.maximum(np.abs(mi).max(0), np.abs(mj).max(0))
+                               > 0.2 * max(np.abs(mi).max(), np.abs(mj).max()))
+        axis = (mi - mj)[:, chans].ravel()
+        nrm = np.linalg.norm(axis)
+        if nrm == 0:
+            return True
+        pi = si[:, :, chans].reshape(len(si), -1) @ (axis / nrm)
+        pj = sj[:, :, chans].reshape(len(sj), -1) @ (axis / nrm)
+        return bimodality(np.concatenate([pi, pj]), 0.5 * (pi.mean() + pj.mean())) < threshold
+
+    return same_unit

@@ -1,0 +1,124 @@
+"""Templates: the median waveform of each unit, read from the whitened trace store, and what
+matching and curation derive from them (sparse supports, matched-filter responses, SNR)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Templates:
+    dense: np.ndarray  # (K, nt, C) float32, whitened
+    values: np.ndarray  # (K, nt, S) float32 on the support
+    channels: np.ndarray  # (K, S) int64 support channels, padded with -1
+    norm2: np.ndarray  # (K,) float32 squared norm
+    main_channel: np.ndarray  # (K,) int64
+    pre: int
+
+    @property
+    def n_templates(self) -> int:
+        return self.dense.shape[0]
+
+    def take(self, keep: np.ndarray) -> "Templates":
+        return sparsify(self.dense[keep], pre=self.pre)
+
+
+def sparsify(dense: np.ndarray, *, pre: int, support_fraction: float = 0.1, max_support: int = 32) -> Templates:
+    """Keep each template's channels whose norm is at least ``support_fraction`` of its largest."""
+    k, nt, n_c = dense.shape
+    ch_norm = np.sqrt((dense**2).sum(axis=1))  # (K, C)
+    s = 1
+    supports = []
+    for i in range(k):
+        order = np.argsort(-ch_norm[i], kind="stable")
+        keep = order[ch_norm[i, order] >= support_fraction * max(ch_norm[i, order[0]], 1e-12)][:max_support]
+        supports.append(np.sort(keep))
+        s = max(s, len(keep))
+    values = np.zeros((k, nt, s), dtype=np.float32)
+    channels = np.full((k, s), -1, dtype=np.int64)
+    clean = np.zeros_like(dense, dtype=np.float32)
+    for i, sup in enumerate(supports):
+        values[i, :, : len(sup)] = dense[i][:, sup]
+        channels[i, : len(sup)] = sup
+        clean[i][:, sup] = dense[i][:, sup]
+    norm2 = (values.astype(np.float64) ** 2).sum(axis=(1, 2)).astype(np.float32)
+    main = np.argmax(ch_norm, axis=1).astype(np.int64) if k else np.zeros(0, np.int64)
+    return Templates(dense=clean, values=values, channels=channels, norm2=norm2, main_channel=main, pre=pre)
+
+
+def filtered_templates(templates: Templates, h: np.ndarray) -> np.ndarray:
+    """(K, 2 nt - 1, S) each template's support channels convolved with the reversed filter
+    ``h``: what subtracting the template does to the matched-filter output (subtract_filtered)."""
+    k, nt, s = templates.values.shape
+    if len(h) != nt:
+        raise ValueError(f"filter length {len(h)} differs from the template length {nt}")
+    out = np.zeros((k, 2 * nt - 1, s), dtype=np.float32)
+    hr = np.asarray(h, dtype=np.float64)[::-1]
+    for i in range(k):
+        for j in range(s):
+            if templates.channels[i, j] >= 0:
+                out[i, :, j] = np.convolve(templates.values[i, :, j].astype(np.float64), hr)
+    return out
+
+
+def template_snr(templates_uv: np.ndarray, noise_uv: np.ndarray) -> np.ndarray:
+    """|peak| on each template's best channel over that channel's noise sd (both µV)."""
+    if len(templates_uv) == 0:
+        return np.zeros(0)
+    peak = np.abs(templates_uv).max(axis=1)  # (K, C)
+    best = peak.argmax(axis=1)
+    return peak[np.arange(len(best)), best] / np.maximum(noise_uv[best], 1e-12)
+
+
+def build_templates(store, times: np.ndarray, labels: np.ndarray, *, n_units: int, pre: int, nt: int,
+                    rng: np.random.Generator, max_spikes: int = 300, n_jobs: int = 1) -> Templates:
+    """Median waveform of up to ``max_spikes`` spikes of each label, read from the trace store.
+
+    The spikes are drawn in unit order first, so ``n_jobs`` threads (the reads and numpy's
+    selection release the GIL) give the same templates as one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chosen = []
+    for u in range(n_units):
+        t = times[labels == u]
+        if len(t) > max_spikes:
+            t = np.sort(rng.choice(t, max_spikes, replace=False))
+        chosen.append(t)
+    dense = np.zeros((n_units, nt, store.n_channels), dtype=np.float32)
+
+    def one(u):
+        if len(chosen[u]):
+            dense[u] = robust_template(store.snippets(chosen[u], pre=pre, nt=nt))
+
+    if n_jobs > 1 and n_units > 1:
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            list(pool.map(one, range(n_units)))
+    else:
+        for u in range(n_units):
+            one(u)
+    return sparsify(dense, pre=pre)
+
+
+def robust_template(snippets: np.ndarray, *, signal_fraction: float = 0.05) -> np.ndarray:
+    """Median of (n, nt, C) snippets on the channels that carry the waveform (mean-waveform norm at
+    least ``signal_fraction`` of the largest), their mean elsewhere: far channels hold only noise,
+    where median and mean agree within the noise, and on a 384-channel probe the median of every
+    channel was the costliest part of building templates."""
+    mean = snippets.mean(axis=0)
+    norm = np.sqrt((mean.astype(np.float64) ** 2).sum(axis=0))
+    chans = np.flatnonzero(norm >= signal_fraction * norm.max()) if norm.max() > 0 else np.arange(len(norm))
+    mean[:, chans] = median_over_first_axis(snippets[:, :, chans])
+    return mean
+
+
+def median_over_first_axis(x: np.ndarray) -> np.ndarray:
+    """np.median(x, axis=0), ~7x faster: numpy partitions a strided axis slowly, so the samples
+    are moved to the last, contiguous axis first, and partitioned once."""
+    n = len(x)
+    flat = np.ascontiguousarray(x.reshape(n, -1).T)
+    flat.partition(n // 2, axis=1)
+    med = flat[:, n // 2]
+    if n % 2 == 0:  # the lower middle is the largest value left of the upper one
+        med = 0.5 * (med + flat[:, : n // 2].max(axis=1))
+    return med.reshape(x.shape[1:]).astype(x.dtype)
