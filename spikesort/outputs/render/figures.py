@@ -222,7 +222,8 @@ def overview(data, positions: np.ndarray, unit_amps: np.ndarray, *, pages: set) 
         color = label_color(label)
         r = 3 + 9 * (a / amp_max if np.isfinite(a) and amp_max > 0 else 0)
         tip = f"<title>unit {u} {esc(label)} {a:.0f} µV</title>"
-        circle = (f'<circle class="unit" data-id="{u}" cx="{float(left.px(x)):.1f}" cy="{float(left.py(y)):.1f}" '
+        circle = (f'<circle class="unit" data-id="{u}" data-x="{x:.2f}" data-y="{y:.2f}" '
+                  f'cx="{float(left.px(x)):.1f}" cy="{float(left.py(y)):.1f}" '
                   f'r="{r:.1f}" fill="{color}" fill-opacity="0.7" stroke="#000" stroke-width="0.5">{tip}</circle>'
                   f'<text x="{float(left.px(x)):.1f}" y="{float(left.py(y)) + 3:.1f}" text-anchor="middle" '
                   f'font-size="8">{u}</text>')

@@ -67,7 +67,7 @@ def unit_medians(values: np.ndarray, index: UnitIndex, clusters: np.ndarray) -> 
     """Per unit median of ``values`` ((n,) or (n, d), float64) over its spikes (as np.median: the mean of the
     two middle values for an even count); NaN for a unit without spikes. One sort for all units."""
     v = np.asarray(values, dtype=np.float64)
-    cols = v.reshape(len(v), -1)
+    cols = v.reshape(len(v), int(np.prod(v.shape[1:])))
     n_units = len(index.unit_ids)
     out = np.full((n_units, cols.shape[1]), np.nan)
     m = index.counts

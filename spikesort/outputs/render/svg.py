@@ -44,7 +44,7 @@ def tick_labels(ticks: np.ndarray) -> list[str]:
     decimals = 0
     if step > 0:
         e = math.floor(math.log10(step) + 1e-9)
-        decimals = max(0, -e) + (1 if abs(step / 10.0 ** e - 2.5) < 1e-6 else 0)
+        decimals = max(0, -e + (1 if abs(step / 10.0 ** e - 2.5) < 1e-6 else 0))
     out = [f"{v:.{decimals}f}" for v in ticks.tolist()]
     return [s[1:] if s.startswith("-") and float(s) == 0 else s for s in out]
 
