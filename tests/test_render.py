@@ -218,8 +218,11 @@ def test_waveforms_draw_each_channel_with_the_peak_in_colour(data4):
     assert len(paths) == N_CH  # fewer channels than the 16 shown
     (peak,) = find(root, "path", "peak")
     assert int(peak.get("data-channel")) == 3 and peak.get("stroke") == figures.PEAK_COLOR
-    # 91 samples... here NT: one point per sample
-    assert len(peak.get("d")[1:].split()) == 2 * NT
+    # one point per sample, in tenths of a pixel inside a scale(0.1) group
+    xy = np.array(peak.get("d")[1:].split(), dtype=float).reshape(-1, 2) / 10
+    assert len(xy) == NT
+    # the trough (a negative spike) is the lowest point on screen: the largest y in pixels
+    assert np.argmax(xy[:, 1]) == NT // 2
     scale = np.median(data4.amplitudes[spikes]) * 90.0
     texts = [t.text for t in root.iter(SVG_NS + "text")]
     assert f"{scale:.0f} µV" in texts

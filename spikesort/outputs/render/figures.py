@@ -6,7 +6,7 @@ import numpy as np
 
 from .png import GREYS, VIRIDIS, _VIRIDIS_KNOTS, encode_png, palette_indices, palette_of
 from .stats import autocorrelogram, peak_channel, recorded_depths
-from .svg import Canvas, Panel, esc, nice_ticks, num, polyline, tick_labels
+from .svg import Canvas, Panel, esc, nice_ticks, num, polyline_tenths, tick_labels
 
 LABEL_COLORS = {"good": "#1a9850", "mua": "#f28e2b", "noise": "#8c8c8c"}
 OTHER_COLOR = "#4e79a7"
@@ -177,11 +177,14 @@ def waveforms(data, spikes: np.ndarray, *, max_channels: int = 16) -> str:
     sq = 5.0
     c.add("".join(f'<rect class="ch" x="{x - sq / 2:.1f}" y="{y - sq / 2:.1f}" width="{sq}" height="{sq}" '
                   f'fill="{CHANNEL_COLOR}"/>' for x, y in zip(p.px(sub[:, 0]).tolist(), p.py(sub[:, 1]).tolist())))
+    lines = []
     for ch in near.tolist():
-        cls, color, lw = ("wf peak", PEAK_COLOR, 1.6) if ch == peak_ch else ("wf", "#111", 0.9)
-        d = polyline(p.px(pos[ch, 0] + x_rel), p.py(pos[ch, 1] + wave[:, ch] * (height / peak)))
-        c.add(f'<path class="{cls}" data-channel="{ch}" d="{d}" fill="none" stroke="{color}" '
-              f'stroke-width="{lw}"/>')
+        # stroke widths in tenths of a pixel, as the coordinates
+        cls, color, lw = ("wf peak", PEAK_COLOR, 16) if ch == peak_ch else ("wf", "#111", 9)
+        d = polyline_tenths(p.px(pos[ch, 0] + x_rel), p.py(pos[ch, 1] + wave[:, ch] * (height / peak)))
+        lines.append(f'<path class="{cls}" data-channel="{ch}" d="{d}" fill="none" stroke="{color}" '
+                     f'stroke-width="{lw}"/>')
+    c.add('<g transform="scale(0.1)">' + "".join(lines) + "</g>")
     # scale bar: the peak amplitude
     bx, by0, by1 = float(p.px(xlim[0] + 0.5 * width)), float(p.py(ylim[0] + 0.3 * height)), \
         float(p.py(ylim[0] + 1.3 * height))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -126,11 +127,14 @@ def recorded_depths(data, *, times_s: np.ndarray, depths_um: np.ndarray, x_um: n
     """Depths as recorded when the folder holds a motion estimate: spike positions are then measured on
     drift-corrected traces, and recorded = corrected + displacement. None without an estimate (or one that
     cannot be read)."""
+    from spikesort.layout import MOTION_FILES
+
+    # no estimate: leave the drift stage (and what it imports) unloaded
+    if data.folder is None or not all((Path(data.folder) / name).is_file() for name in MOTION_FILES):
+        return None
     try:
         from spikesort.stages.drift.stage import Motion
 
-        if not Motion.exists(data.folder):
-            return None
         motion = Motion.load(data.folder)
         shanks = None
         if data.channel_shanks is not None and data.channel_positions is not None and len(times_s):
