@@ -304,6 +304,29 @@ def test_deterministic(data4, tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+def test_a_folder_read_by_load_folder(tmp_path):
+    """What load_folder gives (memory-mapped templates, int32 ids from the Phy writer) renders too."""
+    from spikesort.io.phy import PhyData, write_phy_folder
+    from spikesort.outputs.report import load_folder
+
+    d = make_data(tmp_path / "src", n_units=3)
+    n, k = len(d.spike_times), 3
+    rng = np.random.default_rng(0)
+    write_phy_folder(tmp_path / "out", PhyData(
+        spike_times=d.spike_times, spike_templates=d.spike_templates, amplitudes=d.amplitudes,
+        templates=d.templates, whitening_mat=np.eye(N_CH), whitening_mat_inv=np.eye(N_CH),
+        channel_map=np.arange(N_CH), channel_positions=POSITIONS, pc_features=rng.normal(size=(n, 3, 4)),
+        pc_feature_ind=np.tile(np.arange(4), (k, 1)), template_features=rng.normal(size=(n, 1)),
+        template_feature_ind=np.arange(k)[:, None], similar_templates=np.eye(k),
+        spike_positions=d.spike_positions, dat_path=None,
+        cluster_tables={"KSLabel": LABELS[:k], "ContamPct": [1.5] * k, "Amplitude": [60.0, 90.0, 120.0]},
+        n_channels_dat=N_CH, dtype="int16", sample_rate=FS))
+    data = load_folder(tmp_path / "out")
+    page = write_report(data, tmp_path / "out" / "report")
+    assert sorted(p.name for p in page.parent.glob("unit_*.html")) == ["unit_0.html", "unit_1.html", "unit_2.html"]
+    assert f"{n} spikes" in page.read_text(encoding="utf8")
+
+
 def test_one_unit(tmp_path):
     data = make_data(tmp_path / "out", n_units=1)
     page = write_report(data, tmp_path / "report")

@@ -241,9 +241,9 @@ def overview(data, positions: np.ndarray, unit_amps: np.ndarray, *, pages: set) 
     right.axes(title="amplitude by depth", xlabel="median amplitude (µV)", ylabel="depth (µm)")
     if not data.n_units:
         right.note("no units")
+    # the legend under the plots, where no unit can hide it
     for i, (name, color) in enumerate(list(LABEL_COLORS.items()) + [("other", OTHER_COLOR)]):
-        ly = 45 + 16 * i
-        c.add(f'<circle cx="{num(right.x + right.w - 70)}" cy="{ly}" r="5" fill="{color}" stroke="#000" '
-              f'stroke-width="0.5"/>')
-        c.text(right.x + right.w - 60, ly + 4, name, anchor="start", size=11)
+        lx = right.x + 70 * i
+        c.add(f'<circle cx="{num(lx + 5)}" cy="685" r="5" fill="{color}" stroke="#000" stroke-width="0.5"/>')
+        c.text(lx + 14, 689, name, anchor="start", size=11)
     return str(c)
