@@ -16,7 +16,8 @@ import pytest
 from spikesort.outputs.render import write_report
 from spikesort.outputs.render import figures
 from spikesort.outputs.render.png import GREYS, VIRIDIS, encode_png, palette_indices, palette_of
-from spikesort.outputs.render.stats import UnitIndex, autocorrelogram, recorded_depths, unit_medians
+from spikesort.outputs.render.stats import (UnitIndex, autocorrelogram, recorded_depths, spike_amplitudes_uv,
+                                            template_peaks, unit_medians, unit_positions, unit_templates)
 from spikesort.outputs.render.svg import nice_ticks, tick_labels
 from spikesort.outputs.report import FolderData
 
@@ -205,15 +206,35 @@ def test_overview_has_one_circle_per_unit_at_its_median_position(data4):
 
 
 def _unit_stats(data):
-    from spikesort.outputs.render.stats import spike_amplitudes_uv, unit_positions
-
     index = UnitIndex.build(data.spike_clusters, data.unit_ids)
-    return unit_positions(data, index), unit_medians(spike_amplitudes_uv(data), index, data.spike_clusters)
+    peaks = template_peaks(data)
+    positions = unit_positions(data, index, templates=unit_templates(data, index), peaks=peaks)
+    return positions, unit_medians(spike_amplitudes_uv(data, peaks), index, data.spike_clusters)
+
+
+def test_template_peaks_units_templates_and_amplitudes(data4):
+    peaks = template_peaks(data4)
+    uv = np.asarray(data4.templates) @ data4.whitening_mat_inv
+    np.testing.assert_allclose(peaks.peak_uv, np.abs(uv).max(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_array_equal(peaks.channel, [1, 3, 5, 7])
+    np.testing.assert_allclose(spike_amplitudes_uv(data4, peaks),
+                               data4.amplitudes * peaks.peak_uv[data4.spike_templates], rtol=1e-12)
+    # a curated merge: unit 0 holds spikes of templates 0 and 2, most of template 2
+    clusters = np.array([0, 0, 0, 1, 5])
+    templates = np.array([2, 0, 2, 1, 1])
+    data = FolderData(**{**vars(data4), "spike_times": np.arange(5), "spike_clusters": clusters,
+                         "spike_templates": templates, "unit_ids": np.array([0, 1, 3, 5])})
+    got = unit_templates(data, UnitIndex.build(clusters, data.unit_ids))
+    np.testing.assert_array_equal(got, [2, 1, -1, 1])
+    # without spike positions a unit sits on its template's peak channel
+    data = FolderData(**{**vars(data4), "spike_positions": None})
+    positions, _ = _unit_stats(data)
+    np.testing.assert_array_equal(positions, POSITIONS[[1, 3, 5, 7]])
 
 
 def test_waveforms_draw_each_channel_with_the_peak_in_colour(data4):
     spikes = np.flatnonzero(data4.spike_clusters == 1)
-    root = ET.fromstring(figures.waveforms(data4, spikes))
+    root = ET.fromstring(figures.waveforms(data4, spikes, template=1, peak_channel=3))
     paths = find(root, "path", "wf")
     assert len(paths) == N_CH  # fewer channels than the 16 shown
     (peak,) = find(root, "path", "peak")

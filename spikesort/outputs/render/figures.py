@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .png import GREYS, VIRIDIS, _VIRIDIS_KNOTS, encode_png, palette_indices, palette_of
-from .stats import autocorrelogram, peak_channel, recorded_depths
+from .stats import autocorrelogram, recorded_depths
 from .svg import Canvas, Panel, esc, nice_ticks, num, polyline_tenths, tick_labels
 
 LABEL_COLORS = {"good": "#1a9850", "mua": "#f28e2b", "noise": "#8c8c8c"}
@@ -148,22 +148,26 @@ def acg(spike_times: np.ndarray, *, sampling_rate_hz: float, window_ms: float = 
     return str(c)
 
 
-def waveforms(data, spikes: np.ndarray, *, max_channels: int = 16) -> str:
-    """The unit's template in µV (at its median spike scale) on the channels nearest its peak, each drawn at
-    its channel's probe position; the peak channel in colour; a scale bar of the peak amplitude."""
+def waveforms(data, spikes: np.ndarray, *, template: int, peak_channel: int, max_channels: int = 16) -> str:
+    """The unit's template (``template``, its |peak| on ``peak_channel``) in µV at its median spike scale, on
+    the channels nearest its peak, each drawn at its channel's probe position; the peak channel in colour;
+    a scale bar of the peak amplitude."""
     c = Canvas(330, 460, cls="waveforms")
     box = (60, 25, 255, 390)
-    if not (len(spikes) and data.templates is not None and data.whitening_mat_inv is not None
+    if not (len(spikes) and template >= 0 and data.templates is not None and data.whitening_mat_inv is not None
             and data.channel_positions is not None):
         p = Panel(c, box, xlim=(0, 1), ylim=(0, 1))
         p.axes(title="template on the probe", xticks=False, yticks=False)
         p.note("no template")
         return str(c)
-    k = data.template_of(spikes)
-    wave = data.template_uv(k) * float(np.median(np.abs(data.amplitudes[spikes])))
     pos = np.asarray(data.channel_positions, dtype=np.float64)
-    peak_ch = peak_channel(wave)
+    peak_ch = int(peak_channel)
     near = np.argsort(((pos - pos[peak_ch]) ** 2).sum(axis=1), kind="stable")[:max_channels]
+    # µV on the shown channels only: a product with all of a 384-channel probe's columns costs 20x more
+    winv = np.asarray(data.whitening_mat_inv, dtype=np.float32)[:, near]
+    scale = float(np.median(np.abs(data.amplitudes[spikes])))
+    wave = np.zeros((data.templates.shape[1], len(pos)), np.float32)
+    wave[:, near] = (np.asarray(data.templates[template], dtype=np.float32) @ winv) * np.float32(scale)
     sub = pos[near]
     # a waveform spans most of the smallest horizontal gap; its peak about 1.5 vertical gaps
     dx, dy = np.diff(np.unique(sub[:, 0])), np.diff(np.unique(sub[:, 1]))

@@ -13,7 +13,7 @@ from spikesort.errors import SpikesortError
 from spikesort.layout import DRIFT_MAP, REPORT_HTML
 
 from . import figures
-from .stats import UnitIndex, spike_amplitudes_uv, unit_medians, unit_positions
+from .stats import UnitIndex, spike_amplitudes_uv, template_peaks, unit_medians, unit_positions, unit_templates
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,10 @@ def write_report(data, out: Path, *, unit_ids=None) -> Path:
     except OSError as exc:
         raise SpikesortError(f"cannot prepare {out}: {exc.strerror or exc}") from None
     index = UnitIndex.build(np.asarray(data.spike_clusters), ids)
-    amps = spike_amplitudes_uv(data)
-    positions = unit_positions(data, index)
+    peaks = template_peaks(data)
+    templates = unit_templates(data, index)
+    amps = spike_amplitudes_uv(data, peaks)
+    positions = unit_positions(data, index, templates=templates, peaks=peaks)
     unit_amps = unit_medians(amps, index, np.asarray(data.spike_clusters))
     drift_svg, drift_pngs = figures.drift_map(data, amps, png_name=DRIFT_MAP, recorded_png_name=DRIFT_MAP_RECORDED)
     for stale in {DRIFT_MAP, DRIFT_MAP_RECORDED} - set(drift_pngs):
@@ -145,12 +147,14 @@ def write_report(data, out: Path, *, unit_ids=None) -> Path:
     page_ids = [u for u in ids.tolist() if u in pages]
     for j, u in enumerate(page_ids):
         i = int(np.searchsorted(ids, u))
-        spikes = np.sort(index.spikes(i))
+        spikes = index.spikes(i)  # ascending: the index sorts by unit with a stable sort
         times = data.spike_times[spikes]
         amp_svg, amp_png = figures.amplitude_over_time(times / fs, amps[spikes], duration_s=data.duration_s,
                                                        png_name=_amplitude_png_name(u))
         _write(out / _amplitude_png_name(u), amp_png)
-        figs = [figures.waveforms(data, spikes), figures.acg(times, sampling_rate_hz=fs), amp_svg]
+        k = int(templates[i]) if 0 <= templates[i] < len(peaks.channel) else -1  # -1: no template to draw
+        figs = [figures.waveforms(data, spikes, template=k, peak_channel=int(peaks.channel[k]) if k >= 0 else -1),
+                figures.acg(times, sampling_rate_hz=fs), amp_svg]
         _write(out / unit_page_name(u), unit_html(data, u, n_spikes=int(n_spikes[i]),
                                                   prev_u=page_ids[j - 1] if j else None,
                                                   next_u=page_ids[j + 1] if j + 1 < len(page_ids) else None,

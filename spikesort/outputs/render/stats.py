@@ -39,29 +39,49 @@ def has_templates(data) -> bool:
     return data.templates is not None and data.whitening_mat_inv is not None and len(data.templates) > 0
 
 
-def template_peaks_uv(data) -> np.ndarray:
-    """(K,) |peak| of each template in µV at amplitude 1 (zeros without templates)."""
+@dataclass
+class TemplatePeaks:
+    """Per template, in µV at amplitude 1: the |peak| and the channel it is on."""
+
+    peak_uv: np.ndarray  # (K,) float64
+    channel: np.ndarray  # (K,) int64
+
+
+def template_peaks(data) -> TemplatePeaks:
+    """The peak of every template (empty without templates): one pass over all of them."""
     if not has_templates(data):
-        return np.zeros(0)
+        return TemplatePeaks(np.zeros(0), np.zeros(0, np.int64))
     k_max = len(data.templates)
-    peak = np.zeros(k_max)
+    peak, channel = np.zeros(k_max), np.zeros(k_max, np.int64)
     winv = np.asarray(data.whitening_mat_inv, dtype=np.float32)
     # a few large matrix products: one small product per template is much slower
     for a in range(0, k_max, 64):
         block = np.asarray(data.templates[a:min(a + 64, k_max)], dtype=np.float32)
-        uv = (block.reshape(-1, block.shape[2]) @ winv).reshape(block.shape)
-        peak[a:a + len(block)] = np.abs(uv).max(axis=(1, 2))
-    return peak
+        by_channel = np.abs((block.reshape(-1, block.shape[2]) @ winv).reshape(block.shape)).max(axis=1)  # (k, C)
+        channel[a:a + len(block)] = by_channel.argmax(axis=1)
+        peak[a:a + len(block)] = by_channel.max(axis=1)
+    return TemplatePeaks(peak, channel)
 
 
-def spike_amplitudes_uv(data) -> np.ndarray:
+def spike_amplitudes_uv(data, peaks: TemplatePeaks) -> np.ndarray:
     """Each spike's amplitude in µV: its scale times the |peak| of its template in µV (the scale alone
     without templates)."""
-    peak = template_peaks_uv(data)
     n = len(data.spike_times)
-    if n == 0 or len(peak) == 0 or int(data.spike_templates.max()) >= len(peak):
+    if n == 0 or len(peaks.peak_uv) == 0 or int(data.spike_templates.max()) >= len(peaks.peak_uv):
         return np.abs(np.asarray(data.amplitudes, dtype=np.float64))
-    return np.abs(data.amplitudes) * peak[data.spike_templates]
+    return np.abs(data.amplitudes) * peaks.peak_uv[data.spike_templates]
+
+
+def unit_templates(data, index: UnitIndex) -> np.ndarray:
+    """(U,) the template most of each unit's spikes were matched with (a curated merge has several; the
+    lowest on a tie), -1 for a unit without spikes. One count for all units."""
+    n_units = len(index.unit_ids)
+    if len(data.spike_times) == 0 or n_units == 0:
+        return np.full(n_units, -1, np.int64)
+    k = int(data.spike_templates.max()) + 1
+    rank = np.searchsorted(index.unit_ids, data.spike_clusters)
+    counts = np.bincount(rank * k + data.spike_templates, minlength=n_units * k).reshape(n_units, k)
+    return np.where(counts.max(axis=1) > 0, counts.argmax(axis=1), -1)
 
 
 def unit_medians(values: np.ndarray, index: UnitIndex, clusters: np.ndarray) -> np.ndarray:
@@ -82,21 +102,15 @@ def unit_medians(values: np.ndarray, index: UnitIndex, clusters: np.ndarray) -> 
     return out.reshape((n_units,) + v.shape[1:])
 
 
-def peak_channel(template_uv: np.ndarray) -> int:
-    return int(np.abs(template_uv).max(axis=0).argmax())
-
-
-def unit_positions(data, index: UnitIndex) -> np.ndarray:
+def unit_positions(data, index: UnitIndex, *, templates: np.ndarray, peaks: TemplatePeaks) -> np.ndarray:
     """(U, 2) median position of each unit's spikes (µm); its template's peak channel when the folder has
     no spike positions; NaN when neither is known."""
     if data.spike_positions is not None and len(data.spike_times):
         return unit_medians(np.asarray(data.spike_positions, dtype=np.float64), index, data.spike_clusters)
     out = np.full((len(index.unit_ids), 2), np.nan)
-    if data.channel_positions is not None and has_templates(data):
-        for i in range(len(index.unit_ids)):
-            s = index.spikes(i)
-            if len(s):
-                out[i] = data.channel_positions[peak_channel(data.template_uv(data.template_of(s)))]
+    if data.channel_positions is not None and len(peaks.channel):
+        ok = (templates >= 0) & (templates < len(peaks.channel))
+        out[ok] = np.asarray(data.channel_positions, dtype=np.float64)[peaks.channel[templates[ok]], :2]
     return out
 
 
