@@ -13,11 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikesort.outputs.render import write_report
-from spikesort.outputs.render import figures
-from spikesort.outputs.render.png import GREYS, VIRIDIS, encode_png, palette_indices, palette_of
-from spikesort.outputs.render.stats import (UnitIndex, autocorrelogram, recorded_depths, spike_amplitudes_uv,
-                                            template_peaks, unit_medians, unit_positions, unit_templates)
+from spikesort.outputs.render import figures, write_report
+from spikesort.outputs.render.png import (
+    GREYS,
+    VIRIDIS,
+    encode_png,
+    palette_indices,
+    palette_of,
+)
+from spikesort.outputs.render.stats import (
+    UnitIndex,
+    autocorrelogram,
+    recorded_depths,
+    spike_amplitudes_uv,
+    template_peaks,
+    unit_medians,
+    unit_positions,
+    unit_templates,
+)
 from spikesort.outputs.render.svg import nice_ticks, tick_labels
 from spikesort.outputs.report import FolderData
 
@@ -76,7 +89,7 @@ def data4(tmp_path_factory):
 
 def svgs(text: str) -> list[ET.Element]:
     """Every inline SVG of a page, parsed (a malformed one raises)."""
-    return [ET.fromstring(m) for m in re.findall(r"<svg .*?</svg>", text, flags=re.S)]
+    return [ET.fromstring(m) for m in re.findall(r"<svg .*?</svg>", text, flags=re.DOTALL)]
 
 
 def find(root: ET.Element, tag: str, cls: str) -> list[ET.Element]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .png import GREYS, VIRIDIS, _VIRIDIS_KNOTS, encode_png, palette_indices, palette_of
+from .png import _VIRIDIS_KNOTS, GREYS, VIRIDIS, encode_png, palette_indices, palette_of
 from .stats import autocorrelogram, recorded_depths
 from .svg import Canvas, Panel, esc, nice_ticks, num, polyline_tenths, tick_labels
 

@@ -13,7 +13,14 @@ from spikesort.errors import SpikesortError
 from spikesort.layout import DRIFT_MAP, REPORT_HTML
 
 from . import figures
-from .stats import UnitIndex, spike_amplitudes_uv, template_peaks, unit_medians, unit_positions, unit_templates
+from .stats import (
+    UnitIndex,
+    spike_amplitudes_uv,
+    template_peaks,
+    unit_medians,
+    unit_positions,
+    unit_templates,
+)
 
 log = logging.getLogger(__name__)
 

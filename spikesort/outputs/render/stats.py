@@ -21,7 +21,7 @@ class UnitIndex:
     stops: np.ndarray  # (U,)
 
     @classmethod
-    def build(cls, clusters: np.ndarray, unit_ids: np.ndarray) -> "UnitIndex":
+    def build(cls, clusters: np.ndarray, unit_ids: np.ndarray) -> UnitIndex:
         order = np.argsort(clusters, kind="stable")
         sorted_ids = clusters[order]
         return cls(np.asarray(unit_ids), order, np.searchsorted(sorted_ids, unit_ids),

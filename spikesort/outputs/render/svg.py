@@ -20,8 +20,7 @@ def esc(text) -> str:
 def num(v: float) -> str:
     """A coordinate with at most one decimal, no trailing zeros, no '-0'."""
     s = f"{float(v):.1f}"
-    if s.endswith(".0"):
-        s = s[:-2]
+    s = s.removesuffix(".0")
     return "0" if s == "-0" else s
 
 
