@@ -37,7 +37,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     # the `spikesort export` command itself is spikesort.cli.export now
     "spikesort.exporters": ("spikesort.outputs.convert", "spikesort.io.raw_copy", "spikesort.atomic",
                             "spikesort.cli.export"),
-    "spikesort.report": ("spikesort.outputs.report", "spikesort.outputs.figures", "spikesort.outputs.folder"),
+    "spikesort.report": ("spikesort.outputs.report", "spikesort.outputs.render.stats", "spikesort.outputs.folder"),
     "spikesort.cli_batch": ("spikesort.cli.batch",),
 }
 

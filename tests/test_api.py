@@ -158,8 +158,8 @@ def test_output_paths_and_report(run):
     assert r.log_file == (log_file if log_file.is_file() else None)
     page = r.make_report()
     assert r.report_html == page == run.folder / "report" / "summary.html"
-    pages = sorted(p.name for p in page.parent.glob("unit_*.png"))
-    assert pages == [f"unit_{u}.png" for u in r.unit_ids]
+    pages = sorted(p.name for p in page.parent.glob("unit_*.html"))
+    assert pages == sorted(f"unit_{u}.html" for u in r.unit_ids)
 
 
 def test_empty_result_table_and_sorting(tmp_path):
