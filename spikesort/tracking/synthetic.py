@@ -30,6 +30,7 @@ class ChronicSession:
     displacement_um: np.ndarray  # (U,) depth displacement of each present neuron vs session 0
     rigid_um: float  # the session's rigid displacement vs session 0
     gradient: float  # extra displacement per µm of depth (non-rigid part), vs session 0
+    depth_um: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (U,) neuron depths on this session's probe
     rates_hz: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
@@ -104,7 +105,8 @@ def make_chronic_sessions(*, n_sessions: int = 5, n_units: int = 30, n_channels:
             templates=templates, ms_before=MS_BEFORE, ms_after=MS_AFTER,
             noise_kwargs=dict(noise_levels=noise_uv, strategy="on_the_fly"), seed=seed * 1000 + k + 1)
         sessions.append(ChronicSession(index=k, recording=rec, gt_sorting=gt, neuron_ids=present.copy(),
-                                       displacement_um=disp, rigid_um=rigid, gradient=grad, rates_hz=rates))
+                                       displacement_um=disp, rigid_um=rigid, gradient=grad, rates_hz=rates,
+                                       depth_um=loc[:, 1].copy()))
     return probe, sessions
 
 
