@@ -54,8 +54,9 @@ def moved_waveforms(waveforms: np.ndarray, src: np.ndarray, dst: np.ndarray, shi
 
 def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(U_A, U_B) cosine similarity of flattened waveforms."""
-    fa = a.reshape(a.shape[0], -1)
-    fb = b.reshape(b.shape[0], -1)
+    # one dtype, contiguous: numpy's mixed float32/float64 product takes a path 100x slower
+    fa = np.ascontiguousarray(a.reshape(a.shape[0], -1), dtype=np.float64)
+    fb = np.ascontiguousarray(b.reshape(b.shape[0], -1), dtype=np.float64)
     na = np.linalg.norm(fa, axis=1)
     nb = np.linalg.norm(fb, axis=1)
     return (fa @ fb.T) / np.maximum(np.outer(na, nb), 1e-12)

@@ -45,6 +45,7 @@ class TrackingResult:
     pairs: list[PairResult]
     models: list[MatchModel | None] = field(repr=False)
     output: Path | None = None
+    units: list[SessionUnits] = field(default_factory=list, repr=False)  # what was read from each folder
 
     @property
     def n_tracks(self) -> int:
@@ -134,6 +135,20 @@ def track(folders, output=None, *, max_shift_um: float = 150.0, max_skip: int = 
         from .outputs import check_output
 
         check_output(out, overwrite=overwrite)
+    from threadpoolctl import threadpool_limits
+
+    # many small products: one BLAS thread is faster than several fighting over the cores
+    with threadpool_limits(limits=1, user_api="blas"):
+        result = _track(folders, labels, out, max_shift_um=max_shift_um, max_skip=max_skip, threshold=threshold,
+                        nonrigid=nonrigid)
+    if out is not None:
+        from .outputs import write_outputs
+
+        write_outputs(result, result.units, out, figure=figure)
+    return result
+
+
+def _track(folders, labels, out, *, max_shift_um, max_skip, threshold, nonrigid) -> TrackingResult:
     t0 = time.perf_counter()
     sessions = [read_session(f, label=lab) for f, lab in zip(folders, labels)]
     check_same_probe(sessions)
@@ -168,12 +183,8 @@ def track(folders, output=None, *, max_shift_um: float = 150.0, max_skip: int = 
         for k, (s, u, p) in enumerate(chain):
             rows_out.append(TrackRow(track_id=tid, session=labels[s], unit_id=int(sessions[s].unit_ids[u]),
                                      probability=first_p if k == 0 else p))
-    result = TrackingResult(sessions=labels, rows=rows_out, pairs=pairs, models=models, output=out)
+    result = TrackingResult(sessions=labels, rows=rows_out, pairs=pairs, models=models, output=out, units=sessions)
     _log_summary(result, sessions, chains, time.perf_counter() - t0)
-    if out is not None:
-        from .outputs import write_outputs
-
-        write_outputs(result, sessions, out, figure=figure)
     return result
 
 

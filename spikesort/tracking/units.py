@@ -151,7 +151,7 @@ def read_session(folder, *, label: str | None = None) -> SessionUnits:
 def _aligned_like(reference: np.ndarray, waveforms: np.ndarray, n_before: int, n_after: int) -> np.ndarray:
     """Cut ``waveforms`` around the trough of ``reference``'s largest channel (same shape; zero-padded)."""
     u, nt, c = reference.shape
-    out = np.zeros((u, n_before + n_after, c), dtype=np.float32)
+    out = np.zeros((u, n_before + n_after, c), dtype=np.float64)
     for k in range(u):
         best = int(np.argmax(np.ptp(reference[k], axis=0)))
         t0 = int(np.argmax(np.abs(reference[k, :, best]))) - n_before
