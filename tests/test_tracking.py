@@ -61,15 +61,17 @@ def write_spikesort_like(folder, chan, templates_uv, ids, rng):
     t, u = _spikes(rng, k)
     wm = np.eye(c)
     n = t.size
+    cids = np.unique(ids)
+    m = cids.size
     write_phy_folder(folder, PhyData(
         spike_times=t, spike_templates=u, amplitudes=rng.normal(1, 0.05, n), templates=templates_uv.astype(np.float32),
         whitening_mat=wm, whitening_mat_inv=wm, channel_map=np.arange(c), channel_positions=chan,
         pc_features=rng.normal(size=(n, 3, 4)), pc_feature_ind=np.tile(np.arange(4), (k, 1)),
         template_features=np.ones((n, 2)), template_feature_ind=np.column_stack([np.arange(k), (np.arange(k) + 1) % k]),
         similar_templates=np.eye(k), spike_positions=np.zeros((n, 2)),
-        cluster_tables=dict(KSLabel=["good"] * k, ContamPct=[0.0] * k, Amplitude=[1.0] * k),
+        cluster_tables=dict(KSLabel=["good"] * m, ContamPct=[0.0] * m, Amplitude=[1.0] * m),
         dat_path=None, n_channels_dat=c, dtype="int16", sample_rate=FS, spike_clusters=np.asarray(ids)[u],
-        cluster_ids=np.asarray(ids)))
+        cluster_ids=cids))
 
 
 def write_kilosort_like(folder, chan, templates_uv, rng, *, noise_unit=None):
@@ -252,3 +254,22 @@ def test_end_to_end_sorted_synthetic_sessions(tmp_path):
     assert score["false_fraction"] <= 0.05
     true_shift = sessions[1].rigid_um - sessions[0].rigid_um
     assert abs(float(np.median(result.motion(0).shifts_um)) - true_shift) < 5.0
+
+
+def test_a_curated_cluster_of_two_templates_is_their_count_weighted_mean(tmp_path):
+    from spikesort.tracking.units import read_session
+
+    rng = np.random.default_rng(2)
+    chan = _probe()
+    locs, params = _neurons()
+    tpl = _templates_uv(chan, locs, params, np.array([0, 1, 2]), 0.0)
+    tpl[1] = tpl[0] * 0.5  # template 1: the same shape at half the size, merged into cluster 7 with template 0
+    write_spikesort_like(tmp_path / "f", chan, tpl, [7, 7, 9], rng)
+    s = read_session(tmp_path / "f")
+    assert s.unit_ids.tolist() == [7, 9]
+    st = np.load(tmp_path / "f" / "spike_templates.npy")
+    amps = np.load(tmp_path / "f" / "amplitudes.npy")
+    sel = st < 2
+    want = (amps[sel & (st == 0)].sum() + 0.5 * amps[sel & (st == 1)].sum()) / sel.sum()
+    got = np.ptp(s.waveforms[0], axis=0).max() / np.ptp(tpl[0], axis=0).max()
+    assert got == pytest.approx(want, rel=1e-3)
