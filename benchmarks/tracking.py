@@ -3,9 +3,10 @@
     python -m benchmarks.tracking [--cache DIR] [--sessions 5] [--units 40] [--duration 60] [--no-nonrigid]
 
 Per case: 5 sessions of one population (fixed templates per neuron), a rigid probe shift of up to
-100 µm between sessions (plus a depth gradient on a long probe in the non-rigid case), 20 % of
-the neurons replaced at each session, firing rates changed by up to ±50 %, new noise. Generated
-recordings and sortings are cached under --cache. Prints one markdown table.
+100 µm between sessions (in the rigid case sessions 2 -> 3 exactly +100 µm; a depth gradient on a
+long probe in the non-rigid case), 20 % of the neurons replaced at each session, firing rates
+changed by up to ±50 %, new noise. Generated recordings and sortings are cached under --cache.
+Prints one markdown table.
 """
 from __future__ import annotations
 
@@ -19,17 +20,19 @@ from pathlib import Path
 import numpy as np
 
 CASES = {
-    "rigid, 64 ch (787 µm)": dict(n_channels=64, gradient=0.0),
+    # one consecutive step fixed at +100 µm (sessions 2 -> 3): the largest motion of the goal, always exercised
+    "rigid, 64 ch (787 µm)": dict(n_channels=64, gradient=0.0, fixed_step=(3, 100.0)),
     "non-rigid, 128 ch (1587 µm)": dict(n_channels=128, gradient=0.05),
 }
 
 
-def _sorted_sessions(case_dir: Path, *, n_sessions, n_units, n_channels, duration_s, gradient, seed):
+def _sorted_sessions(case_dir: Path, *, n_sessions, n_units, n_channels, duration_s, gradient, seed, fixed_step=None):
     import spikesort
     from spikesort.tracking.synthetic import make_chronic_sessions, save_int16, sorted_to_neurons
 
     _, sessions = make_chronic_sessions(n_sessions=n_sessions, n_units=n_units, n_channels=n_channels,
-                                        duration_s=duration_s, max_shift_um=100.0, gradient=gradient, seed=seed)
+                                        duration_s=duration_s, max_shift_um=100.0, gradient=gradient,
+                                        fixed_step=fixed_step, seed=seed)
     folders, truth, sort_s = [], [], []
     for s in sessions:
         rec_dir, out = case_dir / f"rec{s.index}", case_dir / f"session{s.index}"
@@ -108,7 +111,10 @@ def main(argv=None) -> int:
     for name, kw in CASES.items():
         if args.no_nonrigid and kw["gradient"]:
             continue
-        tag = f"{kw['n_channels']}ch_g{kw['gradient']:g}_s{args.sessions}_u{args.units}_d{args.duration:g}_seed{args.seed}"
+        tag = (f"{kw['n_channels']}ch_g{kw['gradient']:g}_s{args.sessions}_u{args.units}_d{args.duration:g}"
+               f"_seed{args.seed}")
+        if kw.get("fixed_step"):
+            tag += f"_step{kw['fixed_step'][0]}x{kw['fixed_step'][1]:g}"
         rows.append(run_case(name, args.cache / tag, n_sessions=args.sessions, n_units=args.units,
                              duration_s=args.duration, seed=args.seed, **kw))
         logging.getLogger("benchmarks.tracking").warning("%s done", name)

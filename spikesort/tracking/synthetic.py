@@ -55,17 +55,23 @@ def _neuron_params(rng, n: int) -> dict:
 def make_chronic_sessions(*, n_sessions: int = 5, n_units: int = 30, n_channels: int = 64, duration_s: float = 60.0,
                           max_shift_um: float = 100.0, gradient: float = 0.0, replace_fraction: float = 0.2,
                           rate_change: float = 0.5, noise_uv: float = 5.0, margin_um: float | None = None,
-                          sampling_frequency: float = 30000.0, seed: int = 0) -> tuple[object, list[ChronicSession]]:
+                          fixed_step: tuple[int, float] | None = None, sampling_frequency: float = 30000.0,
+                          seed: int = 0) -> tuple[object, list[ChronicSession]]:
     """The probe and ``n_sessions`` sessions of ``n_units`` neurons each (lazy recordings).
 
     Session displacements vs session 0 are drawn in ±max_shift_um/2, so that consecutive sessions
     differ by up to ``max_shift_um``. ``gradient`` adds a depth-proportional part (non-rigid),
     drawn in ±gradient per session. ``margin_um`` keeps neurons away from the probe ends
-    (default: max_shift_um/2 + 40 µm).
+    (default: max_shift_um/2 + 40 µm). ``fixed_step=(k, step)`` (k >= 2): sessions k-1 and k sit at
+    -step/2 and +step/2 (rigid), so that one consecutive step is exactly ``step`` (the others drawn;
+    the same random draws as without it).
     """
     from spikeinterface.core.generate import generate_sorting, generate_templates
     from spikeinterface.generation import generate_ground_truth_recording
 
+    if fixed_step is not None and not 2 <= fixed_step[0] < n_sessions:
+        raise ValueError(f"fixed_step's session must be in 2..{n_sessions - 1} (session 0 is the reference), "
+                         f"got {fixed_step[0]}")
     rng = np.random.default_rng(seed)
     probe = chronic_probe(n_channels=n_channels)
     pos = probe.contact_positions[:, :2]
@@ -88,6 +94,8 @@ def make_chronic_sessions(*, n_sessions: int = 5, n_units: int = 30, n_channels:
             present = np.sort(np.concatenate([np.delete(present, gone), np.arange(next_id, next_id + n_new)]))
             next_id += n_new
         rigid = 0.0 if k == 0 else float(rng.uniform(-max_shift_um / 2, max_shift_um / 2))
+        if fixed_step is not None and k in (fixed_step[0] - 1, fixed_step[0]):
+            rigid = fixed_step[1] / 2 * (1 if k == fixed_step[0] else -1)
         grad = 0.0 if k == 0 or gradient == 0 else float(rng.uniform(-gradient, gradient))
         disp = rigid + grad * (locations[present, 1] - y_mid)
         loc = locations[present].copy()
