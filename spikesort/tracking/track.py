@@ -13,7 +13,7 @@ from spikesort.errors import SpikesortError
 from .assign import Link, TrackRow, assign_pairs, build_tracks
 from .calibrate import MatchModel, fit_session_model, match_probability
 from .compare import pair_features
-from .motion import Motion, refine_motion, scan_rigid
+from .motion import Motion, is_nonrigid, refine_motion, scan_blocks, scan_rigid
 from .units import SessionUnits, read_session
 
 log = logging.getLogger(__name__)
@@ -95,19 +95,22 @@ def match_pair(a: SessionUnits, b: SessionUnits, ia: int, ib: int, models: list[
                rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> PairResult:
     """Motion and one-to-one links between two sessions (optionally restricted to rows x cols)."""
     t0 = time.perf_counter()
-    shift, _ = scan_rigid(a, b, max_shift_um=max_shift_um)
-    motion = Motion.constant(shift, float(np.mean(_span(a))))
+    if is_nonrigid(_span(a), nonrigid):
+        motion = scan_blocks(a, b, max_shift_um=max_shift_um, span_um=_span(a))
+    else:
+        shift, _ = scan_rigid(a, b, max_shift_um=max_shift_um)
+        motion = Motion.constant(shift, float(np.mean(_span(a))))
     prob = np.zeros((a.n_units, b.n_units))
     links: list[tuple[int, int, float]] = []
     if a.n_units and b.n_units:
-        # twice: the rigid scan gives pairs, their depth differences give the refined (non-rigid) motion
+        # twice: the scan gives pairs, their depth differences refine the motion
         for _ in range(2):
             prob = _probabilities(a, b, motion.at(a.positions[:, 1]), models)
             links = assign_pairs(prob, threshold=threshold)
             ua = np.array([i for i, _, _ in links], dtype=np.int64)
             ub = np.array([j for _, j, _ in links], dtype=np.int64)
             dy = b.positions[ub, 1] - a.positions[ua, 1]
-            motion = refine_motion(a.positions[ua, 1], dy, span_um=_span(a), prior=shift, nonrigid=nonrigid)
+            motion = refine_motion(a.positions[ua, 1], dy, prior=motion)
         prob = _probabilities(a, b, motion.at(a.positions[:, 1]), models)
         links = assign_pairs(prob, threshold=threshold, rows=rows, cols=cols)
     return PairResult(a=ia, b=ib, motion=motion, links=links, seconds=time.perf_counter() - t0, probability=prob)
