@@ -273,3 +273,10 @@ def test_a_curated_cluster_of_two_templates_is_their_count_weighted_mean(tmp_pat
     want = (amps[sel & (st == 0)].sum() + 0.5 * amps[sel & (st == 1)].sum()) / sel.sum()
     got = np.ptp(s.waveforms[0], axis=0).max() / np.ptp(tpl[0], axis=0).max()
     assert got == pytest.approx(want, rel=1e-3)
+
+
+def test_a_likely_link_is_not_traded_for_forced_unlikely_pairs():
+    # every row of the smaller side gets a column: unclipped -log p made (1, 0) + the forced (0, 1) cheaper
+    # than (0, 0) + the forced (1, 1), dropping the 0.95 link
+    prob = np.array([[0.95, 1e-6], [0.9, 1e-9]])
+    assert assign_pairs(prob, threshold=0.5) == [(0, 0, 0.95)]

@@ -44,7 +44,9 @@ def assign_pairs(prob: np.ndarray, *, threshold: float = 0.5, rows: np.ndarray |
     if rows.size == 0 or cols.size == 0:
         return []
     sub = prob[np.ix_(rows, cols)]
-    cost = -np.log(np.clip(sub, 1e-12, 1.0))
+    # a pair under the threshold costs what "no link" costs: the assignment has to pair every unit of
+    # the smaller side, and unclipped costs of those forced pairs would trade a likely link away
+    cost = -np.log(np.clip(sub, max(threshold, 1e-12), 1.0))
     r, c = linear_sum_assignment(cost)
     return [(int(rows[i]), int(cols[j]), float(sub[i, j])) for i, j in zip(r, c) if sub[i, j] >= threshold]
 
