@@ -280,3 +280,50 @@ def test_a_likely_link_is_not_traded_for_forced_unlikely_pairs():
     # than (0, 0) + the forced (1, 1), dropping the 0.95 link
     prob = np.array([[0.95, 1e-6], [0.9, 1e-9]])
     assert assign_pairs(prob, threshold=0.5) == [(0, 0, 0.95)]
+
+
+# a long shank (128 ch, 1587 µm): the probe moves by a rigid part plus a depth gradient (vs session 0)
+NR_NEURONS = 22
+NR_PRESENT = [list(range(0, 20)), list(range(0, 18)) + [20, 21], list(range(2, 18)) + [0, 18, 20, 21]]
+NR_MOTION = [(0.0, 0.0), (25.0, 0.06), (-45.0, -0.05)]  # (rigid µm, gradient µm/µm around the middle)
+
+
+def _nr_displacement(y0, session):
+    rigid, gradient = NR_MOTION[session]
+    return rigid + gradient * (y0 - 793.5)
+
+
+def test_nonrigid_motion_on_a_long_shank_gives_exact_tracks_and_motion_per_block(tmp_path):
+    rng = np.random.default_rng(5)
+    chan = _probe(128)
+    depth = np.linspace(160.0, 1430.0, NR_NEURONS) + rng.uniform(-8, 8, NR_NEURONS)
+    locs = np.column_stack([rng.uniform(-5, 27, NR_NEURONS), depth, rng.uniform(15, 30, NR_NEURONS)])
+    from spikesort.tracking.synthetic import _neuron_params
+
+    params = _neuron_params(rng, NR_NEURONS)
+    folders, truth = [], []
+    for s, present in enumerate(NR_PRESENT):
+        present = np.array(sorted(present))
+        moved = locs.copy()
+        moved[:, 1] += _nr_displacement(locs[:, 1], s)
+        tpl = _templates_uv(chan, moved, params, present, 0.0)
+        ids = list(rng.permutation(present.size) + 1)
+        write_spikesort_like(tmp_path / f"day{s}", chan, tpl, ids, rng)
+        folders.append(str(tmp_path / f"day{s}"))
+        truth.append({int(i): int(n) for i, n in zip(ids, present)})
+    result = track(folders)
+    groups = {}
+    for r in result.rows:
+        s = folders.index(r.session)
+        groups.setdefault(r.track_id, set()).add((s, truth[s][r.unit_id]))
+    want = [{(s, n) for s in range(3) if n in truth[s].values()} for n in range(NR_NEURONS)]
+    assert sorted(map(sorted, groups.values())) == sorted(map(sorted, want))
+    for a, b in [(0, 1), (1, 2)]:
+        motion = result.motion(a, b)
+        assert not motion.rigid and motion.depths_um.size >= 5
+        y0 = np.sort(locs[:, 1])
+        ya = y0 + _nr_displacement(y0, a)
+        true = _nr_displacement(y0, b) - _nr_displacement(y0, a)  # B - A at A's depth ya
+        inside = (motion.depths_um >= ya[0]) & (motion.depths_um <= ya[-1])
+        err = np.abs(motion.shifts_um[inside] - np.interp(motion.depths_um[inside], ya, true))
+        assert err.max() < 4.0, (a, b, motion, err)

@@ -149,7 +149,26 @@ def scan_blocks(a, b, *, max_shift_um: float, span_um: tuple[float, float], step
         if w.sum() > 0:
             depths[j] = float(np.sum(w * y) / w.sum())
     order = np.argsort(depths, kind="stable")
-    return Motion(depths[order], shifts[order])
+    return _extend_to_span(depths[order], shifts[order], span_um)
+
+
+def _extend_to_span(depths: np.ndarray, shifts: np.ndarray, span_um: tuple[float, float]) -> Motion:
+    """Nodes at the span's ends, on the line through each end node and the first node half a block
+    inward: the end blocks' values sit at their units' mean depth, a few hundred µm in from the
+    deepest and shallowest units, and a constant beyond them would miss a depth gradient there."""
+    lo, hi = span_um
+    ends_d, ends_s = [], []
+    for end, idx in ((lo, range(1, depths.size)), (hi, range(depths.size - 2, -1, -1))):
+        e = 0 if end == lo else depths.size - 1
+        far = next((i for i in idx if abs(depths[i] - depths[e]) >= BLOCK_SCAN_UM / 2), None)
+        if far is None or abs(end - depths[e]) < 1.0:
+            continue
+        slope = (shifts[far] - shifts[e]) / (depths[far] - depths[e])
+        ends_d.append(end)
+        ends_s.append(shifts[e] + slope * (end - depths[e]))
+    d = np.concatenate([depths, ends_d])
+    order = np.argsort(d, kind="stable")
+    return Motion(d[order], np.concatenate([shifts, ends_s])[order])
 
 
 def refine_motion(depth_a: np.ndarray, dy: np.ndarray, *, prior: Motion) -> Motion:
