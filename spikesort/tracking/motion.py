@@ -1,11 +1,11 @@
 """Probe motion between two sessions, from the units alone.
 
-Rigid first: for every candidate shift, A's waveforms are moved and each A unit scores its best
-look-alike in B (waveform similarity, damped by the distance left after the shift); the shift with
-the highest total wins. Units present in only one session score low at every shift, so they do
-not pull the estimate. Then matched pairs refine it: the median of their depth differences, and on
-long shanks (span > ``NONRIGID_SPAN_UM``) a smooth depth-dependent shift from Gaussian-weighted
-medians in depth blocks.
+For every candidate shift, A's waveforms are moved and each A unit scores its best look-alike in
+B (waveform similarity, damped by the distance left after the shift); the shift with the highest
+total wins. Units present in only one session score low at every shift, so they do not pull the
+estimate. On long shanks (span > ``NONRIGID_SPAN_UM``) each depth block runs that scan with its own
+units (``scan_blocks``). Then matched pairs refine it: the median of their depth differences
+(rigid), or per block the median of their residuals to the scanned motion.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ __all__ = ["Motion", "scan_rigid", "scan_blocks", "refine_motion", "depth_blocks
            "NONRIGID_SPAN_UM"]
 
 NONRIGID_SPAN_UM = 1000.0
+MIN_NONRIGID_SPAN_UM = 200.0
 BLOCK_SCAN_UM = 400.0  # depth blocks of the non-rigid scan (50 % overlap)
 NEIGHBOUR_WEIGHT = 0.25  # an adjacent block's units count this much in a block's score curve
 RIGID_PSEUDO_UNITS = 1.0  # the mean unit's rigid curve added to every block: a block without units follows it
@@ -80,8 +81,12 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
 
 
 def is_nonrigid(span_um: tuple[float, float], nonrigid: bool | None) -> bool:
-    """Depth-dependent motion: asked for, or (None) on shanks longer than NONRIGID_SPAN_UM."""
-    return bool(span_um[1] - span_um[0] > NONRIGID_SPAN_UM) if nonrigid is None else bool(nonrigid)
+    """Depth-dependent motion: asked for, or (None) on shanks longer than NONRIGID_SPAN_UM; never on
+    contacts spanning less than MIN_NONRIGID_SPAN_UM (no room for two blocks)."""
+    span = span_um[1] - span_um[0]
+    if span < MIN_NONRIGID_SPAN_UM:
+        return False
+    return bool(span > NONRIGID_SPAN_UM) if nonrigid is None else bool(nonrigid)
 
 
 def depth_blocks(span_um: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
