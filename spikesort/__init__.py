@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 _moved.install()
 
-__all__ = ["Params", "SpikesortError", "sort", "SortingResult", "load_result", "__version__"]
+__all__ = ["Params", "SpikesortError", "sort", "SortingResult", "load_result", "track", "__version__"]
 
 
 def __getattr__(name):
@@ -24,4 +24,8 @@ def __getattr__(name):
         from spikesort.outputs.curated import load_result
 
         return load_result
+    if name == "track":
+        from spikesort.tracking import track
+
+        return track
     raise AttributeError(name)

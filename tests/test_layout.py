@@ -23,6 +23,7 @@ LAYERS = {
     "spikesort.kernels": 1, "spikesort.io": 1,
     "spikesort.stages": 2,
     "spikesort.outputs": 3,
+    "spikesort.tracking": 3,
     "spikesort.pipeline": 4,
     "spikesort.si": 5, "spikesort.demo": 5, "spikesort.batch": 5, "spikesort.job": 5,
     "spikesort.cli": 6,
