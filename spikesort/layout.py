@@ -49,3 +49,9 @@ RAW_COPY = "recording.dat"  # `spikesort run --export-raw`: the raw traces besid
 BATCH_SUMMARY = "batch_summary.csv"
 BATCH_LOG = "batch.log"
 BATCH_SCRATCH_DIR = ".spikesort-batch"  # per-recording logs while a sort runs
+
+# spikesort track (in TRACKS)
+TRACKS_CSV = "tracks.csv"
+TRACKS_MOTION_CSV = "motion.csv"
+TRACKING_JSON = "tracking.json"
+TRACKS_PNG = "tracks.png"

@@ -188,13 +188,10 @@ def test_different_probes_are_refused_in_one_line_by_the_cli(tmp_path):
     other = _other_probe_folder(tmp_path, folders)
     with pytest.raises(SpikesortError, match="not sorted on the same probe"):
         track([folders[0], other])
-    direct = runner().invoke(track_command, [folders[0], other, "-o", str(tmp_path / "t1")])
-    main.add_command(track_command)
-    try:
-        grouped = runner().invoke(main, ["track", folders[0], other, "-o", str(tmp_path / "t2")])
-    finally:
-        main.commands.pop("track", None)
-    for res in (direct, grouped):
+    assert main.commands["track"] is track_command
+    grouped = runner().invoke(main, ["track", folders[0], other, "-o", str(tmp_path / "t2")])
+    assert not (tmp_path / "t2").exists()  # refused before anything was written
+    for res in (grouped,):
         assert res.exit_code == 2
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("spikesort: error: ")
@@ -204,13 +201,17 @@ def test_different_probes_are_refused_in_one_line_by_the_cli(tmp_path):
 def test_cli_writes_the_tracks(tmp_path):
     from clitools import runner
 
-    from spikesort.cli.track import track_command
+    from spikesort.cli.app import main
 
     folders, _ = _hand_made(tmp_path)
-    res = runner().invoke(track_command, [*folders, "-o", str(tmp_path / "t"), "-q"])
+    res = runner().invoke(main, ["track", *folders, "-o", str(tmp_path / "t"), "-q"])
     assert res.exit_code == 0, res.stderr
-    assert (tmp_path / "t" / "tracks.csv").is_file() and (tmp_path / "t" / "spikesort_track.log").is_file()
-    assert "tracked 3 sessions" in (tmp_path / "t" / "spikesort_track.log").read_text()
+    assert (tmp_path / "t" / "tracks.csv").is_file() and (tmp_path / "t" / "spikesort.log").is_file()
+    assert "tracked 3 sessions" in (tmp_path / "t" / "spikesort.log").read_text()
+    assert "tracks over 3 sessions" in res.stdout
+    # an earlier result is not replaced without --overwrite
+    again = runner().invoke(main, ["track", *folders, "-o", str(tmp_path / "t")])
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
 
 
 @settings(max_examples=60, deadline=None)

@@ -17,11 +17,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["TRACKS_CSV", "MOTION_CSV", "TRACKING_JSON", "TRACKS_PNG", "TRACK_LOG", "check_output", "write_outputs"]
 
-TRACKS_CSV = "tracks.csv"
-MOTION_CSV = "motion.csv"
-TRACKING_JSON = "tracking.json"
-TRACKS_PNG = "tracks.png"
-TRACK_LOG = "spikesort_track.log"  # written by the command line
+from spikesort.layout import LOG_FILE as TRACK_LOG  # the command's log  # noqa: E402
+from spikesort.layout import TRACKING_JSON, TRACKS_CSV, TRACKS_PNG  # noqa: E402
+from spikesort.layout import TRACKS_MOTION_CSV as MOTION_CSV  # noqa: E402
+
 OUR_FILES = (TRACKS_CSV, MOTION_CSV, TRACKING_JSON, TRACKS_PNG, TRACK_LOG)
 
 
