@@ -60,11 +60,14 @@ def detect_peaks_rows(x, sign, threshold, neighbors, exclusion, rows):
                 continue
             if _is_peak(x, sign, v, t, c, neighbors, exclusion):
                 if n == cap:
+                    # element loops, not slice assignment: a shape-checked copy compiles a
+                    # formatted error message (seconds of compile time)
                     cap *= 2
                     nt_ = np.empty(cap, dtype=np.int64)
                     nc_ = np.empty(cap, dtype=np.int64)
-                    nt_[:n] = times[:n]
-                    nc_[:n] = chans[:n]
+                    for j in range(n):
+                        nt_[j] = times[j]
+                        nc_[j] = chans[j]
                     times = nt_
                     chans = nc_
                 times[n] = t
@@ -73,7 +76,6 @@ def detect_peaks_rows(x, sign, threshold, neighbors, exclusion, rows):
     return times[:n], chans[:n]
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def detect_peaks(x, sign, threshold, neighbors, exclusion, keep_start, keep_stop):
     """Samples where ``sign * x`` exceeds ``threshold`` and is the largest value within
     ``exclusion`` samples on the channel and its ``neighbors`` (rows padded with -1).
@@ -81,9 +83,11 @@ def detect_peaks(x, sign, threshold, neighbors, exclusion, keep_start, keep_stop
     Ties go to the earlier sample, then the lower channel, so equal peaks give one event.
     Only samples in [keep_start, keep_stop) are returned; the rest of ``x`` is context.
     Returns (times, channels), times sorted, channels ascending within a time.
+
+    Plain Python over ``detect_peaks_rows``: a jitted wrapper cost a second compile of it.
     """
-    return detect_peaks_rows(x, sign, threshold, neighbors, exclusion,
-                             np.arange(max(0, keep_start), min(x.shape[0], keep_stop)))
+    rows = np.arange(max(0, int(keep_start)), min(x.shape[0], int(keep_stop)), dtype=np.int64)
+    return detect_peaks_rows(x, float(sign), float(threshold), neighbors, int(exclusion), rows)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
