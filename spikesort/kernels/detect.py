@@ -103,7 +103,8 @@ def project_neighborhoods(x, times, chans, neighbors, bases, pre):
     m = neighbors.shape[1]
     k_b, nt = bases.shape
     n_t = x.shape[0]
-    out = np.zeros((n, m, k_b), dtype=np.float32)
+    out = np.empty((n, m, k_b), dtype=np.float32)
+    out[:] = 0
     for i in range(n):
         start = times[i] - pre
         if start < 0 or start + nt > n_t:
@@ -152,7 +153,8 @@ def temporal_filter(x, h, pre, scale):
     nh = h.shape[0]
     y = np.empty((n_t, n_c), dtype=np.float32)
     # zero-padded taps: output row t + k takes input row t - pre + j with h[j - k] = hp[j - k + 3]
-    hp = np.zeros(nh + 8, dtype=np.float32)
+    hp = np.empty(nh + 8, dtype=np.float32)
+    hp[:] = 0
     for i in range(nh):
         hp[i + 3] = h[i]
     a0 = np.empty(n_c, dtype=np.float32)

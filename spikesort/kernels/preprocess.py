@@ -59,7 +59,8 @@ def sosfiltfilt_rows(x, sos, zi, padlen, demean):
     ``demean`` each channel's mean is subtracted first (in the copy to the padded buffer, which
     saves a pass over the chunk). Returns a view of a new array; x is not changed."""
     n_t, n_c = x.shape
-    mean = np.zeros(n_c, dtype=np.float64)
+    mean = np.empty(n_c, dtype=np.float64)
+    mean[:] = 0
     if demean and n_t > 0:
         for t in range(n_t):
             for c in range(n_c):
