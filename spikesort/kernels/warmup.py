@@ -18,7 +18,7 @@ import threading
 
 log = logging.getLogger(__name__)
 
-# rough compile seconds per kernel on one core (measured on the 2-core CI machine, numba 0.68)
+# rough compile CPU seconds per kernel (numba 0.68, measured on a busy 2-core dev VM): the note's N
 _COMPILE_S = {
     "sosfiltfilt_rows": 1.5, "_median_rows_network": 0.6, "_subtract_rows": 0.2, "quantize_int16": 0.4,
     "temporal_filter": 1.6, "detect_peaks_rows": 1.0, "project_neighborhoods": 0.5, "two_means_labels": 0.8,
