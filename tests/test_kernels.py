@@ -6,6 +6,8 @@ so no extra numba specialisation is compiled.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -906,3 +908,47 @@ def test_two_means_separates_two_clouds_and_handles_degenerate_input():
     # every row on the first centre: one cluster, no error
     np.testing.assert_array_equal(two_means_labels(np.ones((10, 2)), 3, 0.7, 30), 0)
     assert two_means_labels(np.zeros((0, 2)), 0, 0.5, 30).shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------------
+# compile warm-up: the note a cold numba cache gets (issue 16)
+# ---------------------------------------------------------------------------------------------
+
+def test_warm_up_note_once_per_process_when_cold(monkeypatch, caplog):
+    from spikesort.kernels import warmup
+
+    compiled = []
+    monkeypatch.setattr(warmup, "_done", False)
+    monkeypatch.setattr(warmup, "_cached", lambda d, sig: False)
+    monkeypatch.setattr(warmup, "_compile", lambda kernels: compiled.extend(kernels))
+    with caplog.at_level("INFO", logger="spikesort.kernels.warmup"):
+        seconds = warmup.warm_up_note()
+        assert warmup.warm_up_note() == 0.0  # once per process
+    for t in threading.enumerate():
+        if t.name == "spikesort-kernel-warm-up":
+            t.join()
+    assert seconds > 0
+    assert [r.getMessage() for r in caplog.records] == [f"compiling kernels (first run only, about {seconds:.0f} s)"]
+    assert len(compiled) == len(warmup._kernels())
+
+
+def test_warm_up_note_silent_when_cached(monkeypatch, caplog):
+    from spikesort.kernels import warmup
+
+    monkeypatch.setattr(warmup, "_done", False)
+    monkeypatch.setattr(warmup, "_cached", lambda d, sig: True)
+    monkeypatch.setattr(warmup, "_compile", lambda kernels: pytest.fail("nothing to compile"))
+    with caplog.at_level("INFO", logger="spikesort.kernels.warmup"):
+        assert warmup.warm_up_note() == 0.0
+    assert caplog.records == []
+
+
+def test_warm_up_signatures_are_the_call_sites_types():
+    """The warm-up compiles what the pipeline calls: a kernel compiled by the calls in this file
+    (whose argument types match the call sites) has the warm-up's signature among its own."""
+    from spikesort.kernels import warmup
+
+    for dispatcher, sig in warmup._kernels():
+        assert warmup._cached(dispatcher, sig) in (True, False, None)  # reads numba's index, compiles nothing
+        if dispatcher.signatures:
+            assert sig in dispatcher.signatures, (dispatcher, dispatcher.signatures)

@@ -3,3 +3,8 @@
 # fastmath lets numba vectorise the float reductions; contract/reassoc only, so NaN and inf
 # checks elsewhere keep their meaning
 FASTMATH = {"contract", "reassoc", "arcp"}
+
+# Compile time (issue 16): kernels allocate with np.empty and fill with ``a[:] = v`` rather than
+# np.zeros/np.full (each of those overloads compiles two or three more functions per dtype and
+# shape), copy with element loops rather than slice assignment (a shape-checked copy compiles a
+# formatted error message), and are called with one set of argument types each.

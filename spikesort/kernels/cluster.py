@@ -15,7 +15,8 @@ def two_means_labels(x, first, u, n_iter):
     to it first exceeds ``u`` (uniform in [0, 1)) of its total, or row 0 when every row sits on
     the first centre. Ties in the assignment go to centre 0."""
     n, d = x.shape
-    lab = np.zeros(n, dtype=np.int64)
+    lab = np.empty(n, dtype=np.int64)
+    lab[:] = 0
     if n == 0:
         return lab
     cent = np.empty((2, d), dtype=np.float64)
@@ -40,8 +41,10 @@ def two_means_labels(x, first, u, n_iter):
                 break
     for j in range(d):
         cent[1, j] = x[second, j]
-    sums = np.zeros((2, d), dtype=np.float64)
-    counts = np.zeros(2, dtype=np.int64)
+    sums = np.empty((2, d), dtype=np.float64)
+    sums[:] = 0
+    counts = np.empty(2, dtype=np.int64)
+    counts[:] = 0
     for it in range(n_iter):
         changed = False
         for i in range(n):

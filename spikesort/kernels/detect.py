@@ -60,11 +60,14 @@ def detect_peaks_rows(x, sign, threshold, neighbors, exclusion, rows):
                 continue
             if _is_peak(x, sign, v, t, c, neighbors, exclusion):
                 if n == cap:
+                    # element loops, not slice assignment: a shape-checked copy compiles a
+                    # formatted error message (seconds of compile time)
                     cap *= 2
                     nt_ = np.empty(cap, dtype=np.int64)
                     nc_ = np.empty(cap, dtype=np.int64)
-                    nt_[:n] = times[:n]
-                    nc_[:n] = chans[:n]
+                    for j in range(n):
+                        nt_[j] = times[j]
+                        nc_[j] = chans[j]
                     times = nt_
                     chans = nc_
                 times[n] = t
@@ -73,7 +76,6 @@ def detect_peaks_rows(x, sign, threshold, neighbors, exclusion, rows):
     return times[:n], chans[:n]
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def detect_peaks(x, sign, threshold, neighbors, exclusion, keep_start, keep_stop):
     """Samples where ``sign * x`` exceeds ``threshold`` and is the largest value within
     ``exclusion`` samples on the channel and its ``neighbors`` (rows padded with -1).
@@ -81,9 +83,11 @@ def detect_peaks(x, sign, threshold, neighbors, exclusion, keep_start, keep_stop
     Ties go to the earlier sample, then the lower channel, so equal peaks give one event.
     Only samples in [keep_start, keep_stop) are returned; the rest of ``x`` is context.
     Returns (times, channels), times sorted, channels ascending within a time.
+
+    Plain Python over ``detect_peaks_rows``: a jitted wrapper cost a second compile of it.
     """
-    return detect_peaks_rows(x, sign, threshold, neighbors, exclusion,
-                             np.arange(max(0, keep_start), min(x.shape[0], keep_stop)))
+    rows = np.arange(max(0, int(keep_start)), min(x.shape[0], int(keep_stop)), dtype=np.int64)
+    return detect_peaks_rows(x, float(sign), float(threshold), neighbors, int(exclusion), rows)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
@@ -99,7 +103,8 @@ def project_neighborhoods(x, times, chans, neighbors, bases, pre):
     m = neighbors.shape[1]
     k_b, nt = bases.shape
     n_t = x.shape[0]
-    out = np.zeros((n, m, k_b), dtype=np.float32)
+    out = np.empty((n, m, k_b), dtype=np.float32)
+    out[:] = 0
     for i in range(n):
         start = times[i] - pre
         if start < 0 or start + nt > n_t:
@@ -148,7 +153,8 @@ def temporal_filter(x, h, pre, scale):
     nh = h.shape[0]
     y = np.empty((n_t, n_c), dtype=np.float32)
     # zero-padded taps: output row t + k takes input row t - pre + j with h[j - k] = hp[j - k + 3]
-    hp = np.zeros(nh + 8, dtype=np.float32)
+    hp = np.empty(nh + 8, dtype=np.float32)
+    hp[:] = 0
     for i in range(nh):
         hp[i + 3] = h[i]
     a0 = np.empty(n_c, dtype=np.float32)

@@ -42,10 +42,14 @@ def best_matches(r, times, chans, values_t, channels, norm2, chan_templates, pre
     s_max = channels.shape[1]
     nt = values_t.shape[2]
     q = chan_templates.shape[1]
-    best_k = np.full(n, -1, dtype=np.int64)
-    best_t = np.zeros(n, dtype=np.int64)
-    best_a = np.zeros(n, dtype=np.float32)
-    best_g = np.full(n, -np.inf, dtype=np.float32)
+    best_k = np.empty(n, dtype=np.int64)
+    best_k[:] = -1
+    best_t = np.empty(n, dtype=np.int64)
+    best_t[:] = 0
+    best_a = np.empty(n, dtype=np.float32)
+    best_a[:] = 0
+    best_g = np.empty(n, dtype=np.float32)
+    best_g[:] = -np.inf
     patch = np.empty((s_max, nt + 2 * max_lag), dtype=np.float32)
     for i in range(n):
         c = chans[i]
@@ -97,8 +101,10 @@ def best_matches(r, times, chans, values_t, channels, norm2, chan_templates, pre
 def select_non_overlapping(order, ks, ts, channels, pre, nt, n_t, n_c):
     """Greedy pick in the given order (best gain first) of fits whose windows share no
     (sample, channel) with a fit already picked; the rest wait for the next round."""
-    claimed = np.zeros((n_t, n_c), dtype=np.bool_)
-    keep = np.zeros(ks.shape[0], dtype=np.bool_)
+    claimed = np.empty((n_t, n_c), dtype=np.bool_)
+    claimed[:] = False
+    keep = np.empty(ks.shape[0], dtype=np.bool_)
+    keep[:] = False
     s_max = channels.shape[1]
     for oi in range(order.shape[0]):
         i = order[oi]
@@ -155,7 +161,8 @@ def template_projections(x, times, ind, values, channels, norm2, pre):
     n, j_max = ind.shape
     nt = values.shape[1]
     n_t = x.shape[0]
-    out = np.zeros((n, j_max), dtype=np.float32)
+    out = np.empty((n, j_max), dtype=np.float32)
+    out[:] = 0
     for i in range(n):
         start = times[i] - pre
         if start < 0 or start + nt > n_t:

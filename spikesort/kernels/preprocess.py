@@ -59,7 +59,8 @@ def sosfiltfilt_rows(x, sos, zi, padlen, demean):
     ``demean`` each channel's mean is subtracted first (in the copy to the padded buffer, which
     saves a pass over the chunk). Returns a view of a new array; x is not changed."""
     n_t, n_c = x.shape
-    mean = np.zeros(n_c, dtype=np.float64)
+    mean = np.empty(n_c, dtype=np.float64)
+    mean[:] = 0
     if demean and n_t > 0:
         for t in range(n_t):
             for c in range(n_c):
@@ -75,8 +76,10 @@ def sosfiltfilt_rows(x, sos, zi, padlen, demean):
         for c in range(n_c):
             ext[padlen - 1 - p, c] = 2 * ext[padlen, c] - ext[padlen + p + 1, c]
             ext[padlen + n_t + p, c] = 2 * ext[padlen + n_t - 1, c] - ext[padlen + n_t - 2 - p, c]
-    _sos_pass(ext, sos, zi, False)
-    _sos_pass(ext, sos, zi, True)
+    # forward, then backward; ``direction == 1`` is a run-time bool: the constants False and True
+    # would compile _sos_pass twice, once per literal value
+    for direction in range(2):
+        _sos_pass(ext, sos, zi, direction == 1)
     return ext[padlen: padlen + n_t]
 
 

@@ -1,0 +1,114 @@
+"""The kernels' compile cost on a cold numba cache (issue 16): say it, and pay it in the background.
+
+The first sort after an install compiles every kernel (numba caches the machine code on disk,
+so later runs load it in milliseconds). ``warm_up_note`` runs once per process where the
+pipeline starts: when any kernel's cache entry is missing it logs one INFO line and compiles the
+missing kernels, in the order the pipeline needs them, on a background thread. Most of a
+compile is LLVM, which runs without the GIL, so the sort's own threads keep working meanwhile;
+a stage that reaches a kernel still being compiled waits for it (numba's compiler lock), which
+is never slower than compiling it there.
+
+The signatures below are the argument types the pipeline passes (one per kernel); a call with
+other types still works, it compiles its own specialisation.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+log = logging.getLogger(__name__)
+
+# rough compile CPU seconds per kernel (numba 0.68, measured on a busy 2-core dev VM): the note's N
+_COMPILE_S = {
+    "sosfiltfilt_rows": 1.5, "_median_rows_network": 0.6, "_subtract_rows": 0.2, "quantize_int16": 0.4,
+    "temporal_filter": 1.6, "detect_peaks_rows": 1.0, "project_neighborhoods": 0.5, "two_means_labels": 0.8,
+    "gather_windows": 0.3, "best_matches": 0.9, "select_non_overlapping": 0.4, "subtract_templates": 0.3,
+    "subtract_filtered": 0.3, "template_projections": 0.4,
+}
+_FIRST_COMPILE_S = 1.0  # numba's own set-up and the shared allocation helpers, paid once
+
+_done = False
+_lock = threading.Lock()
+
+
+def _kernels() -> list[tuple[object, tuple]]:
+    """(dispatcher, argument types) of every kernel a sort calls, in the order it first calls them."""
+    from numba import types as nt
+
+    from . import cluster, detect, match, preprocess
+
+    f32_1, f32_2, f32_3 = nt.float32[::1], nt.float32[:, ::1], nt.float32[:, :, ::1]
+    f64_2, i64_1, i64_2 = nt.float64[:, ::1], nt.int64[::1], nt.int64[:, ::1]
+    i16_2_ro = nt.Array(nt.int16, 2, "C", readonly=True)  # the traces store, a read-only memmap
+    i64, f64 = nt.int64, nt.float64
+    return [
+        (preprocess.sosfiltfilt_rows, (f32_2, f64_2, f64_2, i64, nt.boolean)),
+        (preprocess._median_rows_network, (f32_2, i64_1, i64_2, i64, i64, f32_1)),
+        (preprocess._subtract_rows, (f32_2, f32_1)),
+        (preprocess.quantize_int16, (f32_2, nt.float32)),
+        (detect.temporal_filter, (f32_2, f32_1, i64, f32_1)),
+        (detect.detect_peaks_rows, (f32_2, f64, f64, i64_2, i64, i64_1)),
+        (detect.project_neighborhoods, (f32_2, i64_1, i64_1, i64_2, f32_2, i64)),
+        (cluster.two_means_labels, (f64_2, i64, f64, i64)),
+        (preprocess.gather_windows, (i16_2_ro, i64_1, i64_1, nt.float32, f32_3)),
+        (match.best_matches, (f32_2, i64_1, i64_1, f32_3, i64_2, f32_1, i64_2, i64, i64, f64, f64)),
+        (match.select_non_overlapping, (i64_1, i64_1, i64_1, i64_2, i64, i64, i64, i64)),
+        (match.subtract_templates, (f32_2, i64_1, i64_1, f32_1, f32_3, i64_2, i64)),
+        (match.subtract_filtered, (f32_2, i64_1, i64_1, f32_1, f32_3, i64_2, f32_1)),
+        (match.template_projections, (f32_2, i64_1, i64_2, f32_3, i64_2, f32_1, i64)),
+    ]
+
+
+def _cached(dispatcher, sig: tuple) -> bool | None:
+    """Whether numba's disk cache holds ``dispatcher`` compiled for ``sig`` on this machine and
+    this source (None: no disk cache, e.g. an unwritable install folder, or numba disabled).
+
+    numba has no public query for this; the checks mirror ``Cache.load_overload``, and any
+    surprise from numba's internals counts as cached, so the note never claims a compile that
+    does not happen."""
+    if sig in getattr(dispatcher, "overloads", {}):
+        return True
+    cache = getattr(dispatcher, "_cache", None)
+    cache_file = getattr(cache, "_cache_file", None)
+    if cache_file is None:
+        return None  # NullCache: caching is off for this function
+    try:
+        key = cache._index_key(sig, dispatcher.targetctx.codegen())
+        return key in cache_file._load_index()
+    except Exception:  # noqa: BLE001 - a numba internal changed: do not guess
+        log.debug("cannot read numba's cache index for %s", dispatcher, exc_info=True)
+        return True
+
+
+def _compile(kernels: list) -> None:
+    for dispatcher, sig in kernels:
+        try:
+            dispatcher.compile(sig)
+        except Exception:  # noqa: BLE001 - the call in the pipeline compiles (and reports) it again
+            log.debug("warm-up compile of %s%s failed", dispatcher, sig, exc_info=True)
+
+
+def warm_up_note() -> float:
+    """Once per process: when numba's cache lacks some kernels, log 'compiling kernels (first run
+    only, about N s)' and compile them on a background thread. Returns N (0 when all are cached)."""
+    global _done
+    with _lock:
+        if _done:
+            return 0.0
+        _done = True
+    try:
+        kernels = _kernels()
+        state = [(d, sig, _cached(d, sig)) for d, sig in kernels]
+    except Exception:  # noqa: BLE001 - numba missing or disabled (NUMBA_DISABLE_JIT): nothing to warm
+        log.debug("kernel warm-up skipped", exc_info=True)
+        return 0.0
+    cold = [(d, sig) for d, sig, hit in state if not hit]
+    if not cold:
+        return 0.0
+    seconds = _FIRST_COMPILE_S + sum(_COMPILE_S.get(d.py_func.__name__, 0.5) for d, _ in cold)
+    if any(hit is None for _, _, hit in state):
+        log.info("compiling kernels (about %.0f s; numba cannot cache them here, so every run pays this)", seconds)
+    else:
+        log.info("compiling kernels (first run only, about %.0f s)", seconds)
+    threading.Thread(target=_compile, args=(cold,), name="spikesort-kernel-warm-up", daemon=True).start()
+    return seconds
