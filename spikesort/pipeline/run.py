@@ -62,6 +62,10 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
     out.mkdir(parents=True, exist_ok=True)
     from threadpoolctl import threadpool_limits
 
+    from spikesort.kernels.warmup import warm_up_note
+
+    warm_up_note()  # says so when numba must compile the kernels (the first run after install)
+
     try:
         # n_jobs bounds every thread the sort starts, BLAS's included: its own threads beside
         # busy workers (or another job on the machine) made a 30k x 64 covariance take 0.8 s
