@@ -81,12 +81,18 @@ def command_argv(*, binary: dict, probe: Path, output: Path, params: dict | None
 
 def time_command(*, argv: list[str], env: dict, log_path: Path, timeout_s: float | None, poll_s: float = 0.5) -> dict:
     """Run ``argv`` (stdout and stderr to ``log_path``); return status, wall_s (the whole process),
-    peak_rss_mb (polled over the process tree), returncode and the 1-min load before and after."""
+    peak_rss_mb (polled over the process tree), cpu_s (user + system of the command and the workers
+    it waited for: a check on wall times taken on a busy machine), returncode and the 1-min load
+    before and after."""
+    import resource
+
     import psutil
 
     load_before = os.getloadavg()[0]
     peak_mb = 0.0
     timed_out = False
+    # this process runs nothing else meanwhile: its reaped children's CPU time grows by the command's
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -103,6 +109,8 @@ def time_command(*, argv: list[str], env: dict, log_path: Path, timeout_s: float
                 os.killpg(child.pid, 9)
                 child.wait()
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if timed_out:
         status, error = "timeout", f"killed after {timeout_s:.0f} s"
     elif child.returncode != 0:
@@ -110,7 +118,7 @@ def time_command(*, argv: list[str], env: dict, log_path: Path, timeout_s: float
     else:
         status, error = "ok", None
     return {"status": status, "error": error, "returncode": child.returncode, "wall_s": wall, "peak_rss_mb": peak_mb,
-            "load_before": load_before, "load_after": os.getloadavg()[0]}
+            "cpu_s": cpu, "load_before": load_before, "load_after": os.getloadavg()[0]}
 
 
 def report_seconds(*, output: Path) -> float | None:
@@ -173,7 +181,7 @@ def command_rows(*, case: str, folder: Path, binary: dict, work_dir: Path, modes
                    "version": version, "params": dict(params), "duration_s": duration, "minutes": duration / 60,
                    "channels": binary["n_channels"], "source": "run", "result_folder": str(output),
                    "numba_cache_dir": str(numba_dir) if numba_dir is not None else "default",
-                   "command": argv, **{k: report.get(k) for k in ("status", "error", "wall_s", "peak_rss_mb",
+                   "command": argv, **{k: report.get(k) for k in ("status", "error", "wall_s", "cpu_s", "peak_rss_mb",
                                                                    "load_before", "load_after")}}
             row["process_wall_s"] = row["wall_s"]
             if row["status"] == "ok" and row["wall_s"]:

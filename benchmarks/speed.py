@@ -320,26 +320,31 @@ def speed_summary(*, rows: list[dict]) -> SpeedSummary:
 
 
 def _command_lines(*, rows: list[dict], ratios: dict) -> list[str]:
-    """Per case: the command's wall, × real time and report share, cold and warm, beside the
-    peers' whole child process (interpreter, imports and sort; they make no report)."""
+    """Per case: the command's wall, × real time, CPU and report share, cold and warm, beside the
+    whole child process of every sort-call row (interpreter, imports and sort; no report)."""
     lines = []
     for case in dict.fromkeys(r["case"] for r in rows if r.get("kind") == "c"):
         runs = [r for r in rows if r.get("kind") == "c" and r["case"] == case]
         parts = []
         for r in runs:
-            entry = {k: r.get(k) for k in ("status", "wall_s", "x_realtime", "report_s", "report_share", "peak_rss_mb")}
+            entry = {k: r.get(k) for k in ("status", "wall_s", "cpu_s", "x_realtime", "report_s", "report_share",
+                                           "peak_rss_mb")}
             ratios.setdefault("command", {}).setdefault(case, {})[r.get("mode", r["sorter"])] = entry
             if r.get("status") != "ok":
                 parts.append(f"{r.get('mode', r['sorter'])} {r.get('status')}")
                 continue
             report = "" if r.get("report_s") is None else (
                 f", report {r['report_s']:.1f} s = {100 * r['report_share']:.0f}%")
+            cpu = "" if r.get("cpu_s") is None else f", CPU {r['cpu_s']:.1f} s"
             parts.append(f"{r.get('mode', r['sorter'])} {_num(r.get('wall_s'), '.1f')} s "
-                         f"({_num(r.get('x_realtime'), '.2f')}× real time{report})")
-        peers = [r for r in rows if r["case"] == case and r.get("kind") == "a" and not _is_spikesort(r)
-                 and r.get("status") == "ok" and r.get("process_wall_s")]
-        peer = ("; the peers' whole child process (imports and sort, no report): "
-                + ", ".join(f"{r['sorter']} {r['process_wall_s']:.1f} s" for r in peers)) if peers else ""
+                         f"({_num(r.get('x_realtime'), '.2f')}× real time{cpu}{report})")
+        # the sort-call rows' child processes: interpreter, imports and the sort call, no report
+        procs = [r for r in rows if r["case"] == case and r.get("kind") == "a" and r.get("status") == "ok"
+                 and r.get("process_wall_s")]
+        named = [f"{r['sorter']} {r['process_wall_s']:.1f} s"
+                 + ("" if r.get("cpu_s") is None else f" (CPU {r['cpu_s']:.1f} s)") for r in procs]
+        peer = ("; the sorters' whole child processes (imports and sort call, no report): "
+                + ", ".join(named)) if procs else ""
         lines.append(f"spikesort run on {case} as users run it (report included): " + ", ".join(parts) + peer)
     return lines
 
