@@ -8,7 +8,7 @@ built locally), saved as an int16 binary folder with its ground-truth sorting in
 folder, then every sorter runs on that folder in its own subprocess (so wall time and peak
 memory are its own) and is scored with ``compare_sorter_to_ground_truth``.
 
-Peer results (tridesclous2, spykingcircus2, lupin, kilosort4) are cached, keyed by scenario
+Peer results (tridesclous2, spykingcircus2, lupin, kilosort4, herdingspikes) are cached, keyed by scenario
 definition, seed, sorter name, sorter version and parameters; spikesort is always re-run.
 
 Examples::

@@ -49,7 +49,12 @@ def build_parser(*, prog: str | None = None) -> argparse.ArgumentParser:
         "2 s chunks and high-pass it (300 Hz, 3rd-order Butterworth, zero phase, float32) on\n"
         "--floor-threads threads. The table adds floor pass s, sort ÷ floor and per-stage\n"
         "'seconds / peak RSS MB' from spikesort_run.json, and ratio lines under it: × real time,\n"
-        "sort ÷ floor, peak RSS and RSS(longest) ÷ RSS(shortest), each beside the issue's target.",
+        "sort ÷ floor, peak RSS and RSS(longest) ÷ RSS(shortest), each beside the issue's target.\n"
+        "(d) --speed-command: `spikesort run` on each scenario's int16 binary as users run it, in a\n"
+        "subprocess (interpreter start, imports, JIT, sort, Phy folder and report all timed; peak RSS\n"
+        "polled over the process tree): cold = NUMBA_CACHE_DIR a fresh empty folder (every kernel\n"
+        "compiled, as on a first run after install), warm = the same folder again; Python's .pyc files\n"
+        "are warm in both. Its rows add 'report s (share)' from OUT/spikesort.log.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--scenarios", nargs="+", default=None, choices=sorted(SCENARIOS),
@@ -83,6 +88,11 @@ def build_parser(*, prog: str | None = None) -> argparse.ArgumentParser:
                             "(default: 5 10)")
     speed.add_argument("--speed-units", type=int, default=None, metavar="N",
                        help="ground-truth units of the NP1-like recording (default: 150 per 384 channels)")
+    speed.add_argument("--speed-command", nargs="*", default=["cold", "warm"], choices=["cold", "warm"],
+                       metavar="MODE",
+                       help="also time `spikesort run` on each scenario's binary in a subprocess, report included: "
+                            "cold (NUMBA_CACHE_DIR a fresh empty folder), warm (the same folder again); none: skip "
+                            "(default: cold warm)")
     speed.add_argument("--floor-threads", type=int, default=2, metavar="N",
                        help="threads of the floor pass (default: 2)")
     # hidden: a stand-in for spikesort.sort (ground truth degraded in known ways), to test this script
@@ -144,9 +154,10 @@ def speed_main(*, args, scenarios: list[str], cache_dir: Path, work_dir: Path, l
         scenarios=scenarios, seed=args.seeds[0], sorters=args.sorters, cache_dir=cache_dir, work_dir=work_dir,
         rerun_peers=args.rerun_peers, cached_peers_only=args.cached_peers_only, spikesort_params=dict(args.params),
         n_jobs=args.n_jobs, timeout_s=args.timeout, keep_outputs=args.keep_outputs, channels=args.speed_channels,
-        minutes=args.speed_minutes, num_units=args.speed_units, floor_threads=args.floor_threads, log=log)
+        minutes=args.speed_minutes, num_units=args.speed_units, floor_threads=args.floor_threads,
+        command_modes=args.speed_command, log=log)
     for row in rows:
-        if row["sorter"] != "spikesort":
+        if not row["sorter"].startswith("spikesort"):
             row["sorter"] = f"{row['sorter']} {row['version']}"
     summary = speed_summary(rows=rows)
     print(speed_table(rows=rows))

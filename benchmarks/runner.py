@@ -28,7 +28,7 @@ from .scoring import load_sorting_npz, motion_error_um, save_sorting_npz, score_
 # so the child finds this package wherever it is started from
 LAUNCHER = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
-PEER_NAMES = ("tridesclous2", "spykingcircus2", "lupin", "mountainsort5", "kilosort4")
+PEER_NAMES = ("tridesclous2", "spykingcircus2", "lupin", "mountainsort5", "kilosort4", "herdingspikes")
 ALL_SORTERS = ("spikesort",) + PEER_NAMES
 # peer parameters on top of each sorter's defaults
 PEER_PARAMS = {
@@ -37,7 +37,12 @@ PEER_PARAMS = {
     "lupin": {},
     "mountainsort5": {},
     "kilosort4": {"torch_device": "cpu"},
+    "herdingspikes": {},  # HerdingSpikes2, a fast CPU detector and clusterer: the speed peer
 }
+# sorters that read channel positions from a "location" channel property of the recording their
+# sorter process loads back from the folder (spikeinterface dumps the recording without its
+# in-memory properties): they get a view of the folder that carries one
+NEEDS_LOCATION_PROPERTY = ("herdingspikes",)
 # on drifting scenarios, peers whose motion correction is off by default get it switched on:
 # the comparison is of drift handling, not of defaults
 PEER_DRIFT_PARAMS = {
@@ -91,6 +96,25 @@ def dummy_sort(recording, output_folder, *, gt_path: Path, seed: int = 0, **para
     return _DummyResult(sorting)
 
 
+def with_location_property(*, recording_folder: Path, view: Path) -> Path:
+    """A saved recording folder as ``view``: its metadata copied, its binary linked (not copied),
+    plus ``properties/location.npy`` (the channel locations), so the recording loaded from
+    ``view`` carries the "location" property. The cached folder itself is left as it is."""
+    import spikeinterface as si
+
+    source = Path(recording_folder) / "recording"
+    if view.exists():
+        shutil.rmtree(view)
+    target = view / "recording"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.raw"))
+    for raw in source.glob("*.raw"):
+        (target / raw.name).symlink_to(raw.resolve())
+    locations = si.load(source).get_channel_locations()
+    (target / "properties").mkdir(exist_ok=True)
+    np.save(target / "properties" / "location.npy", locations)
+    return view
+
+
 def child_main(*, spec_path: Path) -> int:
     """Run one sorter as described in ``spec_path`` (JSON); write results next to it."""
     import resource
@@ -98,11 +122,16 @@ def child_main(*, spec_path: Path) -> int:
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["result_folder"])
     report = {"status": "failed", "error": None}
+    view = None
     try:
         from spikeinterface.core import set_global_job_kwargs
 
         set_global_job_kwargs(n_jobs=spec["n_jobs"], progress_bar=False, chunk_duration="1s")
-        recording = load_recording(folder=Path(spec["recording_folder"]))
+        recording_folder = Path(spec["recording_folder"])
+        if spec["sorter"] in NEEDS_LOCATION_PROPERTY:
+            view = Path(spec["work_folder"]).with_name(f"{spec['sorter']}-recording")
+            recording_folder = with_location_property(recording_folder=recording_folder, view=view)
+        recording = load_recording(folder=recording_folder)
         if spec.get("frame_range"):
             # the speed mode's shorter case: the first part of the long recording's binary
             recording = recording.frame_slice(start_frame=spec["frame_range"][0], end_frame=spec["frame_range"][1])
@@ -140,6 +169,8 @@ def child_main(*, spec_path: Path) -> int:
     except BaseException as exc:  # noqa: BLE001  the parent reports it; the child must always write its report
         report["error"] = f"{type(exc).__name__}: {exc}"
         report["traceback"] = traceback.format_exc()
+    if view is not None:
+        shutil.rmtree(view, ignore_errors=True)
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     report["maxrss_self_mb"] = own.ru_maxrss / 1024
     report["maxrss_children_mb"] = kids.ru_maxrss / 1024

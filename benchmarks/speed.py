@@ -5,10 +5,12 @@
 * the per-stage costs a spikesort run records in ``spikesort_run.json``;
 * the speed table and the ratios the issue's targets are stated in;
 * ``run_speed``: the ground-truth scenarios (spikesort and peers, as in the accuracy benchmark)
-  and spikesort on one long NP1-like recording, each beside a floor pass on the same frames.
+  and spikesort on one long NP1-like recording, each beside a floor pass on the same frames;
+  optionally the ``spikesort run`` command on the scenarios, cold and warm (``command``).
 
 A row of the speed table has ``case``, ``kind`` ("a": a ground-truth scenario, spikesort and the
-peers; "b": the long NP1-like recording, spikesort only), ``recording`` (a label), ``minutes``,
+peers; "b": the long NP1-like recording, spikesort only; "c": the ``spikesort run`` command on a
+scenario, its report included, see ``benchmarks.command``), ``recording`` (a label), ``minutes``,
 ``sorter``, ``status``, ``wall_s``, ``x_realtime``, ``peak_rss_mb``, ``floor_s``, ``sort_floor``,
 the accuracy fields when scored, and ``stage_<name>_s`` / ``stage_<name>_rss_mb``.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .command import command_rows, load_gt
 from .runner import run_benchmark, run_sorter_subprocess, sorter_version
 from .scenarios import SPEED_UNITS_PER_CHANNEL, ensure_speed_recording, load_recording, recording_folder
 from .scoring import load_sorting_npz, score_sorting
@@ -201,6 +204,9 @@ def _cell(row: dict, key: str) -> str:
         return _num(row.get(key), ".1f")
     if key in ("x_realtime", "sort_floor"):
         return _num(row.get(key), ".2f")
+    if key == "report":
+        t, share = row.get("report_s"), row.get("report_share")
+        return "–" if t is None else f"{t:.1f} ({_num(None if share is None else 100 * share, '.0f')}%)"
     if key == "peak_rss_mb":
         return _num(row.get(key), ".0f")
     if key == "load":
@@ -212,15 +218,20 @@ def _cell(row: dict, key: str) -> str:
 
 def speed_table(*, rows: list[dict]) -> str:
     """One markdown table: a row per case and sorter, a ``<stage> s / MB`` column per stage
-    (time, then peak RSS of the stage, ``–`` when the run did not record it)."""
+    (time, then peak RSS of the stage, ``–`` when the run did not record it) and, when a
+    command row carries it, ``report s (share)``: the report's seconds and share of the wall."""
     stages = stage_names(rows=rows)
-    heads = [h for h, _ in COLUMNS] + [f"{s} s / MB" for s in stages] + ["load 1 min"]
+    report = any(row.get("report_s") is not None for row in rows)
+    heads = ([h for h, _ in COLUMNS] + [f"{s} s / MB" for s in stages] + (["report s (share)"] if report else [])
+             + ["load 1 min"])
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
     for row in rows:
         cells = [_cell(row, k) for _, k in COLUMNS]
         for s in stages:
             t, m = row.get(f"stage_{s}_s"), row.get(f"stage_{s}_rss_mb")
             cells.append("–" if t is None and m is None else f"{_num(t, '.1f')} / {_num(m, '.0f')}")
+        if report:
+            cells.append(_cell(row, "report"))
         cells.append(_cell(row, "load"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -248,7 +259,7 @@ def speed_summary(*, rows: list[dict]) -> SpeedSummary:
     """× real time, whole sort ÷ floor pass, peak RSS and RSS(longest) ÷ RSS(shortest) of the
     NP1-like runs, and spikesort against the peers on the ground-truth scenarios, each beside the
     issue's target."""
-    ours = [r for r in rows if _is_spikesort(r) and r.get("status") == "ok"]
+    ours = [r for r in rows if _is_spikesort(r) and r.get("status") == "ok" and r.get("kind") != "c"]
     ratios: dict = {"x_realtime": {}, "sort_floor": {}, "floor_x_realtime": {}, "targets_met": {}}
     lines = []
     for r in ours:
@@ -304,7 +315,38 @@ def speed_summary(*, rows: list[dict]) -> SpeedSummary:
         lines.append(f"peers on {r['case']} (their wall ÷ spikesort's): "
                      + ", ".join(f"{name} {v:.2f}" for name, v in speedup.items())
                      + f"; target: faster than every peer{_ok(met)}")
+    lines += _command_lines(rows=rows, ratios=ratios)
     return SpeedSummary(lines=lines, ratios=ratios)
+
+
+def _command_lines(*, rows: list[dict], ratios: dict) -> list[str]:
+    """Per case: the command's wall, × real time, CPU and report share, cold and warm, beside the
+    whole child process of every sort-call row (interpreter, imports and sort; no report)."""
+    lines = []
+    for case in dict.fromkeys(r["case"] for r in rows if r.get("kind") == "c"):
+        runs = [r for r in rows if r.get("kind") == "c" and r["case"] == case]
+        parts = []
+        for r in runs:
+            entry = {k: r.get(k) for k in ("status", "wall_s", "cpu_s", "x_realtime", "report_s", "report_share",
+                                           "peak_rss_mb")}
+            ratios.setdefault("command", {}).setdefault(case, {})[r.get("mode", r["sorter"])] = entry
+            if r.get("status") != "ok":
+                parts.append(f"{r.get('mode', r['sorter'])} {r.get('status')}")
+                continue
+            report = "" if r.get("report_s") is None else (
+                f", report {r['report_s']:.1f} s = {100 * r['report_share']:.0f}%")
+            cpu = "" if r.get("cpu_s") is None else f", CPU {r['cpu_s']:.1f} s"
+            parts.append(f"{r.get('mode', r['sorter'])} {_num(r.get('wall_s'), '.1f')} s "
+                         f"({_num(r.get('x_realtime'), '.2f')}× real time{cpu}{report})")
+        # the sort-call rows' child processes: interpreter, imports and the sort call, no report
+        procs = [r for r in rows if r["case"] == case and r.get("kind") == "a" and r.get("status") == "ok"
+                 and r.get("process_wall_s")]
+        named = [f"{r['sorter']} {r['process_wall_s']:.1f} s"
+                 + ("" if r.get("cpu_s") is None else f" (CPU {r['cpu_s']:.1f} s)") for r in procs]
+        peer = ("; the sorters' whole child processes (imports and sort call, no report): "
+                + ", ".join(named)) if procs else ""
+        lines.append(f"spikesort run on {case} as users run it (report included): " + ", ".join(parts) + peer)
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,13 +391,15 @@ def run_speed(
     minutes: list[float],
     num_units: int | None,
     floor_threads: int,
+    command_modes: list[str] = (),
     log=lambda msg: None,
 ) -> list[dict]:
     """Rows of the speed table: (a) every sorter on the ground-truth ``scenarios`` (peers from
     their cache as in the accuracy benchmark); (b) spikesort on the first ``minutes`` of one
     NP1-like recording of ``channels`` channels and max(minutes) minutes; each row with the floor
     pass on the same frames of the same binary (run after the sorts) and, for spikesort, the
-    per-stage costs its run recorded."""
+    per-stage costs its run recorded; with ``command_modes`` ("cold", "warm"), also (c) the
+    ``spikesort run`` command on each scenario's binary (see ``benchmarks.command``)."""
     rows = []
     a_rows = run_benchmark(
         scenarios=scenarios, seeds=[seed], sorters=sorters, cache_dir=cache_dir, work_dir=work_dir,
@@ -365,12 +409,19 @@ def run_speed(
         mine = [r for r in a_rows if r["scenario"] == name]
         if not mine:
             continue
-        binary = binary_of(folder=recording_folder(cache_dir=cache_dir, scenario=name, seed=seed))
+        folder = recording_folder(cache_dir=cache_dir, scenario=name, seed=seed)
+        binary = binary_of(folder=folder)
+        if command_modes and "spikesort" in sorters:
+            mine += command_rows(case=name, folder=folder, binary=binary, work_dir=work_dir / f"{name}_seed{seed}",
+                                 modes=list(command_modes), params=dict(spikesort_params), timeout_s=timeout_s,
+                                 keep_outputs=keep_outputs, version=sorter_version(sorter="spikesort"),
+                                 gt=load_gt(folder=folder), log=log, stage_costs=stage_costs)
         floor = floor_pass(path=binary["path"], n_channels=binary["n_channels"], dtype=binary["dtype"],
                                            sampling_rate_hz=binary["sampling_rate_hz"], threads=floor_threads)
         log(f"[{name}] floor pass: {floor.wall_s:.1f} s ({floor.x_realtime:.1f}× real time)")
         for row in mine:
-            row.update(case=name, kind="a", channels=binary["n_channels"], minutes=row["duration_s"] / 60,
+            row.update(case=name, kind=row.get("kind", "a"), channels=binary["n_channels"],
+                       minutes=row["duration_s"] / 60,
                        recording=f"{binary['n_channels']} ch × {_duration_label(row['duration_s'])}")
             if row["sorter"] == "spikesort" and row.get("status") == "ok":
                 row.update(stage_costs(run_json=Path(row["result_folder"]) / "spikesort_run.json"))

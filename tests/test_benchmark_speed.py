@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks import cli, scenarios, speed
+from benchmarks import cli, command, scenarios, speed
 
 
 def _binary(tmp_path, *, n_samples=50_000, n_channels=10, seed=0):
@@ -150,12 +152,13 @@ def test_speed_summary():
 
 def test_speed_mode_end_to_end(tmp_path, monkeypatch, capsys):
     """A tiny speed run: a 16-channel, 10 s ground-truth scenario for (a) and 6 s / 12 s of one
-    16-channel NP1-like recording for (b), spikesort only, each sorted in its own process."""
+    16-channel NP1-like recording for (b), spikesort only, each sorted in its own process (the
+    command rows have tests of their own, below)."""
     monkeypatch.setitem(scenarios.SCENARIOS, "tiny16", scenarios.Scenario("tiny16", "np1_16", 5, 10.0, "none", "test"))
     out = tmp_path / "speed.json"
     code = cli.main(["--speed", "--scenarios", "tiny16", "--speed-channels", "16", "--speed-minutes", "0.1", "0.2",
                        "--sorters", "spikesort", "--cache", str(tmp_path / "cache"), "--n-jobs", "2",
-                       "--out", str(out), "--quiet"])
+                       "--speed-command", "--out", str(out), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     doc = json.loads(out.read_text())
@@ -199,3 +202,101 @@ def test_speed_flags_are_checked(capsys):
             cli.main(argv)
         assert exc.value.code == 2
         assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# the command as users run it
+
+
+def test_command_rows_warm(tmp_path):
+    """`spikesort run` on an 8 s, 16-channel recording in a subprocess, on numba's default cache
+    (warm: the runs above filled it): one row with the whole command's wall, memory and report."""
+    tiny = scenarios.Scenario("cmd16", "np1_16", 5, 8.0, "none", "test")
+    folder = scenarios.ensure_recording(cache_dir=tmp_path / "cache", scenario=tiny, seed=0, n_jobs=2)
+    binary = speed.binary_of(folder=folder)
+    rows = command.command_rows(case="cmd16", folder=folder, binary=binary, work_dir=tmp_path / "runs",
+                                modes=["warm"], params={}, timeout_s=120, keep_outputs=False, version="x",
+                                gt=command.load_gt(folder=folder), stage_costs=speed.stage_costs)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["status"] == "ok", row.get("error")
+    assert (row["kind"], row["sorter"], row["mode"], row["numba_cache_dir"]) == (
+        "c", "spikesort command warm", "warm", "default")
+    assert row["command"][1:3] == ["run", str(binary["path"])] and "--probe" in row["command"]
+    assert (folder / "probe.json").is_file()
+    assert row["duration_s"] == pytest.approx(8.0)
+    assert row["wall_s"] > 0 and row["x_realtime"] == pytest.approx(8.0 / row["wall_s"])
+    assert row["peak_rss_mb"] > 50 and row["cpu_s"] > 0
+    assert row["report_s"] is not None and 0 <= row["report_share"] < 1
+    # the sort's own stages ran inside the command, which also started python and made the report
+    stages = sum(row[f"stage_{s}_s"] for s in ("preprocess", "detect", "cluster", "match", "curate", "export"))
+    assert 0 < stages + row["report_s"] < row["wall_s"]
+    assert row["num_gt"] == 5 and row["well_detected"] is not None
+    assert not (tmp_path / "runs" / "cmd16_command" / "out_warm").exists()  # outputs not kept
+    table = speed.speed_table(rows=[dict(row, recording="16 ch × 8 s")]).splitlines()
+    assert "report s (share)" in table[0] and "| spikesort command warm |" in table[2]
+
+
+def test_command_cold_then_warm(tmp_path):
+    """Cold runs on a fresh, empty NUMBA_CACHE_DIR; warm on the same folder after it (the command
+    itself is replaced by a stand-in that writes what spikesort run writes)."""
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "probe.json").write_text("{}")  # already there: not rewritten
+    binary = {"path": tmp_path / "rec" / "traces.raw", "n_channels": 4, "sampling_rate_hz": 30_000.0,
+              "n_samples": 300_000, "dtype": "int16"}
+    calls = []
+
+    def fake_run(*, argv, env, log_path, timeout_s):
+        cache = env["NUMBA_CACHE_DIR"]
+        calls.append((argv, cache, sorted(os.listdir(cache))))
+        out = Path(argv[argv.index("-o") + 1])
+        assert not out.exists()  # as a first run: no --overwrite
+        out.mkdir()
+        (out / "spikesort.log").write_text("x INFO spikesort.outputs.render.pages: report written to r: 2 unit "
+                                           "pages of 2 units in 1.50 s\n")
+        (Path(cache) / "kernel.nbi").write_text("")  # what numba leaves behind
+        return {"status": "ok", "error": None, "wall_s": 5.0 if len(calls) == 1 else 2.5, "peak_rss_mb": 300.0,
+                "load_before": 1.0, "load_after": 1.0}
+
+    rows = command.command_rows(case="c", folder=tmp_path / "rec", binary=binary, work_dir=tmp_path / "runs",
+                                modes=["warm", "cold"], params={"detect_threshold": 6, "amplitude_range": [0.5, 2]},
+                                timeout_s=None, keep_outputs=False, version="x", run=fake_run)
+    assert [r["mode"] for r in rows] == ["cold", "warm"]
+    assert calls[0][1] == calls[1][1] and calls[0][2] == [] and calls[1][2] == ["kernel.nbi"]
+    assert rows[0]["numba_cache_dir"] == calls[0][1] and not Path(calls[0][1]).exists()  # removed afterwards
+    assert ["--set", "detect_threshold=6", "--set", "amplitude_range=0.5,2"] == calls[0][0][-4:]
+    assert "--overwrite" not in calls[0][0]
+    assert [r["report_s"] for r in rows] == [1.5, 1.5]
+    assert [r["report_share"] for r in rows] == [pytest.approx(0.3), pytest.approx(0.6)]
+    assert [r["x_realtime"] for r in rows] == [pytest.approx(2.0), pytest.approx(4.0)]
+    assert (tmp_path / "rec" / "probe.json").read_text() == "{}"
+    # the ratio lines: the command on its own line; the sort-call ratios leave it out
+    peer = {"case": "c", "kind": "a", "sorter": "herdingspikes 0.4.6", "status": "ok", "wall_s": 9.0,
+            "process_wall_s": 12.0, "cpu_s": 20.0}
+    ours = {"case": "c", "kind": "a", "sorter": "spikesort", "status": "ok", "wall_s": 3.0, "x_realtime": 3.3,
+            "process_wall_s": 4.0}
+    summary = speed.speed_summary(rows=[ours, peer] + rows)
+    assert summary.ratios["x_realtime"] == {"c": 3.3}
+    assert summary.ratios["command"]["c"]["warm"]["wall_s"] == 2.5
+    assert ("spikesort run on c as users run it (report included): cold 5.0 s (2.00× real time, report 1.5 s = 30%), "
+            "warm 2.5 s (4.00× real time, report 1.5 s = 60%); the sorters' whole child processes (imports and "
+            "sort call, no report): spikesort 4.0 s, herdingspikes 0.4.6 12.0 s (CPU 20.0 s)") in summary.lines
+    with pytest.raises(ValueError, match="unknown command mode"):
+        command.command_rows(case="c", folder=tmp_path / "rec", binary=binary, work_dir=tmp_path / "runs",
+                             modes=["hot"], params={}, timeout_s=None, keep_outputs=False, version="x", run=fake_run)
+
+
+def test_report_seconds(tmp_path):
+    assert command.report_seconds(output=tmp_path) is None
+    (tmp_path / "spikesort_run.json").write_text(json.dumps({"timings_s": {"report": 2.25}}))
+    assert command.report_seconds(output=tmp_path) == 2.25  # no log: the run record
+    (tmp_path / "spikesort.log").write_text("report written to a: 1 unit pages of 1 units in 0.50 s\n"
+                                            "report written to b: 3 unit pages of 3 units in 0.75 s\n")
+    assert command.report_seconds(output=tmp_path) == 0.75  # the last report of the log
+
+
+def test_speed_command_flag():
+    parser = cli.build_parser()
+    assert parser.parse_args(["--speed"]).speed_command == ["cold", "warm"]
+    assert parser.parse_args(["--speed", "--speed-command"]).speed_command == []
+    assert parser.parse_args(["--speed", "--speed-command", "warm"]).speed_command == ["warm"]
