@@ -1,4 +1,5 @@
 """``python -m benchmarks``: the same command as ``python scripts/benchmark.py``."""
+
 import sys
 
 from .cli import main

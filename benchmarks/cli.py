@@ -3,6 +3,7 @@
 This module prints the tables (stdout) and the progress lines (stderr); the modules it calls
 return rows and print nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,6 @@ def _parse_param(text: str) -> tuple[str, object]:
         return key, value
 
 
-
 def build_parser(*, prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -57,44 +57,95 @@ def build_parser(*, prog: str | None = None) -> argparse.ArgumentParser:
         "are warm in both. Its rows add 'report s (share)' from OUT/spikesort.log.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scenarios", nargs="+", default=None, choices=sorted(SCENARIOS),
-                   metavar="NAME", help="scenarios to run (default: static32 static64; with --speed: static64)")
+    p.add_argument(
+        "--scenarios",
+        nargs="+",
+        default=None,
+        choices=sorted(SCENARIOS),
+        metavar="NAME",
+        help="scenarios to run (default: static32 static64; with --speed: static64)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="generation seeds (default: 0)")
-    p.add_argument("--sorters", nargs="+", default=list(ALL_SORTERS), choices=ALL_SORTERS,
-                   metavar="NAME", help="sorters to run: " + ", ".join(ALL_SORTERS) + "; peers that are not installed are skipped (default: all)")
-    p.add_argument("--cache", type=Path, default=Path(os.environ.get("SPIKESORT_BENCH_CACHE", "~/.cache/spikesort-bench")),
-                   help="folder for generated recordings and cached peer results "
-                        "(default: $SPIKESORT_BENCH_CACHE or ~/.cache/spikesort-bench)")
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="folder for sorter output folders (default: CACHE/runs)")
+    p.add_argument(
+        "--sorters",
+        nargs="+",
+        default=list(ALL_SORTERS),
+        choices=ALL_SORTERS,
+        metavar="NAME",
+        help="sorters to run: " + ", ".join(ALL_SORTERS) + "; peers that are not installed are skipped (default: all)",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("SPIKESORT_BENCH_CACHE", "~/.cache/spikesort-bench")),
+        help="folder for generated recordings and cached peer results "
+        "(default: $SPIKESORT_BENCH_CACHE or ~/.cache/spikesort-bench)",
+    )
+    p.add_argument("--workdir", type=Path, default=None, help="folder for sorter output folders (default: CACHE/runs)")
     p.add_argument("--keep-outputs", action="store_true", help="keep the sorters' output folders")
     p.add_argument("--rerun-peers", action="store_true", help="re-run peers even when a cached result exists")
-    p.add_argument("--cached-peers-only", action="store_true",
-                   help="show peers only where a cached result exists, never run them")
-    p.add_argument("--param", dest="params", action="append", type=_parse_param, default=[], metavar="KEY=VALUE",
-                   help="extra spikesort.sort() parameter (VALUE parsed as JSON when it can be); repeatable")
-    p.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1,
-                   help="spikeinterface n_jobs for generation and peers (default: all cores)")
+    p.add_argument(
+        "--cached-peers-only", action="store_true", help="show peers only where a cached result exists, never run them"
+    )
+    p.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        type=_parse_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra spikesort.sort() parameter (VALUE parsed as JSON when it can be); repeatable",
+    )
+    p.add_argument(
+        "--n-jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="spikeinterface n_jobs for generation and peers (default: all cores)",
+    )
     p.add_argument("--timeout", type=float, default=None, help="kill a sorter after this many seconds")
     p.add_argument("--out", type=Path, default=None, help="also write the rows to OUT.json and OUT.csv")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     speed = p.add_argument_group("speed mode")
-    speed.add_argument("--speed", action="store_true",
-                       help="measure speed and memory (per stage, beside a floor pass) instead of accuracy; one seed")
-    speed.add_argument("--speed-channels", type=int, default=384, metavar="N",
-                       help="channels of the NP1-like recording: its first N contacts (default: 384)")
-    speed.add_argument("--speed-minutes", nargs="*", type=float, default=[5.0, 10.0], metavar="MIN",
-                       help="durations sorted from the start of one recording of the longest; none: skip (b) "
-                            "(default: 5 10)")
-    speed.add_argument("--speed-units", type=int, default=None, metavar="N",
-                       help="ground-truth units of the NP1-like recording (default: 150 per 384 channels)")
-    speed.add_argument("--speed-command", nargs="*", default=["cold", "warm"], choices=["cold", "warm"],
-                       metavar="MODE",
-                       help="also time `spikesort run` on each scenario's binary in a subprocess, report included: "
-                            "cold (NUMBA_CACHE_DIR a fresh empty folder), warm (the same folder again); none: skip "
-                            "(default: cold warm)")
-    speed.add_argument("--floor-threads", type=int, default=2, metavar="N",
-                       help="threads of the floor pass (default: 2)")
+    speed.add_argument(
+        "--speed",
+        action="store_true",
+        help="measure speed and memory (per stage, beside a floor pass) instead of accuracy; one seed",
+    )
+    speed.add_argument(
+        "--speed-channels",
+        type=int,
+        default=384,
+        metavar="N",
+        help="channels of the NP1-like recording: its first N contacts (default: 384)",
+    )
+    speed.add_argument(
+        "--speed-minutes",
+        nargs="*",
+        type=float,
+        default=[5.0, 10.0],
+        metavar="MIN",
+        help="durations sorted from the start of one recording of the longest; none: skip (b) (default: 5 10)",
+    )
+    speed.add_argument(
+        "--speed-units",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ground-truth units of the NP1-like recording (default: 150 per 384 channels)",
+    )
+    speed.add_argument(
+        "--speed-command",
+        nargs="*",
+        default=["cold", "warm"],
+        choices=["cold", "warm"],
+        metavar="MODE",
+        help="also time `spikesort run` on each scenario's binary in a subprocess, report included: "
+        "cold (NUMBA_CACHE_DIR a fresh empty folder), warm (the same folder again); none: skip "
+        "(default: cold warm)",
+    )
+    speed.add_argument(
+        "--floor-threads", type=int, default=2, metavar="N", help="threads of the floor pass (default: 2)"
+    )
     # hidden: a stand-in for spikesort.sort (ground truth degraded in known ways), to test this script
     p.add_argument("--dummy", action="store_true", help=argparse.SUPPRESS)
     # hidden: run one sorter (internal, used by the subprocess)
@@ -131,9 +182,19 @@ def main(argv=None, *, prog: str | None = None) -> int:
     if args.speed:
         return speed_main(args=args, scenarios=scenarios, cache_dir=cache_dir, work_dir=work_dir, log=log)
     rows = run_benchmark(
-        scenarios=scenarios, seeds=args.seeds, sorters=args.sorters, cache_dir=cache_dir,
-        work_dir=work_dir, rerun_peers=args.rerun_peers, cached_peers_only=args.cached_peers_only, spikesort_params=dict(args.params),
-        n_jobs=args.n_jobs, timeout_s=args.timeout, keep_outputs=args.keep_outputs, dummy=args.dummy, log=log,
+        scenarios=scenarios,
+        seeds=args.seeds,
+        sorters=args.sorters,
+        cache_dir=cache_dir,
+        work_dir=work_dir,
+        rerun_peers=args.rerun_peers,
+        cached_peers_only=args.cached_peers_only,
+        spikesort_params=dict(args.params),
+        n_jobs=args.n_jobs,
+        timeout_s=args.timeout,
+        keep_outputs=args.keep_outputs,
+        dummy=args.dummy,
+        log=log,
     )
     for row in rows:
         if row["sorter"] != "spikesort":
@@ -151,11 +212,24 @@ def main(argv=None, *, prog: str | None = None) -> int:
 
 def speed_main(*, args, scenarios: list[str], cache_dir: Path, work_dir: Path, log) -> int:
     rows = run_speed(
-        scenarios=scenarios, seed=args.seeds[0], sorters=args.sorters, cache_dir=cache_dir, work_dir=work_dir,
-        rerun_peers=args.rerun_peers, cached_peers_only=args.cached_peers_only, spikesort_params=dict(args.params),
-        n_jobs=args.n_jobs, timeout_s=args.timeout, keep_outputs=args.keep_outputs, channels=args.speed_channels,
-        minutes=args.speed_minutes, num_units=args.speed_units, floor_threads=args.floor_threads,
-        command_modes=args.speed_command, log=log)
+        scenarios=scenarios,
+        seed=args.seeds[0],
+        sorters=args.sorters,
+        cache_dir=cache_dir,
+        work_dir=work_dir,
+        rerun_peers=args.rerun_peers,
+        cached_peers_only=args.cached_peers_only,
+        spikesort_params=dict(args.params),
+        n_jobs=args.n_jobs,
+        timeout_s=args.timeout,
+        keep_outputs=args.keep_outputs,
+        channels=args.speed_channels,
+        minutes=args.speed_minutes,
+        num_units=args.speed_units,
+        floor_threads=args.floor_threads,
+        command_modes=args.speed_command,
+        log=log,
+    )
     for row in rows:
         if not row["sorter"].startswith("spikesort"):
             row["sorter"] = f"{row['sorter']} {row['version']}"
@@ -169,4 +243,3 @@ def speed_main(*, args, scenarios: list[str], cache_dir: Path, work_dir: Path, l
         if r["status"] != "ok":
             print(f"{r['case']} {r['sorter']}: {r['status']}: {r.get('error')}", file=sys.stderr)
     return 0
-

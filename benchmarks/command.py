@@ -15,6 +15,7 @@ A command row has ``kind`` "c", ``sorter`` "spikesort command cold|warm", ``wall
 in OUT/spikesort.log), ``report_share`` (report_s ÷ wall_s), the stage costs of OUT's
 ``spikesort_run.json`` and, when the output can be read, the accuracy fields.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,9 +72,21 @@ def _set_value(value) -> str:
 def command_argv(*, binary: dict, probe: Path, output: Path, params: dict | None = None) -> list[str]:
     """The ``spikesort run`` command line for a raw binary; ``params`` become ``--set KEY=VALUE``."""
     argv = spikesort_executable() + [
-        "run", str(binary["path"]), "--format", "binary", "--sampling-rate", f"{binary['sampling_rate_hz']:g}",
-        "--n-channels", str(binary["n_channels"]), "--dtype", str(binary["dtype"]), "--probe", str(probe),
-        "-o", str(output)]
+        "run",
+        str(binary["path"]),
+        "--format",
+        "binary",
+        "--sampling-rate",
+        f"{binary['sampling_rate_hz']:g}",
+        "--n-channels",
+        str(binary["n_channels"]),
+        "--dtype",
+        str(binary["dtype"]),
+        "--probe",
+        str(probe),
+        "-o",
+        str(output),
+    ]
     for key, value in (params or {}).items():
         argv += ["--set", f"{key}={_set_value(value)}"]
     return argv
@@ -117,8 +130,16 @@ def time_command(*, argv: list[str], env: dict, log_path: Path, timeout_s: float
         status, error = "failed", f"exit code {child.returncode}, see {log_path}"
     else:
         status, error = "ok", None
-    return {"status": status, "error": error, "returncode": child.returncode, "wall_s": wall, "peak_rss_mb": peak_mb,
-            "cpu_s": cpu, "load_before": load_before, "load_after": os.getloadavg()[0]}
+    return {
+        "status": status,
+        "error": error,
+        "returncode": child.returncode,
+        "wall_s": wall,
+        "peak_rss_mb": peak_mb,
+        "cpu_s": cpu,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+    }
 
 
 def report_seconds(*, output: Path) -> float | None:
@@ -149,9 +170,22 @@ def phy_sorting(*, output: Path, sampling_rate_hz: float):
     return NumpySorting.from_samples_and_labels([times], [clusters], sampling_frequency=sampling_rate_hz)
 
 
-def command_rows(*, case: str, folder: Path, binary: dict, work_dir: Path, modes: list[str], params: dict,
-                 timeout_s: float | None, keep_outputs: bool, version: str | None, gt=None,
-                 log=lambda msg: None, stage_costs=None, run=time_command) -> list[dict]:
+def command_rows(
+    *,
+    case: str,
+    folder: Path,
+    binary: dict,
+    work_dir: Path,
+    modes: list[str],
+    params: dict,
+    timeout_s: float | None,
+    keep_outputs: bool,
+    version: str | None,
+    gt=None,
+    log=lambda msg: None,
+    stage_costs=None,
+    run=time_command,
+) -> list[dict]:
     """One row per mode in ``modes`` ("cold" before "warm"): ``spikesort run`` on ``binary`` (see
     ``speed.binary_of``) of the recording saved in ``folder``, its output in ``work_dir``."""
     bad = [m for m in modes if m not in MODES]
@@ -177,12 +211,26 @@ def command_rows(*, case: str, folder: Path, binary: dict, work_dir: Path, modes
             argv = command_argv(binary=binary, probe=probe, output=output, params=params)
             log(f"[{case}] spikesort command {mode}: {' '.join(argv)}")
             report = run(argv=argv, env=env, log_path=base / f"command_{mode}.log", timeout_s=timeout_s)
-            row = {"case": case, "kind": "c", "scenario": case, "sorter": f"spikesort command {mode}", "mode": mode,
-                   "version": version, "params": dict(params), "duration_s": duration, "minutes": duration / 60,
-                   "channels": binary["n_channels"], "source": "run", "result_folder": str(output),
-                   "numba_cache_dir": str(numba_dir) if numba_dir is not None else "default",
-                   "command": argv, **{k: report.get(k) for k in ("status", "error", "wall_s", "cpu_s", "peak_rss_mb",
-                                                                   "load_before", "load_after")}}
+            row = {
+                "case": case,
+                "kind": "c",
+                "scenario": case,
+                "sorter": f"spikesort command {mode}",
+                "mode": mode,
+                "version": version,
+                "params": dict(params),
+                "duration_s": duration,
+                "minutes": duration / 60,
+                "channels": binary["n_channels"],
+                "source": "run",
+                "result_folder": str(output),
+                "numba_cache_dir": str(numba_dir) if numba_dir is not None else "default",
+                "command": argv,
+                **{
+                    k: report.get(k)
+                    for k in ("status", "error", "wall_s", "cpu_s", "peak_rss_mb", "load_before", "load_after")
+                },
+            }
             row["process_wall_s"] = row["wall_s"]
             if row["status"] == "ok" and row["wall_s"]:
                 row["x_realtime"] = duration / row["wall_s"]
@@ -192,11 +240,16 @@ def command_rows(*, case: str, folder: Path, binary: dict, work_dir: Path, modes
                 if stage_costs is not None:
                     row.update(stage_costs(run_json=output / RUN_JSON))
                 if gt is not None and (output / "spike_times.npy").is_file():
-                    row.update(score_sorting(gt=gt, tested=phy_sorting(output=output,
-                                                                       sampling_rate_hz=binary["sampling_rate_hz"])))
-            log(f"[{case}] spikesort command {mode}: {row['status']} in {row['wall_s']:.1f} s"
+                    row.update(
+                        score_sorting(
+                            gt=gt, tested=phy_sorting(output=output, sampling_rate_hz=binary["sampling_rate_hz"])
+                        )
+                    )
+            log(
+                f"[{case}] spikesort command {mode}: {row['status']} in {row['wall_s']:.1f} s"
                 + (f", report {row['report_s']:.1f} s" if row.get("report_s") is not None else "")
-                + (f" ({row['error']})" if row.get("error") else ""))
+                + (f" ({row['error']})" if row.get("error") else "")
+            )
             rows.append(row)
             if not keep_outputs and row["status"] == "ok":
                 shutil.rmtree(output, ignore_errors=True)

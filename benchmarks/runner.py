@@ -6,6 +6,7 @@ SPEC``; the child runs one sorter on one recording and writes ``sorting.npz`` an
 results are cached, keyed by the scenario spec hash, seed, sorter, version and parameters;
 spikesort is always re-run.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -140,9 +141,10 @@ def child_main(*, spec_path: Path) -> int:
         work = Path(spec["work_folder"])
         if sorter == "spikesort":
             if spec.get("dummy"):
-                sort_fn = lambda rec, folder, **kw: dummy_sort(
-                    rec, folder, gt_path=Path(spec["recording_folder"]) / "gt_sorting.npz", **kw
-                )
+
+                def sort_fn(rec, folder, **kw):
+                    return dummy_sort(rec, folder, gt_path=Path(spec["recording_folder"]) / "gt_sorting.npz", **kw)
+
             else:
                 import spikesort
 
@@ -155,7 +157,13 @@ def child_main(*, spec_path: Path) -> int:
             if (work / "cluster_KSLabel.tsv").is_file():
                 shutil.copy(work / "cluster_KSLabel.tsv", out / "cluster_KSLabel.tsv")
             # the motion estimate, for the motion-error column; the run record, for the stage costs
-            for name in ("spikesort_run.json", "motion.npy", "motion_time_bins_s.npy", "motion_depth_bins_um.npy", "motion_shanks.npy"):
+            for name in (
+                "spikesort_run.json",
+                "motion.npy",
+                "motion_time_bins_s.npy",
+                "motion_depth_bins_um.npy",
+                "motion_shanks.npy",
+            ):
                 if (work / name).is_file():
                     shutil.copy(work / name, out / name)
         else:
@@ -295,11 +303,11 @@ def sorter_version(*, sorter: str) -> str | None:
     return str(cls.get_sorter_version())
 
 
-def peer_cache_folder(*, cache_dir: Path, scenario_spec_hash: str, scenario: str, seed: int, sorter: str, version: str, params: dict) -> Path:
+def peer_cache_folder(
+    *, cache_dir: Path, scenario_spec_hash: str, scenario: str, seed: int, sorter: str, version: str, params: dict
+) -> Path:
     params_hash = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     return cache_dir / "peers" / f"{scenario}_seed{seed}_{scenario_spec_hash}" / f"{sorter}-{version}-{params_hash}"
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,8 +347,13 @@ def run_benchmark(
             gt = load_sorting_npz(path=folder / "gt_sorting.npz")
             for sorter in sorters:
                 version = versions[sorter]
-                row = {"scenario": name, "seed": seed, "sorter": sorter, "version": version,
-                       "duration_s": scenario.duration_s}
+                row = {
+                    "scenario": name,
+                    "seed": seed,
+                    "sorter": sorter,
+                    "version": version,
+                    "duration_s": scenario.duration_s,
+                }
                 if version is None:
                     log(f"[{name} seed {seed}] {sorter}: not installed, skipped")
                     continue
@@ -355,8 +368,13 @@ def run_benchmark(
                     cached = False
                 else:
                     result_folder = peer_cache_folder(
-                        cache_dir=cache_dir, scenario_spec_hash=shash, scenario=name, seed=seed,
-                        sorter=sorter, version=version, params=params,
+                        cache_dir=cache_dir,
+                        scenario_spec_hash=shash,
+                        scenario=name,
+                        seed=seed,
+                        sorter=sorter,
+                        version=version,
+                        params=params,
                     )
                     result_file = result_folder / "result.json"
                     cached = result_file.exists() and (result_folder / "sorting.npz").exists() and not rerun_peers
@@ -369,15 +387,22 @@ def run_benchmark(
                     log(f"[{name} seed {seed}] {sorter} {version}: from cache {result_folder}")
                 else:
                     # a peer runs beside its cached result, which is replaced only on success
-                    run_folder = result_folder if sorter == "spikesort" else result_folder.with_name(result_folder.name + ".run")
+                    run_folder = (
+                        result_folder if sorter == "spikesort" else result_folder.with_name(result_folder.name + ".run")
+                    )
                     if run_folder.exists():
                         shutil.rmtree(run_folder)
                     work_folder = work_dir / f"{name}_seed{seed}" / sorter
                     log(f"[{name} seed {seed}] {sorter} {version}: running ...")
                     report = run_sorter_subprocess(
-                        sorter=sorter, recording_folder=folder, work_folder=work_folder,
-                        result_folder=run_folder, params=params, n_jobs=n_jobs,
-                        timeout_s=timeout_s, dummy=dummy and sorter == "spikesort",
+                        sorter=sorter,
+                        recording_folder=folder,
+                        work_folder=work_folder,
+                        result_folder=run_folder,
+                        params=params,
+                        n_jobs=n_jobs,
+                        timeout_s=timeout_s,
+                        dummy=dummy and sorter == "spikesort",
                     )
                     report["date"] = _dt.date.today().isoformat()
                     if run_folder != result_folder and report["status"] == "ok":
@@ -389,8 +414,11 @@ def run_benchmark(
                     row["source"] = "run"
                     if not keep_outputs and work_folder.exists():
                         shutil.rmtree(work_folder, ignore_errors=True)
-                    log(f"[{name} seed {seed}] {sorter}: {report['status']} in {report.get('wall_s', report['process_wall_s']):.1f} s"
-                        + (f" ({report['error']})" if report.get("error") else ""))
+                    log(
+                        f"[{name} seed {seed}] {sorter}: {report['status']} in "
+                        f"{report.get('wall_s', report['process_wall_s']):.1f} s"
+                        + (f" ({report['error']})" if report.get("error") else "")
+                    )
                 row.update(
                     result_folder=str(result_folder),
                     status=report["status"],
@@ -418,4 +446,3 @@ def run_benchmark(
                         (result_folder / "result.json").write_text(json.dumps(keep, indent=1))
                 rows.append(row)
     return rows
-

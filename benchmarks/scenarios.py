@@ -5,6 +5,7 @@ download) and saved as an int16 binary folder with its ground truth. A cached fo
 while its ``scenario.json`` equals the spec of the request, so the spec dicts below are the cache
 key: changing one of them regenerates every recording (and re-runs every peer).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +43,14 @@ SCENARIOS = {
     for s in (
         Scenario("static32", "multi32", 20, 60.0, "none", "32 ch staggered 2-column probe, 20 units, 60 s, static"),
         Scenario("static64", "np1_64", 50, 300.0, "none", "64 ch NP1-like slice, 50 units, 300 s, static"),
-        Scenario("zigzag64", "np1_64", 50, 300.0, "zigzag", "as static64, rigid zigzag drift ±20 µm (period 200 s, from 60 s)"),
+        Scenario(
+            "zigzag64",
+            "np1_64",
+            50,
+            300.0,
+            "zigzag",
+            "as static64, rigid zigzag drift ±20 µm (period 200 s, from 60 s)",
+        ),
         Scenario("bump64", "np1_64", 50, 300.0, "bump", "as static64, rigid 30 µm steps every 30-90 s (from 60 s)"),
     )
 }
@@ -77,8 +85,15 @@ def displacement_kwargs(*, drift: str) -> dict:
             "drift_start_um": [0.0, 0.0],
             "drift_stop_um": [0.0, 0.0],
             "drift_step_um": 1.0,
-            "motion_list": [{"drift_mode": "zigzag", "non_rigid_gradient": None, "t_start_drift": 0.0,
-                             "t_end_drift": None, "period_s": 200}],
+            "motion_list": [
+                {
+                    "drift_mode": "zigzag",
+                    "non_rigid_gradient": None,
+                    "t_start_drift": 0.0,
+                    "t_end_drift": None,
+                    "period_s": 200,
+                }
+            ],
         }
     if drift == "zigzag":
         return {
@@ -86,8 +101,15 @@ def displacement_kwargs(*, drift: str) -> dict:
             "drift_start_um": [0.0, 20.0],
             "drift_stop_um": [0.0, -20.0],
             "drift_step_um": 1.0,
-            "motion_list": [{"drift_mode": "zigzag", "non_rigid_gradient": None, "t_start_drift": 60.0,
-                             "t_end_drift": None, "period_s": 200}],
+            "motion_list": [
+                {
+                    "drift_mode": "zigzag",
+                    "non_rigid_gradient": None,
+                    "t_start_drift": 60.0,
+                    "t_end_drift": None,
+                    "period_s": 200,
+                }
+            ],
         }
     if drift == "bump":
         # the bump shape alternates between +0.5 and -0.5 of the span: 30 µm steps
@@ -96,8 +118,15 @@ def displacement_kwargs(*, drift: str) -> dict:
             "drift_start_um": [0.0, 15.0],
             "drift_stop_um": [0.0, -15.0],
             "drift_step_um": 1.0,
-            "motion_list": [{"drift_mode": "bump", "non_rigid_gradient": None, "t_start_drift": 60.0,
-                             "t_end_drift": None, "bump_interval_s": (30.0, 90.0)}],
+            "motion_list": [
+                {
+                    "drift_mode": "bump",
+                    "non_rigid_gradient": None,
+                    "t_start_drift": 60.0,
+                    "t_end_drift": None,
+                    "bump_interval_s": (30.0, 90.0),
+                }
+            ],
         }
     raise ValueError(f"unknown drift {drift!r}")
 
@@ -139,8 +168,12 @@ def ensure_recording(*, cache_dir: Path, scenario: Scenario, seed: int, n_jobs: 
         )
         return (static if scenario.drift == "none" else drifting), gt
 
-    return save_generated(folder=recording_folder(cache_dir=cache_dir, scenario=scenario.name, seed=seed),
-                          spec=scenario_spec(scenario=scenario, seed=seed), generate=generate, n_jobs=n_jobs)
+    return save_generated(
+        folder=recording_folder(cache_dir=cache_dir, scenario=scenario.name, seed=seed),
+        spec=scenario_spec(scenario=scenario, seed=seed),
+        generate=generate,
+        n_jobs=n_jobs,
+    )
 
 
 # the speed mode's long recording: about 150 units on 384 channels, fewer on fewer channels
@@ -150,14 +183,23 @@ SPEED_UNITS_PER_CHANNEL = 150 / 384
 def speed_recording_spec(*, n_channels: int, duration_s: float, num_units: int, seed: int) -> dict:
     import spikeinterface
 
-    return {"generator_version": GENERATOR_VERSION, "spikeinterface": spikeinterface.__version__,
-            "storage_gain_uv": STORAGE_GAIN_UV, "seed": int(seed), "name": f"np1_{n_channels}ch",
-            "probe": f"np1_{n_channels}", "num_units": int(num_units), "duration_s": float(duration_s),
-            "drift": "none", "noise": "white 6-8 uV"}
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "spikeinterface": spikeinterface.__version__,
+        "storage_gain_uv": STORAGE_GAIN_UV,
+        "seed": int(seed),
+        "name": f"np1_{n_channels}ch",
+        "probe": f"np1_{n_channels}",
+        "num_units": int(num_units),
+        "duration_s": float(duration_s),
+        "drift": "none",
+        "noise": "white 6-8 uV",
+    }
 
 
-def ensure_speed_recording(*, cache_dir: Path, n_channels: int, duration_s: float, num_units: int, seed: int,
-                           n_jobs: int) -> Path:
+def ensure_speed_recording(
+    *, cache_dir: Path, n_channels: int, duration_s: float, num_units: int, seed: int, n_jobs: int
+) -> Path:
     """The speed mode's Neuropixels-1.0-like recording (the first ``n_channels`` contacts of bank
     0), static, generated lazily and saved once in 1 s chunks on ``n_jobs`` processes.
 
@@ -168,9 +210,13 @@ def ensure_speed_recording(*, cache_dir: Path, n_channels: int, duration_s: floa
 
     def generate():
         static, _, gt = generate_drifting_recording(
-            num_units=num_units, duration=duration_s, probe=build_probe(kind=f"np1_{n_channels}"),
+            num_units=num_units,
+            duration=duration_s,
+            probe=build_probe(kind=f"np1_{n_channels}"),
             generate_displacement_vector_kwargs=displacement_kwargs(drift="none"),
-            generate_noise_kwargs={"noise_levels": (6.0, 8.0), "spatial_decay": None}, seed=seed)
+            generate_noise_kwargs={"noise_levels": (6.0, 8.0), "spatial_decay": None},
+            seed=seed,
+        )
         return static, gt
 
     folder = cache_dir / "recordings" / f"np1_{n_channels}ch_{duration_s:g}s_seed{seed}"
@@ -198,9 +244,7 @@ def save_generated(*, folder: Path, spec: dict, generate, n_jobs: int) -> Path:
         as_int16 = scale(source, gain=1.0 / STORAGE_GAIN_UV, offset=0.0, dtype="int16")
         as_int16.set_channel_gains(STORAGE_GAIN_UV)
         as_int16.set_channel_offsets(0.0)
-        as_int16.save(
-            folder=tmp / "recording", format="binary", n_jobs=n_jobs, chunk_duration="1s", progress_bar=False
-        )
+        as_int16.save(folder=tmp / "recording", format="binary", n_jobs=n_jobs, chunk_duration="1s", progress_bar=False)
         save_sorting_npz(sorting=gt, path=tmp / "gt_sorting.npz")
         locations = np.asarray(gt.get_property("gt_unit_locations"))
         np.save(tmp / "gt_unit_locations.npy", locations)
@@ -236,13 +280,16 @@ def ensure_true_displacement(*, folder: Path, scenario: Scenario, seed: int) -> 
     from spikeinterface.generation import generate_drifting_recording
 
     *_, extra = generate_drifting_recording(
-        num_units=scenario.num_units, duration=scenario.duration_s, probe=build_probe(kind=scenario.probe),
-        generate_displacement_vector_kwargs=displacement_kwargs(drift=scenario.drift), seed=seed,
-        extra_outputs=True)
+        num_units=scenario.num_units,
+        duration=scenario.duration_s,
+        probe=build_probe(kind=scenario.probe),
+        generate_displacement_vector_kwargs=displacement_kwargs(drift=scenario.drift),
+        seed=seed,
+        extra_outputs=True,
+    )
     disp = np.asarray(extra["unit_displacements"])[:, :, 1]
     times = np.arange(disp.shape[0]) / float(extra["displacement_sampling_frequency"])
     tmp = folder / f".{TRUE_DISPLACEMENT}.tmp.npz"
     np.savez(tmp, times_s=times, displacement_um=disp, unit_depth_um=np.asarray(extra["unit_locations"])[:, 1])
     tmp.rename(path)
     return path
-

@@ -3,6 +3,7 @@
 Sortings are kept as a small npz that does not depend on any sorter's output format: the child
 process writes one, the parent scores it, and peer results are cached as one.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -89,11 +90,18 @@ def score_labels(*, gt, tested, labels_tsv: Path) -> dict:
     match = comp.hungarian_match_21
     good = [u for u in tested.unit_ids if labels.get(int(u)) == "good"]
     # an unmatched unit maps to -1, or to "" when the ground-truth ids are strings
-    good_matched = sum(1 for u in good if match[u] in comp.agreement_scores.index
-                       and comp.agreement_scores.at[match[u], u] >= WELL_DETECTED_SCORE)
+    good_matched = sum(
+        1
+        for u in good
+        if match[u] in comp.agreement_scores.index and comp.agreement_scores.at[match[u], u] >= WELL_DETECTED_SCORE
+    )
     fp = list(comp.get_false_positive_units(REDUNDANT_SCORE))
-    return {"n_good": len(good), "good_matched": good_matched, "n_fp_labelled": len(fp),
-            "fp_not_good": sum(1 for u in fp if labels.get(int(u)) in ("mua", "noise"))}
+    return {
+        "n_good": len(good),
+        "good_matched": good_matched,
+        "n_fp_labelled": len(fp),
+        "fp_not_good": sum(1 for u in fp if labels.get(int(u)) in ("mua", "noise")),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,4 +127,3 @@ def motion_error_um(*, motion_folder: Path, truth_path: Path) -> float | None:
         d = est - disp[:, u]
         errors.append(d - d.mean())
     return float(np.sqrt(np.mean(np.square(errors))))
-

@@ -14,6 +14,7 @@ scenario, its report included, see ``benchmarks.command``), ``recording`` (a lab
 ``sorter``, ``status``, ``wall_s``, ``x_realtime``, ``peak_rss_mb``, ``floor_s``, ``sort_floor``,
 the accuracy fields when scored, and ``stage_<name>_s`` / ``stage_<name>_rss_mb``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,9 +98,18 @@ def highpass_sos(*, sampling_rate_hz: float, highpass_hz: float = FLOOR_HIGHPASS
     return signal.butter(3, highpass_hz, btype="highpass", fs=sampling_rate_hz, output="sos").astype(np.float32)
 
 
-def floor_pass(*, path: Path, n_channels: int, sampling_rate_hz: float, n_samples: int | None = None,
-               dtype: str = "int16", threads: int = 2, chunk_s: float = FLOOR_CHUNK_S,
-               margin_s: float = FLOOR_MARGIN_S, highpass_hz: float = FLOOR_HIGHPASS_HZ) -> FloorPass:
+def floor_pass(
+    *,
+    path: Path,
+    n_channels: int,
+    sampling_rate_hz: float,
+    n_samples: int | None = None,
+    dtype: str = "int16",
+    threads: int = 2,
+    chunk_s: float = FLOOR_CHUNK_S,
+    margin_s: float = FLOOR_MARGIN_S,
+    highpass_hz: float = FLOOR_HIGHPASS_HZ,
+) -> FloorPass:
     """Read the first ``n_samples`` frames (all by default) of a headerless (samples, channels)
     binary in chunks and high-pass filter each one, zero phase, in float32, on ``threads``
     threads (file reads and scipy's filter loop release the GIL); return the wall time."""
@@ -115,24 +125,33 @@ def floor_pass(*, path: Path, n_channels: int, sampling_rate_hz: float, n_sample
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     sos = highpass_sos(sampling_rate_hz=sampling_rate_hz, highpass_hz=highpass_hz)
-    chunks = floor_chunks(n_samples=n, chunk=max(1, round(float(chunk_s * sampling_rate_hz))),
-                          margin=round(float(margin_s * sampling_rate_hz)))
+    chunks = floor_chunks(
+        n_samples=n,
+        chunk=max(1, round(float(chunk_s * sampling_rate_hz))),
+        margin=round(float(margin_s * sampling_rate_hz)),
+    )
 
     def one(bounds) -> float:
         a, b, keep_a, keep_b = bounds
         x = np.fromfile(path, dtype=dtype, count=(b - a) * n_channels, offset=a * frame_bytes)
         # channels as rows: the filter then runs along contiguous memory
         x = np.ascontiguousarray(x.reshape(b - a, n_channels).T, dtype=np.float32)
-        y = signal.sosfiltfilt(sos, x, axis=1)[::CHECK_STRIDE, keep_a - a:keep_b - a]
+        y = signal.sosfiltfilt(sos, x, axis=1)[::CHECK_STRIDE, keep_a - a : keep_b - a]
         return float(np.einsum("ij,ij->", y, y, dtype=np.float64))
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         energy = sum(pool.map(one, chunks))
     wall = time.perf_counter() - t0
-    return FloorPass(wall_s=wall, n_samples=n, n_channels=int(n_channels), sampling_rate_hz=float(sampling_rate_hz),
-                     n_chunks=len(chunks), threads=int(threads),
-                     mean_square=energy / (n * len(range(0, n_channels, CHECK_STRIDE))))
+    return FloorPass(
+        wall_s=wall,
+        n_samples=n,
+        n_channels=int(n_channels),
+        sampling_rate_hz=float(sampling_rate_hz),
+        n_chunks=len(chunks),
+        threads=int(threads),
+        mean_square=energy / (n * len(range(0, n_channels, CHECK_STRIDE))),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +185,7 @@ def stage_names(*, rows: list[dict]) -> list[str]:
     for row in rows:
         for key in row:
             if key.startswith("stage_"):
-                stage = key[len("stage_"):].removesuffix("_rss_mb").removesuffix("_s")
+                stage = key[len("stage_") :].removesuffix("_rss_mb").removesuffix("_s")
                 if stage not in found:
                     found.append(stage)
     return [s for s in STAGES if s in found] + [s for s in found if s not in STAGES]
@@ -222,8 +241,12 @@ def speed_table(*, rows: list[dict]) -> str:
     command row carries it, ``report s (share)``: the report's seconds and share of the wall."""
     stages = stage_names(rows=rows)
     report = any(row.get("report_s") is not None for row in rows)
-    heads = ([h for h, _ in COLUMNS] + [f"{s} s / MB" for s in stages] + (["report s (share)"] if report else [])
-             + ["load 1 min"])
+    heads = (
+        [h for h, _ in COLUMNS]
+        + [f"{s} s / MB" for s in stages]
+        + (["report s (share)"] if report else [])
+        + ["load 1 min"]
+    )
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
     for row in rows:
         cells = [_cell(row, k) for _, k in COLUMNS]
@@ -283,28 +306,37 @@ def speed_summary(*, rows: list[dict]) -> SpeedSummary:
         parts = [f"{r['case']} {_num(r.get('x_realtime'), '.2f')}" for r in a + b]
         met_a = check("x_realtime_a", [r.get("x_realtime") for r in a], lambda v: v >= TARGET_X_REALTIME_A)
         met_b = check("x_realtime_b", [r.get("x_realtime") for r in b], lambda v: v >= TARGET_X_REALTIME_B)
-        lines.append("× real time (spikesort): " + ", ".join(parts)
-                     + (f"; target ≥ {TARGET_X_REALTIME_A:g} on {', '.join(r['case'] for r in a)}{_ok(met_a)}" if a else "")
-                     + (f"; target ≥ {TARGET_X_REALTIME_B:g} on the {b[0]['channels']}-channel runs{_ok(met_b)}" if b else ""))
+        lines.append(
+            "× real time (spikesort): "
+            + ", ".join(parts)
+            + (f"; target ≥ {TARGET_X_REALTIME_A:g} on {', '.join(r['case'] for r in a)}{_ok(met_a)}" if a else "")
+            + (f"; target ≥ {TARGET_X_REALTIME_B:g} on the {b[0]['channels']}-channel runs{_ok(met_b)}" if b else "")
+        )
         parts = [f"{r['case']} {_num(r.get('sort_floor'), '.2f')}" for r in a + b]
         met = check("sort_floor", [r.get("sort_floor") for r in a + b], lambda v: v <= TARGET_SORT_FLOOR)
-        lines.append("whole sort ÷ floor pass (spikesort): " + ", ".join(parts)
-                     + f"; target ≤ {TARGET_SORT_FLOOR:g}{_ok(met)}")
+        lines.append(
+            "whole sort ÷ floor pass (spikesort): " + ", ".join(parts) + f"; target ≤ {TARGET_SORT_FLOOR:g}{_ok(met)}"
+        )
     floors = [f"{case} {x:.2f}× real time" for case, x in ratios["floor_x_realtime"].items()]
     if floors:
         lines.append("floor pass alone: " + ", ".join(floors))
     if b:
         peak = [r.get("peak_rss_mb") for r in b]
         met = check("rss_b", peak, lambda v: v <= TARGET_RSS_B_MB)
-        lines.append("peak RSS (spikesort): " + ", ".join(f"{r['case']} {_num(r.get('peak_rss_mb'), '.0f')} MB" for r in b)
-                     + f"; target ≤ {TARGET_RSS_B_MB:.0f} MB{_ok(met)}")
+        lines.append(
+            "peak RSS (spikesort): "
+            + ", ".join(f"{r['case']} {_num(r.get('peak_rss_mb'), '.0f')} MB" for r in b)
+            + f"; target ≤ {TARGET_RSS_B_MB:.0f} MB{_ok(met)}"
+        )
     if len(b) >= 2 and b[0].get("peak_rss_mb") and b[-1].get("peak_rss_mb"):
         growth = b[-1]["peak_rss_mb"] / b[0]["peak_rss_mb"]
         label = f"RSS({b[-1]['minutes']:g} min) ÷ RSS({b[0]['minutes']:g} min)"
         ratios["rss_growth"] = {"label": label, "value": growth}
         met = check("rss_growth", [growth], lambda v: v <= TARGET_RSS_GROWTH)
         lines.append(f"{label} = {growth:.3f}; target ≤ {TARGET_RSS_GROWTH:.2f}{_ok(met)}")
-    peers = [r for r in rows if r["kind"] == "a" and not _is_spikesort(r) and r.get("status") == "ok" and r.get("wall_s")]
+    peers = [
+        r for r in rows if r["kind"] == "a" and not _is_spikesort(r) and r.get("status") == "ok" and r.get("wall_s")
+    ]
     for r in a:
         mine = [p for p in peers if p["case"] == r["case"]]
         if not mine or not r.get("wall_s"):
@@ -312,9 +344,11 @@ def speed_summary(*, rows: list[dict]) -> SpeedSummary:
         speedup = {p["sorter"]: p["wall_s"] / r["wall_s"] for p in mine}
         ratios.setdefault("peer_wall_over_spikesort", {})[r["case"]] = speedup
         met = check(f"faster_than_peers_{r['case']}", [min(speedup.values())], lambda v: v > 1.0)
-        lines.append(f"peers on {r['case']} (their wall ÷ spikesort's): "
-                     + ", ".join(f"{name} {v:.2f}" for name, v in speedup.items())
-                     + f"; target: faster than every peer{_ok(met)}")
+        lines.append(
+            f"peers on {r['case']} (their wall ÷ spikesort's): "
+            + ", ".join(f"{name} {v:.2f}" for name, v in speedup.items())
+            + f"; target: faster than every peer{_ok(met)}"
+        )
     lines += _command_lines(rows=rows, ratios=ratios)
     return SpeedSummary(lines=lines, ratios=ratios)
 
@@ -327,24 +361,40 @@ def _command_lines(*, rows: list[dict], ratios: dict) -> list[str]:
         runs = [r for r in rows if r.get("kind") == "c" and r["case"] == case]
         parts = []
         for r in runs:
-            entry = {k: r.get(k) for k in ("status", "wall_s", "cpu_s", "x_realtime", "report_s", "report_share",
-                                           "peak_rss_mb")}
+            entry = {
+                k: r.get(k)
+                for k in ("status", "wall_s", "cpu_s", "x_realtime", "report_s", "report_share", "peak_rss_mb")
+            }
             ratios.setdefault("command", {}).setdefault(case, {})[r.get("mode", r["sorter"])] = entry
             if r.get("status") != "ok":
                 parts.append(f"{r.get('mode', r['sorter'])} {r.get('status')}")
                 continue
-            report = "" if r.get("report_s") is None else (
-                f", report {r['report_s']:.1f} s = {100 * r['report_share']:.0f}%")
+            report = (
+                ""
+                if r.get("report_s") is None
+                else (f", report {r['report_s']:.1f} s = {100 * r['report_share']:.0f}%")
+            )
             cpu = "" if r.get("cpu_s") is None else f", CPU {r['cpu_s']:.1f} s"
-            parts.append(f"{r.get('mode', r['sorter'])} {_num(r.get('wall_s'), '.1f')} s "
-                         f"({_num(r.get('x_realtime'), '.2f')}× real time{cpu}{report})")
+            parts.append(
+                f"{r.get('mode', r['sorter'])} {_num(r.get('wall_s'), '.1f')} s "
+                f"({_num(r.get('x_realtime'), '.2f')}× real time{cpu}{report})"
+            )
         # the sort-call rows' child processes: interpreter, imports and the sort call, no report
-        procs = [r for r in rows if r["case"] == case and r.get("kind") == "a" and r.get("status") == "ok"
-                 and r.get("process_wall_s")]
-        named = [f"{r['sorter']} {r['process_wall_s']:.1f} s"
-                 + ("" if r.get("cpu_s") is None else f" (CPU {r['cpu_s']:.1f} s)") for r in procs]
-        peer = ("; the sorters' whole child processes (imports and sort call, no report): "
-                + ", ".join(named)) if procs else ""
+        procs = [
+            r
+            for r in rows
+            if r["case"] == case and r.get("kind") == "a" and r.get("status") == "ok" and r.get("process_wall_s")
+        ]
+        named = [
+            f"{r['sorter']} {r['process_wall_s']:.1f} s"
+            + ("" if r.get("cpu_s") is None else f" (CPU {r['cpu_s']:.1f} s)")
+            for r in procs
+        ]
+        peer = (
+            ("; the sorters' whole child processes (imports and sort call, no report): " + ", ".join(named))
+            if procs
+            else ""
+        )
         lines.append(f"spikesort run on {case} as users run it (report included): " + ", ".join(parts) + peer)
     return lines
 
@@ -359,9 +409,13 @@ def binary_of(*, folder: Path) -> dict:
     path = folder / "recording" / "traces_cached_seg0.raw"
     if rec.get_num_segments() != 1 or not path.is_file():
         raise ValueError(f"{folder / 'recording'} is not a one-segment binary folder")
-    return {"path": path, "n_channels": int(rec.get_num_channels()),
-            "sampling_rate_hz": float(rec.get_sampling_frequency()), "n_samples": int(rec.get_num_samples(0)),
-            "dtype": str(rec.get_dtype())}
+    return {
+        "path": path,
+        "n_channels": int(rec.get_num_channels()),
+        "sampling_rate_hz": float(rec.get_sampling_frequency()),
+        "n_samples": int(rec.get_num_samples(0)),
+        "dtype": str(rec.get_dtype()),
+    }
 
 
 def _duration_label(seconds: float) -> str:
@@ -402,9 +456,20 @@ def run_speed(
     ``spikesort run`` command on each scenario's binary (see ``benchmarks.command``)."""
     rows = []
     a_rows = run_benchmark(
-        scenarios=scenarios, seeds=[seed], sorters=sorters, cache_dir=cache_dir, work_dir=work_dir,
-        rerun_peers=rerun_peers, cached_peers_only=cached_peers_only, spikesort_params=spikesort_params,
-        n_jobs=n_jobs, timeout_s=timeout_s, keep_outputs=keep_outputs, dummy=False, log=log)
+        scenarios=scenarios,
+        seeds=[seed],
+        sorters=sorters,
+        cache_dir=cache_dir,
+        work_dir=work_dir,
+        rerun_peers=rerun_peers,
+        cached_peers_only=cached_peers_only,
+        spikesort_params=spikesort_params,
+        n_jobs=n_jobs,
+        timeout_s=timeout_s,
+        keep_outputs=keep_outputs,
+        dummy=False,
+        log=log,
+    )
     for name in scenarios:
         mine = [r for r in a_rows if r["scenario"] == name]
         if not mine:
@@ -412,17 +477,36 @@ def run_speed(
         folder = recording_folder(cache_dir=cache_dir, scenario=name, seed=seed)
         binary = binary_of(folder=folder)
         if command_modes and "spikesort" in sorters:
-            mine += command_rows(case=name, folder=folder, binary=binary, work_dir=work_dir / f"{name}_seed{seed}",
-                                 modes=list(command_modes), params=dict(spikesort_params), timeout_s=timeout_s,
-                                 keep_outputs=keep_outputs, version=sorter_version(sorter="spikesort"),
-                                 gt=load_gt(folder=folder), log=log, stage_costs=stage_costs)
-        floor = floor_pass(path=binary["path"], n_channels=binary["n_channels"], dtype=binary["dtype"],
-                                           sampling_rate_hz=binary["sampling_rate_hz"], threads=floor_threads)
+            mine += command_rows(
+                case=name,
+                folder=folder,
+                binary=binary,
+                work_dir=work_dir / f"{name}_seed{seed}",
+                modes=list(command_modes),
+                params=dict(spikesort_params),
+                timeout_s=timeout_s,
+                keep_outputs=keep_outputs,
+                version=sorter_version(sorter="spikesort"),
+                gt=load_gt(folder=folder),
+                log=log,
+                stage_costs=stage_costs,
+            )
+        floor = floor_pass(
+            path=binary["path"],
+            n_channels=binary["n_channels"],
+            dtype=binary["dtype"],
+            sampling_rate_hz=binary["sampling_rate_hz"],
+            threads=floor_threads,
+        )
         log(f"[{name}] floor pass: {floor.wall_s:.1f} s ({floor.x_realtime:.1f}× real time)")
         for row in mine:
-            row.update(case=name, kind=row.get("kind", "a"), channels=binary["n_channels"],
-                       minutes=row["duration_s"] / 60,
-                       recording=f"{binary['n_channels']} ch × {_duration_label(row['duration_s'])}")
+            row.update(
+                case=name,
+                kind=row.get("kind", "a"),
+                channels=binary["n_channels"],
+                minutes=row["duration_s"] / 60,
+                recording=f"{binary['n_channels']} ch × {_duration_label(row['duration_s'])}",
+            )
             if row["sorter"] == "spikesort" and row.get("status") == "ok":
                 row.update(stage_costs(run_json=Path(row["result_folder"]) / "spikesort_run.json"))
             _add_floor(row, floor)
@@ -434,8 +518,14 @@ def run_speed(
         return rows
     units = num_units or max(3, round(SPEED_UNITS_PER_CHANNEL * channels))
     t0 = time.perf_counter()
-    folder = ensure_speed_recording(cache_dir=cache_dir, n_channels=channels, duration_s=60.0 * max(minutes),
-                                    num_units=units, seed=seed, n_jobs=n_jobs)
+    folder = ensure_speed_recording(
+        cache_dir=cache_dir,
+        n_channels=channels,
+        duration_s=60.0 * max(minutes),
+        num_units=units,
+        seed=seed,
+        n_jobs=n_jobs,
+    )
     log(f"[np1 {channels} ch] recording of {max(minutes):g} min ready in {time.perf_counter() - t0:.1f} s: {folder}")
     binary = binary_of(folder=folder)
     fs = binary["sampling_rate_hz"]
@@ -449,29 +539,63 @@ def run_speed(
             shutil.rmtree(result_folder)
         log(f"[{case}] spikesort {version}: running ...")
         report = run_sorter_subprocess(
-            sorter="spikesort", recording_folder=folder, work_folder=work_folder, result_folder=result_folder,
-            params=dict(spikesort_params), n_jobs=n_jobs, timeout_s=timeout_s, frame_range=(0, n))
+            sorter="spikesort",
+            recording_folder=folder,
+            work_folder=work_folder,
+            result_folder=result_folder,
+            params=dict(spikesort_params),
+            n_jobs=n_jobs,
+            timeout_s=timeout_s,
+            frame_range=(0, n),
+        )
         if not keep_outputs and work_folder.exists():
             shutil.rmtree(work_folder, ignore_errors=True)
-        log(f"[{case}] spikesort: {report['status']} in {report.get('wall_s', report['process_wall_s']):.1f} s"
-            + (f" ({report['error']})" if report.get("error") else ""))
-        row = {"case": case, "kind": "b", "scenario": case, "seed": seed, "sorter": "spikesort", "version": version,
-               "params": dict(spikesort_params), "duration_s": n / fs, "minutes": m, "channels": channels,
-               "recording": f"{channels} ch × {_duration_label(n / fs)}", "source": "run",
-               "result_folder": str(result_folder), "status": report["status"], "error": report.get("error"),
-               "wall_s": report.get("wall_s"), "process_wall_s": report.get("process_wall_s"),
-               "cpu_s": report.get("cpu_s"), "load_before": report.get("load_before"),
-               "load_after": report.get("load_after"), "peak_rss_mb": report.get("peak_rss_mb")}
+        log(
+            f"[{case}] spikesort: {report['status']} in {report.get('wall_s', report['process_wall_s']):.1f} s"
+            + (f" ({report['error']})" if report.get("error") else "")
+        )
+        row = {
+            "case": case,
+            "kind": "b",
+            "scenario": case,
+            "seed": seed,
+            "sorter": "spikesort",
+            "version": version,
+            "params": dict(spikesort_params),
+            "duration_s": n / fs,
+            "minutes": m,
+            "channels": channels,
+            "recording": f"{channels} ch × {_duration_label(n / fs)}",
+            "source": "run",
+            "result_folder": str(result_folder),
+            "status": report["status"],
+            "error": report.get("error"),
+            "wall_s": report.get("wall_s"),
+            "process_wall_s": report.get("process_wall_s"),
+            "cpu_s": report.get("cpu_s"),
+            "load_before": report.get("load_before"),
+            "load_after": report.get("load_after"),
+            "peak_rss_mb": report.get("peak_rss_mb"),
+        }
         if row["wall_s"]:
             row["x_realtime"] = row["duration_s"] / row["wall_s"]
         if report["status"] == "ok":
             row.update(stage_costs(run_json=result_folder / "spikesort_run.json"))
-            row.update(score_sorting(gt=gt.frame_slice(start_frame=0, end_frame=n),
-                                     tested=load_sorting_npz(path=result_folder / "sorting.npz")))
-        floor = floor_pass(path=binary["path"], n_channels=binary["n_channels"], dtype=binary["dtype"],
-                                           sampling_rate_hz=fs, n_samples=n, threads=floor_threads)
+            row.update(
+                score_sorting(
+                    gt=gt.frame_slice(start_frame=0, end_frame=n),
+                    tested=load_sorting_npz(path=result_folder / "sorting.npz"),
+                )
+            )
+        floor = floor_pass(
+            path=binary["path"],
+            n_channels=binary["n_channels"],
+            dtype=binary["dtype"],
+            sampling_rate_hz=fs,
+            n_samples=n,
+            threads=floor_threads,
+        )
         log(f"[{case}] floor pass: {floor.wall_s:.1f} s ({floor.x_realtime:.1f}× real time)")
         _add_floor(row, floor)
         rows.append(row)
     return rows
-

@@ -1,4 +1,5 @@
 """The accuracy table: its columns, cell formatting, markdown, and the JSON and CSV outputs."""
+
 from __future__ import annotations
 
 import csv
@@ -27,13 +28,23 @@ COLUMNS = (
 
 
 def _fmt(row: dict, key: str) -> str:
-    if row.get("status") != "ok" and key in ("well", "num_units", "false_positive", "redundant", "overmerged", "mean_accuracy"):
+    if row.get("status") != "ok" and key in (
+        "well",
+        "num_units",
+        "false_positive",
+        "redundant",
+        "overmerged",
+        "mean_accuracy",
+    ):
         return row.get("status", "failed") if key == "well" else "–"
     if key == "well":
         return f"{row['well_detected']}/{row['num_gt']}"
     if key in ("good_precision", "fp_labels"):
-        n, of = (row.get("good_matched"), row.get("n_good")) if key == "good_precision" else (
-            row.get("fp_not_good"), row.get("n_fp_labelled"))
+        n, of = (
+            (row.get("good_matched"), row.get("n_good"))
+            if key == "good_precision"
+            else (row.get("fp_not_good"), row.get("n_fp_labelled"))
+        )
         return "–" if of is None else f"{n}/{of}"
     v = row.get(key)
     if v is None:
@@ -70,4 +81,3 @@ def write_outputs(*, rows: list[dict], out: Path, extra: dict | None = None) -> 
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-

@@ -8,6 +8,7 @@ long probe in the non-rigid case), 20 % of the neurons replaced at each session,
 changed by up to ±50 %, new noise. Generated recordings and sortings are cached under --cache.
 Prints one markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,16 @@ def _sorted_sessions(case_dir: Path, *, n_sessions, n_units, n_channels, duratio
     import spikesort
     from spikesort.tracking.synthetic import make_chronic_sessions, save_int16, sorted_to_neurons
 
-    _, sessions = make_chronic_sessions(n_sessions=n_sessions, n_units=n_units, n_channels=n_channels,
-                                        duration_s=duration_s, max_shift_um=100.0, gradient=gradient,
-                                        fixed_step=fixed_step, seed=seed)
+    _, sessions = make_chronic_sessions(
+        n_sessions=n_sessions,
+        n_units=n_units,
+        n_channels=n_channels,
+        duration_s=duration_s,
+        max_shift_um=100.0,
+        gradient=gradient,
+        fixed_step=fixed_step,
+        seed=seed,
+    )
     folders, truth, sort_s = [], [], []
     for s in sessions:
         rec_dir, out = case_dir / f"rec{s.index}", case_dir / f"session{s.index}"
@@ -69,23 +77,33 @@ def run_case(name: str, case_dir: Path, *, n_sessions: int, n_units: int, durati
     from spikesort.tracking.synthetic import score_links
 
     case_dir.mkdir(parents=True, exist_ok=True)
-    sessions, folders, truth, sort_s = _sorted_sessions(case_dir, n_sessions=n_sessions, n_units=n_units,
-                                                        duration_s=duration_s, seed=seed, **kw)
+    sessions, folders, truth, sort_s = _sorted_sessions(
+        case_dir, n_sessions=n_sessions, n_units=n_units, duration_s=duration_s, seed=seed, **kw
+    )
     t0 = time.perf_counter()
     result = spikesort.track(folders, case_dir / "tracks", overwrite=True)
     total = time.perf_counter() - t0
     score = score_links(result.rows, truth, folders)
     consecutive = [p.seconds for p in result.pairs if p.b == p.a + 1]
-    return dict(case=name, sessions=n_sessions, well_detected=sum(len(t) for t in truth),
-                units=sum(np.unique(np.load(Path(f) / "spike_clusters.npy")).size for f in folders),
-                shifts=[round(s.rigid_um - p.rigid_um, 1) for p, s in zip(sessions[:-1], sessions[1:])],
-                motion_error_um=_motion_error(result, sessions), track_s=total,
-                pair_s=float(np.mean(consecutive)), sort_s=float(np.mean(sort_s)), **score)
+    return dict(
+        case=name,
+        sessions=n_sessions,
+        well_detected=sum(len(t) for t in truth),
+        units=sum(np.unique(np.load(Path(f) / "spike_clusters.npy")).size for f in folders),
+        shifts=[round(s.rigid_um - p.rigid_um, 1) for p, s in zip(sessions[:-1], sessions[1:])],
+        motion_error_um=_motion_error(result, sessions),
+        track_s=total,
+        pair_s=float(np.mean(consecutive)),
+        sort_s=float(np.mean(sort_s)),
+        **score,
+    )
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| case | sessions | shifts between sessions (µm) | units sorted (well detected) | persisting pairs | "
-            "correctly linked | false links | motion error | s per session pair | tracking s (all) | sort s per session |")
+    head = (
+        "| case | sessions | shifts between sessions (µm) | units sorted (well detected) | persisting pairs | "
+        "correctly linked | false links | motion error | s per session pair | tracking s (all) | sort s per session |"
+    )
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in rows:
         lines.append(
@@ -93,7 +111,8 @@ def table(rows: list[dict]) -> str:
             f"{r['units']} ({r['well_detected']}) | {r['persisting_pairs']} | "
             f"{100 * r['linked_fraction']:.1f} % ({r['correctly_linked']}) | "
             f"{100 * r['false_fraction']:.1f} % ({r['false_links']} of {r['scored_links']}) | "
-            f"{r['motion_error_um']:.1f} µm | {r['pair_s']:.2f} | {r['track_s']:.1f} | {r['sort_s']:.1f} |")
+            f"{r['motion_error_um']:.1f} µm | {r['pair_s']:.2f} | {r['track_s']:.1f} | {r['sort_s']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -111,12 +130,23 @@ def main(argv=None) -> int:
     for name, kw in CASES.items():
         if args.no_nonrigid and kw["gradient"]:
             continue
-        tag = (f"{kw['n_channels']}ch_g{kw['gradient']:g}_s{args.sessions}_u{args.units}_d{args.duration:g}"
-               f"_seed{args.seed}")
+        tag = (
+            f"{kw['n_channels']}ch_g{kw['gradient']:g}_s{args.sessions}_u{args.units}_d{args.duration:g}"
+            f"_seed{args.seed}"
+        )
         if kw.get("fixed_step"):
             tag += f"_step{kw['fixed_step'][0]}x{kw['fixed_step'][1]:g}"
-        rows.append(run_case(name, args.cache / tag, n_sessions=args.sessions, n_units=args.units,
-                             duration_s=args.duration, seed=args.seed, **kw))
+        rows.append(
+            run_case(
+                name,
+                args.cache / tag,
+                n_sessions=args.sessions,
+                n_units=args.units,
+                duration_s=args.duration,
+                seed=args.seed,
+                **kw,
+            )
+        )
         logging.getLogger("benchmarks.tracking").warning("%s done", name)
     print(table(rows))
     return 0

@@ -20,6 +20,7 @@ is noisy.
 
 Run it on a quiet machine: other work on the same cores makes both timings noisy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def _spikesort_command() -> list[str]:
     return [found]
 
 
-def make_recordings(folder: Path, *, n: int, channels: int, duration_s: float,
-                    units: int) -> tuple[list[Path], Path, float]:
+def make_recordings(
+    folder: Path, *, n: int, channels: int, duration_s: float, units: int
+) -> tuple[list[Path], Path, float]:
     from probeinterface import ProbeGroup, write_probeinterface
 
     from spikesort.demo import make_demo_recording
@@ -81,11 +83,12 @@ def _children_cpu_s() -> float:
 def _timed(cmd: list[str]) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the process and its children)."""
     t0, cpu0 = time.perf_counter(), _children_cpu_s()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds, cpu = time.perf_counter() - t0, _children_cpu_s() - cpu0
     if proc.returncode != 0:
-        sys.exit(f"batch_overhead: {shlex.join(cmd)} failed with exit code {proc.returncode}:\n"
-                 f"{proc.stdout}\n{proc.stderr}")
+        sys.exit(
+            f"batch_overhead: {shlex.join(cmd)} failed with exit code {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return seconds, cpu
 
 
@@ -95,8 +98,9 @@ def main(argv=None) -> int:
     parser.add_argument("--channels", type=int, default=32, help="channels per recording (default 32)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per recording (default 60)")
     parser.add_argument("--units", type=int, default=12, help="simulated units per recording (default 12)")
-    parser.add_argument("--batch-args", default="", help="extra options for `spikesort batch`, e.g. "
-                                                         "\"--workers 2 --threads 1\"")
+    parser.add_argument(
+        "--batch-args", default="", help='extra options for `spikesort batch`, e.g. "--workers 2 --threads 1"'
+    )
     parser.add_argument("--folder", type=Path, default=None, help="where to make the temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the recordings and outputs")
     args = parser.parse_args(argv)
@@ -106,27 +110,34 @@ def main(argv=None) -> int:
     try:
         data = work / "data"
         data.mkdir()
-        print(f"generating {args.recordings} recordings of {args.channels} channels x {args.duration:g} s "
-              f"in {data} (not timed)", flush=True)
-        paths, probe, rate = make_recordings(data, n=args.recordings, channels=args.channels,
-                                             duration_s=args.duration, units=args.units)
+        print(
+            f"generating {args.recordings} recordings of {args.channels} channels x {args.duration:g} s "
+            f"in {data} (not timed)",
+            flush=True,
+        )
+        paths, probe, rate = make_recordings(
+            data, n=args.recordings, channels=args.channels, duration_s=args.duration, units=args.units
+        )
         raw = ["--sampling-rate", f"{rate:g}", "--n-channels", str(args.channels), "--dtype", "int16"]
 
         # untimed warm-up: numba's on-disk kernel cache and the OS file cache serve both timings alike
-        _timed(spikesort + ["run", str(paths[0]), "--probe", str(probe), "-o", str(work / "warmup"), "--quiet",
-                            *raw])
+        _timed(spikesort + ["run", str(paths[0]), "--probe", str(probe), "-o", str(work / "warmup"), "--quiet", *raw])
 
         sequential_out = work / "sequential"
         t_seq = cpu_seq = 0.0
         for path in paths:
-            wall, cpu = _timed(spikesort + ["run", str(path), "--probe", str(probe), "-o",
-                                            str(sequential_out / path.stem), "--quiet", *raw])
+            wall, cpu = _timed(
+                spikesort
+                + ["run", str(path), "--probe", str(probe), "-o", str(sequential_out / path.stem), "--quiet", *raw]
+            )
             t_seq, cpu_seq = t_seq + wall, cpu_seq + cpu
         print(f"sequential `spikesort run` x {len(paths)}: {t_seq:.1f} s (CPU {cpu_seq:.1f} s)", flush=True)
 
         manifest = data / "batch.toml"
-        manifest.write_text(f'probe = "probe.json"\nsampling_rate = {rate:g}\nn_channels = {args.channels}\n'
-                            f'dtype = "int16"\nglob = "rec*.bin"\n')
+        manifest.write_text(
+            f'probe = "probe.json"\nsampling_rate = {rate:g}\nn_channels = {args.channels}\n'
+            f'dtype = "int16"\nglob = "rec*.bin"\n'
+        )
         batch_out = work / "batch"
         cmd = spikesort + ["batch", str(manifest), "-o", str(batch_out), "--quiet", *shlex.split(args.batch_args)]
         t_batch, cpu_batch = _timed(cmd)
@@ -137,11 +148,15 @@ def main(argv=None) -> int:
         for row in rows:
             seq_units = json.loads((sequential_out / row["name"] / "spikesort_run.json").read_text())["n_units"]
             same = "same as run" if str(seq_units) == row["units"] else f"run found {seq_units}"
-            print(f"  {row['name']}: {row['status']}, {row['units']} units ({same}), {row['wall_s']} s in the "
-                  f"worker, peak {row['peak_rss_mb']} MB, {row['n_jobs']} threads")
+            print(
+                f"  {row['name']}: {row['status']}, {row['units']} units ({same}), {row['wall_s']} s in the "
+                f"worker, peak {row['peak_rss_mb']} MB, {row['n_jobs']} threads"
+            )
         ratio = t_batch / t_seq
-        print(f"ratio batch / sequential: {ratio:.3f} (target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}); "
-              f"CPU time ratio {cpu_batch / cpu_seq:.3f}")
+        print(
+            f"ratio batch / sequential: {ratio:.3f} (target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}); "
+            f"CPU time ratio {cpu_batch / cpu_seq:.3f}"
+        )
         return 0
     finally:
         if args.keep:

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Ground-truth benchmark of spikesort against peer sorters: the command; the code is the
 top-level ``benchmarks`` package (see its docstring, or ``--help``)."""
+
 import sys
 from pathlib import Path
 

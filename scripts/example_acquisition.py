@@ -14,6 +14,7 @@ or any spikeinterface recording you already have (read_spikeglx, read_openephys,
 preprocessing chain, ...). The lab's parameters live in a TOML file made with
 ``spikesort params > lab.toml`` and edited; ``--config lab.toml`` uses it here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,7 @@ def acquire(duration_s: float):
 
 def show_progress(stage: str, done: int, total: int) -> None:
     """What a GUI would do with the progress hook: here, one updating line on stderr."""
-    print(f"\rsorting: {stage:<10} {done:>4}/{total}", end="\n" if done == total else "", file=sys.stderr,
-          flush=True)
+    print(f"\rsorting: {stage:<10} {done:>4}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
 
 def sort_session(output_folder, *, duration_s: float = 30.0, config: str | None = None):
@@ -42,15 +42,15 @@ def sort_session(output_folder, *, duration_s: float = 30.0, config: str | None 
     params = spikesort.Params.from_toml(config) if config else spikesort.Params()
     result = spikesort.sort(recording, output_folder, params=params, progress=show_progress)
 
-    units = result.units                      # a pandas DataFrame, one row per unit
+    units = result.units  # a pandas DataFrame, one row per unit
     good = units[units["label"] == "good"]
     print(f"{result.n_units} units, {len(good)} good, sorted in {sum(result.timings_s.values()):.1f} s")
     print(good[["n_spikes", "firing_rate_hz", "amplitude_uv", "snr", "depth_um"]].round(2).to_string())
 
-    sorting = result.to_spikeinterface()      # a spikeinterface sorting; the table is in its properties
+    sorting = result.to_spikeinterface()  # a spikeinterface sorting; the table is in its properties
     print("spikeinterface:", sorting, "properties:", ", ".join(sorting.get_property_keys()))
 
-    report = result.make_report()             # OUT/report/summary.html and its figures
+    report = result.make_report()  # OUT/report/summary.html and its figures
     print("report: ", report)
     if result.params_py is not None:
         print("curate: phy template-gui", result.params_py)

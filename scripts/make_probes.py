@@ -10,6 +10,7 @@ real Neuropixels recordings should be opened with their SpikeGLX/Open Ephys meta
 carries the channel map actually used; the bundled Neuropixels files describe the default
 bank-0 layouts for data already saved in that order.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,7 @@ def neuropixels_2_4shank() -> Probe:
     return _neuropixels(
         "NP2013",
         contact_ids,
-        "Neuropixels 2.0 four shanks (NP2013), electrodes 0-95 of each shank, "
-        "ordered shank by shank on channels 0-383",
+        "Neuropixels 2.0 four shanks (NP2013), electrodes 0-95 of each shank, ordered shank by shank on channels 0-383",
     )
 
 

@@ -27,6 +27,7 @@ Examples::
     python scripts/phy_check.py /tmp/demo/sorting /tmp/demo
     python scripts/phy_check.py runs/static64_seed0/spikesort ~/.cache/spikesort-bench/recordings/static64_seed0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,9 @@ def load_ground_truth(gt_folder: Path):
         from spikesort.demo import RECORDING_DIR, make_demo_recording
 
         s = json.loads(summary.read_text())
-        _, gt = make_demo_recording(duration_s=s["duration_s"], n_channels=s["n_channels"],
-                                    n_units=s["n_gt_units"], seed=s["seed"])
+        _, gt = make_demo_recording(
+            duration_s=s["duration_s"], n_channels=s["n_channels"], n_units=s["n_gt_units"], seed=s["seed"]
+        )
         return si.load(gt_folder / RECORDING_DIR), gt
     raise SystemExit(f"{gt_folder} holds neither gt_sorting.npz (benchmark cache) nor demo_summary.json (demo)")
 
@@ -77,8 +79,9 @@ def gt_templates_uv(recording, gt_sorting, *, n_before: int, n_after: int, prepr
         recording = highpass_filter(recording, freq_min=p.highpass_hz, filter_order=3, dtype="float32")
         if p.common_reference != "none":
             recording = common_reference(recording, operator=p.common_reference)
-    analyzer = sic.create_sorting_analyzer(gt_sorting, recording, sparse=False, format="memory",
-                                           return_in_uV=True, seed=0)
+    analyzer = sic.create_sorting_analyzer(
+        gt_sorting, recording, sparse=False, format="memory", return_in_uV=True, seed=0
+    )
     analyzer.compute("random_spikes", max_spikes_per_unit=500, seed=0)
     # +0.25 sample keeps the ms -> samples conversion from dropping a sample
     analyzer.compute("templates", ms_before=(n_before + 0.25) * 1000 / fs, ms_after=(n_after + 0.25) * 1000 / fs)
@@ -113,9 +116,7 @@ def compare(sorted_uv: np.ndarray, gt_uv: np.ndarray, max_lag: int) -> dict:
 def check(*, phy_folder: Path, gt_folder: Path, min_corr: float, max_ratio: float) -> tuple[list[dict], dict]:
     from phylib.io.model import load_model
     from spikeinterface.comparison import compare_sorter_to_ground_truth
-    from spikeinterface.core import NumpySorting
-
-    from spikeinterface.core import set_global_job_kwargs
+    from spikeinterface.core import NumpySorting, set_global_job_kwargs
 
     set_global_job_kwargs(progress_bar=False)
     recording, gt = load_ground_truth(gt_folder)
@@ -124,16 +125,20 @@ def check(*, phy_folder: Path, gt_folder: Path, min_corr: float, max_ratio: floa
         fs = model.sample_rate
         nt = model.n_samples_waveforms
         n_before = nt // 2
-        sorting = NumpySorting.from_samples_and_labels([model.spike_samples.astype(np.int64)],
-                                                       [model.spike_clusters.astype(np.int64)], fs)
+        sorting = NumpySorting.from_samples_and_labels(
+            [model.spike_samples.astype(np.int64)], [model.spike_clusters.astype(np.int64)], fs
+        )
         comp = compare_sorter_to_ground_truth(gt, sorting, exhaustive_gt=True, delta_time=DELTA_TIME_MS)
         accuracy = comp.get_performance(method="by_unit")["accuracy"].astype(float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             filtered = gt_templates_uv(recording, gt, n_before=n_before, n_after=nt - n_before, preprocess=True)
             raw = gt_templates_uv(recording, gt, n_before=n_before, n_after=nt - n_before, preprocess=False)
-        gains = (np.asarray(recording.get_channel_gains(), dtype=np.float64) if recording.has_scaleable_traces()
-                 else np.ones(recording.get_num_channels()))
+        gains = (
+            np.asarray(recording.get_channel_gains(), dtype=np.float64)
+            if recording.has_scaleable_traces()
+            else np.ones(recording.get_num_channels())
+        )
         groups = model.metadata.get("group", {})
         max_lag = max(1, int(round(MAX_LAG_MS * fs / 1000)))
         rng = np.random.default_rng(0)
@@ -163,7 +168,9 @@ def check(*, phy_folder: Path, gt_folder: Path, min_corr: float, max_ratio: floa
         model.close()
     well = [r for r in rows if r["accuracy"] >= WELL_DETECTED]
     summary = dict(
-        n_gt=len(rows), n_matched=sum(r["cluster"] is not None for r in rows), n_well_detected=len(well),
+        n_gt=len(rows),
+        n_matched=sum(r["cluster"] is not None for r in rows),
+        n_well_detected=len(well),
         n_well_detected_failing=sum(not r.get("ok", False) for r in well),
         median_template_corr=_median(r["template"]["corr"] for r in well if "template" in r),
         median_template_ratio=_median(r["template"]["ratio"] for r in well if "template" in r),
@@ -179,34 +186,55 @@ def _median(values) -> float | None:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| GT unit | cluster | accuracy | label | template corr | lag | template ratio | raw corr | raw ratio "
-            "| GT peak µV | ok |")
+    head = (
+        "| GT unit | cluster | accuracy | label | template corr | lag | template ratio | raw corr | raw ratio "
+        "| GT peak µV | ok |"
+    )
     lines = [head, "|" + "|".join("---" for _ in range(11)) + "|"]
     for r in rows:
         t, w = r.get("template", {}), r.get("raw", {})
-        lines.append("| " + " | ".join(str(x) for x in (
-            r["gt_unit"], "–" if r["cluster"] is None else r["cluster"], r["accuracy"], r.get("label", "–"),
-            t.get("corr", "–"), t.get("lag", "–"), t.get("ratio", "–"), w.get("corr", "–"),
-            w.get("ratio", "–"),
-            t.get("gt_peak_uv", "–"), {True: "yes", False: "NO"}.get(r.get("ok"), "–"))) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                str(x)
+                for x in (
+                    r["gt_unit"],
+                    "–" if r["cluster"] is None else r["cluster"],
+                    r["accuracy"],
+                    r.get("label", "–"),
+                    t.get("corr", "–"),
+                    t.get("lag", "–"),
+                    t.get("ratio", "–"),
+                    w.get("corr", "–"),
+                    w.get("ratio", "–"),
+                    t.get("gt_peak_uv", "–"),
+                    {True: "yes", False: "NO"}.get(r.get("ok"), "–"),
+                )
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("phy_folder", type=Path, help="the spikesort output (Phy) folder, or its params.py")
     p.add_argument("gt_folder", type=Path, help="benchmark cache folder (recording/, gt_sorting.npz) or demo folder")
     p.add_argument("--min-corr", type=float, default=0.9, help="smallest correlation that passes (default 0.9)")
-    p.add_argument("--max-ratio", type=float, default=1.25,
-                   help="peak ratios within [1/R, R] pass (default 1.25)")
+    p.add_argument("--max-ratio", type=float, default=1.25, help="peak ratios within [1/R, R] pass (default 1.25)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows and summary to this JSON file")
     args = p.parse_args(argv)
     folder = args.phy_folder.expanduser().resolve()
     if folder.name == "params.py":
         folder = folder.parent
-    rows, summary = check(phy_folder=folder, gt_folder=args.gt_folder.expanduser().resolve(),
-                          min_corr=args.min_corr, max_ratio=args.max_ratio)
+    rows, summary = check(
+        phy_folder=folder,
+        gt_folder=args.gt_folder.expanduser().resolve(),
+        min_corr=args.min_corr,
+        max_ratio=args.max_ratio,
+    )
     print(table(rows))
     print()
     print(", ".join(f"{k} {v}" for k, v in summary.items()))

@@ -19,6 +19,7 @@ Examples::
     python scripts/phy_screenshot.py                         # runs `spikesort demo` first if needed
     python scripts/phy_screenshot.py --folder sorted/ --out shots/ --phy /tmp/venv-phy/bin/phy
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,22 @@ import numpy as np
 
 DEFAULT_PHY = Path("/tmp/venv-phy/bin/phy")
 # phy 2.1's TemplateGUI.default_views, plus the template view we add
-EXPECTED_VIEWS = ("WaveformView", "CorrelogramView", "ISIView", "FeatureView", "AmplitudeView",
-                  "FiringRateView", "TraceView", "ProbeView", "TemplateFeatureView", "TemplateView")
+EXPECTED_VIEWS = (
+    "WaveformView",
+    "CorrelogramView",
+    "ISIView",
+    "FeatureView",
+    "AmplitudeView",
+    "FiringRateView",
+    "TraceView",
+    "ProbeView",
+    "TemplateFeatureView",
+    "TemplateView",
+)
 
 # The plugin runs inside Phy: it adds a template view, selects units, has ImageMagick grab the
 # screen after each selection, writes what each view shows to views.json and closes the GUI.
-PLUGIN = r'''
+PLUGIN = r"""
 import json
 import os
 import subprocess
@@ -121,7 +132,7 @@ class SpikesortScreenshot(IPlugin):
 
             QTimer.singleShot(wait_ms // 2, fill_screen)
             QTimer.singleShot(wait_ms, lambda: run(0))
-'''
+"""
 
 
 def _free_display() -> int:
@@ -165,8 +176,11 @@ def ensure_demo(demo: Path) -> Path:
     folder = demo / "sorting"
     if not (folder / "params.py").is_file():
         print(f"running `spikesort demo -o {demo}` ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "spikesort.cli", "demo", "-o", str(demo), "-q"]
-                       + (["--overwrite"] if demo.exists() else []), check=True)
+        subprocess.run(
+            [sys.executable, "-m", "spikesort.cli", "demo", "-o", str(demo), "-q"]
+            + (["--overwrite"] if demo.exists() else []),
+            check=True,
+        )
     return folder
 
 
@@ -189,8 +203,9 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def run_phy(*, folder: Path, phy: Path, out: Path, size: str, wait_s: float, timeout_s: float,
-            curate: bool = False) -> dict:
+def run_phy(
+    *, folder: Path, phy: Path, out: Path, size: str, wait_s: float, timeout_s: float, curate: bool = False
+) -> dict:
     for tool in ("Xvfb", "import"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: apt-get install xvfb imagemagick")
@@ -217,15 +232,28 @@ def run_phy(*, folder: Path, phy: Path, out: Path, size: str, wait_s: float, tim
     (home / ".phy" / "phy_config.py").write_text(
         "c = get_config()\n"
         f"c.Plugins.dirs = [r'{home / '.phy' / 'plugins'}']\n"
-        "c.TemplateGUI.plugins = ['SpikesortScreenshot']\n")
+        "c.TemplateGUI.plugins = ['SpikesortScreenshot']\n"
+    )
     log_path = out / "phy_console.log"
-    xvfb = subprocess.Popen(["Xvfb", f":{display}", "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = dict(os.environ, DISPLAY=f":{display}", HOME=str(home), QT_QPA_PLATFORM="xcb",
-               LIBGL_ALWAYS_SOFTWARE="1", QTWEBENGINE_CHROMIUM_FLAGS="--no-sandbox --disable-gpu",
-               QTWEBENGINE_DISABLE_SANDBOX="1", SPIKESORT_SHOT_DIR=str(out.resolve()),
-               SPIKESORT_SHOT_STEPS=json.dumps(steps), SPIKESORT_SHOT_WAIT_S=str(wait_s),
-               SPIKESORT_SHOT_W=str(width), SPIKESORT_SHOT_H=str(height))
+    xvfb = subprocess.Popen(
+        ["Xvfb", f":{display}", "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = dict(
+        os.environ,
+        DISPLAY=f":{display}",
+        HOME=str(home),
+        QT_QPA_PLATFORM="xcb",
+        LIBGL_ALWAYS_SOFTWARE="1",
+        QTWEBENGINE_CHROMIUM_FLAGS="--no-sandbox --disable-gpu",
+        QTWEBENGINE_DISABLE_SANDBOX="1",
+        SPIKESORT_SHOT_DIR=str(out.resolve()),
+        SPIKESORT_SHOT_STEPS=json.dumps(steps),
+        SPIKESORT_SHOT_WAIT_S=str(wait_s),
+        SPIKESORT_SHOT_W=str(width),
+        SPIKESORT_SHOT_H=str(height),
+    )
     if plan is not None:
         env["SPIKESORT_SHOT_CURATE"] = json.dumps(plan)
     env.pop("QT_QUICK_BACKEND", None)
@@ -234,8 +262,13 @@ def run_phy(*, folder: Path, phy: Path, out: Path, size: str, wait_s: float, tim
         if not _wait_for(Path(f"/tmp/.X11-unix/X{display}"), 20):
             raise SystemExit("Xvfb did not start")
         with open(log_path, "w") as log:
-            proc = subprocess.Popen([str(phy), "template-gui", str(folder / "params.py")], cwd=folder, env=env,
-                                    stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [str(phy), "template-gui", str(folder / "params.py")],
+                cwd=folder,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -248,8 +281,14 @@ def run_phy(*, folder: Path, phy: Path, out: Path, size: str, wait_s: float, tim
     text = log_path.read_text(errors="replace")
     views_file = out / "views.json"
     record = json.loads(views_file.read_text()) if views_file.is_file() else {"steps": []}
-    return dict(folder=str(folder), units=steps, seconds=round(time.time() - t0, 1), log=str(log_path),
-                record=record, log_text=text)
+    return dict(
+        folder=str(folder),
+        units=steps,
+        seconds=round(time.time() - t0, 1),
+        log=str(log_path),
+        record=record,
+        log_text=text,
+    )
 
 
 # phy's console lines look like "12:00:00.000 [W] gui:737  Could not create view FeatureView."
@@ -261,8 +300,12 @@ BENIGN = ("Skipping spike waveforms that do not exist",)
 
 
 def summarize(run: dict) -> tuple[list[str], bool]:
-    lines = [f"Phy folder: {run['folder']}", f"selections: {run['units']}", f"phy ran {run['seconds']} s",
-             f"console log: {run['log']}"]
+    lines = [
+        f"Phy folder: {run['folder']}",
+        f"selections: {run['units']}",
+        f"phy ran {run['seconds']} s",
+        f"console log: {run['log']}",
+    ]
     flagged = [_ANSI.sub("", line) for line in run["log_text"].splitlines() if _LEVEL.search(line)]
     benign = [line for line in flagged if any(b in line for b in BENIGN)]
     problems = [line for line in flagged if line not in benign]
@@ -293,21 +336,34 @@ def summarize(run: dict) -> tuple[list[str], bool]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--folder", type=Path, default=None, help="a spikesort Phy folder (default: the demo's)")
-    p.add_argument("--demo", type=Path, default=Path(tempfile.gettempdir()) / "spikesort-phy-demo",
-                   help="demo folder, made with `spikesort demo` when it holds no sorting yet")
-    p.add_argument("--phy", type=Path, default=DEFAULT_PHY if DEFAULT_PHY.exists() else Path("phy"),
-                   help=f"the phy executable (default: {DEFAULT_PHY} if present, else phy on PATH)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="folder for the screenshots (default: FOLDER/../phy_screenshots)")
+    p.add_argument(
+        "--demo",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "spikesort-phy-demo",
+        help="demo folder, made with `spikesort demo` when it holds no sorting yet",
+    )
+    p.add_argument(
+        "--phy",
+        type=Path,
+        default=DEFAULT_PHY if DEFAULT_PHY.exists() else Path("phy"),
+        help=f"the phy executable (default: {DEFAULT_PHY} if present, else phy on PATH)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="folder for the screenshots (default: FOLDER/../phy_screenshots)"
+    )
     p.add_argument("--size", default="2560x1440", help="virtual screen size (default 2560x1440)")
     p.add_argument("--wait", type=float, default=10.0, help="seconds to let the views draw after each selection")
     p.add_argument("--timeout", type=float, default=240.0, help="stop Phy after this many seconds")
-    p.add_argument("--curate", action="store_true",
-                   help="then merge, split, label and save in Phy, on a copy FOLDER_phycurated, and read it "
-                        "back with spikesort.load_result")
+    p.add_argument(
+        "--curate",
+        action="store_true",
+        help="then merge, split, label and save in Phy, on a copy FOLDER_phycurated, and read it "
+        "back with spikesort.load_result",
+    )
     args = p.parse_args(argv)
     folder = (args.folder or ensure_demo(args.demo)).resolve()
     if folder.name == "params.py":
@@ -320,8 +376,15 @@ def main(argv=None) -> int:
             shutil.rmtree(copy)
         shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(".phy", "phy.log"))
         folder = copy
-    run = run_phy(folder=folder, phy=args.phy, out=out, size=args.size, wait_s=args.wait, timeout_s=args.timeout,
-                  curate=args.curate)
+    run = run_phy(
+        folder=folder,
+        phy=args.phy,
+        out=out,
+        size=args.size,
+        wait_s=args.wait,
+        timeout_s=args.timeout,
+        curate=args.curate,
+    )
     lines, ok = summarize(run)
     if args.curate:
         more, curated_ok = check_curation(folder, run["record"].get("curation"))
@@ -340,9 +403,11 @@ def check_curation(folder: Path, curation: dict | None) -> tuple[list[str], bool
     r = load_result(folder)
     labels = dict(zip(r.unit_ids.tolist(), r.labels.tolist()))
     n_spikes = dict(zip(r.unit_ids.tolist(), r.properties["n_spikes"].tolist()))
-    lines = [f"curated in Phy and saved: {folder}",
-             f"  merged -> {curation['merged']}, split -> {curation['split']}",
-             f"  load_result: {r.n_units} units, labels {r.label_counts()}"]
+    lines = [
+        f"curated in Phy and saved: {folder}",
+        f"  merged -> {curation['merged']}, split -> {curation['split']}",
+        f"  load_result: {r.n_units} units, labels {r.label_counts()}",
+    ]
     ok = True
     phy_ids = sorted(int(c) for c in curation["n_spikes"])
     if r.unit_ids.tolist() != phy_ids:
@@ -351,8 +416,10 @@ def check_curation(folder: Path, curation: dict | None) -> tuple[list[str], bool
     for c, n in curation["n_spikes"].items():
         want = curation["groups"].get(c) or "unsorted"
         if n_spikes.get(int(c)) != n or labels.get(int(c)) != want:
-            lines.append(f"  MISMATCH cluster {c}: Phy {n} spikes '{want}', load_result "
-                         f"{n_spikes.get(int(c))} spikes '{labels.get(int(c))}'")
+            lines.append(
+                f"  MISMATCH cluster {c}: Phy {n} spikes '{want}', load_result "
+                f"{n_spikes.get(int(c))} spikes '{labels.get(int(c))}'"
+            )
             ok = False
     if ok:
         lines.append("  every cluster's spikes and label read back as Phy saved them")

@@ -1,4 +1,5 @@
 """spikesort: a fast CPU spike sorter that writes Phy folders."""
+
 from . import _moved
 from .errors import SpikesortError
 from .params import Params

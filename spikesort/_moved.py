@@ -3,6 +3,7 @@ release after the package was laid out in sub-packages. Each old name resolves t
 that forwards attribute lookups to the new home and warns once, on import, with the new path.
 Remove in 0.3.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,8 +20,11 @@ MOVED: dict[str, tuple[str, ...]] = {
     "spikesort.progress": ("spikesort.pipeline.progress",),
     "spikesort.preprocess": ("spikesort.stages.preprocess",),
     "spikesort.detect": ("spikesort.stages.detect",),
-    "spikesort.cluster": ("spikesort.stages.cluster", "spikesort.stages.bimodality",
-                          "spikesort.stages.merges.clusters"),
+    "spikesort.cluster": (
+        "spikesort.stages.cluster",
+        "spikesort.stages.bimodality",
+        "spikesort.stages.merges.clusters",
+    ),
     "spikesort.match": ("spikesort.stages.match", "spikesort.stages.templates", "spikesort.stages.merges.templates"),
     "spikesort.curate": ("spikesort.stages.curate", "spikesort.stages.merges.refractory"),
     "spikesort.features": ("spikesort.stages.features",),
@@ -28,15 +32,24 @@ MOVED: dict[str, tuple[str, ...]] = {
     "spikesort.saturation": ("spikesort.stages.saturation",),
     "spikesort.geometry": ("spikesort.stages.geometry",),
     "spikesort.export": ("spikesort.stages.export",),
-    "spikesort.motion": ("spikesort.stages.drift.stage", "spikesort.stages.drift.estimate",
-                         "spikesort.stages.drift.interpolate", "spikesort.stages.drift.plan",
-                         "spikesort.stages.drift.records", "spikesort.stages.drift.figure",
-                         "spikesort.stages.merges.drift"),
+    "spikesort.motion": (
+        "spikesort.stages.drift.stage",
+        "spikesort.stages.drift.estimate",
+        "spikesort.stages.drift.interpolate",
+        "spikesort.stages.drift.plan",
+        "spikesort.stages.drift.records",
+        "spikesort.stages.drift.figure",
+        "spikesort.stages.merges.drift",
+    ),
     "spikesort.result": ("spikesort.outputs.result", "spikesort.outputs.folder"),
     "spikesort.curation": ("spikesort.outputs.curated", "spikesort.outputs.folder"),
     # the `spikesort export` command itself is spikesort.cli.export now
-    "spikesort.exporters": ("spikesort.outputs.convert", "spikesort.io.raw_copy", "spikesort.atomic",
-                            "spikesort.cli.export"),
+    "spikesort.exporters": (
+        "spikesort.outputs.convert",
+        "spikesort.io.raw_copy",
+        "spikesort.atomic",
+        "spikesort.cli.export",
+    ),
     "spikesort.report": ("spikesort.outputs.report", "spikesort.outputs.render.stats", "spikesort.outputs.folder"),
     "spikesort.cli_batch": ("spikesort.cli.batch",),
 }
@@ -53,8 +66,11 @@ class _Forward(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module):
         targets = MOVED[module.__name__]
-        warnings.warn(f"{module.__name__} moved to {' and '.join(targets)}; the old path goes in "
-                      f"spikesort {REMOVED_IN}", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{module.__name__} moved to {' and '.join(targets)}; the old path goes in spikesort {REMOVED_IN}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         homes = [importlib.import_module(t) for t in targets]
 
         def __getattr__(name):

@@ -4,6 +4,7 @@
 checkpoints use it); :func:`atomic_destination` yields a temporary path for any writer, a file or
 a folder (``spikesort export``, the raw copy of ``spikesort run --export-raw``), and renames it
 into place when the writer is done."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,8 @@ import io
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 
 def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:

@@ -4,10 +4,11 @@ A chunk is read on ``[read_start, read_stop)`` and owns ``[keep_start, keep_stop
 margins give filters and templates context. An event belongs to the chunk whose keep window
 holds its sample, so one chunk and many chunks yield identical events.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,8 @@ def map_chunks(fn, chunks, *, n_jobs: int, progress=None):
     busy without copying arrays between processes. At most 2 x n_jobs chunks are in flight,
     which bounds memory.
     """
-    from concurrent.futures import ThreadPoolExecutor
     from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     chunks = list(chunks)
     if n_jobs <= 1:

@@ -3,6 +3,7 @@
 Nothing is downloaded: the probe is built locally and the recording is simulated by
 ``spikeinterface.generation``. ``spikesort demo`` prints what :func:`run_demo` returns.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,13 +60,13 @@ def _static_displacement() -> dict:
         drift_start_um=[0.0, 0.0],
         drift_stop_um=[0.0, 0.0],
         drift_step_um=1.0,
-        motion_list=[dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=0.0,
-                          t_end_drift=None, period_s=200)],
+        motion_list=[
+            dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=0.0, t_end_drift=None, period_s=200)
+        ],
     )
 
 
-def make_demo_recording(*, duration_s: float = DEMO_DURATION_S, n_channels: int = 32, n_units: int = 12,
-                        seed: int = 0):
+def make_demo_recording(*, duration_s: float = DEMO_DURATION_S, n_channels: int = 32, n_units: int = 12, seed: int = 0):
     """A simulated static recording (float32, µV, probe attached) and its ground-truth sorting.
 
     Both are lazy spikeinterface objects; the traces are computed when read. The units are clear
@@ -85,11 +86,23 @@ def make_demo_recording(*, duration_s: float = DEMO_DURATION_S, n_channels: int 
         duration=float(duration_s),
         probe=_demo_probe(int(n_channels)),
         generate_displacement_vector_kwargs=_static_displacement(),
-        generate_unit_locations_kwargs=dict(margin_um=20.0, minimum_z=5.0, maximum_z=35.0, minimum_distance=18.0,
-                                            max_iteration=100, distance_strict=False, distribution="uniform"),
-        generate_templates_kwargs=dict(ms_before=1.5, ms_after=3.0, mode="ellipsoid",
-                                       unit_params=dict(alpha=(250.0, 500.0), spatial_decay=(10, 45),
-                                                        ellipse_shrink=(0.4, 1), ellipse_angle=(0, np.pi * 2))),
+        generate_unit_locations_kwargs=dict(
+            margin_um=20.0,
+            minimum_z=5.0,
+            maximum_z=35.0,
+            minimum_distance=18.0,
+            max_iteration=100,
+            distance_strict=False,
+            distribution="uniform",
+        ),
+        generate_templates_kwargs=dict(
+            ms_before=1.5,
+            ms_after=3.0,
+            mode="ellipsoid",
+            unit_params=dict(
+                alpha=(250.0, 500.0), spatial_decay=(10, 45), ellipse_shrink=(0.4, 1), ellipse_angle=(0, np.pi * 2)
+            ),
+        ),
         generate_sorting_kwargs=dict(firing_rates=(3.0, 8.0), refractory_period_ms=4.0),
         seed=int(seed),
     )
@@ -104,8 +117,9 @@ def _check_folder(out: Path, overwrite: bool) -> None:
             raise SpikesortError(f"output path {out} is a file, not a folder")
         # only ever delete what an earlier demo wrote, never an arbitrary folder
         if any(out.iterdir()) and not (out / RECORDING_DIR).is_dir() and not (out / SUMMARY_FILE).is_file():
-            raise SpikesortError(f"{out} is not empty and does not look like a spikesort demo folder: "
-                                 f"choose another output folder")
+            raise SpikesortError(
+                f"{out} is not empty and does not look like a spikesort demo folder: choose another output folder"
+            )
 
 
 def _prepare_folder(out: Path, overwrite: bool) -> None:
@@ -126,8 +140,9 @@ def _save_int16(recording, folder: Path):
         warnings.filterwarnings("ignore", message=".*not serializable.*")
         # the generator's cost is per chunk: 5 s chunks on both cores write it 4x faster than 1 s on one
         # (the same bytes: its noise does not depend on the chunking)
-        as_int16.save(folder=folder, format="binary", n_jobs=min(2, os.cpu_count() or 1), chunk_duration="5s",
-                      progress_bar=False)
+        as_int16.save(
+            folder=folder, format="binary", n_jobs=min(2, os.cpu_count() or 1), chunk_duration="5s", progress_bar=False
+        )
 
 
 def _score(gt_sorting, sorting) -> dict:
@@ -143,8 +158,17 @@ def _score(gt_sorting, sorting) -> dict:
     )
 
 
-def run_demo(output_folder, *, duration_s: float = DEMO_DURATION_S, n_channels: int = 32, n_units: int = 12, seed: int = 0,
-             overwrite: bool = False, progress: bool = False, on_folder_ready=None) -> dict:
+def run_demo(
+    output_folder,
+    *,
+    duration_s: float = DEMO_DURATION_S,
+    n_channels: int = 32,
+    n_units: int = 12,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_folder_ready=None,
+) -> dict:
     """Simulate, save, sort and score a recording in ``output_folder``; return the scores.
 
     Layout: ``demo_recording/`` (int16 binary that Phy reads for raw traces), ``sorting/``
@@ -157,13 +181,19 @@ def run_demo(output_folder, *, duration_s: float = DEMO_DURATION_S, n_channels: 
     t0 = time.perf_counter()
     out = Path(output_folder).expanduser()
     _check_folder(out, overwrite)  # before the simulation: a refusal should be quick
-    recording, gt_sorting = make_demo_recording(duration_s=duration_s, n_channels=n_channels, n_units=n_units,
-                                                seed=seed)
+    recording, gt_sorting = make_demo_recording(
+        duration_s=duration_s, n_channels=n_channels, n_units=n_units, seed=seed
+    )
     _prepare_folder(out, overwrite)
     if on_folder_ready is not None:
         on_folder_ready(out)
-    log.info("writing a %.0f s, %d-channel simulated recording with %d units to %s",
-             duration_s, n_channels, n_units, out / RECORDING_DIR)
+    log.info(
+        "writing a %.0f s, %d-channel simulated recording with %d units to %s",
+        duration_s,
+        n_channels,
+        n_units,
+        out / RECORDING_DIR,
+    )
     _save_int16(recording, out / RECORDING_DIR)
     # sort the saved copy through the same reader users get, read-only
     saved = open_recording(out / RECORDING_DIR)
@@ -186,6 +216,11 @@ def run_demo(output_folder, *, duration_s: float = DEMO_DURATION_S, n_channels: 
         phy_params=str(phy_params) if phy_params.is_file() else None,
     )
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
-    log.info("demo: %d of %d units well detected, %d false positives, mean accuracy %.2f",
-             summary["well_detected"], summary["n_gt_units"], summary["false_positives"], summary["mean_accuracy"])
+    log.info(
+        "demo: %d of %d units well detected, %d false positives, mean accuracy %.2f",
+        summary["well_detected"],
+        summary["n_gt_units"],
+        summary["false_positives"],
+        summary["mean_accuracy"],
+    )
     return summary

@@ -5,13 +5,14 @@ messages (how to give a probe: a flag or a manifest column) and its own work aro
 (the CLI makes the output folder and moves its log there; a batch worker gives the recording
 its BLAS threads), passed in as ``around_sort``.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager
 
 from spikesort.errors import SpikesortError
 from spikesort.params import Params
@@ -46,8 +47,14 @@ def open_source(source: RecordingSource, *, missing_probe: str, reword: Callable
     from spikesort.io.recordings import open_recording
 
     try:
-        recording = open_recording(source.path, fmt=source.fmt, sampling_rate_hz=source.sampling_rate_hz,
-                                   n_channels=source.n_channels, dtype=source.dtype, offset_bytes=source.offset_bytes)
+        recording = open_recording(
+            source.path,
+            fmt=source.fmt,
+            sampling_rate_hz=source.sampling_rate_hz,
+            n_channels=source.n_channels,
+            dtype=source.dtype,
+            offset_bytes=source.offset_bytes,
+        )
     except SpikesortError as exc:
         if reword is None:
             raise
@@ -71,11 +78,20 @@ def report_or_warn(folder: Path, *, log: logging.Logger) -> Path | None:
         return None
 
 
-def sort_and_report(source: RecordingSource, output: Path, *, params: Params, log: logging.Logger,
-                    missing_probe: str, reword: Callable[[str], str] | None = None, resume: bool = False,
-                    overwrite: bool = False, progress=False,
-                    around_sort: Callable[[object], ContextManager] | None = None,
-                    after_sort: Callable[[object, object], None] | None = None) -> JobResult:
+def sort_and_report(
+    source: RecordingSource,
+    output: Path,
+    *,
+    params: Params,
+    log: logging.Logger,
+    missing_probe: str,
+    reword: Callable[[str], str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress=False,
+    around_sort: Callable[[object], contextlib.AbstractContextManager] | None = None,
+    after_sort: Callable[[object, object], None] | None = None,
+) -> JobResult:
     """Open ``source`` (:func:`open_source`), sort it into ``output``, then make the report.
 
     ``around_sort(recording)``: a context manager the sort runs in. ``after_sort(recording,

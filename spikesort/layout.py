@@ -11,6 +11,7 @@ writes or reads back. Import the name, never spell the string.
     motion*.npy, drift.json, drift_map.png   drift correction, when it ran
     report/summary.html               the report
 """
+
 from __future__ import annotations
 
 # run bookkeeping

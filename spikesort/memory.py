@@ -1,4 +1,5 @@
 """Resident memory of this process: now, and the peak over a stretch of work."""
+
 from __future__ import annotations
 
 import os
@@ -81,7 +82,7 @@ class PeakRss:
             if self._stop.wait(self.interval_s):
                 return
 
-    def start(self) -> "PeakRss":
+    def start(self) -> PeakRss:
         if self.per_task and not self.sample and _reset_high_water_mark():
             self.method = "hwm"
         else:
@@ -100,7 +101,7 @@ class PeakRss:
             self.peak_mb = max(self.peak_mb, rss_mb())
         return self.peak_mb or None
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         return self.start()
 
     def __exit__(self, *exc) -> None:

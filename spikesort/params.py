@@ -4,6 +4,7 @@ Each field carries its unit in the name, a range, a help text and the stage that
 The CLI options, ``spikesort params`` (a TOML template), ``--config`` parsing and validation
 are all generated from these definitions.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,99 +24,202 @@ def _p(default, *, help: str, stage: str, lo=None, hi=None, choices=None):
 @dataclass(frozen=True)
 class Params:
     # --- streaming -------------------------------------------------------------------------
-    chunk_s: float = _p(2.0, lo=0.1, hi=60.0, stage="chunks",
-                        help="length of one streamed chunk of traces, seconds")
-    margin_ms: float = _p(10.0, lo=1.0, hi=500.0, stage="chunks",
-                          help="extra samples read on each side of a chunk so filters and templates see context")
-    n_jobs: int = _p(0, lo=0, hi=256, stage="chunks",
-                     help="threads for numba kernels and chunk work; 0 = all cores")
+    chunk_s: float = _p(2.0, lo=0.1, hi=60.0, stage="chunks", help="length of one streamed chunk of traces, seconds")
+    margin_ms: float = _p(
+        10.0,
+        lo=1.0,
+        hi=500.0,
+        stage="chunks",
+        help="extra samples read on each side of a chunk so filters and templates see context",
+    )
+    n_jobs: int = _p(0, lo=0, hi=256, stage="chunks", help="threads for numba kernels and chunk work; 0 = all cores")
     seed: int = _p(0, lo=0, hi=2**31 - 1, stage="all", help="seed for every random choice (subsampling, k-means)")
     # --- preprocess ------------------------------------------------------------------------
-    highpass_hz: float = _p(300.0, lo=10.0, hi=5000.0, stage="preprocess",
-                            help="high-pass corner of the 3rd-order zero-phase Butterworth filter")
-    lowpass_hz: float = _p(0.0, lo=0.0, hi=20000.0, stage="preprocess",
-                           help="optional low-pass corner; 0 = none (kept below Nyquist)")
-    common_reference: str = _p("median", choices=("median", "mean", "none"), stage="preprocess",
-                               help="common reference subtracted across channels at each sample")
-    whitening_radius_um: float = _p(100.0, lo=0.0, hi=10000.0, stage="preprocess",
-                                    help="local ZCA whitening uses channels within this distance")
-    whitening_n_chunks: int = _p(20, lo=1, hi=1000, stage="preprocess",
-                                 help="number of chunks sampled to estimate the channel covariance")
-    bad_channel_detection: bool = _p(True, stage="preprocess",
-                                     help="find dead (flat) and very noisy channels and leave them out")
+    highpass_hz: float = _p(
+        300.0,
+        lo=10.0,
+        hi=5000.0,
+        stage="preprocess",
+        help="high-pass corner of the 3rd-order zero-phase Butterworth filter",
+    )
+    lowpass_hz: float = _p(
+        0.0, lo=0.0, hi=20000.0, stage="preprocess", help="optional low-pass corner; 0 = none (kept below Nyquist)"
+    )
+    common_reference: str = _p(
+        "median",
+        choices=("median", "mean", "none"),
+        stage="preprocess",
+        help="common reference subtracted across channels at each sample",
+    )
+    whitening_radius_um: float = _p(
+        100.0, lo=0.0, hi=10000.0, stage="preprocess", help="local ZCA whitening uses channels within this distance"
+    )
+    whitening_n_chunks: int = _p(
+        20, lo=1, hi=1000, stage="preprocess", help="number of chunks sampled to estimate the channel covariance"
+    )
+    bad_channel_detection: bool = _p(
+        True, stage="preprocess", help="find dead (flat) and very noisy channels and leave them out"
+    )
     # --- drift -----------------------------------------------------------------------------
-    drift: str = _p("auto", choices=("auto", "rigid", "nonrigid", "none"), stage="drift",
-                    help="motion correction: auto = non-rigid on long shanks, rigid on shorter ones, "
-                         "none on shanks too small to estimate it (tetrodes, a few channels)")
+    drift: str = _p(
+        "auto",
+        choices=("auto", "rigid", "nonrigid", "none"),
+        stage="drift",
+        help="motion correction: auto = non-rigid on long shanks, rigid on shorter ones, "
+        "none on shanks too small to estimate it (tetrodes, a few channels)",
+    )
     drift_bin_s: float = _p(2.0, lo=0.5, hi=60.0, stage="drift", help="time resolution of the motion estimate")
-    drift_block_um: float = _p(200.0, lo=20.0, hi=10000.0, stage="drift",
-                               help="spacing of the depth blocks of a non-rigid motion estimate")
-    drift_max_um: float = _p(60.0, lo=5.0, hi=1000.0, stage="drift",
-                             help="largest displacement between two moments of the recording that is searched")
-    drift_min_span_um: float = _p(150.0, lo=0.0, hi=100000.0, stage="drift",
-                                  help="shanks whose contacts span less depth than this are not corrected")
-    drift_nonrigid_span_um: float = _p(1000.0, lo=0.0, hi=100000.0, stage="drift",
-                                       help="with drift = auto, shanks spanning at least this depth get non-rigid correction")
-    drift_min_um: float = _p(5.0, lo=0.0, hi=1000.0, stage="drift",
-                             help="motion estimated to span less than this (1st-99th percentile) is left uncorrected")
-    drift_merge_similarity: float = _p(0.8, lo=0.0, hi=1.0, stage="drift",
-                                       help="after correction, units this similar (template cosine) whose spikes come "
-                                            "from different probe positions are one neuron split by drift")
+    drift_block_um: float = _p(
+        200.0, lo=20.0, hi=10000.0, stage="drift", help="spacing of the depth blocks of a non-rigid motion estimate"
+    )
+    drift_max_um: float = _p(
+        60.0,
+        lo=5.0,
+        hi=1000.0,
+        stage="drift",
+        help="largest displacement between two moments of the recording that is searched",
+    )
+    drift_min_span_um: float = _p(
+        150.0,
+        lo=0.0,
+        hi=100000.0,
+        stage="drift",
+        help="shanks whose contacts span less depth than this are not corrected",
+    )
+    drift_nonrigid_span_um: float = _p(
+        1000.0,
+        lo=0.0,
+        hi=100000.0,
+        stage="drift",
+        help="with drift = auto, shanks spanning at least this depth get non-rigid correction",
+    )
+    drift_min_um: float = _p(
+        5.0,
+        lo=0.0,
+        hi=1000.0,
+        stage="drift",
+        help="motion estimated to span less than this (1st-99th percentile) is left uncorrected",
+    )
+    drift_merge_similarity: float = _p(
+        0.8,
+        lo=0.0,
+        hi=1.0,
+        stage="drift",
+        help="after correction, units this similar (template cosine) whose spikes come "
+        "from different probe positions are one neuron split by drift",
+    )
     # --- detect ----------------------------------------------------------------------------
-    detect_threshold: float = _p(5.0, lo=2.0, hi=50.0, stage="detect",
-                                 help="candidate threshold on whitened traces, in noise standard deviations")
-    universal_threshold: float = _p(7.0, lo=2.0, hi=100.0, stage="detect",
-                                    help="matched-filter score a candidate needs against the universal template bank")
-    detect_radius_um: float = _p(50.0, lo=0.0, hi=1000.0, stage="detect",
-                                 help="a candidate must be the largest peak within this distance")
-    exclusion_ms: float = _p(0.5, lo=0.05, hi=5.0, stage="detect",
-                             help="... and within this many ms on either side")
-    envelope_sigmas_um: tuple = _p((15.0, 30.0, 60.0), stage="detect",
-                                   help="spatial Gaussian widths of the universal templates")
-    n_temporal_components: int = _p(5, lo=1, hi=12, stage="detect",
-                                    help="temporal waveforms in the universal template bank and in features")
+    detect_threshold: float = _p(
+        5.0,
+        lo=2.0,
+        hi=50.0,
+        stage="detect",
+        help="candidate threshold on whitened traces, in noise standard deviations",
+    )
+    universal_threshold: float = _p(
+        7.0,
+        lo=2.0,
+        hi=100.0,
+        stage="detect",
+        help="matched-filter score a candidate needs against the universal template bank",
+    )
+    detect_radius_um: float = _p(
+        50.0, lo=0.0, hi=1000.0, stage="detect", help="a candidate must be the largest peak within this distance"
+    )
+    exclusion_ms: float = _p(0.5, lo=0.05, hi=5.0, stage="detect", help="... and within this many ms on either side")
+    envelope_sigmas_um: tuple = _p(
+        (15.0, 30.0, 60.0), stage="detect", help="spatial Gaussian widths of the universal templates"
+    )
+    n_temporal_components: int = _p(
+        5, lo=1, hi=12, stage="detect", help="temporal waveforms in the universal template bank and in features"
+    )
     ms_before: float = _p(1.0, lo=0.2, hi=5.0, stage="detect", help="waveform window before the spike peak")
     ms_after: float = _p(1.5, lo=0.2, hi=10.0, stage="detect", help="waveform window after the spike peak")
     # --- cluster ---------------------------------------------------------------------------
-    feature_radius_um: float = _p(75.0, lo=10.0, hi=1000.0, stage="cluster",
-                                  help="features of a spike are taken on channels within this distance of its peak")
-    max_spikes_per_channel: int = _p(3000, lo=100, hi=10**6, stage="cluster",
-                                     help="clustering subsamples at most this many spikes per peak channel")
-    min_cluster_size: int = _p(30, lo=5, hi=10**5, stage="cluster",
-                               help="smaller clusters are dropped, and so are units left with fewer spikes after matching")
+    feature_radius_um: float = _p(
+        75.0,
+        lo=10.0,
+        hi=1000.0,
+        stage="cluster",
+        help="features of a spike are taken on channels within this distance of its peak",
+    )
+    max_spikes_per_channel: int = _p(
+        3000, lo=100, hi=10**6, stage="cluster", help="clustering subsamples at most this many spikes per peak channel"
+    )
+    min_cluster_size: int = _p(
+        30,
+        lo=5,
+        hi=10**5,
+        stage="cluster",
+        help="smaller clusters are dropped, and so are units left with fewer spikes after matching",
+    )
     split_depth: int = _p(6, lo=1, hi=20, stage="cluster", help="maximum depth of recursive bimodal splits")
-    bimodality_threshold: float = _p(0.25, lo=0.0, hi=1.0, stage="cluster",
-                                     help="valley depth (1 - valley/peak) needed to split a cluster in two")
-    merge_similarity: float = _p(0.8, lo=0.0, hi=1.0, stage="cluster",
-                                 help="templates with cosine similarity above this are tested for merging")
-    min_template_snr: float = _p(2.5, lo=0.0, hi=100.0, stage="cluster",
-                                 help="templates whose peak is below this many noise sd (best channel) are not matched")
-    template_merge_similarity: float = _p(0.9, lo=0.0, hi=1.0, stage="cluster",
-                                          help="templates more similar than this (cosine, best lag) are one unit")
-    post_merge_similarity: float = _p(0.7, lo=0.0, hi=1.0, stage="curate",
-                                      help="after matching, units this similar merge when their spike trains show a shared refractory gap")
+    bimodality_threshold: float = _p(
+        0.25, lo=0.0, hi=1.0, stage="cluster", help="valley depth (1 - valley/peak) needed to split a cluster in two"
+    )
+    merge_similarity: float = _p(
+        0.8, lo=0.0, hi=1.0, stage="cluster", help="templates with cosine similarity above this are tested for merging"
+    )
+    min_template_snr: float = _p(
+        2.5,
+        lo=0.0,
+        hi=100.0,
+        stage="cluster",
+        help="templates whose peak is below this many noise sd (best channel) are not matched",
+    )
+    template_merge_similarity: float = _p(
+        0.9, lo=0.0, hi=1.0, stage="cluster", help="templates more similar than this (cosine, best lag) are one unit"
+    )
+    post_merge_similarity: float = _p(
+        0.7,
+        lo=0.0,
+        hi=1.0,
+        stage="curate",
+        help="after matching, units this similar merge when their spike trains show a shared refractory gap",
+    )
     # --- match -----------------------------------------------------------------------------
-    match_threshold: float = _p(5.0, lo=1.0, hi=100.0, stage="match",
-                                help="a template is subtracted when it explains this much residual (sqrt energy, noise sd units)")
-    match_detect_threshold: float = _p(4.0, lo=2.0, hi=50.0, stage="match",
-                                       help="candidate threshold on the filtered residual while matching (noise sd); "
-                                            "the template fit then decides")
+    match_threshold: float = _p(
+        5.0,
+        lo=1.0,
+        hi=100.0,
+        stage="match",
+        help="a template is subtracted when it explains this much residual (sqrt energy, noise sd units)",
+    )
+    match_detect_threshold: float = _p(
+        4.0,
+        lo=2.0,
+        hi=50.0,
+        stage="match",
+        help="candidate threshold on the filtered residual while matching (noise sd); the template fit then decides",
+    )
     match_iterations: int = _p(4, lo=1, hi=20, stage="match", help="rounds of detect-and-peel on the residual")
     amplitude_range: tuple = _p((0.5, 2.0), stage="match", help="allowed scaling of a template for one spike")
     # --- export ---
     n_pc_channels: int = _p(12, lo=1, hi=64, stage="export", help="channels per spike in Phy's PC features")
-    n_template_features: int = _p(8, lo=1, hi=64, stage="export",
-                                  help="similar templates each spike is projected on (Phy's template-feature view)")
+    n_template_features: int = _p(
+        8,
+        lo=1,
+        hi=64,
+        stage="export",
+        help="similar templates each spike is projected on (Phy's template-feature view)",
+    )
     # --- curate ----------------------------------------------------------------------------
-    duplicate_ms: float = _p(0.25, lo=0.0, hi=5.0, stage="curate",
-                             help="spikes of one unit closer than this are duplicates; the smaller is dropped")
+    duplicate_ms: float = _p(
+        0.25,
+        lo=0.0,
+        hi=5.0,
+        stage="curate",
+        help="spikes of one unit closer than this are duplicates; the smaller is dropped",
+    )
     refractory_ms: float = _p(1.5, lo=0.1, hi=10.0, stage="curate", help="refractory period for contamination")
     censored_ms: float = _p(0.0, lo=0.0, hi=5.0, stage="curate", help="censored period for contamination estimates")
-    good_max_contamination: float = _p(0.1, lo=0.0, hi=1.0, stage="curate",
-                                       help="label 'good' needs refractory contamination below this")
+    good_max_contamination: float = _p(
+        0.1, lo=0.0, hi=1.0, stage="curate", help="label 'good' needs refractory contamination below this"
+    )
     good_min_snr: float = _p(5.0, lo=0.0, hi=1000.0, stage="curate", help="label 'good' needs SNR above this")
-    good_min_presence: float = _p(0.8, lo=0.0, hi=1.0, stage="curate",
-                                  help="label 'good' needs spikes in at least this fraction of time bins")
+    good_min_presence: float = _p(
+        0.8, lo=0.0, hi=1.0, stage="curate", help="label 'good' needs spikes in at least this fraction of time bins"
+    )
     noise_max_snr: float = _p(2.5, lo=0.0, hi=1000.0, stage="curate", help="units with SNR below this are 'noise'")
 
     # ---------------------------------------------------------------------------------------
@@ -133,9 +237,14 @@ class Params:
         for name in ("amplitude_range", "envelope_sigmas_um"):
             if not all(math.isfinite(x) for x in getattr(self, name)):
                 raise SpikesortError(f"parameter {name}={getattr(self, name)} must hold finite numbers")
-        if (len(self.amplitude_range) != 2 or self.amplitude_range[0] >= self.amplitude_range[1]
-                or self.amplitude_range[0] <= 0):
-            raise SpikesortError(f"parameter amplitude_range={self.amplitude_range} must be (low, high) with 0 < low < high")
+        if (
+            len(self.amplitude_range) != 2
+            or self.amplitude_range[0] >= self.amplitude_range[1]
+            or self.amplitude_range[0] <= 0
+        ):
+            raise SpikesortError(
+                f"parameter amplitude_range={self.amplitude_range} must be (low, high) with 0 < low < high"
+            )
         if not self.envelope_sigmas_um or min(self.envelope_sigmas_um) <= 0:
             raise SpikesortError("parameter envelope_sigmas_um needs positive widths")
 
@@ -144,7 +253,7 @@ class Params:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, base: "Params | None" = None) -> "Params":
+    def from_dict(cls, values: dict[str, Any], *, base: Params | None = None) -> Params:
         """Build from user values, converting types and naming the nearest valid key on a typo."""
         base = base or cls()
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -158,7 +267,7 @@ class Params:
         return dataclasses.replace(base, **out)
 
     @classmethod
-    def from_toml(cls, path: str | Path, **overrides) -> "Params":
+    def from_toml(cls, path: str | Path, **overrides) -> Params:
         values = load_config(path)
         values.update(overrides)
         return cls.from_dict(values)

@@ -12,6 +12,7 @@ files, ``spikesort_run.json``), ``FOLDER/sorter_output/spikesort.log`` the run's
 spikeinterface copies into ``spikeinterface_log.json``). The sorting returned carries the
 units table (label, firing rate, amplitude, depth, SNR, ...) as unit properties.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,8 @@ import logging
 from pathlib import Path
 
 from spikeinterface.sorters import BaseSorter
+
+from spikesort.layout import LOG_FILE as LOG_NAME  # noqa: F401 (re-exported)
 
 from . import __version__
 from .errors import SpikesortError
@@ -29,7 +32,6 @@ log = logging.getLogger(__name__)
 SORTER_NAME = "spikesort"
 PHY_DIR = "phy"
 SORTING_DIR = "sorting"
-from spikesort.layout import LOG_FILE as LOG_NAME  # noqa: F401 (re-exported)
 
 
 def _params_description() -> dict[str, str]:
@@ -50,8 +52,10 @@ class SpikesortSorter(BaseSorter):
 
     _default_params = Params().to_dict()
     _params_description = _params_description()
-    sorter_description = ("spikesort: a CPU template-matching sorter (universal-template detection, "
-                          "recursive bimodal splits, numba peeling) that writes a Phy folder.")
+    sorter_description = (
+        "spikesort: a CPU template-matching sorter (universal-template detection, "
+        "recursive bimodal splits, numba peeling) that writes a Phy folder."
+    )
     _sorter_description = sorter_description  # spikeinterface reads the name without underscore
     installation_mesg = "pip install spikesort (it is a pure Python package with numba kernels)"
 
@@ -81,8 +85,13 @@ class SpikesortSorter(BaseSorter):
         if recording is None:
             raise SpikesortError(f"cannot reload the recording from {sorter_output_folder.parent}")
         with _log_to(sorter_output_folder / LOG_NAME):
-            result = sort(recording, sorter_output_folder / PHY_DIR, params=Params.from_dict(params),
-                          overwrite=True, progress=bool(verbose))
+            result = sort(
+                recording,
+                sorter_output_folder / PHY_DIR,
+                params=Params.from_dict(params),
+                overwrite=True,
+                progress=bool(verbose),
+            )
         # a folder sorting keeps the unit properties and needs no spikesort to load
         result.to_spikeinterface().save(folder=sorter_output_folder / SORTING_DIR, overwrite=True)
 
@@ -124,8 +133,9 @@ def register() -> type[SpikesortSorter]:
     from spikeinterface.sorters import sorterlist
 
     if sorterlist.sorter_dict.get(SORTER_NAME) is not SpikesortSorter:
-        sorterlist.sorter_full_list[:] = [s for s in sorterlist.sorter_full_list
-                                          if s.sorter_name != SORTER_NAME] + [SpikesortSorter]
+        sorterlist.sorter_full_list[:] = [s for s in sorterlist.sorter_full_list if s.sorter_name != SORTER_NAME] + [
+            SpikesortSorter
+        ]
         # runsorter and basesorter hold this very dict object: update it in place
         sorterlist.sorter_dict[SORTER_NAME] = SpikesortSorter
     return SpikesortSorter

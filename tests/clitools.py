@@ -1,4 +1,5 @@
 """Helpers the command-line tests share (imported by name: pytest puts tests/ on sys.path)."""
+
 from __future__ import annotations
 
 import hashlib

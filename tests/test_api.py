@@ -4,6 +4,7 @@ One small simulated recording (8 channels, 10 s, 4 units) is sorted once, throug
 spikeinterface preprocessing chain, with parameters read from an edited TOML template and a
 progress callback; the tests then look at what came back.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,9 +19,9 @@ import pytest
 pytest.importorskip("spikeinterface.generation")
 import spikesort  # noqa: E402
 from spikesort.errors import SpikesortError  # noqa: E402
+from spikesort.outputs.result import UNIT_COLUMNS, SortingResult  # noqa: E402
 from spikesort.params import Params  # noqa: E402
 from spikesort.pipeline.progress import stage_progress  # noqa: E402
-from spikesort.outputs.result import UNIT_COLUMNS, SortingResult  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMED_STAGES = ["preprocess", "detect", "match", "features"]
@@ -45,8 +46,15 @@ def run(tmp_path_factory):
     params = Params.from_toml(config)
     calls = []
     result = spikesort.sort(chain, base / "out", params=params, progress=lambda *a: calls.append(a))
-    return SimpleNamespace(result=result, folder=base / "out", calls=calls, params=params, gt=gt, base=base,
-                           n_samples=recording.get_num_samples())
+    return SimpleNamespace(
+        result=result,
+        folder=base / "out",
+        calls=calls,
+        params=params,
+        gt=gt,
+        base=base,
+        n_samples=recording.get_num_samples(),
+    )
 
 
 # --------------------------------------------------------------------------- sort and its result
@@ -111,8 +119,9 @@ def test_units_table_read_back_from_the_folder(run):
             assert list(from_files[name]) == list(in_memory[name])
             continue
         # the files round: µV and SNR to 0.01, depth to 0.1 µm, contamination to 0.01 %
-        np.testing.assert_allclose(from_files[name], in_memory[name], atol=0.06 if name == "depth_um" else 0.006,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            from_files[name], in_memory[name], atol=0.06 if name == "depth_um" else 0.006, err_msg=name
+        )
 
 
 def test_units_table_prefers_the_metrics_in_memory(run):
@@ -120,13 +129,30 @@ def test_units_table_prefers_the_metrics_in_memory(run):
 
     r = run.result
     k = r.n_units
-    fields = {name: np.arange(k, dtype=float) + 0.123456 for name in
-              ("firing_rate_hz", "isi_violation_ratio", "contamination", "presence_ratio", "amplitude_cutoff",
-               "snr", "amplitude_uv", "depth_um")}
+    fields = {
+        name: np.arange(k, dtype=float) + 0.123456
+        for name in (
+            "firing_rate_hz",
+            "isi_violation_ratio",
+            "contamination",
+            "presence_ratio",
+            "amplitude_cutoff",
+            "snr",
+            "amplitude_uv",
+            "depth_um",
+        )
+    }
     m = UnitMetrics(unit_id=r.unit_ids, n_spikes=np.zeros(k, int), peak_channel=np.arange(k), **fields)
-    with_metrics = SortingResult(output_folder=r.output_folder, spike_times=r.spike_times,
-                                 spike_clusters=r.spike_clusters, amplitudes=r.amplitudes, unit_ids=r.unit_ids,
-                                 sampling_rate_hz=r.sampling_rate_hz, labels=r.labels, metrics=m)
+    with_metrics = SortingResult(
+        output_folder=r.output_folder,
+        spike_times=r.spike_times,
+        spike_clusters=r.spike_clusters,
+        amplitudes=r.amplitudes,
+        unit_ids=r.unit_ids,
+        sampling_rate_hz=r.sampling_rate_hz,
+        labels=r.labels,
+        metrics=m,
+    )
     units = with_metrics.units
     np.testing.assert_array_equal(units["snr"], fields["snr"])  # full precision, not the tsv's rounding
     np.testing.assert_array_equal(units["peak_channel"], np.arange(k))
@@ -163,9 +189,15 @@ def test_output_paths_and_report(run):
 
 
 def test_empty_result_table_and_sorting(tmp_path):
-    r = SortingResult(output_folder=tmp_path, spike_times=np.zeros(0, np.int64),
-                      spike_clusters=np.zeros(0, np.int64), amplitudes=np.zeros(0), unit_ids=np.arange(0),
-                      sampling_rate_hz=30000.0, labels=np.zeros(0, dtype=str))
+    r = SortingResult(
+        output_folder=tmp_path,
+        spike_times=np.zeros(0, np.int64),
+        spike_clusters=np.zeros(0, np.int64),
+        amplitudes=np.zeros(0),
+        unit_ids=np.arange(0),
+        sampling_rate_hz=30000.0,
+        labels=np.zeros(0, dtype=str),
+    )
     assert len(r.units) == 0 and list(r.units.columns) == list(UNIT_COLUMNS)
     sorting = r.to_spikeinterface()
     assert sorting.get_num_units() == 0 and "label" in sorting.get_property_keys()
@@ -237,8 +269,7 @@ def test_probe_plot_is_a_real_image(tmp_path):
     from spikesort import cli
 
     png = tmp_path / "np1.png"
-    r = CliRunner().invoke(cli.main, ["probes", "show", "neuropixels-1.0", "--plot", str(png)],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(cli.main, ["probes", "show", "neuropixels-1.0", "--plot", str(png)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     img = imread(png)
     assert img.shape[0] >= 200 and img.shape[1] >= 200

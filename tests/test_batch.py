@@ -1,4 +1,5 @@
 """spikesort batch: manifests, the local dask cluster, a separately started cluster, resume."""
+
 from __future__ import annotations
 
 import csv
@@ -16,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import invoke as _invoke
 
 from spikesort.batch.cluster import _Cluster, cluster_layout
 from spikesort.batch.manifest import read_manifest
 from spikesort.batch.task import _is_finished
 from spikesort.memory import task_peak_rss as _PeakRss
-from spikesort.pipeline.checkpoints import KILL_ENV, is_unfinished
 from spikesort.params import Params
-from clitools import invoke as _invoke
+from spikesort.pipeline.checkpoints import KILL_ENV, is_unfinished
 
 N_CHANNELS = 8
 RATE = 30000
@@ -92,6 +93,7 @@ def _rows(out: Path) -> dict[str, dict]:
 
 def _log_interval(log: Path, name: str) -> tuple[float, float]:
     """When the worker started and finished ``name``, from the timestamps of its log."""
+
     def stamp(line):
         return time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
 
@@ -144,8 +146,17 @@ a.bin,again,tetrode,{RATE},4,int16,binary,0
 
 
 def dataclass_fields(job) -> tuple:
-    return (job.name, job.path, job.output, job.probe, job.fmt, job.sampling_rate_hz, job.n_channels, job.dtype,
-            job.offset_bytes)
+    return (
+        job.name,
+        job.path,
+        job.output,
+        job.probe,
+        job.fmt,
+        job.sampling_rate_hz,
+        job.n_channels,
+        job.dtype,
+        job.offset_bytes,
+    )
 
 
 RAW = f'sampling_rate = {RATE}\nn_channels = {N_CHANNELS}\ndtype = "int16"\nprobe = "probe.json"\n'
@@ -162,8 +173,11 @@ MANIFEST_ERRORS = [
     ("m.toml", RAW + '[[recording]]\nname = "x"\n', "recording 1: no path"),
     ("m.toml", RAW + '[[recording]]\npath = "nope.bin"\n', "recording not found"),
     ("m.toml", RAW + 'glob = "*.dat"\n', "matches no file"),
-    ("m.toml", RAW.replace("n_channels = 8", 'n_channels = "eight"') + 'glob = "*.bin"\n',
-     "n_channels must be a whole number"),
+    (
+        "m.toml",
+        RAW.replace("n_channels = 8", 'n_channels = "eight"') + 'glob = "*.bin"\n',
+        "n_channels must be a whole number",
+    ),
     ("m.toml", RAW + 'format = "bin"\nglob = "*.bin"\n', "unknown format 'bin'"),
     ("m.toml", RAW.replace('"probe.json"', '"tetrod"') + 'glob = "*.bin"\n', "unknown probe 'tetrod'"),
     ("m.toml", RAW + '[[recording]]\npath = "a.bin"\nname = "x/y"\n', "cannot be a folder name"),
@@ -180,8 +194,9 @@ MANIFEST_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("filename,text,needle", MANIFEST_ERRORS,
-                         ids=[f"{i}-{e[2][:24]}" for i, e in enumerate(MANIFEST_ERRORS)])
+@pytest.mark.parametrize(
+    "filename,text,needle", MANIFEST_ERRORS, ids=[f"{i}-{e[2][:24]}" for i, e in enumerate(MANIFEST_ERRORS)]
+)
 def test_manifest_mistakes_are_one_line_and_exit_2(data, tmp_path, filename, text, needle):
     manifest = data / filename
     if text is not None:
@@ -195,10 +210,14 @@ def test_manifest_mistakes_are_one_line_and_exit_2(data, tmp_path, filename, tex
 def test_option_mistakes_are_one_line_and_exit_2(data, tmp_path):
     manifest = data / "m.toml"
     manifest.write_text(TOML_GLOB)
-    _assert_user_error(_invoke("batch", manifest, "-o", tmp_path / "o", "--scheduler", "tcp://127.0.0.1:1",
-                               "--workers", "2"), "--workers and --threads shape the local cluster")
-    _assert_user_error(_invoke("batch", manifest, "-o", tmp_path / "o", "--set", "detect_treshold=6"),
-                       "did you mean 'detect_threshold'")
+    _assert_user_error(
+        _invoke("batch", manifest, "-o", tmp_path / "o", "--scheduler", "tcp://127.0.0.1:1", "--workers", "2"),
+        "--workers and --threads shape the local cluster",
+    )
+    _assert_user_error(
+        _invoke("batch", manifest, "-o", tmp_path / "o", "--set", "detect_treshold=6"),
+        "did you mean 'detect_threshold'",
+    )
     # an output folder that holds an input would be resumed or overwritten: refused
     (tmp_path / "o" / "a").mkdir(parents=True)
     shutil.copy(data / "a.bin", tmp_path / "o" / "a" / "a.bin")
@@ -239,16 +258,19 @@ def _assert_user_error(result, needle: str) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.mark.parametrize("cores,n,memory_gb,expected", [
-    (1, 4, None, (1, 1)),
-    (2, 4, None, (1, 2)),    # few cores: one worker holds them all, as `spikesort run` would
-    (4, 4, None, (1, 4)),
-    (6, 4, None, (2, 3)),
-    (8, 4, None, (2, 4)),
-    (16, 4, None, (4, 4)),
-    (16, 1, None, (1, 16)),  # one recording: one worker with every core
-    (16, 4, 8, (2, 8)),      # memory for two recordings at a time
-])
+@pytest.mark.parametrize(
+    "cores,n,memory_gb,expected",
+    [
+        (1, 4, None, (1, 1)),
+        (2, 4, None, (1, 2)),  # few cores: one worker holds them all, as `spikesort run` would
+        (4, 4, None, (1, 4)),
+        (6, 4, None, (2, 3)),
+        (8, 4, None, (2, 4)),
+        (16, 4, None, (4, 4)),
+        (16, 1, None, (1, 16)),  # one recording: one worker with every core
+        (16, 4, 8, (2, 8)),  # memory for two recordings at a time
+    ],
+)
 def test_default_cluster_layout(cores, n, memory_gb, expected):
     memory = memory_gb * 2**30 if memory_gb else None
     workers, threads = cluster_layout(cores=cores, n_recordings=n, memory_b=memory)
@@ -266,6 +288,7 @@ def test_cluster_layout_options():
 @pytest.mark.parametrize("sample", [False, True])
 def test_peak_memory_is_per_task(sample):
     """The figure of one task is not inflated by an earlier, larger one in the same process."""
+
     def task(mb):
         peak = _PeakRss(sample=sample)
         x = np.ones(mb * 2**20 // 8)
@@ -289,10 +312,13 @@ def _worker_settings() -> dict:
     from distributed import get_worker
 
     worker = get_worker()
-    return dict(malloc_trim=os.environ.get("MALLOC_TRIM_THRESHOLD_"), callbacks=sorted(worker.periodic_callbacks),
-                tick_ms=worker.periodic_callbacks["tick"].callback_time,
-                monitor_ms=worker.periodic_callbacks["monitor"].callback_time,
-                profile=dask.config.get("distributed.worker.profile.enabled"))
+    return dict(
+        malloc_trim=os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        callbacks=sorted(worker.periodic_callbacks),
+        tick_ms=worker.periodic_callbacks["tick"].callback_time,
+        monitor_ms=worker.periodic_callbacks["monitor"].callback_time,
+        profile=dask.config.get("distributed.worker.profile.enabled"),
+    )
 
 
 def test_local_workers_drop_the_dask_defaults_that_slow_a_sort(monkeypatch):
@@ -318,16 +344,19 @@ def test_the_batch_driver_never_imports_the_sorter(data, tmp_path):
     out = tmp_path / "sorted"
     for name in ("a", "b"):  # existing, unfinished folders: the skip check reads them
         (out / name).mkdir(parents=True)
-    code = ("import sys\n"
-            "from spikesort import cli\n"
-            "from spikesort.batch import _is_finished, read_manifest\n"
-            "from spikesort.params import Params\n"
-            "jobs = read_manifest(sys.argv[1], out_root=sys.argv[2])\n"
-            "assert not any(_is_finished(j.output, Params()) for j in jobs)\n"
-            "print(' '.join(m for m in ('spikesort.pipeline.run', 'scipy.signal', 'spikeinterface', 'numba') "
-            "if m in sys.modules))\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(manifest), str(out)], capture_output=True, text=True,
-                          timeout=60)
+    code = (
+        "import sys\n"
+        "from spikesort import cli\n"
+        "from spikesort.batch import _is_finished, read_manifest\n"
+        "from spikesort.params import Params\n"
+        "jobs = read_manifest(sys.argv[1], out_root=sys.argv[2])\n"
+        "assert not any(_is_finished(j.output, Params()) for j in jobs)\n"
+        "print(' '.join(m for m in ('spikesort.pipeline.run', 'scipy.signal', 'spikeinterface', 'numba') "
+        "if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(manifest), str(out)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", proc.stdout
 
@@ -376,8 +405,9 @@ def test_batch_on_a_local_cluster(data, tmp_path, monkeypatch):
     rows2 = _rows(out)
     for name in ("a", "b"):  # finished earlier: skipped, with their figures kept
         assert rows2[name]["status"] == "skipped"
-        assert {k: rows2[name][k] for k in ("units", "good_units", "wall_s", "pid")} == \
-               {k: rows[name][k] for k in ("units", "good_units", "wall_s", "pid")}
+        assert {k: rows2[name][k] for k in ("units", "good_units", "wall_s", "pid")} == {
+            k: rows[name][k] for k in ("units", "good_units", "wall_s", "pid")
+        }
     assert rows2["broken"]["status"] == "failed" and "worker sorting it died" in rows2["broken"]["error"]
     assert is_unfinished(out / "broken")
 
@@ -428,24 +458,58 @@ def test_batch_on_a_separately_started_cluster(data, tmp_path):
     # random free ports (--port 0); the address is read back from the scheduler file; the
     # timeouts end both processes by themselves should this test die before stopping them
     scheduler = subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-         "--no-dashboard", "--scheduler-file", str(scheduler_file), "--idle-timeout", "60"],
-        stdout=open(logs / "scheduler.log", "wb"), stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+            "--idle-timeout",
+            "60",
+        ],
+        stdout=open(logs / "scheduler.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     worker = None
     try:
-        _wait_for(lambda: scheduler_file.is_file() and scheduler_file.stat().st_size > 0, timeout=60,
-                  what="the scheduler file", procs=[scheduler])
+        _wait_for(
+            lambda: scheduler_file.is_file() and scheduler_file.stat().st_size > 0,
+            timeout=60,
+            what="the scheduler file",
+            procs=[scheduler],
+        )
         address = json.loads(scheduler_file.read_text())["address"]
         assert address.startswith("tcp://127.0.0.1:")
         # no nanny: the worker is this very process, so its pid identifies it
         worker = subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--host", "127.0.0.1", "--nthreads", "2",
-             "--no-nanny", "--no-dashboard", "--death-timeout", "60"],
-            stdout=open(logs / "worker.log", "wb"), stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                address,
+                "--host",
+                "127.0.0.1",
+                "--nthreads",
+                "2",
+                "--no-nanny",
+                "--no-dashboard",
+                "--death-timeout",
+                "60",
+            ],
+            stdout=open(logs / "worker.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
         manifest = data / "batch.csv"
-        manifest.write_text(f"name,path,probe,sampling_rate,n_channels,dtype\n"
-                            f"first,a.bin,probe.json,{RATE},{N_CHANNELS},int16\n"
-                            f"second,b.bin,probe.json,{RATE},{N_CHANNELS},int16\n")
+        manifest.write_text(
+            f"name,path,probe,sampling_rate,n_channels,dtype\n"
+            f"first,a.bin,probe.json,{RATE},{N_CHANNELS},int16\n"
+            f"second,b.bin,probe.json,{RATE},{N_CHANNELS},int16\n"
+        )
         out = tmp_path / "sorted"
         r = _invoke("batch", manifest, "-o", out, "--scheduler", address)
         assert r.exit_code == 0, (r.output, r.stderr, (logs / "worker.log").read_text()[-3000:])

@@ -1,6 +1,7 @@
 """The speed mode of the benchmark (benchmarks/speed.py, ``scripts/benchmark.py --speed``): the
 floor pass, the stage costs, the table and the ratios, and one tiny end-to-end run (spikesort
 only, a temporary cache)."""
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,7 @@ def test_floor_pass_filters_every_sample(tmp_path):
     path, x = _binary(tmp_path)
     sos = signal.butter(3, 300.0, btype="highpass", fs=fs, output="sos")
     whole = signal.sosfiltfilt(sos, x.astype(np.float64), axis=0)
-    expected = float(np.mean(whole[:, ::speed.CHECK_STRIDE] ** 2))  # the checked channels: 0 and 8
+    expected = float(np.mean(whole[:, :: speed.CHECK_STRIDE] ** 2))  # the checked channels: 0 and 8
     # 0.5 s chunks with a 10 ms margin: only the chunk edges differ from the whole-signal filter
     one = speed.floor_pass(path=path, n_channels=10, sampling_rate_hz=fs, threads=1, chunk_s=0.5)
     two = speed.floor_pass(path=path, n_channels=10, sampling_rate_hz=fs, threads=2, chunk_s=0.5)
@@ -55,7 +56,7 @@ def test_floor_pass_filters_every_sample(tmp_path):
     assert two.mean_square == pytest.approx(one.mean_square, rel=1e-9)  # threads change nothing
     assert one.duration_s == pytest.approx(50_000 / fs) and one.x_realtime > 0
     # the 300 Hz high-pass keeps most of the power of white noise, not all
-    raw = float(np.mean(x[:, ::speed.CHECK_STRIDE].astype(np.float64) ** 2))
+    raw = float(np.mean(x[:, :: speed.CHECK_STRIDE].astype(np.float64) ** 2))
     assert 0.8 * raw < one.mean_square < raw
 
 
@@ -82,11 +83,22 @@ def test_floor_pass_reads_the_first_frames_only(tmp_path):
 def test_stage_costs(tmp_path):
     assert speed.stage_costs(run_json=tmp_path / "missing.json") == {}
     path = tmp_path / "spikesort_run.json"
-    path.write_text(json.dumps({"timings_s": {"preprocess": 2.5, "drift": 1.0, "match": 3.0},
-                                "peak_rss_mb": {"preprocess": 800, "match": 950.5, "note": "x"}}))
+    path.write_text(
+        json.dumps(
+            {
+                "timings_s": {"preprocess": 2.5, "drift": 1.0, "match": 3.0},
+                "peak_rss_mb": {"preprocess": 800, "match": 950.5, "note": "x"},
+            }
+        )
+    )
     costs = speed.stage_costs(run_json=path)
-    assert costs == {"stage_preprocess_s": 2.5, "stage_drift_s": 1.0, "stage_match_s": 3.0,
-                     "stage_preprocess_rss_mb": 800.0, "stage_match_rss_mb": 950.5}
+    assert costs == {
+        "stage_preprocess_s": 2.5,
+        "stage_drift_s": 1.0,
+        "stage_match_s": 3.0,
+        "stage_preprocess_rss_mb": 800.0,
+        "stage_match_rss_mb": 950.5,
+    }
     path.write_text("{not json")
     assert speed.stage_costs(run_json=path) == {}
 
@@ -94,27 +106,94 @@ def test_stage_costs(tmp_path):
 def _rows():
     common = {"status": "ok", "load_before": 0.5, "load_after": 1.0}
     return [
-        dict(case="static64", kind="a", recording="64 ch × 5 min", sorter="spikesort", duration_s=300.0, minutes=5.0,
-             channels=64, wall_s=30.0, x_realtime=10.0, peak_rss_mb=900.0, floor_s=10.0, sort_floor=3.0,
-             well_detected=44, num_gt=50, stage_preprocess_s=12.0, stage_match_s=8.0, stage_match_rss_mb=700.0,
-             **common),
-        dict(case="static64", kind="a", recording="64 ch × 5 min", sorter="tridesclous2 2026.01", duration_s=300.0,
-             minutes=5.0, channels=64, wall_s=150.0, x_realtime=2.0, peak_rss_mb=3000.0, floor_s=10.0,
-             sort_floor=15.0, well_detected=44, num_gt=50, **common),
-        dict(case="np1_384ch_5min", kind="b", recording="384 ch × 5 min", sorter="spikesort", duration_s=300.0,
-             minutes=5.0, channels=384, wall_s=200.0, x_realtime=1.5, peak_rss_mb=2000.0, floor_s=60.0,
-             sort_floor=200 / 60, well_detected=120, num_gt=150, **common),
-        dict(case="np1_384ch_10min", kind="b", recording="384 ch × 10 min", sorter="spikesort", duration_s=600.0,
-             minutes=10.0, channels=384, wall_s=500.0, x_realtime=1.2, peak_rss_mb=2300.0, floor_s=120.0,
-             sort_floor=500 / 120, well_detected=None, num_gt=150, **common),
+        dict(
+            case="static64",
+            kind="a",
+            recording="64 ch × 5 min",
+            sorter="spikesort",
+            duration_s=300.0,
+            minutes=5.0,
+            channels=64,
+            wall_s=30.0,
+            x_realtime=10.0,
+            peak_rss_mb=900.0,
+            floor_s=10.0,
+            sort_floor=3.0,
+            well_detected=44,
+            num_gt=50,
+            stage_preprocess_s=12.0,
+            stage_match_s=8.0,
+            stage_match_rss_mb=700.0,
+            **common,
+        ),
+        dict(
+            case="static64",
+            kind="a",
+            recording="64 ch × 5 min",
+            sorter="tridesclous2 2026.01",
+            duration_s=300.0,
+            minutes=5.0,
+            channels=64,
+            wall_s=150.0,
+            x_realtime=2.0,
+            peak_rss_mb=3000.0,
+            floor_s=10.0,
+            sort_floor=15.0,
+            well_detected=44,
+            num_gt=50,
+            **common,
+        ),
+        dict(
+            case="np1_384ch_5min",
+            kind="b",
+            recording="384 ch × 5 min",
+            sorter="spikesort",
+            duration_s=300.0,
+            minutes=5.0,
+            channels=384,
+            wall_s=200.0,
+            x_realtime=1.5,
+            peak_rss_mb=2000.0,
+            floor_s=60.0,
+            sort_floor=200 / 60,
+            well_detected=120,
+            num_gt=150,
+            **common,
+        ),
+        dict(
+            case="np1_384ch_10min",
+            kind="b",
+            recording="384 ch × 10 min",
+            sorter="spikesort",
+            duration_s=600.0,
+            minutes=10.0,
+            channels=384,
+            wall_s=500.0,
+            x_realtime=1.2,
+            peak_rss_mb=2300.0,
+            floor_s=120.0,
+            sort_floor=500 / 120,
+            well_detected=None,
+            num_gt=150,
+            **common,
+        ),
     ]
 
 
 def test_speed_table():
     table = speed.speed_table(rows=_rows()).splitlines()
     head = [c.strip() for c in table[0].strip("|").split("|")]
-    assert head[:9] == ["case", "recording", "sorter", "well detected", "wall s", "× real time", "peak RSS MB",
-                        "floor pass s", "sort ÷ floor"]
+    assert head[:9] == [
+        "case",
+        "recording",
+        "sorter",
+        "well detected",
+        "wall s",
+        "× real time",
+        "peak RSS MB",
+        "floor pass s",
+        "sort ÷ floor",
+    ]
     # only the stages some row carries, in run order; then the load column
     assert head[9:] == ["preprocess s / MB", "match s / MB", "load 1 min"]
     assert len(table) == 2 + 4
@@ -134,8 +213,14 @@ def test_speed_summary():
     assert r["rss_growth"]["label"] == "RSS(10 min) ÷ RSS(5 min)"
     assert r["floor_x_realtime"]["np1_384ch_10min"] == pytest.approx(5.0)
     assert r["peer_wall_over_spikesort"]["static64"] == {"tridesclous2 2026.01": pytest.approx(5.0)}
-    assert r["targets_met"] == {"x_realtime_a": True, "x_realtime_b": True, "sort_floor": False, "rss_b": True,
-                                "rss_growth": False, "faster_than_peers_static64": True}
+    assert r["targets_met"] == {
+        "x_realtime_a": True,
+        "x_realtime_b": True,
+        "sort_floor": False,
+        "rss_b": True,
+        "rss_growth": False,
+        "faster_than_peers_static64": True,
+    }
     text = "\n".join(summary.lines)
     assert "RSS(10 min) ÷ RSS(5 min) = 1.150; target ≤ 1.10 (NOT met)" in text
     assert "whole sort ÷ floor pass (spikesort): static64 3.00, np1_384ch_5min 3.33, np1_384ch_10min 4.17" in text
@@ -156,9 +241,28 @@ def test_speed_mode_end_to_end(tmp_path, monkeypatch, capsys):
     command rows have tests of their own, below)."""
     monkeypatch.setitem(scenarios.SCENARIOS, "tiny16", scenarios.Scenario("tiny16", "np1_16", 5, 10.0, "none", "test"))
     out = tmp_path / "speed.json"
-    code = cli.main(["--speed", "--scenarios", "tiny16", "--speed-channels", "16", "--speed-minutes", "0.1", "0.2",
-                       "--sorters", "spikesort", "--cache", str(tmp_path / "cache"), "--n-jobs", "2",
-                       "--speed-command", "--out", str(out), "--quiet"])
+    code = cli.main(
+        [
+            "--speed",
+            "--scenarios",
+            "tiny16",
+            "--speed-channels",
+            "16",
+            "--speed-minutes",
+            "0.1",
+            "0.2",
+            "--sorters",
+            "spikesort",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--n-jobs",
+            "2",
+            "--speed-command",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     doc = json.loads(out.read_text())
@@ -194,10 +298,12 @@ def test_speed_mode_end_to_end(tmp_path, monkeypatch, capsys):
 
 
 def test_speed_flags_are_checked(capsys):
-    for argv, message in ((["--speed", "--seeds", "0", "1"], "one seed"),
-                          (["--speed", "--speed-channels", "500"], "between 8 and 384"),
-                          (["--speed", "--speed-minutes", "0"], "above 0"),
-                          (["--speed", "--dummy"], "--dummy")):
+    for argv, message in (
+        (["--speed", "--seeds", "0", "1"], "one seed"),
+        (["--speed", "--speed-channels", "500"], "between 8 and 384"),
+        (["--speed", "--speed-minutes", "0"], "above 0"),
+        (["--speed", "--dummy"], "--dummy"),
+    ):
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
         assert exc.value.code == 2
@@ -214,14 +320,28 @@ def test_command_rows_warm(tmp_path):
     tiny = scenarios.Scenario("cmd16", "np1_16", 5, 8.0, "none", "test")
     folder = scenarios.ensure_recording(cache_dir=tmp_path / "cache", scenario=tiny, seed=0, n_jobs=2)
     binary = speed.binary_of(folder=folder)
-    rows = command.command_rows(case="cmd16", folder=folder, binary=binary, work_dir=tmp_path / "runs",
-                                modes=["warm"], params={}, timeout_s=120, keep_outputs=False, version="x",
-                                gt=command.load_gt(folder=folder), stage_costs=speed.stage_costs)
+    rows = command.command_rows(
+        case="cmd16",
+        folder=folder,
+        binary=binary,
+        work_dir=tmp_path / "runs",
+        modes=["warm"],
+        params={},
+        timeout_s=120,
+        keep_outputs=False,
+        version="x",
+        gt=command.load_gt(folder=folder),
+        stage_costs=speed.stage_costs,
+    )
     assert len(rows) == 1
     row = rows[0]
     assert row["status"] == "ok", row.get("error")
     assert (row["kind"], row["sorter"], row["mode"], row["numba_cache_dir"]) == (
-        "c", "spikesort command warm", "warm", "default")
+        "c",
+        "spikesort command warm",
+        "warm",
+        "default",
+    )
     assert row["command"][1:3] == ["run", str(binary["path"])] and "--probe" in row["command"]
     assert (folder / "probe.json").is_file()
     assert row["duration_s"] == pytest.approx(8.0)
@@ -242,8 +362,13 @@ def test_command_cold_then_warm(tmp_path):
     itself is replaced by a stand-in that writes what spikesort run writes)."""
     (tmp_path / "rec").mkdir()
     (tmp_path / "rec" / "probe.json").write_text("{}")  # already there: not rewritten
-    binary = {"path": tmp_path / "rec" / "traces.raw", "n_channels": 4, "sampling_rate_hz": 30_000.0,
-              "n_samples": 300_000, "dtype": "int16"}
+    binary = {
+        "path": tmp_path / "rec" / "traces.raw",
+        "n_channels": 4,
+        "sampling_rate_hz": 30_000.0,
+        "n_samples": 300_000,
+        "dtype": "int16",
+    }
     calls = []
 
     def fake_run(*, argv, env, log_path, timeout_s):
@@ -252,15 +377,31 @@ def test_command_cold_then_warm(tmp_path):
         out = Path(argv[argv.index("-o") + 1])
         assert not out.exists()  # as a first run: no --overwrite
         out.mkdir()
-        (out / "spikesort.log").write_text("x INFO spikesort.outputs.render.pages: report written to r: 2 unit "
-                                           "pages of 2 units in 1.50 s\n")
+        (out / "spikesort.log").write_text(
+            "x INFO spikesort.outputs.render.pages: report written to r: 2 unit pages of 2 units in 1.50 s\n"
+        )
         (Path(cache) / "kernel.nbi").write_text("")  # what numba leaves behind
-        return {"status": "ok", "error": None, "wall_s": 5.0 if len(calls) == 1 else 2.5, "peak_rss_mb": 300.0,
-                "load_before": 1.0, "load_after": 1.0}
+        return {
+            "status": "ok",
+            "error": None,
+            "wall_s": 5.0 if len(calls) == 1 else 2.5,
+            "peak_rss_mb": 300.0,
+            "load_before": 1.0,
+            "load_after": 1.0,
+        }
 
-    rows = command.command_rows(case="c", folder=tmp_path / "rec", binary=binary, work_dir=tmp_path / "runs",
-                                modes=["warm", "cold"], params={"detect_threshold": 6, "amplitude_range": [0.5, 2]},
-                                timeout_s=None, keep_outputs=False, version="x", run=fake_run)
+    rows = command.command_rows(
+        case="c",
+        folder=tmp_path / "rec",
+        binary=binary,
+        work_dir=tmp_path / "runs",
+        modes=["warm", "cold"],
+        params={"detect_threshold": 6, "amplitude_range": [0.5, 2]},
+        timeout_s=None,
+        keep_outputs=False,
+        version="x",
+        run=fake_run,
+    )
     assert [r["mode"] for r in rows] == ["cold", "warm"]
     assert calls[0][1] == calls[1][1] and calls[0][2] == [] and calls[1][2] == ["kernel.nbi"]
     assert rows[0]["numba_cache_dir"] == calls[0][1] and not Path(calls[0][1]).exists()  # removed afterwards
@@ -271,27 +412,55 @@ def test_command_cold_then_warm(tmp_path):
     assert [r["x_realtime"] for r in rows] == [pytest.approx(2.0), pytest.approx(4.0)]
     assert (tmp_path / "rec" / "probe.json").read_text() == "{}"
     # the ratio lines: the command on its own line; the sort-call ratios leave it out
-    peer = {"case": "c", "kind": "a", "sorter": "herdingspikes 0.4.6", "status": "ok", "wall_s": 9.0,
-            "process_wall_s": 12.0, "cpu_s": 20.0}
-    ours = {"case": "c", "kind": "a", "sorter": "spikesort", "status": "ok", "wall_s": 3.0, "x_realtime": 3.3,
-            "process_wall_s": 4.0}
+    peer = {
+        "case": "c",
+        "kind": "a",
+        "sorter": "herdingspikes 0.4.6",
+        "status": "ok",
+        "wall_s": 9.0,
+        "process_wall_s": 12.0,
+        "cpu_s": 20.0,
+    }
+    ours = {
+        "case": "c",
+        "kind": "a",
+        "sorter": "spikesort",
+        "status": "ok",
+        "wall_s": 3.0,
+        "x_realtime": 3.3,
+        "process_wall_s": 4.0,
+    }
     summary = speed.speed_summary(rows=[ours, peer] + rows)
     assert summary.ratios["x_realtime"] == {"c": 3.3}
     assert summary.ratios["command"]["c"]["warm"]["wall_s"] == 2.5
-    assert ("spikesort run on c as users run it (report included): cold 5.0 s (2.00× real time, report 1.5 s = 30%), "
-            "warm 2.5 s (4.00× real time, report 1.5 s = 60%); the sorters' whole child processes (imports and "
-            "sort call, no report): spikesort 4.0 s, herdingspikes 0.4.6 12.0 s (CPU 20.0 s)") in summary.lines
+    assert (
+        "spikesort run on c as users run it (report included): cold 5.0 s (2.00× real time, report 1.5 s = 30%), "
+        "warm 2.5 s (4.00× real time, report 1.5 s = 60%); the sorters' whole child processes (imports and "
+        "sort call, no report): spikesort 4.0 s, herdingspikes 0.4.6 12.0 s (CPU 20.0 s)"
+    ) in summary.lines
     with pytest.raises(ValueError, match="unknown command mode"):
-        command.command_rows(case="c", folder=tmp_path / "rec", binary=binary, work_dir=tmp_path / "runs",
-                             modes=["hot"], params={}, timeout_s=None, keep_outputs=False, version="x", run=fake_run)
+        command.command_rows(
+            case="c",
+            folder=tmp_path / "rec",
+            binary=binary,
+            work_dir=tmp_path / "runs",
+            modes=["hot"],
+            params={},
+            timeout_s=None,
+            keep_outputs=False,
+            version="x",
+            run=fake_run,
+        )
 
 
 def test_report_seconds(tmp_path):
     assert command.report_seconds(output=tmp_path) is None
     (tmp_path / "spikesort_run.json").write_text(json.dumps({"timings_s": {"report": 2.25}}))
     assert command.report_seconds(output=tmp_path) == 2.25  # no log: the run record
-    (tmp_path / "spikesort.log").write_text("report written to a: 1 unit pages of 1 units in 0.50 s\n"
-                                            "report written to b: 3 unit pages of 3 units in 0.75 s\n")
+    (tmp_path / "spikesort.log").write_text(
+        "report written to a: 1 unit pages of 1 units in 0.50 s\n"
+        "report written to b: 3 unit pages of 3 units in 0.75 s\n"
+    )
     assert command.report_seconds(output=tmp_path) == 0.75  # the last report of the log
 
 

@@ -1,4 +1,5 @@
 """The chunk iterator and the threaded chunk map."""
+
 from __future__ import annotations
 
 import threading
@@ -14,15 +15,16 @@ def chunks(n, size, margin):
     return list(iter_chunks(n_samples=n, chunk_samples=size, margin_samples=margin))
 
 
-@pytest.mark.parametrize("n, size, margin", [(1000, 300, 50), (1000, 250, 0), (999, 1, 3), (7, 7, 2),
-                                             (10, 3, 100), (1, 1, 0)])
+@pytest.mark.parametrize(
+    "n, size, margin", [(1000, 300, 50), (1000, 250, 0), (999, 1, 3), (7, 7, 2), (10, 3, 100), (1, 1, 0)]
+)
 def test_keep_windows_cover_every_sample_exactly_once(n, size, margin):
     cs = chunks(n, size, margin)
     assert len(cs) == n_chunks(n_samples=n, chunk_samples=size)
     count = np.zeros(n, dtype=int)
     for i, c in enumerate(cs):
         assert c.index == i
-        count[c.keep_start: c.keep_stop] += 1
+        count[c.keep_start : c.keep_stop] += 1
         assert 0 < c.keep_stop - c.keep_start <= size
         # margins on both sides, clipped to the recording
         assert c.read_start == max(0, c.keep_start - margin)
@@ -38,7 +40,7 @@ def test_keep_slice_locates_the_kept_samples_in_the_read_block():
     data = np.arange(1000)
     out = []
     for c in chunks(1000, 300, 40):
-        block = data[c.read_start: c.read_stop]
+        block = data[c.read_start : c.read_stop]
         assert len(block) == c.n_read
         out.append(block[c.keep_slice])
     np.testing.assert_array_equal(np.concatenate(out), data)

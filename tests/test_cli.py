@@ -1,4 +1,5 @@
 """The command line: one clear error line for every user mistake, a real run, the helpers."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import file_state as _state
+from clitools import invoke as _invoke
 
 from spikesort import cli
 from spikesort.params import Params
-from clitools import invoke as _invoke, file_state as _state
 
 try:
     import tomllib
@@ -107,13 +109,16 @@ def test_out_of_range_parameter_flag(noise_bin, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--detect-treshold", "4"], "--detect-threshold"),  # click names the close option
-    (["--detect-threshold", "abc"], "not a valid float"),
-    (["--set", "detect_treshold=4"], "did you mean 'detect_threshold'"),
-    (["--set", "novalue"], "KEY=VALUE"),
-    (["--common-reference", "average"], "median"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--detect-treshold", "4"], "--detect-threshold"),  # click names the close option
+        (["--detect-threshold", "abc"], "not a valid float"),
+        (["--set", "detect_treshold=4"], "did you mean 'detect_threshold'"),
+        (["--set", "novalue"], "KEY=VALUE"),
+        (["--common-reference", "average"], "median"),
+    ],
+)
 def test_bad_flags(noise_bin, tmp_path, args, needle):
     out = tmp_path / "out"
     r = _invoke("run", noise_bin, "-o", out, "--probe", "linear-32", *RAW, *args)
@@ -154,8 +159,12 @@ def test_no_traceback_from_the_console_script(tmp_path):
     script = Path(sys.executable).with_name("spikesort")
     cmd = [str(script)] if script.exists() else [sys.executable, "-c", "from spikesort.cli import main; main()"]
     out = tmp_path / "out"
-    proc = subprocess.run(cmd + ["run", str(tmp_path / "missing.bin"), "--probe", "tetrode", "-o", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        cmd + ["run", str(tmp_path / "missing.bin"), "--probe", "tetrode", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("spikesort: error: recording not found")
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -174,8 +183,20 @@ def test_internal_error_goes_to_the_log(noise_bin, tmp_path, monkeypatch):
 
     monkeypatch.setattr(spikesort.pipeline, "sort", broken_sort)
     out = tmp_path / "out"
-    r = _invoke("run", noise_bin, "-o", out, "--probe", "linear-32", "--sampling-rate", "30000",
-                "--n-channels", "32", "--dtype", "int16")
+    r = _invoke(
+        "run",
+        noise_bin,
+        "-o",
+        out,
+        "--probe",
+        "linear-32",
+        "--sampling-rate",
+        "30000",
+        "--n-channels",
+        "32",
+        "--dtype",
+        "int16",
+    )
     # 3000 x 8 int16 read as 32 channels is 750 samples: a valid file for the reader
     assert r.exit_code == 1, r.output
     last = r.stderr.strip().splitlines()[-1]
@@ -212,8 +233,20 @@ def test_keyboard_interrupt(noise_bin, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(spikesort.pipeline, "sort", interrupted)
-    r = _invoke("run", noise_bin, "-o", tmp_path / "out", "--probe", "linear-32", "--sampling-rate", "30000",
-                "--n-channels", "32", "--dtype", "int16")
+    r = _invoke(
+        "run",
+        noise_bin,
+        "-o",
+        tmp_path / "out",
+        "--probe",
+        "linear-32",
+        "--sampling-rate",
+        "30000",
+        "--n-channels",
+        "32",
+        "--dtype",
+        "int16",
+    )
     assert r.exit_code == 130
     assert r.stderr.strip().splitlines()[-1] == "spikesort: interrupted"
     assert "Traceback" not in r.output + r.stderr
@@ -230,8 +263,20 @@ def test_disk_full_is_a_user_error(noise_bin, tmp_path, monkeypatch):
 
     monkeypatch.setattr(spikesort.pipeline, "sort", full)
     out = tmp_path / "out"
-    r = _invoke("run", noise_bin, "-o", out, "--probe", "linear-32", "--sampling-rate", "30000",
-                "--n-channels", "32", "--dtype", "int16")
+    r = _invoke(
+        "run",
+        noise_bin,
+        "-o",
+        out,
+        "--probe",
+        "linear-32",
+        "--sampling-rate",
+        "30000",
+        "--n-channels",
+        "32",
+        "--dtype",
+        "int16",
+    )
     _assert_user_error(r, out, "No space left on device", "temp_wh.dat")
 
 
@@ -259,8 +304,9 @@ def test_params_prints_toml_that_round_trips(tmp_path):
 def test_parameter_precedence(tmp_path):
     config = tmp_path / "p.toml"
     config.write_text("detect_threshold = 6.0\nmatch_threshold = 7.0\nchunk_s = 3.0\n")
-    p = cli.resolve_params(config=str(config), set_values=["match-threshold=8", "chunk_s=4"],
-                           flags={"p_chunk_s": 5.0, "p_seed": None})
+    p = cli.resolve_params(
+        config=str(config), set_values=["match-threshold=8", "chunk_s=4"], flags={"p_chunk_s": 5.0, "p_seed": None}
+    )
     assert (p.detect_threshold, p.match_threshold, p.chunk_s, p.seed) == (6.0, 8.0, 5.0, 0)
 
 

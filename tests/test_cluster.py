@@ -1,4 +1,5 @@
 """The bimodal split and its valley test, on synthetic features."""
+
 import numpy as np
 from scipy.stats import norm
 

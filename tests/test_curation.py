@@ -7,6 +7,7 @@ gives each part a new id, ``cluster_group.tsv`` gets 'good'/'mua'/'noise' for la
 and no row for unlabelled ones, and the other cluster_*.tsv columns are rewritten with values
 copied from a parent (so they are stale for the new clusters).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,6 +25,7 @@ load_model = pytest.importorskip("phylib.io.model").load_model
 pytest.importorskip("spikeinterface.generation")
 
 import spikesort  # noqa: E402
+from spikesort.errors import SpikesortError  # noqa: E402
 from spikesort.outputs.curated import (  # noqa: E402
     CuratedResult,
     load_result,
@@ -31,7 +33,6 @@ from spikesort.outputs.curated import (  # noqa: E402
     read_cluster_table,
     select_units,
 )
-from spikesort.errors import SpikesortError  # noqa: E402
 
 FS = 30000.0
 GAIN_UV = 0.195
@@ -41,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------------------------------
 # the shared sorting (made once per session, also used by test_export_formats.py)
 # ------------------------------------------------------------------------------------------
+
 
 def shared_sorting(tmp_path_factory) -> SimpleNamespace:
     """A sorted folder and its ground truth, laid out like a benchmark cache folder
@@ -56,26 +58,38 @@ def shared_sorting(tmp_path_factory) -> SimpleNamespace:
     if not done.is_file():
         shutil.rmtree(base, ignore_errors=True)
         simulated, gt = generate_ground_truth_recording(
-            durations=[20.0], sampling_frequency=FS, num_channels=12, num_units=6, seed=1,
-            generate_probe_kwargs=dict(num_columns=2, xpitch=20, ypitch=20, contact_shapes="circle",
-                                       contact_shape_params={"radius": 6}),
-            noise_kwargs=dict(noise_levels=5.0, strategy="on_the_fly"))
+            durations=[20.0],
+            sampling_frequency=FS,
+            num_channels=12,
+            num_units=6,
+            seed=1,
+            generate_probe_kwargs=dict(
+                num_columns=2, xpitch=20, ypitch=20, contact_shapes="circle", contact_shape_params={"radius": 6}
+            ),
+            noise_kwargs=dict(noise_levels=5.0, strategy="on_the_fly"),
+        )
         as_int16 = scale(simulated, gain=1.0 / GAIN_UV, offset=0.0, dtype="int16")
         as_int16.set_channel_gains(GAIN_UV)
         as_int16.set_channel_offsets(0.0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the simulated source has no provenance to save
-            as_int16.save(folder=base / "bench" / "recording", format="binary", n_jobs=1, chunk_duration="1s",
-                          progress_bar=False)
+            as_int16.save(
+                folder=base / "bench" / "recording", format="binary", n_jobs=1, chunk_duration="1s", progress_bar=False
+            )
         spikes = gt.to_spike_vector()
-        np.savez(base / "bench" / "gt_sorting.npz", sample_index=spikes["sample_index"].astype(np.int64),
-                 unit_index=spikes["unit_index"].astype(np.int64),
-                 segment_index=spikes["segment_index"].astype(np.int64),
-                 unit_ids=np.asarray(gt.unit_ids), sampling_frequency=np.float64(FS))
+        np.savez(
+            base / "bench" / "gt_sorting.npz",
+            sample_index=spikes["sample_index"].astype(np.int64),
+            unit_index=spikes["unit_index"].astype(np.int64),
+            segment_index=spikes["segment_index"].astype(np.int64),
+            unit_ids=np.asarray(gt.unit_ids),
+            sampling_frequency=np.float64(FS),
+        )
         sort(open_recording(base / "bench" / "recording"), base / "sorted")
         done.write_text(json.dumps({"ok": True}))
-    return SimpleNamespace(folder=base / "sorted", bench=base / "bench",
-                           recording=open_recording(base / "bench" / "recording"))
+    return SimpleNamespace(
+        folder=base / "sorted", bench=base / "bench", recording=open_recording(base / "bench" / "recording")
+    )
 
 
 def simulate_phy_curation(source: Path, dest: Path) -> SimpleNamespace:
@@ -123,8 +137,21 @@ def simulate_phy_curation(source: Path, dest: Path) -> SimpleNamespace:
     # phy also saves its whole cluster view
     rows = ["cluster_id\tgroup\tn_spikes"] + [f"{u}\t{groups.get(u, '')}\t{np.sum(new == u)}" for u in current]
     (dest / "cluster_info.tsv").write_text("\n".join(rows) + "\n")
-    return SimpleNamespace(folder=dest, a=a, b=b, c=c, n=n, merged=merged, part1=part1, part2=part2,
-                           old_clusters=clusters, new_clusters=new, groups=groups, ks=ks, counts=counts)
+    return SimpleNamespace(
+        folder=dest,
+        a=a,
+        b=b,
+        c=c,
+        n=n,
+        merged=merged,
+        part1=part1,
+        part2=part2,
+        old_clusters=clusters,
+        new_clusters=new,
+        groups=groups,
+        ks=ks,
+        counts=counts,
+    )
 
 
 def folder_state(folder: Path) -> dict[str, str]:
@@ -144,6 +171,7 @@ def curated(shared, tmp_path_factory):
 # ------------------------------------------------------------------------------------------
 # phylib loads every array of the sorter's folder, with the right shapes and scale
 # ------------------------------------------------------------------------------------------
+
 
 def test_phylib_loads_every_array_with_the_right_shapes_and_scale(shared, tmp_path):
     folder = tmp_path / "sorted"
@@ -195,8 +223,9 @@ def test_phylib_loads_every_array_with_the_right_shapes_and_scale(shared, tmp_pa
         # template features: dense (spikes, templates), the own template's column is the amplitude
         tf = model.get_template_features(spikes)
         assert tf.shape == (len(spikes), k)
-        np.testing.assert_allclose(tf[np.arange(len(spikes)), model.spike_templates[spikes]],
-                                   model.amplitudes[spikes], rtol=1e-5)
+        np.testing.assert_allclose(
+            tf[np.arange(len(spikes)), model.spike_templates[spikes]], model.amplitudes[spikes], rtol=1e-5
+        )
     finally:
         model.close()
 
@@ -222,6 +251,7 @@ def test_phy_check_script_matches_ground_truth_in_microvolts(shared, tmp_path):
 # load_result
 # ------------------------------------------------------------------------------------------
 
+
 def test_uncurated_folder_reads_back_as_the_sorter_wrote_it(shared):
     before = folder_state(shared.folder)
     r = spikesort.load_result(shared.folder)
@@ -233,8 +263,12 @@ def test_uncurated_folder_reads_back_as_the_sorter_wrote_it(shared):
     assert r.properties["ks_label"].tolist() == r.labels.tolist()
     assert r.n_samples == shared.recording.get_num_samples() and r.sampling_rate_hz == FS
     # the recomputed metrics are the sorter's own for unchanged units
-    for name, column, tol in (("snr", "snr", 0.011), ("Amplitude", "amplitude_uv", 0.006),
-                              ("fr", "firing_rate_hz", 0.0006), ("depth_um", "depth_um", 0.051)):
+    for name, column, tol in (
+        ("snr", "snr", 0.011),
+        ("Amplitude", "amplitude_uv", 0.006),
+        ("fr", "firing_rate_hz", 0.0006),
+        ("depth_um", "depth_um", 0.051),
+    ):
         table = read_cluster_table(shared.folder / f"cluster_{name}.tsv")
         np.testing.assert_allclose(r.properties[column], [float(table[u]) for u in r.unit_ids], atol=tol)
     # the params.py path works too
@@ -246,8 +280,9 @@ def test_curated_units_labels_and_metrics(curated):
     before = folder_state(cur.folder)
     r = load_result(cur.folder)
     assert folder_state(cur.folder) == before
-    expected_ids = sorted(set(np.unique(cur.old_clusters).tolist()) - {cur.a, cur.b, cur.c}
-                          | {cur.merged, cur.part1, cur.part2})
+    expected_ids = sorted(
+        set(np.unique(cur.old_clusters).tolist()) - {cur.a, cur.b, cur.c} | {cur.merged, cur.part1, cur.part2}
+    )
     assert r.unit_ids.tolist() == expected_ids
     np.testing.assert_array_equal(r.spike_clusters, cur.new_clusters)
     labels = dict(zip(r.unit_ids.tolist(), r.labels.tolist()))

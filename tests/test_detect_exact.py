@@ -11,6 +11,7 @@ autocorrelation, whose unique maximum is at lag 0: the candidate sits on the pla
 times are asserted exactly. With other
 bases the filter output peaks near, not necessarily on, the trough (see the tests that say so).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,7 +49,7 @@ def footprint(main: int) -> np.ndarray:
 def plant(x, times, mains, waveform, scales=None):
     scales = np.ones(len(times)) if scales is None else scales
     for t, m, a in zip(times, mains, scales):
-        x[t - PRE: t - PRE + NT] += a * waveform[:, None] * footprint(m)[None, :]
+        x[t - PRE : t - PRE + NT] += a * waveform[:, None] * footprint(m)[None, :]
     return x
 
 
@@ -76,8 +77,9 @@ def hand_bases(waveform) -> np.ndarray:
 def probe(line_positions):
     peak_nb = neighbor_table(positions_um=line_positions, radius_um=50.0)
     feat_nb = neighbor_table(positions_um=line_positions, radius_um=75.0, min_neighbors=4)
-    bank = envelope_bank(positions_um=line_positions, neighbors=feat_nb, sigmas_um=(15.0, 30.0, 60.0),
-                         center_radius_um=50.0)
+    bank = envelope_bank(
+        positions_um=line_positions, neighbors=feat_nb, sigmas_um=(15.0, 30.0, 60.0), center_radius_um=50.0
+    )
     return dict(positions_um=line_positions, peak_neighbors=peak_nb, feature_neighbors=feat_nb, bank=bank)
 
 
@@ -86,14 +88,27 @@ def noise_sd_of(x, bases):
     return filtered_noise_sd([x], bases=bases, pre=PRE)
 
 
-def detect(x, probe, bases, *, sign, keep_start=0, keep_stop=None, offset=0, threshold=5.0, universal=7.0,
-           filter_sd=None):
+def detect(
+    x, probe, bases, *, sign, keep_start=0, keep_stop=None, offset=0, threshold=5.0, universal=7.0, filter_sd=None
+):
     filter_sd = noise_sd_of(x, bases) if filter_sd is None else filter_sd
-    return detect_block(x, keep_start=keep_start, keep_stop=x.shape[0] if keep_stop is None else keep_stop,
-                        offset=offset, sign=sign, threshold=threshold, universal_threshold=universal,
-                        peak_neighbors=probe["peak_neighbors"], feature_neighbors=probe["feature_neighbors"],
-                        bank=probe["bank"], bases=bases, pre=PRE, exclusion=EXCLUSION,
-                        positions_um=probe["positions_um"], filter_sd=filter_sd)
+    return detect_block(
+        x,
+        keep_start=keep_start,
+        keep_stop=x.shape[0] if keep_stop is None else keep_stop,
+        offset=offset,
+        sign=sign,
+        threshold=threshold,
+        universal_threshold=universal,
+        peak_neighbors=probe["peak_neighbors"],
+        feature_neighbors=probe["feature_neighbors"],
+        bank=probe["bank"],
+        bases=bases,
+        pre=PRE,
+        exclusion=EXCLUSION,
+        positions_um=probe["positions_um"],
+        filter_sd=filter_sd,
+    )
 
 
 FIRST, LAST = PRE, N - (NT - PRE)  # detect_block's valid range is [FIRST, LAST)
@@ -152,7 +167,7 @@ def test_spikes_outside_the_valid_range_are_not_detected(probe):
     x = noise(4)
     # windows one sample off either end: troughs at FIRST - 1 and LAST + 1
     x[: NT - 1] += w[1:, None] * footprint(2)
-    x[N - NT + 1:] += w[: NT - 1, None] * footprint(2)
+    x[N - NT + 1 :] += w[: NT - 1, None] * footprint(2)
     assert -x[FIRST - 1, 2] > 15 and -x[LAST + 1, 2] > 15
     det = detect(x, probe, hand_bases(w), sign=-1)
     assert len(det) == 0
@@ -181,8 +196,17 @@ def assert_times_near(got, want, tol=1):
 
 
 def generic_bases(x, probe):
-    bases = learn_temporal_bases([x], sign=-1, threshold=5.0, neighbors=probe["peak_neighbors"], exclusion=EXCLUSION,
-                                 pre=PRE, nt=NT, n_components=3, rng=np.random.default_rng(0))
+    bases = learn_temporal_bases(
+        [x],
+        sign=-1,
+        threshold=5.0,
+        neighbors=probe["peak_neighbors"],
+        exclusion=EXCLUSION,
+        pre=PRE,
+        nt=NT,
+        n_components=3,
+        rng=np.random.default_rng(0),
+    )
     assert bases.shape == (3, NT) and bases.dtype == np.float32
     np.testing.assert_allclose(bases @ bases.T, np.eye(3), atol=1e-5)
     return bases
@@ -202,9 +226,12 @@ def test_generic_bases_when_too_few_spikes_to_learn(probe):
     np.testing.assert_array_equal(det.channels, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="candidates must lie in the valid range before alignment: with the generic "
-                                       "bases the filter peaks ~2 samples before the trough, so a spike whose "
-                                       "trough is the first valid sample has its candidate outside the range")
+@pytest.mark.xfail(
+    strict=True,
+    reason="candidates must lie in the valid range before alignment: with the generic "
+    "bases the filter peaks ~2 samples before the trough, so a spike whose "
+    "trough is the first valid sample has its candidate outside the range",
+)
 def test_generic_bases_spike_on_the_first_valid_sample(probe):
     w = spike_waveform()
     x = plant(noise(6), PLANTED, [2] * len(PLANTED), w)
@@ -218,8 +245,17 @@ def test_learned_bases_span_the_spike_shape(probe, sign):
     times = np.arange(60, N - 60, 70)  # 42 spikes, enough to learn 3 components from
     mains = np.resize([1, 2, 3, 4], len(times))
     x = plant(noise(7), times, mains, -sign * w)
-    bases = learn_temporal_bases([x], sign=sign, threshold=5.0, neighbors=probe["peak_neighbors"],
-                                 exclusion=EXCLUSION, pre=PRE, nt=NT, n_components=3, rng=np.random.default_rng(0))
+    bases = learn_temporal_bases(
+        [x],
+        sign=sign,
+        threshold=5.0,
+        neighbors=probe["peak_neighbors"],
+        exclusion=EXCLUSION,
+        pre=PRE,
+        nt=NT,
+        n_components=3,
+        rng=np.random.default_rng(0),
+    )
     np.testing.assert_allclose(bases @ bases.T, np.eye(3), atol=1e-5)
     assert np.all(sign * bases[:, PRE] >= 0)
     assert abs(bases[0] @ w) / np.linalg.norm(w) > 0.98
@@ -234,15 +270,25 @@ def test_learned_bases_span_the_spike_shape(probe, sign):
 # one block vs many chunks, exactly as pipeline.py's detect stage does it
 # ---------------------------------------------------------------------------------------------
 
+
 def detect_chunked(x, probe, bases, *, chunk, sign, threshold, universal, filter_sd, n_jobs=1):
     n = x.shape[0]
     margin = max(10, 2 * NT)  # pipeline: max(margin_ms in samples, 2 * nt)
 
     def det_fn(ch):
-        xb = x[ch.read_start: ch.read_stop]
-        return detect(xb, probe, bases, sign=sign, keep_start=ch.keep_start - ch.read_start,
-                      keep_stop=ch.keep_stop - ch.read_start, offset=ch.read_start, threshold=threshold,
-                      universal=universal, filter_sd=filter_sd)
+        xb = x[ch.read_start : ch.read_stop]
+        return detect(
+            xb,
+            probe,
+            bases,
+            sign=sign,
+            keep_start=ch.keep_start - ch.read_start,
+            keep_stop=ch.keep_stop - ch.read_start,
+            offset=ch.read_start,
+            threshold=threshold,
+            universal=universal,
+            filter_sd=filter_sd,
+        )
 
     chunks = list(iter_chunks(n_samples=n, chunk_samples=chunk, margin_samples=margin))
     return Detections.concat(list(map_chunks(det_fn, chunks, n_jobs=n_jobs)))
@@ -280,6 +326,7 @@ def test_one_block_and_many_chunks_give_identical_events(probe, chunk, n_jobs):
 # peeling: two templates overlapping in space and time are both recovered
 # ---------------------------------------------------------------------------------------------
 
+
 def two_templates():
     """A: the standard waveform centred on channel 2 (support 1..3); B: a wider, smaller one
     centred on channel 3 (support 2..4)."""
@@ -302,15 +349,29 @@ def test_match_block_recovers_overlapping_spikes(line_positions, lag, amps):
     isolated = [(100, 0, 1.0), (500, 1, 1.0)]
     x = noise(21, n=n, sd=0.1)
     for t, k, a in [(t_a, 0, amps[0]), (t_b, 1, amps[1]), *isolated]:
-        x[t - PRE: t - PRE + NT] += a * dense[k]
+        x[t - PRE : t - PRE + NT] += a * dense[k]
     # candidates come from the traces filtered with A's shape, in units of their noise sd (as the
     # pipeline does it: bases and filter_sd from detection); B's candidate may sit off its trough,
     # which the fit's +-max_lag search absorbs
     bases = hand_bases(spike_waveform())
-    spikes, residual = match_block(x, keep_start=0, keep_stop=n, offset=1000, templates=templates,
-                                   chan_templates=cand, sign=-1, detect_threshold=5.0, peak_neighbors=peak_nb,
-                                   exclusion=EXCLUSION, match_threshold=5.0, iterations=4, max_lag=2,
-                                   amplitude_range=(0.5, 2.0), bases=bases, filter_sd=noise_sd_of(x, bases))
+    spikes, residual = match_block(
+        x,
+        keep_start=0,
+        keep_stop=n,
+        offset=1000,
+        templates=templates,
+        chan_templates=cand,
+        sign=-1,
+        detect_threshold=5.0,
+        peak_neighbors=peak_nb,
+        exclusion=EXCLUSION,
+        match_threshold=5.0,
+        iterations=4,
+        max_lag=2,
+        amplitude_range=(0.5, 2.0),
+        bases=bases,
+        filter_sd=noise_sd_of(x, bases),
+    )
     want = sorted([(100, 0), (500, 1), (t_a, 0), (t_b, 1)])
     assert list(zip(spikes.times - 1000, spikes.templates)) == want
     amp = dict(zip(want, spikes.amplitudes))
@@ -326,11 +387,24 @@ def test_match_block_without_templates_or_room(line_positions):
     templates = sparsify(np.zeros((0, NT, N_C), dtype=np.float32), pre=PRE)
     peak_nb = neighbor_table(positions_um=line_positions, radius_um=50.0)
     x = noise(22, n=200)
-    spikes, residual = match_block(x, keep_start=0, keep_stop=200, offset=0, templates=templates,
-                                   chan_templates=channel_candidates(templates, n_channels=N_C), sign=-1,
-                                   detect_threshold=5.0, peak_neighbors=peak_nb, exclusion=EXCLUSION,
-                                   match_threshold=5.0, iterations=2, max_lag=2, amplitude_range=(0.5, 2.0),
-                                   bases=hand_bases(spike_waveform()), filter_sd=np.ones(N_C, np.float32))
+    spikes, residual = match_block(
+        x,
+        keep_start=0,
+        keep_stop=200,
+        offset=0,
+        templates=templates,
+        chan_templates=channel_candidates(templates, n_channels=N_C),
+        sign=-1,
+        detect_threshold=5.0,
+        peak_neighbors=peak_nb,
+        exclusion=EXCLUSION,
+        match_threshold=5.0,
+        iterations=2,
+        max_lag=2,
+        amplitude_range=(0.5, 2.0),
+        bases=hand_bases(spike_waveform()),
+        filter_sd=np.ones(N_C, np.float32),
+    )
     assert len(spikes.times) == 0
     np.testing.assert_array_equal(residual, x)
 
@@ -346,13 +420,25 @@ def test_match_block_local_search_equals_searching_everywhere(line_positions, mo
     n = 4000
     x = noise(23, n=n, sd=0.3)
     for t in np.sort(rng.choice(np.arange(NT, n - NT), 60, replace=False)):
-        x[t - PRE: t - PRE + NT] += rng.uniform(0.6, 1.4) * dense[rng.integers(2)]
+        x[t - PRE : t - PRE + NT] += rng.uniform(0.6, 1.4) * dense[rng.integers(2)]
     bases = hand_bases(spike_waveform())
-    kw = dict(keep_start=0, keep_stop=n, offset=0, templates=templates,
-              chan_templates=channel_candidates(templates, n_channels=N_C), sign=-1, detect_threshold=4.0,
-              peak_neighbors=neighbor_table(positions_um=line_positions, radius_um=50.0), exclusion=EXCLUSION,
-              match_threshold=3.0, iterations=6, max_lag=2, amplitude_range=(0.5, 2.0), bases=bases,
-              filter_sd=noise_sd_of(x, bases))
+    kw = dict(
+        keep_start=0,
+        keep_stop=n,
+        offset=0,
+        templates=templates,
+        chan_templates=channel_candidates(templates, n_channels=N_C),
+        sign=-1,
+        detect_threshold=4.0,
+        peak_neighbors=neighbor_table(positions_um=line_positions, radius_um=50.0),
+        exclusion=EXCLUSION,
+        match_threshold=3.0,
+        iterations=6,
+        max_lag=2,
+        amplitude_range=(0.5, 2.0),
+        bases=bases,
+        filter_sd=noise_sd_of(x, bases),
+    )
     local, residual_local = match_block(x, **kw)
     monkeypatch.setattr(match, "rows_near", lambda times, *, reach, lo, hi: np.arange(lo, hi))
     everywhere, residual_everywhere = match_block(x, **kw)

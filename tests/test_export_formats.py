@@ -3,6 +3,7 @@ curation, the destination rules, the command line, and the raw copy for Phy (--e
 
 The sorted folder and the curation come from tests/test_curation.py (one sort per session).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -18,15 +19,15 @@ pytest.importorskip("spikeinterface.generation")
 from test_curation import GAIN_UV, folder_state, shared_sorting, simulate_phy_curation  # noqa: E402
 
 from spikesort import cli  # noqa: E402
-from spikesort.outputs.curated import load_result  # noqa: E402
 from spikesort.errors import SpikesortError  # noqa: E402
+from spikesort.io.phy import read_params_py  # noqa: E402
 from spikesort.io.raw_copy import RAW_FILE, export_raw_recording  # noqa: E402
 from spikesort.outputs.convert import (  # noqa: E402
     bin_spikes,
     default_output,
     export,
 )
-from spikesort.io.phy import read_params_py  # noqa: E402
+from spikesort.outputs.curated import load_result  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,7 @@ def _trains(unit_ids, times, clusters) -> dict[int, np.ndarray]:
 # ------------------------------------------------------------------------------------------
 # the formats
 # ------------------------------------------------------------------------------------------
+
 
 def test_npz(curated, result, tmp_path):
     before = folder_state(curated.folder)
@@ -142,8 +144,9 @@ def test_nwb_units_table(curated, result, tmp_path):
         np.testing.assert_allclose(frame["depth_um"].to_numpy(), result.depth_um)
         assert frame["phy_cluster_id"].tolist() == result.unit_ids.tolist()
         for j, u in enumerate(result.unit_ids):
-            np.testing.assert_allclose(units.get_unit_spike_times(j),
-                                       np.sort(result.spike_times[result.spike_clusters == u]) / fs)
+            np.testing.assert_allclose(
+                units.get_unit_spike_times(j), np.sort(result.spike_times[result.spike_clusters == u]) / fs
+            )
         wf = np.asarray(units["waveform_mean"].data[:])
         assert units.waveform_unit == "volts"
         np.testing.assert_allclose(wf * 1e6, result.templates_uv, atol=1e-3)
@@ -153,8 +156,9 @@ def test_nwb_units_table(curated, result, tmp_path):
     s = read_nwb_sorting(tmp_path / "units.nwb")
     assert s.sampling_frequency == pytest.approx(fs)
     u = int(result.unit_ids[0])
-    np.testing.assert_array_equal(s.get_unit_spike_train(s.unit_ids[0]),
-                                  np.sort(result.spike_times[result.spike_clusters == u]))
+    np.testing.assert_array_equal(
+        s.get_unit_spike_train(s.unit_ids[0]), np.sort(result.spike_times[result.spike_clusters == u])
+    )
 
 
 def test_label_choice(curated, result, tmp_path):
@@ -219,6 +223,7 @@ def test_destination_rules(curated, shared, tmp_path):
 # the command line
 # ------------------------------------------------------------------------------------------
 
+
 def _invoke(*args):
     try:  # click 8.1 mixes stderr into stdout unless told otherwise; 8.2 dropped the argument
         runner = CliRunner(mix_stderr=False)
@@ -245,8 +250,10 @@ def test_cli_export(curated, tmp_path):
     assert set(np.load(out)["labels"].tolist()) <= {"good", "mua"}
     _assert_user_error(_invoke("export", curated.folder, "--to", "binned", "-o", out), "exists", "--overwrite")
     assert _invoke("export", curated.folder, "--to", "binned", "-o", out, "--overwrite", "-q").exit_code == 0
-    _assert_user_error(_invoke("export", curated.folder, "--to", "npz", "--labels", "god", "-o", tmp_path / "x.npz"),
-                       "unknown label 'god'")
+    _assert_user_error(
+        _invoke("export", curated.folder, "--to", "npz", "--labels", "god", "-o", tmp_path / "x.npz"),
+        "unknown label 'god'",
+    )
     _assert_user_error(_invoke("export", curated.folder, "--to", "nwb", "--bin-ms", "5"), "--bin-ms")
     _assert_user_error(_invoke("export", tmp_path / "missing", "--to", "npz"), "not found")
     _assert_user_error(_invoke("export", curated.folder, "--to", "csv"), "csv")
@@ -256,6 +263,7 @@ def test_cli_export(curated, tmp_path):
 # ------------------------------------------------------------------------------------------
 # the raw copy Phy reads (spikesort run --export-raw)
 # ------------------------------------------------------------------------------------------
+
 
 def test_export_raw_writes_microvolts_and_points_phy_at_them(shared, tmp_path):
     folder = tmp_path / "sorted"
@@ -267,7 +275,7 @@ def test_export_raw_writes_microvolts_and_points_phy_at_them(shared, tmp_path):
     data = np.fromfile(folder / RAW_FILE, dtype=np.int16).reshape(n, c)
     for start in (0, 44990, n - 700):  # across the 1.5 s chunk boundaries, and the end
         uv = rec.get_traces(start_frame=start, end_frame=start + 700, return_in_uV=True)
-        np.testing.assert_array_equal(data[start:start + 700], np.rint(uv).astype(np.int16))
+        np.testing.assert_array_equal(data[start : start + 700], np.rint(uv).astype(np.int16))
     params = read_params_py(folder / "params.py")
     assert params["dat_path"] == [RAW_FILE] and params["dtype"] == "int16" and params["n_channels_dat"] == c
     assert params["offset"] == 0 and params["sample_rate"] == rec.get_sampling_frequency()
@@ -277,7 +285,7 @@ def test_export_raw_writes_microvolts_and_points_phy_at_them(shared, tmp_path):
         t = int(model.spike_samples[len(model.spike_samples) // 2])
         nt = model.n_samples_waveforms
         w = model.get_waveforms(np.array([len(model.spike_samples) // 2]), np.arange(c))[0]
-        np.testing.assert_array_equal(w, data[t - nt // 2:t - nt // 2 + nt])
+        np.testing.assert_array_equal(w, data[t - nt // 2 : t - nt // 2 + nt])
         # the same µV as the original int16 file read through its gain
         original = rec.get_traces(start_frame=t - nt // 2, end_frame=t - nt // 2 + nt, return_in_uV=False) * GAIN_UV
         assert np.abs(w - original).max() <= 0.5 + 1e-6

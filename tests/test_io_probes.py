@@ -1,4 +1,5 @@
 """Probe loading (JSON, PRB without exec, Kilosort .mat, bundled names) and attach_probe."""
+
 import json
 
 import h5py
@@ -115,8 +116,15 @@ def test_json_without_wiring_gets_arange(tmp_path):
 
 @pytest.mark.parametrize(
     "content",
-    ['{"probes": [', "not json at all", '{"a": 1}', '{"probes": []}', '{"probes": [{"contact_positions": [[0, 0]]}]}',
-     '[1, 2]', '{"probes": [{"ndim": 2, "contact_positions": [[0, 0]], "contact_shapes": 3}]}'],
+    [
+        '{"probes": [',
+        "not json at all",
+        '{"a": 1}',
+        '{"probes": []}',
+        '{"probes": [{"contact_positions": [[0, 0]]}]}',
+        "[1, 2]",
+        '{"probes": [{"ndim": 2, "contact_positions": [[0, 0]], "contact_shapes": 3}]}',
+    ],
 )
 def test_malformed_json_probe(tmp_path, content):
     path = tmp_path / "bad.json"
@@ -223,8 +231,7 @@ def test_prb_with_code_in_channel_groups_is_rejected_unrun(tmp_path):
     sentinel = tmp_path / "PWNED"
     path = tmp_path / "evil.prb"
     path.write_text(
-        "channel_groups = {0: {'channels': [0, 1], "
-        f"'geometry': __import__('os').system('touch {sentinel}')}}}}\n"
+        f"channel_groups = {{0: {{'channels': [0, 1], 'geometry': __import__('os').system('touch {sentinel}')}}}}\n"
     )
     with pytest.raises(SpikesortError, match="not plain data"):
         load_probe(path)
@@ -234,8 +241,7 @@ def test_prb_with_code_in_channel_groups_is_rejected_unrun(tmp_path):
 def test_prb_subscript_assignment_style(tmp_path):
     path = tmp_path / "p.prb"
     path.write_text(
-        "channel_groups = {}\n"
-        "channel_groups[0] = {'channels': [0, 1], 'geometry': {0: (0, 0), 1: (0, 30)}}\n"
+        "channel_groups = {}\nchannel_groups[0] = {'channels': [0, 1], 'geometry': {0: (0, 0), 1: (0, 30)}}\n"
     )
     assert load_probe(path).get_contact_count() == 2
 

@@ -1,4 +1,5 @@
 """Opening recordings read-only: raw binary, SpikeGLX, Open Ephys, NWB, HDF5, spikeinterface."""
+
 import hashlib
 import json
 import os
@@ -272,21 +273,29 @@ def _write_openephys(root, streams, traces):
         traces.astype("int16").tofile(folder / "continuous.dat")
         np.save(folder / "sample_numbers.npy", np.arange(len(traces), dtype="int64"))
         np.save(folder / "timestamps.npy", np.arange(len(traces)) / 30000.0)
-        structure["continuous"].append({
-            "folder_name": name + "/",
-            "sample_rate": 30000.0,
-            "source_processor_name": "Acquisition Board",
-            "source_processor_id": 100,
-            "stream_name": name.split(".")[-1],
-            "recorded_processor": "Record Node",
-            "recorded_processor_id": 101,
-            "num_channels": traces.shape[1],
-            "channels": [
-                {"channel_name": f"CH{i + 1}", "description": "", "identifier": "", "history": "",
-                 "bit_volts": 0.195, "units": "uV"}
-                for i in range(traces.shape[1])
-            ],
-        })
+        structure["continuous"].append(
+            {
+                "folder_name": name + "/",
+                "sample_rate": 30000.0,
+                "source_processor_name": "Acquisition Board",
+                "source_processor_id": 100,
+                "stream_name": name.split(".")[-1],
+                "recorded_processor": "Record Node",
+                "recorded_processor_id": 101,
+                "num_channels": traces.shape[1],
+                "channels": [
+                    {
+                        "channel_name": f"CH{i + 1}",
+                        "description": "",
+                        "identifier": "",
+                        "history": "",
+                        "bit_volts": 0.195,
+                        "units": "uV",
+                    }
+                    for i in range(traces.shape[1])
+                ],
+            }
+        )
     (recording_dir / "structure.oebin").write_text(json.dumps(structure))
     return recording_dir
 
@@ -330,7 +339,8 @@ def test_nwb_file(tmp_path):
 
     traces = _traces(n_samples=30, n_channels=4)
     nwb = pynwb.NWBFile(
-        session_description="t", identifier="t",
+        session_description="t",
+        identifier="t",
         session_start_time=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc),
     )
     group = nwb.create_electrode_group(name="g", description="g", location="x", device=nwb.create_device(name="p"))

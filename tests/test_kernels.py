@@ -4,6 +4,7 @@ The twins favour clarity over speed (python loops, float64 sums); inputs are kep
 Argument dtypes match the production call sites (float32 traces, int64 indices, float scalars)
 so no extra numba specialisation is compiled.
 """
+
 from __future__ import annotations
 
 import threading
@@ -22,6 +23,7 @@ I64 = np.int64
 # twins
 # ---------------------------------------------------------------------------------------------
 
+
 def ref_detect_peaks(x, sign, threshold, neighbors, exclusion, keep_start, keep_stop):
     """(t, c) in the keep window with sign*x[t, c] > threshold that is the maximum of sign*x over
     samples [t - exclusion, t + exclusion] (clipped to x) on c and its neighbours, where a larger
@@ -34,8 +36,11 @@ def ref_detect_peaks(x, sign, threshold, neighbors, exclusion, keep_start, keep_
             if not y[t, c] > threshold:
                 continue
             group = {c} | {int(n) for n in neighbors[c] if n >= 0}
-            best = max((y[tt, cc], -tt, -cc) for cc in group
-                       for tt in range(max(0, t - exclusion), min(n_t, t + exclusion + 1)))
+            best = max(
+                (y[tt, cc], -tt, -cc)
+                for cc in group
+                for tt in range(max(0, t - exclusion), min(n_t, t + exclusion + 1))
+            )
             if best == (y[t, c], -t, -c):
                 times.append(t)
                 chans.append(c)
@@ -52,7 +57,7 @@ def ref_project(x, times, chans, neighbors, bases, pre):
             continue
         for j, cc in enumerate(neighbors[c]):
             if cc >= 0:
-                out[i, j] = bases.astype(np.float64) @ x[start: start + nt, cc].astype(np.float64)
+                out[i, j] = bases.astype(np.float64) @ x[start : start + nt, cc].astype(np.float64)
     return out
 
 
@@ -85,7 +90,7 @@ def ref_best_matches(r, times, chans, values, channels, norm2, chan_templates, p
                 start = times[i] + lag - pre
                 if start < 0 or start + nt > n_t:
                     continue
-                dot = float((r[start: start + nt, sup[sup >= 0]].astype(np.float64) * tpl).sum())
+                dot = float((r[start : start + nt, sup[sup >= 0]].astype(np.float64) * tpl).sum())
                 a = min(max(dot / float(norm2[k]), amp_lo), amp_hi)
                 g = 2 * a * dot - a * a * float(norm2[k])
                 if g > gains[i]:
@@ -121,6 +126,7 @@ def ref_subtract(r, ts, ks, amps, values, channels, pre):
 # helpers
 # ---------------------------------------------------------------------------------------------
 
+
 def random_neighbors(rng, n_c, m):
     """Each channel leads its own row, then up to m-1 random others, padded with -1."""
     nb = np.full((n_c, m), -1, dtype=I64)
@@ -137,8 +143,15 @@ def self_neighbors(n_c):
 
 def peaks(x, sign, threshold, neighbors, exclusion, keep_start=0, keep_stop=None):
     keep_stop = x.shape[0] if keep_stop is None else keep_stop
-    return detect_peaks(np.ascontiguousarray(x, dtype=np.float32), float(sign), float(threshold), neighbors,
-                        int(exclusion), int(keep_start), int(keep_stop))
+    return detect_peaks(
+        np.ascontiguousarray(x, dtype=np.float32),
+        float(sign),
+        float(threshold),
+        neighbors,
+        int(exclusion),
+        int(keep_start),
+        int(keep_stop),
+    )
 
 
 def assert_peaks_equal(got, want):
@@ -173,13 +186,14 @@ def dense_plant(n_t, n_c, ts, ks, amps, values, channels, pre):
     for t, k, a in zip(ts, ks, amps):
         for s, ch in enumerate(channels[k]):
             if ch >= 0:
-                x[t - pre: t - pre + values.shape[1], ch] += a * values[k, :, s]
+                x[t - pre : t - pre + values.shape[1], ch] += a * values[k, :, s]
     return x
 
 
 # ---------------------------------------------------------------------------------------------
 # detect_peaks
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("sign", [-1, 1])
@@ -342,10 +356,16 @@ def test_detect_peaks_own_channel_always_in_the_exclusion_zone():
 # project_neighborhoods
 # ---------------------------------------------------------------------------------------------
 
+
 def project(x, times, chans, nb, bases, pre):
-    return project_neighborhoods(np.ascontiguousarray(x, dtype=np.float32), np.asarray(times, dtype=I64),
-                                 np.asarray(chans, dtype=I64), nb, np.ascontiguousarray(bases, dtype=np.float32),
-                                 int(pre))
+    return project_neighborhoods(
+        np.ascontiguousarray(x, dtype=np.float32),
+        np.asarray(times, dtype=I64),
+        np.asarray(chans, dtype=I64),
+        nb,
+        np.ascontiguousarray(bases, dtype=np.float32),
+        int(pre),
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -384,8 +404,8 @@ def test_project_windows_touching_the_edges():
     np.testing.assert_array_equal(out[3], 0)
     np.testing.assert_allclose(out[1, 0], bases @ x[:nt, 0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out[1, 1], bases @ x[:nt, 1], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out[2, 0], bases @ x[n_t - nt:, 1], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out[2, 1], bases @ x[n_t - nt:, 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[2, 0], bases @ x[n_t - nt :, 1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[2, 1], bases @ x[n_t - nt :, 0], rtol=1e-5, atol=1e-5)
 
 
 def test_project_padded_slots_are_zero():
@@ -398,6 +418,7 @@ def test_project_padded_slots_are_zero():
 # ---------------------------------------------------------------------------------------------
 # temporal_filter
 # ---------------------------------------------------------------------------------------------
+
 
 def tfilter(x, h, pre):
     # production: float32 C-contiguous traces, h = bases[0] (a float32 row), int pre
@@ -503,11 +524,22 @@ def test_temporal_filter_h_longer_than_x(pre):
 # best_matches
 # ---------------------------------------------------------------------------------------------
 
+
 def fit(r, times, chans, values, channels, norm2, cand, pre, max_lag, lo=0.5, hi=2.0):
     # the kernel takes the templates channel-major, (K, S, nt)
-    return best_matches(np.ascontiguousarray(r, dtype=np.float32), np.asarray(times, dtype=I64),
-                        np.asarray(chans, dtype=I64), np.ascontiguousarray(values.transpose(0, 2, 1)), channels,
-                        norm2, cand, int(pre), int(max_lag), float(lo), float(hi))
+    return best_matches(
+        np.ascontiguousarray(r, dtype=np.float32),
+        np.asarray(times, dtype=I64),
+        np.asarray(chans, dtype=I64),
+        np.ascontiguousarray(values.transpose(0, 2, 1)),
+        channels,
+        norm2,
+        cand,
+        int(pre),
+        int(max_lag),
+        float(lo),
+        float(hi),
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -540,8 +572,9 @@ def test_best_matches_no_candidates_and_no_templates():
     assert all(len(o) == 0 for o in out)
     empty_v = np.zeros((0, 10, 1), dtype=np.float32)
     empty_c = np.zeros((0, 1), dtype=I64)
-    k, _, _, _ = fit(r, [20, 30], [0, 2], empty_v, empty_c, np.zeros(0, np.float32),
-                     np.full((3, 1), -1, dtype=I64), 3, 1)
+    k, _, _, _ = fit(
+        r, [20, 30], [0, 2], empty_v, empty_c, np.zeros(0, np.float32), np.full((3, 1), -1, dtype=I64), 3, 1
+    )
     np.testing.assert_array_equal(k, [-1, -1])
 
 
@@ -613,9 +646,18 @@ def test_best_matches_one_channel_window_at_both_edges():
 # select_non_overlapping
 # ---------------------------------------------------------------------------------------------
 
+
 def select(order, ks, ts, channels, pre, nt, n_t, n_c):
-    return select_non_overlapping(np.asarray(order, dtype=I64), np.asarray(ks, dtype=I64),
-                                  np.asarray(ts, dtype=I64), channels, int(pre), int(nt), int(n_t), int(n_c))
+    return select_non_overlapping(
+        np.asarray(order, dtype=I64),
+        np.asarray(ks, dtype=I64),
+        np.asarray(ts, dtype=I64),
+        channels,
+        int(pre),
+        int(nt),
+        int(n_t),
+        int(n_c),
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -662,9 +704,17 @@ def test_select_empty_order():
 # subtract_templates
 # ---------------------------------------------------------------------------------------------
 
+
 def subtract(r, ts, ks, amps, values, channels, pre):
-    subtract_templates(r, np.asarray(ts, dtype=I64), np.asarray(ks, dtype=I64), np.asarray(amps, dtype=np.float32),
-                       values, channels, int(pre))
+    subtract_templates(
+        r,
+        np.asarray(ts, dtype=I64),
+        np.asarray(ks, dtype=I64),
+        np.asarray(amps, dtype=np.float32),
+        values,
+        channels,
+        int(pre),
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -707,6 +757,7 @@ def test_subtract_empty_and_in_place():
 # ---------------------------------------------------------------------------------------------
 # preprocessing: zero-phase filter and common reference
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n_channels", [1, 7, 64])
 @pytest.mark.parametrize("seed", SEEDS[:3])
@@ -856,7 +907,7 @@ def test_store_snippets_match_numpy_slices(tmp_path):
     got = store.snippets(times, pre=3, nt=8, channels=chans)
     q = np.clip(np.rint(x * SCALE), -32767, 32767).astype(np.int16).astype(np.float32) / SCALE
     for i, t in enumerate(times):
-        want = q[t - 3: t + 5][:, chans] if 0 <= t - 3 and t + 5 <= 500 else np.zeros((8, 3), np.float32)
+        want = q[t - 3 : t + 5][:, chans] if 0 <= t - 3 and t + 5 <= 500 else np.zeros((8, 3), np.float32)
         np.testing.assert_allclose(got[i], want, atol=1e-6)
     np.testing.assert_allclose(store.snippets(times[:1], pre=3, nt=8)[0], q[7:15], atol=1e-6)
 
@@ -864,6 +915,7 @@ def test_store_snippets_match_numpy_slices(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # two_means_labels
 # ---------------------------------------------------------------------------------------------
+
 
 def ref_two_means(x, first, u, n_iter):
     """numpy twin: k-means++ second centre from the cumulative squared distances, then Lloyd."""
@@ -913,6 +965,7 @@ def test_two_means_separates_two_clouds_and_handles_degenerate_input():
 # ---------------------------------------------------------------------------------------------
 # compile warm-up: the note a cold numba cache gets (issue 16)
 # ---------------------------------------------------------------------------------------------
+
 
 def test_warm_up_note_once_per_process_when_cold(monkeypatch, caplog):
     from spikesort.kernels import warmup

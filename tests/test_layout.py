@@ -1,6 +1,7 @@
 """The package's shape, checked: no import circles (lazy imports inside functions count too), imports
 point one way (cli -> library; outputs -> stages -> kernels), no module over 500 lines, and the old
 flat module paths still import for one release."""
+
 from __future__ import annotations
 
 import ast
@@ -18,14 +19,23 @@ MAX_LINES = 500
 
 # lower layers never import higher ones; a module may import its own layer (circles are caught below)
 LAYERS = {
-    "spikesort.errors": 0, "spikesort.params": 0, "spikesort.atomic": 0, "spikesort.memory": 0,
-    "spikesort.layout": 0, "spikesort._moved": 0, "spikesort.chunks": 0,
-    "spikesort.kernels": 1, "spikesort.io": 1,
+    "spikesort.errors": 0,
+    "spikesort.params": 0,
+    "spikesort.atomic": 0,
+    "spikesort.memory": 0,
+    "spikesort.layout": 0,
+    "spikesort._moved": 0,
+    "spikesort.chunks": 0,
+    "spikesort.kernels": 1,
+    "spikesort.io": 1,
     "spikesort.stages": 2,
     "spikesort.outputs": 3,
     "spikesort.tracking": 3,
     "spikesort.pipeline": 4,
-    "spikesort.si": 5, "spikesort.demo": 5, "spikesort.batch": 5, "spikesort.job": 5,
+    "spikesort.si": 5,
+    "spikesort.demo": 5,
+    "spikesort.batch": 5,
+    "spikesort.job": 5,
     "spikesort.cli": 6,
 }
 
@@ -92,7 +102,7 @@ def test_no_import_circle():
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                circles.append(stack[stack.index(nxt):] + [nxt])
+                circles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack)
         stack.pop()
@@ -119,22 +129,34 @@ def test_every_module_has_a_layer_and_imports_point_down():
     graph = _graph()
     unplaced = [m for m in graph if m != "spikesort" and _layer(m) is None]
     assert not unplaced, f"modules outside every layer (add them to LAYERS): {unplaced}"
-    upward = [f"{a} (layer {_layer(a)}) -> {b} (layer {_layer(b)})"
-              for a, targets in graph.items() if a != "spikesort" for b in targets
-              if b != "spikesort" and _layer(b) > _layer(a)]
+    upward = [
+        f"{a} (layer {_layer(a)}) -> {b} (layer {_layer(b)})"
+        for a, targets in graph.items()
+        if a != "spikesort"
+        for b in targets
+        if b != "spikesort" and _layer(b) > _layer(a)
+    ]
     assert not upward, "imports pointing up:\n" + "\n".join(sorted(upward))
 
 
 def test_library_never_imports_the_cli():
     graph = _graph()
-    bad = sorted(f"{a} -> {b}" for a, t in graph.items() if not a.startswith("spikesort.cli")
-                 for b in t if b.startswith("spikesort.cli"))
+    bad = sorted(
+        f"{a} -> {b}"
+        for a, t in graph.items()
+        if not a.startswith("spikesort.cli")
+        for b in t
+        if b.startswith("spikesort.cli")
+    )
     assert not bad, bad
 
 
 def test_no_module_over_500_lines():
-    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
-            if (n := len(p.read_text(encoding="utf8").splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(PACKAGE.parent)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf8").splitlines())) > MAX_LINES
+    }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 

@@ -1,4 +1,5 @@
 """The resident-memory sampler behind the per-stage peak memory of the run record."""
+
 import numpy as np
 
 from spikesort.memory import PeakRss, rss_mb

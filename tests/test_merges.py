@@ -1,4 +1,5 @@
 """Template similarity and the merge rules of curation, on hand-made templates."""
+
 import numpy as np
 
 from spikesort.stages.match import MatchedSpikes
@@ -46,8 +47,15 @@ def test_small_slice_of_a_unit_is_absorbed_but_a_distinct_unit_is_not():
     order = np.argsort(times, kind="stable")
     spikes = MatchedSpikes(times[order], units[order], np.ones(len(times), np.float32), np.ones(len(times), np.float32))
     positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
-    groups = refractory_merges(spikes, dense, positions_um=positions, duration=dur, refractory=int(0.0015 * fs),
-                               similarity=0.7, same_unit=lambda i, j, lag: False)
+    groups = refractory_merges(
+        spikes,
+        dense,
+        positions_um=positions,
+        duration=dur,
+        refractory=int(0.0015 * fs),
+        similarity=0.7,
+        same_unit=lambda i, j, lag: False,
+    )
     members = sorted(sorted(k for k, _ in g) for g in groups)
     assert members == [[0, 1], [2]]
     lag_of = {k: lag for g in groups for k, lag in g}
@@ -64,7 +72,7 @@ def test_residue_spikes_dropped_but_the_small_unit_kept():
     from spikesort.stages.curate import residue_spikes
 
     rng = np.random.default_rng(2)
-    fs, dur = 30000, 30000 * 300
+    dur = 30000 * 300
     big, small = _unit(peak=40, center=12), _unit(peak=4, center=14)
     positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
     tb = _poisson_times(rng, 10, dur)
@@ -134,8 +142,16 @@ def test_a_small_unit_does_not_chain_two_neurons_into_one():
     c = np.sort(rng.choice(dur, 12, replace=False))
     dense = np.stack([_unit(peak=30, center=12), _unit(peak=30, center=13), _unit(peak=30, center=12.5)])
     positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
-    groups = refractory_merges(_spikes(a, b, c), dense, positions_um=positions, duration=dur, refractory=45,
-                               similarity=0.7, rate_bin=10 * fs, same_unit=lambda i, j, lag: True)
+    groups = refractory_merges(
+        _spikes(a, b, c),
+        dense,
+        positions_um=positions,
+        duration=dur,
+        refractory=45,
+        similarity=0.7,
+        rate_bin=10 * fs,
+        same_unit=lambda i, j, lag: True,
+    )
     members = [sorted(k for k, _ in g) for g in groups]
     assert not any(0 in m and 1 in m for m in members)
     assert any(2 in m and len(m) == 2 for m in members)  # C joins one of them

@@ -1,4 +1,5 @@
 """Quality metrics on hand-made spike trains with known answers."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from spikesort.stages import metrics as m
 from spikesort.errors import SpikesortError
+from spikesort.stages import metrics as m
 
 FS = 30000.0
 
@@ -33,21 +34,34 @@ def _train():
 
 def test_refractory_violations_counts_intervals_and_pairs():
     t, c = _train()
-    v = m.refractory_violations(spike_times=t, spike_clusters=c, unit_ids=np.array([7, 3, 5]),
-                                sampling_rate_hz=FS, refractory_ms=1.5)
+    v = m.refractory_violations(
+        spike_times=t, spike_clusters=c, unit_ids=np.array([7, 3, 5]), sampling_rate_hz=FS, refractory_ms=1.5
+    )
     np.testing.assert_array_equal(v.n_spikes, [15, 5, 0])
-    np.testing.assert_array_equal(v.n_isi, [4, 0, 0])    # 2 intruders + 2 in the burst
+    np.testing.assert_array_equal(v.n_isi, [4, 0, 0])  # 2 intruders + 2 in the burst
     np.testing.assert_array_equal(v.n_pairs, [5, 0, 0])  # 2 intruders + 3 pairs in the burst
     # a difference of exactly the period is not a violation
-    exact = m.refractory_violations(spike_times=np.array([0, 45]), spike_clusters=np.array([1, 1]),
-                                    unit_ids=np.array([1]), sampling_rate_hz=FS, refractory_ms=1.5)
+    exact = m.refractory_violations(
+        spike_times=np.array([0, 45]),
+        spike_clusters=np.array([1, 1]),
+        unit_ids=np.array([1]),
+        sampling_rate_hz=FS,
+        refractory_ms=1.5,
+    )
     assert exact.n_isi[0] == 0 and exact.n_pairs[0] == 0
 
 
 def test_isi_violation_ratio_formula_and_spikeinterface_agree():
     t, c = _train()
-    ratio = m.isi_violation_ratio(spike_times=t, spike_clusters=c, unit_ids=np.array([7, 3, 5]),
-                                  sampling_rate_hz=FS, duration_s=1.0, refractory_ms=1.5, censored_ms=0.0)
+    ratio = m.isi_violation_ratio(
+        spike_times=t,
+        spike_clusters=c,
+        unit_ids=np.array([7, 3, 5]),
+        sampling_rate_hz=FS,
+        duration_s=1.0,
+        refractory_ms=1.5,
+        censored_ms=0.0,
+    )
     expected = 4 * 1.0 / (2 * 15**2 * 0.0015)
     np.testing.assert_allclose(ratio[:2], [expected, 0.0])
     assert math.isnan(ratio[2])
@@ -66,18 +80,30 @@ def test_contamination_llobet():
     # 98 regular spikes 10 ms apart plus 2 intruders 1 ms after two of them: 2 pairs, N = 100
     regular = 0.005 + np.arange(98) * 0.01
     times = np.sort(np.concatenate([regular, regular[[10, 60]] + 0.001]))
-    kw = dict(spike_times=_samples(times), spike_clusters=np.zeros(100, int), unit_ids=np.array([0]),
-              sampling_rate_hz=FS, duration_s=1.0, refractory_ms=1.5)
+    kw = dict(
+        spike_times=_samples(times),
+        spike_clusters=np.zeros(100, int),
+        unit_ids=np.array([0]),
+        sampling_rate_hz=FS,
+        duration_s=1.0,
+        refractory_ms=1.5,
+    )
     n, n_v, t_r = 100, 2, 0.0015
-    np.testing.assert_allclose(m.contamination(**kw, censored_ms=0.0),
-                               [1 - math.sqrt(1 - n_v * 1.0 / (n**2 * t_r))])
+    np.testing.assert_allclose(m.contamination(**kw, censored_ms=0.0), [1 - math.sqrt(1 - n_v * 1.0 / (n**2 * t_r))])
     # a censored period shortens the usable time and the window
     t_c = 0.00025
-    np.testing.assert_allclose(m.contamination(**kw, censored_ms=0.25),
-                               [1 - math.sqrt(1 - n_v * (1.0 - 2 * n * t_c) / (n**2 * (t_r - t_c)))])
+    np.testing.assert_allclose(
+        m.contamination(**kw, censored_ms=0.25), [1 - math.sqrt(1 - n_v * (1.0 - 2 * n * t_c) / (n**2 * (t_r - t_c)))]
+    )
     # one spike: undefined
-    one = m.contamination(spike_times=np.array([5]), spike_clusters=np.array([0]), unit_ids=np.array([0]),
-                          sampling_rate_hz=FS, duration_s=1.0, refractory_ms=1.5)
+    one = m.contamination(
+        spike_times=np.array([5]),
+        spike_clusters=np.array([0]),
+        unit_ids=np.array([0]),
+        sampling_rate_hz=FS,
+        duration_s=1.0,
+        refractory_ms=1.5,
+    )
     assert math.isnan(one[0])
 
 
@@ -90,28 +116,47 @@ def test_contamination_recovers_a_known_poisson_fraction():
     true = true[true < duration]
     intruders = rng.uniform(0, duration, size=int(round(true.size / 9)))
     times = np.sort(np.concatenate([true, intruders]))
-    c = m.contamination(spike_times=_samples(times), spike_clusters=np.zeros(times.size, int),
-                        unit_ids=np.array([0]), sampling_rate_hz=FS, duration_s=duration, refractory_ms=2.0)
+    c = m.contamination(
+        spike_times=_samples(times),
+        spike_clusters=np.zeros(times.size, int),
+        unit_ids=np.array([0]),
+        sampling_rate_hz=FS,
+        duration_s=duration,
+        refractory_ms=2.0,
+    )
     assert abs(c[0] - 0.1) < 0.04
 
 
 def test_firing_rate_and_presence_ratio():
     t, c = _train()
-    np.testing.assert_allclose(m.firing_rate_hz(spike_clusters=c, unit_ids=np.array([7, 3, 5]), duration_s=2.0),
-                               [7.5, 2.5, 0.0])
+    np.testing.assert_allclose(
+        m.firing_rate_hz(spike_clusters=c, unit_ids=np.array([7, 3, 5]), duration_s=2.0), [7.5, 2.5, 0.0]
+    )
     # 100 s recording: default bins min(60, 100/10) = 10 s, ten of them
     times = _samples([1.0, 5.0, 15.0, 25.0, 99.99, 3.0])
     clusters = np.array([1, 1, 1, 1, 2, 2])
-    pr = m.presence_ratio(spike_times=times, spike_clusters=clusters, unit_ids=np.array([1, 2, 3]),
-                          sampling_rate_hz=FS, duration_s=100.0)
+    pr = m.presence_ratio(
+        spike_times=times, spike_clusters=clusters, unit_ids=np.array([1, 2, 3]), sampling_rate_hz=FS, duration_s=100.0
+    )
     np.testing.assert_allclose(pr, [0.3, 0.2, 0.0])
     # a 20-minute recording keeps 60 s bins: 20 bins
     long = _samples([10.0, 70.0, 1199.0])
-    pr = m.presence_ratio(spike_times=long, spike_clusters=np.zeros(3, int), unit_ids=np.array([0]),
-                          sampling_rate_hz=FS, duration_s=1200.0)
+    pr = m.presence_ratio(
+        spike_times=long,
+        spike_clusters=np.zeros(3, int),
+        unit_ids=np.array([0]),
+        sampling_rate_hz=FS,
+        duration_s=1200.0,
+    )
     np.testing.assert_allclose(pr, [3 / 20])
-    pr = m.presence_ratio(spike_times=long, spike_clusters=np.zeros(3, int), unit_ids=np.array([0]),
-                          sampling_rate_hz=FS, duration_s=1200.0, bin_s=600.0)
+    pr = m.presence_ratio(
+        spike_times=long,
+        spike_clusters=np.zeros(3, int),
+        unit_ids=np.array([0]),
+        sampling_rate_hz=FS,
+        duration_s=1200.0,
+        bin_s=600.0,
+    )
     np.testing.assert_allclose(pr, [1.0])
 
 
@@ -157,18 +202,28 @@ def test_snr_peak_and_depth():
     np.testing.assert_allclose(peak.amplitude_uv, [60.0, 30.0])
     np.testing.assert_allclose(m.snr(templates_uv=templates, noise_uv=noise), [12.0, 3.0])
     # channels 1 (60) and 2 (40 >= 30) count, weighted by |peak|
-    np.testing.assert_allclose(m.template_depth_um(templates_uv=templates, channel_positions=pos),
-                               [(60 * 20 + 40 * 40) / 100, 0.0])
+    np.testing.assert_allclose(
+        m.template_depth_um(templates_uv=templates, channel_positions=pos), [(60 * 20 + 40 * 40) / 100, 0.0]
+    )
     assert math.isnan(m.snr(templates_uv=templates, noise_uv=np.array([0.0, 0.0, 1.0]))[0])
 
 
 def _unit_metrics(contamination, snr, presence):
     n = len(snr)
     z = np.zeros(n)
-    return m.UnitMetrics(unit_id=np.arange(n), n_spikes=z, firing_rate_hz=z, isi_violation_ratio=z,
-                         contamination=np.asarray(contamination, float), presence_ratio=np.asarray(presence, float),
-                         amplitude_cutoff=z, snr=np.asarray(snr, float), amplitude_uv=z, peak_channel=z,
-                         depth_um=z)
+    return m.UnitMetrics(
+        unit_id=np.arange(n),
+        n_spikes=z,
+        firing_rate_hz=z,
+        isi_violation_ratio=z,
+        contamination=np.asarray(contamination, float),
+        presence_ratio=np.asarray(presence, float),
+        amplitude_cutoff=z,
+        snr=np.asarray(snr, float),
+        amplitude_uv=z,
+        peak_channel=z,
+        depth_um=z,
+    )
 
 
 def test_label_thresholds():
@@ -177,12 +232,12 @@ def test_label_thresholds():
         snr=[5.0, 5.0, 4.99, 2.0, 1.99, 9.0, 9.0, float("nan")],
         presence=[0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9],
     )
-    labels = m.label_units(um, good_max_contamination=0.1, good_min_snr=5.0, good_min_presence=0.8,
-                           noise_max_snr=2.0)
+    labels = m.label_units(um, good_max_contamination=0.1, good_min_snr=5.0, good_min_presence=0.8, noise_max_snr=2.0)
     assert labels.tolist() == ["good", "mua", "mua", "mua", "noise", "mua", "mua", "noise"]
     low_presence = _unit_metrics(contamination=[0.0], snr=[10.0], presence=[0.79])
-    assert m.label_units(low_presence, good_max_contamination=0.1, good_min_snr=5.0, good_min_presence=0.8,
-                         noise_max_snr=2.0).tolist() == ["mua"]
+    assert m.label_units(
+        low_presence, good_max_contamination=0.1, good_min_snr=5.0, good_min_presence=0.8, noise_max_snr=2.0
+    ).tolist() == ["mua"]
     with pytest.raises(SpikesortError):
         m.label_units(um, good_max_contamination=10.0, good_min_snr=5.0, good_min_presence=0.8, noise_max_snr=2.0)
 
@@ -193,10 +248,18 @@ def test_compute_unit_metrics_end_to_end():
     templates[0, 2, 0] = -50.0
     templates[2, 2, 1] = -100.0
     table = m.compute_unit_metrics(
-        spike_times=t, spike_clusters=c, amplitudes=np.ones(t.size), templates_uv=templates,
-        template_of_unit=np.array([2, 0, 1]), unit_ids=np.array([7, 3, 5]), noise_uv=np.array([5.0, 10.0]),
-        channel_positions=np.array([[0.0, 0.0], [0.0, 25.0]]), sampling_rate_hz=FS, duration_s=1.0,
-        refractory_ms=1.5, censored_ms=0.0,
+        spike_times=t,
+        spike_clusters=c,
+        amplitudes=np.ones(t.size),
+        templates_uv=templates,
+        template_of_unit=np.array([2, 0, 1]),
+        unit_ids=np.array([7, 3, 5]),
+        noise_uv=np.array([5.0, 10.0]),
+        channel_positions=np.array([[0.0, 0.0], [0.0, 25.0]]),
+        sampling_rate_hz=FS,
+        duration_s=1.0,
+        refractory_ms=1.5,
+        censored_ms=0.0,
     ).to_table()
     assert table["unit_id"] == [7, 3, 5]
     assert table["n_spikes"] == [15, 5, 0]

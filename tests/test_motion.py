@@ -5,6 +5,7 @@ depth-dependent one), including a stretch with almost no spikes; correction agai
 reference (a smooth spatial profile moved by a known amount); the stage end to end on small
 generated recordings (drifting, tetrode, drift switched off).
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,13 +17,12 @@ import pytest
 
 from spikesort.errors import SpikesortError
 from spikesort.layout import MOTION_FILES
+from spikesort.params import Params
 from spikesort.stages.drift.estimate import Motion, ShankGeometry, estimate_motion
 from spikesort.stages.drift.figure import draw_drift_map
 from spikesort.stages.drift.interpolate import Kriging, correct_block, correct_chunk, interpolation_matrix
 from spikesort.stages.drift.plan import plan_drift
 from spikesort.stages.drift.records import read_drift_record
-from spikesort.params import Params
-
 
 # ------------------------------------------------------------------------------------------
 # synthetic spikes
@@ -34,8 +34,18 @@ def zigzag(t, *, amplitude_um: float, period_s: float) -> np.ndarray:
     return amplitude_um * (4 * np.abs(phase - 0.5) - 1) * -1
 
 
-def synthetic_spikes(*, displacement, duration_s=200.0, n_units=40, depth_um=(0.0, 600.0), rate_hz=6.0,
-                     quiet=(80.0, 100.0), quiet_factor=0.02, jitter_um=3.0, seed=0):
+def synthetic_spikes(
+    *,
+    displacement,
+    duration_s=200.0,
+    n_units=40,
+    depth_um=(0.0, 600.0),
+    rate_hz=6.0,
+    quiet=(80.0, 100.0),
+    quiet_factor=0.02,
+    jitter_um=3.0,
+    seed=0,
+):
     """Spike (times, depths, amplitudes) of units at fixed tissue depths moved by
     ``displacement(t, depth)``; during ``quiet`` the units fire ``quiet_factor`` times as often."""
     rng = np.random.default_rng(seed)
@@ -70,8 +80,14 @@ def test_rigid_motion_recovered_through_a_quiet_stretch():
     t, y, a = synthetic_spikes(displacement=truth)
     n_quiet = np.count_nonzero((t >= 80) & (t < 100))
     assert n_quiet < 0.05 * len(t) / 10  # the quiet 20 s hold far fewer spikes than any 20 s elsewhere
-    motion = estimate_motion(times_s=t, depths_um=y, amplitudes=a, geometry=[ShankGeometry(0, 0.0, 600.0, "rigid")],
-                             duration_s=200.0, bin_s=2.0)
+    motion = estimate_motion(
+        times_s=t,
+        depths_um=y,
+        amplitudes=a,
+        geometry=[ShankGeometry(0, 0.0, 600.0, "rigid")],
+        duration_s=200.0,
+        bin_s=2.0,
+    )
     assert motion.displacement_um.shape == (100, 1)
     np.testing.assert_allclose(motion.time_bins_s, np.arange(100) * 2.0 + 1.0)
     est = motion.displacement_um[:, 0]
@@ -87,8 +103,9 @@ def test_rigid_motion_recovered_through_a_quiet_stretch():
 
 def test_static_spikes_give_no_motion():
     t, y, a = synthetic_spikes(displacement=lambda t, y: np.zeros_like(t), quiet=(0, 0))
-    motion = estimate_motion(times_s=t, depths_um=y, amplitudes=a, geometry=[ShankGeometry(0, 0.0, 600.0, "rigid")],
-                             duration_s=200.0)
+    motion = estimate_motion(
+        times_s=t, depths_um=y, amplitudes=a, geometry=[ShankGeometry(0, 0.0, 600.0, "rigid")], duration_s=200.0
+    )
     assert np.abs(motion.displacement_um).max() < 1.0, np.abs(motion.displacement_um).max()
 
 
@@ -98,18 +115,27 @@ def test_nonrigid_motion_recovered_per_block():
         return zigzag(t, amplitude_um=10.0, period_s=100.0) * (0.5 + y / 1000.0)
 
     t, y, a = synthetic_spikes(displacement=truth, n_units=80, depth_um=(0.0, 1000.0), seed=1)
-    motion = estimate_motion(times_s=t, depths_um=y, amplitudes=a,
-                             geometry=[ShankGeometry(0, 0.0, 1000.0, "nonrigid")], duration_s=200.0,
-                             block_um=250.0)
+    motion = estimate_motion(
+        times_s=t,
+        depths_um=y,
+        amplitudes=a,
+        geometry=[ShankGeometry(0, 0.0, 1000.0, "nonrigid")],
+        duration_s=200.0,
+        block_um=250.0,
+    )
     assert len(motion.depth_bins_um) == 4
-    errors = [centred_rms(motion.displacement_um[:, b], truth(motion.time_bins_s, c))
-              for b, c in enumerate(motion.depth_bins_um)]
+    errors = [
+        centred_rms(motion.displacement_um[:, b], truth(motion.time_bins_s, c))
+        for b, c in enumerate(motion.depth_bins_um)
+    ]
     assert max(errors) < 2.0, errors
     # and a rigid estimate of the same spikes is clearly worse at the ends of the shank
-    rigid = estimate_motion(times_s=t, depths_um=y, amplitudes=a, geometry=[ShankGeometry(0, 0.0, 1000.0, "rigid")],
-                            duration_s=200.0)
-    rigid_errors = [centred_rms(rigid.displacement_um[:, 0], truth(motion.time_bins_s, c))
-                    for c in motion.depth_bins_um]
+    rigid = estimate_motion(
+        times_s=t, depths_um=y, amplitudes=a, geometry=[ShankGeometry(0, 0.0, 1000.0, "rigid")], duration_s=200.0
+    )
+    rigid_errors = [
+        centred_rms(rigid.displacement_um[:, 0], truth(motion.time_bins_s, c)) for c in motion.depth_bins_um
+    ]
     assert rigid_errors[0] > 2 * errors[0] and rigid_errors[-1] > 2 * errors[-1], (rigid_errors, errors)
 
 
@@ -118,16 +144,27 @@ def test_shanks_are_estimated_separately():
     t1, y1, a1 = synthetic_spikes(displacement=lambda t, y: np.zeros_like(t), seed=3)
     t, y, a = (np.concatenate(p) for p in ((t0, t1), (y0, y1), (a0, a1)))
     shanks = np.r_[np.zeros(len(t0), int), np.ones(len(t1), int)]
-    motion = estimate_motion(times_s=t, depths_um=y, amplitudes=a, shanks=shanks, duration_s=200.0,
-                             geometry=[ShankGeometry(0, 0.0, 600.0, "rigid"), ShankGeometry(1, 0.0, 600.0, "rigid")])
+    motion = estimate_motion(
+        times_s=t,
+        depths_um=y,
+        amplitudes=a,
+        shanks=shanks,
+        duration_s=200.0,
+        geometry=[ShankGeometry(0, 0.0, 600.0, "rigid"), ShankGeometry(1, 0.0, 600.0, "rigid")],
+    )
     np.testing.assert_array_equal(motion.block_shanks, [0, 1])
     assert centred_rms(motion.displacement_um[:, 0], zigzag(motion.time_bins_s, amplitude_um=12.0, period_s=60.0)) < 1.0
     assert np.abs(motion.displacement_um[:, 1]).max() < 1.5  # the other shank's motion does not leak in
 
 
 def test_no_spikes_no_motion():
-    motion = estimate_motion(times_s=np.zeros(0), depths_um=np.zeros(0), amplitudes=np.zeros(0),
-                             geometry=[ShankGeometry(0, 0.0, 600.0, "rigid")], duration_s=10.0)
+    motion = estimate_motion(
+        times_s=np.zeros(0),
+        depths_um=np.zeros(0),
+        amplitudes=np.zeros(0),
+        geometry=[ShankGeometry(0, 0.0, 600.0, "rigid")],
+        duration_s=10.0,
+    )
     assert motion.displacement_um.shape == (5, 1)
     assert np.all(motion.displacement_um == 0)
 
@@ -222,12 +259,14 @@ def test_correction_does_not_depend_on_chunking():
     pos = two_column_probe(n_rows=12)
     fs = 1000.0
     t = np.arange(20) * 0.5 + 0.25
-    motion = Motion(zigzag(t, amplitude_um=15.0, period_s=6.0)[:, None].astype(np.float32), t,
-                    np.array([100.0]), np.array([0]))
+    motion = Motion(
+        zigzag(t, amplitude_um=15.0, period_s=6.0)[:, None].astype(np.float32), t, np.array([100.0]), np.array([0])
+    )
     x = np.random.default_rng(0).normal(size=(10_000, len(pos))).astype(np.float32)
     kriging = Kriging.build(positions_um=pos)
-    kw = dict(sampling_rate_hz=fs, motion=motion, kriging=kriging, channel_shanks=np.zeros(len(pos), int),
-              step_samples=125)
+    kw = dict(
+        sampling_rate_hz=fs, motion=motion, kriging=kriging, channel_shanks=np.zeros(len(pos), int), step_samples=125
+    )
     whole = correct_block(x, start=0, **kw)
     parts = np.concatenate([correct_block(x[a:b], start=a, **kw) for a, b in ((0, 3333), (3333, 7001), (7001, 10_000))])
     np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-5)
@@ -243,14 +282,26 @@ def test_units_split_by_a_step_of_the_probe_are_grouped():
     step = np.where(t_bins < 50, -15.0, 15.0).astype(np.float32)
     motion = Motion(step[:, None], t_bins, np.array([100.0]), np.array([0]))
     base = rng.normal(size=(20, 8))
-    templates = np.stack([base, base + 0.2 * rng.normal(size=base.shape),  # one neuron at two positions
-                          base + 0.2 * rng.normal(size=base.shape),  # a look-alike that fires all along
-                          rng.normal(size=base.shape)])  # and a different unit
+    templates = np.stack(
+        [
+            base,
+            base + 0.2 * rng.normal(size=base.shape),  # one neuron at two positions
+            base + 0.2 * rng.normal(size=base.shape),  # a look-alike that fires all along
+            rng.normal(size=base.shape),
+        ]
+    )  # and a different unit
     spans = {0: (0, 48), 1: (52, 100), 2: (0, 100), 3: (52, 100)}
     times = np.concatenate([rng.uniform(*spans[u], 300) for u in range(4)])
     units = np.repeat(np.arange(4), 300)
-    kw = dict(spike_times_s=times, spike_units=units, templates=templates, main_channels=np.zeros(4, int),
-              positions_um=np.array([[0.0, 100.0]] * 8), channel_shanks=np.zeros(8, int), motion=motion)
+    kw = dict(
+        spike_times_s=times,
+        spike_units=units,
+        templates=templates,
+        main_channels=np.zeros(4, int),
+        positions_um=np.array([[0.0, 100.0]] * 8),
+        channel_shanks=np.zeros(8, int),
+        motion=motion,
+    )
     assert drift_split_groups(**kw) == [[0, 1], [2], [3]]
     # a still probe explains nothing
     still = Motion(np.zeros((50, 1), np.float32), t_bins, np.array([100.0]), np.array([0]))
@@ -273,15 +324,23 @@ def test_neuron_seen_at_three_positions_is_one_unit():
     rng = np.random.default_rng(1)
     t_bins, disp, motion = _bump_motion()
     base = rng.normal(size=(20, 8))
-    templates = np.stack([base + 0.2 * rng.normal(size=base.shape) for _ in range(3)]
-                         + [base + 0.2 * rng.normal(size=base.shape)])  # the last: a look-alike firing all along
+    templates = np.stack(
+        [base + 0.2 * rng.normal(size=base.shape) for _ in range(3)] + [base + 0.2 * rng.normal(size=base.shape)]
+    )  # the last: a look-alike firing all along
     times_all = np.sort(rng.uniform(0, 300, 3000))
     d = np.interp(times_all, t_bins, disp)
     piece = np.select([d < -7, d > 7], [1, 2], 0)
     times = np.concatenate([times_all, rng.uniform(0, 300, 1500)])
     units = np.concatenate([piece, np.full(1500, 3)])
-    kw = dict(spike_times_s=times, spike_units=units, templates=templates, main_channels=np.zeros(4, int),
-              positions_um=np.array([[0.0, 100.0]] * 8), channel_shanks=np.zeros(8, int), motion=motion)
+    kw = dict(
+        spike_times_s=times,
+        spike_units=units,
+        templates=templates,
+        main_channels=np.zeros(4, int),
+        positions_um=np.array([[0.0, 100.0]] * 8),
+        channel_shanks=np.zeros(8, int),
+        motion=motion,
+    )
     assert drift_split_groups(**kw) == [[0, 1, 2], [3]]
 
 
@@ -300,8 +359,15 @@ def test_piece_first_grouped_with_a_look_alike_finds_its_own_neuron():
     piece = (np.interp(times_a, t_bins, disp) > 7).astype(int)
     times = np.concatenate([times_a, rng.uniform(0, 300, 1500)])
     units = np.concatenate([piece, np.full(1500, 2)])
-    kw = dict(spike_times_s=times, spike_units=units, templates=templates, main_channels=np.zeros(3, int),
-              positions_um=np.array([[0.0, 100.0]] * 8), channel_shanks=np.zeros(8, int), motion=motion)
+    kw = dict(
+        spike_times_s=times,
+        spike_units=units,
+        templates=templates,
+        main_channels=np.zeros(3, int),
+        positions_um=np.array([[0.0, 100.0]] * 8),
+        channel_shanks=np.zeros(8, int),
+        motion=motion,
+    )
     assert drift_split_groups(**kw) == [[0, 1], [2]]
 
 
@@ -373,10 +439,20 @@ def test_cli_has_drift_flags():
 def test_draw_drift_map(tmp_path):
     t = np.linspace(0, 100, 5000)
     raw = 300 + zigzag(t, amplitude_um=20, period_s=50)
-    m = Motion(zigzag(np.arange(50) * 2 + 1.0, amplitude_um=20, period_s=50)[:, None].astype(np.float32),
-               np.arange(50) * 2 + 1.0, np.array([300.0]), np.array([0]))
-    path = draw_drift_map(tmp_path / "map.png", times_s=t, raw_um=raw, corrected_um=raw * 0 + 300,
-                          amplitudes=np.full(len(t), 10.0), motion=m)
+    m = Motion(
+        zigzag(np.arange(50) * 2 + 1.0, amplitude_um=20, period_s=50)[:, None].astype(np.float32),
+        np.arange(50) * 2 + 1.0,
+        np.array([300.0]),
+        np.array([0]),
+    )
+    path = draw_drift_map(
+        tmp_path / "map.png",
+        times_s=t,
+        raw_um=raw,
+        corrected_um=raw * 0 + 300,
+        amplitudes=np.full(len(t), 10.0),
+        motion=m,
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
@@ -396,12 +472,29 @@ def _generated(folder, *, probe, duration_s, num_units, drift_um, period_s, seed
     from spikesort.io.recordings import open_recording
 
     probe.set_device_channel_indices(np.arange(probe.get_contact_count()))
-    kw = dict(displacement_sampling_frequency=5.0, drift_start_um=[0.0, drift_um], drift_stop_um=[0.0, -drift_um],
-              drift_step_um=1.0, motion_list=[dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=t_start_s,
-                                                   t_end_drift=None, period_s=period_s)])
+    kw = dict(
+        displacement_sampling_frequency=5.0,
+        drift_start_um=[0.0, drift_um],
+        drift_stop_um=[0.0, -drift_um],
+        drift_step_um=1.0,
+        motion_list=[
+            dict(
+                drift_mode="zigzag",
+                non_rigid_gradient=None,
+                t_start_drift=t_start_s,
+                t_end_drift=None,
+                period_s=period_s,
+            )
+        ],
+    )
     static, moving, gt, extra = generate_drifting_recording(
-        num_units=num_units, duration=duration_s, probe=probe, generate_displacement_vector_kwargs=kw, seed=seed,
-        extra_outputs=True)
+        num_units=num_units,
+        duration=duration_s,
+        probe=probe,
+        generate_displacement_vector_kwargs=kw,
+        seed=seed,
+        extra_outputs=True,
+    )
     rec = scale(moving if drifting else static, gain=1 / 0.195, offset=0.0, dtype="int16")
     rec.set_channel_gains(0.195)
     rec.set_channel_offsets(0.0)
@@ -421,8 +514,7 @@ def drifting16(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("drift16")
     probe = generate_linear_probe(num_elec=16, ypitch=25.0)
-    rec, gt, t, disp = _generated(base / "rec", probe=probe, duration_s=30.0, num_units=8, drift_um=15.0,
-                                  period_s=30.0)
+    rec, gt, t, disp = _generated(base / "rec", probe=probe, duration_s=30.0, num_units=8, drift_um=15.0, period_s=30.0)
     t0 = time.perf_counter()
     result = sort(rec, base / "out")
     return dict(folder=base / "out", result=result, wall=time.perf_counter() - t0, t=t, disp=disp, gt=gt)
@@ -467,8 +559,14 @@ def test_drift_none_writes_no_motion(tmp_path, caplog):
 
     from spikesort.pipeline import sort
 
-    rec, _ = generate_ground_truth_recording(durations=[6.0], sampling_frequency=FS, num_channels=16, num_units=4,
-                                             seed=0, generate_probe_kwargs=dict(num_columns=1, ypitch=25.0))
+    rec, _ = generate_ground_truth_recording(
+        durations=[6.0],
+        sampling_frequency=FS,
+        num_channels=16,
+        num_units=4,
+        seed=0,
+        generate_probe_kwargs=dict(num_columns=1, ypitch=25.0),
+    )
     with caplog.at_level(logging.INFO, logger="spikesort"):
         result = sort(rec, tmp_path / "out", drift="none")
     assert "drift correction is off" in caplog.text
@@ -489,8 +587,9 @@ def bench():
     from benchmarks.scenarios import Scenario, ensure_true_displacement
     from benchmarks.scoring import motion_error_um
 
-    return SimpleNamespace(Scenario=Scenario, ensure_true_displacement=ensure_true_displacement,
-                           motion_error_um=motion_error_um)
+    return SimpleNamespace(
+        Scenario=Scenario, ensure_true_displacement=ensure_true_displacement, motion_error_um=motion_error_um
+    )
 
 
 def test_benchmark_true_displacement(bench, tmp_path):
@@ -511,8 +610,12 @@ def test_benchmark_true_displacement(bench, tmp_path):
 def test_benchmark_motion_error(bench, tmp_path):
     times = np.arange(0, 100, 0.2)
     true = zigzag(times, amplitude_um=20.0, period_s=40.0)
-    np.savez(tmp_path / "truth.npz", times_s=times, displacement_um=np.column_stack([true, true]),
-             unit_depth_um=np.array([100.0, 400.0]))
+    np.savez(
+        tmp_path / "truth.npz",
+        times_s=times,
+        displacement_um=np.column_stack([true, true]),
+        unit_depth_um=np.array([100.0, 400.0]),
+    )
     bins = np.arange(50) * 2.0 + 1.0
     est = zigzag(bins, amplitude_um=20.0, period_s=40.0) + 7.0  # another reference: an offset
     assert bench.motion_error_um(motion_folder=tmp_path, truth_path=tmp_path / "truth.npz") is None
@@ -529,8 +632,14 @@ def test_static_recording_is_estimated_and_left_alone(tmp_path, caplog):
 
     from spikesort.pipeline import sort
 
-    rec, _ = generate_ground_truth_recording(durations=[10.0], sampling_frequency=FS, num_channels=16, num_units=8,
-                                             seed=1, generate_probe_kwargs=dict(num_columns=1, ypitch=25.0))
+    rec, _ = generate_ground_truth_recording(
+        durations=[10.0],
+        sampling_frequency=FS,
+        num_channels=16,
+        num_units=8,
+        seed=1,
+        generate_probe_kwargs=dict(num_columns=1, ypitch=25.0),
+    )
     with caplog.at_level(logging.INFO, logger="spikesort"):
         sort(rec, tmp_path / "out")
     record = read_drift_record(tmp_path / "out")

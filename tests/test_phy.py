@@ -1,4 +1,5 @@
 """The Phy folder writer, checked by loading its output with phylib itself."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,13 +68,14 @@ def make_dataset(tmp_path: Path, *, peak_channels=(1, 4, 6), n_spikes=300, n_tf=
     raw = np.zeros((n_samples, N_DAT))
     raw[::1000, N_DAT - 1] = 1  # sync pulses on the unsorted column
     for t, kk, amp in zip(spike_times, spike_templates, amplitudes):
-        raw[t - NT // 2:t - NT // 2 + NT, CHANNEL_MAP] += amp * templates_uv[kk] / gain
+        raw[t - NT // 2 : t - NT // 2 + NT, CHANNEL_MAP] += amp * templates_uv[kk] / gain
     dat = tmp_path / "rec.dat"
     np.round(raw).astype(np.int16).tofile(dat)
 
     n_pc, nch = 3, 4
-    pc_feature_ind = np.array([np.argsort(np.linalg.norm(positions - positions[ch], axis=1))[:nch]
-                               for ch in peak_channels])
+    pc_feature_ind = np.array(
+        [np.argsort(np.linalg.norm(positions - positions[ch], axis=1))[:nch] for ch in peak_channels]
+    )
     n_tf = k if n_tf is None else n_tf
     template_feature_ind = np.array([[(kk + j) % k for j in range(n_tf)] for kk in range(k)])
     flat = templates_w.reshape(k, -1)
@@ -218,12 +220,28 @@ def test_every_file_is_written_and_loading_changes_nothing(written):
     folder, _, _ = written
     names = set(os.listdir(folder))
     expected = {
-        "params.py", "spike_times.npy", "spike_templates.npy", "spike_clusters.npy", "amplitudes.npy",
-        "templates.npy", "whitening_mat.npy", "whitening_mat_inv.npy", "channel_map.npy",
-        "channel_positions.npy", "channel_shanks.npy", "pc_features.npy", "pc_feature_ind.npy",
-        "template_features.npy", "template_feature_ind.npy", "similar_templates.npy",
-        "spike_positions.npy", "cluster_KSLabel.tsv", "cluster_group.tsv", "cluster_ContamPct.tsv",
-        "cluster_Amplitude.tsv", "cluster_snr.tsv",
+        "params.py",
+        "spike_times.npy",
+        "spike_templates.npy",
+        "spike_clusters.npy",
+        "amplitudes.npy",
+        "templates.npy",
+        "whitening_mat.npy",
+        "whitening_mat_inv.npy",
+        "channel_map.npy",
+        "channel_positions.npy",
+        "channel_shanks.npy",
+        "pc_features.npy",
+        "pc_feature_ind.npy",
+        "template_features.npy",
+        "template_feature_ind.npy",
+        "similar_templates.npy",
+        "spike_positions.npy",
+        "cluster_KSLabel.tsv",
+        "cluster_group.tsv",
+        "cluster_ContamPct.tsv",
+        "cluster_Amplitude.tsv",
+        "cluster_snr.tsv",
     }
     assert names == expected  # no temporary file left, no template_ind.npy (dense templates)
     dtypes = {p.stem: np.load(p, mmap_mode="r").dtype for p in folder.glob("*.npy")}
@@ -241,8 +259,9 @@ def test_params_py_is_literal_and_dat_path_rule(tmp_path):
     # beside the folder: relative
     write_phy_folder(tmp_path / "phy", data)
     params = read_params_py(tmp_path / "phy" / "params.py")
-    assert params == dict(dat_path=["../rec.dat"], n_channels_dat=N_DAT, dtype="int16", offset=0,
-                          sample_rate=FS, hp_filtered=False)
+    assert params == dict(
+        dat_path=["../rec.dat"], n_channels_dat=N_DAT, dtype="int16", offset=0, sample_rate=FS, hp_filtered=False
+    )
     assert type(params["sample_rate"]) is float
     # inside the folder: relative
     inside = tmp_path / "phy"
@@ -295,23 +314,28 @@ def _bad(data: PhyData, **changes) -> PhyData:
     return dataclasses.replace(data, **changes)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: dict(amplitudes=d.amplitudes[:-1]), "amplitudes"),
-    (lambda d: dict(templates=d.templates[:, :, :-1]), "whitening_mat"),
-    (lambda d: dict(pc_feature_ind=d.pc_feature_ind[:-1]), "pc_feature_ind"),
-    (lambda d: dict(pc_features=d.pc_features[:, :1]), "pc_features"),
-    (lambda d: dict(template_feature_ind=d.template_feature_ind + 5), "template_feature_ind"),
-    (lambda d: dict(spike_templates=d.spike_templates.astype(float)), "spike_templates"),
-    (lambda d: dict(spike_times=d.spike_times[::-1].copy()), "sorted"),
-    (lambda d: dict(whitening_mat_inv=np.linalg.inv(d.whitening_mat) @ np.diag(np.arange(1.0, C + 1)) + 0.1),
-     "diagonal"),
-    (lambda d: dict(channel_positions=np.zeros((C, 2))), "repeated"),
-    (lambda d: dict(channel_map=np.arange(C) + N_DAT), "channel_map"),
-    (lambda d: dict(cluster_tables={"ContamPct": [0, 0, 0], "Amplitude": [1, 1, 1]}), "KSLabel"),
-    (lambda d: dict(cluster_tables={**d.cluster_tables, "KSLabel": ["good", "great", "mua"]}), "KSLabel"),
-    (lambda d: dict(cluster_tables={**d.cluster_tables, "snr": [1.0]}), "snr"),
-    (lambda d: dict(cluster_tables={**d.cluster_tables, "group": ["good"] * 3}), "group"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: dict(amplitudes=d.amplitudes[:-1]), "amplitudes"),
+        (lambda d: dict(templates=d.templates[:, :, :-1]), "whitening_mat"),
+        (lambda d: dict(pc_feature_ind=d.pc_feature_ind[:-1]), "pc_feature_ind"),
+        (lambda d: dict(pc_features=d.pc_features[:, :1]), "pc_features"),
+        (lambda d: dict(template_feature_ind=d.template_feature_ind + 5), "template_feature_ind"),
+        (lambda d: dict(spike_templates=d.spike_templates.astype(float)), "spike_templates"),
+        (lambda d: dict(spike_times=d.spike_times[::-1].copy()), "sorted"),
+        (
+            lambda d: dict(whitening_mat_inv=np.linalg.inv(d.whitening_mat) @ np.diag(np.arange(1.0, C + 1)) + 0.1),
+            "diagonal",
+        ),
+        (lambda d: dict(channel_positions=np.zeros((C, 2))), "repeated"),
+        (lambda d: dict(channel_map=np.arange(C) + N_DAT), "channel_map"),
+        (lambda d: dict(cluster_tables={"ContamPct": [0, 0, 0], "Amplitude": [1, 1, 1]}), "KSLabel"),
+        (lambda d: dict(cluster_tables={**d.cluster_tables, "KSLabel": ["good", "great", "mua"]}), "KSLabel"),
+        (lambda d: dict(cluster_tables={**d.cluster_tables, "snr": [1.0]}), "snr"),
+        (lambda d: dict(cluster_tables={**d.cluster_tables, "group": ["good"] * 3}), "group"),
+    ],
+)
 def test_bad_input_raises_before_writing(tmp_path, change, message):
     data, _ = make_dataset(tmp_path, n_spikes=30)
     with pytest.raises(ValueError, match=message):
@@ -321,9 +345,15 @@ def test_bad_input_raises_before_writing(tmp_path, change, message):
 
 def test_too_few_spikes_is_a_user_error(tmp_path):
     data, _ = make_dataset(tmp_path, n_spikes=30)
-    one = _bad(data, spike_times=data.spike_times[:1], spike_templates=data.spike_templates[:1],
-               amplitudes=data.amplitudes[:1], pc_features=data.pc_features[:1],
-               template_features=data.template_features[:1], spike_positions=data.spike_positions[:1])
+    one = _bad(
+        data,
+        spike_times=data.spike_times[:1],
+        spike_templates=data.spike_templates[:1],
+        amplitudes=data.amplitudes[:1],
+        pc_features=data.pc_features[:1],
+        template_features=data.template_features[:1],
+        spike_positions=data.spike_positions[:1],
+    )
     with pytest.raises(SpikesortError, match="at least 2 spikes"):
         write_phy_folder(tmp_path / "phy", one)
 
@@ -362,7 +392,8 @@ def test_helpers():
     wmi = inverse_whitening_uv(whitening_mat=w, gain_uv=np.array([0.5, 2.0]))
     np.testing.assert_allclose(w @ wmi, np.diag([0.5, 2.0]))
     x_uv = np.ones((1, 4, 2))
-    np.testing.assert_allclose(whitened_templates_from_uv(templates_uv=x_uv, whitening_mat_inv=wmi) @ wmi, x_uv,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        whitened_templates_from_uv(templates_uv=x_uv, whitening_mat_inv=wmi) @ wmi, x_uv, rtol=1e-6
+    )
     with pytest.raises(ValueError, match="gain"):
         inverse_whitening_uv(whitening_mat=w, gain_uv=0.0)

@@ -8,6 +8,7 @@ to µV (GAIN_UV), saved as a spikeinterface binary folder and opened read-only w
 The thresholds were measured, not guessed: the comments next to them record what the sorter got
 when they were set, and each threshold sits at (integers) or a little below the worst case seen.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,11 +60,26 @@ MIN_SNR_ALWAYS_FOUND = 4.5
 
 # every file DESIGN.md ("Phy folder") lists, plus the run record
 PHY_FILES = (
-    "params.py", "spike_times.npy", "spike_templates.npy", "spike_clusters.npy", "amplitudes.npy",
-    "templates.npy", "whitening_mat.npy", "whitening_mat_inv.npy", "channel_map.npy",
-    "channel_positions.npy", "pc_features.npy", "pc_feature_ind.npy", "template_features.npy",
-    "template_feature_ind.npy", "similar_templates.npy", "spike_positions.npy", "cluster_KSLabel.tsv",
-    "cluster_group.tsv", "cluster_ContamPct.tsv", "cluster_Amplitude.tsv",
+    "params.py",
+    "spike_times.npy",
+    "spike_templates.npy",
+    "spike_clusters.npy",
+    "amplitudes.npy",
+    "templates.npy",
+    "whitening_mat.npy",
+    "whitening_mat_inv.npy",
+    "channel_map.npy",
+    "channel_positions.npy",
+    "pc_features.npy",
+    "pc_feature_ind.npy",
+    "template_features.npy",
+    "template_feature_ind.npy",
+    "similar_templates.npy",
+    "spike_positions.npy",
+    "cluster_KSLabel.tsv",
+    "cluster_group.tsv",
+    "cluster_ContamPct.tsv",
+    "cluster_Amplitude.tsv",
 )
 RUN_FILE = "spikesort_run.json"
 
@@ -72,11 +88,18 @@ RUN_FILE = "spikesort_run.json"
 # helpers
 # ------------------------------------------------------------------------------------------
 
+
 def simulate(*, seed: int, duration_s: float, num_channels: int, num_units: int):
     """A lazy float32 µV ground-truth recording (probe attached) and its sorting."""
     return generate_ground_truth_recording(
-        durations=[duration_s], sampling_frequency=FS, num_channels=num_channels, num_units=num_units, seed=seed,
-        generate_probe_kwargs=PROBE_KWARGS, noise_kwargs=dict(noise_levels=NOISE_UV, strategy="on_the_fly"))
+        durations=[duration_s],
+        sampling_frequency=FS,
+        num_channels=num_channels,
+        num_units=num_units,
+        seed=seed,
+        generate_probe_kwargs=PROBE_KWARGS,
+        noise_kwargs=dict(noise_levels=NOISE_UV, strategy="on_the_fly"),
+    )
 
 
 def save_int16(recording, folder: Path):
@@ -120,8 +143,9 @@ def gt_templates_uv(recording, gt_sorting, *, n_before: int, n_after: int, prepr
         p = Params()
         recording = highpass_filter(recording, freq_min=p.highpass_hz, filter_order=3, dtype="float32")
         recording = common_reference(recording, operator=p.common_reference)
-    analyzer = sic.create_sorting_analyzer(gt_sorting, recording, sparse=False, format="memory",
-                                           return_in_uV=True, seed=0)
+    analyzer = sic.create_sorting_analyzer(
+        gt_sorting, recording, sparse=False, format="memory", return_in_uV=True, seed=0
+    )
     analyzer.compute("random_spikes", max_spikes_per_unit=500, seed=0)
     # +0.25 sample keeps the ms -> samples conversion from rounding a sample away
     analyzer.compute("templates", ms_before=(n_before + 0.25) * 1000 / FS, ms_after=(n_after + 0.25) * 1000 / FS)
@@ -174,6 +198,7 @@ def read_tsv(path: Path) -> dict[int, str]:
 # the shared 16-channel run
 # ------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def run16(tmp_path_factory):
     """16 channels, 8 units, 40 s, int16 with a gain, sorted once with the default parameters."""
@@ -208,10 +233,13 @@ def gt16_uv(run16, phy16):
 # 2. accuracy
 # ------------------------------------------------------------------------------------------
 
+
 def check_accuracy(gt_sorting, s, templates_uv, noise_uv, n_units: int) -> None:
     snr = peak_snr(templates_uv, noise_uv)
-    summary = (f"accuracy by GT unit {s.accuracy.round(3).to_dict()}, GT peak SNR {snr.round(1).tolist()}, "
-               f"well detected {len(s.well_detected)}, false-positive units {s.false_positives}, {n_units} units")
+    summary = (
+        f"accuracy by GT unit {s.accuracy.round(3).to_dict()}, GT peak SNR {snr.round(1).tolist()}, "
+        f"well detected {len(s.well_detected)}, false-positive units {s.false_positives}, {n_units} units"
+    )
     assert len(s.well_detected) >= MIN_WELL_DETECTED, summary
     assert len(s.false_positives) <= MAX_FALSE_POSITIVES, summary
     # every ground-truth unit clearly above the noise is found
@@ -248,6 +276,7 @@ def test_result_is_consistent(run16):
 # ------------------------------------------------------------------------------------------
 # 3. the Phy folder, through phylib
 # ------------------------------------------------------------------------------------------
+
 
 def test_phy_model_loads_the_sorting(run16, phy16):
     m, r = phy16, run16.result
@@ -352,6 +381,7 @@ def test_cluster_labels_table(run16, phy16):
 # 4. every file of the design, and the run record
 # ------------------------------------------------------------------------------------------
 
+
 def test_output_folder_holds_every_file(run16):
     folder, r = run16.folder, run16.result
     missing = [f for f in PHY_FILES + (RUN_FILE,) if not (folder / f).is_file()]
@@ -362,16 +392,23 @@ def test_output_folder_holds_every_file(run16):
     n, k = len(r.spike_times), max(r.n_units, 2)
     arrays = {f: np.load(folder / f) for f in PHY_FILES if f.endswith(".npy")}
     expected = {
-        "spike_times.npy": (np.int64, (n,)), "spike_templates.npy": (np.int32, (n,)),
-        "spike_clusters.npy": (np.int32, (n,)), "amplitudes.npy": (np.float32, (n,)),
+        "spike_times.npy": (np.int64, (n,)),
+        "spike_templates.npy": (np.int32, (n,)),
+        "spike_clusters.npy": (np.int32, (n,)),
+        "amplitudes.npy": (np.float32, (n,)),
         "whitening_mat.npy": (np.float32, (N_CHANNELS, N_CHANNELS)),
         "whitening_mat_inv.npy": (np.float32, (N_CHANNELS, N_CHANNELS)),
-        "channel_map.npy": (np.int32, (N_CHANNELS,)), "channel_positions.npy": (np.float32, (N_CHANNELS, 2)),
-        "similar_templates.npy": (np.float32, (k, k)), "spike_positions.npy": (np.float32, (n, 2)),
+        "channel_map.npy": (np.int32, (N_CHANNELS,)),
+        "channel_positions.npy": (np.float32, (N_CHANNELS, 2)),
+        "similar_templates.npy": (np.float32, (k, k)),
+        "spike_positions.npy": (np.float32, (n, 2)),
     }
     for name, (dtype, shape) in expected.items():
-        assert arrays[name].dtype == dtype and arrays[name].shape == shape, (name, arrays[name].dtype,
-                                                                           arrays[name].shape)
+        assert arrays[name].dtype == dtype and arrays[name].shape == shape, (
+            name,
+            arrays[name].dtype,
+            arrays[name].shape,
+        )
     assert arrays["templates.npy"].dtype == np.float32
     assert arrays["pc_features.npy"].dtype == np.float32 and arrays["pc_feature_ind.npy"].dtype == np.uint32
     assert arrays["template_feature_ind.npy"].dtype == np.uint32
@@ -395,6 +432,7 @@ def test_output_folder_holds_every_file(run16):
 # 5. determinism, 6. chunk size
 # ------------------------------------------------------------------------------------------
 
+
 def test_same_input_same_output(run16, tmp_path):
     again = sort(run16.recording, tmp_path / "again")
     np.testing.assert_array_equal(again.spike_times, run16.result.spike_times)
@@ -410,8 +448,10 @@ def test_chunk_size_does_not_change_the_result_much(run16, tmp_path):
     assert Params().chunk_s != 1.0
     assert abs(short.n_units - default.n_units) <= 1, (short.n_units, default.n_units)
     tol = int(round(DELTA_MS * FS / 1000))
-    both_ways = (matched_fraction(default.spike_times, short.spike_times, tol),
-                 matched_fraction(short.spike_times, default.spike_times, tol))
+    both_ways = (
+        matched_fraction(default.spike_times, short.spike_times, tol),
+        matched_fraction(short.spike_times, default.spike_times, tol),
+    )
     assert min(both_ways) >= 0.95, both_ways
 
 
@@ -457,11 +497,23 @@ def test_tetrode(tmp_path):
 def test_noise_only_recording(tmp_path):
     from probeinterface import generate_multi_columns_probe
 
-    probe = generate_multi_columns_probe(num_columns=2, num_contact_per_column=N_CHANNELS // 2, xpitch=20,
-                                         ypitch=20, contact_shapes="circle", contact_shape_params={"radius": 6})
+    probe = generate_multi_columns_probe(
+        num_columns=2,
+        num_contact_per_column=N_CHANNELS // 2,
+        xpitch=20,
+        ypitch=20,
+        contact_shapes="circle",
+        contact_shape_params={"radius": 6},
+    )
     probe.set_device_channel_indices(np.arange(N_CHANNELS))
-    noise = NoiseGeneratorRecording(num_channels=N_CHANNELS, sampling_frequency=FS, durations=[10.0],
-                                    noise_levels=NOISE_UV, seed=SEED, strategy="on_the_fly")
+    noise = NoiseGeneratorRecording(
+        num_channels=N_CHANNELS,
+        sampling_frequency=FS,
+        durations=[10.0],
+        noise_levels=NOISE_UV,
+        seed=SEED,
+        strategy="on_the_fly",
+    )
     noise.set_probe(probe)  # in place
     recording = save_int16(noise, tmp_path / "recording")
     out = tmp_path / "sorted"
@@ -508,6 +560,7 @@ def test_blas_threads_held_to_n_jobs(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------
 # slow: the same checks on more seeds
 # ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])

@@ -3,6 +3,7 @@ and the parameter parsing either succeed with a consistent result or raise Spike
 one-line user error), never another exception. Examples are few (max_examples) so that the file
 runs in seconds; the readers never modify their input.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,11 @@ from spikesort.io.recordings import SUPPORTED_FORMATS, open_recording
 from spikesort.params import Params, load_config
 
 # SPIKESORT_HYPOTHESIS_EXAMPLES=500 explores further (the default keeps the file at a few seconds)
-FAST = settings(max_examples=int(os.environ.get("SPIKESORT_HYPOTHESIS_EXAMPLES", 40)), deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=int(os.environ.get("SPIKESORT_HYPOTHESIS_EXAMPLES", 40)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,31 +52,52 @@ def _state(path: Path):
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 any_float = st.floats(allow_nan=True, allow_infinity=True)
-numbers = st.one_of(st.integers(min_value=-10**20, max_value=10**20), any_float)
+numbers = st.one_of(st.integers(min_value=-(10**20), max_value=10**20), any_float)
 short_text = st.text(alphabet=string.printable + "µé\x00", max_size=12)
 json_scalars = st.one_of(st.none(), st.booleans(), numbers, short_text)
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(st.lists(inner, max_size=5),
-                                                                  st.dictionaries(short_text, inner, max_size=5)),
-                           max_leaves=20)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(short_text, inner, max_size=5)),
+    max_leaves=20,
+)
 
 
 # ------------------------------------------------------------------------------- readers
 
 
 @FAST
-@given(data=st.binary(max_size=400),
-       rate=st.one_of(st.none(), numbers, short_text, st.booleans()),
-       n_channels=st.one_of(st.none(), st.integers(min_value=-3, max_value=70), any_float, short_text, st.booleans()),
-       dtype=st.one_of(st.none(), st.sampled_from(["int16", "uint16", "int32", "float32", "float64", "int8",
-                                                   "complex64", "bool", "U4", "<i2", ">f4", "object"]), short_text),
-       offset=st.one_of(st.integers(min_value=-5, max_value=500), any_float, st.booleans(), short_text))
+@given(
+    data=st.binary(max_size=400),
+    rate=st.one_of(st.none(), numbers, short_text, st.booleans()),
+    n_channels=st.one_of(st.none(), st.integers(min_value=-3, max_value=70), any_float, short_text, st.booleans()),
+    dtype=st.one_of(
+        st.none(),
+        st.sampled_from(
+            [
+                "int16",
+                "uint16",
+                "int32",
+                "float32",
+                "float64",
+                "int8",
+                "complex64",
+                "bool",
+                "U4",
+                "<i2",
+                ">f4",
+                "object",
+            ]
+        ),
+        short_text,
+    ),
+    offset=st.one_of(st.integers(min_value=-5, max_value=500), any_float, st.booleans(), short_text),
+)
 def test_raw_binary_reader(scratch, data, rate, n_channels, dtype, offset):
     path = _fresh(scratch) / "x.bin"
     path.write_bytes(data)
     before = _state(path)
     try:
-        recording = open_recording(path, sampling_rate_hz=rate, n_channels=n_channels, dtype=dtype,
-                                   offset_bytes=offset)
+        recording = open_recording(path, sampling_rate_hz=rate, n_channels=n_channels, dtype=dtype, offset_bytes=offset)
     except SpikesortError:
         pass
     else:
@@ -86,16 +111,36 @@ def test_raw_binary_reader(scratch, data, rate, n_channels, dtype, offset):
     assert _state(path) == before
 
 
-META_KEYS = ["nSavedChans", "imSampRate", "niSampRate", "typeThis", "imroTbl", "snsChanMap", "snsShankMap",
-             "fileSizeBytes", "imAiRangeMax", "imAiRangeMin", "snsApLfSy", "imDatPrb_type", "fileTimeSecs"]
+META_KEYS = [
+    "nSavedChans",
+    "imSampRate",
+    "niSampRate",
+    "typeThis",
+    "imroTbl",
+    "snsChanMap",
+    "snsShankMap",
+    "fileSizeBytes",
+    "imAiRangeMax",
+    "imAiRangeMin",
+    "snsApLfSy",
+    "imDatPrb_type",
+    "fileTimeSecs",
+]
 
 
 @FAST
-@given(suffix=st.sampled_from([".h5", ".hdf5", ".nwb", ".rhd", ".rhs", ".xyz", ".dat", ".meta"]),
-       data=st.binary(max_size=300),
-       meta=st.lists(st.tuples(st.sampled_from(META_KEYS + ["~" + k for k in META_KEYS]),
-                               st.one_of(st.integers(-5, 500).map(str), short_text)), max_size=8),
-       fmt=st.one_of(st.none(), st.sampled_from(SUPPORTED_FORMATS), short_text))
+@given(
+    suffix=st.sampled_from([".h5", ".hdf5", ".nwb", ".rhd", ".rhs", ".xyz", ".dat", ".meta"]),
+    data=st.binary(max_size=300),
+    meta=st.lists(
+        st.tuples(
+            st.sampled_from(META_KEYS + ["~" + k for k in META_KEYS]),
+            st.one_of(st.integers(-5, 500).map(str), short_text),
+        ),
+        max_size=8,
+    ),
+    fmt=st.one_of(st.none(), st.sampled_from(SUPPORTED_FORMATS), short_text),
+)
 def test_other_readers(scratch, suffix, data, meta, fmt):
     folder = _fresh(scratch)
     if suffix == ".meta":
@@ -129,25 +174,33 @@ def _check_probe_group(group) -> None:
     assert len(connected) and len(np.unique(connected)) == len(connected)
 
 
-positions = st.lists(st.one_of(st.lists(finite, min_size=2, max_size=2), st.lists(numbers, max_size=4),
-                               json_values), max_size=6)
+positions = st.lists(
+    st.one_of(st.lists(finite, min_size=2, max_size=2), st.lists(numbers, max_size=4), json_values), max_size=6
+)
 probe_dicts = st.fixed_dictionaries(
     {"contact_positions": st.one_of(positions, json_values)},
-    optional={"ndim": st.one_of(st.sampled_from([2, 3]), json_values),
-              "si_units": st.one_of(st.sampled_from(["um", "mm"]), json_values),
-              "device_channel_indices": st.one_of(st.lists(st.integers(-2, 8), max_size=6), json_values),
-              "contact_shapes": st.one_of(st.lists(st.sampled_from(["circle", "square", "rect"]), max_size=6),
-                                          json_values),
-              "contact_shape_params": st.one_of(st.lists(st.just({"radius": 5}), max_size=6), json_values),
-              "shank_ids": st.one_of(st.lists(st.sampled_from(["", "0", "1"]), max_size=6), json_values),
-              "annotations": json_values})
+    optional={
+        "ndim": st.one_of(st.sampled_from([2, 3]), json_values),
+        "si_units": st.one_of(st.sampled_from(["um", "mm"]), json_values),
+        "device_channel_indices": st.one_of(st.lists(st.integers(-2, 8), max_size=6), json_values),
+        "contact_shapes": st.one_of(st.lists(st.sampled_from(["circle", "square", "rect"]), max_size=6), json_values),
+        "contact_shape_params": st.one_of(st.lists(st.just({"radius": 5}), max_size=6), json_values),
+        "shank_ids": st.one_of(st.lists(st.sampled_from(["", "0", "1"]), max_size=6), json_values),
+        "annotations": json_values,
+    },
+)
 
 
 @FAST
-@given(content=st.one_of(
-    st.fixed_dictionaries({"probes": st.lists(probe_dicts, max_size=2)},
-                          optional={"specification": st.just("probeinterface"), "version": short_text}),
-    json_values))
+@given(
+    content=st.one_of(
+        st.fixed_dictionaries(
+            {"probes": st.lists(probe_dicts, max_size=2)},
+            optional={"specification": st.just("probeinterface"), "version": short_text},
+        ),
+        json_values,
+    )
+)
 def test_json_probe_loader(scratch, content):
     path = _fresh(scratch) / "p.json"
     path.write_text(json.dumps(content))
@@ -166,17 +219,25 @@ prb_values = st.recursive(
         st.lists(st.tuples(inner, inner), max_size=4).map(lambda kv: "{" + ", ".join(f"{k}: {v}" for k, v in kv) + "}"),
         st.lists(st.integers(-3, 5).map(str), min_size=1, max_size=4).map(lambda a: f"range({', '.join(a)})"),
         st.tuples(inner, inner).map(lambda t: f"{t[0]} + {t[1]}"),
-    ), max_leaves=15)
+    ),
+    max_leaves=15,
+)
 prb_groups = st.dictionaries(
     st.integers(0, 3).map(str),
     st.fixed_dictionaries({}, optional={"'channels'": prb_values, "'geometry'": prb_values, "'graph'": prb_values}),
-    max_size=3).map(lambda g: "{" + ", ".join(f"{k}: {{" + ", ".join(f"{kk}: {vv}" for kk, vv in v.items()) + "}"
-                                              for k, v in g.items()) + "}")
+    max_size=3,
+).map(
+    lambda g: (
+        "{" + ", ".join(f"{k}: {{" + ", ".join(f"{kk}: {vv}" for kk, vv in v.items()) + "}" for k, v in g.items()) + "}"
+    )
+)
 
 
 @FAST
-@given(groups=st.one_of(prb_groups, prb_values), extra=st.one_of(st.just(""), short_text,
-                                                                   st.sampled_from(["import os\n", "x = 1\n"])))
+@given(
+    groups=st.one_of(prb_groups, prb_values),
+    extra=st.one_of(st.just(""), short_text, st.sampled_from(["import os\n", "x = 1\n"])),
+)
 def test_prb_probe_loader(scratch, groups, extra):
     path = _fresh(scratch) / "p.prb"
     path.write_text(f"{extra}\nchannel_groups = {groups}\n")
@@ -187,14 +248,23 @@ def test_prb_probe_loader(scratch, groups, extra):
     _check_probe_group(group)
 
 
-mat_arrays = st.one_of(st.lists(st.one_of(finite, any_float, st.integers(-2, 40)), max_size=6).map(
-    lambda v: np.asarray(v, dtype=float)), st.just(np.zeros(0)), short_text.map(lambda t: t or "a"))
+mat_arrays = st.one_of(
+    st.lists(st.one_of(finite, any_float, st.integers(-2, 40)), max_size=6).map(lambda v: np.asarray(v, dtype=float)),
+    st.just(np.zeros(0)),
+    short_text.map(lambda t: t or "a"),
+)
 
 
 @FAST
-@given(fields=st.dictionaries(st.sampled_from(["xcoords", "ycoords", "chanMap", "chanMap0ind", "connected",
-                                               "kcoords", "name"]), mat_arrays, max_size=7),
-       garbage=st.binary(max_size=200), use_garbage=st.booleans())
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["xcoords", "ycoords", "chanMap", "chanMap0ind", "connected", "kcoords", "name"]),
+        mat_arrays,
+        max_size=7,
+    ),
+    garbage=st.binary(max_size=200),
+    use_garbage=st.booleans(),
+)
 def test_kilosort_mat_probe_loader(scratch, fields, garbage, use_garbage):
     path = _fresh(scratch) / "chanMap.mat"
     if use_garbage:
@@ -219,9 +289,12 @@ def test_probe_names(name):
 
 
 @FAST
-@given(name=st.one_of(short_text.filter(lambda t: not t.startswith(("/", "~"))),
-                      short_text.map(lambda t: "~zz" + t)),  # "~zz...": a user that does not exist
-       fmt=st.one_of(st.none(), st.sampled_from(SUPPORTED_FORMATS), short_text))
+@given(
+    name=st.one_of(
+        short_text.filter(lambda t: not t.startswith(("/", "~"))), short_text.map(lambda t: "~zz" + t)
+    ),  # "~zz...": a user that does not exist
+    fmt=st.one_of(st.none(), st.sampled_from(SUPPORTED_FORMATS), short_text),
+)
 def test_recording_paths(scratch, name, fmt):
     # names relative to an empty folder: nothing there, or the (empty) folder itself
     cwd = os.getcwd()
@@ -236,8 +309,14 @@ def test_recording_paths(scratch, name, fmt):
 # ------------------------------------------------------------------------------- parameters
 
 param_names = st.sampled_from(Params.names())
-param_values = st.one_of(json_values, numbers, st.lists(numbers, max_size=4), st.tuples(numbers, numbers),
-                         numbers.map(str), st.sampled_from(["median", "mean", "none", "on", "off", "1,2", "(0.5, 2)"]))
+param_values = st.one_of(
+    json_values,
+    numbers,
+    st.lists(numbers, max_size=4),
+    st.tuples(numbers, numbers),
+    numbers.map(str),
+    st.sampled_from(["median", "mean", "none", "on", "off", "1,2", "(0.5, 2)"]),
+)
 
 
 @FAST
@@ -253,11 +332,16 @@ def test_params_from_dict(values):
 
 
 toml_lines = st.one_of(
-    st.tuples(st.one_of(param_names, short_text), st.one_of(
-        numbers.map(lambda v: repr(v).replace("inf", "inf").replace("nan", "nan")),
-        st.sampled_from(['"median"', "true", "[1.0, 2.0]", "[]", "{}", '"x"', "0x10", "1e400", "-0", "nan", "inf"]),
-        short_text)).map(lambda kv: f"{kv[0]} = {kv[1]}"),
-    short_text)
+    st.tuples(
+        st.one_of(param_names, short_text),
+        st.one_of(
+            numbers.map(lambda v: repr(v).replace("inf", "inf").replace("nan", "nan")),
+            st.sampled_from(['"median"', "true", "[1.0, 2.0]", "[]", "{}", '"x"', "0x10", "1e400", "-0", "nan", "inf"]),
+            short_text,
+        ),
+    ).map(lambda kv: f"{kv[0]} = {kv[1]}"),
+    short_text,
+)
 
 
 @FAST
@@ -277,9 +361,15 @@ def test_config_files(scratch, lines, raw, use_raw):
 
 
 @FAST
-@given(items=st.lists(st.one_of(
-    st.tuples(st.one_of(param_names, short_text), st.one_of(numbers.map(str), short_text)).map("=".join),
-    short_text), max_size=4))
+@given(
+    items=st.lists(
+        st.one_of(
+            st.tuples(st.one_of(param_names, short_text), st.one_of(numbers.map(str), short_text)).map("=".join),
+            short_text,
+        ),
+        max_size=4,
+    )
+)
 def test_set_values(items):
     try:
         parsed = _parse_set(items)

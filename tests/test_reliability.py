@@ -11,6 +11,7 @@
 
 Every test that reads a recording checks that its bytes and mtime are unchanged afterwards.
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,10 +27,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from clitools import file_state as _state
+from clitools import invoke as _invoke
 
-from spikesort.pipeline import checkpoints
 from spikesort.errors import SpikesortError
-from clitools import invoke as _invoke, file_state as _state
+from spikesort.pipeline import checkpoints
 
 FS = 30000.0
 N_CH = 8
@@ -37,11 +39,28 @@ RAW = ["--sampling-rate", "30000", "--n-channels", str(N_CH), "--dtype", "int16"
 # the kill tests stream 1 s chunks so every streamed stage has several of them
 KILL_ARGS = ["--chunk-s", "1", "-q"]
 ALL_STAGES = ["preprocess", "detect", "cluster", "match", "curate"]
-PHY_FILES = ("params.py", "spike_times.npy", "spike_templates.npy", "spike_clusters.npy", "amplitudes.npy",
-             "templates.npy", "whitening_mat.npy", "whitening_mat_inv.npy", "channel_map.npy",
-             "channel_positions.npy", "pc_features.npy", "pc_feature_ind.npy", "template_features.npy",
-             "template_feature_ind.npy", "similar_templates.npy", "spike_positions.npy", "cluster_KSLabel.tsv",
-             "cluster_group.tsv", "cluster_ContamPct.tsv", "cluster_Amplitude.tsv")
+PHY_FILES = (
+    "params.py",
+    "spike_times.npy",
+    "spike_templates.npy",
+    "spike_clusters.npy",
+    "amplitudes.npy",
+    "templates.npy",
+    "whitening_mat.npy",
+    "whitening_mat_inv.npy",
+    "channel_map.npy",
+    "channel_positions.npy",
+    "pc_features.npy",
+    "pc_feature_ind.npy",
+    "template_features.npy",
+    "template_feature_ind.npy",
+    "similar_templates.npy",
+    "spike_positions.npy",
+    "cluster_KSLabel.tsv",
+    "cluster_group.tsv",
+    "cluster_ContamPct.tsv",
+    "cluster_Amplitude.tsv",
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -68,8 +87,7 @@ def _assert_no_result(out: Path) -> None:
 def _write_probe(path: Path, n_channels: int = N_CH) -> Path:
     from probeinterface import ProbeGroup, generate_multi_columns_probe, write_probeinterface
 
-    probe = generate_multi_columns_probe(num_columns=2, num_contact_per_column=n_channels // 2, xpitch=20,
-                                         ypitch=20)
+    probe = generate_multi_columns_probe(num_columns=2, num_contact_per_column=n_channels // 2, xpitch=20, ypitch=20)
     probe.set_device_channel_indices(np.arange(n_channels))
     group = ProbeGroup()
     group.add_probe(probe)
@@ -114,8 +132,14 @@ def rec(tmp_path_factory):
     group.add_probe(recording.get_probe())
     write_probeinterface(folder / "probe.json", group)
     data, probe = folder / "rec.bin", folder / "probe.json"
-    return SimpleNamespace(data=data, probe=probe, traces=traces, folder=folder,
-                           args=[data, "--probe", probe, *RAW], before=(_state(data), _state(probe)))
+    return SimpleNamespace(
+        data=data,
+        probe=probe,
+        traces=traces,
+        folder=folder,
+        args=[data, "--probe", probe, *RAW],
+        before=(_state(data), _state(probe)),
+    )
 
 
 def _untouched(rec) -> None:
@@ -146,8 +170,16 @@ def _spawn(rec, out: Path, *, kill_at: str | None = None) -> subprocess.Popen:
     env.pop(checkpoints.KILL_ENV, None)
     if kill_at:
         env[checkpoints.KILL_ENV] = kill_at
-    cmd = [sys.executable, "-c", "from spikesort.cli import main; main()", "run",
-           *[str(a) for a in rec.args], "-o", str(out), *KILL_ARGS]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from spikesort.cli import main; main()",
+        "run",
+        *[str(a) for a in rec.args],
+        "-o",
+        str(out),
+        *KILL_ARGS,
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -166,8 +198,7 @@ def _resume_and_compare(rec, out: Path, reference: Path, *, reused: list[str] | 
     # an unfinished folder says so, and is not mistaken for a result
     assert not checkpoints.is_complete(out)
     _assert_user_error(_invoke("info", out), "unfinished", "--resume")
-    _assert_user_error(_invoke("run", *rec.args, "-o", out, *KILL_ARGS), "unfinished run", "--resume",
-                       "--overwrite")
+    _assert_user_error(_invoke("run", *rec.args, "-o", out, *KILL_ARGS), "unfinished run", "--resume", "--overwrite")
     r = _invoke("run", *rec.args, "-o", out, *KILL_ARGS, "--resume", *extra)
     assert r.exit_code == 0, r.output + r.stderr
     _assert_same_folder(out, reference)
@@ -181,14 +212,18 @@ def _resume_and_compare(rec, out: Path, reference: Path, *, reused: list[str] | 
 # --------------------------------------------------------------------------- kill tests
 
 # (kill point, the stages the resumed run must reuse)
-FAST_KILLS = [("match:2", ["preprocess", "detect", "cluster"]),  # during matching
-              ("export", ALL_STAGES)]  # the Phy files are written, the completion marker is not
-SLOW_KILLS = [("preprocess:3", []),  # during preprocessing, after 3 of its 4 chunks (2 s each)
-              ("preprocess", ["preprocess"]),
-              ("cluster:start", ["preprocess", "detect"]),  # during clustering
-              ("match", ["preprocess", "detect", "cluster", "match"]),
-              ("curate:start", ["preprocess", "detect", "cluster", "match"]),
-              ("export:2", ALL_STAGES)]  # during export (features of chunk 3 on)
+FAST_KILLS = [
+    ("match:2", ["preprocess", "detect", "cluster"]),  # during matching
+    ("export", ALL_STAGES),
+]  # the Phy files are written, the completion marker is not
+SLOW_KILLS = [
+    ("preprocess:3", []),  # during preprocessing, after 3 of its 4 chunks (2 s each)
+    ("preprocess", ["preprocess"]),
+    ("cluster:start", ["preprocess", "detect"]),  # during clustering
+    ("match", ["preprocess", "detect", "cluster", "match"]),
+    ("curate:start", ["preprocess", "detect", "cluster", "match"]),
+    ("export:2", ALL_STAGES),
+]  # during export (features of chunk 3 on)
 
 
 def _kill_and_resume(rec, reference, tmp_path, point, reused, extra=()):
@@ -394,8 +429,20 @@ def test_unreadable_recording(noise_bin, tmp_path, monkeypatch):
 def test_wrong_dtype_flag(noise_bin, tmp_path, dtype):
     out = tmp_path / "out"
     before = _state(noise_bin)
-    r = _invoke("run", noise_bin, "-o", out, "--probe", "linear-32", "--sampling-rate", "30000",
-                "--n-channels", str(N_CH), "--dtype", dtype)
+    r = _invoke(
+        "run",
+        noise_bin,
+        "-o",
+        out,
+        "--probe",
+        "linear-32",
+        "--sampling-rate",
+        "30000",
+        "--n-channels",
+        str(N_CH),
+        "--dtype",
+        dtype,
+    )
     _assert_user_error(r, "unsupported --dtype", repr(dtype))
     assert not out.exists() and _state(noise_bin) == before
 
@@ -408,10 +455,13 @@ def _probe_file(tmp_path, change) -> Path:
     return path
 
 
-@pytest.mark.parametrize("change, needles", [
-    (lambda p: p["contact_positions"].__setitem__(5, p["contact_positions"][2]), ["same position", "2 and 5"]),
-    (lambda p: p.pop("contact_positions"), ["no contact positions", "no geometry"]),
-])
+@pytest.mark.parametrize(
+    "change, needles",
+    [
+        (lambda p: p["contact_positions"].__setitem__(5, p["contact_positions"][2]), ["same position", "2 and 5"]),
+        (lambda p: p.pop("contact_positions"), ["no contact positions", "no geometry"]),
+    ],
+)
 def test_bad_probe_files(noise_bin, tmp_path, change, needles):
     out = tmp_path / "out"
     probe = _probe_file(tmp_path, change)
@@ -449,8 +499,21 @@ def test_nan_or_inf_in_float_data(tmp_path, bad):
     probe = _write_probe(tmp_path / "probe.json")
     before = _state(data)
     out = tmp_path / "out"
-    r = _invoke("run", data, "--probe", probe, "-o", out, "--sampling-rate", "30000", "--n-channels", str(N_CH),
-                "--dtype", "float32", "-q")
+    r = _invoke(
+        "run",
+        data,
+        "--probe",
+        probe,
+        "-o",
+        out,
+        "--sampling-rate",
+        "30000",
+        "--n-channels",
+        str(N_CH),
+        "--dtype",
+        "float32",
+        "-q",
+    )
     _assert_user_error(r, "NaN or infinite")
     _assert_no_result(out)
     assert not (out / checkpoints.STATE_DIR / checkpoints.TRACES_FILE).exists()  # half a scratch copy is useless
@@ -474,8 +537,20 @@ def test_output_not_writable(noise_bin, tmp_path):
     out = parent / "spikesort-test-out"
     before = _state(noise_bin)
     try:
-        r = _invoke("run", noise_bin, "-o", out, "--probe", "linear-32", "--sampling-rate", "30000",
-                    "--n-channels", "32", "--dtype", "int16")
+        r = _invoke(
+            "run",
+            noise_bin,
+            "-o",
+            out,
+            "--probe",
+            "linear-32",
+            "--sampling-rate",
+            "30000",
+            "--n-channels",
+            "32",
+            "--dtype",
+            "int16",
+        )
     finally:
         if parent != Path("/sys"):
             parent.chmod(0o755)
@@ -564,7 +639,7 @@ def test_clipped_stretch_is_left_out_and_reported(rec, tmp_path):
     traces[start:stop, 4:] = -32768
     out, r = _sort_variant(rec, tmp_path, traces)
     assert "saturated" in r.stderr
-    (a, b), = _run_record(out)["saturated_s"]
+    ((a, b),) = _run_record(out)["saturated_s"]
     assert a == pytest.approx(3.0 - 0.005, abs=1e-3) and b == pytest.approx(3.4 + 0.005, abs=1e-3)
     # no spike found in the clipped stretch, nor in the filter's ringing around it
     times = np.load(out / "spike_times.npy")

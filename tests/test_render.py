@@ -3,6 +3,7 @@
 A small synthetic FolderData (8 channels in two columns, 4 units, known spike trains and positions;
 whitening is the identity so templates are in µV) stands in for a folder read by load_folder.
 """
+
 from __future__ import annotations
 
 import io
@@ -71,15 +72,28 @@ def make_data(folder: Path, *, n_units: int = 4, seed: int = 0, spikes_per_unit:
     positions = POSITIONS[(2 * units + 1) % N_CH] + rng.normal(0, 3.0, size=(n, 2))
     folder.mkdir(parents=True, exist_ok=True)
     ids = np.unique(units)
-    tables = {"KSLabel": {u: LABELS[u] for u in range(n_units)},
-              "snr": {u: f"{8.0 + u}" for u in range(n_units)},
-              "Amplitude": {u: f"{60.0 + 30 * u}" for u in range(n_units)}}
-    return FolderData(folder=folder, sampling_rate_hz=FS, duration_s=DURATION_S, spike_times=times,
-                      spike_clusters=units, spike_templates=units.copy(), amplitudes=rng.uniform(0.8, 1.2, n),
-                      spike_positions=positions, templates=_templates_uv(n_units),
-                      whitening_mat_inv=np.eye(N_CH, dtype=np.float32), channel_positions=POSITIONS,
-                      channel_shanks=np.zeros(N_CH, np.int64), unit_ids=ids,
-                      labels={u: LABELS[u] for u in range(n_units)}, tables=tables)
+    tables = {
+        "KSLabel": {u: LABELS[u] for u in range(n_units)},
+        "snr": {u: f"{8.0 + u}" for u in range(n_units)},
+        "Amplitude": {u: f"{60.0 + 30 * u}" for u in range(n_units)},
+    }
+    return FolderData(
+        folder=folder,
+        sampling_rate_hz=FS,
+        duration_s=DURATION_S,
+        spike_times=times,
+        spike_clusters=units,
+        spike_templates=units.copy(),
+        amplitudes=rng.uniform(0.8, 1.2, n),
+        spike_positions=positions,
+        templates=_templates_uv(n_units),
+        whitening_mat_inv=np.eye(N_CH, dtype=np.float32),
+        channel_positions=POSITIONS,
+        channel_shanks=np.zeros(N_CH, np.int64),
+        unit_ids=ids,
+        labels={u: LABELS[u] for u in range(n_units)},
+        tables=tables,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +177,9 @@ def test_unit_medians_equal_numpy_medians(data4):
 
 
 def test_max_image_keeps_the_largest_value_of_each_pixel():
-    img, empty = figures.max_image([0.5, 0.5, 9.5], [0.5, 0.5, 9.5], [3.0, 7.0, 1.0], xlim=(0, 10), ylim=(0, 10),
-                                   shape=(10, 10), dot=1)
+    img, empty = figures.max_image(
+        [0.5, 0.5, 9.5], [0.5, 0.5, 9.5], [3.0, 7.0, 1.0], xlim=(0, 10), ylim=(0, 10), shape=(10, 10), dot=1
+    )
     assert img[9, 0] == 7.0 and img[0, 9] == 1.0  # the top row is the top of ylim
     assert empty.sum() == 98
 
@@ -230,13 +245,21 @@ def test_template_peaks_units_templates_and_amplitudes(data4):
     uv = np.asarray(data4.templates) @ data4.whitening_mat_inv
     np.testing.assert_allclose(peaks.peak_uv, np.abs(uv).max(axis=(1, 2)), rtol=1e-6)
     np.testing.assert_array_equal(peaks.channel, [1, 3, 5, 7])
-    np.testing.assert_allclose(spike_amplitudes_uv(data4, peaks),
-                               data4.amplitudes * peaks.peak_uv[data4.spike_templates], rtol=1e-12)
+    np.testing.assert_allclose(
+        spike_amplitudes_uv(data4, peaks), data4.amplitudes * peaks.peak_uv[data4.spike_templates], rtol=1e-12
+    )
     # a curated merge: unit 0 holds spikes of templates 0 and 2, most of template 2
     clusters = np.array([0, 0, 0, 1, 5])
     templates = np.array([2, 0, 2, 1, 1])
-    data = FolderData(**{**vars(data4), "spike_times": np.arange(5), "spike_clusters": clusters,
-                         "spike_templates": templates, "unit_ids": np.array([0, 1, 3, 5])})
+    data = FolderData(
+        **{
+            **vars(data4),
+            "spike_times": np.arange(5),
+            "spike_clusters": clusters,
+            "spike_templates": templates,
+            "unit_ids": np.array([0, 1, 3, 5]),
+        }
+    )
     got = unit_templates(data, UnitIndex.build(clusters, data.unit_ids))
     np.testing.assert_array_equal(got, [2, 1, -1, 1])
     # without spike positions a unit sits on its template's peak channel
@@ -267,8 +290,12 @@ def test_recorded_depths_add_the_motion(tmp_path):
     motion_mod = pytest.importorskip("spikesort.stages.drift.stage")
     data = make_data(tmp_path / "out", n_units=2)
     assert recorded_depths(data, times_s=np.array([1.0]), depths_um=np.array([5.0]), x_um=np.zeros(1)) is None
-    motion_mod.Motion(displacement_um=np.array([[0.0], [20.0]], np.float32), time_bins_s=np.array([0.0, DURATION_S]),
-                      depth_bins_um=np.array([70.0]), block_shanks=np.array([0])).save(data.folder)
+    motion_mod.Motion(
+        displacement_um=np.array([[0.0], [20.0]], np.float32),
+        time_bins_s=np.array([0.0, DURATION_S]),
+        depth_bins_um=np.array([70.0]),
+        block_shanks=np.array([0]),
+    ).save(data.folder)
     t = data.spike_times / FS
     raw = recorded_depths(data, times_s=t, depths_um=data.spike_positions[:, 1], x_um=data.spike_positions[:, 0])
     np.testing.assert_allclose(raw - data.spike_positions[:, 1], 20.0 * t / DURATION_S, atol=1e-3)
@@ -295,7 +322,7 @@ def test_every_unit_gets_a_page_linked_from_the_summary(data4, tmp_path):
     for root in svgs(text):
         assert root.tag == SVG_NS + "svg"
     assert len(svgs(text)) == 2  # overview and drift map
-    table = text[text.index('<table class="units">'):]
+    table = text[text.index('<table class="units">') :]
     for u in data4.unit_ids:
         assert f'<a href="unit_{u}.html">{u}</a>' in table
         unit_page = (page.parent / f"unit_{u}.html").read_text(encoding="utf8")
@@ -320,8 +347,12 @@ def test_pages_for_chosen_units_and_stale_pages_go(data4, tmp_path):
     write_report(data4, out)
     (out / "unit_99.png").write_bytes(b"old report")
     write_report(data4, out, unit_ids=[0, 3])
-    assert sorted(p.name for p in out.glob("unit_*")) == ["unit_0.html", "unit_0_amplitudes.png", "unit_3.html",
-                                                           "unit_3_amplitudes.png"]
+    assert sorted(p.name for p in out.glob("unit_*")) == [
+        "unit_0.html",
+        "unit_0_amplitudes.png",
+        "unit_3.html",
+        "unit_3_amplitudes.png",
+    ]
     text = (out / "summary.html").read_text(encoding="utf8")
     assert 'href="unit_1.html"' not in text and "<td>1</td>" in text  # unit 1 still in the table
     from spikesort.errors import SpikesortError
@@ -346,15 +377,30 @@ def test_a_folder_read_by_load_folder(tmp_path):
     d = make_data(tmp_path / "src", n_units=3)
     n, k = len(d.spike_times), 3
     rng = np.random.default_rng(0)
-    write_phy_folder(tmp_path / "out", PhyData(
-        spike_times=d.spike_times, spike_templates=d.spike_templates, amplitudes=d.amplitudes,
-        templates=d.templates, whitening_mat=np.eye(N_CH), whitening_mat_inv=np.eye(N_CH),
-        channel_map=np.arange(N_CH), channel_positions=POSITIONS, pc_features=rng.normal(size=(n, 3, 4)),
-        pc_feature_ind=np.tile(np.arange(4), (k, 1)), template_features=rng.normal(size=(n, 1)),
-        template_feature_ind=np.arange(k)[:, None], similar_templates=np.eye(k),
-        spike_positions=d.spike_positions, dat_path=None,
-        cluster_tables={"KSLabel": LABELS[:k], "ContamPct": [1.5] * k, "Amplitude": [60.0, 90.0, 120.0]},
-        n_channels_dat=N_CH, dtype="int16", sample_rate=FS))
+    write_phy_folder(
+        tmp_path / "out",
+        PhyData(
+            spike_times=d.spike_times,
+            spike_templates=d.spike_templates,
+            amplitudes=d.amplitudes,
+            templates=d.templates,
+            whitening_mat=np.eye(N_CH),
+            whitening_mat_inv=np.eye(N_CH),
+            channel_map=np.arange(N_CH),
+            channel_positions=POSITIONS,
+            pc_features=rng.normal(size=(n, 3, 4)),
+            pc_feature_ind=np.tile(np.arange(4), (k, 1)),
+            template_features=rng.normal(size=(n, 1)),
+            template_feature_ind=np.arange(k)[:, None],
+            similar_templates=np.eye(k),
+            spike_positions=d.spike_positions,
+            dat_path=None,
+            cluster_tables={"KSLabel": LABELS[:k], "ContamPct": [1.5] * k, "Amplitude": [60.0, 90.0, 120.0]},
+            n_channels_dat=N_CH,
+            dtype="int16",
+            sample_rate=FS,
+        ),
+    )
     data = load_folder(tmp_path / "out")
     page = write_report(data, tmp_path / "out" / "report")
     assert sorted(p.name for p in page.parent.glob("unit_*.html")) == ["unit_0.html", "unit_1.html", "unit_2.html"]

@@ -5,6 +5,7 @@ Most tests use a small Phy folder written with spikesort's own writer from known
 plotted values can be checked against the data: whitening is the identity and the gain 1, so
 templates are in µV and a spike's amplitude in µV is its scale times its template's |peak|.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,17 +61,32 @@ def write_folder(folder: Path, *, n_units: int, seed: int = 0, spikes_per_unit: 
     positions = POSITIONS[peak_ch] + rng.normal(0, 3.0, size=(n, 2))
     k = max(n_units, 1)
     data = PhyData(
-        spike_times=times, spike_templates=units, amplitudes=rng.uniform(0.8, 1.2, n),
-        templates=_templates_uv(k), whitening_mat=np.eye(N_CH), whitening_mat_inv=np.eye(N_CH),
-        channel_map=np.arange(N_CH), channel_positions=POSITIONS,
-        pc_features=rng.normal(size=(n, 3, 4)), pc_feature_ind=np.tile(np.arange(4), (k, 1)),
-        template_features=rng.normal(size=(n, 1)), template_feature_ind=np.arange(k)[:, None],
-        similar_templates=np.eye(k), spike_positions=positions,
-        cluster_tables={"KSLabel": LABELS[:n_units], "ContamPct": [1.5] * n_units,
-                        "Amplitude": [60.0 + 30 * u for u in range(n_units)],
-                        "fr": [float(np.sum(units == u)) / DURATION_S for u in range(n_units)],
-                        "snr": [8.0 + u for u in range(n_units)]},
-        dat_path=None, n_channels_dat=N_CH, dtype="int16", sample_rate=FS)
+        spike_times=times,
+        spike_templates=units,
+        amplitudes=rng.uniform(0.8, 1.2, n),
+        templates=_templates_uv(k),
+        whitening_mat=np.eye(N_CH),
+        whitening_mat_inv=np.eye(N_CH),
+        channel_map=np.arange(N_CH),
+        channel_positions=POSITIONS,
+        pc_features=rng.normal(size=(n, 3, 4)),
+        pc_feature_ind=np.tile(np.arange(4), (k, 1)),
+        template_features=rng.normal(size=(n, 1)),
+        template_feature_ind=np.arange(k)[:, None],
+        similar_templates=np.eye(k),
+        spike_positions=positions,
+        cluster_tables={
+            "KSLabel": LABELS[:n_units],
+            "ContamPct": [1.5] * n_units,
+            "Amplitude": [60.0 + 30 * u for u in range(n_units)],
+            "fr": [float(np.sum(units == u)) / DURATION_S for u in range(n_units)],
+            "snr": [8.0 + u for u in range(n_units)],
+        },
+        dat_path=None,
+        n_channels_dat=N_CH,
+        dtype="int16",
+        sample_rate=FS,
+    )
     write_phy_folder(folder, data)
     write_run_file(folder, n_units=n_units, n_spikes=n)
     return folder
@@ -78,11 +94,25 @@ def write_folder(folder: Path, *, n_units: int, seed: int = 0, spikes_per_unit: 
 
 def write_run_file(folder: Path, *, n_units: int, n_spikes: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "spikesort_run.json").write_text(json.dumps(
-        {"version": "test", "params": {}, "timings_s": {},
-         "recording": {"sampling_rate_hz": FS, "n_channels": N_CH, "n_samples": int(DURATION_S * FS),
-                       "duration_s": DURATION_S, "has_gain": True},
-         "n_units": n_units, "n_spikes": n_spikes, "bad_channels": {}}))
+    (folder / "spikesort_run.json").write_text(
+        json.dumps(
+            {
+                "version": "test",
+                "params": {},
+                "timings_s": {},
+                "recording": {
+                    "sampling_rate_hz": FS,
+                    "n_channels": N_CH,
+                    "n_samples": int(DURATION_S * FS),
+                    "duration_s": DURATION_S,
+                    "has_gain": True,
+                },
+                "n_units": n_units,
+                "n_spikes": n_spikes,
+                "bad_channels": {},
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +182,16 @@ def test_nothing_found(tmp_path, with_phy_files):
     folder = tmp_path / "empty"
     write_run_file(folder, n_units=0, n_spikes=0)
     if with_phy_files:
-        for name, arr in {"spike_times": np.zeros(0, np.int64), "spike_templates": np.zeros(0, np.int32),
-                          "spike_clusters": np.zeros(0, np.int32), "amplitudes": np.zeros(0, np.float32),
-                          "templates": np.zeros((0, NT, N_CH), np.float32), "whitening_mat_inv": np.eye(N_CH),
-                          "channel_positions": POSITIONS, "spike_positions": np.zeros((0, 2))}.items():
+        for name, arr in {
+            "spike_times": np.zeros(0, np.int64),
+            "spike_templates": np.zeros(0, np.int32),
+            "spike_clusters": np.zeros(0, np.int32),
+            "amplitudes": np.zeros(0, np.float32),
+            "templates": np.zeros((0, NT, N_CH), np.float32),
+            "whitening_mat_inv": np.eye(N_CH),
+            "channel_positions": POSITIONS,
+            "spike_positions": np.zeros((0, 2)),
+        }.items():
             np.save(folder / f"{name}.npy", arr)
         (folder / "cluster_KSLabel.tsv").write_text("cluster_id\tKSLabel\n")
         (folder / "params.py").write_text(f"sample_rate = {FS}\n")

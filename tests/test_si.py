@@ -8,6 +8,7 @@ delete_output_folder=True, **default_params)``; the sorting must carry its sorti
 not ``sorter_output``. The installed wheel does not ship its tests, so when they cannot be
 imported the same suite is defined here, check for check.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,8 @@ from spikeinterface.core import generate_ground_truth_recording  # noqa: E402
 
 import spikesort.si  # noqa: E402
 from spikesort import __version__  # noqa: E402
-from spikesort.params import Params  # noqa: E402
 from spikesort.outputs.result import UNIT_COLUMNS  # noqa: E402
+from spikesort.params import Params  # noqa: E402
 from spikesort.si import SpikesortSorter, register  # noqa: E402
 
 register()
@@ -32,6 +33,7 @@ register()
 try:  # spikeinterface's own suite, when its tests are installed
     from spikeinterface.sorters.tests.common_tests import SorterCommonTestSuite
 except ImportError:
+
     class SorterCommonTestSuite:
         """spikeinterface's minimal test of a sorter class (see the module docstring)."""
 
@@ -54,9 +56,16 @@ except ImportError:
 
         def test_with_run(self):
             output_folder = self.cache_folder / self.SorterClass.sorter_name
-            sorting = ss.run_sorter(self.SorterClass.sorter_name, self.recording, folder=output_folder,
-                                    remove_existing_folder=True, delete_output_folder=True, verbose=False,
-                                    raise_error=True, **self.SorterClass.default_params())
+            sorting = ss.run_sorter(
+                self.SorterClass.sorter_name,
+                self.recording,
+                folder=output_folder,
+                remove_existing_folder=True,
+                delete_output_folder=True,
+                verbose=False,
+                raise_error=True,
+                **self.SorterClass.default_params(),
+            )
             assert sorting.sorting_info is not None
             assert {"recording", "params", "log"} <= set(sorting.sorting_info)
             del sorting
@@ -95,8 +104,9 @@ def test_default_params_come_from_params():
 
 
 def test_check_params_validates_and_normalises():
-    p = SpikesortSorter._check_params(None, None, {**Params().to_dict(), "detect_threshold": 6,
-                                                  "amplitude_range": [0.6, 1.8]})
+    p = SpikesortSorter._check_params(
+        None, None, {**Params().to_dict(), "detect_threshold": 6, "amplitude_range": [0.6, 1.8]}
+    )
     assert p["detect_threshold"] == 6.0 and p["amplitude_range"] == [0.6, 1.8]
     with pytest.raises(ValueError, match="detect_threshold=500.0 is out of range"):
         SpikesortSorter._check_params(None, None, {**Params().to_dict(), "detect_threshold": 500})

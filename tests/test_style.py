@@ -1,4 +1,5 @@
 """ruff keeps the code in one style (settings in pyproject.toml): lint clean and formatted."""
+
 from __future__ import annotations
 
 import shutil

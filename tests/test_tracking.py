@@ -1,5 +1,6 @@
 """spikesort.track / `spikesort track` (issue 18): hand-made Phy folders with known shifts, probes
 refused, links never doubled, and a small end-to-end run on synthetic chronic data."""
+
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spikesort.errors import SpikesortError
-from spikesort.io.phy import PhyData, whitened_templates_from_uv, write_phy_folder
+from spikesort.io.phy import PhyData, write_phy_folder
 from spikesort.tracking import track
 from spikesort.tracking.assign import Link, assign_pairs, build_tracks
 
@@ -40,8 +41,9 @@ def _templates_uv(chan, locs, params, present, shift_um):
 
     loc = locs[present].copy()
     loc[:, 1] += shift_um
-    return generate_templates(chan, loc, FS, 1.0, 3.0, seed=0,
-                              unit_params={k: v[present] for k, v in params.items()}).astype(np.float64)
+    return generate_templates(
+        chan, loc, FS, 1.0, 3.0, seed=0, unit_params={k: v[present] for k, v in params.items()}
+    ).astype(np.float64)
 
 
 def _spikes(rng, n_units, duration_s=60.0, rate=6.0):
@@ -63,15 +65,32 @@ def write_spikesort_like(folder, chan, templates_uv, ids, rng):
     n = t.size
     cids = np.unique(ids)
     m = cids.size
-    write_phy_folder(folder, PhyData(
-        spike_times=t, spike_templates=u, amplitudes=rng.normal(1, 0.05, n), templates=templates_uv.astype(np.float32),
-        whitening_mat=wm, whitening_mat_inv=wm, channel_map=np.arange(c), channel_positions=chan,
-        pc_features=rng.normal(size=(n, 3, 4)), pc_feature_ind=np.tile(np.arange(4), (k, 1)),
-        template_features=np.ones((n, 2)), template_feature_ind=np.column_stack([np.arange(k), (np.arange(k) + 1) % k]),
-        similar_templates=np.eye(k), spike_positions=np.zeros((n, 2)),
-        cluster_tables=dict(KSLabel=["good"] * m, ContamPct=[0.0] * m, Amplitude=[1.0] * m),
-        dat_path=None, n_channels_dat=c, dtype="int16", sample_rate=FS, spike_clusters=np.asarray(ids)[u],
-        cluster_ids=cids))
+    write_phy_folder(
+        folder,
+        PhyData(
+            spike_times=t,
+            spike_templates=u,
+            amplitudes=rng.normal(1, 0.05, n),
+            templates=templates_uv.astype(np.float32),
+            whitening_mat=wm,
+            whitening_mat_inv=wm,
+            channel_map=np.arange(c),
+            channel_positions=chan,
+            pc_features=rng.normal(size=(n, 3, 4)),
+            pc_feature_ind=np.tile(np.arange(4), (k, 1)),
+            template_features=np.ones((n, 2)),
+            template_feature_ind=np.column_stack([np.arange(k), (np.arange(k) + 1) % k]),
+            similar_templates=np.eye(k),
+            spike_positions=np.zeros((n, 2)),
+            cluster_tables=dict(KSLabel=["good"] * m, ContamPct=[0.0] * m, Amplitude=[1.0] * m),
+            dat_path=None,
+            n_channels_dat=c,
+            dtype="int16",
+            sample_rate=FS,
+            spike_clusters=np.asarray(ids)[u],
+            cluster_ids=cids,
+        ),
+    )
 
 
 def write_kilosort_like(folder, chan, templates_uv, rng, *, noise_unit=None):
@@ -87,17 +106,25 @@ def write_kilosort_like(folder, chan, templates_uv, rng, *, noise_unit=None):
     t, u = _spikes(rng, k)
     amps = rng.normal(20.0, 1.0, t.size)
     whitened = (tpl / 20.0) @ np.linalg.inv(wmi)
-    for name, arr in dict(spike_times=t.astype(np.uint64), spike_templates=u.astype(np.int32),
-                          amplitudes=amps.astype(np.float32), templates=whitened.astype(np.float32),
-                          whitening_mat_inv=wmi.astype(np.float32), channel_map=np.arange(c, dtype=np.int32),
-                          channel_positions=chan.astype(np.float32)).items():
+    for name, arr in dict(
+        spike_times=t.astype(np.uint64),
+        spike_templates=u.astype(np.int32),
+        amplitudes=amps.astype(np.float32),
+        templates=whitened.astype(np.float32),
+        whitening_mat_inv=wmi.astype(np.float32),
+        channel_map=np.arange(c, dtype=np.int32),
+        channel_positions=chan.astype(np.float32),
+    ).items():
         np.save(folder / f"{name}.npy", arr)
-    (folder / "params.py").write_text("dat_path = 'continuous.dat'\nn_channels_dat = %d\ndtype = 'int16'\n"
-                                      "offset = 0\nsample_rate = 30000.\nhp_filtered = False\n" % c)
+    (folder / "params.py").write_text(
+        f"dat_path = 'continuous.dat'\nn_channels_dat = {c}\ndtype = 'int16'\n"
+        "offset = 0\nsample_rate = 30000.\nhp_filtered = False\n"
+    )
     (folder / "cluster_KSLabel.tsv").write_text("cluster_id\tKSLabel\n" + "".join(f"{i}\tgood\n" for i in range(k)))
     if noise_unit is not None:
-        (folder / "cluster_group.tsv").write_text("cluster_id\tgroup\n" + "".join(
-            f"{i}\t{'noise' if i == noise_unit else 'good'}\n" for i in range(k)))
+        (folder / "cluster_group.tsv").write_text(
+            "cluster_id\tgroup\n" + "".join(f"{i}\t{'noise' if i == noise_unit else 'good'}\n" for i in range(k))
+        )
 
 
 # neurons present per session (indices into the population) and the probe's shift vs session 0
@@ -222,8 +249,11 @@ def test_no_unit_twice_and_no_session_twice_in_a_track(data):
     for a in range(len(n_units)):
         for b in range(a + 1, min(a + 4, len(n_units))):
             if n_units[a] and n_units[b]:
-                prob = np.array(data.draw(st.lists(st.floats(0, 1), min_size=n_units[a] * n_units[b],
-                                                   max_size=n_units[a] * n_units[b]))).reshape(n_units[a], n_units[b])
+                prob = np.array(
+                    data.draw(
+                        st.lists(st.floats(0, 1), min_size=n_units[a] * n_units[b], max_size=n_units[a] * n_units[b])
+                    )
+                ).reshape(n_units[a], n_units[b])
                 pairs = assign_pairs(prob, threshold=0.3)
                 assert len({i for i, _, _ in pairs}) == len(pairs) == len({j for _, j, _ in pairs})
                 links += [Link(a, i, b, j, p) for i, j, p in pairs]
@@ -239,8 +269,9 @@ def test_end_to_end_sorted_synthetic_sessions(tmp_path):
     import spikesort
     from spikesort.tracking.synthetic import make_chronic_sessions, save_int16, score_links, sorted_to_neurons
 
-    _, sessions = make_chronic_sessions(n_sessions=3, n_units=16, n_channels=32, duration_s=20.0,
-                                        max_shift_um=60.0, seed=1)
+    _, sessions = make_chronic_sessions(
+        n_sessions=3, n_units=16, n_channels=32, duration_s=20.0, max_shift_um=60.0, seed=1
+    )
     folders, truth = [], []
     for s in sessions:
         rec = save_int16(s.recording, tmp_path / f"rec{s.index}")

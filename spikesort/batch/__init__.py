@@ -5,8 +5,18 @@
 ``import spikesort.batch`` stays light until a batch is read or run.
 """
 
-__all__ = ["BatchJob", "BatchResult", "RecordingOutcome", "read_manifest", "run_batch", "cluster_layout",
-           "local_cluster_config", "sort_recording_task", "write_summary", "usable_cores"]
+__all__ = [
+    "BatchJob",
+    "BatchResult",
+    "RecordingOutcome",
+    "read_manifest",
+    "run_batch",
+    "cluster_layout",
+    "local_cluster_config",
+    "sort_recording_task",
+    "write_summary",
+    "usable_cores",
+]
 
 _SUBMODULES = ("manifest", "task", "cluster")
 

@@ -19,6 +19,7 @@ Execution model:
 - on a re-run, a recording whose folder is complete (``pipeline.is_complete``, same
   parameters) is skipped, an unfinished folder is resumed (``sort(..., resume=True)``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,7 +34,8 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from spikesort.atomic import write_atomic
 from spikesort.errors import SpikesortError, one_line
-from spikesort.layout import BATCH_LOG as BATCH_LOG_NAME, BATCH_SUMMARY as SUMMARY_NAME
+from spikesort.layout import BATCH_LOG as BATCH_LOG_NAME
+from spikesort.layout import BATCH_SUMMARY as SUMMARY_NAME
 from spikesort.params import Params
 
 from .manifest import BatchJob, _absolute
@@ -44,8 +46,21 @@ log = logging.getLogger(__name__)
 _package_log = logging.getLogger("spikesort.batch")
 
 RESOURCE = "spikesort_recording"  # one unit per worker: a worker sorts one recording at a time
-SUMMARY_COLUMNS = ("name", "status", "units", "good_units", "wall_s", "peak_rss_mb", "n_jobs", "worker", "pid",
-                   "started", "error", "output", "log")
+SUMMARY_COLUMNS = (
+    "name",
+    "status",
+    "units",
+    "good_units",
+    "wall_s",
+    "peak_rss_mb",
+    "n_jobs",
+    "worker",
+    "pid",
+    "started",
+    "error",
+    "output",
+    "log",
+)
 # a concurrent recording needs this much memory on a typical probe (README benchmark: 1.3 GB
 # for 64 channels x 300 s); the default layout never plans more workers than memory / this
 _MEMORY_PER_WORKER_B = 4 * 2**30
@@ -74,8 +89,14 @@ def _total_memory_b() -> int | None:
         return None
 
 
-def cluster_layout(*, cores: int, n_recordings: int, workers: int | None = None, threads: int | None = None,
-                   memory_b: int | None = None) -> tuple[int, int]:
+def cluster_layout(
+    *,
+    cores: int,
+    n_recordings: int,
+    workers: int | None = None,
+    threads: int | None = None,
+    memory_b: int | None = None,
+) -> tuple[int, int]:
     """(workers, threads per worker) for a local cluster; workers x threads never exceeds cores.
 
     Default: one worker per 4 cores (one worker holding every core on machines of up to 5),
@@ -184,17 +205,29 @@ class _Cluster:
         self.cluster = None
         self.plugin_name = None
         if scheduler is None:
-            n_workers, n_threads = cluster_layout(cores=usable_cores(), n_recordings=n_recordings, workers=workers,
-                                                  threads=threads, memory_b=_total_memory_b())
+            n_workers, n_threads = cluster_layout(
+                cores=usable_cores(),
+                n_recordings=n_recordings,
+                workers=workers,
+                threads=threads,
+                memory_b=_total_memory_b(),
+            )
             with dask.config.set(local_cluster_config()):
                 # no dashboard, and its HTTP server on a free port: never a clash on a shared machine
-                self.cluster = LocalCluster(n_workers=n_workers, threads_per_worker=n_threads, processes=True,
-                                            resources={RESOURCE: 1}, dashboard_address=None,
-                                            scheduler_kwargs={"dashboard_address": ":0"},
-                                            silence_logs=logging.ERROR)
+                self.cluster = LocalCluster(
+                    n_workers=n_workers,
+                    threads_per_worker=n_threads,
+                    processes=True,
+                    resources={RESOURCE: 1},
+                    dashboard_address=None,
+                    scheduler_kwargs={"dashboard_address": ":0"},
+                    silence_logs=logging.ERROR,
+                )
             self.client = Client(self.cluster)
-            self.description = (f"a local cluster of {n_workers} worker{'s' if n_workers > 1 else ''} x "
-                                f"{n_threads} thread{'s' if n_threads > 1 else ''}")
+            self.description = (
+                f"a local cluster of {n_workers} worker{'s' if n_workers > 1 else ''} x "
+                f"{n_threads} thread{'s' if n_threads > 1 else ''}"
+            )
             return
         if scheduler.lower().endswith(".json") and not Path(scheduler).expanduser().is_file():
             raise SpikesortError(f"scheduler file not found: {scheduler}")
@@ -204,8 +237,7 @@ class _Cluster:
             else:
                 self.client = Client(scheduler)
         except (OSError, TimeoutError, ValueError) as exc:
-            raise SpikesortError(f"cannot connect to the dask scheduler at {scheduler}: {one_line(str(exc))}") \
-                from None
+            raise SpikesortError(f"cannot connect to the dask scheduler at {scheduler}: {one_line(str(exc))}") from None
         try:
             plugin = _OneRecordingPerWorker()
             self.client.register_plugin(plugin, name=plugin.name)
@@ -215,8 +247,10 @@ class _Cluster:
             self.close()
             raise
         threads_total = sum(int(w.get("nthreads", 0)) for w in ws.values())
-        self.description = (f"the cluster at {self.client.scheduler.address} ({len(ws)} "
-                            f"worker{'s' if len(ws) != 1 else ''}, {threads_total} threads when the batch started)")
+        self.description = (
+            f"the cluster at {self.client.scheduler.address} ({len(ws)} "
+            f"worker{'s' if len(ws) != 1 else ''}, {threads_total} threads when the batch started)"
+        )
 
     def _workers(self) -> dict:
         import inspect
@@ -235,8 +269,14 @@ class _Cluster:
             if any(RESOURCE in (w.get("resources") or {}) for w in ws.values()):
                 return ws
             if last_note is None or time.monotonic() - last_note >= warn_every_s:
-                hint = (f"{len(ws)} worker(s) joined but none took spikesort's setup: were they started from "
-                        f"an environment with spikesort installed?") if ws else "no worker has joined yet"
+                hint = (
+                    (
+                        f"{len(ws)} worker(s) joined but none took spikesort's setup: were they started from "
+                        f"an environment with spikesort installed?"
+                    )
+                    if ws
+                    else "no worker has joined yet"
+                )
                 (log.info if last_note is None else log.warning)("waiting for a worker at %s: %s", scheduler, hint)
                 last_note = time.monotonic()
             time.sleep(0.2)
@@ -254,9 +294,16 @@ class _Cluster:
                 self.cluster.close()
 
 
-def run_batch(jobs: list[BatchJob], *, out_root: str | Path, params: Params | None = None,
-              scheduler: str | None = None, workers: int | None = None, threads: int | None = None,
-              overwrite: bool = False) -> BatchResult:
+def run_batch(
+    jobs: list[BatchJob],
+    *,
+    out_root: str | Path,
+    params: Params | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+) -> BatchResult:
     """Sort every job on dask (a local cluster, or ``scheduler``: an address or a scheduler file).
 
     Finished folders are skipped (all of them are sorted again with ``overwrite``), unfinished
@@ -268,8 +315,9 @@ def run_batch(jobs: list[BatchJob], *, out_root: str | Path, params: Params | No
     params = params or Params()
     out_root = _absolute(out_root)
     if scheduler is not None and (workers is not None or threads is not None):
-        raise SpikesortError("--workers and --threads shape the local cluster: with --scheduler, size the "
-                             "workers where you start them")
+        raise SpikesortError(
+            "--workers and --threads shape the local cluster: with --scheduler, size the workers where you start them"
+        )
     out_root.mkdir(parents=True, exist_ok=True)
     summary_path = out_root / SUMMARY_NAME
     handler = logging.FileHandler(out_root / BATCH_LOG_NAME, mode="a", encoding="utf8")
@@ -280,8 +328,17 @@ def run_batch(jobs: list[BatchJob], *, out_root: str | Path, params: Params | No
     if _package_log.getEffectiveLevel() > logging.INFO:  # batch.log keeps the progress lines even from Python
         _package_log.setLevel(logging.INFO)
     try:
-        return _run(jobs, out_root=out_root, summary_path=summary_path, params=params, scheduler=scheduler,
-                    workers=workers, threads=threads, overwrite=overwrite, t0=t0)
+        return _run(
+            jobs,
+            out_root=out_root,
+            summary_path=summary_path,
+            params=params,
+            scheduler=scheduler,
+            workers=workers,
+            threads=threads,
+            overwrite=overwrite,
+            t0=t0,
+        )
     finally:
         _package_log.removeHandler(handler)
         _package_log.setLevel(saved_level)
@@ -315,16 +372,23 @@ def _run(jobs, *, out_root, summary_path, params, scheduler, workers, threads, o
             c = _Cluster(scheduler=scheduler, workers=workers, threads=threads, n_recordings=len(pending))
             cluster = c.description
             try:
-                log.info("batch: sorting %d recording%s on %s", len(pending), "s" if len(pending) > 1 else "",
-                         cluster)
-                _submit_and_collect(c.client, pending, params=params, overwrite=overwrite, outcomes=outcomes,
-                                    on_update=lambda: write_summary(ordered(), summary_path), n_total=len(jobs))
+                log.info("batch: sorting %d recording%s on %s", len(pending), "s" if len(pending) > 1 else "", cluster)
+                _submit_and_collect(
+                    c.client,
+                    pending,
+                    params=params,
+                    overwrite=overwrite,
+                    outcomes=outcomes,
+                    on_update=lambda: write_summary(ordered(), summary_path),
+                    n_total=len(jobs),
+                )
             finally:
                 c.close()
         finally:
             dask_log.setLevel(saved_level)
-    result = BatchResult(outcomes=ordered(), summary_path=summary_path, wall_s=time.perf_counter() - t0,
-                         cluster=cluster)
+    result = BatchResult(
+        outcomes=ordered(), summary_path=summary_path, wall_s=time.perf_counter() - t0, cluster=cluster
+    )
     write_summary(result.outcomes, summary_path)
     return result
 
@@ -335,8 +399,15 @@ def _submit_and_collect(client, pending, *, params, overwrite, outcomes, on_upda
     futures = {}
     for job in pending:
         # pure=False: a re-run of the same job must run again, never reuse a cached result
-        fut = client.submit(sort_recording_task, job, params=params, overwrite=overwrite, pure=False,
-                            resources={RESOURCE: 1}, key=f"spikesort-{job.name}-{os.urandom(4).hex()}")
+        fut = client.submit(
+            sort_recording_task,
+            job,
+            params=params,
+            overwrite=overwrite,
+            pure=False,
+            resources={RESOURCE: 1},
+            key=f"spikesort-{job.name}-{os.urandom(4).hex()}",
+        )
         futures[fut] = job
     try:
         for fut in as_completed(list(futures)):
@@ -345,16 +416,30 @@ def _submit_and_collect(client, pending, *, params, overwrite, outcomes, on_upda
             outcomes[job.name] = outcome
             done = len(outcomes)
             if outcome.status == "done":
-                log.info("[%d/%d] %s: %d units (%d good) in %.1f s", done, n_total, job.name, outcome.units,
-                         outcome.good_units, outcome.wall_s)
+                log.info(
+                    "[%d/%d] %s: %d units (%d good) in %.1f s",
+                    done,
+                    n_total,
+                    job.name,
+                    outcome.units,
+                    outcome.good_units,
+                    outcome.wall_s,
+                )
             else:
                 log.warning("[%d/%d] %s failed: %s (log: %s)", done, n_total, job.name, outcome.error, outcome.log)
             on_update()
     except BaseException:
         # Ctrl-C or SIGTERM: stop what is still queued; unfinished folders resume next time
         for job in futures.values():
-            outcomes.setdefault(job.name, RecordingOutcome(name=job.name, status="interrupted", output=job.output,
-                                                           error="the batch was stopped before it finished"))
+            outcomes.setdefault(
+                job.name,
+                RecordingOutcome(
+                    name=job.name,
+                    status="interrupted",
+                    output=job.output,
+                    error="the batch was stopped before it finished",
+                ),
+            )
         try:
             on_update()
         finally:
@@ -373,6 +458,4 @@ def _collect(fut, job: BatchJob) -> RecordingOutcome:
         else:
             error = f"internal error: {type(exc).__name__}: {one_line(str(exc))}"
         log.debug("batch: %s: %s", job.name, error, exc_info=True)
-        return RecordingOutcome(name=job.name, status="failed", output=job.output, error=error,
-                                log=_finish_log(job))
-
+        return RecordingOutcome(name=job.name, status="failed", output=job.output, error=error, log=_finish_log(job))

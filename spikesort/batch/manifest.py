@@ -1,5 +1,6 @@
 """The manifest of ``spikesort batch``: a TOML or CSV list of recordings, read and checked before
 anything is sorted (every mistake is one SpikesortError line naming the manifest and its line)."""
+
 from __future__ import annotations
 
 import csv
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spikesort.errors import SpikesortError
-from spikesort.layout import BATCH_LOG as BATCH_LOG_NAME, BATCH_SUMMARY as SUMMARY_NAME
+from spikesort.layout import BATCH_LOG as BATCH_LOG_NAME
+from spikesort.layout import BATCH_SUMMARY as SUMMARY_NAME
 
 # manifest keys of one recording; every key but name/path may also be a TOML top-level default
 RECORDING_KEYS = ("name", "path", "probe", "format", "sampling_rate", "n_channels", "dtype", "offset")
@@ -106,10 +108,14 @@ def _toml_entries(manifest: Path) -> list[tuple[str, dict]]:
         raise SpikesortError(f"manifest {manifest} is not valid TOML: {exc}") from None
     for key in data:
         if key not in TOML_TOP_KEYS:
-            hint = " (name and path belong in a [[recording]] table)" if key in ("name", "path") else \
-                _suggest(key, TOML_TOP_KEYS)
-            raise SpikesortError(f"manifest {manifest}: unknown key '{key}'{hint}; "
-                                 f"top-level keys are {', '.join(TOML_TOP_KEYS)}")
+            hint = (
+                " (name and path belong in a [[recording]] table)"
+                if key in ("name", "path")
+                else _suggest(key, TOML_TOP_KEYS)
+            )
+            raise SpikesortError(
+                f"manifest {manifest}: unknown key '{key}'{hint}; top-level keys are {', '.join(TOML_TOP_KEYS)}"
+            )
     defaults = {k: data[k] for k in DEFAULT_KEYS if k in data}
     entries = []
     globs = data.get("glob", [])
@@ -117,7 +123,7 @@ def _toml_entries(manifest: Path) -> list[tuple[str, dict]]:
         globs = [globs]
     if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs):
         raise SpikesortError(f"manifest {manifest}: glob must be a string or a list of strings")
-    for i, pattern in enumerate(globs):
+    for pattern in globs:
         entries.append((f"manifest {manifest}, glob '{pattern}'", {**defaults, "path": pattern, "_glob": True}))
     tables = data.get("recording", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
@@ -126,8 +132,9 @@ def _toml_entries(manifest: Path) -> list[tuple[str, dict]]:
         where = f"manifest {manifest}, recording {i}"
         for key in table:
             if key not in RECORDING_KEYS:
-                raise SpikesortError(f"{where}: unknown key '{key}'{_suggest(key, RECORDING_KEYS)}; "
-                                     f"keys are {', '.join(RECORDING_KEYS)}")
+                raise SpikesortError(
+                    f"{where}: unknown key '{key}'{_suggest(key, RECORDING_KEYS)}; keys are {', '.join(RECORDING_KEYS)}"
+                )
         if "path" not in table:
             raise SpikesortError(f"{where}: no path")
         entries.append((where, {**defaults, **table}))
@@ -141,8 +148,9 @@ def _csv_entries(manifest: Path) -> list[tuple[str, dict]]:
         raise SpikesortError(f"manifest {manifest} is not a UTF-8 text file") from None
     rows = list(csv.reader(io.StringIO(text)))
     # the header is the first row that is neither empty nor a comment
-    numbered = [(i, r) for i, r in enumerate(rows, start=1)
-                if any(c.strip() for c in r) and not r[0].strip().startswith("#")]
+    numbered = [
+        (i, r) for i, r in enumerate(rows, start=1) if any(c.strip() for c in r) and not r[0].strip().startswith("#")
+    ]
     if not numbered:
         raise SpikesortError(f"manifest {manifest} is empty: its first line must be a header with a path column")
     header_line, header = numbered[0]
@@ -150,8 +158,9 @@ def _csv_entries(manifest: Path) -> list[tuple[str, dict]]:
     for c in columns:
         if c not in RECORDING_KEYS:
             what = "an empty column name" if not c else f"unknown column '{c}'{_suggest(c, RECORDING_KEYS)}"
-            raise SpikesortError(f"manifest {manifest}, line {header_line}: {what}; "
-                                 f"columns are {', '.join(RECORDING_KEYS)}")
+            raise SpikesortError(
+                f"manifest {manifest}, line {header_line}: {what}; columns are {', '.join(RECORDING_KEYS)}"
+            )
     seen = set()
     for c in columns:
         if c in seen:
@@ -162,7 +171,7 @@ def _csv_entries(manifest: Path) -> list[tuple[str, dict]]:
     entries = []
     for line, row in numbered[1:]:
         where = f"manifest {manifest}, line {line}"
-        if len(row) > len(columns) and any(c.strip() for c in row[len(columns):]):
+        if len(row) > len(columns) and any(c.strip() for c in row[len(columns) :]):
             raise SpikesortError(f"{where}: {len(row)} cells but the header has {len(columns)} columns")
         values = {c: v.strip() for c, v in zip(columns, row) if v.strip()}
         if "path" not in values:
@@ -189,8 +198,10 @@ def _jobs_from_entry(values: dict, *, where: str, base: Path, out_root: Path) ->
         matches = sorted(Path(p) for p in glob.glob(str(pattern), recursive=True))
         if not matches:
             raise SpikesortError(f"{where}: the glob {raw_path} matches no file (looked in {base})")
-        return [BatchJob(name=_default_name(p), path=p, output=out_root / _default_name(p), where=where, **flags)
-                for p in matches]
+        return [
+            BatchJob(name=_default_name(p), path=p, output=out_root / _default_name(p), where=where, **flags)
+            for p in matches
+        ]
     path = Path(raw_path).expanduser()
     path = path if path.is_absolute() else base / path
     if not path.exists():
@@ -209,10 +220,18 @@ def _check_name(name, *, where: str) -> str:
         raise SpikesortError(f"{where}: name must be a non-empty string")
     name = name.strip()
     # the name becomes one folder under OUTROOT: no separators, no hidden or special names
-    if "/" in name or "\\" in name or "\0" in name or name.startswith(".") or name.lower() == SUMMARY_NAME \
-            or name.lower() == BATCH_LOG_NAME:
-        raise SpikesortError(f"{where}: '{name}' cannot be a folder name under the output root "
-                             f"(no '/', no leading '.', not {SUMMARY_NAME} or {BATCH_LOG_NAME})")
+    if (
+        "/" in name
+        or "\\" in name
+        or "\0" in name
+        or name.startswith(".")
+        or name.lower() == SUMMARY_NAME
+        or name.lower() == BATCH_LOG_NAME
+    ):
+        raise SpikesortError(
+            f"{where}: '{name}' cannot be a folder name under the output root "
+            f"(no '/', no leading '.', not {SUMMARY_NAME} or {BATCH_LOG_NAME})"
+        )
     return name
 
 
@@ -229,8 +248,9 @@ def _number(values: dict, key: str, *, where: str, kind: type, low: float, inclu
                 raise ValueError
             f = int(f)
     except (TypeError, ValueError):
-        raise SpikesortError(f"{where}: {key} must be a {'whole number' if kind is int else 'number'}, "
-                             f"got {v!r}") from None
+        raise SpikesortError(
+            f"{where}: {key} must be a {'whole number' if kind is int else 'number'}, got {v!r}"
+        ) from None
     if not math.isfinite(f) or f < low or (not inclusive and f == low):
         raise SpikesortError(f"{where}: {key} must be {'>=' if inclusive else '>'} {low:g}, got {v!r}")
     return f
@@ -267,8 +287,9 @@ def _recording_flags(values: dict, *, where: str, base: Path) -> dict:
     rate = _number(values, "sampling_rate", where=where, kind=float, low=0.0, inclusive=False)
     n_channels = _number(values, "n_channels", where=where, kind=int, low=1)
     offset = _number(values, "offset", where=where, kind=int, low=0)
-    return dict(probe=probe, fmt=fmt, sampling_rate_hz=rate, n_channels=n_channels, dtype=dtype,
-                offset_bytes=offset or 0)
+    return dict(
+        probe=probe, fmt=fmt, sampling_rate_hz=rate, n_channels=n_channels, dtype=dtype, offset_bytes=offset or 0
+    )
 
 
 def _check_names(jobs: list[BatchJob]) -> None:
@@ -278,8 +299,10 @@ def _check_names(jobs: list[BatchJob]) -> None:
         key = job.name.lower()
         if key in seen:
             first = seen[key]
-            raise SpikesortError(f"two recordings are named '{job.name}' ({first.where}: {first.path}; "
-                                 f"{job.where}: {job.path}): give them distinct names")
+            raise SpikesortError(
+                f"two recordings are named '{job.name}' ({first.where}: {first.path}; "
+                f"{job.where}: {job.path}): give them distinct names"
+            )
         seen[key] = job
 
 
@@ -307,6 +330,7 @@ def _check_outputs(jobs: list[BatchJob], out_root: Path) -> None:
         for owner, p in inputs:
             # a resumed or overwritten folder must never hold an input
             if p == target or target in p.parents:
-                raise SpikesortError(f"output folder {job.output} (recording '{job.name}') contains the input {p} "
-                                     f"of {owner.where}: choose another output root")
-
+                raise SpikesortError(
+                    f"output folder {job.output} (recording '{job.name}') contains the input {p} "
+                    f"of {owner.where}: choose another output root"
+                )

@@ -5,6 +5,7 @@ batch_summary.csv); a recording's own failure never raises. The driver side
 (:mod:`spikesort.batch.cluster`) also finds here whether a folder is finished, and the outcome of
 one that an earlier batch finished.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spikesort.errors import SpikesortError, one_line
-from spikesort.layout import AUTO_LABELS, BATCH_SCRATCH_DIR as SCRATCH_DIR, LOG_FILE as LOG_NAME
+from spikesort.layout import AUTO_LABELS
+from spikesort.layout import BATCH_SCRATCH_DIR as SCRATCH_DIR
+from spikesort.layout import LOG_FILE as LOG_NAME
 from spikesort.memory import task_peak_rss
 from spikesort.params import Params
 
@@ -49,11 +52,21 @@ class RecordingOutcome:
         def num(v, fmt):
             return "" if v is None else format(v, fmt)
 
-        return dict(name=self.name, status=self.status, units=num(self.units, "d"),
-                    good_units=num(self.good_units, "d"), wall_s=num(self.wall_s, ".1f"),
-                    peak_rss_mb=num(self.peak_rss_mb, ".0f"), n_jobs=num(self.n_jobs, "d"), worker=self.worker,
-                    pid=num(self.pid, "d"), started=_iso(self.started), error=self.error, output=str(self.output),
-                    log=str(self.log) if self.log else "")
+        return dict(
+            name=self.name,
+            status=self.status,
+            units=num(self.units, "d"),
+            good_units=num(self.good_units, "d"),
+            wall_s=num(self.wall_s, ".1f"),
+            peak_rss_mb=num(self.peak_rss_mb, ".0f"),
+            n_jobs=num(self.n_jobs, "d"),
+            worker=self.worker,
+            pid=num(self.pid, "d"),
+            started=_iso(self.started),
+            error=self.error,
+            output=str(self.output),
+            log=str(self.log) if self.log else "",
+        )
 
 
 def _iso(t: float | None) -> str:
@@ -159,8 +172,15 @@ def sort_recording_task(job: BatchJob, *, params: Params, overwrite: bool = Fals
     address, nthreads = _worker_identity()
     n_jobs = params.n_jobs or nthreads
     params = dataclasses.replace(params, n_jobs=n_jobs)
-    outcome = RecordingOutcome(name=job.name, status="failed", output=job.output, n_jobs=n_jobs, worker=address,
-                               pid=os.getpid(), started=started)
+    outcome = RecordingOutcome(
+        name=job.name,
+        status="failed",
+        output=job.output,
+        n_jobs=n_jobs,
+        worker=address,
+        pid=os.getpid(),
+        started=started,
+    )
     scratch = _scratch_log(job)
     scratch.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(scratch, mode="a", encoding="utf8")
@@ -174,8 +194,16 @@ def sort_recording_task(job: BatchJob, *, params: Params, overwrite: bool = Fals
     try:
         from spikesort import __version__
 
-        log.info("spikesort %s batch: sorting %s (%s) into %s on worker %s, pid %d, %d threads", __version__,
-                 job.name, job.path, job.output, address or "(none)", os.getpid(), n_jobs)
+        log.info(
+            "spikesort %s batch: sorting %s (%s) into %s on worker %s, pid %d, %d threads",
+            __version__,
+            job.name,
+            job.path,
+            job.output,
+            address or "(none)",
+            os.getpid(),
+            n_jobs,
+        )
         result = _sort_job(job, params=params, overwrite=overwrite)
         outcome.status, outcome.units, outcome.good_units = "done", int(result.n_units), _count_good(result.labels)
         log.info("batch: %s done: %d units (%d good)", job.name, outcome.units, outcome.good_units)
@@ -184,13 +212,22 @@ def sort_recording_task(job: BatchJob, *, params: Params, overwrite: bool = Fals
         log.error("batch: %s failed: %s", job.name, outcome.error)
     except Exception as exc:  # a bug or an unreadable file: the traceback goes to this recording's log
         outcome.error = f"internal error: {type(exc).__name__}: {one_line(str(exc))}"
-        log.error("batch: %s failed: %s\n%s", job.name, outcome.error,
-                  "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        log.error(
+            "batch: %s failed: %s\n%s",
+            job.name,
+            outcome.error,
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
     finally:
         outcome.wall_s = time.perf_counter() - t0
         outcome.peak_rss_mb = peak.stop()
-        log.info("batch: %s took %.1f s, peak RSS %s MB (%s)", job.name, outcome.wall_s,
-                 "?" if outcome.peak_rss_mb is None else f"{outcome.peak_rss_mb:.0f}", peak.method)
+        log.info(
+            "batch: %s took %.1f s, peak RSS %s MB (%s)",
+            job.name,
+            outcome.wall_s,
+            "?" if outcome.peak_rss_mb is None else f"{outcome.peak_rss_mb:.0f}",
+            peak.method,
+        )
         root.removeHandler(handler)
         handler.close()
         pkg.setLevel(saved_level)
@@ -218,12 +255,26 @@ def _sort_job(job: BatchJob, *, params: Params, overwrite: bool):
         with blas:
             yield
 
-    source = RecordingSource(path=job.path, probe=job.probe, fmt=job.fmt, sampling_rate_hz=job.sampling_rate_hz,
-                             n_channels=job.n_channels, dtype=job.dtype, offset_bytes=job.offset_bytes)
+    source = RecordingSource(
+        path=job.path,
+        probe=job.probe,
+        fmt=job.fmt,
+        sampling_rate_hz=job.sampling_rate_hz,
+        n_channels=job.n_channels,
+        dtype=job.dtype,
+        offset_bytes=job.offset_bytes,
+    )
     # as `spikesort run` does, the report too; the sorting is finished, so a figure problem does not fail it
-    return sort_and_report(source, job.output, params=params, log=log, resume=resume, overwrite=overwrite,
-                           missing_probe=f"the recording {job.path} has no probe geometry: give it a probe in the "
-                                         f"manifest", around_sort=with_its_threads).result
+    return sort_and_report(
+        source,
+        job.output,
+        params=params,
+        log=log,
+        resume=resume,
+        overwrite=overwrite,
+        missing_probe=f"the recording {job.path} has no probe geometry: give it a probe in the manifest",
+        around_sort=with_its_threads,
+    ).result
 
 
 # --------------------------------------------------------------------------- finished earlier
@@ -252,9 +303,17 @@ def _finished_outcome(job: BatchJob, previous: dict) -> RecordingOutcome:
             return None
 
     # wall time and memory are those of the sort that made the folder, when an earlier summary has them
-    return RecordingOutcome(name=job.name, status="skipped", output=job.output, units=units, good_units=good,
-                            wall_s=old("wall_s", float), peak_rss_mb=old("peak_rss_mb", float),
-                            n_jobs=old("n_jobs", int), worker=before.get("worker", ""), pid=old("pid", int),
-                            started=_from_iso(before.get("started")),
-                            log=job.output / LOG_NAME if (job.output / LOG_NAME).exists() else None)
-
+    return RecordingOutcome(
+        name=job.name,
+        status="skipped",
+        output=job.output,
+        units=units,
+        good_units=good,
+        wall_s=old("wall_s", float),
+        peak_rss_mb=old("peak_rss_mb", float),
+        n_jobs=old("n_jobs", int),
+        worker=before.get("worker", ""),
+        pid=old("pid", int),
+        started=_from_iso(before.get("started")),
+        log=job.output / LOG_NAME if (job.output / LOG_NAME).exists() else None,
+    )

@@ -3,8 +3,8 @@
 ``app`` is the group (logging, exit codes, one-line errors); ``options`` what ``run`` and
 ``batch`` share; every other module is one command, registered on the group when imported here.
 """
-from . import app, options
-from . import batch, demo, export, info, params, probes, report, run, track  # noqa: F401 (each registers its command)
+
+from . import app, batch, demo, export, info, options, params, probes, report, run, track  # noqa: F401 (each registers its command)
 from .app import main
 
 __all__ = ["main"]

@@ -1,4 +1,5 @@
 """``python -m spikesort.cli``: the same as the ``spikesort`` command."""
+
 from . import main
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ The commands are modules of this package (run, params, probes, demo, info, repor
 batch); each registers itself on :data:`main`, and ``spikesort/cli/__init__.py`` imports them
 all. This module imports none of them.
 """
+
 from __future__ import annotations
 
 import errno
@@ -164,8 +165,9 @@ class _Group(click.Group):
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            rv = super().main(args=args, prog_name=prog_name or PROG, complete_var=complete_var,
-                              standalone_mode=False, **extra)
+            rv = super().main(
+                args=args, prog_name=prog_name or PROG, complete_var=complete_var, standalone_mode=False, **extra
+            )
             code = rv if isinstance(rv, int) else 0
         except _NoArgsIsHelp as exc:  # bare `spikesort` or `spikesort probes`: show the help
             click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())

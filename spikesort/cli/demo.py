@@ -1,4 +1,5 @@
 """``spikesort demo``: simulate a recording with known units, sort it, score the result."""
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,15 @@ log = logging.getLogger("spikesort.cli")
 
 
 @main.command()
-@click.option("-o", "--output", "output", default="spikesort-demo", show_default=True,
-              type=click.Path(path_type=Path), help="folder for the simulated recording and its sorting")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    default="spikesort-demo",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="folder for the simulated recording and its sorting",
+)
 @click.option("--duration", type=float, default=60.0, show_default=True, metavar="S", help="seconds to simulate")
 @click.option("--channels", type=int, default=32, show_default=True, metavar="N", help="channels of the probe")
 @click.option("--units", type=int, default=12, show_default=True, metavar="N", help="ground-truth units")
@@ -30,13 +38,22 @@ def demo(output, duration, channels, units, seed, overwrite, quiet, verbose):
     cmd_log = _start_log(verbose=verbose, quiet=quiet)
     from spikesort.demo import run_demo
 
-    s = run_demo(output, duration_s=duration, n_channels=channels, n_units=units, seed=seed,
-                 overwrite=overwrite, progress=not quiet, on_folder_ready=cmd_log.adopt)
-    click.echo(f"{PROG} demo: {s['duration_s']:g} s simulated on {s['n_channels']} channels, "
-               f"{s['n_gt_units']} ground-truth units")
+    s = run_demo(
+        output,
+        duration_s=duration,
+        n_channels=channels,
+        n_units=units,
+        seed=seed,
+        overwrite=overwrite,
+        progress=not quiet,
+        on_folder_ready=cmd_log.adopt,
+    )
+    click.echo(
+        f"{PROG} demo: {s['duration_s']:g} s simulated on {s['n_channels']} channels, "
+        f"{s['n_gt_units']} ground-truth units"
+    )
     click.echo(f"  units well detected (accuracy >= 0.8): {s['well_detected']} of {s['n_gt_units']}")
-    click.echo(f"  false positive units:                  {s['false_positives']} "
-               f"(of {s['n_units_found']} units found)")
+    click.echo(f"  false positive units:                  {s['false_positives']} (of {s['n_units_found']} units found)")
     click.echo(f"  mean accuracy:                         {s['mean_accuracy']:.2f}")
     click.echo(f"  wall time:                             {s['sort_s']:.1f} s sorting, {s['total_s']:.1f} s in all")
     click.echo(f"  recording (int16 binary):              {s['recording_folder']}")

@@ -1,5 +1,6 @@
 """``spikesort export``: the curated units of a Phy folder in another format (the formats are
 :mod:`spikesort.outputs.convert`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,16 +14,35 @@ from .app import _start_log, main
 
 @main.command("export")
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--to", "fmt", type=click.Choice(convert.FORMATS), required=True,
-              help="spikeinterface (a sorting folder), nwb (Units table), npz (spikes and unit table), "
-                   "binned (units x time-bins counts with depths, .npz)")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, metavar="PATH",
-              help="destination [default: beside FOLDER: FOLDER_spikeinterface/, FOLDER.nwb, FOLDER.npz, "
-                   "FOLDER_binned.npz]")
-@click.option("--labels", default=None, metavar="L1,L2",
-              help="units to export by label: good, mua, noise, unsorted, or all [default: all but noise]")
-@click.option("--bin-ms", type=float, default=None, metavar="MS",
-              help=f"binned: bin width in ms [default: {convert.DEFAULT_BIN_MS:g}]")
+@click.option(
+    "--to",
+    "fmt",
+    type=click.Choice(convert.FORMATS),
+    required=True,
+    help="spikeinterface (a sorting folder), nwb (Units table), npz (spikes and unit table), "
+    "binned (units x time-bins counts with depths, .npz)",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="PATH",
+    help="destination [default: beside FOLDER: FOLDER_spikeinterface/, FOLDER.nwb, FOLDER.npz, FOLDER_binned.npz]",
+)
+@click.option(
+    "--labels",
+    default=None,
+    metavar="L1,L2",
+    help="units to export by label: good, mua, noise, unsorted, or all [default: all but noise]",
+)
+@click.option(
+    "--bin-ms",
+    type=float,
+    default=None,
+    metavar="MS",
+    help=f"binned: bin width in ms [default: {convert.DEFAULT_BIN_MS:g}]",
+)
 @click.option("--overwrite", is_flag=True, help="replace an existing destination")
 @click.option("-q", "--quiet", is_flag=True, help="warnings and errors only")
 @click.option("-v", "--verbose", count=True, help="debug messages on the console")

@@ -1,4 +1,5 @@
 """``spikesort info``: what a finished output folder holds."""
+
 from __future__ import annotations
 
 import shlex
@@ -27,8 +28,10 @@ def folder_info(folder: Path) -> dict:
     # already holds Phy files; a Phy folder made elsewhere (no marker, no spikesort log) is described
     if is_unfinished(folder):
         done = ", ".join(finished_stages(folder)) or "none"
-        raise SpikesortError(f"{folder} holds an unfinished spikesort run (finished stages: {done}): continue it "
-                             f"with `spikesort run RECORDING ... -o {folder} --resume`")
+        raise SpikesortError(
+            f"{folder} holds an unfinished spikesort run (finished stages: {done}): continue it "
+            f"with `spikesort run RECORDING ... -o {folder} --resume`"
+        )
     from spikesort.layout import SPIKE_CLUSTERS, SPIKE_TEMPLATES, SPIKE_TIMES
     from spikesort.outputs.folder import UnreadableFile, read_folder
 

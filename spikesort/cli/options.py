@@ -1,6 +1,7 @@
 """What ``spikesort run`` and ``spikesort batch`` share: one option per sorting parameter (generated
 from :class:`spikesort.params.Params`), the parameter precedence, the help layout that lists the
 sorting parameters apart, and the output folder checks."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,11 +45,13 @@ def _param_options():
             flag = _flag_name(f.name)
             opt = click.Option([f"{flag}/--no-{flag[2:]}", dest], default=None, help=_param_help(f))
         elif m.get("choices"):
-            opt = click.Option([_flag_name(f.name), dest], type=click.Choice(m["choices"]), default=None,
-                               help=_param_help(f))
+            opt = click.Option(
+                [_flag_name(f.name), dest], type=click.Choice(m["choices"]), default=None, help=_param_help(f)
+            )
         elif isinstance(default, tuple):
-            opt = click.Option([_flag_name(f.name), dest], type=str, default=None, metavar="A,B,..",
-                               help=_param_help(f))
+            opt = click.Option(
+                [_flag_name(f.name), dest], type=str, default=None, metavar="A,B,..", help=_param_help(f)
+            )
         elif isinstance(default, int):
             opt = click.Option([_flag_name(f.name), dest], type=int, default=None, help=_param_help(f))
         elif isinstance(default, float):
@@ -113,16 +116,18 @@ class _RunCommand(click.Command):
 
 def _check_output_folder(out: Path, *, overwrite: bool, protected: list[Path], resume: bool = False) -> None:
     if resume and overwrite:
-        raise SpikesortError("--resume and --overwrite exclude each other: --resume keeps the finished stages, "
-                             "--overwrite deletes them")
+        raise SpikesortError(
+            "--resume and --overwrite exclude each other: --resume keeps the finished stages, --overwrite deletes them"
+        )
     if out.exists():
         if not out.is_dir():
             raise SpikesortError(f"output path {out} is a file, not a folder")
         from spikesort.pipeline.checkpoints import is_resumable_folder, is_unfinished
 
         if resume and not is_resumable_folder(out):
-            raise SpikesortError(f"output folder {out} exists but holds no spikesort run to resume: "
-                                 f"choose another output folder")
+            raise SpikesortError(
+                f"output folder {out} exists but holds no spikesort run to resume: choose another output folder"
+            )
         if not overwrite and not resume:
             what = " and holds an unfinished run: continue it with --resume, or" if is_unfinished(out) else ":"
             raise SpikesortError(f"output folder {out} exists{what} use --overwrite to replace it")
@@ -138,4 +143,3 @@ def _check_output_folder(out: Path, *, overwrite: bool, protected: list[Path], r
         p = p.resolve()
         if p == target or target in p.parents:
             raise SpikesortError(f"output folder {out} contains the input {p}: choose another output folder")
-

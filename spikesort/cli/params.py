@@ -1,4 +1,5 @@
 """``spikesort params``: every sorting parameter as a TOML template."""
+
 from __future__ import annotations
 
 import click

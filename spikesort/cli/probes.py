@@ -1,4 +1,5 @@
 """``spikesort probes list`` and ``spikesort probes show``: the bundled probe files."""
+
 from __future__ import annotations
 
 import json
@@ -88,8 +89,13 @@ def _fmt_um(v) -> str:
 
 @probes_group.command("show")
 @click.argument("name")
-@click.option("--plot", "plot", type=click.Path(path_type=Path), metavar="OUT.png",
-              help="also draw the contact layout into this image file")
+@click.option(
+    "--plot",
+    "plot",
+    type=click.Path(path_type=Path),
+    metavar="OUT.png",
+    help="also draw the contact layout into this image file",
+)
 def probes_show(name, plot):
     """Describe a probe (bundled NAME or probe file): channels, shanks, extent, pitch."""
     from spikesort.io.probes import load_probe
@@ -101,8 +107,10 @@ def probes_show(name, plot):
     click.echo(f"shanks:     {s['shanks']}")
     click.echo(f"x extent:   {s['x_um'][0]:g} to {s['x_um'][1]:g} µm")
     click.echo(f"y extent:   {s['y_um'][0]:g} to {s['y_um'][1]:g} µm")
-    click.echo(f"pitch:      x {_fmt_um(s['x_pitch_um'])}, y {_fmt_um(s['y_pitch_um'])}, "
-               f"nearest contacts {_fmt_um(s['nearest_um'])}")
+    click.echo(
+        f"pitch:      x {_fmt_um(s['x_pitch_um'])}, y {_fmt_um(s['y_pitch_um'])}, "
+        f"nearest contacts {_fmt_um(s['nearest_um'])}"
+    )
     if plot is not None:
         _plot_probe(group, plot, title=s["name"])
         click.echo(f"layout:     {plot}")

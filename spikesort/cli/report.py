@@ -1,4 +1,5 @@
 """``spikesort report``: (re)build the figures of a finished output folder."""
+
 from __future__ import annotations
 
 import time
@@ -11,9 +12,14 @@ from .app import PROG, main
 
 @main.command("report")
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--max-unit-pages", type=click.IntRange(min=0), default=None, metavar="N",
-              help="unit pages for the first N units by id only (the rest are in the overview and the table); "
-                   "default: every unit")
+@click.option(
+    "--max-unit-pages",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="unit pages for the first N units by id only (the rest are in the overview and the table); "
+    "default: every unit",
+)
 @click.option("--all-units", is_flag=True, help="a page for every unit, however many (the default)")
 @click.option("--good-only", is_flag=True, help="unit pages for units labelled good only")
 def report_cmd(folder, max_unit_pages, all_units, good_only):

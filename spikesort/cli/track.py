@@ -1,5 +1,6 @@
 """``spikesort track OUT_1 OUT_2 ... -o TRACKS``: the same neurons across sessions (the method is
 :mod:`spikesort.tracking`)."""
+
 from __future__ import annotations
 
 import logging
@@ -14,13 +15,32 @@ log = logging.getLogger("spikesort.cli")  # the name users see in the log file
 
 @main.command("track")
 @click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), metavar="TRACKS",
-              help="folder for tracks.csv, motion.csv, tracking.json and tracks.png")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="TRACKS",
+    help="folder for tracks.csv, motion.csv, tracking.json and tracks.png",
+)
 @click.option("--overwrite", is_flag=True, help="replace the tracks of an earlier run in TRACKS")
-@click.option("--max-shift", type=click.FloatRange(min=0), default=150.0, show_default=True, metavar="UM",
-              help="largest probe motion between two sessions looked for")
-@click.option("--max-skip", type=click.IntRange(min=0, max=5), default=2, show_default=True, metavar="N",
-              help="sessions a track may skip")
+@click.option(
+    "--max-shift",
+    type=click.FloatRange(min=0),
+    default=150.0,
+    show_default=True,
+    metavar="UM",
+    help="largest probe motion between two sessions looked for",
+)
+@click.option(
+    "--max-skip",
+    type=click.IntRange(min=0, max=5),
+    default=2,
+    show_default=True,
+    metavar="N",
+    help="sessions a track may skip",
+)
 @click.option("-q", "--quiet", is_flag=True, help="warnings and errors only")
 @click.option("-v", "--verbose", count=True, help="debug messages on the console")
 def track_command(folders, output, overwrite, max_shift, max_skip, quiet, verbose):

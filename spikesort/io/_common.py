@@ -1,4 +1,5 @@
 """Helpers the probe and recording readers share: a path as the user typed it, an error in one line."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ The readers name their files in an annotation (``annotate_sources``); ``recordin
 walks the extractor chain for those annotations and for absolute paths in its kwargs, so a
 checkpoint is reused only for the same input.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """spikesort's own HDF5 recording layout (``Hdf5Recording``), read lazily and read-only through h5py."""
+
 from __future__ import annotations
 
 import logging

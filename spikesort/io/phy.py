@@ -52,6 +52,7 @@ it. The writer pads a lone template with an empty second one (and a lone templat
 column with a zero column) and refuses 1 spike or fewer than 2 PCs. A sorting with no spikes at
 all is written as every file with zero rows (zero templates), which phylib cannot open.
 """
+
 from __future__ import annotations
 
 import ast
@@ -86,6 +87,7 @@ __all__ = [
 # helpers for callers
 # --------------------------------------------------------------------------------------------
 
+
 def inverse_whitening_uv(*, whitening_mat: np.ndarray, gain_uv: np.ndarray | float) -> np.ndarray:
     """``inv(whitening_mat)`` with column c scaled by ``gain_uv[c]`` (µV per raw unit).
 
@@ -105,8 +107,7 @@ def whitened_templates_from_uv(*, templates_uv: np.ndarray, whitening_mat_inv: n
     t = np.asarray(templates_uv, dtype=np.float64)
     wmi = np.asarray(whitening_mat_inv, dtype=np.float64)
     if t.ndim != 3 or wmi.shape != (t.shape[2], t.shape[2]):
-        raise ValueError(
-            f"templates_uv must be (K, nt, C) and whitening_mat_inv (C, C); got {t.shape} and {wmi.shape}")
+        raise ValueError(f"templates_uv must be (K, nt, C) and whitening_mat_inv (C, C); got {t.shape} and {wmi.shape}")
     return (t @ np.linalg.inv(wmi)).astype(np.float32)
 
 
@@ -130,6 +131,7 @@ def pad_templates_to_center(templates: np.ndarray, *, n_before: int) -> np.ndarr
 # what phylib needs beyond the checked data: no axis of length 1, a params.py
 # --------------------------------------------------------------------------------------------
 
+
 def _pad_singletons(arrays: dict[str, np.ndarray]) -> None:
     """phylib squeezes arrays on load: give it a second (empty) template and a second
     template-feature column when there is only one, so no axis has length 1."""
@@ -137,8 +139,7 @@ def _pad_singletons(arrays: dict[str, np.ndarray]) -> None:
         return  # phylib cannot open a sorting without spikes anyway
     if arrays["templates.npy"].shape[0] == 1:
         logger.info("one template only: adding an empty template 1 so that phylib can load it")
-        arrays["templates.npy"] = np.concatenate(
-            [arrays["templates.npy"], np.zeros_like(arrays["templates.npy"])])
+        arrays["templates.npy"] = np.concatenate([arrays["templates.npy"], np.zeros_like(arrays["templates.npy"])])
         arrays["similar_templates.npy"] = np.pad(arrays["similar_templates.npy"], ((0, 1), (0, 1)))
         arrays["pc_feature_ind.npy"] = np.repeat(arrays["pc_feature_ind.npy"], 2, axis=0)
         arrays["template_feature_ind.npy"] = np.repeat(arrays["template_feature_ind.npy"], 2, axis=0)
@@ -149,7 +150,8 @@ def _pad_singletons(arrays: dict[str, np.ndarray]) -> None:
         extra = ((ind[:, 0].astype(np.int64) + 1) % k).astype(np.uint32)[:, None]
         arrays["template_feature_ind.npy"] = np.ascontiguousarray(np.hstack([ind, extra]))
         arrays["template_features.npy"] = np.ascontiguousarray(
-            np.pad(arrays["template_features.npy"], ((0, 0), (0, 1))))
+            np.pad(arrays["template_features.npy"], ((0, 0), (0, 1)))
+        )
 
 
 def _dat_path_entry(path: str | os.PathLike, folder: Path) -> str:
@@ -204,11 +206,13 @@ def _params_text(data: PhyData, folder: Path) -> str:
 # writing
 # --------------------------------------------------------------------------------------------
 
+
 def _warn_foreign_files(folder: Path, ours: set[str]) -> None:
     # files phylib would also pick up: a stale template_ind.npy would make it read our dense
     # templates as sparse, stale cluster_*.tsv would add columns
     foreign = sorted(
-        p.name for p in folder.iterdir()
+        p.name
+        for p in folder.iterdir()
         if p.name not in ours and (p.suffix in (".tsv", ".csv") or p.name.startswith(("spike_", "template")))
     )
     if foreign:
@@ -252,16 +256,24 @@ def write_phy_folder(folder: str | os.PathLike, data: PhyData) -> None:
     for name, text in tables.items():
         _write_atomic(folder / name, lambda f, t=text: f.write(t.encode("utf-8")))
     _write_atomic(folder / "params.py", lambda f: f.write(params.encode("utf-8")))
-    logger.info("wrote Phy folder %s: %d spikes, %d templates", folder,
-                arrays["spike_times.npy"].size, arrays["templates.npy"].shape[0])
+    logger.info(
+        "wrote Phy folder %s: %d spikes, %d templates",
+        folder,
+        arrays["spike_times.npy"].size,
+        arrays["templates.npy"].shape[0],
+    )
     if arrays["spike_times.npy"].size == 0:
-        logger.warning("no spikes found: %s holds every Phy file with zero spikes and units, which Phy "
-                       "itself cannot open (phylib needs at least 2 spikes)", folder)
+        logger.warning(
+            "no spikes found: %s holds every Phy file with zero spikes and units, which Phy "
+            "itself cannot open (phylib needs at least 2 spikes)",
+            folder,
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------
+
 
 def read_params_py(path: str | os.PathLike) -> dict[str, Any]:
     """Read a params.py made of ``name = literal`` lines without running it."""
@@ -272,8 +284,7 @@ def read_params_py(path: str | os.PathLike) -> dict[str, Any]:
         raise SpikesortError(f"cannot read Phy parameters {path}: {e}") from e
     out: dict[str, Any] = {}
     for node in tree.body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name)):
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
             raise SpikesortError(f"{path}:{node.lineno}: only 'name = literal' lines are allowed")
         try:
             out[node.targets[0].id] = ast.literal_eval(node.value)

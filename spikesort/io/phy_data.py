@@ -2,12 +2,13 @@
 files: everything is checked before ``io.phy.write_phy_folder`` writes the first file. See
 ``spikesort.io.phy`` for the scaling convention the arrays follow.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -30,22 +31,22 @@ class PhyData:
     Integer and float arrays of any width are accepted and converted to the file dtypes.
     """
 
-    spike_times: np.ndarray           # (n,) int samples, non-decreasing
-    spike_templates: np.ndarray       # (n,) int in [0, K)
-    amplitudes: np.ndarray            # (n,) scale factor relative to the template, ~1
-    templates: np.ndarray             # (K, nt, C) whitened; row nt//2 = spike time
-    whitening_mat: np.ndarray         # (C, C) x_w = x_raw @ W
-    whitening_mat_inv: np.ndarray     # (C, C) inv(W) * gain_uv[None, :]
-    channel_map: np.ndarray           # (C,) column of each sorted channel in the data file
-    channel_positions: np.ndarray     # (C, 2) µm, distinct
-    pc_features: np.ndarray           # (n, nPC, nch)
-    pc_feature_ind: np.ndarray        # (K, nch) channel indices in [0, C)
-    template_features: np.ndarray     # (n, nTF)
+    spike_times: np.ndarray  # (n,) int samples, non-decreasing
+    spike_templates: np.ndarray  # (n,) int in [0, K)
+    amplitudes: np.ndarray  # (n,) scale factor relative to the template, ~1
+    templates: np.ndarray  # (K, nt, C) whitened; row nt//2 = spike time
+    whitening_mat: np.ndarray  # (C, C) x_w = x_raw @ W
+    whitening_mat_inv: np.ndarray  # (C, C) inv(W) * gain_uv[None, :]
+    channel_map: np.ndarray  # (C,) column of each sorted channel in the data file
+    channel_positions: np.ndarray  # (C, 2) µm, distinct
+    pc_features: np.ndarray  # (n, nPC, nch)
+    pc_feature_ind: np.ndarray  # (K, nch) channel indices in [0, C)
+    template_features: np.ndarray  # (n, nTF)
     template_feature_ind: np.ndarray  # (K, nTF) template indices in [0, K)
-    similar_templates: np.ndarray     # (K, K)
-    spike_positions: np.ndarray       # (n, 2) µm
+    similar_templates: np.ndarray  # (K, K)
+    spike_positions: np.ndarray  # (n, 2) µm
     cluster_tables: Mapping[str, Sequence]  # name -> one value per cluster_ids entry
-    dat_path: Sequence[str] | str | None    # raw file(s), absolute; None/[] = no raw data
+    dat_path: Sequence[str] | str | None  # raw file(s), absolute; None/[] = no raw data
     n_channels_dat: int
     dtype: str
     sample_rate: float
@@ -61,6 +62,7 @@ class PhyData:
 # --------------------------------------------------------------------------------------------
 # validation: everything is checked before the first file is written
 # --------------------------------------------------------------------------------------------
+
 
 def _shape_error(name: str, arr: np.ndarray, expected: str) -> ValueError:
     return ValueError(f"{name} must have shape {expected}, got {arr.shape}")
@@ -134,7 +136,8 @@ def validated_arrays(data: PhyData) -> dict[str, np.ndarray]:
         raise ValueError(
             "whitening_mat @ whitening_mat_inv must be a positive diagonal (the per-channel gain); "
             f"got diagonal range [{diag.min():.4g}, {diag.max():.4g}], "
-            f"largest off-diagonal {np.abs(off).max():.4g}")
+            f"largest off-diagonal {np.abs(off).max():.4g}"
+        )
     out["whitening_mat.npy"] = wm
     out["whitening_mat_inv.npy"] = wmi
 
@@ -162,7 +165,8 @@ def validated_arrays(data: PhyData) -> dict[str, np.ndarray]:
         raise _shape_error("pc_features", pcf, "(n, nPC>=2, nch>=1)")
     out["pc_features.npy"] = _as_float("pc_features", pcf, pcf.shape, "(n, nPC, nch)")
     out["pc_feature_ind.npy"] = _as_int(
-        "pc_feature_ind", data.pc_feature_ind, (k, nch), f"(K, nch) = ({k}, {nch})", np.uint32, 0, c)
+        "pc_feature_ind", data.pc_feature_ind, (k, nch), f"(K, nch) = ({k}, {nch})", np.uint32, 0, c
+    )
 
     tf = np.asarray(data.template_features)
     if tf.ndim != 2 or tf.shape[0] != n or tf.shape[1] < 1:
@@ -170,10 +174,11 @@ def validated_arrays(data: PhyData) -> dict[str, np.ndarray]:
     n_tf = tf.shape[1]
     out["template_features.npy"] = _as_float("template_features", tf, tf.shape, "(n, nTF)")
     out["template_feature_ind.npy"] = _as_int(
-        "template_feature_ind", data.template_feature_ind, (k, n_tf), f"(K, nTF) = ({k}, {n_tf})",
-        np.uint32, 0, k)
+        "template_feature_ind", data.template_feature_ind, (k, n_tf), f"(K, nTF) = ({k}, {n_tf})", np.uint32, 0, k
+    )
     out["similar_templates.npy"] = _as_float(
-        "similar_templates", data.similar_templates, (k, k), f"(K, K) = ({k}, {k})")
+        "similar_templates", data.similar_templates, (k, k), f"(K, K) = ({k}, {k})"
+    )
     out["spike_positions.npy"] = _as_float("spike_positions", data.spike_positions, (n, 2), "(n, 2)")
     return out
 
@@ -212,11 +217,11 @@ def validated_tables(data: PhyData, spike_clusters: np.ndarray, n_templates: int
     for name, values in tables.items():
         if not _TABLE_NAME.match(name) or name in _RESERVED_TABLES:
             raise ValueError(
-                f"cluster table name {name!r} must be letters, digits or _ and not one of {_RESERVED_TABLES}")
+                f"cluster table name {name!r} must be letters, digits or _ and not one of {_RESERVED_TABLES}"
+            )
         values = list(values)
         if len(values) != ids.size:
-            raise ValueError(
-                f"cluster table {name!r} has {len(values)} values for {ids.size} clusters (cluster_ids)")
+            raise ValueError(f"cluster table {name!r} has {len(values)} values for {ids.size} clusters (cluster_ids)")
         out[f"cluster_{name}.tsv"] = _tsv_text(name, ids, [_format_value(v) for v in values])
     labels = [str(v) for v in tables["KSLabel"]]
     bad = sorted(set(labels) - set(LABELS))

@@ -11,6 +11,7 @@ The contact checks (one channel per contact, distinct positions) live here too: 
 them before probeinterface (whose own checks raise bare ValueErrors), and ``load_probe`` runs them
 on every probe.
 """
+
 from __future__ import annotations
 
 import ast
@@ -212,9 +213,10 @@ def _read_prb(path: Path) -> ProbeGroup:
             skipped.append(stmt.lineno)
     if skipped:
         logger.warning(
-            "probe file %s: ignored %d statement(s) that are not plain data (lines %s); "
-            ".prb files are read, never run",
-            path, len(skipped), ", ".join(map(str, skipped[:10])),
+            "probe file %s: ignored %d statement(s) that are not plain data (lines %s); .prb files are read, never run",
+            path,
+            len(skipped),
+            ", ".join(map(str, skipped[:10])),
         )
 
     groups = {k.lower(): v for k, v in env.items()}.get("channel_groups")
@@ -265,9 +267,7 @@ def _prb_group_to_probe(path: Path, key, group) -> Probe:
     graph = group.get("graph")
     if graph is not None:
         # adjacency is derived from positions; the graph is checked and otherwise unused
-        if not isinstance(graph, (list, tuple)) or not all(
-            isinstance(e, (list, tuple)) and len(e) == 2 for e in graph
-        ):
+        if not isinstance(graph, (list, tuple)) or not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in graph):
             raise SpikesortError(f"{where}: 'graph' must be a list of (channel, channel) pairs")
         logger.debug("%s: 'graph' ignored, neighbours come from positions", where)
 
@@ -369,7 +369,9 @@ def _read_kilosort_mat(path: Path) -> ProbeGroup:
     if not connected.all():
         logger.info(
             "%s: %d of %d channels are disconnected and left out of the probe",
-            where, int((~connected).sum()), n,
+            where,
+            int((~connected).sum()),
+            n,
         )
     probegroup = ProbeGroup()
     probegroup.add_probe(probe)
@@ -387,8 +389,6 @@ def check_unique_channels(channels: np.ndarray, where: str) -> None:
     values, counts = np.unique(channels, return_counts=True)
     if np.any(counts > 1):
         raise SpikesortError(f"{where}: channel {values[counts > 1][0]} is listed more than once")
-
-
 
 
 def check_distinct_positions(positions: np.ndarray, names: list[str], where: str) -> None:

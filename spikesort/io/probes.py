@@ -15,6 +15,7 @@ check it against the recording and drop the same channels from the recording.
 
 The file parsers are in ``probe_files``; this module checks what they return, whatever its source.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -107,7 +108,9 @@ def load_probe(spec: str | Path) -> ProbeGroup:
             probe.annotate(name=label)
     logger.info(
         "probe %s: %d contacts on %d channel(s) of the recording",
-        label, probegroup.get_contact_count(), probe_channel_count(probegroup),
+        label,
+        probegroup.get_contact_count(),
+        probe_channel_count(probegroup),
     )
     return probegroup
 
@@ -211,7 +214,10 @@ def attach_probe(recording, probe_group: ProbeGroup):
         dropped = sorted(set(range(n_rec)) - set(int(c) for c in connected if c >= 0))
         logger.info(
             "probe %s connects %d of the recording's %d channels: dropping channel(s) %s",
-            label, n_connected, n_rec, _short_list(dropped),
+            label,
+            n_connected,
+            n_rec,
+            _short_list(dropped),
         )
     # select_channels_with_probegroup returns a new view (set_probegroup would mutate the input)
     return recording.select_channels_with_probegroup(probe_group.copy())

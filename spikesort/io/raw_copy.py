@@ -1,6 +1,7 @@
 """The raw copy Phy reads (``spikesort run --export-raw``): ``OUT/recording.dat``, int16, written
 from any recording spikesort can open, with the Phy folder's params.py pointed at it, so that
 Phy's trace and waveform views work whatever the input format."""
+
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,8 @@ import numpy as np
 from spikesort.atomic import atomic_destination
 from spikesort.chunks import iter_chunks
 from spikesort.errors import SpikesortError
-from spikesort.layout import PARAMS_PY, RAW_COPY as RAW_FILE
+from spikesort.layout import PARAMS_PY
+from spikesort.layout import RAW_COPY as RAW_FILE
 
 from .phy import read_params_py
 
@@ -23,8 +25,8 @@ log = logging.getLogger(__name__)
 class RawExport:
     path: Path
     uv_per_bit: float | None  # 1.0 when the recording has gains; None when the units are unknown
-    scale: float              # file value = recording value x scale (µV when uv_per_bit is 1)
-    n_clipped: int            # samples beyond the int16 range, clipped
+    scale: float  # file value = recording value x scale (µV when uv_per_bit is 1)
+    n_clipped: int  # samples beyond the int16 range, clipped
 
 
 def _raw_scale(recording, *, has_gain: bool, block: int) -> float:
@@ -42,8 +44,10 @@ def _raw_scale(recording, *, has_gain: bool, block: int) -> float:
 def _params_with_raw(folder: Path, *, n_channels: int, note: str) -> str:
     values = read_params_py(folder / PARAMS_PY)
     values.update(dat_path=[RAW_FILE], n_channels_dat=int(n_channels), dtype="int16", offset=0, hp_filtered=False)
-    lines = ["# Phy parameters written by spikesort; literals only, read by phylib.io.model.load_model",
-             f"# {RAW_FILE}: {note}"]
+    lines = [
+        "# Phy parameters written by spikesort; literals only, read by phylib.io.model.load_model",
+        f"# {RAW_FILE}: {note}",
+    ]
     lines += [f"{k} = {v!r}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
 
@@ -61,8 +65,10 @@ def export_raw_recording(recording, folder, *, chunk_s: float = 2.0, progress: b
     n_ch = int(recording.get_num_channels())
     channel_map = np.load(folder / "channel_map.npy")
     if not np.array_equal(channel_map, np.arange(n_ch)):
-        raise SpikesortError(f"{folder} was not sorted from this recording ({len(channel_map)} channels in the "
-                             f"Phy folder, {n_ch} in the recording)")
+        raise SpikesortError(
+            f"{folder} was not sorted from this recording ({len(channel_map)} channels in the "
+            f"Phy folder, {n_ch} in the recording)"
+        )
     fs = float(recording.get_sampling_frequency())
     n = int(recording.get_num_samples(0))
     block = max(1, int(round(chunk_s * fs)))

@@ -15,6 +15,7 @@ Formats (``fmt``; guessed from the path when not given):
 Every file is opened read-only (memory maps in mode ``r``, HDF5 in mode ``r``). SpikeGLX file
 pairing is in ``spikeglx``, the HDF5 layout in ``hdf5``, the input fingerprint in ``fingerprint``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -99,8 +100,12 @@ def open_recording(
     recording = check_recording(recording, source=str(path))
     logger.info(
         "opened %s recording %s: %d channels, %.1f Hz, %d samples (%.1f s)",
-        fmt, path, recording.get_num_channels(), recording.get_sampling_frequency(),
-        recording.get_num_samples(0), recording.get_num_samples(0) / recording.get_sampling_frequency(),
+        fmt,
+        path,
+        recording.get_num_channels(),
+        recording.get_sampling_frequency(),
+        recording.get_num_samples(0),
+        recording.get_num_samples(0) / recording.get_sampling_frequency(),
     )
     return recording
 

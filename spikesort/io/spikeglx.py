@@ -1,4 +1,5 @@
 """SpikeGLX files: a ``.bin`` with its ``.meta`` beside it, and which neo stream and segment a file is."""
+
 from __future__ import annotations
 
 import logging

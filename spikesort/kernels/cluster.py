@@ -2,6 +2,7 @@
 
 The numpy twin is in ``tests/test_kernels.py``.
 """
+
 from __future__ import annotations
 
 import numpy as np

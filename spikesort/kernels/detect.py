@@ -2,6 +2,7 @@
 
 Each kernel has a plain numpy twin in ``tests/test_kernels.py``.
 """
+
 from __future__ import annotations
 
 import numpy as np

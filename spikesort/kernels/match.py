@@ -3,6 +3,7 @@
 Templates are stored sparsely: ``values`` (K, nt, S) on ``channels`` (K, S) padded with -1;
 sample ``pre`` of a template is its peak. Each kernel has a numpy twin in the tests.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ contiguous, so one pass filters every channel at once. State is kept in float64.
 The numpy twins are ``scipy.signal.sosfiltfilt`` (same odd padding and initial conditions)
 and ``x - np.median(x, axis=1)``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -80,7 +81,7 @@ def sosfiltfilt_rows(x, sos, zi, padlen, demean):
     # would compile _sos_pass twice, once per literal value
     for direction in range(2):
         _sos_pass(ext, sos, zi, direction == 1)
-    return ext[padlen: padlen + n_t]
+    return ext[padlen : padlen + n_t]
 
 
 @njit(nogil=True, cache=True)
@@ -108,7 +109,7 @@ def _select(buf, k):
     return buf[k]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def median_network(m: int) -> tuple[np.ndarray, int, int]:
     """Compare-exchange pairs of Batcher's odd-even merge sort on the next power of two >= m,
     pruned to those that decide the middle element(s) of m values padded with -inf/+inf.
@@ -231,7 +232,6 @@ def subtract_reference(x: np.ndarray, channels: np.ndarray, use_median: bool) ->
     else:
         _median_rows_select(x, channels, ref)
     _subtract_rows(x, ref)
-
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)

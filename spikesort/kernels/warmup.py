@@ -11,6 +11,7 @@ is never slower than compiling it there.
 The signatures below are the argument types the pipeline passes (one per kernel); a call with
 other types still works, it compiles its own specialisation.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,10 +21,20 @@ log = logging.getLogger(__name__)
 
 # rough compile CPU seconds per kernel (numba 0.68, measured on a busy 2-core dev VM): the note's N
 _COMPILE_S = {
-    "sosfiltfilt_rows": 1.5, "_median_rows_network": 0.6, "_subtract_rows": 0.2, "quantize_int16": 0.4,
-    "temporal_filter": 1.6, "detect_peaks_rows": 1.0, "project_neighborhoods": 0.5, "two_means_labels": 0.8,
-    "gather_windows": 0.3, "best_matches": 0.9, "select_non_overlapping": 0.4, "subtract_templates": 0.3,
-    "subtract_filtered": 0.3, "template_projections": 0.4,
+    "sosfiltfilt_rows": 1.5,
+    "_median_rows_network": 0.6,
+    "_subtract_rows": 0.2,
+    "quantize_int16": 0.4,
+    "temporal_filter": 1.6,
+    "detect_peaks_rows": 1.0,
+    "project_neighborhoods": 0.5,
+    "two_means_labels": 0.8,
+    "gather_windows": 0.3,
+    "best_matches": 0.9,
+    "select_non_overlapping": 0.4,
+    "subtract_templates": 0.3,
+    "subtract_filtered": 0.3,
+    "template_projections": 0.4,
 }
 _FIRST_COMPILE_S = 1.0  # numba's own set-up and the shared allocation helpers, paid once
 

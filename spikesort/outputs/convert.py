@@ -17,6 +17,7 @@ Nothing is ever written inside the Phy folder; an existing destination is refuse
 ``overwrite``, and then only a file, or a folder that is a spikeinterface sorting, is replaced.
 Each output is written under a temporary name beside the destination and renamed into place.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -59,6 +60,7 @@ class ExportSummary:
 # destinations
 # --------------------------------------------------------------------------------------------
 
+
 def default_output(folder, fmt: str) -> Path:
     folder = Path(folder)
     if folder.name == "params.py":
@@ -86,8 +88,10 @@ def check_destination(dest: Path, *, phy_folder: Path, fmt: str, overwrite: bool
     phy = Path(os.path.abspath(phy_folder)).resolve()
     real = dest.resolve()
     if real == phy or phy in real.parents:
-        raise SpikesortError(f"{dest} is inside the Phy folder {phy_folder}: export never writes there; "
-                             f"choose another destination with -o")
+        raise SpikesortError(
+            f"{dest} is inside the Phy folder {phy_folder}: export never writes there; "
+            f"choose another destination with -o"
+        )
     if real in phy.parents:
         raise SpikesortError(f"{dest} contains the Phy folder {phy_folder}: choose another destination with -o")
     if real in {p.resolve() for p in _raw_files(phy)}:
@@ -99,8 +103,10 @@ def check_destination(dest: Path, *, phy_folder: Path, fmt: str, overwrite: bool
             raise SpikesortError(f"{dest} is a folder that is not a spikeinterface sorting: not replacing it")
         if dest.is_dir() != (fmt == "spikeinterface"):
             kind = "folder" if dest.is_dir() else "file"
-            raise SpikesortError(f"{dest} is a {kind}; --to {fmt} writes a "
-                                 f"{'folder' if fmt == 'spikeinterface' else 'file'}: choose another destination")
+            raise SpikesortError(
+                f"{dest} is a {kind}; --to {fmt} writes a "
+                f"{'folder' if fmt == 'spikeinterface' else 'file'}: choose another destination"
+            )
     return dest
 
 
@@ -114,9 +120,9 @@ def _save_npz(path: Path, arrays: dict) -> None:
 # the formats
 # --------------------------------------------------------------------------------------------
 
+
 def _unit_arrays(result: CuratedResult) -> dict[str, np.ndarray]:
-    out = {"unit_ids": np.asarray(result.unit_ids, dtype=np.int64),
-           "labels": np.asarray(result.labels, dtype=str)}
+    out = {"unit_ids": np.asarray(result.unit_ids, dtype=np.int64), "labels": np.asarray(result.labels, dtype=str)}
     for name, values in result.properties.items():
         values = np.asarray(values)
         out[name] = values.astype(str) if values.dtype.kind in "OU" else values
@@ -160,13 +166,13 @@ class BinnedCounts:
     """Spike counts of U units in B equal time bins. ``counts[u, b]`` counts the spikes of unit
     ``unit_ids[u]`` with ``bin_edges_s[b] <= t < bin_edges_s[b + 1]``."""
 
-    counts: np.ndarray       # (U, B) int32
+    counts: np.ndarray  # (U, B) int32
     bin_edges_s: np.ndarray  # (B + 1,) float64
-    bin_s: float             # the bin width, a whole number of samples
-    unit_ids: np.ndarray     # (U,)
-    depth_um: np.ndarray     # (U,)
-    labels: np.ndarray       # (U,) str
-    n_left_out: int          # spikes after the last whole bin
+    bin_s: float  # the bin width, a whole number of samples
+    unit_ids: np.ndarray  # (U,)
+    depth_um: np.ndarray  # (U,)
+    labels: np.ndarray  # (U,) str
+    n_left_out: int  # spikes after the last whole bin
 
     @property
     def bin_centers_s(self) -> np.ndarray:
@@ -189,8 +195,9 @@ def bin_spikes(result: CuratedResult, *, bin_ms: float) -> BinnedCounts:
         raise SpikesortError(f"--bin-ms {bin_ms:g} is longer than the recording ({result.duration_s:.3g} s)")
     n_units = len(result.unit_ids)
     if n_units * n_bins > MAX_BINNED_CELLS:
-        raise SpikesortError(f"{n_units} units x {n_bins} bins of {bin_ms:g} ms is too large a matrix: "
-                             f"choose a larger --bin-ms")
+        raise SpikesortError(
+            f"{n_units} units x {n_bins} bins of {bin_ms:g} ms is too large a matrix: choose a larger --bin-ms"
+        )
     if abs(width * 1000.0 / fs - bin_ms) > 1e-9 * bin_ms:
         log.info("bin width %g ms rounded to %d samples = %.6g ms", bin_ms, width, width * 1000.0 / fs)
     b = np.asarray(result.spike_times, dtype=np.int64) // width
@@ -203,10 +210,15 @@ def bin_spikes(result: CuratedResult, *, bin_ms: float) -> BinnedCounts:
     left_out = int(np.count_nonzero(~inside))
     if left_out:
         log.info("%d spikes after the last whole %g ms bin are not counted", left_out, bin_ms)
-    return BinnedCounts(counts=counts, bin_edges_s=np.arange(n_bins + 1, dtype=np.float64) * width / fs,
-                        bin_s=width / fs, unit_ids=np.asarray(result.unit_ids, dtype=np.int64),
-                        depth_um=np.asarray(result.depth_um, dtype=np.float64),
-                        labels=np.asarray(result.labels, dtype=str), n_left_out=left_out)
+    return BinnedCounts(
+        counts=counts,
+        bin_edges_s=np.arange(n_bins + 1, dtype=np.float64) * width / fs,
+        bin_s=width / fs,
+        unit_ids=np.asarray(result.unit_ids, dtype=np.int64),
+        depth_um=np.asarray(result.depth_um, dtype=np.float64),
+        labels=np.asarray(result.labels, dtype=str),
+        n_left_out=left_out,
+    )
 
 
 def write_binned(result: CuratedResult, path, *, bin_ms: float = DEFAULT_BIN_MS) -> BinnedCounts:
@@ -215,13 +227,22 @@ def write_binned(result: CuratedResult, path, *, bin_ms: float = DEFAULT_BIN_MS)
     ``depth_um`` (y of each unit on the probe, µm), ``labels``, ``firing_rate_hz``,
     ``peak_channel``, ``sampling_rate_hz`` and ``format`` ('spikesort-binned-1')."""
     binned = bin_spikes(result, bin_ms=bin_ms)
-    _save_npz(Path(path), dict(
-        format=np.array(BINNED_FORMAT), counts=binned.counts, bin_edges_s=binned.bin_edges_s,
-        bin_centers_s=binned.bin_centers_s, bin_s=np.float64(binned.bin_s), unit_ids=binned.unit_ids,
-        depth_um=binned.depth_um, labels=binned.labels,
-        firing_rate_hz=np.asarray(result.properties["firing_rate_hz"], dtype=np.float64),
-        peak_channel=np.asarray(result.properties["peak_channel"], dtype=np.int64),
-        sampling_rate_hz=np.float64(result.sampling_rate_hz)))
+    _save_npz(
+        Path(path),
+        dict(
+            format=np.array(BINNED_FORMAT),
+            counts=binned.counts,
+            bin_edges_s=binned.bin_edges_s,
+            bin_centers_s=binned.bin_centers_s,
+            bin_s=np.float64(binned.bin_s),
+            unit_ids=binned.unit_ids,
+            depth_um=binned.depth_um,
+            labels=binned.labels,
+            firing_rate_hz=np.asarray(result.properties["firing_rate_hz"], dtype=np.float64),
+            peak_channel=np.asarray(result.properties["peak_channel"], dtype=np.int64),
+            sampling_rate_hz=np.float64(result.sampling_rate_hz),
+        ),
+    )
     return binned
 
 
@@ -251,8 +272,13 @@ _NWB_DESCRIPTIONS = {
 }
 
 
-def write_nwb(result: CuratedResult, path, *, session_start_time: _dt.datetime | None = None,
-              session_description: str | None = None) -> None:
+def write_nwb(
+    result: CuratedResult,
+    path,
+    *,
+    session_start_time: _dt.datetime | None = None,
+    session_description: str | None = None,
+) -> None:
     """An NWB file with the units. ``session_start_time`` defaults to the time the Phy folder's
     spikes were written (spikesort does not know when the recording began)."""
     try:
@@ -262,23 +288,33 @@ def write_nwb(result: CuratedResult, path, *, session_start_time: _dt.datetime |
         raise SpikesortError("NWB export needs pynwb: pip install 'spikesort[nwb]'") from None
     folder = Path(result.output_folder)
     if session_start_time is None:
-        session_start_time = _dt.datetime.fromtimestamp((folder / "spike_times.npy").stat().st_mtime,
-                                                        tz=_dt.timezone.utc)
+        session_start_time = _dt.datetime.fromtimestamp(
+            (folder / "spike_times.npy").stat().st_mtime, tz=_dt.timezone.utc
+        )
     fs = float(result.sampling_rate_hz)
     nwb = NWBFile(
         session_description=session_description or f"units sorted by spikesort and curated in Phy ({folder.name})",
-        identifier=str(uuid.uuid4()), session_start_time=session_start_time,
-        source_script="spikesort export", source_script_file_name="spikesort/exporters.py")
+        identifier=str(uuid.uuid4()),
+        session_start_time=session_start_time,
+        source_script="spikesort export",
+        source_script_file_name="spikesort/exporters.py",
+    )
     device = nwb.create_device(name="probe", description="probe of the sorted recording")
-    group = nwb.create_electrode_group(name="probe", description="all sorted channels", location="unknown",
-                                       device=device)
+    group = nwb.create_electrode_group(
+        name="probe", description="all sorted channels", location="unknown", device=device
+    )
     positions = np.asarray(result.channel_positions_um, dtype=np.float64)
     for x, y in positions:
         nwb.add_electrode(group=group, location="unknown", rel_x=float(x), rel_y=float(y))
-    nwb.units = Units(name="units", description="units curated in Phy, from spikesort",
-                      resolution=1.0 / fs, waveform_rate=fs, waveform_unit="volts",
-                      waveform_time_before_peak_in_ms=1000.0 * result.n_samples_before / fs,
-                      electrode_table=nwb.electrodes)
+    nwb.units = Units(
+        name="units",
+        description="units curated in Phy, from spikesort",
+        resolution=1.0 / fs,
+        waveform_rate=fs,
+        waveform_unit="volts",
+        waveform_time_before_peak_in_ms=1000.0 * result.n_samples_before / fs,
+        electrode_table=nwb.electrodes,
+    )
     columns = _unit_arrays(result)
     columns["phy_cluster_id"] = columns.pop("unit_ids")
     columns["label"] = columns.pop("labels")
@@ -289,13 +325,19 @@ def write_nwb(result: CuratedResult, path, *, session_start_time: _dt.datetime |
     starts = np.searchsorted(result.spike_clusters[order], result.unit_ids)
     stops = np.searchsorted(result.spike_clusters[order], result.unit_ids, side="right")
     for i, uid in enumerate(result.unit_ids):
-        times = np.sort(result.spike_times[order[starts[i]:stops[i]]]) / fs
+        times = np.sort(result.spike_times[order[starts[i] : stops[i]]]) / fs
         row = {}
         for name, values in columns.items():
             v = values[i]
             row[name] = str(v) if values.dtype.kind == "U" else v.item()
-        nwb.add_unit(id=int(uid), spike_times=times, obs_intervals=[[0.0, result.duration_s]],
-                     electrodes=every_channel, waveform_mean=np.asarray(result.templates_uv[i]) * 1e-6, **row)
+        nwb.add_unit(
+            id=int(uid),
+            spike_times=times,
+            obs_intervals=[[0.0, result.duration_s]],
+            electrodes=every_channel,
+            waveform_mean=np.asarray(result.templates_uv[i]) * 1e-6,
+            **row,
+        )
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
 
@@ -304,8 +346,10 @@ def write_nwb(result: CuratedResult, path, *, session_start_time: _dt.datetime |
 # the entry point
 # --------------------------------------------------------------------------------------------
 
-def export(folder, *, to: str, output=None, labels=None, bin_ms: float | None = None,
-           overwrite: bool = False) -> ExportSummary:
+
+def export(
+    folder, *, to: str, output=None, labels=None, bin_ms: float | None = None, overwrite: bool = False
+) -> ExportSummary:
     """Export the curated units of the Phy ``folder`` to format ``to`` (one of ``FORMATS``).
 
     ``labels``: 'good,mua' or a sequence of names; None keeps every unit not labelled noise;
@@ -318,8 +362,12 @@ def export(folder, *, to: str, output=None, labels=None, bin_ms: float | None = 
         raise SpikesortError(f"--bin-ms applies to --to binned only, not --to {to}")
     phy_folder = _phy_folder(folder)
     # refuse a bad destination before the (longer) reading
-    dest = check_destination(Path(output) if output is not None else default_output(phy_folder, to),
-                             phy_folder=phy_folder, fmt=to, overwrite=overwrite)
+    dest = check_destination(
+        Path(output) if output is not None else default_output(phy_folder, to),
+        phy_folder=phy_folder,
+        fmt=to,
+        overwrite=overwrite,
+    )
     result = load_result(phy_folder)
     present = tuple(dict.fromkeys(np.asarray(result.labels, dtype=str).tolist()))
     if isinstance(labels, str) or labels is None:
@@ -333,8 +381,10 @@ def export(folder, *, to: str, output=None, labels=None, bin_ms: float | None = 
     selected = select_units(result, labels=chosen)
     if len(selected.unit_ids) == 0:
         have = ", ".join(f"{v} {k}" for k, v in result.label_counts().items()) or "no units"
-        raise SpikesortError(f"no units labelled {', '.join(chosen) or '(none)'} in {result.output_folder} "
-                             f"(it has {have}): choose other --labels")
+        raise SpikesortError(
+            f"no units labelled {', '.join(chosen) or '(none)'} in {result.output_folder} "
+            f"(it has {have}): choose other --labels"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_destination(dest) as tmp:
         if to == "npz":
@@ -345,8 +395,19 @@ def export(folder, *, to: str, output=None, labels=None, bin_ms: float | None = 
             write_nwb(selected, tmp)
         else:
             write_spikeinterface(selected, tmp)
-    summary = ExportSummary(format=to, path=dest, n_units=len(selected.unit_ids),
-                            n_spikes=len(selected.spike_times), labels=selected.label_counts())
-    log.info("exported %d units (%d spikes) from %s to %s (%s)", summary.n_units, summary.n_spikes,
-             result.output_folder, dest, to)
+    summary = ExportSummary(
+        format=to,
+        path=dest,
+        n_units=len(selected.unit_ids),
+        n_spikes=len(selected.spike_times),
+        labels=selected.label_counts(),
+    )
+    log.info(
+        "exported %d units (%d spikes) from %s to %s (%s)",
+        summary.n_units,
+        summary.n_spikes,
+        result.output_folder,
+        dest,
+        to,
+    )
     return summary

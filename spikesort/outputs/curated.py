@@ -18,6 +18,7 @@ unit's metrics from the spikes. A unit's waveform is the spike-count-weighted me
 templates its spikes were fitted with, as phylib's ``get_cluster_mean_waveforms``.
 The folder is only read, never written.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from spikesort.errors import SpikesortError
-from spikesort.stages.metrics import UnitMetrics, compute_unit_metrics
+from spikesort.layout import RUN_FILE  # noqa: F401 (re-exported)
 from spikesort.params import Params
+from spikesort.stages.metrics import UnitMetrics, compute_unit_metrics
+
 from .folder import FolderFiles, UnreadableFile, read_folder
 from .result import SortingResult
 
@@ -38,10 +41,20 @@ log = logging.getLogger(__name__)
 # Phy's four groups; a curator may type others, which are kept as they are
 KNOWN_LABELS = ("good", "mua", "noise", "unsorted")
 UNSORTED = "unsorted"
-from spikesort.layout import RUN_FILE  # noqa: F401 (re-exported)
+
 # metrics recomputed for every curated unit (names of spikesort.stages.metrics.UnitMetrics fields)
-METRIC_COLUMNS = ("n_spikes", "firing_rate_hz", "isi_violation_ratio", "contamination", "presence_ratio",
-                  "amplitude_cutoff", "snr", "amplitude_uv", "peak_channel", "depth_um")
+METRIC_COLUMNS = (
+    "n_spikes",
+    "firing_rate_hz",
+    "isi_violation_ratio",
+    "contamination",
+    "presence_ratio",
+    "amplitude_cutoff",
+    "snr",
+    "amplitude_uv",
+    "peak_channel",
+    "depth_um",
+)
 
 
 @dataclass
@@ -55,10 +68,10 @@ class CuratedResult(SortingResult):
     """
 
     properties: dict = field(default_factory=dict)
-    templates_uv: np.ndarray | None = None         # (U, nt, C) mean waveform of each unit, µV
+    templates_uv: np.ndarray | None = None  # (U, nt, C) mean waveform of each unit, µV
     channel_positions_um: np.ndarray | None = None  # (C, 2)
-    n_samples: int = 0                              # length of the sorted recording
-    n_samples_before: int = 0                       # template row of the spike time (nt // 2)
+    n_samples: int = 0  # length of the sorted recording
+    n_samples_before: int = 0  # template row of the spike time (nt // 2)
 
     @property
     def duration_s(self) -> float:
@@ -85,6 +98,7 @@ class CuratedResult(SortingResult):
 # --------------------------------------------------------------------------------------------
 # reading the files
 # --------------------------------------------------------------------------------------------
+
 
 def read_cluster_table(path: str | os.PathLike) -> dict[int, str]:
     """A Phy ``cluster_<name>.tsv`` as {cluster_id: text}; empty cells are left out (as phylib
@@ -177,6 +191,7 @@ def _metric_params(run: dict) -> Params:
 # per-unit waveforms and noise
 # --------------------------------------------------------------------------------------------
 
+
 def template_counts(*, spike_clusters, spike_templates, unit_ids, n_templates: int) -> np.ndarray:
     """(U, K): how many spikes of each unit were fitted with each template."""
     units = np.searchsorted(unit_ids, spike_clusters)
@@ -194,8 +209,15 @@ def unit_templates_uv(*, counts: np.ndarray, templates_uv: np.ndarray) -> np.nda
     return flat.reshape((len(counts),) + templates_uv.shape[1:]).astype(np.float32)
 
 
-def channel_noise_uv(*, tables: dict, templates_uv: np.ndarray, unit_ids: np.ndarray, counts: np.ndarray,
-                     whitening_mat_inv: np.ndarray, run: dict) -> np.ndarray:
+def channel_noise_uv(
+    *,
+    tables: dict,
+    templates_uv: np.ndarray,
+    unit_ids: np.ndarray,
+    counts: np.ndarray,
+    whitening_mat_inv: np.ndarray,
+    run: dict,
+) -> np.ndarray:
     """Per-channel noise sd in µV, for the SNR of curated units.
 
     The sorter's own value when the run record holds it (``noise_uv``). Otherwise recovered from
@@ -236,6 +258,7 @@ def channel_noise_uv(*, tables: dict, templates_uv: np.ndarray, unit_ids: np.nda
 # the public entry points
 # --------------------------------------------------------------------------------------------
 
+
 def parse_labels(text: str | None, *, available=()) -> tuple[str, ...] | None:
     """'good,mua' -> ('good', 'mua'); None, '' -> None (all but noise); 'all' -> every label.
 
@@ -249,8 +272,9 @@ def parse_labels(text: str | None, *, available=()) -> tuple[str, ...] | None:
     valid = set(KNOWN_LABELS) | set(available)
     bad = [n for n in names if n not in valid]
     if bad:
-        raise SpikesortError(f"unknown label {', '.join(map(repr, bad))}: choose from "
-                             f"{', '.join(sorted(valid))} (or 'all')")
+        raise SpikesortError(
+            f"unknown label {', '.join(map(repr, bad))}: choose from {', '.join(sorted(valid))} (or 'all')"
+        )
     return names
 
 
@@ -270,10 +294,16 @@ def select_units(result: CuratedResult, *, labels) -> CuratedResult:
         m = result.metrics
         extra["metrics"] = UnitMetrics(**{f.name: np.asarray(getattr(m, f.name))[keep] for f in fields(m)})
     return replace(
-        result, **extra, spike_times=result.spike_times[spikes], spike_clusters=result.spike_clusters[spikes],
-        amplitudes=result.amplitudes[spikes], unit_ids=result.unit_ids[keep], labels=unit_labels[keep],
+        result,
+        **extra,
+        spike_times=result.spike_times[spikes],
+        spike_clusters=result.spike_clusters[spikes],
+        amplitudes=result.amplitudes[spikes],
+        unit_ids=result.unit_ids[keep],
+        labels=unit_labels[keep],
         properties={k: np.asarray(v)[keep] for k, v in result.properties.items()},
-        templates_uv=None if result.templates_uv is None else result.templates_uv[keep])
+        templates_uv=None if result.templates_uv is None else result.templates_uv[keep],
+    )
 
 
 def load_result(folder, *, labels=None) -> CuratedResult:
@@ -299,8 +329,11 @@ def load_result(folder, *, labels=None) -> CuratedResult:
     clusters = _load(files, "spike_clusters.npy", required=False)
     spike_clusters = spike_templates.copy() if clusters is None else np.asarray(clusters, dtype=np.int64).reshape(-1)
     amplitudes = np.asarray(_load(files, "amplitudes.npy"), dtype=np.float32).reshape(-1)
-    for name, arr in (("spike_templates", spike_templates), ("spike_clusters", spike_clusters),
-                      ("amplitudes", amplitudes)):
+    for name, arr in (
+        ("spike_templates", spike_templates),
+        ("spike_clusters", spike_clusters),
+        ("amplitudes", amplitudes),
+    ):
         if arr.size != n:
             raise SpikesortError(f"{folder}: {name}.npy has {arr.size} entries for {n} spikes in spike_times.npy")
     if n and (spike_clusters.min() < 0 or spike_templates.min() < 0):
@@ -310,11 +343,15 @@ def load_result(folder, *, labels=None) -> CuratedResult:
     wmi = np.asarray(_load(files, "whitening_mat_inv.npy"), dtype=np.float64)
     positions = np.asarray(_load(files, "channel_positions.npy"), dtype=np.float64)
     if templates.ndim != 3 or wmi.shape != (templates.shape[2],) * 2 or positions.shape != (templates.shape[2], 2):
-        raise SpikesortError(f"{folder}: templates.npy {templates.shape}, whitening_mat_inv.npy {wmi.shape} and "
-                             f"channel_positions.npy {positions.shape} do not fit together")
+        raise SpikesortError(
+            f"{folder}: templates.npy {templates.shape}, whitening_mat_inv.npy {wmi.shape} and "
+            f"channel_positions.npy {positions.shape} do not fit together"
+        )
     if n and spike_templates.max() >= templates.shape[0]:
-        raise SpikesortError(f"{folder}: spike_templates.npy refers to template {spike_templates.max()} "
-                             f"but templates.npy holds {templates.shape[0]}")
+        raise SpikesortError(
+            f"{folder}: spike_templates.npy refers to template {spike_templates.max()} "
+            f"but templates.npy holds {templates.shape[0]}"
+        )
     # the unwhitening phylib does: templates in µV (see spikesort.io.phy)
     templates_uv = templates @ wmi
 
@@ -332,27 +369,57 @@ def load_result(folder, *, labels=None) -> CuratedResult:
     run = _run_record(files)
     n_samples = _n_samples(folder, params, run, int(spike_times.max()) if n else 0)
     mp = _metric_params(run)
-    counts = template_counts(spike_clusters=spike_clusters, spike_templates=spike_templates, unit_ids=unit_ids,
-                             n_templates=templates.shape[0])
+    counts = template_counts(
+        spike_clusters=spike_clusters,
+        spike_templates=spike_templates,
+        unit_ids=unit_ids,
+        n_templates=templates.shape[0],
+    )
     unit_templates = unit_templates_uv(counts=counts, templates_uv=templates_uv)
-    noise = channel_noise_uv(tables=tables, templates_uv=templates_uv, unit_ids=unit_ids, counts=counts,
-                             whitening_mat_inv=wmi, run=run)
+    noise = channel_noise_uv(
+        tables=tables, templates_uv=templates_uv, unit_ids=unit_ids, counts=counts, whitening_mat_inv=wmi, run=run
+    )
     metrics = compute_unit_metrics(
-        spike_times=spike_times, spike_clusters=spike_clusters, amplitudes=amplitudes,
-        templates_uv=unit_templates, template_of_unit=np.arange(unit_ids.size), unit_ids=unit_ids,
-        noise_uv=noise, channel_positions=positions,
-        sampling_rate_hz=fs, duration_s=n_samples / fs, refractory_ms=mp.refractory_ms, censored_ms=mp.censored_ms)
+        spike_times=spike_times,
+        spike_clusters=spike_clusters,
+        amplitudes=amplitudes,
+        templates_uv=unit_templates,
+        template_of_unit=np.arange(unit_ids.size),
+        unit_ids=unit_ids,
+        noise_uv=noise,
+        channel_positions=positions,
+        sampling_rate_hz=fs,
+        duration_s=n_samples / fs,
+        refractory_ms=mp.refractory_ms,
+        censored_ms=mp.censored_ms,
+    )
     properties = {"ks_label": np.array([ks.get(int(u), "") for u in unit_ids], dtype=object).astype(str)}
     properties.update({name: np.asarray(getattr(metrics, name)) for name in METRIC_COLUMNS})
     # SortingResult may carry the metrics itself (then its own per-unit table uses ours, not the
     # possibly stale cluster_*.tsv of merged and split clusters)
     extra = {"metrics": metrics} if "metrics" in {f.name for f in fields(SortingResult)} else {}
 
-    result = CuratedResult(**extra,
-        output_folder=folder, spike_times=spike_times, spike_clusters=spike_clusters, amplitudes=amplitudes,
-        unit_ids=unit_ids, sampling_rate_hz=fs, timings_s=dict(run.get("timings_s") or {}), labels=unit_labels,
-        properties=properties, templates_uv=unit_templates, channel_positions_um=positions, n_samples=n_samples,
-        n_samples_before=templates.shape[1] // 2)
-    log.info("read %s: %d units (%s), %d spikes", folder, unit_ids.size,
-             ", ".join(f"{v} {k}" for k, v in result.label_counts().items()) or "none", n)
+    result = CuratedResult(
+        **extra,
+        output_folder=folder,
+        spike_times=spike_times,
+        spike_clusters=spike_clusters,
+        amplitudes=amplitudes,
+        unit_ids=unit_ids,
+        sampling_rate_hz=fs,
+        timings_s=dict(run.get("timings_s") or {}),
+        labels=unit_labels,
+        properties=properties,
+        templates_uv=unit_templates,
+        channel_positions_um=positions,
+        n_samples=n_samples,
+        n_samples_before=templates.shape[1] // 2,
+    )
+    log.info(
+        "read %s: %d units (%s), %d spikes",
+        folder,
+        unit_ids.size,
+        ", ".join(f"{v} {k}" for k, v in result.label_counts().items()) or "none",
+        n,
+    )
     return result if labels is None else select_units(result, labels=labels)

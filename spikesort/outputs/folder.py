@@ -7,6 +7,7 @@ reads what it is asked for, and decides nothing: the result, the curated reader,
 file means) and their own messages. numpy and json only: the batch driver and ``spikesort info``
 use it without the sorter.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,8 +93,10 @@ class FolderFiles:
 
     def table_paths(self) -> dict[str, Path]:
         """Every cluster_<name>.tsv of the folder by name, sorted."""
-        return {p.name[len(TABLE_PREFIX):-len(TABLE_SUFFIX)]: p
-                for p in sorted(self.path.glob(f"{TABLE_PREFIX}*{TABLE_SUFFIX}"))}
+        return {
+            p.name[len(TABLE_PREFIX) : -len(TABLE_SUFFIX)]: p
+            for p in sorted(self.path.glob(f"{TABLE_PREFIX}*{TABLE_SUFFIX}"))
+        }
 
     def table(self, name: str) -> dict[int, str]:
         """cluster_<name>.tsv as {cluster id: cell} (see :func:`read_tsv`); {} when absent."""

@@ -1,4 +1,5 @@
 """What a sort gives back: spike times, units and labels, with the paths of its outputs."""
+
 from __future__ import annotations
 
 import logging
@@ -18,13 +19,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # the per-unit columns of SortingResult.units, in order (also the spikeinterface properties)
-UNIT_COLUMNS = ("label", "n_spikes", "firing_rate_hz", "amplitude_uv", "snr", "depth_um", "peak_channel",
-                "contamination", "isi_violation_ratio", "presence_ratio", "amplitude_cutoff")
+UNIT_COLUMNS = (
+    "label",
+    "n_spikes",
+    "firing_rate_hz",
+    "amplitude_uv",
+    "snr",
+    "depth_um",
+    "peak_channel",
+    "contamination",
+    "isi_violation_ratio",
+    "presence_ratio",
+    "amplitude_cutoff",
+)
 # cluster_<name>.tsv written by export.write_phy -> column, and the factor back to the metric
-_TSV_COLUMNS = {"fr": ("firing_rate_hz", 1.0), "Amplitude": ("amplitude_uv", 1.0), "snr": ("snr", 1.0),
-                "depth_um": ("depth_um", 1.0), "ContamPct": ("contamination", 0.01),
-                "isi_viol": ("isi_violation_ratio", 1.0), "presence_ratio": ("presence_ratio", 1.0),
-                "amp_cutoff": ("amplitude_cutoff", 1.0)}
+_TSV_COLUMNS = {
+    "fr": ("firing_rate_hz", 1.0),
+    "Amplitude": ("amplitude_uv", 1.0),
+    "snr": ("snr", 1.0),
+    "depth_um": ("depth_um", 1.0),
+    "ContamPct": ("contamination", 0.01),
+    "isi_viol": ("isi_violation_ratio", 1.0),
+    "presence_ratio": ("presence_ratio", 1.0),
+    "amp_cutoff": ("amplitude_cutoff", 1.0),
+}
 
 
 @dataclass
@@ -103,8 +121,10 @@ class SortingResult:
         import pandas as pd
 
         cols = self._unit_columns()
-        frame = pd.DataFrame({name: cols[name] for name in UNIT_COLUMNS},
-                             index=pd.Index(np.asarray(self.unit_ids, dtype=np.int64), name="unit_id"))
+        frame = pd.DataFrame(
+            {name: cols[name] for name in UNIT_COLUMNS},
+            index=pd.Index(np.asarray(self.unit_ids, dtype=np.int64), name="unit_id"),
+        )
         frame["label"] = frame["label"].astype(str)
         return frame
 
@@ -113,7 +133,8 @@ class SortingResult:
         from spikeinterface.core import NumpySorting
 
         sorting = NumpySorting.from_samples_and_labels(
-            [self.spike_times], [self.spike_clusters], self.sampling_rate_hz, unit_ids=self.unit_ids)
+            [self.spike_times], [self.spike_clusters], self.sampling_rate_hz, unit_ids=self.unit_ids
+        )
         cols = self._unit_columns()
         for name in UNIT_COLUMNS:
             values = cols[name]

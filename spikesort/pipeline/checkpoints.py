@@ -16,6 +16,7 @@ fingerprint of the stage before it, so a change anywhere invalidates that stage 
 When a run completes, ``spikesort_complete.json`` is written last (after the Phy files and
 spikesort_run.json) and the state folder is deleted: a folder without that marker is unfinished.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,18 +25,19 @@ import json
 import logging
 import os
 import shutil
-import threading
 import signal
+import threading
 import typing
 from pathlib import Path
 
 import numpy as np
 
 from spikesort.atomic import write_atomic
+from spikesort.layout import LOG_FILE, MARKER_FILE, RUN_FILE, STATE_DIR, TRACES_FILE  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-from spikesort.layout import LOG_FILE, MARKER_FILE, RUN_FILE, STATE_DIR, TRACES_FILE  # noqa: F401 (re-exported)
+
 # the order of the stages; a checkpoint is valid only if the one before it is
 STAGES = ("preprocess", "detect", "cluster", "match", "curate", "export")
 # parameters that never change a result (threads: see tests/test_reliability.py, determinism)
@@ -251,8 +253,8 @@ class Checkpoints:
 
     def discard_from(self, stage: str) -> None:
         """Forget ``stage`` and every later one (before recomputing ``stage``)."""
-        self.wait(STAGES[STAGES.index(stage):])
-        for s in reversed(STAGES[STAGES.index(stage):]):
+        self.wait(STAGES[STAGES.index(stage) :])
+        for s in reversed(STAGES[STAGES.index(stage) :]):
             self._meta_path(s).unlink(missing_ok=True)
             self._data_path(s).unlink(missing_ok=True)
 
@@ -266,8 +268,13 @@ class Checkpoints:
         self.wait([stage])
         self.dir.mkdir(parents=True, exist_ok=True)
         arrays, values = pack(obj)
-        meta = {"format": _FORMAT, "stage": stage, "identity": self.identity, "upstream": self._upstream,
-                "params": reads}
+        meta = {
+            "format": _FORMAT,
+            "stage": stage,
+            "identity": self.identity,
+            "upstream": self._upstream,
+            "params": reads,
+        }
         meta["key"] = digest(meta)
         self._upstream = meta["key"]
 
@@ -388,8 +395,9 @@ def is_resumable_folder(folder) -> bool:
 
 def write_marker(folder: Path, *, identity: dict, params) -> None:
     """Mark ``folder`` finished (call this after every other output is in place)."""
-    write_json_atomic(Path(folder) / MARKER_FILE,
-                      {"format": _FORMAT, "identity": identity, "params": param_values(params)})
+    write_json_atomic(
+        Path(folder) / MARKER_FILE, {"format": _FORMAT, "identity": identity, "params": param_values(params)}
+    )
 
 
 def remove_state(folder: Path) -> None:

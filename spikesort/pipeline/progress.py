@@ -9,17 +9,19 @@
   Acquisition software can drive its own progress bar with it. It runs in the thread that
   runs the sort; an exception it raises stops the sort (a way to cancel).
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Callable, Protocol, Union
+from collections.abc import Callable
+from typing import Protocol
 
 from spikesort.errors import SpikesortError
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, int, int], object]
-ProgressArg = Union[bool, None, ProgressCallback]
+ProgressArg = bool | None | ProgressCallback
 
 
 class StageProgress(Protocol):
@@ -55,8 +57,9 @@ def check_progress(progress) -> None:
     """Refuse anything but a bool, None or a callable (one clear message, before any work)."""
     if progress is None or isinstance(progress, bool) or callable(progress):
         return
-    raise SpikesortError(f"progress must be True, False or a callable progress(stage, done, total); "
-                         f"got {type(progress).__name__}")
+    raise SpikesortError(
+        f"progress must be True, False or a callable progress(stage, done, total); got {type(progress).__name__}"
+    )
 
 
 def stage_progress(progress: ProgressArg, *, total: int, desc: str) -> StageProgress:

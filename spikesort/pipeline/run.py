@@ -4,6 +4,7 @@
 when it was made from the same recording, parameters and version), then writes the run record
 and the completion marker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,19 @@ from spikesort.outputs.result import SortingResult
 from spikesort.params import Params
 
 from . import checkpoints
-from .steps import (Clustered, Curated, Detected, Matched, Preprocessed, RecordingInfo, StageLog, _cluster, _curate,
-                    _detect, _drift, _export, _match, _merge_drift_splits, _preprocess, _Run, _stage, recording_info)
+from .state import (
+    Clustered,
+    Curated,
+    Detected,
+    Matched,
+    Preprocessed,
+    RecordingInfo,
+    StageLog,
+    _Run,
+    _stage,
+    recording_info,
+)
+from .steps import _cluster, _curate, _detect, _drift, _export, _match, _merge_drift_splits, _preprocess
 from .traces import TraceStore
 
 log = logging.getLogger(__name__)
@@ -29,8 +41,16 @@ log = logging.getLogger(__name__)
 STAGES = checkpoints.STAGES
 
 
-def sort(recording, output_folder, *, params: Params | None = None, overwrite: bool = False,
-         resume: bool = False, progress: bool = False, **overrides) -> SortingResult:
+def sort(
+    recording,
+    output_folder,
+    *,
+    params: Params | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    **overrides,
+) -> SortingResult:
     """Sort a spikeinterface recording (with a probe) into ``output_folder`` (a Phy folder).
 
     ``progress``: False (silent), True (a tqdm bar per streamed stage on stderr) or a callable
@@ -45,8 +65,9 @@ def sort(recording, output_folder, *, params: Params | None = None, overwrite: b
     params = Params.from_dict(overrides, base=params or Params())
     out = Path(output_folder)
     if resume and overwrite:
-        raise SpikesortError("resume and overwrite exclude each other: resume keeps the finished stages, "
-                             "overwrite deletes them")
+        raise SpikesortError(
+            "resume and overwrite exclude each other: resume keeps the finished stages, overwrite deletes them"
+        )
     if out.exists():
         if resume:
             if not checkpoints.is_resumable_folder(out):
@@ -104,9 +125,13 @@ def _identity(recording, info: RecordingInfo) -> dict:
     """What a checkpoint must have been made from: this recording, this geometry, this version."""
     from spikesort.io.recordings import recording_fingerprint
 
-    return {"recording": recording_fingerprint(recording),
-            "geometry": checkpoints.digest([info.positions_um, info.gains_to_uv, info.shank_ids]),
-            "sampling_rate_hz": info.sampling_rate_hz, "n_samples": info.n_samples, "version": __version__}
+    return {
+        "recording": recording_fingerprint(recording),
+        "geometry": checkpoints.digest([info.positions_um, info.gains_to_uv, info.shank_ids]),
+        "sampling_rate_hz": info.sampling_rate_hz,
+        "n_samples": info.n_samples,
+        "version": __version__,
+    }
 
 
 def _finished_result(recording, out: Path, params: Params) -> SortingResult:
@@ -114,14 +139,21 @@ def _finished_result(recording, out: Path, params: Params) -> SortingResult:
     marker = checkpoints.read_marker(out)
     identity = _identity(recording, recording_info(recording))
     if marker.get("identity") != identity:
-        why = "another recording or probe" if marker["identity"].get("version") == __version__ else \
-            f"spikesort {marker['identity'].get('version')}"
-        raise SpikesortError(f"output folder {out} holds a finished run of {why}: use --overwrite to replace it, "
-                             f"or another output folder")
+        why = (
+            "another recording or probe"
+            if marker["identity"].get("version") == __version__
+            else f"spikesort {marker['identity'].get('version')}"
+        )
+        raise SpikesortError(
+            f"output folder {out} holds a finished run of {why}: use --overwrite to replace it, "
+            f"or another output folder"
+        )
     changed = checkpoints.param_differences(marker.get("params", {}), checkpoints.param_values(params))
     if changed:
-        raise SpikesortError(f"output folder {out} holds a finished run with other parameters "
-                             f"({'; '.join(changed)}): use --overwrite to replace it, or another output folder")
+        raise SpikesortError(
+            f"output folder {out} holds a finished run with other parameters "
+            f"({'; '.join(changed)}): use --overwrite to replace it, or another output folder"
+        )
     checkpoints.remove_state(out)  # left only if the finishing run was killed while cleaning up
     log.info("output folder %s already holds this run, finished: nothing to do", out)
     return read_result(out)
@@ -141,12 +173,16 @@ def read_result(folder) -> SortingResult:
     for cid, value in files.table("KSLabel").items():
         if 0 <= cid < n_units:
             labels[cid] = value
-    return SortingResult(output_folder=folder, spike_times=files.array(SPIKE_TIMES, required=True),
-                         spike_clusters=files.array(SPIKE_CLUSTERS, required=True).astype(np.int64),
-                         amplitudes=files.array(AMPLITUDES, required=True), unit_ids=np.arange(n_units),
-                         sampling_rate_hz=float(run["recording"]["sampling_rate_hz"]),
-                         timings_s=dict(run.get("timings_s", {})), labels=labels.astype(str))
-
+    return SortingResult(
+        output_folder=folder,
+        spike_times=files.array(SPIKE_TIMES, required=True),
+        spike_clusters=files.array(SPIKE_CLUSTERS, required=True).astype(np.int64),
+        amplitudes=files.array(AMPLITUDES, required=True),
+        unit_ids=np.arange(n_units),
+        sampling_rate_hz=float(run["recording"]["sampling_rate_hz"]),
+        timings_s=dict(run.get("timings_s", {})),
+        labels=labels.astype(str),
+    )
 
 
 def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> SortingResult:
@@ -163,8 +199,11 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
     margin = max(int(round(params.margin_ms * fs / 1000)), 2 * nt)
     exclusion = max(1, int(round(params.exclusion_ms * fs / 1000)))
     chunks = list(iter_chunks(n_samples=info.n_samples, chunk_samples=chunk, margin_samples=margin))
-    preprocess_chunks = list(iter_chunks(n_samples=info.n_samples, margin_samples=margin,
-                                         chunk_samples=max(1, int(round(PREPROCESS_CHUNK_S * fs)))))
+    preprocess_chunks = list(
+        iter_chunks(
+            n_samples=info.n_samples, margin_samples=margin, chunk_samples=max(1, int(round(PREPROCESS_CHUNK_S * fs)))
+        )
+    )
 
     def tq(total, desc):
         # False: silent; True: a tqdm bar; a callable: progress(stage, done, total)
@@ -172,10 +211,19 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
 
         return stage_progress(progress, total=total, desc=desc)
 
-    run = _Run(recording=recording, info=info, params=params, n_jobs=n_jobs, chunks=chunks,
-               preprocess_chunks=preprocess_chunks, pre=pre, nt=nt,
-               exclusion=exclusion, tq=tq,
-               store=TraceStore(state.traces_path, n_samples=info.n_samples, n_channels=info.n_channels))
+    run = _Run(
+        recording=recording,
+        info=info,
+        params=params,
+        n_jobs=n_jobs,
+        chunks=chunks,
+        preprocess_chunks=preprocess_chunks,
+        pre=pre,
+        nt=nt,
+        exclusion=exclusion,
+        tq=tq,
+        store=TraceStore(state.traces_path, n_samples=info.n_samples, n_channels=info.n_channels),
+    )
     reused: list[str] = []
 
     def stage(name: str, cls, compute):
@@ -190,8 +238,13 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
             checkpoints.kill_point(f"{name}:start")
             result = compute()
             # the trace file's flush to disk overlaps the next stages
-            state.save(name, result, reads=params.read_values(name),
-                       files=[run.store.path] if name == "preprocess" else (), background=name == "preprocess")
+            state.save(
+                name,
+                result,
+                reads=params.read_values(name),
+                files=[run.store.path] if name == "preprocess" else (),
+                background=name == "preprocess",
+            )
         checkpoints.kill_point(name)
         return result
 
@@ -208,14 +261,27 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
         checkpoints.kill_point("export:start")
         result = _export(run, out, prep=prep, det=det, cur=cur)
     # the run record, then the marker: a folder is complete only once both are in place
-    checkpoints.write_json_atomic(out / RUN_FILE, {
-        "version": __version__, "params": params.to_dict(), "timings_s": timings, "peak_rss_mb": stages.peak_rss_mb,
-        "reused_stages": reused,
-        "recording": {"sampling_rate_hz": fs, "n_channels": info.n_channels, "n_samples": info.n_samples,
-                      "duration_s": info.duration_s, "has_gain": info.has_gain},
-        "n_units": int(result.n_units), "n_spikes": int(len(result.spike_times)),
-        "bad_channels": {str(c): r for c, r in sorted(prep.model.bad_reasons.items())},
-        "saturated_s": [[round(a / fs, 4), round(b / fs, 4)] for a, b in prep.saturated.tolist()]})
+    checkpoints.write_json_atomic(
+        out / RUN_FILE,
+        {
+            "version": __version__,
+            "params": params.to_dict(),
+            "timings_s": timings,
+            "peak_rss_mb": stages.peak_rss_mb,
+            "reused_stages": reused,
+            "recording": {
+                "sampling_rate_hz": fs,
+                "n_channels": info.n_channels,
+                "n_samples": info.n_samples,
+                "duration_s": info.duration_s,
+                "has_gain": info.has_gain,
+            },
+            "n_units": int(result.n_units),
+            "n_spikes": int(len(result.spike_times)),
+            "bad_channels": {str(c): r for c, r in sorted(prep.model.bad_reasons.items())},
+            "saturated_s": [[round(a / fs, 4), round(b / fs, 4)] for a, b in prep.saturated.tolist()],
+        },
+    )
     checkpoints.kill_point("export")
     state.wait()
     checkpoints.write_marker(out, identity=state.identity, params=params)

@@ -5,36 +5,58 @@ reads what it needs from ``_Run`` (the recording, its geometry, the sizes derive
 parameters, the trace store) and the results of earlier steps, and calls the stages' pure
 functions (``spikesort.stages``).
 """
+
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from spikesort.chunks import map_chunks
 from spikesort.errors import SpikesortError
-from spikesort.memory import PeakRss
 from spikesort.outputs.result import SortingResult
 from spikesort.stages import saturation
 from spikesort.stages.cluster import cluster_spikes
 from spikesort.stages.curate import remove_duplicates, residue_spikes
-from spikesort.stages.detect import (Detections, choose_sign, detect_block, envelope_bank, filtered_noise_sd,
-                                     learn_temporal_bases)
+from spikesort.stages.detect import (
+    Detections,
+    choose_sign,
+    detect_block,
+    envelope_bank,
+    filtered_noise_sd,
+    learn_temporal_bases,
+)
 from spikesort.stages.drift import applied_motion, correct_drift
 from spikesort.stages.export import phy_whitening, unit_metrics, write_phy
 from spikesort.stages.features import SpikeFeatures, features_block, similarity_matrix, template_feature_index
 from spikesort.stages.geometry import neighbor_table
 from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block
-from spikesort.stages.merges import (apply_groups, drift_split_groups, merge_similar_templates, refractory_merges,
-                                     relabel, snippet_merge_test)
-from spikesort.stages.preprocess import PreprocessModel, fit_preprocessing, preprocess_chunk
-from spikesort.stages.templates import Templates, build_templates, filtered_templates, template_snr
+from spikesort.stages.merges import (
+    apply_groups,
+    drift_split_groups,
+    merge_similar_templates,
+    refractory_merges,
+    relabel,
+    snippet_merge_test,
+)
+from spikesort.stages.preprocess import fit_preprocessing, preprocess_chunk
+from spikesort.stages.templates import build_templates, filtered_templates, template_snr
 
-from . import checkpoints
-from .traces import TraceStore
+from .state import (
+    Clustered,
+    Curated,
+    Detected,
+    Matched,
+    Preprocessed,
+    StageLog,
+    _neighbors,
+    _RawBlocks,
+    _read_raw,
+    _Run,
+    _sample_blocks,
+    _stage,
+    stage_rng,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,185 +65,23 @@ log = logging.getLogger(__name__)
 REFRACTORY_RATE_BIN_S = 10.0
 
 
-@dataclass
-class RecordingInfo:
-    sampling_rate_hz: float
-    n_samples: int
-    n_channels: int
-    positions_um: np.ndarray
-    shank_ids: np.ndarray
-    gains_to_uv: np.ndarray  # (C,) multiply recording units by this to get µV (1 when unknown)
-    has_gain: bool
-
-    @property
-    def duration_s(self) -> float:
-        return self.n_samples / self.sampling_rate_hz
-
-
-def recording_info(recording) -> RecordingInfo:
-    if recording.get_num_segments() != 1:
-        raise SpikesortError("only single-segment recordings are supported: concatenate segments first "
-                             "(spikeinterface.concatenate_recordings)")
-    try:
-        pos = np.asarray(recording.get_channel_locations(), dtype=np.float64)
-    except Exception:
-        raise SpikesortError("the recording has no probe geometry: pass --probe") from None
-    if pos.ndim != 2 or pos.shape[1] < 2:
-        raise SpikesortError("the probe has no 2D contact positions")
-    pos = pos[:, :2]
-    groups = recording.get_channel_groups()
-    shanks = np.unique(groups, return_inverse=True)[1] if groups is not None else np.zeros(len(pos), np.int64)
-    has_gain = bool(recording.has_scaleable_traces())
-    gains = np.asarray(recording.get_channel_gains(), dtype=np.float64) if has_gain else np.ones(len(pos))
-    return RecordingInfo(sampling_rate_hz=float(recording.get_sampling_frequency()),
-                         n_samples=int(recording.get_num_samples(0)), n_channels=int(recording.get_num_channels()),
-                         positions_um=pos, shank_ids=np.asarray(shanks, dtype=np.int64), gains_to_uv=gains,
-                         has_gain=has_gain)
-
-
-def _read_raw(recording, start: int, stop: int) -> np.ndarray:
-    x = recording.get_traces(start_frame=start, end_frame=stop, return_in_uV=False)
-    integer = np.asarray(x).dtype.kind in "iub"
-    x = np.asarray(x, dtype=np.float32)
-    if not integer and not np.isfinite(x).all():
-        raise SpikesortError(f"the recording holds NaN or infinite values (samples {start}-{stop})")
-    return x
-
-
-@dataclass
-class StageLog:
-    """Wall seconds and peak resident memory (MB) of each stage, for the run record."""
-    timings_s: dict
-    peak_rss_mb: dict
-
-
-def _stage(stages: StageLog, name: str):
-    class _T:
-        def __enter__(self):
-            self.t0 = time.perf_counter()
-            self.rss = PeakRss().__enter__()
-            log.info("stage %s ...", name)
-
-        def __exit__(self, *exc):
-            self.rss.__exit__(*exc)
-            stages.timings_s[name] = time.perf_counter() - self.t0
-            stages.peak_rss_mb[name] = round(self.rss.peak_mb, 1)
-            if exc[0] is None:
-                log.info("stage %s done in %.1f s (peak memory %.0f MB)", name, stages.timings_s[name],
-                         self.rss.peak_mb)
-
-    return _T()
-
-
-def stage_rng(seed: int, stage: str) -> np.random.Generator:
-    """The random stream of one stage: the same whether or not earlier stages came from checkpoints."""
-    return np.random.default_rng([int(seed), checkpoints.STAGES.index(stage)])
-
-
-# --------------------------------------------------------------------------- stage results
-
-
-@dataclass
-class Preprocessed:
-    model: PreprocessModel
-    saturated: np.ndarray  # (k, 2) int64 [start, stop) samples left out as clipped
-
-
-@dataclass
-class Detected:
-    sign: int
-    bases: np.ndarray  # temporal bases (nt, n_components)
-    filter_sd: np.ndarray
-    spikes: Detections
-
-
-@dataclass
-class Clustered:
-    templates: Templates  # the templates matching fits
-
-
-@dataclass
-class Matched:
-    spikes: MatchedSpikes
-
-
-@dataclass
-class Curated:
-    spikes: MatchedSpikes
-    templates: Templates  # final, one per unit
-
-
-@dataclass
-class _Run:
-    """What every stage reads: the recording, its geometry, the sizes derived from the parameters."""
-    recording: object
-    info: RecordingInfo
-    params: checkpoints.ParamReads
-    n_jobs: int
-    chunks: list
-    preprocess_chunks: list  # a grid of its own: see run.PREPROCESS_CHUNK_S
-    pre: int
-    nt: int
-    exclusion: int
-    store: TraceStore
-    tq: object
-    # spikes found on the final traces by the drift estimation pass, handed to the detect stage
-    detected: "Detected | None" = None
-
-    def map(self, fn, items, desc: str, stage: str):
-        """map_chunks over ``items`` with a progress bar, and the test kill hook after each item."""
-        results = map_chunks(fn, items, n_jobs=self.n_jobs, progress=self.tq(len(items), desc))
-        try:
-            for i, result in enumerate(results, start=1):
-                checkpoints.kill_point(f"{stage}:{i}")
-                yield result
-        finally:
-            results.close()  # on an interrupt, wait here for the chunks in flight to finish
-
-
-def _sample_blocks(run: _Run) -> tuple[int, np.ndarray]:
-    """Length and starts of the one-second blocks sampled across the recording to fit models."""
-    n, fs = run.info.n_samples, run.info.sampling_rate_hz
-    block = min(n, int(fs))
-    starts = np.unique(np.linspace(0, n - block, min(run.params.whitening_n_chunks,
-                                                     max(1, n // block))).astype(np.int64))
-    return block, starts
-
-
-def _neighbors(run: _Run, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Neighbour tables of the good channels: for peak detection, and for features."""
-    info, p = run.info, run.params
-    peak_nb = neighbor_table(positions_um=info.positions_um, radius_um=p.detect_radius_um,
-                             good_channels=good, shank_ids=info.shank_ids)
-    feat_nb = neighbor_table(positions_um=info.positions_um, radius_um=p.feature_radius_um,
-                             good_channels=good, shank_ids=info.shank_ids, min_neighbors=min(4, int(good.sum())))
-    return peak_nb, feat_nb
-
-
-class _RawBlocks:
-    """The raw blocks preprocessing is fitted on, read when indexed (see fit_preprocessing)."""
-
-    def __init__(self, recording, *, starts: np.ndarray, length: int):
-        self.recording, self.starts, self.length = recording, starts, length
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        s = int(self.starts[i])
-        return _read_raw(self.recording, s, s + self.length)
-
-
 def _preprocess(run: _Run) -> Preprocessed:
     info, p, recording, store = run.info, run.params, run.recording, run.store
     fs = info.sampling_rate_hz
     block, starts = _sample_blocks(run)
     blocks = _RawBlocks(recording, starts=starts, length=block)
     try:
-        model = fit_preprocessing(blocks, sampling_rate_hz=fs, positions_um=info.positions_um,
-                                  highpass_hz=p.highpass_hz, lowpass_hz=p.lowpass_hz,
-                                  reference=p.common_reference, whitening_radius_um=p.whitening_radius_um,
-                                  detect_bad_channels=p.bad_channel_detection, n_jobs=run.n_jobs)
+        model = fit_preprocessing(
+            blocks,
+            sampling_rate_hz=fs,
+            positions_um=info.positions_um,
+            highpass_hz=p.highpass_hz,
+            lowpass_hz=p.lowpass_hz,
+            reference=p.common_reference,
+            whitening_radius_um=p.whitening_radius_um,
+            detect_bad_channels=p.bad_channel_detection,
+            n_jobs=run.n_jobs,
+        )
     except ValueError as exc:  # no usable channel, a filter above Nyquist: the data's fault
         if isinstance(exc, SpikesortError):
             raise
@@ -245,8 +105,12 @@ def _preprocess(run: _Run) -> Preprocessed:
     saturated = saturation.merge_runs(list(run.map(pre_fn, run.preprocess_chunks, "preprocess", "preprocess")))
     if len(saturated):
         total = float(np.sum(saturated[:, 1] - saturated[:, 0])) / fs
-        log.warning("%d saturated (clipped) stretches, %.2f s in all (the first at %.2f s), left out of the "
-                    "sorting", len(saturated), total, saturated[0, 0] / fs)
+        log.warning(
+            "%d saturated (clipped) stretches, %.2f s in all (the first at %.2f s), left out of the sorting",
+            len(saturated),
+            total,
+            saturated[0, 0] / fs,
+        )
     return Preprocessed(model=model, saturated=saturated)
 
 
@@ -261,10 +125,20 @@ def _drift(run: _Run, prep: Preprocessed, *, out: Path, stages: StageLog) -> Pre
 
     with _stage(stages, "drift"):
         _, feat_nb = _neighbors(run, prep.model.good_channels)
-        motion = correct_drift(run.store, detect=detect, chunks=run.chunks, sampling_rate_hz=run.info.sampling_rate_hz,
-                               positions_um=run.info.positions_um, shank_ids=run.info.shank_ids,
-                               good_channels=prep.model.good_channels, feature_neighbors=feat_nb, params=run.params,
-                               out=out, n_jobs=run.n_jobs, progress=run.tq)
+        motion = correct_drift(
+            run.store,
+            detect=detect,
+            chunks=run.chunks,
+            sampling_rate_hz=run.info.sampling_rate_hz,
+            positions_um=run.info.positions_um,
+            shank_ids=run.info.shank_ids,
+            good_channels=prep.model.good_channels,
+            feature_neighbors=feat_nb,
+            params=run.params,
+            out=out,
+            n_jobs=run.n_jobs,
+            progress=run.tq,
+        )
     if motion is None and made:
         # the traces were left as they were: the detect stage's pass would find exactly these spikes
         run.detected = made[-1]
@@ -290,20 +164,44 @@ def _detection_pass(run: _Run, *, prep: Preprocessed) -> Detected:
     peak_nb, feat_nb = _neighbors(run, prep.model.good_channels)
     white_blocks = [store.read(s, s + block) for s in starts[:10]]
     sign = choose_sign(np.concatenate(white_blocks), threshold=2 * p.detect_threshold)
-    bases = learn_temporal_bases(white_blocks, sign=sign, threshold=p.detect_threshold, neighbors=peak_nb,
-                                 exclusion=exclusion, pre=pre, nt=nt, n_components=p.n_temporal_components,
-                                 rng=rng)
+    bases = learn_temporal_bases(
+        white_blocks,
+        sign=sign,
+        threshold=p.detect_threshold,
+        neighbors=peak_nb,
+        exclusion=exclusion,
+        pre=pre,
+        nt=nt,
+        n_components=p.n_temporal_components,
+        rng=rng,
+    )
     filter_sd = filtered_noise_sd(white_blocks, bases=bases, pre=pre)
-    bank = envelope_bank(positions_um=info.positions_um, neighbors=feat_nb, sigmas_um=p.envelope_sigmas_um,
-                         center_radius_um=p.detect_radius_um)
+    bank = envelope_bank(
+        positions_um=info.positions_um,
+        neighbors=feat_nb,
+        sigmas_um=p.envelope_sigmas_um,
+        center_radius_um=p.detect_radius_um,
+    )
 
     def det_fn(ch):
         x = store.read(ch.read_start, ch.read_stop)
-        return detect_block(x, keep_start=ch.keep_start - ch.read_start, keep_stop=ch.keep_stop - ch.read_start,
-                            offset=ch.read_start, sign=sign, threshold=p.detect_threshold,
-                            universal_threshold=p.universal_threshold, peak_neighbors=peak_nb,
-                            feature_neighbors=feat_nb, bank=bank, bases=bases, pre=pre, exclusion=exclusion,
-                            positions_um=info.positions_um, filter_sd=filter_sd)
+        return detect_block(
+            x,
+            keep_start=ch.keep_start - ch.read_start,
+            keep_stop=ch.keep_stop - ch.read_start,
+            offset=ch.read_start,
+            sign=sign,
+            threshold=p.detect_threshold,
+            universal_threshold=p.universal_threshold,
+            peak_neighbors=peak_nb,
+            feature_neighbors=feat_nb,
+            bank=bank,
+            bases=bases,
+            pre=pre,
+            exclusion=exclusion,
+            positions_um=info.positions_um,
+            filter_sd=filter_sd,
+        )
 
     det = Detections.concat(list(run.map(det_fn, run.chunks, "detect", "detect")))
     return Detected(sign=int(sign), bases=bases, filter_sd=filter_sd, spikes=det)
@@ -315,27 +213,40 @@ def _cluster(run: _Run, *, prep: Preprocessed, det: Detected) -> Clustered:
     rng = stage_rng(p.seed, "cluster")
     _, feat_nb = _neighbors(run, prep.model.good_channels)
     spikes = det.spikes
-    cl = cluster_spikes(features=spikes.features, channels=spikes.channels, neighbors=feat_nb,
-                        max_spikes_per_channel=p.max_spikes_per_channel,
-                        min_cluster_size=p.min_cluster_size, split_depth=p.split_depth,
-                        bimodality_threshold=p.bimodality_threshold,
-                        merge_similarity=p.merge_similarity, seed=p.seed)
+    cl = cluster_spikes(
+        features=spikes.features,
+        channels=spikes.channels,
+        neighbors=feat_nb,
+        max_spikes_per_channel=p.max_spikes_per_channel,
+        min_cluster_size=p.min_cluster_size,
+        split_depth=p.split_depth,
+        bimodality_threshold=p.bimodality_threshold,
+        merge_similarity=p.merge_similarity,
+        seed=p.seed,
+    )
     times, labels = spikes.times[cl.spike_index], cl.labels
-    templates = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng,
-                                n_jobs=run.n_jobs)
+    templates = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng, n_jobs=run.n_jobs)
     sizes = np.bincount(labels[labels >= 0], minlength=cl.n_units)
     veto = snippet_merge_test(store, times, labels, pre=pre, nt=nt, threshold=p.bimodality_threshold, rng=rng)
-    groups = merge_similar_templates(templates.dense, sizes, positions_um=info.positions_um, max_lag=3,
-                                     threshold=p.template_merge_similarity, same_unit=veto)
+    groups = merge_similar_templates(
+        templates.dense,
+        sizes,
+        positions_um=info.positions_um,
+        max_lag=3,
+        threshold=p.template_merge_similarity,
+        same_unit=veto,
+    )
     times, labels = relabel(times, labels, groups)
     log.info("%d clusters after template merges", len(groups))
-    templates = build_templates(store, times, labels, n_units=len(groups), pre=pre, nt=nt, rng=rng,
-                                n_jobs=run.n_jobs)
+    templates = build_templates(store, times, labels, n_units=len(groups), pre=pre, nt=nt, rng=rng, n_jobs=run.n_jobs)
     _, w_inv_uv = phy_whitening(prep.model.whitening, info.gains_to_uv)
     snr = template_snr(templates.dense @ w_inv_uv.astype(np.float32), prep.model.noise_sd * info.gains_to_uv)
     keep = np.flatnonzero((np.sqrt(templates.norm2) >= p.universal_threshold) & (snr >= p.min_template_snr))
-    log.info("%d templates below SNR %.1f or too weak to match: dropped", templates.n_templates - len(keep),
-             p.min_template_snr)
+    log.info(
+        "%d templates below SNR %.1f or too weak to match: dropped",
+        templates.n_templates - len(keep),
+        p.min_template_snr,
+    )
     templates = templates.take(keep)
     log.info("%d templates kept for matching", templates.n_templates)
     return Clustered(templates=templates)
@@ -350,14 +261,25 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
 
     def match_fn(ch):
         x = store.read(ch.read_start, ch.read_stop)
-        spikes, _ = match_block(x, keep_start=ch.keep_start - ch.read_start,
-                                keep_stop=ch.keep_stop - ch.read_start, offset=ch.read_start,
-                                templates=templates, chan_templates=cand, sign=det.sign,
-                                detect_threshold=p.match_detect_threshold, peak_neighbors=peak_nb,
-                                exclusion=run.exclusion, match_threshold=p.match_threshold,
-                                iterations=p.match_iterations, max_lag=2,
-                                amplitude_range=p.amplitude_range, bases=det.bases, filter_sd=det.filter_sd,
-                                filtered=filtered)
+        spikes, _ = match_block(
+            x,
+            keep_start=ch.keep_start - ch.read_start,
+            keep_stop=ch.keep_stop - ch.read_start,
+            offset=ch.read_start,
+            templates=templates,
+            chan_templates=cand,
+            sign=det.sign,
+            detect_threshold=p.match_detect_threshold,
+            peak_neighbors=peak_nb,
+            exclusion=run.exclusion,
+            match_threshold=p.match_threshold,
+            iterations=p.match_iterations,
+            max_lag=2,
+            amplitude_range=p.amplitude_range,
+            bases=det.bases,
+            filter_sd=det.filter_sd,
+            filtered=filtered,
+        )
         return spikes
 
     spikes = MatchedSpikes.concat(list(run.map(match_fn, run.chunks, "match", "match")))
@@ -373,18 +295,32 @@ def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
     if motion is None or cur.templates.n_templates < 2:
         return cur
     fs = run.info.sampling_rate_hz
-    groups = drift_split_groups(spike_times_s=cur.spikes.times / fs, spike_units=cur.spikes.templates,
-                                templates=cur.templates.dense, main_channels=cur.templates.main_channel,
-                                positions_um=run.info.positions_um, channel_shanks=run.info.shank_ids, motion=motion,
-                                min_similarity=p.drift_merge_similarity)
+    groups = drift_split_groups(
+        spike_times_s=cur.spikes.times / fs,
+        spike_units=cur.spikes.templates,
+        templates=cur.templates.dense,
+        main_channels=cur.templates.main_channel,
+        positions_um=run.info.positions_um,
+        channel_shanks=run.info.shank_ids,
+        motion=motion,
+        min_similarity=p.drift_merge_similarity,
+    )
     if len(groups) == cur.templates.n_templates:
         return cur
-    log.info("drift: %d units seen at different probe positions merged into %d", cur.templates.n_templates,
-             len(groups))
-    spikes = remove_duplicates(apply_groups(cur.spikes, [[(u, 0) for u in g] for g in groups]),
-                               window=int(round(p.duplicate_ms * fs / 1000)))
-    templates = build_templates(run.store, spikes.times, spikes.templates, n_units=len(groups), pre=run.pre,
-                                nt=run.nt, rng=stage_rng(p.seed, "curate"), n_jobs=run.n_jobs)
+    log.info("drift: %d units seen at different probe positions merged into %d", cur.templates.n_templates, len(groups))
+    spikes = remove_duplicates(
+        apply_groups(cur.spikes, [[(u, 0) for u in g] for g in groups]), window=int(round(p.duplicate_ms * fs / 1000))
+    )
+    templates = build_templates(
+        run.store,
+        spikes.times,
+        spikes.templates,
+        n_units=len(groups),
+        pre=run.pre,
+        nt=run.nt,
+        rng=stage_rng(p.seed, "curate"),
+        n_jobs=run.n_jobs,
+    )
     return Curated(spikes=spikes, templates=templates)
 
 
@@ -394,21 +330,38 @@ def _curate(run: _Run, *, clu: Clustered, mat: Matched) -> Curated:
     rng = stage_rng(p.seed, "curate")
     dup = int(round(p.duplicate_ms * fs / 1000))
     spikes = remove_duplicates(mat.spikes, window=dup)
-    post = build_templates(store, spikes.times, spikes.templates, n_units=clu.templates.n_templates, pre=pre,
-                           nt=nt, rng=rng, n_jobs=run.n_jobs)
-    residue = residue_spikes(spikes, post.dense, window=int(round(p.refractory_ms * fs / 1000)),
-                             positions_um=info.positions_um)
+    post = build_templates(
+        store,
+        spikes.times,
+        spikes.templates,
+        n_units=clu.templates.n_templates,
+        pre=pre,
+        nt=nt,
+        rng=rng,
+        n_jobs=run.n_jobs,
+    )
+    residue = residue_spikes(
+        spikes, post.dense, window=int(round(p.refractory_ms * fs / 1000)), positions_um=info.positions_um
+    )
     spikes = spikes.take(np.flatnonzero(~residue))
-    veto = snippet_merge_test(store, spikes.times, spikes.templates, pre=pre, nt=nt,
-                              threshold=p.bimodality_threshold, rng=rng)
-    groups = refractory_merges(spikes, post.dense, positions_um=info.positions_um, duration=info.n_samples,
-                               refractory=int(round(p.refractory_ms * fs / 1000)),
-                               similarity=p.post_merge_similarity, same_unit=veto,
-                               rate_bin=int(round(REFRACTORY_RATE_BIN_S * fs)))
+    veto = snippet_merge_test(
+        store, spikes.times, spikes.templates, pre=pre, nt=nt, threshold=p.bimodality_threshold, rng=rng
+    )
+    groups = refractory_merges(
+        spikes,
+        post.dense,
+        positions_um=info.positions_um,
+        duration=info.n_samples,
+        refractory=int(round(p.refractory_ms * fs / 1000)),
+        similarity=p.post_merge_similarity,
+        same_unit=veto,
+        rate_bin=int(round(REFRACTORY_RATE_BIN_S * fs)),
+    )
     spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
     log.info("%d units after refractory merges", len(groups))
-    final = build_templates(store, spikes.times, spikes.templates, n_units=len(groups), pre=pre, nt=nt, rng=rng,
-                            n_jobs=run.n_jobs)
+    final = build_templates(
+        store, spikes.times, spikes.templates, n_units=len(groups), pre=pre, nt=nt, rng=rng, n_jobs=run.n_jobs
+    )
     # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
     # too few spikes to be a unit: leftovers of a unit whose spikes other templates took
     counts = np.bincount(spikes.templates, minlength=final.n_templates)
@@ -428,8 +381,13 @@ def _export(run: _Run, out: Path, *, prep: Preprocessed, det: Detected, cur: Cur
     similar = similarity_matrix(final.dense)
     tf_index = template_feature_index(similar, n_features=p.n_template_features)
     n_pc_ch = min(info.n_channels, p.n_pc_channels)
-    pc_nb = neighbor_table(positions_um=info.positions_um, radius_um=0.0, good_channels=None,
-                           shank_ids=info.shank_ids, min_neighbors=n_pc_ch)[:, :n_pc_ch]
+    pc_nb = neighbor_table(
+        positions_um=info.positions_um,
+        radius_um=0.0,
+        good_channels=None,
+        shank_ids=info.shank_ids,
+        min_neighbors=n_pc_ch,
+    )[:, :n_pc_ch]
     pc_nb = np.where(pc_nb >= 0, pc_nb, np.arange(info.n_channels)[:, None])
     bounds = np.searchsorted(spikes.times, [[c.keep_start, c.keep_stop] for c in chunks])
 
@@ -437,32 +395,70 @@ def _export(run: _Run, out: Path, *, prep: Preprocessed, det: Detected, cur: Cur
         ch = chunks[ic]
         lo, hi = bounds[ic]
         x = store.read(ch.read_start, ch.read_stop)
-        return features_block(x, times=spikes.times[lo:hi] - ch.read_start, units=spikes.templates[lo:hi],
-                              templates=final, pc_neighbors=pc_nb, bases=det.bases, tf_index=tf_index,
-                              positions_um=info.positions_um)
+        return features_block(
+            x,
+            times=spikes.times[lo:hi] - ch.read_start,
+            units=spikes.templates[lo:hi],
+            templates=final,
+            pc_neighbors=pc_nb,
+            bases=det.bases,
+            tf_index=tf_index,
+            positions_um=info.positions_um,
+        )
 
     feats = SpikeFeatures.concat(list(run.map(feat_fn, range(len(chunks)), "features", "export")))
     # column 0 is the spike's own template: its least-squares scale is Phy's amplitude
     amplitudes = feats.template_features[:, 0] if final.n_templates else np.zeros(0, np.float32)
     _, w_inv_uv = phy_whitening(model.whitening, info.gains_to_uv)
     templates_uv = final.dense @ w_inv_uv.astype(np.float32)
-    metrics, labels = unit_metrics(spike_times=spikes.times, spike_clusters=spikes.templates,
-                                   amplitudes=amplitudes, templates_uv=templates_uv,
-                                   noise_uv=model.noise_sd * info.gains_to_uv, positions_um=info.positions_um,
-                                   sampling_rate_hz=fs, duration_s=info.duration_s, params=p)
+    metrics, labels = unit_metrics(
+        spike_times=spikes.times,
+        spike_clusters=spikes.templates,
+        amplitudes=amplitudes,
+        templates_uv=templates_uv,
+        noise_uv=model.noise_sd * info.gains_to_uv,
+        positions_um=info.positions_um,
+        sampling_rate_hz=fs,
+        duration_s=info.duration_s,
+        params=p,
+    )
     if final.n_templates == 0:
         # one row per template and spike: the arrays are empty but keep their other dimensions
-        feats = SpikeFeatures(pc_features=np.zeros((0, max(2, feats.pc_features.shape[1]), n_pc_ch), np.float32),
-                              template_features=np.zeros((0, 1), np.float32),
-                              positions_um=np.zeros((0, 2), np.float32))
+        feats = SpikeFeatures(
+            pc_features=np.zeros((0, max(2, feats.pc_features.shape[1]), n_pc_ch), np.float32),
+            template_features=np.zeros((0, 1), np.float32),
+            positions_um=np.zeros((0, 2), np.float32),
+        )
         tf_index = np.zeros((0, 1), np.int64)
-    write_phy(out, recording=run.recording, spike_times=spikes.times, spike_units=spikes.templates,
-              amplitudes=amplitudes, templates_white=final.dense, pre=run.pre, whitening=model.whitening,
-              gains_to_uv=info.gains_to_uv, positions_um=info.positions_um, shank_ids=info.shank_ids,
-              pc_features=feats.pc_features, pc_feature_ind=pc_nb[final.main_channel],
-              template_features=feats.template_features, template_feature_ind=tf_index,
-              similar=similar, spike_positions=feats.positions_um, metrics=metrics, labels=labels,
-              sampling_rate_hz=fs)
-    return SortingResult(output_folder=out, spike_times=spikes.times, spike_clusters=spikes.templates,
-                         amplitudes=amplitudes, unit_ids=np.arange(final.n_templates), sampling_rate_hz=fs,
-                         labels=np.asarray(labels), metrics=metrics)
+    write_phy(
+        out,
+        recording=run.recording,
+        spike_times=spikes.times,
+        spike_units=spikes.templates,
+        amplitudes=amplitudes,
+        templates_white=final.dense,
+        pre=run.pre,
+        whitening=model.whitening,
+        gains_to_uv=info.gains_to_uv,
+        positions_um=info.positions_um,
+        shank_ids=info.shank_ids,
+        pc_features=feats.pc_features,
+        pc_feature_ind=pc_nb[final.main_channel],
+        template_features=feats.template_features,
+        template_feature_ind=tf_index,
+        similar=similar,
+        spike_positions=feats.positions_um,
+        metrics=metrics,
+        labels=labels,
+        sampling_rate_hz=fs,
+    )
+    return SortingResult(
+        output_folder=out,
+        spike_times=spikes.times,
+        spike_clusters=spikes.templates,
+        amplitudes=amplitudes,
+        unit_ids=np.arange(final.n_templates),
+        sampling_rate_hz=fs,
+        labels=np.asarray(labels),
+        metrics=metrics,
+    )

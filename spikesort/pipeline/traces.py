@@ -4,6 +4,7 @@ Every stage after preprocessing reads this file instead of re-filtering the raw 
 Chunks are read with explicit file reads (not a long-lived memmap) so the resident memory
 stays at one chunk per worker whatever the recording length.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +41,9 @@ class TraceStore:
         """Whitened float32 traces of samples [start, stop)."""
         start = max(0, int(start))
         stop = min(self.n_samples, int(stop))
-        q = np.fromfile(self.path, dtype=np.int16, count=(stop - start) * self.n_channels,
-                        offset=start * self.frame_bytes)
+        q = np.fromfile(
+            self.path, dtype=np.int16, count=(stop - start) * self.n_channels, offset=start * self.frame_bytes
+        )
         return q.reshape(stop - start, self.n_channels).astype(np.float32) * np.float32(1.0 / SCALE)
 
     def snippets(self, times: np.ndarray, *, pre: int, nt: int, channels: np.ndarray | None = None) -> np.ndarray:
@@ -49,7 +51,12 @@ class TraceStore:
         mm = np.memmap(self.path, dtype=np.int16, mode="r", shape=(self.n_samples, self.n_channels))
         chans = np.arange(self.n_channels) if channels is None else np.asarray(channels)
         out = np.zeros((len(times), nt, len(chans)), dtype=np.float32)
-        gather_windows(mm, np.asarray(times, dtype=np.int64) - pre, np.ascontiguousarray(chans, dtype=np.int64),
-                       np.float32(1.0 / SCALE), out)
+        gather_windows(
+            mm,
+            np.asarray(times, dtype=np.int64) - pre,
+            np.ascontiguousarray(chans, dtype=np.int64),
+            np.float32(1.0 / SCALE),
+            out,
+        )
         del mm
         return out

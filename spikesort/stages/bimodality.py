@@ -1,4 +1,5 @@
 """The bimodality test that splits clusters and vetoes merges: is there a clear valley between two modes?"""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,7 @@ def bimodality(proj: np.ndarray, split_value: float, *, min_z: float = 2.0) -> f
     hist, edges = np.histogram(proj, bins=n_bins, range=(lo, hi))
     sd = np.std(proj)
     iqr = np.subtract(*np.percentile(proj, [75, 25]))
-    bw = 0.9 * min(sd, iqr / 1.34 if iqr > 0 else sd) * n ** -0.2
+    bw = 0.9 * min(sd, iqr / 1.34 if iqr > 0 else sd) * n**-0.2
     h = gaussian_filter1d(hist.astype(float), max(bw / (edges[1] - edges[0]), 0.5))
     centers = 0.5 * (edges[1:] + edges[:-1])
     cut = int(np.clip(np.searchsorted(centers, split_value), 1, n_bins - 1))
@@ -29,7 +30,7 @@ def bimodality(proj: np.ndarray, split_value: float, *, min_z: float = 2.0) -> f
     peak = min(h[left], h[right])
     if peak <= 0:
         return 0.0
-    v = left + int(np.argmin(h[left: right + 1]))
+    v = left + int(np.argmin(h[left : right + 1]))
     valley = h[v]
     # a valley between few spikes may be sampling noise: the counts within a bandwidth of the
     # smaller peak and of the valley must differ by more than their Poisson spread

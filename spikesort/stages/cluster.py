@@ -8,6 +8,7 @@
    clusters merge only when their spikes form one mode along the axis that separates them
    (``spikesort.stages.merges.clusters``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,8 +53,16 @@ def local_pca(x: np.ndarray, n_dims: int) -> np.ndarray:
     return xc @ evecs[:, ::-1]
 
 
-def split_recursive(x: np.ndarray, *, min_size: int, max_depth: int, threshold: float,
-                    rng: np.random.Generator, n_dims: int = 6, n_init: int = 5) -> np.ndarray:
+def split_recursive(
+    x: np.ndarray,
+    *,
+    min_size: int,
+    max_depth: int,
+    threshold: float,
+    rng: np.random.Generator,
+    n_dims: int = 6,
+    n_init: int = 5,
+) -> np.ndarray:
     """Labels for rows of ``x`` (features), found by recursive bimodal 2-means splits."""
     labels = np.zeros(len(x), dtype=np.int64)
     stack = [(np.arange(len(x)), 0)]
@@ -92,9 +101,18 @@ def split_recursive(x: np.ndarray, *, min_size: int, max_depth: int, threshold: 
     return labels
 
 
-def cluster_spikes(*, features: np.ndarray, channels: np.ndarray, neighbors: np.ndarray,
-                   max_spikes_per_channel: int, min_cluster_size: int, split_depth: int,
-                   bimodality_threshold: float, merge_similarity: float, seed: int) -> ClusterResult:
+def cluster_spikes(
+    *,
+    features: np.ndarray,
+    channels: np.ndarray,
+    neighbors: np.ndarray,
+    max_spikes_per_channel: int,
+    min_cluster_size: int,
+    split_depth: int,
+    bimodality_threshold: float,
+    merge_similarity: float,
+    seed: int,
+) -> ClusterResult:
     """Cluster spikes given their neighbourhood features (n, M, K) and peak channels (n,)."""
     rng = np.random.default_rng(seed)
     n_c = neighbors.shape[0]
@@ -109,20 +127,26 @@ def cluster_spikes(*, features: np.ndarray, channels: np.ndarray, neighbors: np.
         chosen.append(idx)
         m = int((neighbors[c] >= 0).sum())
         x = features[idx, :m, :].reshape(len(idx), -1).astype(np.float64)
-        lab = split_recursive(x, min_size=min_cluster_size, max_depth=split_depth,
-                              threshold=bimodality_threshold, rng=rng)
+        lab = split_recursive(
+            x, min_size=min_cluster_size, max_depth=split_depth, threshold=bimodality_threshold, rng=rng
+        )
         for k in np.unique(lab):
             members = idx[lab == k]
             if len(members) >= min_cluster_size:
                 groups.append(_Group(members, {c}))
     spike_index = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
     log.info("%d clusters before merging", len(groups))
-    groups = merge_groups(groups, features=features, channels=channels, neighbors=neighbors,
-                          similarity=merge_similarity, threshold=bimodality_threshold)
+    groups = merge_groups(
+        groups,
+        features=features,
+        channels=channels,
+        neighbors=neighbors,
+        similarity=merge_similarity,
+        threshold=bimodality_threshold,
+    )
     labels = np.full(len(spike_index), -1, dtype=np.int64)
     pos = {s: i for i, s in enumerate(spike_index)}
     for u, g in enumerate(groups):
         labels[[pos[s] for s in g.members]] = u
     log.info("%d clusters after merging", len(groups))
     return ClusterResult(spike_index=spike_index, labels=labels, n_units=len(groups))
-

@@ -3,6 +3,7 @@
 The merges of units that are one neuron (the refractory test, and units split by drift) are
 with the other merge rules in :mod:`spikesort.stages.merges`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,10 +33,17 @@ def remove_duplicates(spikes: MatchedSpikes, *, window: int) -> MatchedSpikes:
     return spikes.take(np.sort(order[~drop]))
 
 
-
-def residue_spikes(spikes: MatchedSpikes, dense: np.ndarray, *, window: int, positions_um: np.ndarray,
-                   max_distance_um: float = 200.0, lag_halfwidth: int = 3, min_count: int = 10,
-                   drop_fraction: float = 0.8) -> np.ndarray:
+def residue_spikes(
+    spikes: MatchedSpikes,
+    dense: np.ndarray,
+    *,
+    window: int,
+    positions_um: np.ndarray,
+    max_distance_um: float = 200.0,
+    lag_halfwidth: int = 3,
+    min_count: int = 10,
+    drop_fraction: float = 0.8,
+) -> np.ndarray:
     """Spikes that are what is left of a larger unit's spike after an imperfect subtraction.
 
     Such a leftover is matched to a smaller template nearby at one fixed lag after (or before)
@@ -89,7 +97,11 @@ def residue_spikes(spikes: MatchedSpikes, dense: np.ndarray, *, window: int, pos
             log.info("unit %d: %.0f%% of its spikes are residues of larger units' spikes: dropped", a, 100 * frac)
         else:
             drop[members[a][residue]] = True
-            log.info("unit %d: %d of its %d spikes are residues of larger units' spikes: those dropped", a,
-                     int(residue.sum()), len(ta))
+            log.info(
+                "unit %d: %d of its %d spikes are residues of larger units' spikes: those dropped",
+                a,
+                int(residue.sum()),
+                len(ta),
+            )
     log.info("subtraction residues: %d spikes dropped, %d units whole", int(drop.sum()), whole)
     return drop

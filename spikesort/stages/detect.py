@@ -9,6 +9,7 @@ Two steps on whitened traces (noise sd ~ 1):
    Candidates whose best score stays below ``universal_threshold`` are noise and dropped.
 The projections are kept: they are the spikes' features for clustering.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,21 +32,37 @@ class Detections:
     features: np.ndarray  # (n, M, K) float32 projections on the peak channel's neighbourhood
 
     @classmethod
-    def empty(cls, m: int, k: int) -> "Detections":
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
-                   np.zeros(0, np.float32), np.zeros((0, 2), np.float32), np.zeros((0, m, k), np.float32))
+    def empty(cls, m: int, k: int) -> Detections:
+        return cls(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.float32),
+            np.zeros((0, 2), np.float32),
+            np.zeros((0, m, k), np.float32),
+        )
 
     def __len__(self) -> int:
         return len(self.times)
 
     @classmethod
-    def concat(cls, parts: list["Detections"]) -> "Detections":
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                     ("times", "channels", "amplitudes", "scores", "positions_um", "features")))
+    def concat(cls, parts: list[Detections]) -> Detections:
+        return cls(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("times", "channels", "amplitudes", "scores", "positions_um", "features")
+            )
+        )
 
-    def take(self, idx) -> "Detections":
-        return Detections(self.times[idx], self.channels[idx], self.amplitudes[idx], self.scores[idx],
-                          self.positions_um[idx], self.features[idx])
+    def take(self, idx) -> Detections:
+        return Detections(
+            self.times[idx],
+            self.channels[idx],
+            self.amplitudes[idx],
+            self.scores[idx],
+            self.positions_um[idx],
+            self.features[idx],
+        )
 
 
 def choose_sign(x: np.ndarray, *, threshold: float) -> int:
@@ -55,9 +72,18 @@ def choose_sign(x: np.ndarray, *, threshold: float) -> int:
     return -1 if neg >= 0.5 * pos else 1
 
 
-def learn_temporal_bases(blocks: list[np.ndarray], *, sign: int, threshold: float, neighbors: np.ndarray,
-                         exclusion: int, pre: int, nt: int, n_components: int,
-                         rng: np.random.Generator) -> np.ndarray:
+def learn_temporal_bases(
+    blocks: list[np.ndarray],
+    *,
+    sign: int,
+    threshold: float,
+    neighbors: np.ndarray,
+    exclusion: int,
+    pre: int,
+    nt: int,
+    n_components: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Temporal waveforms (K, nt) spanning the spikes seen on their peak channel, by SVD.
 
     Falls back to Gaussian-windowed cosines when the data hold too few spikes to learn from
@@ -67,7 +93,7 @@ def learn_temporal_bases(blocks: list[np.ndarray], *, sign: int, threshold: floa
     for x in blocks:
         t, c = detect_peaks(x, float(sign), float(threshold), neighbors, exclusion, pre, x.shape[0] - nt + pre)
         for ti, ci in zip(t, c):
-            snippets.append(x[ti - pre: ti - pre + nt, ci])
+            snippets.append(x[ti - pre : ti - pre + nt, ci])
     if len(snippets) >= 4 * n_components + 20:
         s = np.asarray(snippets, dtype=np.float64)
         if len(s) > 20000:
@@ -122,8 +148,9 @@ def universal_scores(features: np.ndarray, channels: np.ndarray, bank: np.ndarra
     return np.sqrt((v * v).sum(axis=2).max(axis=1)).astype(np.float32)
 
 
-def localize(features: np.ndarray, channels: np.ndarray, *, neighbors: np.ndarray,
-             positions_um: np.ndarray) -> np.ndarray:
+def localize(
+    features: np.ndarray, channels: np.ndarray, *, neighbors: np.ndarray, positions_um: np.ndarray
+) -> np.ndarray:
     """Centre of mass of the projected energy over the neighbourhood (µm)."""
     if len(features) == 0:
         return np.zeros((0, 2), np.float32)
@@ -145,8 +172,18 @@ def filtered_noise_sd(blocks: list[np.ndarray], *, bases: np.ndarray, pre: int) 
     return np.maximum(robust_sd(y), 1e-6).astype(np.float32)
 
 
-def candidate_peaks(x: np.ndarray, *, bases: np.ndarray, filter_sd: np.ndarray, pre: int, threshold: float,
-                    neighbors: np.ndarray, exclusion: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+def candidate_peaks(
+    x: np.ndarray,
+    *,
+    bases: np.ndarray,
+    filter_sd: np.ndarray,
+    pre: int,
+    threshold: float,
+    neighbors: np.ndarray,
+    exclusion: int,
+    lo: int,
+    hi: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Peaks of the temporally matched-filtered traces (in noise sd) above ``threshold``.
 
     Filtering with the main spike shape before thresholding gathers a spike's energy over its
@@ -157,10 +194,24 @@ def candidate_peaks(x: np.ndarray, *, bases: np.ndarray, filter_sd: np.ndarray, 
     return detect_peaks(y, 1.0, float(threshold), neighbors, exclusion, lo, hi)
 
 
-def detect_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, sign: int, threshold: float,
-                 universal_threshold: float, peak_neighbors: np.ndarray, feature_neighbors: np.ndarray,
-                 bank: np.ndarray, bases: np.ndarray, pre: int, exclusion: int,
-                 positions_um: np.ndarray, filter_sd: np.ndarray) -> Detections:
+def detect_block(
+    x: np.ndarray,
+    *,
+    keep_start: int,
+    keep_stop: int,
+    offset: int,
+    sign: int,
+    threshold: float,
+    universal_threshold: float,
+    peak_neighbors: np.ndarray,
+    feature_neighbors: np.ndarray,
+    bank: np.ndarray,
+    bases: np.ndarray,
+    pre: int,
+    exclusion: int,
+    positions_um: np.ndarray,
+    filter_sd: np.ndarray,
+) -> Detections:
     """Detect in one whitened block; ``offset`` is the recording sample of ``x[0]``."""
     nt = bases.shape[1]
     # a window must fit: events too close to the recording's edges cannot be fitted or extracted
@@ -168,8 +219,17 @@ def detect_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int,
     hi = min(keep_stop, x.shape[0] - (nt - pre))
     if hi <= lo:
         return Detections.empty(feature_neighbors.shape[1], bases.shape[0])
-    t, c = candidate_peaks(x, bases=bases, filter_sd=filter_sd, pre=pre, threshold=threshold,
-                           neighbors=peak_neighbors, exclusion=exclusion, lo=lo, hi=hi)
+    t, c = candidate_peaks(
+        x,
+        bases=bases,
+        filter_sd=filter_sd,
+        pre=pre,
+        threshold=threshold,
+        neighbors=peak_neighbors,
+        exclusion=exclusion,
+        lo=lo,
+        hi=hi,
+    )
     # no re-alignment by the best universal score over a few lags: that criterion is nearly
     # flat across lags, so it put one unit's spikes on different samples and clustering split
     # them by alignment. The matched filter's peak is the consistent alignment.

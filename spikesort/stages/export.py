@@ -1,4 +1,5 @@
 """Assemble the sorter's results into a Phy folder (files written by ``io.phy``)."""
+
 from __future__ import annotations
 
 import logging
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from spikesort.io.phy import PhyData, inverse_whitening_uv, pad_templates_to_center, write_phy_folder
+
 from .metrics import UnitMetrics, compute_unit_metrics, label_units
 
 log = logging.getLogger(__name__)
@@ -24,8 +26,12 @@ def raw_source(recording) -> dict | None:
     if not paths or kw.get("num_channels") != recording.get_num_channels():
         log.info("the recording is not a plain binary file with these channels: Phy will not show raw traces")
         return None
-    return dict(dat_path=[str(Path(p).resolve()) for p in paths], dtype=str(np.dtype(kw["dtype"])),
-                offset=int(kw.get("file_offset", 0) or 0), n_channels_dat=int(kw["num_channels"]))
+    return dict(
+        dat_path=[str(Path(p).resolve()) for p in paths],
+        dtype=str(np.dtype(kw["dtype"])),
+        offset=int(kw.get("file_offset", 0) or 0),
+        n_channels_dat=int(kw["num_channels"]),
+    )
 
 
 def phy_whitening(whitening: np.ndarray, gains_to_uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,34 +43,84 @@ def phy_whitening(whitening: np.ndarray, gains_to_uv: np.ndarray) -> tuple[np.nd
     return w_phy, inverse_whitening_uv(whitening_mat=w_phy, gain_uv=gains_to_uv)
 
 
-def unit_metrics(*, spike_times, spike_clusters, amplitudes, templates_uv, noise_uv, positions_um,
-                 sampling_rate_hz, duration_s, params) -> tuple[UnitMetrics, np.ndarray]:
+def unit_metrics(
+    *,
+    spike_times,
+    spike_clusters,
+    amplitudes,
+    templates_uv,
+    noise_uv,
+    positions_um,
+    sampling_rate_hz,
+    duration_s,
+    params,
+) -> tuple[UnitMetrics, np.ndarray]:
     k = templates_uv.shape[0]
-    m = compute_unit_metrics(spike_times=spike_times, spike_clusters=spike_clusters, amplitudes=amplitudes,
-                             templates_uv=templates_uv, template_of_unit=np.arange(k), noise_uv=noise_uv,
-                             channel_positions=positions_um, sampling_rate_hz=sampling_rate_hz,
-                             duration_s=duration_s, refractory_ms=params.refractory_ms,
-                             censored_ms=params.censored_ms)
-    labels = label_units(m, good_max_contamination=params.good_max_contamination, good_min_snr=params.good_min_snr,
-                         good_min_presence=params.good_min_presence, noise_max_snr=params.noise_max_snr)
+    m = compute_unit_metrics(
+        spike_times=spike_times,
+        spike_clusters=spike_clusters,
+        amplitudes=amplitudes,
+        templates_uv=templates_uv,
+        template_of_unit=np.arange(k),
+        noise_uv=noise_uv,
+        channel_positions=positions_um,
+        sampling_rate_hz=sampling_rate_hz,
+        duration_s=duration_s,
+        refractory_ms=params.refractory_ms,
+        censored_ms=params.censored_ms,
+    )
+    labels = label_units(
+        m,
+        good_max_contamination=params.good_max_contamination,
+        good_min_snr=params.good_min_snr,
+        good_min_presence=params.good_min_presence,
+        noise_max_snr=params.noise_max_snr,
+    )
     return m, labels
 
 
-def write_phy(folder: Path, *, recording, spike_times, spike_units, amplitudes, templates_white, pre,
-              whitening, gains_to_uv, positions_um, shank_ids, pc_features, pc_feature_ind,
-              template_features, template_feature_ind, similar, spike_positions, metrics: UnitMetrics,
-              labels: np.ndarray, sampling_rate_hz: float) -> None:
+def write_phy(
+    folder: Path,
+    *,
+    recording,
+    spike_times,
+    spike_units,
+    amplitudes,
+    templates_white,
+    pre,
+    whitening,
+    gains_to_uv,
+    positions_um,
+    shank_ids,
+    pc_features,
+    pc_feature_ind,
+    template_features,
+    template_feature_ind,
+    similar,
+    spike_positions,
+    metrics: UnitMetrics,
+    labels: np.ndarray,
+    sampling_rate_hz: float,
+) -> None:
     """``whitening`` is the sorter's (C, C) matrix with whitened = x @ whitening.T."""
     w_phy, winv = phy_whitening(whitening, gains_to_uv)
     src = raw_source(recording)
     n_ch = len(positions_um)
     data = PhyData(
-        spike_times=spike_times, spike_templates=spike_units, amplitudes=amplitudes,
+        spike_times=spike_times,
+        spike_templates=spike_units,
+        amplitudes=amplitudes,
         templates=pad_templates_to_center(templates_white, n_before=pre),
-        whitening_mat=w_phy, whitening_mat_inv=winv, channel_map=np.arange(n_ch),
-        channel_positions=positions_um, pc_features=pc_features, pc_feature_ind=pc_feature_ind,
-        template_features=template_features, template_feature_ind=template_feature_ind,
-        similar_templates=similar, spike_positions=spike_positions,
+        whitening_mat=w_phy,
+        whitening_mat_inv=winv,
+        channel_map=np.arange(n_ch),
+        channel_positions=positions_um,
+        pc_features=pc_features,
+        pc_feature_ind=pc_feature_ind,
+        template_features=template_features,
+        template_feature_ind=template_feature_ind,
+        similar_templates=similar,
+        spike_positions=spike_positions,
         cluster_tables={
             "KSLabel": list(labels),
             "ContamPct": (100 * np.asarray(metrics.contamination, dtype=float)).round(2).tolist(),
@@ -80,7 +136,8 @@ def write_phy(folder: Path, *, recording, spike_times, spike_units, amplitudes, 
         n_channels_dat=src["n_channels_dat"] if src else n_ch,
         dtype=src["dtype"] if src else "int16",
         offset=src["offset"] if src else 0,
-        sample_rate=sampling_rate_hz, hp_filtered=False,
+        sample_rate=sampling_rate_hz,
+        hp_filtered=False,
         channel_shanks=shank_ids,
     )
     write_phy_folder(folder, data)

@@ -6,6 +6,7 @@ For each matched spike, in one streamed pass over the whitened traces:
 - template features: the least-squares scale of the spike against its own template and the
   unit's most similar templates (Phy's template-feature view; column 0 is the amplitude).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,9 +27,13 @@ class SpikeFeatures:
     positions_um: np.ndarray  # (n, 2) float32
 
     @classmethod
-    def concat(cls, parts: list["SpikeFeatures"]) -> "SpikeFeatures":
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                     ("pc_features", "template_features", "positions_um")))
+    def concat(cls, parts: list[SpikeFeatures]) -> SpikeFeatures:
+        return cls(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("pc_features", "template_features", "positions_um")
+            )
+        )
 
 
 def similarity_matrix(dense: np.ndarray) -> np.ndarray:
@@ -53,13 +58,22 @@ def template_feature_index(similar: np.ndarray, *, n_features: int) -> np.ndarra
     return out
 
 
-def features_block(x: np.ndarray, *, times: np.ndarray, units: np.ndarray, templates: Templates,
-                   pc_neighbors: np.ndarray, bases: np.ndarray, tf_index: np.ndarray,
-                   positions_um: np.ndarray) -> SpikeFeatures:
+def features_block(
+    x: np.ndarray,
+    *,
+    times: np.ndarray,
+    units: np.ndarray,
+    templates: Templates,
+    pc_neighbors: np.ndarray,
+    bases: np.ndarray,
+    tf_index: np.ndarray,
+    positions_um: np.ndarray,
+) -> SpikeFeatures:
     """Features of spikes at ``times`` (samples in ``x``) of ``units``."""
     main = templates.main_channel[units]
     pcs = project_neighborhoods(x, times, main, pc_neighbors, bases, templates.pre)  # (n, nch, K)
-    tf = template_projections(x, times, tf_index[units], templates.values, templates.channels, templates.norm2,
-                              templates.pre)
+    tf = template_projections(
+        x, times, tf_index[units], templates.values, templates.channels, templates.norm2, templates.pre
+    )
     pos = localize(pcs, main, neighbors=pc_neighbors, positions_um=positions_um)
     return SpikeFeatures(np.ascontiguousarray(pcs.transpose(0, 2, 1)), tf, pos)

@@ -1,4 +1,5 @@
 """Channel neighbourhoods from probe geometry (positions in µm, shank ids)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,14 @@ def distances_um(positions_um: np.ndarray) -> np.ndarray:
     return np.linalg.norm(p[:, None, :] - p[None, :, :], axis=2)
 
 
-def neighbor_table(*, positions_um: np.ndarray, radius_um: float, good_channels: np.ndarray | None = None,
-                   shank_ids: np.ndarray | None = None, min_neighbors: int = 1) -> np.ndarray:
+def neighbor_table(
+    *,
+    positions_um: np.ndarray,
+    radius_um: float,
+    good_channels: np.ndarray | None = None,
+    shank_ids: np.ndarray | None = None,
+    min_neighbors: int = 1,
+) -> np.ndarray:
     """(C, M) int64 table of each channel's neighbours within ``radius_um``, nearest first
     (the channel itself leads), padded with -1. Channels on another shank or flagged bad are
     never neighbours; at least ``min_neighbors`` nearest channels are kept on sparse probes."""

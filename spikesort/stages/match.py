@@ -5,6 +5,7 @@ peak (a few sample lags, clipped least-squares amplitude), keeps the best fits t
 overlap in space-time, and subtracts them. Overlapping spikes show up as new peaks in a later
 round once the larger spike is gone.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,9 @@ from .templates import Templates, filtered_templates
 log = logging.getLogger(__name__)
 
 
-def channel_candidates(t: Templates, *, n_channels: int, fraction: float = 0.3,
-                       max_per_channel: int = 32) -> np.ndarray:
+def channel_candidates(
+    t: Templates, *, n_channels: int, fraction: float = 0.3, max_per_channel: int = 32
+) -> np.ndarray:
     """(C, Q) templates worth trying for a peak on each channel: those with at least
     ``fraction`` of their peak channel's norm there, strongest first; padded with -1."""
     ch_norm = np.sqrt((t.dense.astype(np.float64) ** 2).sum(axis=1))  # (K, C)
@@ -46,21 +48,37 @@ class MatchedSpikes:
     gains: np.ndarray  # (n,) float32 residual energy explained
 
     @classmethod
-    def concat(cls, parts: list["MatchedSpikes"]) -> "MatchedSpikes":
+    def concat(cls, parts: list[MatchedSpikes]) -> MatchedSpikes:
         if not parts:
             return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
-        return cls(*(np.concatenate([getattr(p, f) for p in parts])
-                     for f in ("times", "templates", "amplitudes", "gains")))
+        return cls(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("times", "templates", "amplitudes", "gains"))
+        )
 
-    def take(self, idx) -> "MatchedSpikes":
+    def take(self, idx) -> MatchedSpikes:
         return MatchedSpikes(self.times[idx], self.templates[idx], self.amplitudes[idx], self.gains[idx])
 
 
-def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, templates: Templates,
-                chan_templates: np.ndarray, sign: int, detect_threshold: float, peak_neighbors: np.ndarray,
-                exclusion: int, match_threshold: float, iterations: int, max_lag: int,
-                amplitude_range: tuple[float, float], bases: np.ndarray,
-                filter_sd: np.ndarray, filtered: np.ndarray | None = None) -> tuple[MatchedSpikes, np.ndarray]:
+def match_block(
+    x: np.ndarray,
+    *,
+    keep_start: int,
+    keep_stop: int,
+    offset: int,
+    templates: Templates,
+    chan_templates: np.ndarray,
+    sign: int,
+    detect_threshold: float,
+    peak_neighbors: np.ndarray,
+    exclusion: int,
+    match_threshold: float,
+    iterations: int,
+    max_lag: int,
+    amplitude_range: tuple[float, float],
+    bases: np.ndarray,
+    filter_sd: np.ndarray,
+    filtered: np.ndarray | None = None,
+) -> tuple[MatchedSpikes, np.ndarray]:
     """Peel templates off one whitened block. Returns the spikes (recording samples) and the residual.
 
     ``filtered``: ``filtered_templates(templates, bases[0])``, computed here when not given."""
@@ -84,8 +102,19 @@ def match_block(x: np.ndarray, *, keep_start: int, keep_stop: int, offset: int, 
         t, c = detect_peaks_rows(y, 1.0, float(detect_threshold), peak_neighbors, exclusion, rows)
         if len(t) == 0:
             break
-        k, tt, a, g = best_matches(r, t, c, values_t, templates.channels, templates.norm2,
-                                   chan_templates, pre, max_lag, float(amplitude_range[0]), float(amplitude_range[1]))
+        k, tt, a, g = best_matches(
+            r,
+            t,
+            c,
+            values_t,
+            templates.channels,
+            templates.norm2,
+            chan_templates,
+            pre,
+            max_lag,
+            float(amplitude_range[0]),
+            float(amplitude_range[1]),
+        )
         ok = np.flatnonzero((k >= 0) & (g > thr2))
         if len(ok) == 0:
             break
@@ -110,4 +139,3 @@ def rows_near(times: np.ndarray, *, reach: int, lo: int, hi: int) -> np.ndarray:
     np.add.at(marks, np.clip(times - reach - lo, 0, hi - lo), 1)
     np.add.at(marks, np.clip(times + reach + 1 - lo, 0, hi - lo), -1)
     return np.flatnonzero(np.cumsum(marks)[:-1] > 0) + lo
-

@@ -7,6 +7,7 @@ A metric that is undefined for a unit (too few spikes) is NaN.
 Errors: a parameter value a user can set (refractory period, thresholds, duration) raises
 SpikesortError; arrays that do not fit together are a programming error and raise ValueError.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,6 +26,7 @@ LABELS = ("good", "mua", "noise")
 # --------------------------------------------------------------------------------------------
 # grouping spikes by unit
 # --------------------------------------------------------------------------------------------
+
 
 def _unit_index(spike_clusters: np.ndarray, unit_ids: np.ndarray) -> np.ndarray:
     """Index of each spike's cluster in ``unit_ids``, -1 for clusters not listed."""
@@ -64,8 +66,7 @@ def _periods_s(refractory_ms: float, censored_ms: float) -> tuple[float, float]:
     t_r = _positive("refractory_ms", refractory_ms) / 1000.0
     t_c = float(censored_ms) / 1000.0
     if not 0 <= t_c < t_r:
-        raise SpikesortError(
-            f"censored_ms must be >= 0 and below refractory_ms ({refractory_ms}), got {censored_ms}")
+        raise SpikesortError(f"censored_ms must be >= 0 and below refractory_ms ({refractory_ms}), got {censored_ms}")
     return t_r, t_c
 
 
@@ -73,13 +74,14 @@ def _periods_s(refractory_ms: float, censored_ms: float) -> tuple[float, float]:
 class RefractoryViolations:
     """Per-unit counts of spikes closer than the refractory period."""
 
-    n_spikes: np.ndarray      # (U,) spikes of the unit
-    n_isi: np.ndarray         # (U,) consecutive intervals shorter than the period
-    n_pairs: np.ndarray       # (U,) pairs (any two spikes) closer than the period
+    n_spikes: np.ndarray  # (U,) spikes of the unit
+    n_isi: np.ndarray  # (U,) consecutive intervals shorter than the period
+    n_pairs: np.ndarray  # (U,) pairs (any two spikes) closer than the period
 
 
-def refractory_violations(*, spike_times, spike_clusters, unit_ids, sampling_rate_hz: float,
-                          refractory_ms: float) -> RefractoryViolations:
+def refractory_violations(
+    *, spike_times, spike_clusters, unit_ids, sampling_rate_hz: float, refractory_ms: float
+) -> RefractoryViolations:
     """Count, per unit, intervals and pairs with ``t_j - t_i < refractory_ms``.
 
     Three spikes within the period give 2 interval violations and 3 pair violations.
@@ -113,6 +115,7 @@ def refractory_violations(*, spike_times, spike_clusters, unit_ids, sampling_rat
 # spike-train metrics
 # --------------------------------------------------------------------------------------------
 
+
 def firing_rate_hz(*, spike_clusters, unit_ids, duration_s: float) -> np.ndarray:
     """Spikes per second of each unit over the whole recording."""
     idx = _unit_index(spike_clusters, unit_ids)
@@ -121,19 +124,30 @@ def firing_rate_hz(*, spike_clusters, unit_ids, duration_s: float) -> np.ndarray
     return counts / duration_s
 
 
-def _violation_inputs(spike_times, spike_clusters, unit_ids, sampling_rate_hz, duration_s, refractory_ms,
-                      censored_ms):
+def _violation_inputs(spike_times, spike_clusters, unit_ids, sampling_rate_hz, duration_s, refractory_ms, censored_ms):
     """What both refractory estimates start from: periods (s), duration, violation counts, N."""
     t_r, t_c = _periods_s(refractory_ms, censored_ms)
     duration_s = _positive("duration_s", duration_s)
-    v = refractory_violations(spike_times=spike_times, spike_clusters=spike_clusters,
-                              unit_ids=unit_ids, sampling_rate_hz=sampling_rate_hz,
-                              refractory_ms=refractory_ms)
+    v = refractory_violations(
+        spike_times=spike_times,
+        spike_clusters=spike_clusters,
+        unit_ids=unit_ids,
+        sampling_rate_hz=sampling_rate_hz,
+        refractory_ms=refractory_ms,
+    )
     return t_r, t_c, duration_s, v, v.n_spikes.astype(np.float64)
 
 
-def isi_violation_ratio(*, spike_times, spike_clusters, unit_ids, sampling_rate_hz: float,
-                        duration_s: float, refractory_ms: float, censored_ms: float = 0.0) -> np.ndarray:
+def isi_violation_ratio(
+    *,
+    spike_times,
+    spike_clusters,
+    unit_ids,
+    sampling_rate_hz: float,
+    duration_s: float,
+    refractory_ms: float,
+    censored_ms: float = 0.0,
+) -> np.ndarray:
     """ISI violation ratio of Hill et al. (2011), as the Allen Institute and SpikeInterface
     (``isi_violations_ratio``) compute it:
 
@@ -143,15 +157,24 @@ def isi_violation_ratio(*, spike_times, spike_clusters, unit_ids, sampling_rate_
     violation rate relative to that of a Poisson train of the same rate; roughly the
     contaminating fraction when small, 0.5 for pure Poisson, and unbounded. NaN without spikes.
     """
-    t_r, t_c, duration_s, v, n = _violation_inputs(spike_times, spike_clusters, unit_ids, sampling_rate_hz,
-                                                   duration_s, refractory_ms, censored_ms)
+    t_r, t_c, duration_s, v, n = _violation_inputs(
+        spike_times, spike_clusters, unit_ids, sampling_rate_hz, duration_s, refractory_ms, censored_ms
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = v.n_isi * duration_s / (2.0 * n**2 * (t_r - t_c))
     return np.where(n > 0, ratio, np.nan)
 
 
-def contamination(*, spike_times, spike_clusters, unit_ids, sampling_rate_hz: float,
-                  duration_s: float, refractory_ms: float, censored_ms: float = 0.0) -> np.ndarray:
+def contamination(
+    *,
+    spike_times,
+    spike_clusters,
+    unit_ids,
+    sampling_rate_hz: float,
+    duration_s: float,
+    refractory_ms: float,
+    censored_ms: float = 0.0,
+) -> np.ndarray:
     """Estimated fraction of a unit's spikes that come from other neurons, in [0, 1].
 
     The model of Hill et al. (2011), solved as in Llobet et al. (2022): a fraction c of the
@@ -167,8 +190,9 @@ def contamination(*, spike_times, spike_clusters, unit_ids, sampling_rate_hz: fl
 
     clipped to 1 when there are more violations than the model allows. NaN below 2 spikes.
     """
-    t_r, t_c, duration_s, v, n = _violation_inputs(spike_times, spike_clusters, unit_ids, sampling_rate_hz,
-                                                   duration_s, refractory_ms, censored_ms)
+    t_r, t_c, duration_s, v, n = _violation_inputs(
+        spike_times, spike_clusters, unit_ids, sampling_rate_hz, duration_s, refractory_ms, censored_ms
+    )
     t_eff = duration_s - 2.0 * n * t_c
     with np.errstate(divide="ignore", invalid="ignore"):
         arg = 1.0 - v.n_pairs * t_eff / (n**2 * (t_r - t_c))
@@ -176,8 +200,9 @@ def contamination(*, spike_times, spike_clusters, unit_ids, sampling_rate_hz: fl
     return np.where(n >= 2, c, np.nan)
 
 
-def presence_ratio(*, spike_times, spike_clusters, unit_ids, sampling_rate_hz: float,
-                   duration_s: float, bin_s: float | None = None) -> np.ndarray:
+def presence_ratio(
+    *, spike_times, spike_clusters, unit_ids, sampling_rate_hz: float, duration_s: float, bin_s: float | None = None
+) -> np.ndarray:
     """Fraction of equal time bins in which the unit fires at least once.
 
     ``bin_s`` defaults to ``min(60, duration_s / 10)`` so a short recording still has 10 bins.
@@ -199,8 +224,7 @@ def presence_ratio(*, spike_times, spike_clusters, unit_ids, sampling_rate_hz: f
     return np.bincount(occupied // n_bins, minlength=n_units) / n_bins
 
 
-def _amplitude_cutoff_one(amps: np.ndarray, n_bins: int, smoothing_bins: float,
-                          min_spikes_per_bin: float) -> float:
+def _amplitude_cutoff_one(amps: np.ndarray, n_bins: int, smoothing_bins: float, min_spikes_per_bin: float) -> float:
     if amps.size < n_bins * min_spikes_per_bin:
         return np.nan
     if np.median(amps) < 0:  # negative-going amplitudes: the cut is at the small |a| end
@@ -210,12 +234,19 @@ def _amplitude_cutoff_one(amps: np.ndarray, n_bins: int, smoothing_bins: float,
     # The lowest bin sits at the detection cut. Mirror around the peak: the upper tail beyond
     # the last bin still as high as the lowest one stands for the part missing below the cut.
     last_high = np.flatnonzero(pdf >= pdf[0])[-1]
-    missing = pdf[last_high + 1:].sum()
+    missing = pdf[last_high + 1 :].sum()
     return float(min(missing / (amps.size + missing), 0.5))
 
 
-def amplitude_cutoff(*, amplitudes, spike_clusters, unit_ids, n_bins: int = 100,
-                     smoothing_bins: float = 3.0, min_spikes_per_bin: float = 5.0) -> np.ndarray:
+def amplitude_cutoff(
+    *,
+    amplitudes,
+    spike_clusters,
+    unit_ids,
+    n_bins: int = 100,
+    smoothing_bins: float = 3.0,
+    min_spikes_per_bin: float = 5.0,
+) -> np.ndarray:
     """Estimated fraction of each unit's spikes missed below the detection threshold.
 
     The estimate of Hill et al. (2011) as used by the Allen Institute and SpikeInterface:
@@ -236,7 +267,8 @@ def amplitude_cutoff(*, amplitudes, spike_clusters, unit_ids, n_bins: int = 100,
     if int(n_bins) < 2 or smoothing_bins < 0 or min_spikes_per_bin < 0:
         raise SpikesortError(
             f"amplitude_cutoff needs n_bins >= 2 and non-negative smoothing and min spikes; got "
-            f"{n_bins}, {smoothing_bins}, {min_spikes_per_bin}")
+            f"{n_bins}, {smoothing_bins}, {min_spikes_per_bin}"
+        )
     n_units = np.asarray(unit_ids).size
     if n_units == 0:
         return np.zeros(0)
@@ -244,20 +276,22 @@ def amplitude_cutoff(*, amplitudes, spike_clusters, unit_ids, n_bins: int = 100,
     idx, amps = idx[keep], amps[keep]
     order = np.argsort(idx, kind="stable")
     groups = np.split(amps[order], np.cumsum(np.bincount(idx, minlength=n_units))[:-1])
-    return np.array([_amplitude_cutoff_one(g, int(n_bins), float(smoothing_bins),
-                                           float(min_spikes_per_bin)) for g in groups],
-                    dtype=np.float64)
+    return np.array(
+        [_amplitude_cutoff_one(g, int(n_bins), float(smoothing_bins), float(min_spikes_per_bin)) for g in groups],
+        dtype=np.float64,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # template metrics
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TemplatePeak:
     """Largest absolute value of each template and where it is."""
 
-    channel: np.ndarray       # (K,) channel index of the largest |value|
+    channel: np.ndarray  # (K,) channel index of the largest |value|
     amplitude_uv: np.ndarray  # (K,) that |value|, µV
 
 
@@ -295,8 +329,7 @@ def template_depth_um(*, templates_uv, channel_positions) -> np.ndarray:
     t = np.abs(np.asarray(templates_uv, dtype=np.float64))
     pos = np.asarray(channel_positions, dtype=np.float64)
     if t.ndim != 3 or pos.shape != (t.shape[2], 2):
-        raise ValueError(
-            f"templates_uv must be (K, nt, C) and channel_positions (C, 2); got {t.shape} and {pos.shape}")
+        raise ValueError(f"templates_uv must be (K, nt, C) and channel_positions (C, 2); got {t.shape} and {pos.shape}")
     amp = t.max(axis=1)
     weights = np.where(amp >= 0.5 * amp.max(axis=1, keepdims=True), amp, 0.0)
     total = weights.sum(axis=1)
@@ -309,6 +342,7 @@ def template_depth_um(*, templates_uv, channel_positions) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # everything at once
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, eq=False)
 class UnitMetrics:
@@ -339,10 +373,22 @@ class UnitMetrics:
         return {f.name: np.asarray(getattr(self, f.name)).tolist() for f in fields(self)}
 
 
-def compute_unit_metrics(*, spike_times, spike_clusters, amplitudes, templates_uv, template_of_unit,
-                         noise_uv, channel_positions, sampling_rate_hz: float, duration_s: float,
-                         refractory_ms: float, censored_ms: float, unit_ids=None,
-                         presence_bin_s: float | None = None) -> UnitMetrics:
+def compute_unit_metrics(
+    *,
+    spike_times,
+    spike_clusters,
+    amplitudes,
+    templates_uv,
+    template_of_unit,
+    noise_uv,
+    channel_positions,
+    sampling_rate_hz: float,
+    duration_s: float,
+    refractory_ms: float,
+    censored_ms: float,
+    unit_ids=None,
+    presence_bin_s: float | None = None,
+) -> UnitMetrics:
     """All metrics for the units ``unit_ids`` (default ``arange(len(template_of_unit))``).
 
     ``templates_uv`` (K, nt, C) are templates in µV; unit ``unit_ids[u]`` uses row
@@ -356,15 +402,21 @@ def compute_unit_metrics(*, spike_times, spike_clusters, amplitudes, templates_u
     if templates_uv.ndim != 3:
         raise ValueError(f"templates_uv must be (K, nt, C), got shape {templates_uv.shape}")
     if template_of_unit.ndim != 1 or template_of_unit.dtype.kind not in "iu":
-        raise ValueError(f"template_of_unit must be a 1-D integer array, got {template_of_unit.shape} "
-                         f"{template_of_unit.dtype}")
+        raise ValueError(
+            f"template_of_unit must be a 1-D integer array, got {template_of_unit.shape} {template_of_unit.dtype}"
+        )
     if template_of_unit.size and not (0 <= template_of_unit.min() and template_of_unit.max() < templates_uv.shape[0]):
         raise ValueError(f"template_of_unit must index the {templates_uv.shape[0]} templates")
     unit_ids = np.arange(template_of_unit.size) if unit_ids is None else np.asarray(unit_ids)
     if unit_ids.shape != template_of_unit.shape:
         raise ValueError(f"unit_ids has shape {unit_ids.shape}, template_of_unit {template_of_unit.shape}")
-    train = dict(spike_times=spike_times, spike_clusters=spike_clusters, unit_ids=unit_ids,
-                 sampling_rate_hz=sampling_rate_hz, duration_s=duration_s)
+    train = dict(
+        spike_times=spike_times,
+        spike_clusters=spike_clusters,
+        unit_ids=unit_ids,
+        sampling_rate_hz=sampling_rate_hz,
+        duration_s=duration_s,
+    )
     refractory = dict(refractory_ms=refractory_ms, censored_ms=censored_ms)
     unit_templates = templates_uv[template_of_unit]
     peak = template_peak(templates_uv=unit_templates)
@@ -384,8 +436,14 @@ def compute_unit_metrics(*, spike_times, spike_clusters, amplitudes, templates_u
     )
 
 
-def label_units(metrics: UnitMetrics, *, good_max_contamination: float, good_min_snr: float,
-                good_min_presence: float, noise_max_snr: float) -> np.ndarray:
+def label_units(
+    metrics: UnitMetrics,
+    *,
+    good_max_contamination: float,
+    good_min_snr: float,
+    good_min_presence: float,
+    noise_max_snr: float,
+) -> np.ndarray:
     """'noise' when snr < noise_max_snr (or undefined); 'good' when contamination <
     good_max_contamination, snr >= good_min_snr and presence_ratio >= good_min_presence;
     'mua' otherwise. An undefined contamination or presence (NaN) is never good."""
@@ -398,6 +456,9 @@ def label_units(metrics: UnitMetrics, *, good_max_contamination: float, good_min
     s = np.asarray(metrics.snr, dtype=np.float64)
     # comparisons with NaN are False, so undefined metrics fall through to mua / noise
     noise = ~(s >= noise_max_snr)
-    good = ((np.asarray(metrics.contamination) < good_max_contamination) & (s >= good_min_snr)
-            & (np.asarray(metrics.presence_ratio) >= good_min_presence))
+    good = (
+        (np.asarray(metrics.contamination) < good_max_contamination)
+        & (s >= good_min_snr)
+        & (np.asarray(metrics.presence_ratio) >= good_min_presence)
+    )
     return np.where(noise, "noise", np.where(good, "good", "mua"))

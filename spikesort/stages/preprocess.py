@@ -4,6 +4,7 @@ All functions work on (n_samples, n_channels) float32 arrays. ``preprocess_chunk
 transform applied to every chunk; the model it needs (filter, whitening matrix, good channels)
 is fitted once by ``fit_preprocessing`` on a subsample of chunks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,9 @@ def design_filter(*, sampling_rate_hz: float, highpass_hz: float, lowpass_hz: fl
     return signal.butter(3, highpass_hz, btype="highpass", fs=sampling_rate_hz, output="sos")
 
 
-def filter_and_reference(traces: np.ndarray, *, sos: np.ndarray, reference: str,
-                         good_channels: np.ndarray | None = None) -> np.ndarray:
+def filter_and_reference(
+    traces: np.ndarray, *, sos: np.ndarray, reference: str, good_channels: np.ndarray | None = None
+) -> np.ndarray:
     """Zero-phase filter each channel, then subtract the common reference of the good channels."""
     x = np.ascontiguousarray(traces, dtype=np.float32)
     # filtfilt needs a few filter lengths of signal; tiny blocks are padded less
@@ -104,8 +106,9 @@ def find_bad_channels(noise_sd: np.ndarray, *, dead_ratio: float = 0.1, noisy_ra
     return bad
 
 
-def local_zca(cov: np.ndarray, *, positions_um: np.ndarray, radius_um: float,
-              good_channels: np.ndarray, eps_rel: float = 1e-3) -> np.ndarray:
+def local_zca(
+    cov: np.ndarray, *, positions_um: np.ndarray, radius_um: float, good_channels: np.ndarray, eps_rel: float = 1e-3
+) -> np.ndarray:
     """Whitening matrix whose row c is the ZCA row of channel c computed on its neighbourhood.
 
     Row c only mixes channels within ``radius_um`` (always at least the channel itself and its
@@ -163,9 +166,18 @@ def _sparse_rows(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return idx, w
 
 
-def fit_preprocessing(blocks, *, sampling_rate_hz: float, positions_um: np.ndarray,
-                      highpass_hz: float, lowpass_hz: float, reference: str, whitening_radius_um: float,
-                      detect_bad_channels: bool, n_jobs: int = 1) -> PreprocessModel:
+def fit_preprocessing(
+    blocks,
+    *,
+    sampling_rate_hz: float,
+    positions_um: np.ndarray,
+    highpass_hz: float,
+    lowpass_hz: float,
+    reference: str,
+    whitening_radius_um: float,
+    detect_bad_channels: bool,
+    n_jobs: int = 1,
+) -> PreprocessModel:
     """Fit filter, bad channels and whitening on a few raw blocks sampled across the recording.
 
     ``blocks``: a sequence of (n, C) raw arrays; it is indexed, one block at a time per worker,
@@ -206,13 +218,18 @@ def fit_preprocessing(blocks, *, sampling_rate_hz: float, positions_um: np.ndarr
     good = np.ones(n_ch, dtype=bool)
     good[list(bad)] = False
     for c, why in bad.items():
-        log.warning("channel %d looks %s (noise sd %.3g vs probe median %.3g): left out", c, why, sd_raw[c],
-                    np.median(sd_raw))
+        log.warning(
+            "channel %d looks %s (noise sd %.3g vs probe median %.3g): left out", c, why, sd_raw[c], np.median(sd_raw)
+        )
     if bad:
         # the reference must leave the bad channels out: filter again
-        parts = list(map_chunks(lambda i: stats(filter_and_reference(blocks[i], sos=sos, reference=reference,
-                                                                     good_channels=good)),
-                                range(n_blocks), n_jobs=n_jobs))
+        parts = list(
+            map_chunks(
+                lambda i: stats(filter_and_reference(blocks[i], sos=sos, reference=reference, good_channels=good)),
+                range(n_blocks),
+                n_jobs=n_jobs,
+            )
+        )
     else:
         parts = [f[1] for f in first]
     cov = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
@@ -222,5 +239,11 @@ def fit_preprocessing(blocks, *, sampling_rate_hz: float, positions_um: np.ndarr
     # scale rows so every good channel has unit robust noise sd in whitened space: thresholds are then in sd
     sd_white = robust_sd(apply_whitening(sample, w))
     w[good] /= np.maximum(sd_white[good], 1e-12)[:, None].astype(np.float32)
-    return PreprocessModel(sos=sos, whitening=w, good_channels=good, noise_sd=noise_sd.astype(np.float32),
-                           reference=reference, bad_reasons=bad)
+    return PreprocessModel(
+        sos=sos,
+        whitening=w,
+        good_channels=good,
+        noise_sd=noise_sd.astype(np.float32),
+        reference=reference,
+        bad_reasons=bad,
+    )

@@ -6,6 +6,7 @@ spikes, so preprocessing zeroes the whitened traces over each stretch and a few 
 limits of their type (int16: -32768 and 32767); a converter whose rail lies inside the type's
 range (a 10-bit ADC stored as int16) is not recognised.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,8 +49,11 @@ def runs(mask: np.ndarray, *, offset: int = 0) -> np.ndarray:
 
 def merge_runs(parts) -> np.ndarray:
     """Concatenate (k, 2) run arrays in time order and join runs that touch (chunk boundaries)."""
-    r = np.concatenate([np.asarray(p, dtype=np.int64).reshape(-1, 2) for p in parts]) if len(parts) else \
-        np.zeros((0, 2), np.int64)
+    r = (
+        np.concatenate([np.asarray(p, dtype=np.int64).reshape(-1, 2) for p in parts])
+        if len(parts)
+        else np.zeros((0, 2), np.int64)
+    )
     if len(r) < 2:
         return r
     out = [list(r[0])]

@@ -1,5 +1,6 @@
 """Templates: the median waveform of each unit, read from the whitened trace store, and what
 matching and curation derive from them (sparse supports, matched-filter responses, SNR)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ class Templates:
     def n_templates(self) -> int:
         return self.dense.shape[0]
 
-    def take(self, keep: np.ndarray) -> "Templates":
+    def take(self, keep: np.ndarray) -> Templates:
         return sparsify(self.dense[keep], pre=self.pre)
 
 
@@ -71,8 +72,18 @@ def template_snr(templates_uv: np.ndarray, noise_uv: np.ndarray) -> np.ndarray:
     return peak[np.arange(len(best)), best] / np.maximum(noise_uv[best], 1e-12)
 
 
-def build_templates(store, times: np.ndarray, labels: np.ndarray, *, n_units: int, pre: int, nt: int,
-                    rng: np.random.Generator, max_spikes: int = 300, n_jobs: int = 1) -> Templates:
+def build_templates(
+    store,
+    times: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_units: int,
+    pre: int,
+    nt: int,
+    rng: np.random.Generator,
+    max_spikes: int = 300,
+    n_jobs: int = 1,
+) -> Templates:
     """Median waveform of up to ``max_spikes`` spikes of each label, read from the trace store.
 
     The spikes are drawn in unit order first, so ``n_jobs`` threads (the reads and numpy's

@@ -5,6 +5,7 @@ Modules: units (read a sorted Phy folder), compare (features after a depth shift
 links and tracks), outputs (tracks.csv, motion.csv, tracking.json, tracks.png), synthetic (chronic
 ground truth for tests and the benchmark).
 """
+
 from __future__ import annotations
 
 from .track import PairResult, TrackingResult, track

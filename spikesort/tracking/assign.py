@@ -6,6 +6,7 @@ then link to a unit with no link backward one or two sessions later (a missed se
 goes forward in session order and every unit has at most one link each way, so a track never holds
 two units of one session.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ class TrackRow:
     probability: float  # the link into this unit (the track's first unit: the link out of it); NaN alone
 
 
-def assign_pairs(prob: np.ndarray, *, threshold: float = 0.5, rows: np.ndarray | None = None,
-                 cols: np.ndarray | None = None) -> list[tuple[int, int, float]]:
+def assign_pairs(
+    prob: np.ndarray, *, threshold: float = 0.5, rows: np.ndarray | None = None, cols: np.ndarray | None = None
+) -> list[tuple[int, int, float]]:
     """Hungarian assignment on -log p (restricted to ``rows`` x ``cols``), links with p >= threshold."""
     from scipy.optimize import linear_sum_assignment
 

@@ -8,6 +8,7 @@ A class-balanced logistic model on (waveform similarity, distance, amplitude rat
 "same neuron" ends in that session: its 0.5 boundary is the session's threshold, no constant.
 Firing rates are left out on purpose: they change by ±50 % between days.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,8 +72,15 @@ def half_features(s: SessionUnits, *, seed: int = 0) -> PairFeatures:
     delta = rng.uniform(-pitch / 2, pitch / 2, s.n_units)
     chan = s.channel_positions
     first = moved_waveforms(moved_waveforms(s.halves[0], chan, chan, delta / 2), chan, chan, -delta / 2)
-    return pair_features(first, unit_positions(first, chan), chan, s.halves[1], unit_positions(s.halves[1], chan),
-                         chan, np.zeros(s.n_units))
+    return pair_features(
+        first,
+        unit_positions(first, chan),
+        chan,
+        s.halves[1],
+        unit_positions(s.halves[1], chan),
+        chan,
+        np.zeros(s.n_units),
+    )
 
 
 def fit_session_model(s: SessionUnits, *, seed: int = 0) -> MatchModel | None:
@@ -85,8 +93,9 @@ def fit_session_model(s: SessionUnits, *, seed: int = 0) -> MatchModel | None:
     mean = x.mean(axis=0)
     scale = np.maximum(x.std(axis=0), 1e-6)
     coef, intercept = _fit_logistic((x - mean) / scale, y)
-    return MatchModel(mean=mean, scale=scale, coef=coef, intercept=intercept, n_positive=int(y.sum()),
-                      n_negative=int((1 - y).sum()))
+    return MatchModel(
+        mean=mean, scale=scale, coef=coef, intercept=intercept, n_positive=int(y.sum()), n_negative=int((1 - y).sum())
+    )
 
 
 def match_probability(features: PairFeatures, models: list[MatchModel | None]) -> np.ndarray:

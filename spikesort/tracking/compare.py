@@ -4,6 +4,7 @@ A shift ``s`` means: a neuron at depth y in session A is seen at depth y + s in 
 waveforms are moved by ``s`` with linear interpolation along depth within each contact column
 (nearest contacts by distance on probes without columns), then compared with B's on B's contacts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ def shift_matrix(src: np.ndarray, dst: np.ndarray, shift_um: float) -> np.ndarra
     return m
 
 
-def moved_waveforms(waveforms: np.ndarray, src: np.ndarray, dst: np.ndarray, shifts_um: np.ndarray,
-                    *, step_um: float = 1.0) -> np.ndarray:
+def moved_waveforms(
+    waveforms: np.ndarray, src: np.ndarray, dst: np.ndarray, shifts_um: np.ndarray, *, step_um: float = 1.0
+) -> np.ndarray:
     """Each waveform (U, T, C_src) moved by its own shift (U,) onto the dst contacts: (U, T, C_dst)."""
     out = np.zeros((waveforms.shape[0], waveforms.shape[1], dst.shape[0]), dtype=np.float64)
     keys = np.round(np.asarray(shifts_um, dtype=float) / step_um).astype(np.int64)
@@ -76,8 +78,15 @@ class PairFeatures:
         return np.column_stack([z.ravel(), np.sqrt(self.distance_um.ravel()), self.log_amp_ratio.ravel()])
 
 
-def pair_features(wave_a: np.ndarray, pos_a: np.ndarray, chan_a: np.ndarray, wave_b: np.ndarray,
-                  pos_b: np.ndarray, chan_b: np.ndarray, shifts_um: np.ndarray) -> PairFeatures:
+def pair_features(
+    wave_a: np.ndarray,
+    pos_a: np.ndarray,
+    chan_a: np.ndarray,
+    wave_b: np.ndarray,
+    pos_b: np.ndarray,
+    chan_b: np.ndarray,
+    shifts_um: np.ndarray,
+) -> PairFeatures:
     """Features between A's units moved by ``shifts_um`` (U_A,) and B's units."""
     moved = moved_waveforms(wave_a, chan_a, chan_b, shifts_um)
     cos = cosine_matrix(moved, wave_b)

@@ -7,6 +7,7 @@ estimate. On long shanks (span > ``NONRIGID_SPAN_UM``) each depth block runs tha
 units (``scan_blocks``). Then matched pairs refine it: the median of their depth differences
 (rigid), or per block the median of their residuals to the scanned motion.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,8 +16,7 @@ import numpy as np
 
 from .compare import cosine_matrix, moved_waveforms
 
-__all__ = ["Motion", "scan_rigid", "scan_blocks", "refine_motion", "depth_blocks", "is_nonrigid",
-           "NONRIGID_SPAN_UM"]
+__all__ = ["Motion", "scan_rigid", "scan_blocks", "refine_motion", "depth_blocks", "is_nonrigid", "NONRIGID_SPAN_UM"]
 
 NONRIGID_SPAN_UM = 1000.0
 MIN_NONRIGID_SPAN_UM = 200.0
@@ -43,7 +43,7 @@ class Motion:
         return self.depths_um.size == 1
 
     @classmethod
-    def constant(cls, shift_um: float, depth_um: float = 0.0) -> "Motion":
+    def constant(cls, shift_um: float, depth_um: float = 0.0) -> Motion:
         return cls(np.array([float(depth_um)]), np.array([float(shift_um)]))
 
 
@@ -51,9 +51,10 @@ def _best_scores(a, b, shift: float) -> np.ndarray:
     """(U_A,) each A unit's best look-alike score in B after moving A by ``shift``."""
     moved = moved_waveforms(a.waveforms, a.channel_positions, b.channel_positions, np.full(a.n_units, shift))
     cos = np.clip(cosine_matrix(moved, b.waveforms), 0, 1)
-    d = np.hypot(a.positions[:, None, 0] - b.positions[None, :, 0],
-                 a.positions[:, None, 1] + shift - b.positions[None, :, 1])
-    s = cos ** SCORE_POWER * np.exp(-0.5 * (d / SCORE_SIGMA_UM) ** 2)
+    d = np.hypot(
+        a.positions[:, None, 0] - b.positions[None, :, 0], a.positions[:, None, 1] + shift - b.positions[None, :, 1]
+    )
+    s = cos**SCORE_POWER * np.exp(-0.5 * (d / SCORE_SIGMA_UM) ** 2)
     return s.max(axis=1)
 
 
@@ -134,7 +135,7 @@ def scan_blocks(a, b, *, max_shift_um: float, span_um: tuple[float, float], step
     member[-1] |= y >= ends[-1]
     # the neighbour matrix: own block 1, adjacent blocks NEIGHBOUR_WEIGHT
     k = np.arange(centres.size)
-    mix = np.where(k[:, None] == k[None, :], 1.0, np.where(np.abs(k[:, None] - k[None, :]) == 1, NEIGHBOUR_WEIGHT, 0.))
+    mix = np.where(k[:, None] == k[None, :], 1.0, np.where(np.abs(k[:, None] - k[None, :]) == 1, NEIGHBOUR_WEIGHT, 0.0))
     weights = mix @ member.astype(float) + RIGID_PSEUDO_UNITS / a.n_units  # (K, U_A) unit weights per block
     scores = _Scores(a, b)
 

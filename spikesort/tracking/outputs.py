@@ -1,4 +1,5 @@
 """TRACKS/: tracks.csv, motion.csv, tracking.json and tracks.png, each written atomically."""
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,9 @@ def check_output(out: Path, *, overwrite: bool) -> None:
             raise SpikesortError(f"output folder {out} already holds tracks: use --overwrite to replace them")
         other = sorted(names - set(OUR_FILES))
         if other:
-            raise SpikesortError(f"output folder {out} holds other files ({', '.join(other[:3])}): choose an "
-                                 f"empty or new folder")
+            raise SpikesortError(
+                f"output folder {out} holds other files ({', '.join(other[:3])}): choose an empty or new folder"
+            )
 
 
 def _text(write_rows) -> bytes:
@@ -70,16 +72,32 @@ def write_outputs(result, sessions, out: Path, *, figure: bool = True) -> None:
         spikesort_version=__version__,
         sessions=[dict(folder=s.folder, n_units=s.n_units, duration_s=round(s.duration_s, 3)) for s in sessions],
         n_tracks=result.n_tracks,
-        pairs=[dict(session_a=result.sessions[p.a], session_b=result.sessions[p.b], n_links=len(p.links),
-                    rigid_shift_um=round(float(np.median(p.motion.shifts_um)), 2),
-                    motion_depths_um=[round(float(v), 1) for v in p.motion.depths_um],
-                    motion_shifts_um=[round(float(v), 2) for v in p.motion.shifts_um],
-                    seconds=round(p.seconds, 3)) for p in result.pairs],
-        calibration=[None if m is None else dict(positives=m.n_positive, negatives=m.n_negative,
-                                                 features=["atanh(cosine)", "sqrt(distance_um)", "|log amp ratio|"],
-                                                 mean=m.mean.round(4).tolist(), scale=m.scale.round(4).tolist(),
-                                                 coef=m.coef.round(4).tolist(), intercept=round(m.intercept, 4))
-                     for m in result.models],
+        pairs=[
+            dict(
+                session_a=result.sessions[p.a],
+                session_b=result.sessions[p.b],
+                n_links=len(p.links),
+                rigid_shift_um=round(float(np.median(p.motion.shifts_um)), 2),
+                motion_depths_um=[round(float(v), 1) for v in p.motion.depths_um],
+                motion_shifts_um=[round(float(v), 2) for v in p.motion.shifts_um],
+                seconds=round(p.seconds, 3),
+            )
+            for p in result.pairs
+        ],
+        calibration=[
+            None
+            if m is None
+            else dict(
+                positives=m.n_positive,
+                negatives=m.n_negative,
+                features=["atanh(cosine)", "sqrt(distance_um)", "|log amp ratio|"],
+                mean=m.mean.round(4).tolist(),
+                scale=m.scale.round(4).tolist(),
+                coef=m.coef.round(4).tolist(),
+                intercept=round(m.intercept, 4),
+            )
+            for m in result.models
+        ],
     )
     write_atomic(out / TRACKING_JSON, lambda f: f.write((json.dumps(summary, indent=1) + "\n").encode("utf8")))
     if figure:

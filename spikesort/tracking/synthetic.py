@@ -5,6 +5,7 @@ experiment; between sessions the probe moves (a rigid shift, optionally a depth 
 of the neurons is replaced by new ones, firing rates change, and the noise is drawn anew. The
 benchmark (``benchmarks/tracking.py``) and the tests use it; spikeinterface is imported on use.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -38,8 +39,13 @@ def chronic_probe(*, n_channels: int = 64, ypitch: float = 25.0):
     """Two staggered columns (22 µm apart), like a common silicon probe."""
     from probeinterface import generate_multi_columns_probe
 
-    probe = generate_multi_columns_probe(num_columns=2, num_contact_per_column=n_channels // 2, xpitch=22.0,
-                                         ypitch=ypitch, y_shift_per_column=[0.0, ypitch / 2])
+    probe = generate_multi_columns_probe(
+        num_columns=2,
+        num_contact_per_column=n_channels // 2,
+        xpitch=22.0,
+        ypitch=ypitch,
+        y_shift_per_column=[0.0, ypitch / 2],
+    )
     probe.set_device_channel_indices(np.arange(probe.get_contact_count()))
     return probe
 
@@ -52,11 +58,22 @@ def _neuron_params(rng, n: int) -> dict:
     return out
 
 
-def make_chronic_sessions(*, n_sessions: int = 5, n_units: int = 30, n_channels: int = 64, duration_s: float = 60.0,
-                          max_shift_um: float = 100.0, gradient: float = 0.0, replace_fraction: float = 0.2,
-                          rate_change: float = 0.5, noise_uv: float = 5.0, margin_um: float | None = None,
-                          fixed_step: tuple[int, float] | None = None, sampling_frequency: float = 30000.0,
-                          seed: int = 0) -> tuple[object, list[ChronicSession]]:
+def make_chronic_sessions(
+    *,
+    n_sessions: int = 5,
+    n_units: int = 30,
+    n_channels: int = 64,
+    duration_s: float = 60.0,
+    max_shift_um: float = 100.0,
+    gradient: float = 0.0,
+    replace_fraction: float = 0.2,
+    rate_change: float = 0.5,
+    noise_uv: float = 5.0,
+    margin_um: float | None = None,
+    fixed_step: tuple[int, float] | None = None,
+    sampling_frequency: float = 30000.0,
+    seed: int = 0,
+) -> tuple[object, list[ChronicSession]]:
     """The probe and ``n_sessions`` sessions of ``n_units`` neurons each (lazy recordings).
 
     Session displacements vs session 0 are drawn in ±max_shift_um/2, so that consecutive sessions
@@ -70,8 +87,9 @@ def make_chronic_sessions(*, n_sessions: int = 5, n_units: int = 30, n_channels:
     from spikeinterface.generation import generate_ground_truth_recording
 
     if fixed_step is not None and not 2 <= fixed_step[0] < n_sessions:
-        raise ValueError(f"fixed_step's session must be in 2..{n_sessions - 1} (session 0 is the reference), "
-                         f"got {fixed_step[0]}")
+        raise ValueError(
+            f"fixed_step's session must be in 2..{n_sessions - 1} (session 0 is the reference), got {fixed_step[0]}"
+        )
     rng = np.random.default_rng(seed)
     probe = chronic_probe(n_channels=n_channels)
     pos = probe.contact_positions[:, :2]
@@ -79,9 +97,13 @@ def make_chronic_sessions(*, n_sessions: int = 5, n_units: int = 30, n_channels:
     margin = max_shift_um / 2 + 40.0 if margin_um is None else margin_um
     y_mid = (y_lo + y_hi) / 2
     n_total = n_units + int(round(replace_fraction * n_units)) * (n_sessions - 1)
-    locations = np.column_stack([rng.uniform(pos[:, 0].min() - 15, pos[:, 0].max() + 15, n_total),
-                                 rng.uniform(y_lo + margin, y_hi - margin, n_total),
-                                 rng.uniform(10.0, 40.0, n_total)])
+    locations = np.column_stack(
+        [
+            rng.uniform(pos[:, 0].min() - 15, pos[:, 0].max() + 15, n_total),
+            rng.uniform(y_lo + margin, y_hi - margin, n_total),
+            rng.uniform(10.0, 40.0, n_total),
+        ]
+    )
     params = _neuron_params(rng, n_total)
     base_rates = rng.uniform(3.0, 12.0, n_total)
     present = np.arange(n_units)
@@ -101,20 +123,43 @@ def make_chronic_sessions(*, n_sessions: int = 5, n_units: int = 30, n_channels:
         loc = locations[present].copy()
         loc[:, 1] += disp
         unit_params = {name: values[present] for name, values in params.items()}
-        templates = generate_templates(pos, loc, sampling_frequency, MS_BEFORE, MS_AFTER, seed=seed,
-                                       unit_params=unit_params)
+        templates = generate_templates(
+            pos, loc, sampling_frequency, MS_BEFORE, MS_AFTER, seed=seed, unit_params=unit_params
+        )
         rates = base_rates[present] * rng.uniform(1 - rate_change, 1 + rate_change, present.size)
-        sorting = generate_sorting(num_units=present.size, sampling_frequency=sampling_frequency,
-                                   durations=[duration_s], firing_rates=rates, refractory_period_ms=4.0,
-                                   seed=seed * 1000 + k + 1)
+        sorting = generate_sorting(
+            num_units=present.size,
+            sampling_frequency=sampling_frequency,
+            durations=[duration_s],
+            firing_rates=rates,
+            refractory_period_ms=4.0,
+            seed=seed * 1000 + k + 1,
+        )
         sorting = sorting.rename_units(present)
         rec, gt = generate_ground_truth_recording(
-            durations=[duration_s], sampling_frequency=sampling_frequency, sorting=sorting, probe=probe,
-            templates=templates, ms_before=MS_BEFORE, ms_after=MS_AFTER,
-            noise_kwargs=dict(noise_levels=noise_uv, strategy="on_the_fly"), seed=seed * 1000 + k + 1)
-        sessions.append(ChronicSession(index=k, recording=rec, gt_sorting=gt, neuron_ids=present.copy(),
-                                       displacement_um=disp, rigid_um=rigid, gradient=grad, rates_hz=rates,
-                                       depth_um=loc[:, 1].copy()))
+            durations=[duration_s],
+            sampling_frequency=sampling_frequency,
+            sorting=sorting,
+            probe=probe,
+            templates=templates,
+            ms_before=MS_BEFORE,
+            ms_after=MS_AFTER,
+            noise_kwargs=dict(noise_levels=noise_uv, strategy="on_the_fly"),
+            seed=seed * 1000 + k + 1,
+        )
+        sessions.append(
+            ChronicSession(
+                index=k,
+                recording=rec,
+                gt_sorting=gt,
+                neuron_ids=present.copy(),
+                displacement_um=disp,
+                rigid_um=rigid,
+                gradient=grad,
+                rates_hz=rates,
+                depth_um=loc[:, 1].copy(),
+            )
+        )
     return probe, sessions
 
 
@@ -127,8 +172,7 @@ def save_int16(recording, folder: Path):
     as_int16.set_channel_offsets(0.0)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not serializable.*")
-        return as_int16.save(folder=Path(folder), format="binary", n_jobs=1, chunk_duration="1s",
-                             progress_bar=False)
+        return as_int16.save(folder=Path(folder), format="binary", n_jobs=1, chunk_duration="1s", progress_bar=False)
 
 
 def sorted_to_neurons(gt_sorting, folder, *, min_accuracy: float = 0.8) -> dict[int, int]:
@@ -181,6 +225,11 @@ def score_links(rows, truth: list[dict[int, int]], sessions: list[str]) -> dict:
                 continue
             links += 1
             false += int(ni != nj)
-    return dict(persisting_pairs=persisting, correctly_linked=linked,
-                linked_fraction=linked / persisting if persisting else float("nan"),
-                scored_links=links, false_links=false, false_fraction=false / links if links else 0.0)
+    return dict(
+        persisting_pairs=persisting,
+        correctly_linked=linked,
+        linked_fraction=linked / persisting if persisting else float("nan"),
+        scored_links=links,
+        false_links=false,
+        false_fraction=false / links if links else 0.0,
+    )

@@ -1,4 +1,5 @@
 """``spikesort.track``: follow the same neurons across the sorted folders of one probe."""
+
 from __future__ import annotations
 
 import logging
@@ -53,10 +54,12 @@ class TrackingResult:
 
     def table(self) -> dict[str, np.ndarray]:
         """tracks.csv as columns: track_id, session, unit_id, probability."""
-        return dict(track_id=np.array([r.track_id for r in self.rows], dtype=np.int64),
-                    session=np.array([r.session for r in self.rows], dtype=object),
-                    unit_id=np.array([r.unit_id for r in self.rows], dtype=np.int64),
-                    probability=np.array([r.probability for r in self.rows], dtype=float))
+        return dict(
+            track_id=np.array([r.track_id for r in self.rows], dtype=np.int64),
+            session=np.array([r.session for r in self.rows], dtype=object),
+            unit_id=np.array([r.unit_id for r in self.rows], dtype=np.int64),
+            probability=np.array([r.probability for r in self.rows], dtype=float),
+        )
 
     def motion(self, a: int, b: int | None = None) -> Motion | None:
         """The motion from session a to b (default a + 1) when that pair was matched."""
@@ -76,7 +79,8 @@ def check_same_probe(sessions: list[SessionUnits]) -> None:
                 f"{s.folder} and {ref.folder} are not sorted on the same probe "
                 f"({q.shape[0]} channels spanning {np.ptp(q[:, 1]):.0f} µm vs {p.shape[0]} channels spanning "
                 f"{np.ptp(p[:, 1]):.0f} µm, {missing:.0%} of contacts without a counterpart): "
-                f"tracking follows units across sessions of one probe")
+                f"tracking follows units across sessions of one probe"
+            )
 
 
 def _span(s: SessionUnits) -> tuple[float, float]:
@@ -85,14 +89,25 @@ def _span(s: SessionUnits) -> tuple[float, float]:
 
 
 def _probabilities(a: SessionUnits, b: SessionUnits, shifts: np.ndarray, models) -> np.ndarray:
-    f = pair_features(a.waveforms, a.positions, a.channel_positions, b.waveforms, b.positions, b.channel_positions,
-                      shifts)
+    f = pair_features(
+        a.waveforms, a.positions, a.channel_positions, b.waveforms, b.positions, b.channel_positions, shifts
+    )
     return match_probability(f, models)
 
 
-def match_pair(a: SessionUnits, b: SessionUnits, ia: int, ib: int, models: list[MatchModel | None], *,
-               max_shift_um: float, threshold: float, nonrigid: bool | None,
-               rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> PairResult:
+def match_pair(
+    a: SessionUnits,
+    b: SessionUnits,
+    ia: int,
+    ib: int,
+    models: list[MatchModel | None],
+    *,
+    max_shift_um: float,
+    threshold: float,
+    nonrigid: bool | None,
+    rows: np.ndarray | None = None,
+    cols: np.ndarray | None = None,
+) -> PairResult:
     """Motion and one-to-one links between two sessions (optionally restricted to rows x cols)."""
     t0 = time.perf_counter()
     if is_nonrigid(_span(a), nonrigid):
@@ -116,8 +131,17 @@ def match_pair(a: SessionUnits, b: SessionUnits, ia: int, ib: int, models: list[
     return PairResult(a=ia, b=ib, motion=motion, links=links, seconds=time.perf_counter() - t0, probability=prob)
 
 
-def track(folders, output=None, *, max_shift_um: float = 150.0, max_skip: int = 2, threshold: float | None = None,
-          nonrigid: bool | None = None, overwrite: bool = False, figure: bool = True) -> TrackingResult:
+def track(
+    folders,
+    output=None,
+    *,
+    max_shift_um: float = 150.0,
+    max_skip: int = 2,
+    threshold: float | None = None,
+    nonrigid: bool | None = None,
+    overwrite: bool = False,
+    figure: bool = True,
+) -> TrackingResult:
     """Follow units across sorted Phy folders of one probe, given in session order.
 
     ``folders``: spikesort output folders or any Phy template folder (Kilosort's too); units
@@ -142,8 +166,9 @@ def track(folders, output=None, *, max_shift_um: float = 150.0, max_skip: int = 
 
     # many small products: one BLAS thread is faster than several fighting over the cores
     with threadpool_limits(limits=1, user_api="blas"):
-        result = _track(folders, labels, out, max_shift_um=max_shift_um, max_skip=max_skip, threshold=threshold,
-                        nonrigid=nonrigid)
+        result = _track(
+            folders, labels, out, max_shift_um=max_shift_um, max_skip=max_skip, threshold=threshold, nonrigid=nonrigid
+        )
     if out is not None:
         from .outputs import write_outputs
 
@@ -158,13 +183,17 @@ def _track(folders, labels, out, *, max_shift_um, max_skip, threshold, nonrigid)
     models = [fit_session_model(s, seed=k) for k, s in enumerate(sessions)]
     for s, m in zip(sessions, models):
         if m is None:
-            log.warning("%s: %d units, too few to calibrate from its halves; its links rest on waveform "
-                        "similarity and distance alone", s.folder, s.n_units)
+            log.warning(
+                "%s: %d units, too few to calibrate from its halves; its links rest on waveform "
+                "similarity and distance alone",
+                s.folder,
+                s.n_units,
+            )
     thr = 0.5 if threshold is None else float(threshold)
     kw = dict(max_shift_um=max_shift_um, threshold=thr, nonrigid=nonrigid)
     pairs = []
     for i in range(len(sessions) - 1):
-        pairs.append(match_pair(sessions[i], sessions[i + 1], i, i + 1, models[i:i + 2], **kw))
+        pairs.append(match_pair(sessions[i], sessions[i + 1], i, i + 1, models[i : i + 2], **kw))
     links = [Link(p.a, i, p.b, j, pr) for p in pairs for i, j, pr in p.links]
     # skipped sessions: only units left without a link that way, shorter gaps first
     for gap in range(2, max_skip + 2):
@@ -184,8 +213,14 @@ def _track(folders, labels, out, *, max_shift_um, max_skip, threshold, nonrigid)
     for tid, chain in enumerate(chains):
         first_p = chain[1][2] if len(chain) > 1 else float("nan")
         for k, (s, u, p) in enumerate(chain):
-            rows_out.append(TrackRow(track_id=tid, session=labels[s], unit_id=int(sessions[s].unit_ids[u]),
-                                     probability=first_p if k == 0 else p))
+            rows_out.append(
+                TrackRow(
+                    track_id=tid,
+                    session=labels[s],
+                    unit_id=int(sessions[s].unit_ids[u]),
+                    probability=first_p if k == 0 else p,
+                )
+            )
     result = TrackingResult(sessions=labels, rows=rows_out, pairs=pairs, models=models, output=out, units=sessions)
     _log_summary(result, sessions, chains, time.perf_counter() - t0)
     return result
@@ -194,12 +229,30 @@ def _track(folders, labels, out, *, max_shift_um, max_skip, threshold, nonrigid)
 def _log_summary(result: TrackingResult, sessions: list[SessionUnits], chains, seconds: float) -> None:
     n = len(sessions)
     lengths = np.array([len(c) for c in chains])
-    log.info("tracked %d sessions in %.1f s: %d units, %d tracks (%d in every session, %d in 2 or more, "
-             "%d single units)", n, seconds, sum(s.n_units for s in sessions), len(chains),
-             int(np.sum(lengths == n)), int(np.sum(lengths >= 2)), int(np.sum(lengths == 1)))
+    log.info(
+        "tracked %d sessions in %.1f s: %d units, %d tracks (%d in every session, %d in 2 or more, %d single units)",
+        n,
+        seconds,
+        sum(s.n_units for s in sessions),
+        len(chains),
+        int(np.sum(lengths == n)),
+        int(np.sum(lengths >= 2)),
+        int(np.sum(lengths == 1)),
+    )
     for p in result.pairs:
-        kind = "rigid" if p.motion.rigid else f"non-rigid, {p.motion.shifts_um.min():+.0f} to " \
-                                              f"{p.motion.shifts_um.max():+.0f} µm"
-        log.info("  %s -> %s: motion %+.1f µm (%s), %d links of %d / %d units, %.2f s",
-                 result.sessions[p.a], result.sessions[p.b], float(np.median(p.motion.shifts_um)), kind,
-                 len(p.links), sessions[p.a].n_units, sessions[p.b].n_units, p.seconds)
+        kind = (
+            "rigid"
+            if p.motion.rigid
+            else f"non-rigid, {p.motion.shifts_um.min():+.0f} to {p.motion.shifts_um.max():+.0f} µm"
+        )
+        log.info(
+            "  %s -> %s: motion %+.1f µm (%s), %d links of %d / %d units, %.2f s",
+            result.sessions[p.a],
+            result.sessions[p.b],
+            float(np.median(p.motion.shifts_um)),
+            kind,
+            len(p.links),
+            sessions[p.a].n_units,
+            sessions[p.b].n_units,
+            p.seconds,
+        )

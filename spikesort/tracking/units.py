@@ -5,6 +5,7 @@ never run; spike_clusters.npy may be missing (then clusters = templates, as Kilo
 units labelled ``noise`` (cluster_group.tsv, else cluster_KSLabel.tsv) are left out. A curated
 cluster made of several templates gets the spike-count-weighted mean of their waveforms.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,18 @@ import numpy as np
 
 from spikesort.errors import SpikesortError
 from spikesort.io.phy import read_params_py
-from spikesort.layout import (AMPLITUDES, AUTO_LABELS, CHANNEL_POSITIONS, CURATED_LABELS, PARAMS_PY, SPIKE_CLUSTERS,
-                              SPIKE_TEMPLATES, SPIKE_TIMES, TEMPLATES, WHITENING_MAT_INV)
+from spikesort.layout import (
+    AMPLITUDES,
+    AUTO_LABELS,
+    CHANNEL_POSITIONS,
+    CURATED_LABELS,
+    PARAMS_PY,
+    SPIKE_CLUSTERS,
+    SPIKE_TEMPLATES,
+    SPIKE_TIMES,
+    TEMPLATES,
+    WHITENING_MAT_INV,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +116,9 @@ def read_session(folder, *, label: str | None = None) -> SessionUnits:
     wmi = _load(folder_p, WHITENING_MAT_INV, required=False)
     chan_pos = _load(folder_p, CHANNEL_POSITIONS).astype(np.float64)
     if templates.ndim != 3 or chan_pos.shape != (templates.shape[2], 2):
-        raise SpikesortError(f"{folder}: templates.npy {templates.shape} and channel_positions.npy "
-                             f"{chan_pos.shape} do not fit together")
+        raise SpikesortError(
+            f"{folder}: templates.npy {templates.shape} and channel_positions.npy {chan_pos.shape} do not fit together"
+        )
     if not (times.size == spike_templates.size == clusters.size == amps.size):
         raise SpikesortError(f"{folder}: spike_times, spike_templates, spike_clusters and amplitudes differ in length")
     if times.size and spike_templates.max() >= templates.shape[0]:
@@ -124,7 +136,7 @@ def read_session(folder, *, label: str | None = None) -> SessionUnits:
     full, halves, counts = [], [], []
     for cid in ids:
         sel = np.flatnonzero(clusters == cid)
-        parts = [sel, sel[: sel.size // 2], sel[sel.size // 2:]]
+        parts = [sel, sel[: sel.size // 2], sel[sel.size // 2 :]]
         wf = []
         for part in parts:
             if part.size == 0:
@@ -143,9 +155,17 @@ def read_session(folder, *, label: str | None = None) -> SessionUnits:
     halves_al = np.stack([_aligned_like(full_a, h, n_before, n_after) for h in halves_a])
     duration = float(times[-1] - times[0]) / fs if times.size > 1 else 0.0
     log.debug("%s: %d units (%d noise left out), %d channels", label, u, len(np.unique(clusters)) - u, c)
-    return SessionUnits(folder=label, unit_ids=ids, waveforms=stacked, halves=halves_al,
-                        positions=unit_positions(stacked, chan_pos), n_spikes=np.asarray(counts, dtype=np.int64),
-                        channel_positions=chan_pos, sample_rate=fs, duration_s=duration)
+    return SessionUnits(
+        folder=label,
+        unit_ids=ids,
+        waveforms=stacked,
+        halves=halves_al,
+        positions=unit_positions(stacked, chan_pos),
+        n_spikes=np.asarray(counts, dtype=np.int64),
+        channel_positions=chan_pos,
+        sample_rate=fs,
+        duration_s=duration,
+    )
 
 
 def _aligned_like(reference: np.ndarray, waveforms: np.ndarray, n_before: int, n_after: int) -> np.ndarray:
@@ -157,5 +177,5 @@ def _aligned_like(reference: np.ndarray, waveforms: np.ndarray, n_before: int, n
         t0 = int(np.argmax(np.abs(reference[k, :, best]))) - n_before
         lo, hi = max(t0, 0), min(t0 + n_before + n_after, nt)
         if hi > lo:
-            out[k, lo - t0:hi - t0] = waveforms[k, lo:hi]
+            out[k, lo - t0 : hi - t0] = waveforms[k, lo:hi]
     return out

@@ -1,5 +1,6 @@
 """The report's figures: inline SVG for what is drawn as lines and marks, PNG rasters (with SVG axes around
 them) for what holds many thousands of spikes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,7 +47,7 @@ def max_image(x, y, v, *, xlim, ylim, shape: tuple[int, int], dot: int = 2) -> t
         for dx in range(dot):
             if dx or dy:
                 # a point paints the pixels right of and below it
-                np.maximum(out[dy:, dx:], img[:h - dy, :w - dx], out=out[dy:, dx:])
+                np.maximum(out[dy:, dx:], img[: h - dy, : w - dx], out=out[dy:, dx:])
     return out, ~np.isfinite(out)
 
 
@@ -62,11 +63,15 @@ def count_image(x, y, *, xlim, ylim, shape: tuple[int, int]) -> np.ndarray:
 
 def _colorbar(c: Canvas, box, *, lo: float, hi: float, label: str) -> None:
     x, y, w, h = box
-    stops = "".join(f'<stop offset="{num(100 * i / (len(_VIRIDIS_KNOTS) - 1))}%" stop-color="{k}"/>'
-                    for i, k in enumerate(_VIRIDIS_KNOTS))
-    c.add(f'<defs><linearGradient id="viridis" x1="0" y1="1" x2="0" y2="0">{stops}</linearGradient></defs>'
-          f'<rect class="colorbar" x="{num(x)}" y="{num(y)}" width="{num(w)}" height="{num(h)}" '
-          f'fill="url(#viridis)" stroke="#333"/>')
+    stops = "".join(
+        f'<stop offset="{num(100 * i / (len(_VIRIDIS_KNOTS) - 1))}%" stop-color="{k}"/>'
+        for i, k in enumerate(_VIRIDIS_KNOTS)
+    )
+    c.add(
+        f'<defs><linearGradient id="viridis" x1="0" y1="1" x2="0" y2="0">{stops}</linearGradient></defs>'
+        f'<rect class="colorbar" x="{num(x)}" y="{num(y)}" width="{num(w)}" height="{num(h)}" '
+        f'fill="url(#viridis)" stroke="#333"/>'
+    )
     bar = Panel(c, (x + w, y, 1, h), xlim=(0, 1), ylim=(lo, hi))
     ticks = nice_ticks(lo, hi, n=4)
     for yy, s in zip(bar.py(ticks).tolist(), tick_labels(ticks)):
@@ -87,8 +92,9 @@ def drift_map(data, amps_uv: np.ndarray, *, png_name: str, recorded_png_name: st
         return str(c), {}
     t = data.spike_times / data.sampling_rate_hz
     depth = np.asarray(data.spike_positions[:, 1], dtype=np.float64)
-    raw = recorded_depths(data, times_s=t, depths_um=depth,
-                          x_um=np.asarray(data.spike_positions[:, 0], dtype=np.float64))
+    raw = recorded_depths(
+        data, times_s=t, depths_um=depth, x_um=np.asarray(data.spike_positions[:, 0], dtype=np.float64)
+    )
     shown = depth if raw is None else np.concatenate([depth, raw])
     lo_y, hi_y = np.percentile(shown, [0.1, 99.9])
     if data.channel_positions is not None and len(data.channel_positions):
@@ -98,8 +104,11 @@ def drift_map(data, amps_uv: np.ndarray, *, png_name: str, recorded_png_name: st
     xlim = (0.0, max(data.duration_s, float(t.max()), 1e-9))
     lo_a, hi_a = np.percentile(amps_uv, [2, 98])
     hi_a = max(hi_a, lo_a + 1e-9)
-    panels = ([(depth, png_name, f"drift map: spike depth over time ({n} spikes)")] if raw is None else
-              [(raw, recorded_png_name, f"as recorded ({n} spikes)"), (depth, png_name, "drift corrected")])
+    panels = (
+        [(depth, png_name, f"drift map: spike depth over time ({n} spikes)")]
+        if raw is None
+        else [(raw, recorded_png_name, f"as recorded ({n} spikes)"), (depth, png_name, "drift corrected")]
+    )
     width = 800 if raw is None else 390
     pngs = {}
     for i, (y, name, title) in enumerate(panels):
@@ -112,8 +121,9 @@ def drift_map(data, amps_uv: np.ndarray, *, png_name: str, recorded_png_name: st
     return str(c), pngs
 
 
-def amplitude_over_time(times_s: np.ndarray, amps_uv: np.ndarray, *, duration_s: float, png_name: str,
-                        shape: tuple[int, int] = (140, 560)) -> tuple[str, bytes]:
+def amplitude_over_time(
+    times_s: np.ndarray, amps_uv: np.ndarray, *, duration_s: float, png_name: str, shape: tuple[int, int] = (140, 560)
+) -> tuple[str, bytes]:
     """One unit's spike amplitudes over time as a 2-D histogram (darker: more spikes)."""
     h, w = shape
     c = Canvas(w + 90, h + 70, cls="amplitudes")
@@ -123,8 +133,7 @@ def amplitude_over_time(times_s: np.ndarray, amps_uv: np.ndarray, *, duration_s:
     counts = count_image(times_s, amps_uv, xlim=xlim, ylim=ylim, shape=shape)
     peak = max(int(counts.max()), 1)
     # square-root scale: a single spike is still clearly visible next to a crowded pixel
-    png = encode_png(palette_indices(np.sqrt(counts / peak), lo=0.0, hi=1.0, empty=counts == 0),
-                     palette=GREYS_PALETTE)
+    png = encode_png(palette_indices(np.sqrt(counts / peak), lo=0.0, hi=1.0, empty=counts == 0), palette=GREYS_PALETTE)
     p.image(png_name, cls="raster amplitudes")
     p.axes(title="amplitude over time", xlabel="time (s)", ylabel="amplitude (µV)")
     return str(c), png
@@ -135,15 +144,18 @@ def amplitude_over_time(times_s: np.ndarray, amps_uv: np.ndarray, *, duration_s:
 
 def acg(spike_times: np.ndarray, *, sampling_rate_hz: float, window_ms: float = 50.0, bin_ms: float = 1.0) -> str:
     """The auto-correlogram as bars (one rect per bin, ``data-count`` holds its count)."""
-    counts, edges = autocorrelogram(spike_times, sampling_rate_hz=sampling_rate_hz, window_ms=window_ms,
-                                    bin_ms=bin_ms)
+    counts, edges = autocorrelogram(spike_times, sampling_rate_hz=sampling_rate_hz, window_ms=window_ms, bin_ms=bin_ms)
     c = Canvas(360, 230, cls="acg")
     p = Panel(c, (60, 25, 285, 160), xlim=(edges[0], edges[-1]), ylim=(0, max(int(counts.max()), 1) * 1.05))
     x0, x1, y0 = p.px(edges[:-1]), p.px(edges[1:]), float(p.py(0))
     y = p.py(counts)
-    c.add("".join(f'<rect class="bar" data-count="{k}" x="{a:.1f}" y="{b:.1f}" width="{e - a:.1f}" '
-                  f'height="{y0 - b:.1f}" fill="#222"/>'
-                  for k, a, e, b in zip(counts.tolist(), x0.tolist(), x1.tolist(), y.tolist())))
+    c.add(
+        "".join(
+            f'<rect class="bar" data-count="{k}" x="{a:.1f}" y="{b:.1f}" width="{e - a:.1f}" '
+            f'height="{y0 - b:.1f}" fill="#222"/>'
+            for k, a, e, b in zip(counts.tolist(), x0.tolist(), x1.tolist(), y.tolist())
+        )
+    )
     p.axes(title="auto-correlogram", xlabel="lag (ms)", ylabel="spike pairs")
     return str(c)
 
@@ -154,8 +166,13 @@ def waveforms(data, spikes: np.ndarray, *, template: int, peak_channel: int, max
     a scale bar of the peak amplitude."""
     c = Canvas(330, 460, cls="waveforms")
     box = (60, 25, 255, 390)
-    if not (len(spikes) and template >= 0 and data.templates is not None and data.whitening_mat_inv is not None
-            and data.channel_positions is not None):
+    if not (
+        len(spikes)
+        and template >= 0
+        and data.templates is not None
+        and data.whitening_mat_inv is not None
+        and data.channel_positions is not None
+    ):
         p = Panel(c, box, xlim=(0, 1), ylim=(0, 1))
         p.axes(title="template on the probe", xticks=False, yticks=False)
         p.note("no template")
@@ -179,19 +196,28 @@ def waveforms(data, spikes: np.ndarray, *, template: int, peak_channel: int, max
     p = Panel(c, box, xlim=xlim, ylim=ylim)
     x_rel = np.linspace(-width / 2, width / 2, wave.shape[0])
     sq = 5.0
-    c.add("".join(f'<rect class="ch" x="{x - sq / 2:.1f}" y="{y - sq / 2:.1f}" width="{sq}" height="{sq}" '
-                  f'fill="{CHANNEL_COLOR}"/>' for x, y in zip(p.px(sub[:, 0]).tolist(), p.py(sub[:, 1]).tolist())))
+    c.add(
+        "".join(
+            f'<rect class="ch" x="{x - sq / 2:.1f}" y="{y - sq / 2:.1f}" width="{sq}" height="{sq}" '
+            f'fill="{CHANNEL_COLOR}"/>'
+            for x, y in zip(p.px(sub[:, 0]).tolist(), p.py(sub[:, 1]).tolist())
+        )
+    )
     lines = []
     for ch in near.tolist():
         # stroke widths in tenths of a pixel, as the coordinates
         cls, color, lw = ("wf peak", PEAK_COLOR, 16) if ch == peak_ch else ("wf", "#111", 9)
         d = polyline_tenths(p.px(pos[ch, 0] + x_rel), p.py(pos[ch, 1] + wave[:, ch] * (height / peak)))
-        lines.append(f'<path class="{cls}" data-channel="{ch}" d="{d}" fill="none" stroke="{color}" '
-                     f'stroke-width="{lw}"/>')
+        lines.append(
+            f'<path class="{cls}" data-channel="{ch}" d="{d}" fill="none" stroke="{color}" stroke-width="{lw}"/>'
+        )
     c.add('<g transform="scale(0.1)">' + "".join(lines) + "</g>")
     # scale bar: the peak amplitude
-    bx, by0, by1 = float(p.px(xlim[0] + 0.5 * width)), float(p.py(ylim[0] + 0.3 * height)), \
-        float(p.py(ylim[0] + 1.3 * height))
+    bx, by0, by1 = (
+        float(p.px(xlim[0] + 0.5 * width)),
+        float(p.py(ylim[0] + 0.3 * height)),
+        float(p.py(ylim[0] + 1.3 * height)),
+    )
     c.add(f'<path class="scalebar" d="M{bx:.1f} {by0:.1f}V{by1:.1f}" stroke="#000" stroke-width="2.5"/>')
     c.text(bx + 5, (by0 + by1) / 2 + 4, f"{peak:.0f} µV", anchor="start", size=11, color="#000")
     p.axes(title=f"template on the probe ({len(near)} channels)", xlabel="x (µm)", ylabel="depth (µm)")
@@ -213,14 +239,18 @@ def overview(data, positions: np.ndarray, unit_amps: np.ndarray, *, pages: set) 
     probe_w = float(np.clip(600 * (xlim[1] - xlim[0]) / (ylim[1] - ylim[0]), 200, 420))
     left = Panel(c, (70, 30, probe_w, 600), xlim=xlim, ylim=ylim)
     if cp is not None:
-        c.add("".join(f'<rect class="ch" x="{x - 3:.1f}" y="{y - 3:.1f}" width="6" height="6" '
-                      f'fill="{CHANNEL_COLOR}"/>' for x, y in zip(left.px(cp[:, 0]).tolist(),
-                                                                   left.py(cp[:, 1]).tolist())))
+        c.add(
+            "".join(
+                f'<rect class="ch" x="{x - 3:.1f}" y="{y - 3:.1f}" width="6" height="6" fill="{CHANNEL_COLOR}"/>'
+                for x, y in zip(left.px(cp[:, 0]).tolist(), left.py(cp[:, 1]).tolist())
+            )
+        )
     amp_ok = np.isfinite(unit_amps)
     amp_max = float(unit_amps[amp_ok].max()) if amp_ok.any() else 1.0
     right_x = 70 + probe_w + 90
-    right = Panel(c, (right_x, 30, 900 - right_x - 20, 600),
-                  xlim=(0, amp_max * 1.08 if amp_max > 0 else 1.0), ylim=ylim)
+    right = Panel(
+        c, (right_x, 30, 900 - right_x - 20, 600), xlim=(0, amp_max * 1.08 if amp_max > 0 else 1.0), ylim=ylim
+    )
     dots, marks = [], []
     for u, (x, y), a in zip(data.unit_ids.tolist(), positions.tolist(), unit_amps.tolist()):
         if not (np.isfinite(x) and np.isfinite(y)):
@@ -229,16 +259,20 @@ def overview(data, positions: np.ndarray, unit_amps: np.ndarray, *, pages: set) 
         color = label_color(label)
         r = 3 + 9 * (a / amp_max if np.isfinite(a) and amp_max > 0 else 0)
         tip = f"<title>unit {u} {esc(label)} {a:.0f} µV</title>"
-        circle = (f'<circle class="unit" data-id="{u}" data-x="{x:.2f}" data-y="{y:.2f}" '
-                  f'cx="{float(left.px(x)):.1f}" cy="{float(left.py(y)):.1f}" '
-                  f'r="{r:.1f}" fill="{color}" fill-opacity="0.7" stroke="#000" stroke-width="0.5">{tip}</circle>'
-                  f'<text x="{float(left.px(x)):.1f}" y="{float(left.py(y)) + 3:.1f}" text-anchor="middle" '
-                  f'font-size="8">{u}</text>')
+        circle = (
+            f'<circle class="unit" data-id="{u}" data-x="{x:.2f}" data-y="{y:.2f}" '
+            f'cx="{float(left.px(x)):.1f}" cy="{float(left.py(y)):.1f}" '
+            f'r="{r:.1f}" fill="{color}" fill-opacity="0.7" stroke="#000" stroke-width="0.5">{tip}</circle>'
+            f'<text x="{float(left.px(x)):.1f}" y="{float(left.py(y)) + 3:.1f}" text-anchor="middle" '
+            f'font-size="8">{u}</text>'
+        )
         dots.append(f'<a href="unit_{u}.html">{circle}</a>' if u in pages else circle)
         if np.isfinite(a):
-            dot = (f'<circle class="unit-amp" data-id="{u}" cx="{float(right.px(a)):.1f}" '
-                   f'cy="{float(right.py(y)):.1f}" r="4" fill="{color}" stroke="#000" stroke-width="0.5">{tip}'
-                   f'</circle>')
+            dot = (
+                f'<circle class="unit-amp" data-id="{u}" cx="{float(right.px(a)):.1f}" '
+                f'cy="{float(right.py(y)):.1f}" r="4" fill="{color}" stroke="#000" stroke-width="0.5">{tip}'
+                f"</circle>"
+            )
             marks.append(f'<a href="unit_{u}.html">{dot}</a>' if u in pages else dot)
     c.add("".join(dots) + "".join(marks))
     left.axes(title=f"{data.n_units} units on the probe", xlabel="x (µm)", ylabel="depth (µm)")

@@ -1,4 +1,5 @@
 """The report's HTML: summary.html (overview, drift map, the table of every unit) and one page per unit."""
+
 from __future__ import annotations
 
 import html
@@ -26,10 +27,16 @@ log = logging.getLogger(__name__)
 
 DRIFT_MAP_RECORDED = "drift_map_recorded.png"
 # cluster_<name>.tsv shown for a unit, with its caption and format
-METRIC_ROWS = (("fr", "firing rate", "{:.2f} Hz"), ("Amplitude", "amplitude", "{:.1f} µV"),
-               ("snr", "SNR", "{:.1f}"), ("ContamPct", "contamination", "{:.1f} %"),
-               ("isi_viol", "ISI violation ratio", "{:.3f}"), ("presence_ratio", "presence", "{:.2f}"),
-               ("amp_cutoff", "amplitude cutoff", "{:.3f}"), ("depth_um", "depth", "{:.0f} µm"))
+METRIC_ROWS = (
+    ("fr", "firing rate", "{:.2f} Hz"),
+    ("Amplitude", "amplitude", "{:.1f} µV"),
+    ("snr", "SNR", "{:.1f}"),
+    ("ContamPct", "contamination", "{:.1f} %"),
+    ("isi_viol", "ISI violation ratio", "{:.3f}"),
+    ("presence_ratio", "presence", "{:.2f}"),
+    ("amp_cutoff", "amplitude cutoff", "{:.3f}"),
+    ("depth_um", "depth", "{:.0f} µm"),
+)
 # files of an earlier report that this one replaces
 _UNIT_FILE = re.compile(r"unit_-?\d+(_amplitudes)?\.(html|png)")
 STYLE = """body{font-family:sans-serif;margin:1em 2em;color:#222}
@@ -59,8 +66,10 @@ def _label_html(label: str) -> str:
 
 
 def _head(title: str) -> str:
-    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head>\n<body>\n")
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head>\n<body>\n"
+    )
 
 
 def summary_html(data, *, n_spikes: np.ndarray, pages: set, overview_svg: str, drift_svg: str) -> str:
@@ -75,15 +84,21 @@ def summary_html(data, *, n_spikes: np.ndarray, pages: set, overview_svg: str, d
         cells = [link, _label_html(data.label(u)), str(n)] + _metric_cells(data, u)
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = ["unit", "label", "spikes"] + [esc(caption) for _, caption, _ in METRIC_ROWS]
-    note = (f"<p>Unit pages: {len(pages)} of {data.n_units} units (click a unit id, or a unit in the "
-            f"overview).</p>" if data.n_units else "")
-    return (_head(f"spikesort report: {data.folder}")
-            + f"<h1>spikesort report</h1>\n<p>Folder: <code>{esc(str(Path(data.folder).resolve()))}</code><br>\n"
-            f"{data.n_units} units ({esc(summary)}), {len(data.spike_times)} spikes, {data.duration_s:.1f} s at "
-            f"{data.sampling_rate_hz:g} Hz.</p>\n"
-            f"<h2>Units on the probe</h2>\n{overview_svg}\n<h2>Drift map</h2>\n{drift_svg}\n"
-            f'<h2>Units</h2>\n{note}\n<table class="units"><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>\n'
-            + "\n".join(rows) + "\n</table>\n</body></html>\n")
+    note = (
+        f"<p>Unit pages: {len(pages)} of {data.n_units} units (click a unit id, or a unit in the overview).</p>"
+        if data.n_units
+        else ""
+    )
+    return (
+        _head(f"spikesort report: {data.folder}")
+        + f"<h1>spikesort report</h1>\n<p>Folder: <code>{esc(str(Path(data.folder).resolve()))}</code><br>\n"
+        f"{data.n_units} units ({esc(summary)}), {len(data.spike_times)} spikes, {data.duration_s:.1f} s at "
+        f"{data.sampling_rate_hz:g} Hz.</p>\n"
+        f"<h2>Units on the probe</h2>\n{overview_svg}\n<h2>Drift map</h2>\n{drift_svg}\n"
+        f'<h2>Units</h2>\n{note}\n<table class="units"><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>\n'
+        + "\n".join(rows)
+        + "\n</table>\n</body></html>\n"
+    )
 
 
 def unit_html(data, u: int, *, n_spikes: int, prev_u, next_u, figs: list[str]) -> str:
@@ -98,10 +113,12 @@ def unit_html(data, u: int, *, n_spikes: int, prev_u, next_u, figs: list[str]) -
             rows.append((caption, fmt.format(v)))
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     title = f"unit {u}" + (f" ({label})" if label else "")
-    return (_head(f"{title}: {data.folder}") + f"<nav>{''.join(nav)}</nav>\n"
-            f'<h1 style="color:{figures.label_color(label) if label else "#222"}">{html.escape(title)}</h1>\n'
-            f'<div class="figs">{figs[0]}<div><table class="metrics">{table}</table>\n{figs[1]}</div></div>\n'
-            f'<div class="figs">{figs[2]}</div>\n</body></html>\n')
+    return (
+        _head(f"{title}: {data.folder}") + f"<nav>{''.join(nav)}</nav>\n"
+        f'<h1 style="color:{figures.label_color(label) if label else "#222"}">{html.escape(title)}</h1>\n'
+        f'<div class="figs">{figs[0]}<div><table class="metrics">{table}</table>\n{figs[1]}</div></div>\n'
+        f'<div class="figs">{figs[2]}</div>\n</body></html>\n'
+    )
 
 
 def _write(path: Path, content) -> None:
@@ -156,18 +173,34 @@ def write_report(data, out: Path, *, unit_ids=None) -> Path:
         i = int(np.searchsorted(ids, u))
         spikes = index.spikes(i)  # ascending: the index sorts by unit with a stable sort
         times = data.spike_times[spikes]
-        amp_svg, amp_png = figures.amplitude_over_time(times / fs, amps[spikes], duration_s=data.duration_s,
-                                                       png_name=_amplitude_png_name(u))
+        amp_svg, amp_png = figures.amplitude_over_time(
+            times / fs, amps[spikes], duration_s=data.duration_s, png_name=_amplitude_png_name(u)
+        )
         _write(out / _amplitude_png_name(u), amp_png)
         k = int(templates[i]) if 0 <= templates[i] < len(peaks.channel) else -1  # -1: no template to draw
-        figs = [figures.waveforms(data, spikes, template=k, peak_channel=int(peaks.channel[k]) if k >= 0 else -1),
-                figures.acg(times, sampling_rate_hz=fs), amp_svg]
-        _write(out / unit_page_name(u), unit_html(data, u, n_spikes=int(n_spikes[i]),
-                                                  prev_u=page_ids[j - 1] if j else None,
-                                                  next_u=page_ids[j + 1] if j + 1 < len(page_ids) else None,
-                                                  figs=figs))
+        figs = [
+            figures.waveforms(data, spikes, template=k, peak_channel=int(peaks.channel[k]) if k >= 0 else -1),
+            figures.acg(times, sampling_rate_hz=fs),
+            amp_svg,
+        ]
+        _write(
+            out / unit_page_name(u),
+            unit_html(
+                data,
+                u,
+                n_spikes=int(n_spikes[i]),
+                prev_u=page_ids[j - 1] if j else None,
+                next_u=page_ids[j + 1] if j + 1 < len(page_ids) else None,
+                figs=figs,
+            ),
+        )
     page = out / REPORT_HTML
     _write(page, summary_html(data, n_spikes=n_spikes, pages=pages, overview_svg=overview_svg, drift_svg=drift_svg))
-    log.info("report written to %s: %d unit pages of %d units in %.2f s", out, len(page_ids), len(ids),
-             time.perf_counter() - t0)
+    log.info(
+        "report written to %s: %d unit pages of %d units in %.2f s",
+        out,
+        len(page_ids),
+        len(ids),
+        time.perf_counter() - t0,
+    )
     return page

@@ -1,4 +1,5 @@
 """A tiny PNG encoder (numpy + zlib) and the colour maps of the report's raster images."""
+
 from __future__ import annotations
 
 import struct
@@ -7,8 +8,7 @@ import zlib
 import numpy as np
 
 # viridis at 9 evenly spaced points: linear interpolation between them is within a few levels of the real map
-_VIRIDIS_KNOTS = ("#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30",
-                  "#fde725")
+_VIRIDIS_KNOTS = ("#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725")
 _COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
 BACKGROUND = (255, 255, 255)
 
@@ -62,8 +62,13 @@ def encode_png(image: np.ndarray, *, palette: np.ndarray | None = None, level: i
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + (chunk(b"PLTE", plte) if plte else b"")
-            + chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + (chunk(b"PLTE", plte) if plte else b"")
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), level))
+        + chunk(b"IEND", b"")
+    )
 
 
 def palette_of(lut: np.ndarray, background=BACKGROUND) -> np.ndarray:

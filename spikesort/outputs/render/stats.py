@@ -1,5 +1,6 @@
 """What the report's figures show, computed from a folder's data (a ``spikesort.outputs.report.FolderData``)
 with a few vectorised passes over all spikes."""
+
 from __future__ import annotations
 
 import logging
@@ -24,11 +25,15 @@ class UnitIndex:
     def build(cls, clusters: np.ndarray, unit_ids: np.ndarray) -> UnitIndex:
         order = np.argsort(clusters, kind="stable")
         sorted_ids = clusters[order]
-        return cls(np.asarray(unit_ids), order, np.searchsorted(sorted_ids, unit_ids),
-                   np.searchsorted(sorted_ids, unit_ids, side="right"))
+        return cls(
+            np.asarray(unit_ids),
+            order,
+            np.searchsorted(sorted_ids, unit_ids),
+            np.searchsorted(sorted_ids, unit_ids, side="right"),
+        )
 
     def spikes(self, i: int) -> np.ndarray:
-        return self.order[self.starts[i]:self.stops[i]]
+        return self.order[self.starts[i] : self.stops[i]]
 
     @property
     def counts(self) -> np.ndarray:
@@ -56,10 +61,10 @@ def template_peaks(data) -> TemplatePeaks:
     winv = np.asarray(data.whitening_mat_inv, dtype=np.float32)
     # a few large matrix products: one small product per template is much slower
     for a in range(0, k_max, 64):
-        block = np.asarray(data.templates[a:min(a + 64, k_max)], dtype=np.float32)
+        block = np.asarray(data.templates[a : min(a + 64, k_max)], dtype=np.float32)
         by_channel = np.abs((block.reshape(-1, block.shape[2]) @ winv).reshape(block.shape)).max(axis=1)  # (k, C)
-        channel[a:a + len(block)] = by_channel.argmax(axis=1)
-        peak[a:a + len(block)] = by_channel.max(axis=1)
+        channel[a : a + len(block)] = by_channel.argmax(axis=1)
+        peak[a : a + len(block)] = by_channel.max(axis=1)
     return TemplatePeaks(peak, channel)
 
 
@@ -114,8 +119,9 @@ def unit_positions(data, index: UnitIndex, *, templates: np.ndarray, peaks: Temp
     return out
 
 
-def autocorrelogram(spike_times, *, sampling_rate_hz: float, window_ms: float = 50.0,
-                    bin_ms: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def autocorrelogram(
+    spike_times, *, sampling_rate_hz: float, window_ms: float = 50.0, bin_ms: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Counts of the time differences between all pairs of distinct spikes of one train, within
     ±window_ms, in bins of bin_ms with 0 on a bin edge; returns (counts, bin edges in ms)."""
     t = np.sort(np.asarray(spike_times, dtype=np.int64))

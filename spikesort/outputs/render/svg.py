@@ -2,6 +2,7 @@
 
 Numbers are written with one decimal (a tenth of a pixel): small files, and the same bytes for the same data.
 """
+
 from __future__ import annotations
 
 import html
@@ -43,7 +44,7 @@ def tick_labels(ticks: np.ndarray) -> list[str]:
     decimals = 0
     if step > 0:
         e = math.floor(math.log10(step) + 1e-9)
-        decimals = max(0, -e + (1 if abs(step / 10.0 ** e - 2.5) < 1e-6 else 0))
+        decimals = max(0, -e + (1 if abs(step / 10.0**e - 2.5) < 1e-6 else 0))
     out = [f"{v:.{decimals}f}" for v in ticks.tolist()]
     return [s[1:] if s.startswith("-") and float(s) == 0 else s for s in out]
 
@@ -58,18 +59,33 @@ class Canvas:
     def add(self, s: str) -> None:
         self.parts.append(s)
 
-    def text(self, x: float, y: float, s, *, anchor: str = "middle", size: int = 11, color: str = AXIS_COLOR,
-             rotate: bool = False, weight: str = "") -> None:
+    def text(
+        self,
+        x: float,
+        y: float,
+        s,
+        *,
+        anchor: str = "middle",
+        size: int = 11,
+        color: str = AXIS_COLOR,
+        rotate: bool = False,
+        weight: str = "",
+    ) -> None:
         rot = f' transform="rotate(-90 {num(x)} {num(y)})"' if rotate else ""
         bold = f' font-weight="{weight}"' if weight else ""
-        self.add(f'<text x="{num(x)}" y="{num(y)}" text-anchor="{anchor}" font-size="{size}" fill="{color}"'
-                 f'{bold}{rot}>{esc(s)}</text>')
+        self.add(
+            f'<text x="{num(x)}" y="{num(y)}" text-anchor="{anchor}" font-size="{size}" fill="{color}"'
+            f"{bold}{rot}>{esc(s)}</text>"
+        )
 
     def __str__(self) -> str:
         cls = f' class="{self.cls}"' if self.cls else ""
-        return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"{cls} '
-                f'width="{self.w}" height="{self.h}" viewBox="0 0 {self.w} {self.h}" style="{FONT}">'
-                + "".join(self.parts) + "</svg>")
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"{cls} '
+            f'width="{self.w}" height="{self.h}" viewBox="0 0 {self.w} {self.h}" style="{FONT}">'
+            + "".join(self.parts)
+            + "</svg>"
+        )
 
 
 class Panel:
@@ -89,12 +105,22 @@ class Panel:
         lo, hi = self.ylim
         return self.y + self.h - (np.asarray(v, dtype=np.float64) - lo) * (self.h / (hi - lo))
 
-    def axes(self, *, title: str = "", xlabel: str = "", ylabel: str = "", xticks: bool = True,
-             yticks: bool = True, frame: bool = True) -> None:
+    def axes(
+        self,
+        *,
+        title: str = "",
+        xlabel: str = "",
+        ylabel: str = "",
+        xticks: bool = True,
+        yticks: bool = True,
+        frame: bool = True,
+    ) -> None:
         c = self.c
         if frame:
-            c.add(f'<rect x="{num(self.x)}" y="{num(self.y)}" width="{num(self.w)}" height="{num(self.h)}" '
-                  f'fill="none" stroke="{AXIS_COLOR}" stroke-width="1"/>')
+            c.add(
+                f'<rect x="{num(self.x)}" y="{num(self.y)}" width="{num(self.w)}" height="{num(self.h)}" '
+                f'fill="none" stroke="{AXIS_COLOR}" stroke-width="1"/>'
+            )
         marks = []
         if xticks:
             ticks = nice_ticks(*self.xlim)
@@ -121,9 +147,11 @@ class Panel:
 
     def image(self, href: str, *, cls: str = "raster") -> None:
         """A raster (PNG file next to the page) stretched over the plot area."""
-        self.c.add(f'<image class="{cls}" href="{esc(href)}" x="{num(self.x)}" y="{num(self.y)}" '
-                   f'width="{num(self.w)}" height="{num(self.h)}" preserveAspectRatio="none" '
-                   f'style="image-rendering:pixelated"/>')
+        self.c.add(
+            f'<image class="{cls}" href="{esc(href)}" x="{num(self.x)}" y="{num(self.y)}" '
+            f'width="{num(self.w)}" height="{num(self.h)}" preserveAspectRatio="none" '
+            f'style="image-rendering:pixelated"/>'
+        )
 
 
 def _limits(lo, hi) -> tuple[float, float]:

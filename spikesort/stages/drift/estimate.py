@@ -31,6 +31,7 @@ centre depths; ``motion_shanks.npy`` (B,) shank index of each block (the shank o
 is linear in time between bin centres and in depth between the shank's block centres, constant
 beyond the first and last.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -96,8 +97,12 @@ class Motion:
 
     def save(self, folder) -> None:
         folder = Path(folder)
-        arrays = (self.displacement_um.astype(np.float32), self.time_bins_s.astype(np.float64),
-                  self.depth_bins_um.astype(np.float64), self.block_shanks.astype(np.int32))
+        arrays = (
+            self.displacement_um.astype(np.float32),
+            self.time_bins_s.astype(np.float64),
+            self.depth_bins_um.astype(np.float64),
+            self.block_shanks.astype(np.int32),
+        )
         for name, arr in zip(MOTION_FILES, arrays):
             tmp = folder / f".{name}.tmp"
             with open(tmp, "wb") as fh:
@@ -105,7 +110,7 @@ class Motion:
             tmp.replace(folder / name)
 
     @classmethod
-    def load(cls, folder) -> "Motion":
+    def load(cls, folder) -> Motion:
         folder = Path(folder)
         d, t, y, s = (np.load(folder / name, allow_pickle=False) for name in MOTION_FILES)
         return cls(d.reshape(len(t), len(y)), t, y, s.astype(np.int64))
@@ -119,15 +124,25 @@ class Motion:
 # estimation
 
 
-def _histograms(*, times_s, depths_um, amplitudes, n_bins: int, bin_s: float, edges: np.ndarray,
-                amp_edges: np.ndarray, smooth_bins: float) -> np.ndarray:
+def _histograms(
+    *,
+    times_s,
+    depths_um,
+    amplitudes,
+    n_bins: int,
+    bin_s: float,
+    edges: np.ndarray,
+    amp_edges: np.ndarray,
+    smooth_bins: float,
+) -> np.ndarray:
     """(T, D, A) spike counts per time bin, depth bin and log-amplitude bin."""
     from scipy.ndimage import gaussian_filter1d
 
     ti = np.clip((times_s / bin_s).astype(np.int64), 0, n_bins - 1)
     di = np.searchsorted(edges, depths_um, side="right") - 1
-    ai = np.clip(np.searchsorted(amp_edges, np.log(np.maximum(amplitudes, 1e-6)), side="right") - 1,
-                 0, len(amp_edges) - 2)
+    ai = np.clip(
+        np.searchsorted(amp_edges, np.log(np.maximum(amplitudes, 1e-6)), side="right") - 1, 0, len(amp_edges) - 2
+    )
     ok = (di >= 0) & (di < len(edges) - 1)
     shape = (n_bins, len(edges) - 1, len(amp_edges) - 1)
     flat = np.ravel_multi_index((ti[ok], di[ok], ai[ok]), shape)
@@ -213,8 +228,16 @@ def _solve_displacement(shift: np.ndarray, weight: np.ndarray, *, horizon: int, 
     return solveh_banded(ab, rhs)
 
 
-def _register(h: np.ndarray, counts: np.ndarray, *, depth_bin_um: float, max_shift_um: float, horizon: int,
-              smoothness: float, robust_rounds: int = 2) -> np.ndarray:
+def _register(
+    h: np.ndarray,
+    counts: np.ndarray,
+    *,
+    depth_bin_um: float,
+    max_shift_um: float,
+    horizon: int,
+    smoothness: float,
+    robust_rounds: int = 2,
+) -> np.ndarray:
     """Displacement (µm) of each time bin from its histograms (T, D, A)."""
     n_t = len(h)
     if n_t == 1:
@@ -255,6 +278,7 @@ def _middle(d: np.ndarray) -> float:
 @dataclass(frozen=True)
 class ShankGeometry:
     """What estimation needs to know about one shank: its index and depth range (µm)."""
+
     shank: int
     depth_min_um: float
     depth_max_um: float
@@ -271,9 +295,21 @@ def block_centres(*, depth_min_um: float, depth_max_um: float, block_um: float) 
     return depth_min_um + (np.arange(n) + 0.5) * span / n
 
 
-def estimate_motion(*, times_s, depths_um, amplitudes, shanks=None, geometry: list[ShankGeometry],
-                    duration_s: float, bin_s: float = 2.0, depth_bin_um: float = 2.0, block_um: float = 200.0,
-                    max_shift_um: float = 60.0, horizon_s: float = 300.0, smoothness: float = 0.05) -> Motion:
+def estimate_motion(
+    *,
+    times_s,
+    depths_um,
+    amplitudes,
+    shanks=None,
+    geometry: list[ShankGeometry],
+    duration_s: float,
+    bin_s: float = 2.0,
+    depth_bin_um: float = 2.0,
+    block_um: float = 200.0,
+    max_shift_um: float = 60.0,
+    horizon_s: float = 300.0,
+    smoothness: float = 0.05,
+) -> Motion:
     """Motion of each shank in ``geometry`` from spikes (time s, depth µm, amplitude > 0).
 
     ``shanks`` gives each spike's shank index (all 0 when None). Rigid shanks get one block,
@@ -295,15 +331,22 @@ def estimate_motion(*, times_s, depths_um, amplitudes, shanks=None, geometry: li
     amp_edges[0], amp_edges[-1] = -np.inf, np.inf
     columns, depth_bins, block_shanks = [], [], []
     for g in geometry:
-        m = ((shanks == g.shank) & (depths_um >= g.depth_min_um + g.edge_um)
-             & (depths_um <= g.depth_max_um - g.edge_um))
+        m = (shanks == g.shank) & (depths_um >= g.depth_min_um + g.edge_um) & (depths_um <= g.depth_max_um - g.edge_um)
         t, y, a = times_s[m], depths_um[m], amplitudes[m]
         step = max(depth_bin_um, (g.depth_max_um - g.depth_min_um) / 1000)
         edges = np.arange(g.depth_min_um - 2 * step, g.depth_max_um + 3 * step, step)
         ti = np.clip((t / bin_s).astype(np.int64), 0, n_t - 1)
         kw = dict(depth_bin_um=step, max_shift_um=max_shift_um, horizon=horizon, smoothness=smoothness)
-        h = _histograms(times_s=t, depths_um=y, amplitudes=a, n_bins=n_t, bin_s=bin_s, edges=edges,
-                        amp_edges=amp_edges, smooth_bins=DEPTH_SMOOTH_UM / step)
+        h = _histograms(
+            times_s=t,
+            depths_um=y,
+            amplitudes=a,
+            n_bins=n_t,
+            bin_s=bin_s,
+            edges=edges,
+            amp_edges=amp_edges,
+            smooth_bins=DEPTH_SMOOTH_UM / step,
+        )
         counts = np.bincount(ti, minlength=n_t).astype(np.float64)
         rigid = _register(h, counts, **kw)
         del h
@@ -322,8 +365,16 @@ def estimate_motion(*, times_s, depths_um, amplitudes, shanks=None, geometry: li
         out = np.zeros((n_t, len(centres)))
         for b, c in enumerate(centres):
             eb = edges[(edges >= c - 3 * sigma - step) & (edges <= c + 3 * sigma + step)]
-            hb = _histograms(times_s=t, depths_um=y_ref, amplitudes=a, n_bins=n_t, bin_s=bin_s, edges=eb,
-                             amp_edges=amp_edges, smooth_bins=DEPTH_SMOOTH_UM / step)
+            hb = _histograms(
+                times_s=t,
+                depths_um=y_ref,
+                amplitudes=a,
+                n_bins=n_t,
+                bin_s=bin_s,
+                edges=eb,
+                amp_edges=amp_edges,
+                smooth_bins=DEPTH_SMOOTH_UM / step,
+            )
             hb *= np.exp(-0.5 * ((0.5 * (eb[:-1] + eb[1:]) - c) / sigma) ** 2).astype(np.float32)[None, :, None]
             cb = np.bincount(ti, weights=np.exp(-0.5 * ((y_ref - c) / sigma) ** 2), minlength=n_t)
             r = _register(hb, cb, **kw)
@@ -333,6 +384,9 @@ def estimate_motion(*, times_s, depths_um, amplitudes, shanks=None, geometry: li
         block_shanks.append([g.shank] * len(centres))
     if not columns:
         return Motion(np.zeros((n_t, 0), np.float32), centres_t, np.zeros(0), np.zeros(0, np.int64))
-    return Motion(np.concatenate(columns, axis=1).astype(np.float32), centres_t,
-                  np.concatenate([np.asarray(d, dtype=np.float64) for d in depth_bins]),
-                  np.concatenate([np.asarray(s, dtype=np.int64) for s in block_shanks]))
+    return Motion(
+        np.concatenate(columns, axis=1).astype(np.float32),
+        centres_t,
+        np.concatenate([np.asarray(d, dtype=np.float64) for d in depth_bins]),
+        np.concatenate([np.asarray(s, dtype=np.int64) for s in block_shanks]),
+    )

@@ -5,6 +5,7 @@
 (``spikesort.outputs.report.figure_drift_map``) both draw with it, each from its own data and
 with its own style. matplotlib is imported only when a figure is saved here.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,7 @@ import numpy as np
 from .estimate import Motion
 
 
-def draw_drift_panels(panels, *, times_s, colour, order, xlim=None, motion: Motion | None = None,
-                      **scatter) -> list:
+def draw_drift_panels(panels, *, times_s, colour, order, xlim=None, motion: Motion | None = None, **scatter) -> list:
     """Spike depth against time on each panel ``(axes, depths_um, label, title)``.
 
     One dot per spike at (``times_s``, depth), coloured by ``colour``, drawn in ``order`` (the
@@ -39,13 +39,15 @@ def draw_drift_panels(panels, *, times_s, colour, order, xlim=None, motion: Moti
     first.set_ylabel("depth (µm)")
     if motion is not None and motion.displacement_um.size:
         for b in range(motion.displacement_um.shape[1]):
-            first.plot(motion.time_bins_s, motion.depth_bins_um[b] + motion.displacement_um[:, b], color="tab:red",
-                       lw=1)
+            first.plot(
+                motion.time_bins_s, motion.depth_bins_um[b] + motion.displacement_um[:, b], color="tab:red", lw=1
+            )
     return out
 
 
-def draw_drift_map(path, *, times_s, raw_um, corrected_um, amplitudes, motion: Motion | None = None,
-                   max_points: int = 200_000) -> Path:
+def draw_drift_map(
+    path, *, times_s, raw_um, corrected_um, amplitudes, motion: Motion | None = None, max_points: int = 200_000
+) -> Path:
     """Spike depth against time, as recorded (left) and corrected (right), as a PNG.
 
     Darker dots are larger spikes; the left panel also shows the estimated motion of each
@@ -66,13 +68,25 @@ def draw_drift_map(path, *, times_s, raw_um, corrected_um, amplitudes, motion: M
     fig = Figure(figsize=(12, 6), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
-    draw_drift_panels([(axes[0], raw, None, "as recorded"), (axes[1], cor, None, "drift corrected")], times_s=t,
-                      colour=shade, order=order, motion=motion, s=1, cmap="Greys", vmin=-0.3, vmax=1.0, linewidths=0,
-                      rasterized=True)
+    draw_drift_panels(
+        [(axes[0], raw, None, "as recorded"), (axes[1], cor, None, "drift corrected")],
+        times_s=t,
+        colour=shade,
+        order=order,
+        motion=motion,
+        s=1,
+        cmap="Greys",
+        vmin=-0.3,
+        vmax=1.0,
+        linewidths=0,
+        rasterized=True,
+    )
     if motion is not None and motion.displacement_um.size:
         d = motion.displacement_um
-        fig.suptitle(f"drift: displacement RMS {np.sqrt(np.mean(d**2)):.1f} µm, range {d.min():+.1f} to "
-                     f"{d.max():+.1f} µm (red: estimated motion)")
+        fig.suptitle(
+            f"drift: displacement RMS {np.sqrt(np.mean(d**2)):.1f} µm, range {d.min():+.1f} to "
+            f"{d.max():+.1f} µm (red: estimated motion)"
+        )
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -7,6 +7,7 @@ from the displacement interpolated in time. The traces corrected are the whitene
 scratch store (as Kilosort 4 does): that costs one read and write of the store, while fusing
 the interpolation with whitening would need filtering the raw recording a second time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,14 +45,22 @@ class Kriging:
     brings it back to 1, so the later stages' thresholds (in noise sd) keep their meaning.
     Correction is only applied when the motion is worth it (``drift_min_um``).
     """
+
     positions_um: np.ndarray  # (C, 2)
     sources: tuple  # per shank: good channel indices
     inverses: tuple  # per shank: inverse of the regularised kernel matrix of those channels
     sigma_um: float
 
     @classmethod
-    def build(cls, *, positions_um, shank_ids=None, good_channels=None, sigma_um: float | None = None,
-              regularization: float | None = None) -> "Kriging":
+    def build(
+        cls,
+        *,
+        positions_um,
+        shank_ids=None,
+        good_channels=None,
+        sigma_um: float | None = None,
+        regularization: float | None = None,
+    ) -> Kriging:
         sigma_um = KRIGING_SIGMA_UM if sigma_um is None else sigma_um
         regularization = KRIGING_REGULARIZATION if regularization is None else regularization
         pos = np.asarray(positions_um, dtype=np.float64)[:, :2]
@@ -87,11 +96,23 @@ def _gauss_kernel(a: np.ndarray, b: np.ndarray, sigma: float) -> np.ndarray:
     return np.exp(-0.5 * ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / sigma**2)
 
 
-def interpolation_matrix(*, positions_um, shift_um, shank_ids=None, good_channels=None,
-                         sigma_um: float | None = None, regularization: float | None = None) -> np.ndarray:
+def interpolation_matrix(
+    *,
+    positions_um,
+    shift_um,
+    shank_ids=None,
+    good_channels=None,
+    sigma_um: float | None = None,
+    regularization: float | None = None,
+) -> np.ndarray:
     """One (C, C) correction matrix (see ``Kriging``); corrected = traces @ M.T."""
-    return Kriging.build(positions_um=positions_um, shank_ids=shank_ids, good_channels=good_channels,
-                         sigma_um=sigma_um, regularization=regularization).matrix(shift_um)
+    return Kriging.build(
+        positions_um=positions_um,
+        shank_ids=shank_ids,
+        good_channels=good_channels,
+        sigma_um=sigma_um,
+        regularization=regularization,
+    ).matrix(shift_um)
 
 
 def correct_chunk(x: np.ndarray, *, matrix: np.ndarray) -> np.ndarray:
@@ -99,8 +120,16 @@ def correct_chunk(x: np.ndarray, *, matrix: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32) @ matrix.T
 
 
-def correct_block(x: np.ndarray, *, start: int, sampling_rate_hz: float, motion: Motion, kriging: Kriging,
-                  channel_shanks: np.ndarray, step_samples: int) -> np.ndarray:
+def correct_block(
+    x: np.ndarray,
+    *,
+    start: int,
+    sampling_rate_hz: float,
+    motion: Motion,
+    kriging: Kriging,
+    channel_shanks: np.ndarray,
+    step_samples: int,
+) -> np.ndarray:
     """Correct samples [start, start + len(x)) of the recording.
 
     The weights change every ``step_samples`` on a grid fixed in recording samples (so the
@@ -115,28 +144,49 @@ def correct_block(x: np.ndarray, *, start: int, sampling_rate_hz: float, motion:
         a, b = max(start, k * step_samples), min(stop, (k + 1) * step_samples)
         t_mid = (k + 0.5) * step_samples / sampling_rate_hz
         shift = motion.at(times_s=np.full(len(depths), t_mid), depths_um=depths, shanks=channel_shanks)
-        out[a - start:b - start] = correct_chunk(x[a - start:b - start], matrix=kriging.matrix(shift))
+        out[a - start : b - start] = correct_chunk(x[a - start : b - start], matrix=kriging.matrix(shift))
         k += 1
     return out
 
 
-def correct_store(store, *, motion: Motion, chunks, sampling_rate_hz: float, positions_um, shank_ids, good_channels,
-                  n_jobs: int = 1, progress=None, sigma_um: float | None = None) -> None:
+def correct_store(
+    store,
+    *,
+    motion: Motion,
+    chunks,
+    sampling_rate_hz: float,
+    positions_um,
+    shank_ids,
+    good_channels,
+    n_jobs: int = 1,
+    progress=None,
+    sigma_um: float | None = None,
+) -> None:
     """Correct the whitened traces of ``store`` in place, chunk by chunk (keep windows only:
     the interpolation is across channels, so no margin is needed)."""
     from spikesort.chunks import map_chunks
 
-    kriging = Kriging.build(positions_um=positions_um, shank_ids=shank_ids, good_channels=good_channels,
-                            sigma_um=sigma_um)
+    kriging = Kriging.build(
+        positions_um=positions_um, shank_ids=shank_ids, good_channels=good_channels, sigma_um=sigma_um
+    )
     bin_s = float(np.median(np.diff(motion.time_bins_s))) if motion.n_time_bins > 1 else 2.0
     step = max(1, int(round(bin_s / CORRECTION_STEPS_PER_BIN * sampling_rate_hz)))
     shanks = np.asarray(shank_ids)
 
     def fn(ch):
         x = store.read(ch.keep_start, ch.keep_stop)
-        store.write(ch.keep_start, correct_block(x, start=ch.keep_start, sampling_rate_hz=sampling_rate_hz,
-                                                 motion=motion, kriging=kriging, channel_shanks=shanks,
-                                                 step_samples=step))
+        store.write(
+            ch.keep_start,
+            correct_block(
+                x,
+                start=ch.keep_start,
+                sampling_rate_hz=sampling_rate_hz,
+                motion=motion,
+                kriging=kriging,
+                channel_shanks=shanks,
+                step_samples=step,
+            ),
+        )
 
     for _ in map_chunks(fn, chunks, n_jobs=n_jobs, progress=progress):
         pass

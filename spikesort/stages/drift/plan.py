@@ -1,4 +1,5 @@
 """Which shanks get their drift corrected, and how (rigid or non-rigid)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ class DriftPlan:
         return "; ".join(parts)
 
 
-def plan_drift(*, mode: str, positions_um, shank_ids=None, good_channels=None, min_span_um: float,
-               nonrigid_span_um: float) -> DriftPlan:
+def plan_drift(
+    *, mode: str, positions_um, shank_ids=None, good_channels=None, min_span_um: float, nonrigid_span_um: float
+) -> DriftPlan:
     """Decide, per shank, whether and how drift is corrected.
 
     ``auto``: non-rigid on shanks spanning at least ``nonrigid_span_um`` of depth, rigid on
@@ -44,14 +46,21 @@ def plan_drift(*, mode: str, positions_um, shank_ids=None, good_channels=None, m
         y = pos[ch, 1]
         span = float(np.ptp(y)) if len(y) else 0.0
         if len(ch) < MIN_CHANNELS:
-            skipped[int(s)] = (f"only {len(ch)} usable channels, drift estimation needs at least {MIN_CHANNELS} "
-                               "along the depth of a shank")
+            skipped[int(s)] = (
+                f"only {len(ch)} usable channels, drift estimation needs at least {MIN_CHANNELS} "
+                "along the depth of a shank"
+            )
         elif span < min_span_um:
-            skipped[int(s)] = (f"the contacts span only {span:.0f} µm of depth, below drift_min_span_um = "
-                               f"{min_span_um:g}: too short to tell drift from noise")
+            skipped[int(s)] = (
+                f"the contacts span only {span:.0f} µm of depth, below drift_min_span_um = "
+                f"{min_span_um:g}: too short to tell drift from noise"
+            )
         else:
             chosen = mode if mode in ("rigid", "nonrigid") else ("nonrigid" if span >= nonrigid_span_um else "rigid")
             rows = np.diff(np.unique(np.round(y, 1)))
-            plan.append(ShankGeometry(int(s), float(y.min()), float(y.max()), chosen,
-                                      edge_um=float(np.median(rows)) if len(rows) else 0.0))
+            plan.append(
+                ShankGeometry(
+                    int(s), float(y.min()), float(y.max()), chosen, edge_um=float(np.median(rows)) if len(rows) else 0.0
+                )
+            )
     return DriftPlan(tuple(plan), skipped)

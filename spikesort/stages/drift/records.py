@@ -3,6 +3,7 @@
 ``drift.json`` records the decision every time (corrected or not, why, mode per shank, span of
 the estimate); the motion files (``Motion.save``) are there only when the traces were corrected.
 """
+
 from __future__ import annotations
 
 import json

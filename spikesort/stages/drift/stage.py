@@ -13,6 +13,7 @@ After correction, units that clustering kept apart because they were seen at two
 positions are merged (``spikesort.stages.merges.drift_split_groups``, called at the end of
 curation).
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,14 +36,16 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class MotionPeaks:
     """What estimation needs from a detection pass."""
+
     times_s: np.ndarray  # (n,)
     depths_um: np.ndarray  # (n,) y of the estimated position, on the traces as recorded
     amplitudes: np.ndarray  # (n,) > 0, whitened sd
     shanks: np.ndarray  # (n,) shank of the peak channel
 
 
-def localize_fit(features: np.ndarray, channels: np.ndarray, *, neighbors: np.ndarray,
-                 positions_um: np.ndarray) -> np.ndarray:
+def localize_fit(
+    features: np.ndarray, channels: np.ndarray, *, neighbors: np.ndarray, positions_um: np.ndarray
+) -> np.ndarray:
     """Spike positions (n, 2) from a peaked fit to the amplitude on the peak channel's
     neighbourhood: log amplitude ~ b0 + b1 x + b2 y + b3 (x^2 + y^2) (a Gaussian footprint),
     weighted by amplitude squared, over the channels above a fifth of the peak.
@@ -91,21 +94,39 @@ def motion_peaks(spikes, *, sampling_rate_hz: float, positions_um, shank_ids, fe
     """What estimation needs from the detected spikes (spikesort.detect.Detections)."""
     y = localize_fit(spikes.features, spikes.channels, neighbors=feature_neighbors, positions_um=positions_um)[:, 1]
     c = np.asarray(spikes.channels, dtype=np.int64)
-    return MotionPeaks(spikes.times / sampling_rate_hz, y.astype(np.float64),
-                       np.maximum(spikes.amplitudes, 1e-3).astype(np.float64),
-                       np.asarray(shank_ids)[c] if len(c) else np.zeros(0, np.int64))
+    return MotionPeaks(
+        spikes.times / sampling_rate_hz,
+        y.astype(np.float64),
+        np.maximum(spikes.amplitudes, 1e-3).astype(np.float64),
+        np.asarray(shank_ids)[c] if len(c) else np.zeros(0, np.int64),
+    )
 
 
 def motion_summary(motion: Motion) -> str:
     d = motion.displacement_um
     if d.size == 0:
         return "no blocks"
-    return (f"{motion.n_time_bins} time bins x {d.shape[1]} blocks, displacement RMS {np.sqrt(np.mean(d**2)):.1f} µm, "
-            f"range {d.min():+.1f} to {d.max():+.1f} µm")
+    return (
+        f"{motion.n_time_bins} time bins x {d.shape[1]} blocks, displacement RMS {np.sqrt(np.mean(d**2)):.1f} µm, "
+        f"range {d.min():+.1f} to {d.max():+.1f} µm"
+    )
 
 
-def correct_drift(store, *, detect, chunks, sampling_rate_hz: float, positions_um, shank_ids, good_channels,
-                  feature_neighbors, params, out=None, n_jobs: int = 1, progress=None) -> Motion | None:
+def correct_drift(
+    store,
+    *,
+    detect,
+    chunks,
+    sampling_rate_hz: float,
+    positions_um,
+    shank_ids,
+    good_channels,
+    feature_neighbors,
+    params,
+    out=None,
+    n_jobs: int = 1,
+    progress=None,
+) -> Motion | None:
     """The drift stage: decide, detect, estimate, correct ``store`` in place, write the outputs.
 
     ``detect()`` returns the spikes (spikesort.detect.Detections) of the uncorrected store; it is
@@ -132,8 +153,14 @@ def correct_drift(store, *, detect, chunks, sampling_rate_hz: float, positions_u
             _write_record(Path(out) / DRIFT_RECORD, record)
         return motion
 
-    plan = plan_drift(mode=params.drift, positions_um=positions_um, shank_ids=shank_ids, good_channels=good_channels,
-                      min_span_um=params.drift_min_span_um, nonrigid_span_um=params.drift_nonrigid_span_um)
+    plan = plan_drift(
+        mode=params.drift,
+        positions_um=positions_um,
+        shank_ids=shank_ids,
+        good_channels=good_channels,
+        min_span_um=params.drift_min_span_um,
+        nonrigid_span_um=params.drift_nonrigid_span_um,
+    )
     several = len(plan.skipped) + len(plan.shanks) > 1
     for s, why in sorted(plan.skipped.items()):
         record["shanks"][str(s)] = f"not corrected: {why}"
@@ -144,11 +171,20 @@ def correct_drift(store, *, detect, chunks, sampling_rate_hz: float, positions_u
         reasons = sorted(set(plan.skipped.values()))
         if params.drift in ("rigid", "nonrigid"):
             log.warning("drift = %s was asked for, but: %s", params.drift, "; ".join(reasons))
-        return finish(None, "; ".join(reasons) if not several else
-                      "; ".join(f"shank {s}: {why}" for s, why in sorted(plan.skipped.items())))
+        return finish(
+            None,
+            "; ".join(reasons)
+            if not several
+            else "; ".join(f"shank {s}: {why}" for s, why in sorted(plan.skipped.items())),
+        )
     bar = (lambda desc: progress(len(chunks), desc)) if progress is not None else (lambda desc: None)
-    peaks = motion_peaks(detect(), sampling_rate_hz=sampling_rate_hz, positions_um=positions_um,
-                         shank_ids=shank_ids, feature_neighbors=feature_neighbors)
+    peaks = motion_peaks(
+        detect(),
+        sampling_rate_hz=sampling_rate_hz,
+        positions_um=positions_um,
+        shank_ids=shank_ids,
+        feature_neighbors=feature_neighbors,
+    )
     record["n_spikes"] = int(len(peaks.times_s))
     duration_s = store.n_samples / sampling_rate_hz
     n_bins = max(1, int(np.ceil(duration_s / params.drift_bin_s)))
@@ -164,22 +200,45 @@ def correct_drift(store, *, detect, chunks, sampling_rate_hz: float, positions_u
         else:
             shanks.append(g)
     if not shanks:
-        return finish(None, f"only {len(peaks.times_s)} spikes found in {duration_s:.0f} s, too few to estimate "
-                            "motion")
-    motion = estimate_motion(times_s=peaks.times_s, depths_um=peaks.depths_um, amplitudes=peaks.amplitudes,
-                             shanks=peaks.shanks, geometry=shanks, duration_s=duration_s, bin_s=params.drift_bin_s,
-                             block_um=params.drift_block_um, max_shift_um=params.drift_max_um)
+        return finish(None, f"only {len(peaks.times_s)} spikes found in {duration_s:.0f} s, too few to estimate motion")
+    motion = estimate_motion(
+        times_s=peaks.times_s,
+        depths_um=peaks.depths_um,
+        amplitudes=peaks.amplitudes,
+        shanks=peaks.shanks,
+        geometry=shanks,
+        duration_s=duration_s,
+        bin_s=params.drift_bin_s,
+        block_um=params.drift_block_um,
+        max_shift_um=params.drift_max_um,
+    )
     for g in shanks:
         record["shanks"][str(g.shank)] = g.mode
     spread = motion_spread_um(motion)
     record["spread_um"] = round(spread, 2)
-    log.info("drift: %s from %d spikes; %s", "; ".join(f"{g.mode} on shank {g.shank} "
-             f"({g.depth_max_um - g.depth_min_um:.0f} µm)" for g in shanks), len(peaks.times_s), motion_summary(motion))
+    log.info(
+        "drift: %s from %d spikes; %s",
+        "; ".join(f"{g.mode} on shank {g.shank} ({g.depth_max_um - g.depth_min_um:.0f} µm)" for g in shanks),
+        len(peaks.times_s),
+        motion_summary(motion),
+    )
     if spread < params.drift_min_um:
-        return finish(None, f"the estimated motion spans only {spread:.1f} µm (below drift_min_um = "
-                            f"{params.drift_min_um:g}), interpolating would cost more than so little motion")
-    correct_store(store, motion=motion, chunks=chunks, sampling_rate_hz=sampling_rate_hz, positions_um=positions_um,
-                  shank_ids=shank_ids, good_channels=good_channels, n_jobs=n_jobs, progress=bar("drift: correct"))
+        return finish(
+            None,
+            f"the estimated motion spans only {spread:.1f} µm (below drift_min_um = "
+            f"{params.drift_min_um:g}), interpolating would cost more than so little motion",
+        )
+    correct_store(
+        store,
+        motion=motion,
+        chunks=chunks,
+        sampling_rate_hz=sampling_rate_hz,
+        positions_um=positions_um,
+        shank_ids=shank_ids,
+        good_channels=good_channels,
+        n_jobs=n_jobs,
+        progress=bar("drift: correct"),
+    )
     if out is not None:
         motion.save(out)
         try:
@@ -187,11 +246,16 @@ def correct_drift(store, *, detect, chunks, sampling_rate_hz: float, positions_u
             # reference depth y0 solves y0 + d(t, y0) = raw: one fixed-point step is plenty here
             ref = raw - motion.at(times_s=peaks.times_s, depths_um=raw, shanks=peaks.shanks)
             ref = raw - motion.at(times_s=peaks.times_s, depths_um=ref, shanks=peaks.shanks)
-            draw_drift_map(Path(out) / DRIFT_MAP, times_s=peaks.times_s, raw_um=raw, corrected_um=ref,
-                           amplitudes=peaks.amplitudes, motion=motion)
+            draw_drift_map(
+                Path(out) / DRIFT_MAP,
+                times_s=peaks.times_s,
+                raw_um=raw,
+                corrected_um=ref,
+                amplitudes=peaks.amplitudes,
+                motion=motion,
+            )
         except Exception:  # a figure must never cost the sort
             log.warning("could not draw the drift map", exc_info=True)
     log.info("drift: traces corrected (motion spans %.1f µm)", spread)
     record["corrected"] = True
     return finish(motion)
-

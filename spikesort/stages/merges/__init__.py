@@ -7,10 +7,20 @@ uses), :mod:`.refractory` (units whose spike trains keep a refractory gap, at cu
 applying a merge's groups to the spikes), :mod:`.drift` (units seen at two probe positions,
 after drift correction).
 """
+
 from .clusters import merge_groups
 from .drift import drift_split_groups
 from .refractory import apply_groups, cross_refractory_ratio, refractory_merges, relabel
 from .templates import lagged_similarity, merge_similar_templates, snippet_merge_test
 
-__all__ = ["merge_groups", "drift_split_groups", "apply_groups", "cross_refractory_ratio", "refractory_merges",
-           "relabel", "lagged_similarity", "merge_similar_templates", "snippet_merge_test"]
+__all__ = [
+    "merge_groups",
+    "drift_split_groups",
+    "apply_groups",
+    "cross_refractory_ratio",
+    "refractory_merges",
+    "relabel",
+    "lagged_similarity",
+    "merge_similar_templates",
+    "snippet_merge_test",
+]

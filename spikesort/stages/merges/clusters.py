@@ -4,6 +4,7 @@ A unit whose spikes peak on several channels comes out of the per-channel splits
 clusters; similar clusters are merged agglomeratively, with the bimodality test as a veto: two
 clusters merge only when their spikes form one mode along the axis that separates them.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,6 @@ class _Group:
         self.peak_channels = peak_channels
 
 
-
 def _common_features(g: _Group, chans: np.ndarray, features, channels, slots) -> np.ndarray:
     """Features of a group's spikes on the channels ``chans`` that all of them observed."""
     sl = slots[channels[g.members]][:, chans]  # (n, len(chans))
@@ -41,8 +41,9 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return flat / max(np.linalg.norm(flat), 1e-12)
 
 
-def merge_groups(groups: list[_Group], *, features, channels, neighbors, similarity: float,
-                 threshold: float, max_test: int = 1000) -> list[_Group]:
+def merge_groups(
+    groups: list[_Group], *, features, channels, neighbors, similarity: float, threshold: float, max_test: int = 1000
+) -> list[_Group]:
     slots = _neighbor_slots(neighbors)
 
     def common(a: _Group, b: _Group) -> np.ndarray:
@@ -95,8 +96,10 @@ def merge_groups(groups: list[_Group], *, features, channels, neighbors, similar
         if not merge:
             sim[a, b] = -np.inf
             continue
-        g = _Group(np.sort(np.concatenate([groups[a].members, groups[b].members])),
-                   groups[a].peak_channels | groups[b].peak_channels)
+        g = _Group(
+            np.sort(np.concatenate([groups[a].members, groups[b].members])),
+            groups[a].peak_channels | groups[b].peak_channels,
+        )
         groups.append(g)
         new = len(groups) - 1
         alive = [i for i in alive if i not in (a, b)] + [new]

@@ -4,6 +4,7 @@
 the probe was when the units fired: ``_apart`` (the units' spikes come from different
 positions) and ``_fills`` (together they sample the positions like one neuron firing all along).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from spikesort.stages.drift.estimate import Motion
 class _Positions:
     """Where the probe was, as bins of the displacement at a unit's depth (its main channel): at
     each spike, and at the times a neuron firing steadily would sample."""
+
     units: np.ndarray  # (n,) unit of each spike
     binned: np.ndarray  # (n,) displacement bin at each spike
     edges: np.ndarray  # displacement bin edges (µm)
@@ -35,13 +37,17 @@ def _separation(a: np.ndarray, b: np.ndarray, *, n_bins: int) -> float:
 
 def _occupancy(u: int, *, pos: _Positions) -> np.ndarray:
     """Where the probe was, at unit ``u``'s depth: what a neuron firing steadily samples."""
-    d = pos.motion.at(times_s=pos.grid_s, depths_um=np.full(len(pos.grid_s), pos.unit_depths_um[u]),
-                      shanks=np.full(len(pos.grid_s), pos.unit_shanks[u]))
+    d = pos.motion.at(
+        times_s=pos.grid_s,
+        depths_um=np.full(len(pos.grid_s), pos.unit_depths_um[u]),
+        shanks=np.full(len(pos.grid_s), pos.unit_shanks[u]),
+    )
     return np.clip(np.searchsorted(pos.edges, d, side="right") - 1, 0, len(pos.edges) - 2)
 
 
-def _apart(ga: list, gb: list, *, pos: _Positions, min_spikes: int, min_separation: float,
-           rng: np.random.Generator) -> bool:
+def _apart(
+    ga: list, gb: list, *, pos: _Positions, min_spikes: int, min_separation: float, rng: np.random.Generator
+) -> bool:
     """The two groups' spikes come from clearly different probe positions."""
     n_bins = len(pos.edges) - 1
     a = pos.binned[np.isin(pos.units, ga)]
@@ -66,8 +72,17 @@ def _fills(parts: list[list], *, pos: _Positions) -> bool:
     return _separation(pooled, occ, n_bins=n_bins) <= best - min(0.1, 0.5 * best)
 
 
-def _grow(initial: list[list[int]], *, check_fill: bool, cos: np.ndarray, min_similarity: float, pos: _Positions,
-          min_spikes: int, min_separation: float, rng: np.random.Generator) -> list[list[int]]:
+def _grow(
+    initial: list[list[int]],
+    *,
+    check_fill: bool,
+    cos: np.ndarray,
+    min_similarity: float,
+    pos: _Positions,
+    min_spikes: int,
+    min_separation: float,
+    rng: np.random.Generator,
+) -> list[list[int]]:
     """Join the groups of ``initial``, most similar pair of units first, when their templates are
     similar on average and they pass the position tests (``_fills`` only with ``check_fill``)."""
     similar = cos >= min_similarity
@@ -81,17 +96,30 @@ def _grow(initial: list[list[int]], *, check_fill: bool, cos: np.ndarray, min_si
         # than either differs from the piece in the middle
         if ga == gb or cos[np.ix_(members[ga], members[gb])].mean() < min_similarity:
             continue
-        if _apart(members[ga], members[gb], pos=pos, min_spikes=min_spikes, min_separation=min_separation,
-                  rng=rng) and (not check_fill or _fills([members[ga], members[gb]], pos=pos)):
+        if _apart(
+            members[ga], members[gb], pos=pos, min_spikes=min_spikes, min_separation=min_separation, rng=rng
+        ) and (not check_fill or _fills([members[ga], members[gb]], pos=pos)):
             members[ga] += members.pop(gb)
             for u in members[ga]:
                 group[u] = ga
     return list(members.values())
 
 
-def drift_split_groups(*, spike_times_s, spike_units, templates, main_channels, positions_um, channel_shanks,
-                       motion: Motion, min_similarity: float = 0.8, min_separation: float = 0.4,
-                       min_spikes: int = 30, bin_um: float = 4.0, seed: int = 0) -> list[list[int]]:
+def drift_split_groups(
+    *,
+    spike_times_s,
+    spike_units,
+    templates,
+    main_channels,
+    positions_um,
+    channel_shanks,
+    motion: Motion,
+    min_similarity: float = 0.8,
+    min_separation: float = 0.4,
+    min_spikes: int = 30,
+    bin_um: float = 4.0,
+    seed: int = 0,
+) -> list[list[int]]:
     """Groups of units that are one neuron split by drift (singletons included).
 
     Interpolated traces are not exact: a unit whose spikes come from two probe positions (a step
@@ -123,10 +151,18 @@ def drift_split_groups(*, spike_times_s, spike_units, templates, main_channels, 
     # where the probe was, at a unit's depth: what a neuron firing steadily samples
     bin_s = motion.time_bins_s[1] - motion.time_bins_s[0] if motion.n_time_bins > 1 else 2.0
     grid = np.arange(0.0, motion.time_bins_s[-1] + 0.5 * bin_s, 0.25 * bin_s)
-    pos = _Positions(units=units, binned=binned, edges=edges, motion=motion, grid_s=grid,
-                     unit_depths_um=np.asarray(positions_um)[main, 1], unit_shanks=np.asarray(channel_shanks)[main])
-    kw = dict(cos=cos, min_similarity=min_similarity, pos=pos, min_spikes=min_spikes, min_separation=min_separation,
-              rng=rng)
+    pos = _Positions(
+        units=units,
+        binned=binned,
+        edges=edges,
+        motion=motion,
+        grid_s=grid,
+        unit_depths_um=np.asarray(positions_um)[main, 1],
+        unit_shanks=np.asarray(channel_shanks)[main],
+    )
+    kw = dict(
+        cos=cos, min_similarity=min_similarity, pos=pos, min_spikes=min_spikes, min_separation=min_separation, rng=rng
+    )
     # a neuron seen at three positions is three units, and any two of them miss the third
     # position: groups grow on the position tests alone, then a group must fill the occupancy as
     # a whole. The members of one that does not are free again, and every unit is grown once

@@ -5,6 +5,7 @@ within the refractory period of each other; two neurons with similar templates f
 independently, so their cross-correlogram has no such gap. The merge needs both. ``relabel``
 and ``apply_groups`` apply the groups of any template merge to the spikes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,9 @@ from .templates import lagged_similarity
 log = logging.getLogger(__name__)
 
 
-def cross_refractory_ratio(ta: np.ndarray, tb: np.ndarray, *, refractory: int, duration: int,
-                           rate_bin: int | None = None) -> tuple[float, float]:
+def cross_refractory_ratio(
+    ta: np.ndarray, tb: np.ndarray, *, refractory: int, duration: int, rate_bin: int | None = None
+) -> tuple[float, float]:
     """Observed / expected number of (a, b) spike pairs closer than ``refractory`` samples, and the
     expected count under independent firing (the evidence available).
 
@@ -40,11 +42,24 @@ def cross_refractory_ratio(ta: np.ndarray, tb: np.ndarray, *, refractory: int, d
     return observed / max(expected, 1e-12), expected
 
 
-def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um: np.ndarray, duration: int,
-                      refractory: int, similarity: float, max_ratio: float = 0.25, min_expected: float = 5.0,
-                      strict_similarity: float = 0.9, max_lag: int = 3, max_distance_um: float = 100.0,
-                      absorb_similarity: float = 0.97, absorb_fraction: float = 0.1, rate_bin: int | None = None,
-                      same_unit=None) -> list[list[tuple[int, int]]]:
+def refractory_merges(
+    spikes: MatchedSpikes,
+    dense: np.ndarray,
+    *,
+    positions_um: np.ndarray,
+    duration: int,
+    refractory: int,
+    similarity: float,
+    max_ratio: float = 0.25,
+    min_expected: float = 5.0,
+    strict_similarity: float = 0.9,
+    max_lag: int = 3,
+    max_distance_um: float = 100.0,
+    absorb_similarity: float = 0.97,
+    absorb_fraction: float = 0.1,
+    rate_bin: int | None = None,
+    same_unit=None,
+) -> list[list[tuple[int, int]]]:
     """Groups of templates to merge, each as (template, lag onto the group's first template).
 
     Pairs need lag-aware template similarity above ``similarity`` and a refractory gap in their
@@ -74,12 +89,14 @@ def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um:
             s, lag = lagged_similarity(dense[i], dense[j], max_lag=max_lag)
             if s < similarity:
                 continue
-            ratio, expected = cross_refractory_ratio(times[i], times[j] - lag, refractory=refractory,
-                                                     duration=duration, rate_bin=rate_bin)
+            ratio, expected = cross_refractory_ratio(
+                times[i], times[j] - lag, refractory=refractory, duration=duration, rate_bin=rate_bin
+            )
             if expected >= min_expected:
                 ok = ratio < max_ratio
             elif s >= absorb_similarity and min(len(times[i]), len(times[j])) <= absorb_fraction * max(
-                    len(times[i]), len(times[j])):
+                len(times[i]), len(times[j])
+            ):
                 ok = True
             else:
                 ok = s >= strict_similarity and (same_unit is None or same_unit(i, j, lag))
@@ -110,8 +127,13 @@ def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um:
         if ri == rj:
             continue
         if size[ri] > 1 or size[rj] > 1:  # a lone pair was tested above
-            ratio, expected = cross_refractory_ratio(group_times(ri, 0), group_times(rj, li - lag - lj),
-                                                     refractory=refractory, duration=duration, rate_bin=rate_bin)
+            ratio, expected = cross_refractory_ratio(
+                group_times(ri, 0),
+                group_times(rj, li - lag - lj),
+                refractory=refractory,
+                duration=duration,
+                rate_bin=rate_bin,
+            )
             if expected >= min_expected and ratio >= max_ratio:
                 log.debug("units %d and %d not merged: their groups fire independently", i, j)
                 continue
@@ -126,8 +148,9 @@ def refractory_merges(spikes: MatchedSpikes, dense: np.ndarray, *, positions_um:
     return list(groups.values())
 
 
-def relabel(times: np.ndarray, labels: np.ndarray,
-            groups: list[list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray]:
+def relabel(
+    times: np.ndarray, labels: np.ndarray, groups: list[list[tuple[int, int]]]
+) -> tuple[np.ndarray, np.ndarray]:
     """Group index as the new label of each spike (-1 outside every group), and its time plus
     its member's offset, so merged spikes align on one template."""
     new_t = times.copy()
@@ -144,4 +167,3 @@ def apply_groups(spikes: MatchedSpikes, groups: list[list[tuple[int, int]]]) -> 
     t, k = relabel(spikes.times, spikes.templates, groups)
     out = MatchedSpikes(t, k, spikes.amplitudes, spikes.gains)
     return out.take(np.lexsort((out.templates, out.times)))
-

@@ -3,6 +3,7 @@
 ``lagged_similarity`` is the template similarity every template merge uses;
 ``snippet_merge_test`` the veto that keeps two neurons with similar templates apart.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,9 +37,17 @@ def lagged_similarity(a: np.ndarray, b: np.ndarray, *, max_lag: int, signal_frac
     return best / (na * nb), best_lag
 
 
-def merge_similar_templates(dense: np.ndarray, sizes: np.ndarray, *, positions_um: np.ndarray, max_lag: int,
-                            threshold: float, max_distance_um: float = 100.0, norm_ratio: float = 1.6,
-                            same_unit=None) -> list[list[tuple[int, int]]]:
+def merge_similar_templates(
+    dense: np.ndarray,
+    sizes: np.ndarray,
+    *,
+    positions_um: np.ndarray,
+    max_lag: int,
+    threshold: float,
+    max_distance_um: float = 100.0,
+    norm_ratio: float = 1.6,
+    same_unit=None,
+) -> list[list[tuple[int, int]]]:
     """Groups of templates that are one unit seen twice (split by peak channel or alignment).
 
     Pairs whose lag-aware cosine similarity exceeds ``threshold`` and whose norms are within
@@ -64,19 +73,20 @@ def merge_similar_templates(dense: np.ndarray, sizes: np.ndarray, *, positions_u
             r = norms[i] / max(norms[j], 1e-12)
             if r > norm_ratio or r < 1 / norm_ratio:
                 continue
-            s, l = lagged_similarity(dense[i], dense[j], max_lag=max_lag)
+            s, shift = lagged_similarity(dense[i], dense[j], max_lag=max_lag)
             sim[i, j] = sim[j, i] = s
-            lag[i, j], lag[j, i] = l, -l
+            lag[i, j], lag[j, i] = shift, -shift
             if s > threshold:
                 pairs.append((s, i, j))
     group = list(range(k))
     members = {i: [i] for i in range(k)}
-    for s, i, j in sorted(pairs, reverse=True):
+    for _s, i, j in sorted(pairs, reverse=True):
         gi, gj = group[i], group[j]
         if gi == gj:
             continue
         if all(sim[a, b] > threshold for a in members[gi] for b in members[gj]) and (
-                same_unit is None or same_unit(i, j, int(lag[i, j]))):
+            same_unit is None or same_unit(i, j, int(lag[i, j]))
+        ):
             for b in members[gj]:
                 group[b] = gi
             members[gi] += members.pop(gj)
@@ -88,10 +98,20 @@ def merge_similar_templates(dense: np.ndarray, sizes: np.ndarray, *, positions_u
     return out
 
 
-def snippet_merge_test(store, times: np.ndarray, labels: np.ndarray, *, pre: int, nt: int, threshold: float,
-                       rng: np.random.Generator, max_spikes: int = 300):
+def snippet_merge_test(
+    store,
+    times: np.ndarray,
+    labels: np.ndarray,
+    *,
+    pre: int,
+    nt: int,
+    threshold: float,
+    rng: np.random.Generator,
+    max_spikes: int = 300,
+):
     """A veto for template merges: the spikes of two clusters, aligned on the first, must form
     one mode along the axis joining their mean waveforms (else they are two neurons)."""
+
     def same_unit(i: int, j: int, lag: int) -> bool:
         ti, tj = times[labels == i], times[labels == j] - lag
         if len(ti) > max_spikes:
@@ -103,8 +123,9 @@ def snippet_merge_test(store, times: np.ndarray, labels: np.ndarray, *, pre: int
         si, sj = store.snippets(ti, pre=pre, nt=nt), store.snippets(tj, pre=pre, nt=nt)
         mi, mj = si.mean(0), sj.mean(0)
         # the channels that carry either waveform; the rest only adds noise to the projection
-        chans = np.flatnonzero(np.maximum(np.abs(mi).max(0), np.abs(mj).max(0))
-                               > 0.2 * max(np.abs(mi).max(), np.abs(mj).max()))
+        chans = np.flatnonzero(
+            np.maximum(np.abs(mi).max(0), np.abs(mj).max(0)) > 0.2 * max(np.abs(mi).max(), np.abs(mj).max())
+        )
         axis = (mi - mj)[:, chans].ravel()
         nrm = np.linalg.norm(axis)
         if nrm == 0:
