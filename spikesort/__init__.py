@@ -24,4 +24,9 @@ def __getattr__(name):
         from spikesort.outputs.curated import load_result
 
         return load_result
+    if name == "online":
+        # a callable module: spikesort.online(path, ...) yields the batches (spikesort/online)
+        import importlib
+
+        return importlib.import_module(".online", __name__)
     raise AttributeError(name)

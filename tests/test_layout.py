@@ -24,7 +24,7 @@ LAYERS = {
     "spikesort.stages": 2,
     "spikesort.outputs": 3,
     "spikesort.pipeline": 4,
-    "spikesort.si": 5, "spikesort.demo": 5, "spikesort.batch": 5, "spikesort.job": 5,
+    "spikesort.si": 5, "spikesort.demo": 5, "spikesort.batch": 5, "spikesort.job": 5, "spikesort.online": 5,
     "spikesort.cli": 6,
 }
 

@@ -4,7 +4,7 @@
 ``batch`` share; every other module is one command, registered on the group when imported here.
 """
 from . import app, options
-from . import batch, demo, export, info, params, probes, report, run  # noqa: F401 (each registers its command)
+from . import batch, demo, export, info, online, params, probes, report, run  # noqa: F401 (each registers its command)
 from .app import main
 
 __all__ = ["main"]
