@@ -50,11 +50,50 @@ def make_recording(folder: Path, *, duration_s: float, n_channels: int = 32, n_u
                                             max_iteration=100, distance_strict=False),
         generate_templates_kwargs=dict(unit_params=dict(alpha=(250.0, 500.0), spatial_decay=(10, 45))),
         noise_kwargs=dict(noise_levels=7.0, strategy="on_the_fly"), seed=seed)
-    x = rec.get_traces(0)
-    np.round(x / GAIN_UV).clip(-32768, 32767).astype("<i2").tofile(folder / "source.dat")
+    _save_int16(rec, folder / "source.dat", fs)
     np.savez(folder / "gt.npz", samples=samples, labels=labels, fs=fs)
     return dict(path=folder / "source.dat", n_channels=n_channels, sampling_rate_hz=fs, samples=samples,
                 labels=labels)
+
+
+def make_drifting_recording(folder: Path, *, duration_s: float, n_channels: int = 32, n_units: int = 8,
+                            sampling_rate_hz: float = 20000.0, drift_um: float = 20.0, period_s: float = 20.0,
+                            start_s: float = 0.0, seed: int = 0) -> dict:
+    """A recording whose probe moves rigidly in a zigzag of +-``drift_um`` from ``start_s`` on
+    (folder/source.dat, int16), its ground truth and the displacement (gt.npz)."""
+    from spikeinterface.generation import generate_drifting_recording
+
+    from spikesort.demo import _demo_probe
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fs = float(sampling_rate_hz)
+    _, rec, sorting, extra = generate_drifting_recording(
+        num_units=n_units, duration=duration_s, sampling_frequency=fs, probe=_demo_probe(n_channels),
+        generate_displacement_vector_kwargs=dict(
+            displacement_sampling_frequency=5.0, drift_start_um=[0.0, drift_um], drift_stop_um=[0.0, -drift_um],
+            drift_step_um=1.0, motion_list=[dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=start_s,
+                                                 t_end_drift=None, period_s=period_s)]),
+        generate_unit_locations_kwargs=dict(margin_um=20.0, minimum_z=5.0, maximum_z=35.0, minimum_distance=18.0,
+                                            max_iteration=100, distance_strict=False, distribution="uniform"),
+        generate_templates_kwargs=dict(ms_before=1.5, ms_after=3.0, mode="ellipsoid",
+                                       unit_params=dict(alpha=(250.0, 500.0), spatial_decay=(10, 45),
+                                                        ellipse_shrink=(0.4, 1), ellipse_angle=(0, np.pi * 2))),
+        generate_sorting_kwargs=dict(firing_rates=(4.0, 9.0), refractory_period_ms=4.0), seed=seed, extra_outputs=True)
+    _save_int16(rec, folder / "source.dat", fs)
+    sv = sorting.to_spike_vector()
+    # the units' displacement along the probe (µm) at 5 Hz; rigid: every unit moves alike
+    disp = np.asarray(extra["unit_displacements"])[:, 0, 1]
+    np.savez(folder / "gt.npz", samples=sv["sample_index"], labels=sv["unit_index"], fs=fs, displacement=disp)
+    return dict(path=folder / "source.dat", n_channels=n_channels, sampling_rate_hz=fs, samples=sv["sample_index"],
+                labels=sv["unit_index"], extra=extra, displacement=disp)
+
+
+def _save_int16(rec, path: Path, fs: float) -> None:
+    step = int(10 * fs)  # 10 s at a time: 300 s of 64 channels would be 2.3 GB of float32
+    with open(path, "wb") as fh:
+        for s0 in range(0, rec.get_num_samples(0), step):
+            x = rec.get_traces(0, start_frame=s0, end_frame=min(s0 + step, rec.get_num_samples(0)))
+            fh.write(np.round(x / GAIN_UV).clip(-32768, 32767).astype("<i2").tobytes())
 
 
 def write_growing(src: Path, dst: Path, *, n_channels: int, sampling_rate_hz: float, speed: float = 1.0,

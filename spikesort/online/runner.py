@@ -16,11 +16,15 @@ from spikesort.pipeline.traces import TraceStore
 
 from . import model as files
 from .discover import Pool, discover
+from .drift import RigidTracker, template_depths
 from .emit import CsvWriter, OnlineBatch, Publisher, write_units
 from .source import GrowingSource, StreamInfo
 from .stream import OnlineOptions, Streamer
 
 log = logging.getLogger(__name__)
+
+# the rigid drift estimate is the median over the last this many seconds of spikes
+DRIFT_WINDOW_S = 2.0
 
 
 def _probe(probe):
@@ -136,9 +140,23 @@ class OnlineRun:
         self.streamer = Streamer(self.source, model=self.model, info=r.info, params=self.params, options=self.o,
                                  store=store, done=done, pre=r.pre, nt=r.nt, margin=margin, exclusion=r.exclusion,
                                  pool=pool, tracker=None)
+        if self.o.track_drift:
+            s = self.streamer
+            self.streamer.tracker = RigidTracker(
+                positions_um=r.info.positions_um, shank_ids=r.info.shank_ids,
+                good_channels=self.model.prep.good_channels, window=int(DRIFT_WINDOW_S * fs),
+                ref_depth_um=self._depths(self.model.dense))
+            if self.resume and state.get("shift_um"):
+                s.shift_um = float(state["shift_um"])
+                s.set_templates()
         self.next_recluster = done + int(self.o.recluster_s * fs)
         self._write_units()
         return first
+
+    def _depths(self, dense: np.ndarray) -> np.ndarray:
+        s = self.streamer
+        return template_depths(dense, feature_neighbors=s.feat_nb, bases=self.model.bases, pre=s.pre,
+                               positions_um=s.info.positions_um)
 
     # ------------------------------------------------------------------ the loop
 
@@ -189,7 +207,12 @@ class OnlineRun:
         if not len(new.dense):
             return
         ids = list(range(self.model.n_units, self.model.n_units + len(new.dense)))
-        self.model.dense = np.concatenate([self.model.dense, new.dense])
+        dense = new.dense
+        if s.tracker is not None:
+            # found where the probe is now: kept at the reference position, as the others
+            dense = s.tracker.move(dense, -s.shift_um) if s.shift_um else dense
+            s.tracker.add_units(self._depths(dense))
+        self.model.dense = np.concatenate([self.model.dense, dense])
         s.set_templates()
         # the new units' pooled spikes are emitted with this batch: late, but theirs
         samples = [batch.samples] + new.spikes
@@ -222,7 +245,7 @@ class OnlineRun:
     def _save_state(self) -> None:
         files.write_json(self.paths.state / files.STATE_FILE, {
             "done": int(self.streamer.done), "next_batch": self.batch_index, "csv_size": self.csv.size,
-            "n_units": self.model.n_units, "first_sample": self.first_sample,
+            "n_units": self.model.n_units, "first_sample": self.first_sample, "shift_um": self.streamer.shift_um,
             "data_path": str(self.source.info.data_path)})
 
     def _write_units(self) -> None:

@@ -28,6 +28,9 @@ from .source import GrowingSource, WriterRestarted
 
 log = logging.getLogger(__name__)
 
+# the templates follow the drift estimate in steps of this much (each move rebuilds the matching tables)
+DRIFT_STEP_UM = 3.0
+
 
 @dataclass(frozen=True)
 class OnlineOptions:
@@ -202,9 +205,22 @@ class Streamer:
                 self.pool.add(det)
         self.done = stop
         self.n_spikes += len(spikes.times)
+        if self.tracker is not None:
+            self._follow_drift()
         return OnlineBatch(index=index, chunk_start=start, chunk_stop=stop, samples=spikes.times.astype(np.int64),
                            units=spikes.templates.astype(np.int32), amplitudes=spikes.amplitudes.astype(np.float32),
                            emitted_unix_s=time.time())
+
+    def _follow_drift(self) -> None:
+        est = self.tracker.estimate()
+        if est is None:
+            return
+        est = est if abs(est) >= DRIFT_STEP_UM else 0.0
+        if abs(est - self.shift_um) >= DRIFT_STEP_UM or (est == 0.0 and self.shift_um != 0.0):
+            log.debug("drift: templates moved to %+.1f µm at %.1f s", est, self.done / self.fs)
+            self.shift_um = est
+            self.tracker.history.append((self.done, est))
+            self.set_templates()
 
     def note_emitted(self, batch: OnlineBatch, emitted_monotonic: float) -> None:
         if len(batch):
