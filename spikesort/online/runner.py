@@ -173,6 +173,10 @@ class OnlineRun:
                 if n is None:
                     break
                 stop = self.streamer.ready(n)
+                if stop is None and self.streamer.stalled:
+                    # the writer stopped: sort what it wrote without waiting for the right margin
+                    stop = self.streamer.ready(n, final=True)
+                    stop = stop if stop is not None and stop - self.streamer.done > self.streamer.nt else None
                 if stop is None:
                     time.sleep(self.o.poll_s)
                     continue
