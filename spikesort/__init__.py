@@ -29,4 +29,9 @@ def __getattr__(name):
         from spikesort.tracking import track
 
         return track
+    if name == "online":
+        # a callable module: spikesort.online(path, ...) yields the batches (spikesort/online)
+        import importlib
+
+        return importlib.import_module(".online", __name__)
     raise AttributeError(name)

@@ -36,6 +36,7 @@ LAYERS = {
     "spikesort.demo": 5,
     "spikesort.batch": 5,
     "spikesort.job": 5,
+    "spikesort.online": 5,
     "spikesort.cli": 6,
 }
 

@@ -4,7 +4,7 @@
 ``batch`` share; every other module is one command, registered on the group when imported here.
 """
 
-from . import app, batch, demo, export, info, options, params, probes, report, run, track  # noqa: F401 (each registers its command)
+from . import app, batch, demo, export, info, online, options, params, probes, report, run, track  # noqa: F401 (each registers its command)
 from .app import main
 
 __all__ = ["main"]

@@ -185,14 +185,14 @@ def read_result(folder) -> SortingResult:
     )
 
 
-def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> SortingResult:
-    info = recording_info(recording)
-    state = checkpoints.Checkpoints(out, identity=_identity(recording, info))
-    params = checkpoints.ParamReads(params)
+def make_run(
+    recording, *, params: checkpoints.ParamReads, store_path: Path, progress, info: RecordingInfo | None = None
+) -> _Run:
+    """What every step reads (sizes derived from the parameters, the chunk grids, the trace store),
+    for ``recording``. The online sorter builds its warm-up sort and its final Phy folder on it too."""
+    info = info or recording_info(recording)
     n_jobs = params.n_jobs or os.cpu_count() or 1
     fs = info.sampling_rate_hz
-    stages = StageLog(timings_s={}, peak_rss_mb={})
-    timings = stages.timings_s
     chunk = max(1, int(round(params.chunk_s * fs)))
     pre = int(round(params.ms_before * fs / 1000))
     nt = pre + int(round(params.ms_after * fs / 1000)) + 1
@@ -211,7 +211,7 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
 
         return stage_progress(progress, total=total, desc=desc)
 
-    run = _Run(
+    return _Run(
         recording=recording,
         info=info,
         params=params,
@@ -222,8 +222,18 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
         nt=nt,
         exclusion=exclusion,
         tq=tq,
-        store=TraceStore(state.traces_path, n_samples=info.n_samples, n_channels=info.n_channels),
+        store=TraceStore(store_path, n_samples=info.n_samples, n_channels=info.n_channels),
     )
+
+
+def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> SortingResult:
+    info = recording_info(recording)
+    state = checkpoints.Checkpoints(out, identity=_identity(recording, info))
+    params = checkpoints.ParamReads(params)
+    run = make_run(recording, params=params, store_path=state.traces_path, progress=progress, info=info)
+    fs = info.sampling_rate_hz
+    stages = StageLog(timings_s={}, peak_rss_mb={})
+    timings = stages.timings_s
     reused: list[str] = []
 
     def stage(name: str, cls, compute):
