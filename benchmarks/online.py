@@ -100,7 +100,7 @@ def make_drifting_recording(
     (folder/source.dat, int16), its ground truth and the displacement (gt.npz)."""
     from spikeinterface.generation import generate_drifting_recording
 
-    from spikesort.demo import _demo_probe
+    from spikesort.demo import CLEAR_TEMPLATES, CLEAR_UNIT_LOCATIONS, _demo_probe
 
     folder.mkdir(parents=True, exist_ok=True)
     fs = float(sampling_rate_hz)
@@ -124,23 +124,8 @@ def make_drifting_recording(
                 )
             ],
         ),
-        generate_unit_locations_kwargs=dict(
-            margin_um=20.0,
-            minimum_z=5.0,
-            maximum_z=35.0,
-            minimum_distance=18.0,
-            max_iteration=100,
-            distance_strict=False,
-            distribution="uniform",
-        ),
-        generate_templates_kwargs=dict(
-            ms_before=1.5,
-            ms_after=3.0,
-            mode="ellipsoid",
-            unit_params=dict(
-                alpha=(250.0, 500.0), spatial_decay=(10, 45), ellipse_shrink=(0.4, 1), ellipse_angle=(0, np.pi * 2)
-            ),
-        ),
+        generate_unit_locations_kwargs=CLEAR_UNIT_LOCATIONS,
+        generate_templates_kwargs=CLEAR_TEMPLATES,
         generate_sorting_kwargs=dict(firing_rates=(4.0, 9.0), refractory_period_ms=4.0),
         seed=seed,
         extra_outputs=True,

@@ -28,6 +28,25 @@ FALSE_POSITIVE_SCORE = 0.2
 DELTA_TIME_MS = 0.4
 # long enough for every unit to fire a few hundred spikes
 DEMO_DURATION_S = 60.0
+# clear units for spikeinterface's generate_drifting_recording: at most 35 µm from the probe, with
+# peaks of 250-500 µV at the soma (its defaults go down to 100 µV at 45 µm: the limit of detection)
+CLEAR_UNIT_LOCATIONS = dict(
+    margin_um=20.0,
+    minimum_z=5.0,
+    maximum_z=35.0,
+    minimum_distance=18.0,
+    max_iteration=100,
+    distance_strict=False,
+    distribution="uniform",
+)
+CLEAR_TEMPLATES = dict(
+    ms_before=1.5,
+    ms_after=3.0,
+    mode="ellipsoid",
+    unit_params=dict(
+        alpha=(250.0, 500.0), spatial_decay=(10, 45), ellipse_shrink=(0.4, 1), ellipse_angle=(0, np.pi * 2)
+    ),
+)
 # int16 storage step in µV (Intan-like): noise is 6-8 µV, spikes up to ~500 µV, far from clipping
 STORAGE_GAIN_UV = 0.195
 RECORDING_DIR = "demo_recording"
@@ -86,23 +105,8 @@ def make_demo_recording(*, duration_s: float = DEMO_DURATION_S, n_channels: int 
         duration=float(duration_s),
         probe=_demo_probe(int(n_channels)),
         generate_displacement_vector_kwargs=_static_displacement(),
-        generate_unit_locations_kwargs=dict(
-            margin_um=20.0,
-            minimum_z=5.0,
-            maximum_z=35.0,
-            minimum_distance=18.0,
-            max_iteration=100,
-            distance_strict=False,
-            distribution="uniform",
-        ),
-        generate_templates_kwargs=dict(
-            ms_before=1.5,
-            ms_after=3.0,
-            mode="ellipsoid",
-            unit_params=dict(
-                alpha=(250.0, 500.0), spatial_decay=(10, 45), ellipse_shrink=(0.4, 1), ellipse_angle=(0, np.pi * 2)
-            ),
-        ),
+        generate_unit_locations_kwargs=CLEAR_UNIT_LOCATIONS,
+        generate_templates_kwargs=CLEAR_TEMPLATES,
         generate_sorting_kwargs=dict(firing_rates=(3.0, 8.0), refractory_period_ms=4.0),
         seed=int(seed),
     )
