@@ -24,3 +24,31 @@ def invoke(*args):
 def file_state(path) -> tuple[str, int]:
     """Content hash and mtime: a file the sorter read must keep both."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest(), Path(path).stat().st_mtime_ns
+
+
+# every file DESIGN.md ("Phy folder") lists
+PHY_FILES = (
+    "params.py",
+    "spike_times.npy",
+    "spike_templates.npy",
+    "spike_clusters.npy",
+    "amplitudes.npy",
+    "templates.npy",
+    "whitening_mat.npy",
+    "whitening_mat_inv.npy",
+    "channel_map.npy",
+    "channel_positions.npy",
+    "pc_features.npy",
+    "pc_feature_ind.npy",
+    "template_features.npy",
+    "template_feature_ind.npy",
+    "similar_templates.npy",
+    "spike_positions.npy",
+    "cluster_KSLabel.tsv",
+    "cluster_group.tsv",
+    "cluster_ContamPct.tsv",
+    "cluster_Amplitude.tsv",
+)
+
+# a 32-channel int16 raw binary on the bundled linear probe (the noise file of the CLI tests)
+AS_32_CHANNELS = ("--probe", "linear-32", "--sampling-rate", "30000", "--n-channels", "32", "--dtype", "int16")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import AS_32_CHANNELS
 from clitools import file_state as _state
 from clitools import invoke as _invoke
 
@@ -183,20 +184,7 @@ def test_internal_error_goes_to_the_log(noise_bin, tmp_path, monkeypatch):
 
     monkeypatch.setattr(spikesort.pipeline, "sort", broken_sort)
     out = tmp_path / "out"
-    r = _invoke(
-        "run",
-        noise_bin,
-        "-o",
-        out,
-        "--probe",
-        "linear-32",
-        "--sampling-rate",
-        "30000",
-        "--n-channels",
-        "32",
-        "--dtype",
-        "int16",
-    )
+    r = _invoke("run", noise_bin, "-o", out, *AS_32_CHANNELS)
     # 3000 x 8 int16 read as 32 channels is 750 samples: a valid file for the reader
     assert r.exit_code == 1, r.output
     last = r.stderr.strip().splitlines()[-1]
@@ -233,20 +221,7 @@ def test_keyboard_interrupt(noise_bin, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(spikesort.pipeline, "sort", interrupted)
-    r = _invoke(
-        "run",
-        noise_bin,
-        "-o",
-        tmp_path / "out",
-        "--probe",
-        "linear-32",
-        "--sampling-rate",
-        "30000",
-        "--n-channels",
-        "32",
-        "--dtype",
-        "int16",
-    )
+    r = _invoke("run", noise_bin, "-o", tmp_path / "out", *AS_32_CHANNELS)
     assert r.exit_code == 130
     assert r.stderr.strip().splitlines()[-1] == "spikesort: interrupted"
     assert "Traceback" not in r.output + r.stderr
@@ -263,20 +238,7 @@ def test_disk_full_is_a_user_error(noise_bin, tmp_path, monkeypatch):
 
     monkeypatch.setattr(spikesort.pipeline, "sort", full)
     out = tmp_path / "out"
-    r = _invoke(
-        "run",
-        noise_bin,
-        "-o",
-        out,
-        "--probe",
-        "linear-32",
-        "--sampling-rate",
-        "30000",
-        "--n-channels",
-        "32",
-        "--dtype",
-        "int16",
-    )
+    r = _invoke("run", noise_bin, "-o", out, *AS_32_CHANNELS)
     _assert_user_error(r, out, "No space left on device", "temp_wh.dat")
 
 

@@ -23,6 +23,7 @@ pytest.importorskip("spikeinterface.generation")
 load_model = pytest.importorskip("phylib.io.model").load_model
 
 import spikeinterface.core as sic  # noqa: E402
+from clitools import PHY_FILES
 from spikeinterface.comparison import compare_sorter_to_ground_truth  # noqa: E402
 from spikeinterface.generation import NoiseGeneratorRecording, generate_ground_truth_recording  # noqa: E402
 from spikeinterface.preprocessing import common_reference, highpass_filter, scale  # noqa: E402
@@ -58,29 +59,7 @@ MAX_FALSE_POSITIVES = 2
 # found: 3.9, 4.4, 4.6, 4.8); the best missed one was at 3.3.
 MIN_SNR_ALWAYS_FOUND = 4.5
 
-# every file DESIGN.md ("Phy folder") lists, plus the run record
-PHY_FILES = (
-    "params.py",
-    "spike_times.npy",
-    "spike_templates.npy",
-    "spike_clusters.npy",
-    "amplitudes.npy",
-    "templates.npy",
-    "whitening_mat.npy",
-    "whitening_mat_inv.npy",
-    "channel_map.npy",
-    "channel_positions.npy",
-    "pc_features.npy",
-    "pc_feature_ind.npy",
-    "template_features.npy",
-    "template_feature_ind.npy",
-    "similar_templates.npy",
-    "spike_positions.npy",
-    "cluster_KSLabel.tsv",
-    "cluster_group.tsv",
-    "cluster_ContamPct.tsv",
-    "cluster_Amplitude.tsv",
-)
+# the run record, beside the Phy files
 RUN_FILE = "spikesort_run.json"
 
 

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from clitools import AS_32_CHANNELS, PHY_FILES
 from clitools import file_state as _state
 from clitools import invoke as _invoke
 
@@ -39,28 +40,6 @@ RAW = ["--sampling-rate", "30000", "--n-channels", str(N_CH), "--dtype", "int16"
 # the kill tests stream 1 s chunks so every streamed stage has several of them
 KILL_ARGS = ["--chunk-s", "1", "-q"]
 ALL_STAGES = ["preprocess", "detect", "cluster", "match", "curate"]
-PHY_FILES = (
-    "params.py",
-    "spike_times.npy",
-    "spike_templates.npy",
-    "spike_clusters.npy",
-    "amplitudes.npy",
-    "templates.npy",
-    "whitening_mat.npy",
-    "whitening_mat_inv.npy",
-    "channel_map.npy",
-    "channel_positions.npy",
-    "pc_features.npy",
-    "pc_feature_ind.npy",
-    "template_features.npy",
-    "template_feature_ind.npy",
-    "similar_templates.npy",
-    "spike_positions.npy",
-    "cluster_KSLabel.tsv",
-    "cluster_group.tsv",
-    "cluster_ContamPct.tsv",
-    "cluster_Amplitude.tsv",
-)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -537,20 +516,7 @@ def test_output_not_writable(noise_bin, tmp_path):
     out = parent / "spikesort-test-out"
     before = _state(noise_bin)
     try:
-        r = _invoke(
-            "run",
-            noise_bin,
-            "-o",
-            out,
-            "--probe",
-            "linear-32",
-            "--sampling-rate",
-            "30000",
-            "--n-channels",
-            "32",
-            "--dtype",
-            "int16",
-        )
+        r = _invoke("run", noise_bin, "-o", out, *AS_32_CHANNELS)
     finally:
         if parent != Path("/sys"):
             parent.chmod(0o755)
