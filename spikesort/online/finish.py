@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from spikesort import __version__
 from spikesort.params import Params
 from spikesort.pipeline import checkpoints
-from spikesort.pipeline.run import RUN_FILE, make_run
+from spikesort.pipeline.run import RUN_FILE, make_run, run_record
 from spikesort.pipeline.state import Curated, Detected, Preprocessed, recording_info
 from spikesort.pipeline.steps import _export
 from spikesort.stages.curate import remove_duplicates
@@ -75,25 +74,17 @@ def write_phy_folder(
     result = _export(run, out, prep=prep, det=det, cur=Curated(spikes=spikes, templates=templates))
     checkpoints.write_json_atomic(
         out / RUN_FILE,
-        {
-            "version": __version__,
-            "params": params.to_dict(),
-            "timings_s": {},
-            "peak_rss_mb": {},
-            "reused_stages": [],
-            "online": extra or {},
-            "recording": {
-                "sampling_rate_hz": fs,
-                "n_channels": info.n_channels,
-                "n_samples": info.n_samples,
-                "duration_s": info.duration_s,
-                "has_gain": info.has_gain,
-            },
-            "n_units": int(result.n_units),
-            "n_spikes": int(len(result.spike_times)),
-            "bad_channels": {str(c): r for c, r in sorted(model.prep.bad_reasons.items())},
-            "saturated_s": [],
-        },
+        run_record(
+            params=params,
+            info=info,
+            result=result,
+            bad_reasons=model.prep.bad_reasons,
+            saturated_s=[],
+            timings_s={},
+            peak_rss_mb={},
+            reused_stages=[],
+            extra={"online": extra or {}},
+        ),
     )
     log.info(
         "Phy folder written: %d units, %d spikes in %.1f s of recording",

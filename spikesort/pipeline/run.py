@@ -185,6 +185,41 @@ def read_result(folder) -> SortingResult:
     )
 
 
+def run_record(
+    *,
+    params,
+    info: RecordingInfo,
+    result: SortingResult,
+    bad_reasons: dict,
+    saturated_s: list,
+    timings_s: dict,
+    peak_rss_mb: dict,
+    reused_stages: list,
+    extra: dict | None = None,
+) -> dict:
+    """What ``spikesort_run.json`` holds: version, resolved parameters, the recording, timings and
+    what was found. ``extra`` adds keys (the online sorter's figures)."""
+    return {
+        "version": __version__,
+        "params": params.to_dict(),
+        "timings_s": timings_s,
+        "peak_rss_mb": peak_rss_mb,
+        "reused_stages": reused_stages,
+        "recording": {
+            "sampling_rate_hz": info.sampling_rate_hz,
+            "n_channels": info.n_channels,
+            "n_samples": info.n_samples,
+            "duration_s": info.duration_s,
+            "has_gain": info.has_gain,
+        },
+        "n_units": int(result.n_units),
+        "n_spikes": int(len(result.spike_times)),
+        "bad_channels": {str(c): r for c, r in sorted(bad_reasons.items())},
+        "saturated_s": saturated_s,
+        **(extra or {}),
+    }
+
+
 def make_run(
     recording, *, params: checkpoints.ParamReads, store_path: Path, progress, info: RecordingInfo | None = None
 ) -> _Run:
@@ -273,24 +308,16 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
     # the run record, then the marker: a folder is complete only once both are in place
     checkpoints.write_json_atomic(
         out / RUN_FILE,
-        {
-            "version": __version__,
-            "params": params.to_dict(),
-            "timings_s": timings,
-            "peak_rss_mb": stages.peak_rss_mb,
-            "reused_stages": reused,
-            "recording": {
-                "sampling_rate_hz": fs,
-                "n_channels": info.n_channels,
-                "n_samples": info.n_samples,
-                "duration_s": info.duration_s,
-                "has_gain": info.has_gain,
-            },
-            "n_units": int(result.n_units),
-            "n_spikes": int(len(result.spike_times)),
-            "bad_channels": {str(c): r for c, r in sorted(prep.model.bad_reasons.items())},
-            "saturated_s": [[round(a / fs, 4), round(b / fs, 4)] for a, b in prep.saturated.tolist()],
-        },
+        run_record(
+            params=params,
+            info=info,
+            result=result,
+            bad_reasons=prep.model.bad_reasons,
+            saturated_s=[[round(a / fs, 4), round(b / fs, 4)] for a, b in prep.saturated.tolist()],
+            timings_s=timings,
+            peak_rss_mb=stages.peak_rss_mb,
+            reused_stages=reused,
+        ),
     )
     checkpoints.kill_point("export")
     state.wait()
