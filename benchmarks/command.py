@@ -22,15 +22,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .runner import _tree_memory_mb
+from .runner import run_polled
 from .scoring import load_sorting_npz, score_sorting
 
 MODES = ("cold", "warm")
@@ -99,29 +97,11 @@ def time_command(*, argv: list[str], env: dict, log_path: Path, timeout_s: float
     before and after."""
     import resource
 
-    import psutil
-
     load_before = os.getloadavg()[0]
-    peak_mb = 0.0
-    timed_out = False
     # this process runs nothing else meanwhile: its reaped children's CPU time grows by the command's
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    with open(log_path, "wb") as log:
-        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        proc = psutil.Process(child.pid)
-        try:
-            while child.poll() is None:
-                peak_mb = max(peak_mb, _tree_memory_mb(proc))
-                if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
-                    timed_out = True
-                    break
-                time.sleep(poll_s)
-        finally:
-            if child.poll() is None:  # timeout, or the benchmark itself was interrupted
-                os.killpg(child.pid, 9)
-                child.wait()
-    wall = time.perf_counter() - t0
+    child = run_polled(argv, log_path=log_path, timeout_s=timeout_s, poll_s=poll_s, env=env)
+    wall, peak_mb, timed_out = child.wall_s, child.peak_mb, child.timed_out
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if timed_out:

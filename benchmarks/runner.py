@@ -9,6 +9,7 @@ spikesort is always re-run.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -216,6 +217,39 @@ def _tree_memory_mb(proc) -> float:
     return total / 2**20
 
 
+@dataclasses.dataclass(frozen=True)
+class Polled:
+    returncode: int
+    wall_s: float
+    peak_mb: float  # largest RSS of the process tree seen while polling
+    timed_out: bool
+
+
+def run_polled(argv: list[str], *, log_path: Path, timeout_s: float | None, poll_s: float, env=None) -> Polled:
+    """Run ``argv`` in its own session (stdout and stderr to ``log_path``), polling the memory of its
+    process tree; kill the whole session at ``timeout_s`` or when the benchmark itself is interrupted."""
+    import psutil
+
+    peak_mb = 0.0
+    timed_out = False
+    t0 = time.perf_counter()
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = psutil.Process(child.pid)
+        try:
+            while child.poll() is None:
+                peak_mb = max(peak_mb, _tree_memory_mb(proc))
+                if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
+                    timed_out = True
+                    break
+                time.sleep(poll_s)
+        finally:
+            if child.poll() is None:  # timeout, or the benchmark itself was interrupted
+                os.killpg(child.pid, 9)
+                child.wait()
+    return Polled(returncode=child.returncode, wall_s=time.perf_counter() - t0, peak_mb=peak_mb, timed_out=timed_out)
+
+
 def run_sorter_subprocess(
     *,
     sorter: str,
@@ -230,8 +264,6 @@ def run_sorter_subprocess(
     frame_range: tuple[int, int] | None = None,
 ) -> dict:
     """Run one sorter in a child python; return status, wall and peak memory."""
-    import psutil
-
     result_folder.mkdir(parents=True, exist_ok=True)
     spec = {
         "sorter": sorter,
@@ -247,29 +279,13 @@ def run_sorter_subprocess(
     spec_path.write_text(json.dumps(spec, indent=1))
     log_path = result_folder / "child.log"
     load_before = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    peak_mb = 0.0
-    timed_out = False
-    with open(log_path, "wb") as log:
-        child = subprocess.Popen(
-            [sys.executable, str(LAUNCHER), "--_child", str(spec_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        proc = psutil.Process(child.pid)
-        try:
-            while child.poll() is None:
-                peak_mb = max(peak_mb, _tree_memory_mb(proc))
-                if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
-                    timed_out = True
-                    break
-                time.sleep(poll_s)
-        finally:
-            if child.poll() is None:  # timeout, or the benchmark itself was interrupted
-                os.killpg(child.pid, 9)
-                child.wait()
-    total = time.perf_counter() - t0
+    run = run_polled(
+        [sys.executable, str(LAUNCHER), "--_child", str(spec_path)],
+        log_path=log_path,
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+    )
+    child, peak_mb, timed_out, total = run, run.peak_mb, run.timed_out, run.wall_s
     report_path = result_folder / "child.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if timed_out:
