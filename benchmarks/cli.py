@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .mearec import MEAREC_SCENARIOS
 from .runner import ALL_SORTERS, child_main, run_benchmark
 from .scenarios import SCENARIOS
 from .speed import run_speed, speed_summary, speed_table
@@ -36,7 +37,9 @@ def build_parser(*, prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description=SUMMARY + " Prints one markdown table.",
-        epilog="scenarios:\n" + "\n".join(f"  {s.name:9s} {s.description}" for s in SCENARIOS.values()) + "\n\n"
+        epilog="scenarios:\n"
+        + "\n".join(f"  {s.name:9s} {s.description}" for s in [*SCENARIOS.values(), *MEAREC_SCENARIOS.values()])
+        + "\n\n"
         "columns: well detected = GT units matched with accuracy >= 0.8 (delta 0.4 ms); FP units =\n"
         "unmatched sorted units with best agreement < 0.2; mean accuracy over all GT units (0 when\n"
         "missed); wall s = the sort call alone (imports and scoring excluded); CPU s = user+system\n"
@@ -61,7 +64,7 @@ def build_parser(*, prog: str | None = None) -> argparse.ArgumentParser:
         "--scenarios",
         nargs="+",
         default=None,
-        choices=sorted(SCENARIOS),
+        choices=sorted([*SCENARIOS, *MEAREC_SCENARIOS]),
         metavar="NAME",
         help="scenarios to run (default: static32 static64; with --speed: static64)",
     )

@@ -1005,3 +1005,20 @@ def test_warm_up_signatures_are_the_call_sites_types():
         assert warmup._cached(dispatcher, sig) in (True, False, None)  # reads numba's index, compiles nothing
         if dispatcher.signatures:
             assert sig in dispatcher.signatures, (dispatcher, dispatcher.signatures)
+
+
+def test_auto_reference_is_off_on_compact_probes_only():
+    from spikesort.stages.preprocess import resolve_reference
+
+    tetrode = np.array([[-8.0, -8.0], [-8.0, 8.0], [8.0, -8.0], [8.0, 8.0]])
+    line_tetrode = np.c_[np.zeros(4), [-24.0, -8.0, 8.0, 24.0]]
+    np1_64 = np.c_[np.tile([16.0, 48.0, 0.0, 32.0], 16), np.repeat(np.arange(32) * 20.0, 2)]
+    linear_32 = np.c_[np.zeros(32), np.arange(32) * 50.0]
+    assert resolve_reference("auto", positions_um=tetrode) == "none"
+    assert resolve_reference("auto", positions_um=line_tetrode) == "none"
+    assert resolve_reference("auto", positions_um=np1_64) == "median"
+    assert resolve_reference("auto", positions_um=linear_32) == "median"
+    assert resolve_reference("auto", positions_um=tetrode[:1]) == "none"
+    # an explicit choice is kept whatever the probe
+    assert resolve_reference("median", positions_um=tetrode) == "median"
+    assert resolve_reference("none", positions_um=np1_64) == "none"

@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 # the refractory merge test compares coincidences with the rates of the two units over stretches
 # this long: long enough for several spikes a bin, short enough to see a 30 s drift step
 REFRACTORY_RATE_BIN_S = 10.0
+# subtraction residues are looked for up to the template window plus this much on either side
+RESIDUE_EXTRA_MS = 1.0
 
 
 def _preprocess(run: _Run) -> Preprocessed:
@@ -340,9 +342,10 @@ def _curate(run: _Run, *, clu: Clustered, mat: Matched) -> Curated:
         rng=rng,
         n_jobs=run.n_jobs,
     )
-    residue = residue_spikes(
-        spikes, post.dense, window=int(round(p.refractory_ms * fs / 1000)), positions_um=info.positions_um
-    )
+    # a leftover can sit anywhere the waveform reaches: biophysical waveforms outlast the template
+    # window, and their tails left units echoing a large one at ±2.3-2.5 ms
+    residue_window = int(round((p.ms_before + p.ms_after + RESIDUE_EXTRA_MS) * fs / 1000))
+    residue = residue_spikes(spikes, post.dense, window=residue_window, positions_um=info.positions_um)
     spikes = spikes.take(np.flatnonzero(~residue))
     veto = snippet_merge_test(
         store, spikes.times, spikes.templates, pre=pre, nt=nt, threshold=p.bimodality_threshold, rng=rng

@@ -69,6 +69,27 @@ def common_reference(x: np.ndarray, *, reference: str, good_channels: np.ndarray
 REFERENCE_MAX_CHANNELS = 128
 
 
+# a unit is seen within about this distance of its peak channel (the detection radius)
+UNIT_FOOTPRINT_UM = 50.0
+# with "auto", no common reference where one unit can cover this fraction of the channels: the
+# median of a tetrode's four channels is mostly the spike itself, and subtracting it cut the
+# signal of most units on a tetrode to a fraction (0 of 6 units found on a MEArec tetrode)
+COMPACT_PROBE_FRACTION = 0.5
+
+
+def resolve_reference(reference: str, *, positions_um: np.ndarray) -> str:
+    """The common reference to use: ``reference`` itself, or for "auto" the median on probes
+    where a unit covers less than COMPACT_PROBE_FRACTION of the channels, else none."""
+    if reference != "auto":
+        return reference
+    pos = np.asarray(positions_um, dtype=np.float64)
+    if len(pos) < 2:
+        return "none"
+    dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
+    covered = float((dist <= UNIT_FOOTPRINT_UM).sum(axis=1).max()) / len(pos)
+    return "none" if covered >= COMPACT_PROBE_FRACTION else "median"
+
+
 def reference_channels(good: np.ndarray) -> np.ndarray:
     """The channels the common reference is computed on: every good channel, or an evenly spaced
     subset of REFERENCE_MAX_CHANNELS of them."""
@@ -187,6 +208,14 @@ def fit_preprocessing(
 
     sos = design_filter(sampling_rate_hz=sampling_rate_hz, highpass_hz=highpass_hz, lowpass_hz=lowpass_hz)
     n_blocks = len(blocks)
+    resolved = resolve_reference(reference, positions_um=positions_um)
+    if resolved != reference:
+        log.info(
+            "common reference: %s (%s)",
+            resolved,
+            "a unit covers half the channels of this compact probe" if resolved == "none" else "auto",
+        )
+    reference = resolved
 
     def stats(x):
         """Covariance terms, robust sd and a sample of filtered, referenced traces."""
