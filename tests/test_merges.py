@@ -6,10 +6,10 @@ from spikesort.stages.match import MatchedSpikes
 from spikesort.stages.merges import lagged_similarity, refractory_merges
 
 
-def _unit(n_channels=32, nt=60, peak=20.0, center=12):
+def _unit(n_channels=32, nt=60, peak=20.0, center=12, width=1.5):
     t = np.arange(nt)
     shape = -np.exp(-0.5 * ((t - 20) / 2.0) ** 2) + 0.3 * np.exp(-0.5 * ((t - 30) / 5.0) ** 2)
-    space = np.exp(-0.5 * ((np.arange(n_channels) - center) / 1.5) ** 2)
+    space = np.exp(-0.5 * ((np.arange(n_channels) - center) / width) ** 2)
     return (peak * shape[:, None] * space[None, :]).astype(np.float32)
 
 
@@ -155,3 +155,62 @@ def test_a_small_unit_does_not_chain_two_neurons_into_one():
     members = [sorted(k for k, _ in g) for g in groups]
     assert not any(0 in m and 1 in m for m in members)
     assert any(2 in m and len(m) == 2 for m in members)  # C joins one of them
+
+
+def _stretched(u: np.ndarray, factor: float) -> np.ndarray:
+    """``u`` widened in time by ``factor`` about its trough (a spike late in a burst)."""
+    t = np.arange(u.shape[0], dtype=np.float64)
+    src = 20 + (t - 20) / factor
+    return np.stack([np.interp(src, t, u[:, c]) for c in range(u.shape[1])], axis=1).astype(np.float32)
+
+
+def test_pieces_of_a_bursting_neuron_merge_but_neighbours_and_tetrode_units_do_not():
+    from spikesort.stages.merges import footprint_merges
+
+    # footprints over a dozen channels, as on a dense probe
+    full = _unit(peak=40, center=12, width=3.0)
+    late = 0.4 * _stretched(full, 1.15)  # the same neuron in a burst: smaller and wider
+    other = _unit(peak=40, center=15, width=3.0)  # a neighbour 3 channels away
+    dense = np.stack([full, late, other])
+    sizes = np.array([1000, 300, 800])
+    groups = footprint_merges(dense, dense, sizes, max_lag=3)
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1], [2]]
+    # on four channels every unit has nearly the same footprint: the rule does not apply
+    tet = np.ascontiguousarray(dense[:, :, 10:14])
+    assert len(footprint_merges(tet, tet, sizes, max_lag=3)) == 3
+    # an echo (the same footprint, another shape) is not a piece
+    echo = 0.3 * np.roll(full, 25, axis=0)
+    dense2 = np.stack([full, echo])
+    assert len(footprint_merges(dense2, dense2, sizes[:2], max_lag=3)) == 2
+
+
+def test_a_spike_fitted_twice_by_two_pieces_keeps_its_larger_fit():
+    from spikesort.stages.merges import drop_refractory_doubles
+
+    times = np.array([100, 118, 500, 520, 5000, 5010])
+    units = np.array([0, 0, 0, 0, 1, 1])
+    gains = np.array([9.0, 2.0, 1.0, 8.0, 5.0, 6.0], np.float32)
+    spikes = MatchedSpikes(times, units, np.ones(6, np.float32), gains)
+    out = drop_refractory_doubles(spikes, units=np.array([0]), refractory=45)
+    # unit 0 (merged) keeps the larger of each close pair; unit 1 was not merged and is untouched
+    assert out.times.tolist() == [100, 520, 5000, 5010]
+
+
+def test_an_echo_locked_to_a_large_unit_is_dropped_but_a_neighbour_is_not():
+    from spikesort.stages.curate import residue_spikes
+
+    rng = np.random.default_rng(5)
+    dur = 30000 * 300
+    big, small = _unit(peak=40, center=12), _unit(peak=6, center=13)
+    positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
+    tb = _poisson_times(rng, 8, dur)
+    # 70 % of the echo's spikes come 2.2 ms before the big unit's, wandering by ±0.5 ms; the rest
+    # are noise detections anywhere
+    locked = np.sort(rng.choice(tb, 700, replace=False)) - 66 + rng.integers(-15, 16, 700)
+    echo = np.sort(np.concatenate([locked, rng.integers(100, dur - 100, 300)]))
+    own = _poisson_times(rng, 4, dur)  # an independent neighbour
+    spikes = _spikes(tb, echo, own)
+    drop = residue_spikes(spikes, np.stack([big, small, small]), window=105, positions_um=positions)
+    assert drop[spikes.templates == 1].all()
+    assert not drop[spikes.templates == 0].any()
+    assert drop[spikes.templates == 2].mean() < 0.05

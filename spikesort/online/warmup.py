@@ -39,7 +39,7 @@ def warm_up(recording, *, params: Params, traces_path: Path, progress=False) -> 
     det = _detect(run, prep=prep)
     clu = _cluster(run, prep=prep, det=det)
     mat = _match(run, prep=prep, det=det, clu=clu)
-    cur = _curate(run, clu=clu, mat=mat)
+    cur = _curate(run, prep=prep, clu=clu, mat=mat)
     t = cur.templates
     log.info("warm-up: %d units from %.1f s", t.n_templates, run.info.duration_s)
     model = OnlineModel(

@@ -299,7 +299,7 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
     det = stage("detect", Detected, lambda: _detect(run, prep=prep))
     clu = stage("cluster", Clustered, lambda: _cluster(run, prep=prep, det=det))
     mat = stage("match", Matched, lambda: _match(run, prep=prep, det=det, clu=clu))
-    cur = stage("curate", Curated, lambda: _merge_drift_splits(run, _curate(run, clu=clu, mat=mat), out=out))
+    cur = stage("curate", Curated, lambda: _merge_drift_splits(run, _curate(run, prep=prep, clu=clu, mat=mat), out=out))
     with _stage(stages, "export"):
         state.discard_from("export")
         params.start("export")

@@ -34,6 +34,8 @@ from spikesort.stages.match import MatchedSpikes, channel_candidates, match_bloc
 from spikesort.stages.merges import (
     apply_groups,
     drift_split_groups,
+    drop_refractory_doubles,
+    footprint_merges,
     merge_similar_templates,
     refractory_merges,
     relabel,
@@ -326,22 +328,28 @@ def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
     return Curated(spikes=spikes, templates=templates)
 
 
-def _curate(run: _Run, *, clu: Clustered, mat: Matched) -> Curated:
+def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> Curated:
     info, p, store = run.info, run.params, run.store
     pre, nt, fs = run.pre, run.nt, info.sampling_rate_hz
     rng = stage_rng(p.seed, "curate")
     dup = int(round(p.duplicate_ms * fs / 1000))
     spikes = remove_duplicates(mat.spikes, window=dup)
-    post = build_templates(
-        store,
-        spikes.times,
-        spikes.templates,
-        n_units=clu.templates.n_templates,
-        pre=pre,
-        nt=nt,
-        rng=rng,
-        n_jobs=run.n_jobs,
-    )
+
+    def templates_of(spikes, n_units):
+        return build_templates(
+            store, spikes.times, spikes.templates, n_units=n_units, pre=pre, nt=nt, rng=rng, n_jobs=run.n_jobs
+        )
+
+    post = templates_of(spikes, clu.templates.n_templates)
+    # the pieces of a neuron whose spikes shrink in bursts: one footprint at several sizes
+    _, w_inv_uv = phy_whitening(prep.model.whitening, info.gains_to_uv)
+    sizes = np.bincount(spikes.templates, minlength=post.n_templates)
+    groups = footprint_merges(post.dense, post.dense @ w_inv_uv.astype(np.float32), sizes, max_lag=3)
+    if len(groups) < post.n_templates:
+        spikes = apply_groups(spikes, groups)
+        merged = np.array([g for g, members in enumerate(groups) if len(members) > 1])
+        spikes = drop_refractory_doubles(spikes, units=merged, refractory=int(round(p.refractory_ms * fs / 1000)))
+        post = templates_of(spikes, len(groups))
     # a leftover can sit anywhere the waveform reaches: biophysical waveforms outlast the template
     # window, and their tails left units echoing a large one at ±2.3-2.5 ms
     residue_window = int(round((p.ms_before + p.ms_after + RESIDUE_EXTRA_MS) * fs / 1000))
@@ -362,9 +370,7 @@ def _curate(run: _Run, *, clu: Clustered, mat: Matched) -> Curated:
     )
     spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
     log.info("%d units after refractory merges", len(groups))
-    final = build_templates(
-        store, spikes.times, spikes.templates, n_units=len(groups), pre=pre, nt=nt, rng=rng, n_jobs=run.n_jobs
-    )
+    final = templates_of(spikes, len(groups))
     # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
     # too few spikes to be a unit: leftovers of a unit whose spikes other templates took
     counts = np.bincount(spikes.templates, minlength=final.n_templates)

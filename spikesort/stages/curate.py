@@ -43,6 +43,8 @@ def residue_spikes(
     lag_halfwidth: int = 3,
     min_count: int = 10,
     drop_fraction: float = 0.8,
+    echo_fraction: float = 0.5,
+    echo_over_chance: float = 4.0,
 ) -> np.ndarray:
     """Spikes that are what is left of a larger unit's spike after an imperfect subtraction.
 
@@ -51,7 +53,13 @@ def residue_spikes(
     unit's spikes are histogrammed; when one lag (± ``lag_halfwidth`` samples) holds far more
     spikes than chance would put there, those spikes are residue. A unit made mostly of residue
     (more than ``drop_fraction``) is dropped whole; otherwise only its residue spikes are, so a
-    small unit next to a big one keeps its own spikes. Returns a mask of spikes to drop.
+    small unit next to a big one keeps its own spikes.
+
+    An echo is the looser form: a unit of which more than ``echo_fraction`` of the spikes come
+    within ``window`` of a larger unit's spikes, ``echo_over_chance`` times more often than
+    independent firing would, but at lags that wander by more than the box. Waveforms longer
+    than the template window leave such units, locked to a large neuron 2-2.5 ms before or after
+    its spikes; such a unit is dropped whole. Returns a mask of spikes to drop.
     """
     k = dense.shape[0]
     drop = np.zeros(len(spikes.times), dtype=bool)
@@ -68,6 +76,7 @@ def residue_spikes(
         if len(ta) == 0:
             continue
         residue = np.zeros(len(ta), dtype=bool)
+        echo_of = None
         for b in range(k):
             if b == a or norms[b] <= norms[a] or len(times[b]) == 0:
                 continue
@@ -85,13 +94,32 @@ def residue_spikes(
             peak = int(np.argmax(box))
             # spikes of an unrelated unit land at any lag: len(ta) x (b's rate per sample) x box width
             chance = len(ta) * len(tb) / span * (2 * lag_halfwidth + 1)
-            if box[peak] < max(min_count, 5 * chance):
-                continue
-            residue |= near & (np.abs(lag + window - peak) <= lag_halfwidth)
+            in_box = near & (np.abs(lag + window - peak) <= lag_halfwidth)
+            if box[peak] >= max(min_count, 5 * chance):
+                residue |= in_box
+            else:
+                in_box[:] = False
+            # the echo test is on the spikes the box left: a unit's own spikes come near b's only by chance
+            rest = ~in_box
+            chance_near = rest.sum() * len(tb) / span * (2 * window + 1)
+            near_rest = int((near & rest).sum())
+            if near_rest > echo_fraction * rest.sum() and near_rest >= max(min_count, echo_over_chance * chance_near):
+                echo_of = b
+                residue[:] = True
+                break
         if not residue.any():
             continue
         frac = residue.mean()
-        if frac > drop_fraction:
+        if echo_of is not None:
+            drop[members[a]] = True
+            whole += 1
+            log.info(
+                "unit %d: %.0f%% of its spikes come within the window of unit %d's: an echo, dropped",
+                a,
+                100 * near.mean(),
+                echo_of,
+            )
+        elif frac > drop_fraction:
             drop[members[a]] = True
             whole += 1
             log.info("unit %d: %.0f%% of its spikes are residues of larger units' spikes: dropped", a, 100 * frac)

@@ -10,12 +10,15 @@ after drift correction).
 
 from .clusters import merge_groups
 from .drift import drift_split_groups
+from .footprint import drop_refractory_doubles, footprint_merges
 from .refractory import apply_groups, cross_refractory_ratio, refractory_merges, relabel
 from .templates import lagged_similarity, merge_similar_templates, snippet_merge_test
 
 __all__ = [
     "merge_groups",
     "drift_split_groups",
+    "drop_refractory_doubles",
+    "footprint_merges",
     "apply_groups",
     "cross_refractory_ratio",
     "refractory_merges",
