@@ -340,16 +340,21 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
             store, spikes.times, spikes.templates, n_units=n_units, pre=pre, nt=nt, rng=rng, n_jobs=run.n_jobs
         )
 
-    post = templates_of(spikes, clu.templates.n_templates)
-    # the pieces of a neuron whose spikes shrink in bursts: one footprint at several sizes
     _, w_inv_uv = phy_whitening(prep.model.whitening, info.gains_to_uv)
-    sizes = np.bincount(spikes.templates, minlength=post.n_templates)
-    groups = footprint_merges(post.dense, post.dense @ w_inv_uv.astype(np.float32), sizes, max_lag=3)
-    if len(groups) < post.n_templates:
+
+    def merge_footprints(spikes, templates):
+        """The pieces of a neuron whose spikes shrink in bursts: one footprint at several sizes."""
+        sizes = np.bincount(spikes.templates, minlength=templates.n_templates)
+        uv = templates.dense @ w_inv_uv.astype(np.float32)
+        groups = footprint_merges(templates.dense, uv, sizes, max_lag=3)
+        if len(groups) == templates.n_templates:
+            return spikes, templates
         spikes = apply_groups(spikes, groups)
         merged = np.array([g for g, members in enumerate(groups) if len(members) > 1])
         spikes = drop_refractory_doubles(spikes, units=merged, refractory=int(round(p.refractory_ms * fs / 1000)))
-        post = templates_of(spikes, len(groups))
+        return spikes, templates_of(spikes, len(groups))
+
+    spikes, post = merge_footprints(spikes, templates_of(spikes, clu.templates.n_templates))
     # a leftover can sit anywhere the waveform reaches: biophysical waveforms outlast the template
     # window, and their tails left units echoing a large one at ±2.3-2.5 ms
     residue_window = int(round((p.ms_before + p.ms_after + RESIDUE_EXTRA_MS) * fs / 1000))
@@ -370,7 +375,8 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     )
     spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
     log.info("%d units after refractory merges", len(groups))
-    final = templates_of(spikes, len(groups))
+    # again, now that residues and echoes no longer blur the pieces' footprints
+    spikes, final = merge_footprints(spikes, templates_of(spikes, len(groups)))
     # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
     # too few spikes to be a unit: leftovers of a unit whose spikes other templates took
     counts = np.bincount(spikes.templates, minlength=final.n_templates)
