@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .scenarios import SCENARIOS, ensure_recording, ensure_true_displacement, load_recording, spec_hash
+from .catalog import SCENARIOS
+from .scenarios import ensure_recording, ensure_true_displacement, load_recording, spec_hash
 from .scoring import load_sorting_npz, motion_error_um, save_sorting_npz, score_labels, score_sorting
 
 # the child runs the documented command: a script puts its own folder, not the cwd, on sys.path,
