@@ -52,25 +52,22 @@ def shank_unit_locations(*, positions_um: np.ndarray, shanks: np.ndarray, num_un
 
 def shank_displacements(*, unit_shank: np.ndarray, duration_s: float, seed: int):
     """``displacement_data`` for ``generate_drifting_recording``: one motion per shank
-    (SHANK_MOTIONS), each unit moved by its own shank's motion only."""
-    from spikeinterface.generation.drifting_generator import generate_displacement_vector
+    (SHANK_MOTIONS), each unit moved by its own shank's motion only. (spikeinterface's
+    ``generate_displacement_vector`` moves every unit by the sum of all motions.)"""
+    from spikeinterface.generation.drifting_generator import make_linear_displacement, make_one_displacement_vector
 
-    # (a short test recording starts its drifts earlier)
-    motions = [
-        dict(m, non_rigid_gradient=None, t_start_drift=min(m["t_start_drift"], duration_s / 4)) for m in SHANK_MOTIONS
-    ]
-    dummy_locations = np.zeros((len(unit_shank), 2))
-    _, vectors, _, fs, steps = generate_displacement_vector(
-        duration_s,
-        dummy_locations,
-        displacement_sampling_frequency=5.0,
-        drift_start_um=[0.0, SHANK_DRIFT_UM],
-        drift_stop_um=[0.0, -SHANK_DRIFT_UM],
-        drift_step_um=1.0,
-        motion_list=motions,
-        seed=seed,
-    )
-    factor = np.zeros((len(unit_shank), len(motions)))
+    fs = 5.0
+    start, stop = np.array([0.0, SHANK_DRIFT_UM]), np.array([0.0, -SHANK_DRIFT_UM])
+    vectors = []
+    for m in SHANK_MOTIONS:
+        # (a short test recording starts its drifts earlier)
+        m = dict(m, t_start_drift=min(m["t_start_drift"], duration_s / 4))
+        shape = make_one_displacement_vector(duration=duration_s, displacement_sampling_frequency=fs, seed=seed, **m)
+        vectors.append(shape[:, None] * (stop - start) + (start + stop) / 2)
+    vectors = np.stack(vectors, axis=2)  # (times, xy, motions)
+    num_step = int(np.linalg.norm(stop - start) // 2 * 2 + 1)  # 1 µm steps, an odd number
+    steps = make_linear_displacement(start, stop, num_step=num_step)
+    factor = np.zeros((len(unit_shank), len(SHANK_MOTIONS)))
     factor[np.arange(len(unit_shank)), unit_shank] = 1.0
     # (times, units, xy): each unit follows its shank's vector
     unit_displacements = np.transpose(vectors[:, :, unit_shank], (0, 2, 1))
