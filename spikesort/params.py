@@ -46,10 +46,11 @@ class Params:
         0.0, lo=0.0, hi=20000.0, stage="preprocess", help="optional low-pass corner; 0 = none (kept below Nyquist)"
     )
     common_reference: str = _p(
-        "median",
-        choices=("median", "mean", "none"),
+        "auto",
+        choices=("auto", "median", "mean", "none"),
         stage="preprocess",
-        help="common reference subtracted across channels at each sample",
+        help="common reference subtracted across channels at each sample; auto = median, or none where "
+        "one spike reaches most channels (tetrodes, a few close contacts)",
     )
     whitening_radius_um: float = _p(
         100.0, lo=0.0, hi=10000.0, stage="preprocess", help="local ZCA whitening uses channels within this distance"

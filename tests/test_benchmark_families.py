@@ -156,3 +156,23 @@ def test_artefact_waveform():
     w = artefact_waveform(t, rise_ms=0.5, decay_ms=5.0)
     assert w[t < 0].max() == 0 and w.max() == pytest.approx(1.0, abs=0.01)
     assert w[np.argmin(np.abs(t - 0.0055))] == pytest.approx(np.exp(-1), abs=0.02)
+
+
+def test_common_reference_from_geometry():
+    """auto: the median reference, but not where one spike reaches most of the channels."""
+    from spikesort.stages.preprocess import resolve_reference
+
+    def probe(kind):
+        return np.asarray(scenarios.build_probe(kind=kind).contact_positions)
+
+    assert resolve_reference("auto", positions_um=probe("tetrode")) == "none"
+    for kind in ("np1_64", "multi32", "linear32_50um", "np2x4_24", "np1_16"):
+        assert resolve_reference("auto", positions_um=probe(kind)) == "median", kind
+    # four contacts 25 µm apart in a line (MEArec's tetrode): a spike reaches them all
+    assert resolve_reference("auto", positions_um=np.c_[np.zeros(4), 25.0 * np.arange(4)]) == "none"
+    # 2 x 8 contacts at 20 µm: a spike reaches 10 of 16, and the median still works
+    assert (
+        resolve_reference("auto", positions_um=np.c_[np.tile([0.0, 20.0], 8), np.repeat(20.0 * np.arange(8), 2)])
+        == "median"
+    )
+    assert resolve_reference("median", positions_um=probe("tetrode")) == "median"

@@ -31,6 +31,7 @@ from spikeinterface.preprocessing import common_reference, highpass_filter, scal
 from spikesort.io.recordings import open_recording  # noqa: E402
 from spikesort.params import Params  # noqa: E402
 from spikesort.pipeline import sort  # noqa: E402
+from spikesort.stages.preprocess import resolve_reference  # noqa: E402
 
 FS = 30000.0
 GAIN_UV = 0.195  # µV per int16 step (Intan-like): 5 µV noise is ~26 steps, the largest spikes ~2000
@@ -121,7 +122,8 @@ def gt_templates_uv(recording, gt_sorting, *, n_before: int, n_after: int, prepr
     if preprocess:
         p = Params()
         recording = highpass_filter(recording, freq_min=p.highpass_hz, filter_order=3, dtype="float32")
-        recording = common_reference(recording, operator=p.common_reference)
+        reference = resolve_reference(p.common_reference, positions_um=recording.get_channel_locations())
+        recording = common_reference(recording, operator=reference)
     analyzer = sic.create_sorting_analyzer(
         gt_sorting, recording, sparse=False, format="memory", return_in_uV=True, seed=0
     )
