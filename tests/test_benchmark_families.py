@@ -176,3 +176,55 @@ def test_common_reference_from_geometry():
         == "median"
     )
     assert resolve_reference("median", positions_um=probe("tetrode")) == "median"
+
+
+def test_noisy_channel_is_judged_after_the_reference():
+    """Hum every channel shares inflates the unreferenced sd of all: a noisy channel must still show."""
+    from spikesort.stages.preprocess import find_bad_channels
+
+    raw = np.array([30.0, 31.0, 0.0, 57.0, 29.0, 30.0])  # hum-dominated; channel 3 carries 50 extra
+    referenced = np.array([8.0, 8.5, 1.0, 50.0, 7.5, 8.0])
+    assert find_bad_channels(raw) == {2: "dead"}
+    assert find_bad_channels(raw, referenced_sd=referenced) == {2: "dead", 3: "noisy"}
+
+
+def test_artefact_mask():
+    from spikesort.stages.preprocess import ARTEFACT_LOW_SDS, ARTEFACT_SDS, artefact_mask
+
+    ref = np.zeros(1000)
+    ref[100:110] = 0.5 * ARTEFACT_LOW_SDS  # below the low level: nothing
+    ref[300:340] = 2 * ARTEFACT_LOW_SDS  # above low but never high: a spike, kept
+    ref[600:620] = 2 * ARTEFACT_LOW_SDS  # the shoulders of an artefact ...
+    ref[620:625] = 1.5 * ARTEFACT_SDS  # ... and its peak
+    ref[625:660] = -2 * ARTEFACT_LOW_SDS
+    mask = artefact_mask(ref, threshold=ARTEFACT_SDS, pad=5)
+    assert np.flatnonzero(mask).tolist() == list(range(595, 665))
+    assert not artefact_mask(ref[:500], threshold=ARTEFACT_SDS, pad=5).any()
+
+
+def test_artefacts_are_blanked():
+    """A transient on every channel is blanked in the whitened traces; spikes are not."""
+    from spikesort.stages.preprocess import fit_preprocessing, preprocess_chunk
+
+    fs, n_ch = 30000.0, 16
+    rng = np.random.default_rng(0)
+    pos = np.c_[np.zeros(n_ch), 25.0 * np.arange(n_ch)]
+    blocks = [rng.normal(0, 10, (30000, n_ch)).astype(np.float32) for _ in range(4)]
+    model = fit_preprocessing(
+        blocks,
+        sampling_rate_hz=fs,
+        positions_um=pos,
+        highpass_hz=300.0,
+        lowpass_hz=0.0,
+        reference="median",
+        whitening_radius_um=100.0,
+        detect_bad_channels=True,
+    )
+    assert model.artefact_threshold == pytest.approx(20 * 10, rel=0.1) and model.artefact_pad == 60
+    x = rng.normal(0, 10, (30000, n_ch)).astype(np.float32)
+    x[10_000:10_030, 3] -= np.hanning(30) * 400  # a spike on one channel
+    t = np.arange(30000 - 20_000) / fs
+    x[20_000:] += (2000 * np.exp(-t / 0.01) * (t > 0))[:, None] * rng.uniform(0.7, 1.3, n_ch)  # a movement artefact
+    w = preprocess_chunk(x, model=model)
+    assert np.all(w[20_000:20_060] == 0) and np.abs(w[10_000:10_030, 3]).max() > 10
+    assert not np.any(w[:19_900] == 0)

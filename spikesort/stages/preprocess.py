@@ -29,6 +29,10 @@ class PreprocessModel:
     noise_sd: np.ndarray  # (C,) robust sd of filtered, referenced traces (recording units, µV with a gain)
     reference: str
     bad_reasons: dict  # channel index -> "dead" | "noisy"
+    # |common reference| above this (recording units) marks an artefact seen on every channel
+    # (movement, licking, a stimulus): those stretches are blanked. 0: off
+    artefact_threshold: float = 0.0
+    artefact_pad: int = 0  # samples blanked on either side of an artefact
 
 
 def design_filter(*, sampling_rate_hz: float, highpass_hz: float, lowpass_hz: float = 0.0) -> np.ndarray:
@@ -41,9 +45,15 @@ def design_filter(*, sampling_rate_hz: float, highpass_hz: float, lowpass_hz: fl
 
 
 def filter_and_reference(
-    traces: np.ndarray, *, sos: np.ndarray, reference: str, good_channels: np.ndarray | None = None
-) -> np.ndarray:
-    """Zero-phase filter each channel, then subtract the common reference of the good channels."""
+    traces: np.ndarray,
+    *,
+    sos: np.ndarray,
+    reference: str,
+    good_channels: np.ndarray | None = None,
+    with_reference: bool = False,
+):
+    """Zero-phase filter each channel, then subtract the common reference of the good channels.
+    With ``with_reference``: (traces, the (n,) reference subtracted, or None)."""
     x = np.ascontiguousarray(traces, dtype=np.float32)
     # filtfilt needs a few filter lengths of signal; tiny blocks are padded less
     padlen = max(0, min(3 * (2 * len(sos) + 1), x.shape[0] - 1))
@@ -51,15 +61,17 @@ def filter_and_reference(
         x = sosfiltfilt_rows(x, sos, _sos_zi(sos), padlen, True)
     else:
         x = x - x.mean(axis=0, keepdims=True)
-    common_reference(x, reference=reference, good_channels=good_channels)
-    return x
+    ref = common_reference(x, reference=reference, good_channels=good_channels)
+    return (x, ref) if with_reference else x
 
 
-def common_reference(x: np.ndarray, *, reference: str, good_channels: np.ndarray | None = None) -> None:
-    """Subtract the common (median or mean) reference of the good channels from filtered traces, in place."""
+def common_reference(x: np.ndarray, *, reference: str, good_channels: np.ndarray | None = None) -> np.ndarray | None:
+    """Subtract the common (median or mean) reference of the good channels from filtered traces, in
+    place; return it (None when there is none)."""
     if reference != "none" and x.shape[1] > 1:
         chans = np.arange(x.shape[1]) if good_channels is None else np.flatnonzero(good_channels)
-        subtract_reference(x, reference_channels(chans), reference == "median")
+        return subtract_reference(x, reference_channels(chans), reference == "median")
+    return None
 
 
 # the common reference of a long probe is taken on at most this many of its good channels, evenly
@@ -120,16 +132,59 @@ def robust_sd(x: np.ndarray, axis: int = 0, max_samples: int = 100_000) -> np.nd
     return MAD_TO_SD * np.median(np.abs(x - med), axis=-1)
 
 
-def find_bad_channels(noise_sd: np.ndarray, *, dead_ratio: float = 0.1, noisy_ratio: float = 5.0) -> dict:
-    """Channels far below (dead/flat) or above (noisy) the median noise of the probe."""
+def find_bad_channels(
+    noise_sd: np.ndarray,
+    *,
+    referenced_sd: np.ndarray | None = None,
+    dead_ratio: float = 0.1,
+    noisy_ratio: float = 5.0,
+) -> dict:
+    """Channels far below (dead/flat) or above (noisy) the median noise of the probe. Dead is
+    judged on ``noise_sd`` (unreferenced: a flat channel minus the reference is not flat); noisy on
+    ``referenced_sd`` when given (a signal every channel shares, such as mains hum above the
+    high-pass, inflates every unreferenced sd alike and would hide a noisy channel)."""
     ref = np.median(noise_sd)
+    loud = noise_sd if referenced_sd is None else referenced_sd
+    loud_ref = np.median(loud)
     bad = {}
     for c, s in enumerate(noise_sd):
         if not np.isfinite(s) or s <= dead_ratio * ref or s == 0:
             bad[c] = "dead"
-        elif s >= noisy_ratio * ref:
+        elif not np.isfinite(loud[c]) or loud[c] >= noisy_ratio * loud_ref:
             bad[c] = "noisy"
     return bad
+
+
+# artefacts seen on every channel (movement, licking, stimulation) move the common reference far
+# more than spikes can: on the benchmark's recordings spikes moved the median reference to at
+# most 7x the median channel noise, artefacts of 0.5-3 mV to 26-140x. A stretch where the
+# reference stays above ARTEFACT_LOW_SDS and reaches ARTEFACT_SDS is blanked (whitened traces
+# set to 0, as saturation is), with ARTEFACT_PAD_MS on either side: what the reference leaves of
+# it differs between channels and would be detected as spikes.
+ARTEFACT_SDS = 20.0
+ARTEFACT_LOW_SDS = 4.0
+ARTEFACT_PAD_MS = 2.0
+# below this many reference channels the median is too easily moved by one spike
+ARTEFACT_MIN_CHANNELS = 8
+
+
+def artefact_mask(ref: np.ndarray, *, threshold: float, pad: int) -> np.ndarray:
+    """(n,) bool: the runs where |ref| > threshold * ARTEFACT_LOW_SDS / ARTEFACT_SDS that reach
+    |ref| > threshold, widened by ``pad`` samples on either side."""
+    r = np.abs(ref)
+    hi = r > threshold
+    if not hi.any():
+        return np.zeros(len(r), dtype=bool)
+    lo = r > threshold * ARTEFACT_LOW_SDS / ARTEFACT_SDS
+    run = np.cumsum(np.diff(np.concatenate([[False], lo])).astype(np.int8) == 1)  # run id of each sample
+    keep = np.zeros(run.max() + 1, dtype=bool)
+    keep[run[hi]] = True
+    mask = lo & keep[run]
+    if pad > 0:
+        counts = np.concatenate([[0], np.cumsum(mask)])
+        i = np.arange(len(mask))
+        mask = counts[np.minimum(i + pad + 1, len(mask))] - counts[np.maximum(i - pad, 0)] > 0
+    return mask
 
 
 def local_zca(
@@ -161,9 +216,15 @@ def local_zca(
 
 
 def preprocess_chunk(traces: np.ndarray, *, model: PreprocessModel) -> np.ndarray:
-    """Raw chunk (n_samples, C) in recording units -> whitened float32 (noise sd ~ 1)."""
-    x = filter_and_reference(traces, sos=model.sos, reference=model.reference, good_channels=model.good_channels)
-    return apply_whitening(x, model.whitening)
+    """Raw chunk (n_samples, C) in recording units -> whitened float32 (noise sd ~ 1); artefacts
+    seen on every channel are blanked (set to 0)."""
+    x, ref = filter_and_reference(
+        traces, sos=model.sos, reference=model.reference, good_channels=model.good_channels, with_reference=True
+    )
+    w = apply_whitening(x, model.whitening)
+    if model.artefact_threshold > 0 and ref is not None:
+        w[artefact_mask(ref, threshold=model.artefact_threshold, pad=model.artefact_pad)] = 0
+    return w
 
 
 def apply_whitening(x: np.ndarray, whitening: np.ndarray) -> np.ndarray:
@@ -239,14 +300,15 @@ def fit_preprocessing(
         x = filter_and_reference(blocks[i], sos=sos, reference="none")
         # the bad-channel test compares with a tenth and 5x the probe median: a coarse sd will do
         sd_raw = robust_sd(x, max_samples=3_000)
-        common_reference(x, reference=reference)
-        return sd_raw, stats(x)
+        if common_reference(x, reference=reference) is None:
+            return sd_raw, sd_raw, stats(x)
+        return sd_raw, robust_sd(x, max_samples=3_000), stats(x)
 
     first = list(map_chunks(first_pass, range(n_blocks), n_jobs=n_jobs))
-    sds = [f[0] for f in first]
-    n_ch = len(sds[0])
-    sd_raw = np.median(sds, axis=0)
-    bad = find_bad_channels(sd_raw) if detect_bad_channels and n_ch > 2 else {}
+    n_ch = len(first[0][0])
+    sd_raw = np.median([f[0] for f in first], axis=0)
+    sd_ref = np.median([f[1] for f in first], axis=0)
+    bad = find_bad_channels(sd_raw, referenced_sd=sd_ref) if detect_bad_channels and n_ch > 2 else {}
     if len(bad) == n_ch:
         raise ValueError("every channel looks dead or saturated: the recording has no usable signal")
     good = np.ones(n_ch, dtype=bool)
@@ -265,7 +327,7 @@ def fit_preprocessing(
             )
         )
     else:
-        parts = [f[1] for f in first]
+        parts = [f[2] for f in first]
     cov = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
     noise_sd = np.median([p[2] for p in parts], axis=0)
     sample = np.concatenate([p[3] for p in parts])
@@ -273,6 +335,9 @@ def fit_preprocessing(
     # scale rows so every good channel has unit robust noise sd in whitened space: thresholds are then in sd
     sd_white = robust_sd(apply_whitening(sample, w))
     w[good] /= np.maximum(sd_white[good], 1e-12)[:, None].astype(np.float32)
+    artefact_threshold = 0.0
+    if reference != "none" and len(reference_channels(np.flatnonzero(good))) >= ARTEFACT_MIN_CHANNELS:
+        artefact_threshold = float(ARTEFACT_SDS * np.median(noise_sd[good]))
     return PreprocessModel(
         sos=sos,
         whitening=w,
@@ -280,4 +345,6 @@ def fit_preprocessing(
         noise_sd=noise_sd.astype(np.float32),
         reference=reference,
         bad_reasons=bad,
+        artefact_threshold=artefact_threshold,
+        artefact_pad=int(round(ARTEFACT_PAD_MS * sampling_rate_hz / 1000)),
     )
