@@ -228,3 +228,16 @@ def test_artefacts_are_blanked():
     w = preprocess_chunk(x, model=model)
     assert np.all(w[20_000:20_060] == 0) and np.abs(w[10_000:10_030, 3]).max() > 10
     assert not np.any(w[:19_900] == 0)
+
+
+def test_symmetric_clipping_is_saturation():
+    """The dirty family clips at ±32767, as many systems do: both rails count as saturated."""
+    from spikesort.stages.saturation import rails, saturated_mask
+
+    raw = np.zeros((100, 3), np.int16)
+    raw[10, 1] = -32767
+    raw[50, 2] = 32767
+    raw[80, 0] = 32765  # a large sample, not a rail
+    mask = saturated_mask(raw, rails=rails(np.int16), channels=np.arange(3), pad=0)
+    assert np.flatnonzero(mask).tolist() == [10, 50]
+    assert rails(np.float32) is None
