@@ -241,3 +241,49 @@ def test_symmetric_clipping_is_saturation():
     mask = saturated_mask(raw, rails=rails(np.int16), channels=np.arange(3), pad=0)
     assert np.flatnonzero(mask).tolist() == [10, 50]
     assert rails(np.float32) is None
+
+
+def test_hum_at_channel_gains_is_subtracted():
+    """A common signal the channels see at different sizes (the dirty family's hum) is removed at
+    each channel's own gain; on noise alone the reference is subtracted as it is."""
+    import dataclasses as dc
+
+    from spikesort.stages.preprocess import fit_preprocessing, preprocess_chunk
+
+    fs, n_ch = 30000.0, 16
+    rng = np.random.default_rng(1)
+    pos = np.c_[np.zeros(n_ch), 25.0 * np.arange(n_ch)]
+    t = np.arange(30000) / fs
+    hum = sum(150.0 / k * np.sin(2 * np.pi * 50 * k * t + k) for k in range(1, 11))
+    gain = rng.uniform(0.7, 1.3, n_ch)
+
+    def fit(blocks):
+        return fit_preprocessing(
+            blocks,
+            sampling_rate_hz=fs,
+            positions_um=pos,
+            highpass_hz=300.0,
+            lowpass_hz=0.0,
+            reference="median",
+            whitening_radius_um=100.0,
+            detect_bad_channels=True,
+        )
+
+    noise = [rng.normal(0, 10, (30000, n_ch)).astype(np.float32) for _ in range(4)]
+    assert fit(noise).reference_gains is None
+    model = fit([(b + hum[:, None] * gain[None, :]).astype(np.float32) for b in noise])
+    assert model.reference_gains is not None
+    # the fitted extra gain follows each channel's gain over the median's
+    assert np.corrcoef(model.reference_gains, gain)[0, 1] > 0.95
+
+    def line_400hz(m):
+        w = preprocess_chunk(
+            (rng.normal(0, 10, (30000, n_ch)) + hum[:, None] * gain[None, :]).astype(np.float32), model=m
+        )
+        spectrum = np.abs(np.fft.rfft(w[1000:-1000], axis=0))
+        freqs = np.fft.rfftfreq(28000, 1 / fs)
+        near = (freqs > 350) & (freqs < 450)
+        return np.median(spectrum[np.argmin(np.abs(freqs - 400.0))] / np.median(spectrum[near], axis=0))
+
+    # the hum's 400 Hz line: at the noise floor with the gains, far above it with the plain median
+    assert line_400hz(model) < 3 < 10 < line_400hz(dc.replace(model, reference_gains=None))
