@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .mearec import MEAREC_SCENARIOS
+from .catalog import FAMILIES, SCENARIOS
 from .runner import ALL_SORTERS, child_main, run_benchmark
-from .scenarios import SCENARIOS
 from .speed import run_speed, speed_summary, speed_table
 from .tables import markdown_table, write_outputs
 
@@ -33,13 +32,20 @@ def _parse_param(text: str) -> tuple[str, object]:
         return key, value
 
 
+def scenario_list() -> str:
+    """The --help list of scenarios, by family."""
+    lines = ["scenarios, by family (--family):"]
+    for family, names in FAMILIES.items():
+        lines.append(f"  {family}:")
+        lines += [f"    {n:13s} {SCENARIOS[n].description}" for n in names]
+    return "\n".join(lines)
+
+
 def build_parser(*, prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description=SUMMARY + " Prints one markdown table.",
-        epilog="scenarios:\n"
-        + "\n".join(f"  {s.name:9s} {s.description}" for s in [*SCENARIOS.values(), *MEAREC_SCENARIOS.values()])
-        + "\n\n"
+        epilog=scenario_list() + "\n\n"
         "columns: well detected = GT units matched with accuracy >= 0.8 (delta 0.4 ms); FP units =\n"
         "unmatched sorted units with best agreement < 0.2; mean accuracy over all GT units (0 when\n"
         "missed); wall s = the sort call alone (imports and scoring excluded); CPU s = user+system\n"
@@ -64,9 +70,17 @@ def build_parser(*, prog: str | None = None) -> argparse.ArgumentParser:
         "--scenarios",
         nargs="+",
         default=None,
-        choices=sorted([*SCENARIOS, *MEAREC_SCENARIOS]),
+        choices=sorted(SCENARIOS),
         metavar="NAME",
         help="scenarios to run (default: static32 static64; with --speed: static64)",
+    )
+    p.add_argument(
+        "--family",
+        nargs="+",
+        default=[],
+        choices=sorted(FAMILIES),
+        metavar="FAMILY",
+        help="add every scenario of these families: " + ", ".join(FAMILIES),
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="generation seeds (default: 0)")
     p.add_argument(
@@ -174,7 +188,9 @@ def main(argv=None, *, prog: str | None = None) -> int:
             parser.error("--speed-minutes must be above 0 and at most 600")
         if args.floor_threads < 1 or (args.speed_units is not None and args.speed_units < 1):
             parser.error("--floor-threads and --speed-units must be at least 1")
-    scenarios = args.scenarios or (["static64"] if args.speed else ["static32", "static64"])
+    scenarios = list(args.scenarios or [])
+    scenarios += [n for f in args.family for n in FAMILIES[f] if n not in scenarios]
+    scenarios = scenarios or (["static64"] if args.speed else ["static32", "static64"])
     cache_dir = args.cache.expanduser().resolve()
     work_dir = (args.workdir or cache_dir / "runs").expanduser().resolve()
 

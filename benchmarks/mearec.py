@@ -15,7 +15,6 @@ API is used.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .scenarios import GENERATOR_VERSION, STORAGE_GAIN_UV, save_generated
+from .scenarios import Scenario, register, register_generator
 
 log = logging.getLogger(__name__)
 
@@ -33,71 +32,58 @@ log = logging.getLogger(__name__)
 TEMPLATES_VERSION = 1
 
 
-@dataclasses.dataclass(frozen=True)
-class MearecScenario:
-    """One MEArec recording; every field but the description is part of its cache key."""
-
-    name: str
-    probe: str  # a MEAutility probe name
-    n_exc: int
-    n_inh: int
-    duration_s: float
-    n_bursting: int  # how many of the cells burst (amplitude and shape decay within bursts)
-    noise_mode: str  # "uncorrelated" or "distance-correlated"
-    noise_level_uv: float
-    templates_per_cell: int  # size of the template library: positions simulated per cell model
-    description: str
-    rate_exc_hz: float = 5.0
-    rate_inh_hz: float = 15.0
-
-    drift: str = "none"  # the templates do not move
-
-    @property
-    def num_units(self) -> int:
-        return self.n_exc + self.n_inh
-
-
-MEAREC_SCENARIOS = {
-    s.name: s
-    for s in (
-        MearecScenario(
-            "mearec_nn32",
-            "Neuronexus-32",
-            12,
-            4,
-            300.0,
-            6,
-            "distance-correlated",
-            10.0,
-            40,
-            "MEArec Neuronexus-32 (3 columns), 16 Blue Brain cells, 6 bursting, correlated noise, 300 s",
-        ),
-        MearecScenario(
-            "mearec_tetrode",
-            "tetrode-mea-l",
-            4,
-            2,
-            300.0,
-            6,
-            "distance-correlated",
-            10.0,
-            40,
-            "MEArec silicon tetrode (4 contacts in a line, 16 µm), 6 bursting cells, correlated noise, 300 s",
-        ),
-        MearecScenario(
-            "mearec_np64",
-            "Neuropixels-64",
-            24,
-            8,
-            300.0,
-            0,
-            "distance-correlated",
-            10.0,
-            40,
-            "MEArec Neuropixels-64, 32 Blue Brain cells, no bursting, correlated noise, 300 s",
+def _mearec(name, probe, *, n_exc, n_inh, n_bursting, description, duration_s=300.0):
+    """A MEArec scenario: what MEArec is asked for lives in the options (part of the cache key)."""
+    return Scenario(
+        name,
+        probe,  # a MEAutility probe name
+        n_exc + n_inh,
+        duration_s,
+        "none",  # the templates do not move
+        description,
+        family="biophysical",
+        kind="mearec",
+        sampling_rate_hz=32000.0,  # MEArec's templates are simulated at 1/32 ms
+        options=(
+            ("n_exc", n_exc),
+            ("n_inh", n_inh),
+            ("n_bursting", n_bursting),  # how many cells burst (amplitude and shape decay within bursts)
+            ("noise_mode", "distance-correlated"),
+            ("noise_level_uv", 10.0),
+            ("rate_exc_hz", 5.0),
+            ("rate_inh_hz", 15.0),
+            ("templates_per_cell", 40),  # the template library: positions simulated per cell model
+            ("templates_version", TEMPLATES_VERSION),
         ),
     )
-}
+
+
+register(
+    _mearec(
+        "mearec_nn32",
+        "Neuronexus-32",
+        n_exc=12,
+        n_inh=4,
+        n_bursting=6,
+        description="MEArec Neuronexus-32 (3 columns), 16 Blue Brain cells, 6 bursting, correlated noise, 300 s",
+    ),
+    _mearec(
+        "mearec_tetrode",
+        "tetrode-mea-l",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        description="MEArec silicon tetrode (4 contacts in a line, 16 µm), 6 bursting cells, correlated noise, 300 s",
+    ),
+    _mearec(
+        "mearec_np64",
+        "Neuropixels-64",
+        n_exc=24,
+        n_inh=8,
+        n_bursting=0,
+        description="MEArec Neuropixels-64, 32 Blue Brain cells, no bursting, correlated noise, 300 s",
+    ),
+)
 
 
 def _with_neuron_on_path() -> None:
@@ -149,46 +135,28 @@ def ensure_templates(*, cache_dir: Path, probe: str, templates_per_cell: int, se
     return path
 
 
-def recording_spec(*, scenario: MearecScenario, seed: int) -> dict:
-    import MEArec
-    import spikeinterface
-
-    fields = dataclasses.asdict(scenario)
-    del fields["description"]
-    return dict(
-        family="mearec",
-        generator_version=GENERATOR_VERSION,
-        templates_version=TEMPLATES_VERSION,
-        mearec=MEArec.__version__,
-        spikeinterface=spikeinterface.__version__,
-        storage_gain_uv=STORAGE_GAIN_UV,
-        seed=int(seed),
-        **fields,
-    )
-
-
-def recording_params(*, scenario: MearecScenario, seed: int) -> dict:
+def recording_params(*, scenario: Scenario, seed: int) -> dict:
     """MEArec's recording parameters for a scenario and seed."""
     import MEArec
 
+    o = scenario.option
     params = MEArec.get_default_recordings_params()
-    st = params["spiketrains"]
-    st.update(
-        n_exc=scenario.n_exc,
-        n_inh=scenario.n_inh,
-        f_exc=scenario.rate_exc_hz,
-        f_inh=scenario.rate_inh_hz,
+    params["spiketrains"].update(
+        n_exc=int(o["n_exc"]),
+        n_inh=int(o["n_inh"]),
+        f_exc=float(o["rate_exc_hz"]),
+        f_inh=float(o["rate_inh_hz"]),
         duration=float(scenario.duration_s),
     )
-    rec = params["recordings"]
-    rec.update(
-        noise_mode=scenario.noise_mode,
-        noise_level=float(scenario.noise_level_uv),
+    bursting = int(o["n_bursting"]) > 0
+    params["recordings"].update(
+        noise_mode=o["noise_mode"],
+        noise_level=float(o["noise_level_uv"]),
         filter=True,
         chunk_duration=10,
-        bursting=scenario.n_bursting > 0,
-        shape_mod=scenario.n_bursting > 0,
-        n_bursting=scenario.n_bursting if scenario.n_bursting > 0 else None,
+        bursting=bursting,
+        shape_mod=bursting,
+        n_bursting=int(o["n_bursting"]) if bursting else None,
         dtype="float32",
     )
     # one seed per random stream, all derived from the scenario seed
@@ -201,45 +169,45 @@ def recording_params(*, scenario: MearecScenario, seed: int) -> dict:
     return params
 
 
-def ensure_mearec_recording(*, cache_dir: Path, scenario: MearecScenario, seed: int, n_jobs: int) -> Path:
-    """Generate and save a MEArec scenario once; return its folder (``recording/``, ``gt_sorting.npz``)."""
+def generate_mearec(*, scenario: Scenario, seed: int, cache_dir: Path):
+    """(recording in µV, ground-truth sorting) of a MEArec scenario, its cells drawn from the
+    probe's template library (simulated once into ``cache_dir``)."""
+    import MEArec
+    from spikeinterface.core import NumpyRecording, NumpySorting
+    from spikeinterface.extractors import read_mearec
+
     templates_path = ensure_templates(
-        cache_dir=cache_dir, probe=scenario.probe, templates_per_cell=scenario.templates_per_cell, seed=0, n_jobs=n_jobs
+        cache_dir=cache_dir,
+        probe=scenario.probe,
+        templates_per_cell=int(scenario.option["templates_per_cell"]),
+        seed=0,
+        n_jobs=os.cpu_count() or 1,
     )
+    folder = Path(cache_dir) / "recordings"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".mearec-") as tmp:
+        recgen = MEArec.gen_recordings(
+            params=recording_params(scenario=scenario, seed=seed),
+            templates=str(templates_path),
+            tmp_folder=tmp,
+            n_jobs=os.cpu_count() or 1,
+            verbose=False,
+        )
+        h5 = Path(tmp) / "recording.h5"
+        MEArec.save_recording_generator(recgen, filename=str(h5))
+        recording, sorting = read_mearec(str(h5))
+        # MEArec places cells in (x = distance from the probe plane, y, z); read_mearec's probe is
+        # the (y, z) plane: the ground-truth positions in that frame, then the distance
+        locations = np.asarray(recgen.template_locations, dtype=float)
+        if locations.ndim == 3:  # drifting templates: the first position
+            locations = locations[:, 0]
+        # held in memory: the temporary HDF5 file goes away
+        traces = recording.get_traces(return_in_uV=True).astype(np.float32)
+        rec_mem = NumpyRecording([traces], sampling_frequency=recording.sampling_frequency)
+        rec_mem.set_probe(recording.get_probe(), in_place=True)
+        gt = NumpySorting.from_sorting(sorting)
+    gt.set_property("gt_unit_locations", locations[:, [1, 2, 0]])
+    return rec_mem, gt
 
-    def generate():
-        import MEArec
-        from spikeinterface.extractors import read_mearec
 
-        params = recording_params(scenario=scenario, seed=seed)
-        folder = Path(cache_dir) / "recordings"
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".mearec-") as tmp:
-            recgen = MEArec.gen_recordings(
-                params=params, templates=str(templates_path), tmp_folder=tmp, n_jobs=n_jobs, verbose=False
-            )
-            h5 = Path(tmp) / "recording.h5"
-            MEArec.save_recording_generator(recgen, filename=str(h5))
-            recording, sorting = read_mearec(str(h5))
-            # MEArec's probe is in its y-z plane; read_mearec maps it to x-y for the probe.
-            # the ground-truth positions, in the same (x, y) frame plus the distance from the probe
-            locations = np.asarray(recgen.template_locations, dtype=float)
-            if locations.ndim == 3:  # drifting templates: the first position
-                locations = locations[:, 0]
-            sorting.set_property("gt_unit_locations", locations[:, [1, 2, 0]])
-            # materialise before the temporary HDF5 file goes away
-            from spikeinterface.core import NumpyRecording, NumpySorting
-
-            traces = recording.get_traces(return_in_uV=True).astype(np.float32)
-            rec_mem = NumpyRecording([traces], sampling_frequency=recording.sampling_frequency)
-            rec_mem.set_probe(recording.get_probe(), in_place=True)
-            gt = NumpySorting.from_sorting(sorting)
-            gt.set_property("gt_unit_locations", locations[:, [1, 2, 0]])
-        return rec_mem, gt
-
-    return save_generated(
-        folder=Path(cache_dir) / "recordings" / f"{scenario.name}_seed{seed}",
-        spec=recording_spec(scenario=scenario, seed=seed),
-        generate=generate,
-        n_jobs=n_jobs,
-    )
+register_generator("mearec", generate_mearec)

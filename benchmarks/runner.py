@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .mearec import MEAREC_SCENARIOS, ensure_mearec_recording
-from .scenarios import SCENARIOS, ensure_recording, ensure_true_displacement, load_recording, spec_hash
+from .catalog import SCENARIOS
+from .scenarios import ensure_recording, ensure_true_displacement, load_recording, spec_hash
 from .scoring import load_sorting_npz, motion_error_um, save_sorting_npz, score_labels, score_sorting
 
 # the child runs the documented command: a script puts its own folder, not the cwd, on sys.path,
@@ -354,13 +354,10 @@ def run_benchmark(
     if dummy:
         versions["spikesort"] = "dummy"
     for name in scenarios:
-        scenario = SCENARIOS.get(name) or MEAREC_SCENARIOS[name]
+        scenario = SCENARIOS[name]
         for seed in seeds:
             t0 = time.perf_counter()
-            if name in MEAREC_SCENARIOS:
-                folder = ensure_mearec_recording(cache_dir=cache_dir, scenario=scenario, seed=seed, n_jobs=n_jobs)
-            else:
-                folder = ensure_recording(cache_dir=cache_dir, scenario=scenario, seed=seed, n_jobs=n_jobs)
+            folder = ensure_recording(cache_dir=cache_dir, scenario=scenario, seed=seed, n_jobs=n_jobs)
             log(f"[{name} seed {seed}] recording ready in {time.perf_counter() - t0:.1f} s: {folder}")
             spec = json.loads((folder / "scenario.json").read_text())
             shash = spec_hash(spec)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import shutil
 import tempfile
@@ -28,36 +29,73 @@ STORAGE_GAIN_UV = 0.195
 
 @dataclasses.dataclass(frozen=True)
 class Scenario:
-    """One ground-truth recording; every field but the description is part of its cache key."""
+    """One ground-truth recording; every field but the description and the family is part of its
+    cache key (the optional ones only when they differ from their defaults, so the keys of the
+    scenarios that predate them stay as they were)."""
 
     name: str
     probe: str  # a kind for build_probe
     num_units: int
     duration_s: float
-    drift: str  # "none", "zigzag", "bump"
+    drift: str  # "none", "zigzag", "bump", "slow", or what the scenario's generator understands
     description: str
+    family: str = "generated"
+    kind: str = "drifting"  # the generator: a key of GENERATORS
+    sampling_rate_hz: float = 30000.0
+    options: tuple = ()  # (key, value) pairs the generator reads; values are JSON scalars or tuples
+
+    @property
+    def option(self) -> dict:
+        return dict(self.options)
 
 
-SCENARIOS = {
-    s.name: s
-    for s in (
-        Scenario("static32", "multi32", 20, 60.0, "none", "32 ch staggered 2-column probe, 20 units, 60 s, static"),
-        Scenario("static64", "np1_64", 50, 300.0, "none", "64 ch NP1-like slice, 50 units, 300 s, static"),
-        Scenario(
-            "zigzag64",
-            "np1_64",
-            50,
-            300.0,
-            "zigzag",
-            "as static64, rigid zigzag drift ±20 µm (period 200 s, from 60 s)",
-        ),
-        Scenario("bump64", "np1_64", 50, 300.0, "bump", "as static64, rigid 30 µm steps every 30-90 s (from 60 s)"),
-    )
-}
+# the registry: scenario name -> Scenario, family name -> its scenario names (in order), generator
+# kind -> generate(*, scenario, seed) returning (recording in µV, ground-truth sorting) or
+# (recording, sorting, truth), truth a dict of arrays saved as TRUE_DISPLACEMENT. Families live in
+# their own modules (benchmarks.families, ...), which register themselves; benchmarks.catalog
+# imports them all.
+SCENARIOS: dict[str, Scenario] = {}
+FAMILIES: dict[str, list[str]] = {}
+GENERATORS: dict = {}
+
+
+def register(*scenarios: Scenario) -> None:
+    """Add scenarios to the registry (a name registered twice must be the same scenario)."""
+    for s in scenarios:
+        if SCENARIOS.get(s.name, s) != s:
+            raise ValueError(f"scenario {s.name!r} is registered twice, differently")
+        SCENARIOS[s.name] = s
+        names = FAMILIES.setdefault(s.family, [])
+        if s.name not in names:
+            names.append(s.name)
+
+
+def register_generator(kind: str, generate) -> None:
+    GENERATORS[kind] = generate
+
+
+register(
+    Scenario("static32", "multi32", 20, 60.0, "none", "32 ch staggered 2-column probe, 20 units, 60 s, static"),
+    Scenario("static64", "np1_64", 50, 300.0, "none", "64 ch NP1-like slice, 50 units, 300 s, static"),
+    Scenario(
+        "zigzag64",
+        "np1_64",
+        50,
+        300.0,
+        "zigzag",
+        "as static64, rigid zigzag drift ±20 µm (period 200 s, from 60 s)",
+    ),
+    Scenario("bump64", "np1_64", 50, 300.0, "bump", "as static64, rigid 30 µm steps every 30-90 s (from 60 s)"),
+)
 
 
 def build_probe(*, kind: str):
-    """Build the probe of a scenario locally (never downloads)."""
+    """Build the probe of a scenario locally (never downloads). Kinds: ``multi32``, ``np1_N`` (the
+    first N contacts of a Neuropixels 1.0), ``np2x4_N`` (the first N contacts of each shank of a
+    4-shank Neuropixels 2.0, 250 µm apart), ``linearN_Pum`` (one column of N contacts at P µm),
+    ``tetrode``."""
+    import re
+
     if kind == "multi32":
         from probeinterface import generate_multi_columns_probe
 
@@ -69,6 +107,22 @@ def build_probe(*, kind: str):
 
         # first N contacts (bank 0) of a Neuropixels 1.0: x = 16/48, 0/32 staggered rows, 20 µm pitch
         probe = build_neuropixels_probe("NP1000").get_slice(np.arange(int(kind[4:])))
+    elif kind.startswith("np2x4_") and kind[6:].isdigit() and 4 <= int(kind[6:]) <= 1280:
+        from probeinterface.neuropixels_tools import build_neuropixels_probe
+
+        # 2 columns 32 µm apart, 15 µm rows, shanks 250 µm apart; shank ids "0".."3"
+        full = build_neuropixels_probe("NP2014")
+        shanks = np.asarray(full.shank_ids).astype(int)
+        keep = np.concatenate([np.flatnonzero(shanks == s)[: int(kind[6:])] for s in range(4)])
+        probe = full.get_slice(keep)
+    elif (m := re.fullmatch(r"linear(\d+)_(\d+(?:\.\d+)?)um", kind)) and int(m[1]) >= 1:
+        from probeinterface import generate_linear_probe
+
+        probe = generate_linear_probe(num_elec=int(m[1]), ypitch=float(m[2]))
+    elif kind == "tetrode":
+        from probeinterface import generate_tetrode
+
+        probe = generate_tetrode()  # 4 contacts on a 10 µm circle
     else:
         raise ValueError(f"unknown probe kind {kind!r}")
     probe.set_device_channel_indices(np.arange(probe.get_contact_count()))
@@ -128,7 +182,28 @@ def displacement_kwargs(*, drift: str) -> dict:
                 }
             ],
         }
+    if drift == "slow":
+        # a long recording's slow drift: a zigzag between +10 and -10 µm, period 20 min, from the start
+        return {
+            "displacement_sampling_frequency": 5.0,
+            "drift_start_um": [0.0, 10.0],
+            "drift_stop_um": [0.0, -10.0],
+            "drift_step_um": 1.0,
+            "motion_list": [
+                {
+                    "drift_mode": "zigzag",
+                    "non_rigid_gradient": None,
+                    "t_start_drift": 0.0,
+                    "t_end_drift": None,
+                    "period_s": 1200,
+                }
+            ],
+        }
     raise ValueError(f"unknown drift {drift!r}")
+
+
+# optional Scenario fields: in the spec only when they differ from these defaults
+_OPTIONAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Scenario) if f.default is not dataclasses.MISSING}
 
 
 def scenario_spec(*, scenario: Scenario, seed: int) -> dict:
@@ -136,14 +211,18 @@ def scenario_spec(*, scenario: Scenario, seed: int) -> dict:
     import spikeinterface
 
     fields = dataclasses.asdict(scenario)
-    del fields["description"]  # text only
-    return dict(
+    del fields["description"], fields["family"]  # text and grouping only
+    for name, default in _OPTIONAL_DEFAULTS.items():
+        if name in fields and fields[name] == default:
+            del fields[name]
+    spec = dict(
         generator_version=GENERATOR_VERSION,
         spikeinterface=spikeinterface.__version__,
         storage_gain_uv=STORAGE_GAIN_UV,
         seed=int(seed),
         **fields,
     )
+    return json.loads(json.dumps(spec))  # tuples as lists: equal to the spec read back from scenario.json
 
 
 def spec_hash(spec: dict) -> str:
@@ -156,24 +235,53 @@ def recording_folder(*, cache_dir: Path, scenario: str, seed: int) -> Path:
 
 def ensure_recording(*, cache_dir: Path, scenario: Scenario, seed: int, n_jobs: int) -> Path:
     """Generate and save a scenario once; return its folder (``recording/``, ``gt_sorting.npz``)."""
-    from spikeinterface.generation import generate_drifting_recording
-
-    def generate():
-        static, drifting, gt = generate_drifting_recording(
-            num_units=scenario.num_units,
-            duration=scenario.duration_s,
-            probe=build_probe(kind=scenario.probe),
-            generate_displacement_vector_kwargs=displacement_kwargs(drift=scenario.drift),
-            seed=seed,
-        )
-        return (static if scenario.drift == "none" else drifting), gt
-
+    if scenario.kind not in GENERATORS:
+        raise ValueError(f"scenario {scenario.name!r}: no generator {scenario.kind!r} is registered")
+    # a generator that keeps a cache of its own (MEArec's template libraries) asks for the folder
+    wants_cache = "cache_dir" in inspect.signature(GENERATORS[scenario.kind]).parameters
+    extra = {"cache_dir": Path(cache_dir)} if wants_cache else {}
     return save_generated(
         folder=recording_folder(cache_dir=cache_dir, scenario=scenario.name, seed=seed),
         spec=scenario_spec(scenario=scenario, seed=seed),
-        generate=generate,
+        generate=lambda: GENERATORS[scenario.kind](scenario=scenario, seed=seed, **extra),
         n_jobs=n_jobs,
     )
+
+
+def drifting_kwargs(*, scenario: Scenario) -> dict:
+    """Arguments of ``generate_drifting_recording`` for a scenario of the plain generator. Options:
+    ``unit_min_distance_um`` (closer units: more of them share a peak channel)."""
+    kwargs = dict(
+        num_units=scenario.num_units,
+        duration=scenario.duration_s,
+        probe=build_probe(kind=scenario.probe),
+        generate_displacement_vector_kwargs=displacement_kwargs(drift=scenario.drift),
+    )
+    if scenario.sampling_rate_hz != 30000.0:
+        kwargs["sampling_frequency"] = scenario.sampling_rate_hz
+    option = scenario.option
+    if "unit_min_distance_um" in option:
+        kwargs["generate_unit_locations_kwargs"] = dict(
+            margin_um=20.0,
+            minimum_z=5.0,
+            maximum_z=45.0,
+            minimum_distance=float(option["unit_min_distance_um"]),
+            max_iteration=100,
+            distance_strict=False,
+            distribution="uniform",
+        )
+    return kwargs
+
+
+def generate_drifting(*, scenario: Scenario, seed: int):
+    """spikeinterface's generator: the static recording, or the drifting one."""
+    from spikeinterface.generation import generate_drifting_recording
+
+    static, drifting, gt = generate_drifting_recording(**drifting_kwargs(scenario=scenario), seed=seed)
+    return (static if scenario.drift == "none" else drifting), gt
+
+
+register_generator("drifting", generate_drifting)
 
 
 # the speed mode's long recording: about 150 units on 384 channels, fewer on fewer channels
@@ -238,7 +346,7 @@ def save_generated(*, folder: Path, spec: dict, generate, n_jobs: int) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        source, gt = generate()
+        source, gt, *truth = generate()
         # the generated recording is rebuilt from its seed, not from a provenance file
         warnings.filterwarnings("ignore", message="The extractor is not serializable")
         as_int16 = scale(source, gain=1.0 / STORAGE_GAIN_UV, offset=0.0, dtype="int16")
@@ -248,6 +356,8 @@ def save_generated(*, folder: Path, spec: dict, generate, n_jobs: int) -> Path:
         save_sorting_npz(sorting=gt, path=tmp / "gt_sorting.npz")
         locations = np.asarray(gt.get_property("gt_unit_locations"))
         np.save(tmp / "gt_unit_locations.npy", locations)
+        if truth:
+            np.savez(tmp / TRUE_DISPLACEMENT, **truth[0])
         (tmp / "scenario.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
         tmp.chmod(0o755)
         tmp.rename(folder)
@@ -277,16 +387,11 @@ def ensure_true_displacement(*, folder: Path, scenario: Scenario, seed: int) -> 
     path = folder / TRUE_DISPLACEMENT
     if path.is_file():
         return path
+    if scenario.kind != "drifting":
+        return None  # other generators write it with the recording, or have none
     from spikeinterface.generation import generate_drifting_recording
 
-    *_, extra = generate_drifting_recording(
-        num_units=scenario.num_units,
-        duration=scenario.duration_s,
-        probe=build_probe(kind=scenario.probe),
-        generate_displacement_vector_kwargs=displacement_kwargs(drift=scenario.drift),
-        seed=seed,
-        extra_outputs=True,
-    )
+    *_, extra = generate_drifting_recording(**drifting_kwargs(scenario=scenario), seed=seed, extra_outputs=True)
     disp = np.asarray(extra["unit_displacements"])[:, :, 1]
     times = np.arange(disp.shape[0]) / float(extra["displacement_sampling_frequency"])
     tmp = folder / f".{TRUE_DISPLACEMENT}.tmp.npz"

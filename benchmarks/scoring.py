@@ -121,9 +121,11 @@ def motion_error_um(*, motion_folder: Path, truth_path: Path) -> float | None:
     motion = Motion.load(motion_folder)
     with np.load(truth_path) as truth:
         times, disp, depths = truth["times_s"], truth["displacement_um"], truth["unit_depth_um"]
+        # a multi-shank truth says which shank each unit is on (shank index = sorted group order)
+        shanks = truth["unit_shank"] if "unit_shank" in truth else np.zeros(len(depths), np.int64)
     errors = []
     for u, depth in enumerate(depths):
-        est = motion.at(times_s=times, depths_um=np.full(len(times), depth))
+        est = motion.at(times_s=times, depths_um=np.full(len(times), depth), shanks=np.full(len(times), shanks[u]))
         d = est - disp[:, u]
         errors.append(d - d.mean())
     return float(np.sqrt(np.mean(np.square(errors))))

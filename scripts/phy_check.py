@@ -72,13 +72,15 @@ def gt_templates_uv(recording, gt_sorting, *, n_before: int, n_after: int, prepr
     from spikeinterface.preprocessing import common_reference, highpass_filter
 
     from spikesort.params import Params
+    from spikesort.stages.preprocess import resolve_reference
 
     fs = recording.get_sampling_frequency()
     if preprocess:
         p = Params()
         recording = highpass_filter(recording, freq_min=p.highpass_hz, filter_order=3, dtype="float32")
-        if p.common_reference != "none":
-            recording = common_reference(recording, operator=p.common_reference)
+        reference = resolve_reference(p.common_reference, positions_um=recording.get_channel_locations())
+        if reference != "none":
+            recording = common_reference(recording, operator=reference)
     analyzer = sic.create_sorting_analyzer(
         gt_sorting, recording, sparse=False, format="memory", return_in_uV=True, seed=0
     )

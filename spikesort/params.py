@@ -49,8 +49,8 @@ class Params:
         "auto",
         choices=("auto", "median", "mean", "none"),
         stage="preprocess",
-        help="common reference subtracted across channels at each sample; auto = median, "
-        "none on compact probes (tetrodes) where one unit is seen on half the channels",
+        help="common reference subtracted across channels at each sample; auto = median, or none where "
+        "one spike reaches most channels (tetrodes, a few close contacts)",
     )
     whitening_radius_um: float = _p(
         100.0, lo=0.0, hi=10000.0, stage="preprocess", help="local ZCA whitening uses channels within this distance"

@@ -218,12 +218,13 @@ def _subtract_rows(x, ref):
 NETWORK_MAX_CHANNELS = 256
 
 
-def subtract_reference(x: np.ndarray, channels: np.ndarray, use_median: bool) -> None:
-    """x[t, :] -= median (or mean) of x[t, channels]; in place. x is (T, C) float32."""
+def subtract_reference(x: np.ndarray, channels: np.ndarray, use_median: bool) -> np.ndarray | None:
+    """x[t, :] -= median (or mean) of x[t, channels]; in place. x is (T, C) float32. Returns the
+    (T,) reference that was subtracted (None without channels)."""
     channels = np.ascontiguousarray(channels, dtype=np.int64)
     ref = np.empty(x.shape[0], dtype=np.float32)
     if len(channels) == 0:
-        return
+        return None
     if not use_median:
         _mean_rows(x, channels, ref)
     elif len(channels) <= NETWORK_MAX_CHANNELS:
@@ -232,6 +233,7 @@ def subtract_reference(x: np.ndarray, channels: np.ndarray, use_median: bool) ->
     else:
         _median_rows_select(x, channels, ref)
     _subtract_rows(x, ref)
+    return ref
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)

@@ -358,8 +358,12 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     # a leftover can sit anywhere the waveform reaches: biophysical waveforms outlast the template
     # window, and their tails left units echoing a large one at ±2.3-2.5 ms
     residue_window = int(round((p.ms_before + p.ms_after + RESIDUE_EXTRA_MS) * fs / 1000))
-    residue = residue_spikes(spikes, post.dense, window=residue_window, positions_um=info.positions_um)
-    spikes = spikes.take(np.flatnonzero(~residue))
+
+    def drop_residues(spikes, templates):
+        residue = residue_spikes(spikes, templates.dense, window=residue_window, positions_um=info.positions_um)
+        return spikes.take(np.flatnonzero(~residue)), bool(residue.any())
+
+    spikes, _ = drop_residues(spikes, post)
     veto = snippet_merge_test(
         store, spikes.times, spikes.templates, pre=pre, nt=nt, threshold=p.bimodality_threshold, rng=rng
     )
@@ -375,8 +379,11 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     )
     spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
     log.info("%d units after refractory merges", len(groups))
-    # again, now that residues and echoes no longer blur the pieces' footprints
-    spikes, final = merge_footprints(spikes, templates_of(spikes, len(groups)))
+    # merged units can show residues and echoes that their parts hid; then the footprints again,
+    # now that residues and echoes no longer blur the pieces' footprints
+    merged = templates_of(spikes, len(groups))
+    spikes, dropped = drop_residues(spikes, merged)
+    spikes, final = merge_footprints(spikes, templates_of(spikes, len(groups)) if dropped else merged)
     # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
     # too few spikes to be a unit: leftovers of a unit whose spikes other templates took
     counts = np.bincount(spikes.templates, minlength=final.n_templates)

@@ -3,7 +3,8 @@
 Filtering turns a clipped stretch into a large ringing transient that detection would take for
 spikes, so preprocessing zeroes the whitened traces over each stretch and a few ms around it
 (the high-pass filter rings for about that long). Only integer recordings can be checked, at the
-limits of their type (int16: -32768 and 32767); a converter whose rail lies inside the type's
+limits of their type, or one step inside them (int16: -32768 or -32767, 32766 or 32767: many
+systems clip symmetrically at ±32767); a converter whose rail lies further inside the type's
 range (a 10-bit ADC stored as int16) is not recognised.
 """
 
@@ -17,12 +18,12 @@ PAD_MS = 5.0
 
 
 def rails(dtype) -> tuple[float, float] | None:
-    """The values a recording of this type takes when it clips; None for float data."""
+    """The values at or beyond which a recording of this type has clipped; None for float data."""
     dt = np.dtype(dtype)
     if dt.kind not in "iu":
         return None
     info = np.iinfo(dt)
-    return float(info.min), float(info.max)
+    return float(info.min + 1), float(info.max - 1)
 
 
 def saturated_mask(raw: np.ndarray, *, rails: tuple[float, float], channels: np.ndarray, pad: int) -> np.ndarray:

@@ -1,0 +1,289 @@
+"""The benchmark's scenario families (issue 15): the registry, the probes, the dirt and the
+multi-shank drift, and a cache key that leaves the older scenarios' recordings where they are."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import catalog, cli, families, scenarios
+from benchmarks.dirt import DirtyRecording, artefact_waveform, dirt_traces, draw_dirt
+
+
+def test_older_scenarios_keep_their_cache_key():
+    """Adding fields to Scenario must not regenerate static64 (nor re-run its cached peers)."""
+    spec = scenarios.scenario_spec(scenario=catalog.SCENARIOS["static64"], seed=0)
+    assert set(spec) == {
+        "drift",
+        "duration_s",
+        "generator_version",
+        "name",
+        "num_units",
+        "probe",
+        "seed",
+        "spikeinterface",
+        "storage_gain_uv",
+    }
+    assert (spec["name"], spec["probe"], spec["num_units"], spec["duration_s"]) == ("static64", "np1_64", 50, 300.0)
+    # the optional fields count when they are set, and the spec reads back from JSON unchanged
+    spec = scenarios.scenario_spec(scenario=catalog.SCENARIOS["crowded64"], seed=0)
+    assert spec["options"] == [["unit_min_distance_um", 8.0]] and "family" not in spec
+    assert json.loads(json.dumps(spec)) == spec
+    rate = scenarios.scenario_spec(scenario=catalog.SCENARIOS["linear32_20k"], seed=0)
+    assert rate["sampling_rate_hz"] == 20000.0 and "kind" not in rate
+
+
+def test_families_are_registered():
+    assert {"generated", "crowded", "multishank", "dirty", "rates", "tetrode", "long"} <= set(catalog.FAMILIES)
+    for family, names in catalog.FAMILIES.items():
+        for name in names:
+            scenario = catalog.SCENARIOS[name]
+            assert scenario.family == family and scenario.kind in scenarios.GENERATORS
+    assert catalog.FAMILIES["rates"] == ["linear32_20k", "np64_25k"]
+    with pytest.raises(ValueError, match="registered twice"):
+        scenarios.register(dataclasses.replace(catalog.SCENARIOS["tetrode"], num_units=7))
+
+
+def test_family_flag_selects_its_scenarios(monkeypatch):
+    seen = {}
+
+    def fake_run(**kw):
+        seen.update(kw)
+        return []
+
+    monkeypatch.setattr(cli, "run_benchmark", fake_run)
+    assert (
+        cli.main(["--family", "rates", "tetrode", "--scenarios", "tetrode", "--quiet", "--sorters", "spikesort"]) == 0
+    )
+    assert seen["scenarios"] == ["tetrode", "linear32_20k", "np64_25k"]
+    with pytest.raises(SystemExit):
+        cli.main(["--family", "nosuchfamily"])
+
+
+def test_probes():
+    shanks = scenarios.build_probe(kind="np2x4_24")
+    assert shanks.get_contact_count() == 96
+    ids = np.asarray(shanks.shank_ids).astype(int)
+    assert np.bincount(ids).tolist() == [24, 24, 24, 24]
+    pos = np.asarray(shanks.contact_positions)
+    assert np.ptp(pos[ids == 0, 1]) == pytest.approx(165.0)  # 12 rows of 15 µm
+    assert np.diff(sorted({round(pos[ids == s, 0].min()) for s in range(4)})).tolist() == [250, 250, 250]
+    linear = np.asarray(scenarios.build_probe(kind="linear32_50um").contact_positions)
+    assert len(linear) == 32 and np.allclose(np.diff(linear[:, 1]), 50.0) and np.ptp(linear[:, 0]) == 0
+    assert scenarios.build_probe(kind="tetrode").get_contact_count() == 4
+    with pytest.raises(ValueError, match="unknown probe kind"):
+        scenarios.build_probe(kind="linear32")
+
+
+def test_each_shank_drifts_its_own_way():
+    unit_shank = np.array([0, 0, 1, 2, 3, 3])
+    unit_disp, vectors, factor, fs, steps = families.shank_displacements(
+        unit_shank=unit_shank, duration_s=300.0, seed=0
+    )
+    assert unit_disp.shape == (1500, 6, 2) and vectors.shape == (1500, 2, 4) and fs == 5.0
+    assert np.array_equal(factor.argmax(axis=1), unit_shank) and np.all(factor.sum(axis=1) == 1)
+    y = unit_disp[:, :, 1]
+    assert np.array_equal(y[:, 0], y[:, 1])  # one shank, one motion
+    assert np.abs(y).max() <= families.SHANK_DRIFT_UM + 1e-9
+    # every shank moves, each differently from the others
+    assert all(np.ptp(y[:, u]) > 5 for u in (0, 2, 3, 4))
+    for a, b in ((0, 2), (0, 3), (0, 4), (2, 3), (2, 4), (3, 4)):
+        assert np.abs(y[:, a] - y[:, b]).max() > 5
+    assert np.all(unit_disp[:, :, 0] == 0)
+
+
+def test_multishank_recording(tmp_path):
+    """A short multi-shank recording keeps its shanks as channel groups and saves its truth."""
+    scenario = dataclasses.replace(catalog.SCENARIOS["shanks4"], name="shanks_test", duration_s=4.0, num_units=8)
+    folder = scenarios.ensure_recording(cache_dir=tmp_path, scenario=scenario, seed=3, n_jobs=1)
+    rec = scenarios.load_recording(folder=folder)
+    assert rec.get_num_channels() == 96 and sorted(set(rec.get_channel_groups())) == [0, 1, 2, 3]
+    truth = scenarios.ensure_true_displacement(folder=folder, scenario=scenario, seed=3)
+    with np.load(truth) as t:
+        disp, unit_shank = t["displacement_um"], t["unit_shank"]
+    assert disp.shape == (20, 8) and np.bincount(unit_shank).tolist() == [2, 2, 2, 2]
+    locations = np.load(folder / "gt_unit_locations.npy")
+    # every unit sits near its own shank (shank x offsets 0, 250, 500, 750; contacts at 0 and 32)
+    assert np.all(np.abs(locations[:, 0] - (250 * unit_shank + 16)) <= 36 + 1e-6)
+
+
+def test_dirt_is_chunk_independent():
+    dirt = draw_dirt(num_channels=8, duration_s=20.0, seed=1, rail_uv=6000.0)
+    fs = 30000.0
+    whole, sat = dirt_traces(dirt, start=100_000, end=200_000, fs=fs)
+    parts = [dirt_traces(dirt, start=a, end=b, fs=fs) for a, b in ((100_000, 131_234), (131_234, 200_000))]
+    assert np.array_equal(whole, np.concatenate([p[0] for p in parts]))
+    assert np.array_equal(sat, np.concatenate([p[1] for p in parts]))
+
+
+def test_dirty_recording():
+    from spikeinterface.core import NumpyRecording
+
+    fs, n = 30000.0, 300_000
+    clean = NumpyRecording(np.zeros((n, 8), dtype=np.float32), fs)
+    dirt = draw_dirt(num_channels=8, duration_s=n / fs, seed=2, rail_uv=6000.0, artefacts_per_min=60, saturations=2)
+    rec = DirtyRecording(clean, dirt=dirt.to_dict())
+    x = rec.get_traces()
+    assert x.dtype == np.float32 and x.shape == (n, 8)
+    _, saturation = dirt_traces(dirt, start=0, end=n, fs=fs)
+    assert np.all(x[saturation == 0, dirt.dead_channel] == 0)  # flat, but where the amplifier saturates
+    others = [c for c in range(8) if c not in (dirt.dead_channel, dirt.noisy_channel)]
+    # saturations: every channel pinned at one rail for 20-150 ms, and nothing beyond the rails
+    assert np.abs(x).max() <= 6000.0
+    t0, dur, sign = dirt.saturation_times_s[0], dirt.saturation_durations_s[0], dirt.saturation_signs[0]
+    inside = slice(int(np.ceil(t0 * fs)), int(np.floor((t0 + dur) * fs)))
+    assert np.all(x[inside] == sign * 6000.0)
+    # the hum: 50 Hz and harmonics, differing in size between channels
+    quiet = x[: int(dirt.artefact_times_s[0] * fs) - 10, others[0]]
+    spectrum = np.abs(np.fft.rfft(quiet))
+    freqs = np.fft.rfftfreq(len(quiet), 1 / fs)
+    assert abs(freqs[spectrum.argmax()] - 50.0) < 1.0
+    assert spectrum[np.argmin(np.abs(freqs - 150.0))] > 100 * np.median(spectrum)
+    # the noisy channel, far above the hum-only ones once the hum is filtered away
+    from scipy import signal
+
+    hp = signal.sosfiltfilt(signal.butter(3, 2000.0, "highpass", fs=fs, output="sos"), x[:30_000], axis=0)
+    assert hp[:, dirt.noisy_channel].std() > 10 * hp[:, others].std(axis=0).max()
+    # the same frames read in another chunking are the same
+    assert np.array_equal(rec.get_traces(start_frame=12_345, end_frame=54_321), x[12_345:54_321])
+
+
+def test_artefact_waveform():
+    t = np.arange(-10, 1000) / 30000.0
+    w = artefact_waveform(t, rise_ms=0.5, decay_ms=5.0)
+    assert w[t < 0].max() == 0 and w.max() == pytest.approx(1.0, abs=0.01)
+    assert w[np.argmin(np.abs(t - 0.0055))] == pytest.approx(np.exp(-1), abs=0.02)
+
+
+def test_common_reference_from_geometry():
+    """auto: the median reference, but not where one spike reaches most of the channels."""
+    from spikesort.stages.preprocess import resolve_reference
+
+    def probe(kind):
+        return np.asarray(scenarios.build_probe(kind=kind).contact_positions)
+
+    assert resolve_reference("auto", positions_um=probe("tetrode")) == "none"
+    for kind in ("np1_64", "multi32", "linear32_50um", "np2x4_24", "np1_16"):
+        assert resolve_reference("auto", positions_um=probe(kind)) == "median", kind
+    # four contacts 25 µm apart in a line (MEArec's tetrode): a spike reaches them all
+    assert resolve_reference("auto", positions_um=np.c_[np.zeros(4), 25.0 * np.arange(4)]) == "none"
+    # 2 x 8 contacts at 20 µm: a spike reaches 10 of 16, and the median still works
+    assert (
+        resolve_reference("auto", positions_um=np.c_[np.tile([0.0, 20.0], 8), np.repeat(20.0 * np.arange(8), 2)])
+        == "median"
+    )
+    assert resolve_reference("median", positions_um=probe("tetrode")) == "median"
+
+
+def test_noisy_channel_is_judged_after_the_reference():
+    """Hum every channel shares inflates the unreferenced sd of all: a noisy channel must still show."""
+    from spikesort.stages.preprocess import find_bad_channels
+
+    raw = np.array([30.0, 31.0, 0.0, 57.0, 29.0, 30.0])  # hum-dominated; channel 3 carries 50 extra
+    referenced = np.array([8.0, 8.5, 1.0, 50.0, 7.5, 8.0])
+    assert find_bad_channels(raw) == {2: "dead"}
+    assert find_bad_channels(raw, referenced_sd=referenced) == {2: "dead", 3: "noisy"}
+
+
+def test_artefact_mask():
+    from spikesort.stages.preprocess import ARTEFACT_LOW_SDS, ARTEFACT_SDS, artefact_mask
+
+    ref = np.zeros(1000)
+    ref[100:110] = 0.5 * ARTEFACT_LOW_SDS  # below the low level: nothing
+    ref[300:340] = 2 * ARTEFACT_LOW_SDS  # above low but never high: a spike, kept
+    ref[600:620] = 2 * ARTEFACT_LOW_SDS  # the shoulders of an artefact ...
+    ref[620:625] = 1.5 * ARTEFACT_SDS  # ... and its peak
+    ref[625:660] = -2 * ARTEFACT_LOW_SDS
+    mask = artefact_mask(ref, threshold=ARTEFACT_SDS, pad=5)
+    assert np.flatnonzero(mask).tolist() == list(range(595, 665))
+    assert not artefact_mask(ref[:500], threshold=ARTEFACT_SDS, pad=5).any()
+
+
+def test_artefacts_are_blanked():
+    """A transient on every channel is blanked in the whitened traces; spikes are not."""
+    from spikesort.stages.preprocess import fit_preprocessing, preprocess_chunk
+
+    fs, n_ch = 30000.0, 16
+    rng = np.random.default_rng(0)
+    pos = np.c_[np.zeros(n_ch), 25.0 * np.arange(n_ch)]
+    blocks = [rng.normal(0, 10, (30000, n_ch)).astype(np.float32) for _ in range(4)]
+    model = fit_preprocessing(
+        blocks,
+        sampling_rate_hz=fs,
+        positions_um=pos,
+        highpass_hz=300.0,
+        lowpass_hz=0.0,
+        reference="median",
+        whitening_radius_um=100.0,
+        detect_bad_channels=True,
+    )
+    assert model.artefact_threshold == pytest.approx(20 * 10, rel=0.1) and model.artefact_pad == 60
+    x = rng.normal(0, 10, (30000, n_ch)).astype(np.float32)
+    x[10_000:10_030, 3] -= np.hanning(30) * 400  # a spike on one channel
+    t = np.arange(30000 - 20_000) / fs
+    x[20_000:] += (2000 * np.exp(-t / 0.01) * (t > 0))[:, None] * rng.uniform(0.7, 1.3, n_ch)  # a movement artefact
+    w = preprocess_chunk(x, model=model)
+    assert np.all(w[20_000:20_060] == 0) and np.abs(w[10_000:10_030, 3]).max() > 10
+    assert not np.any(w[:19_900] == 0)
+
+
+def test_symmetric_clipping_is_saturation():
+    """The dirty family clips at ±32767, as many systems do: both rails count as saturated."""
+    from spikesort.stages.saturation import rails, saturated_mask
+
+    raw = np.zeros((100, 3), np.int16)
+    raw[10, 1] = -32767
+    raw[50, 2] = 32767
+    raw[80, 0] = 32765  # a large sample, not a rail
+    mask = saturated_mask(raw, rails=rails(np.int16), channels=np.arange(3), pad=0)
+    assert np.flatnonzero(mask).tolist() == [10, 50]
+    assert rails(np.float32) is None
+
+
+def test_hum_at_channel_gains_is_subtracted():
+    """A common signal the channels see at different sizes (the dirty family's hum) is removed at
+    each channel's own gain; on noise alone the reference is subtracted as it is."""
+    import dataclasses as dc
+
+    from spikesort.stages.preprocess import fit_preprocessing, preprocess_chunk
+
+    fs, n_ch = 30000.0, 16
+    rng = np.random.default_rng(1)
+    pos = np.c_[np.zeros(n_ch), 25.0 * np.arange(n_ch)]
+    t = np.arange(30000) / fs
+    hum = sum(150.0 / k * np.sin(2 * np.pi * 50 * k * t + k) for k in range(1, 11))
+    gain = rng.uniform(0.7, 1.3, n_ch)
+
+    def fit(blocks):
+        return fit_preprocessing(
+            blocks,
+            sampling_rate_hz=fs,
+            positions_um=pos,
+            highpass_hz=300.0,
+            lowpass_hz=0.0,
+            reference="median",
+            whitening_radius_um=100.0,
+            detect_bad_channels=True,
+        )
+
+    noise = [rng.normal(0, 10, (30000, n_ch)).astype(np.float32) for _ in range(4)]
+    assert fit(noise).reference_gains is None
+    model = fit([(b + hum[:, None] * gain[None, :]).astype(np.float32) for b in noise])
+    assert model.reference_gains is not None
+    # the fitted extra gain follows each channel's gain over the median's
+    assert np.corrcoef(model.reference_gains, gain)[0, 1] > 0.95
+
+    def line_400hz(m):
+        w = preprocess_chunk(
+            (rng.normal(0, 10, (30000, n_ch)) + hum[:, None] * gain[None, :]).astype(np.float32), model=m
+        )
+        spectrum = np.abs(np.fft.rfft(w[1000:-1000], axis=0))
+        freqs = np.fft.rfftfreq(28000, 1 / fs)
+        near = (freqs > 350) & (freqs < 450)
+        return np.median(spectrum[np.argmin(np.abs(freqs - 400.0))] / np.median(spectrum[near], axis=0))
+
+    # the hum's 400 Hz line: at the noise floor with the gains, far above it with the plain median
+    assert line_400hz(model) < 3 < 10 < line_400hz(dc.replace(model, reference_gains=None))
