@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,16 @@ class _AfterChild:
     process has written it (or has ended): the sort loads the child's machine code from disk
     instead of compiling it a second time. Everything else goes to numba's own cache object."""
 
-    def __init__(self, cache, ready: threading.Event):
+    def __init__(self, cache, ready: threading.Event, name: str):
         self._cache = cache
         self._ready = ready
+        self._name = name
 
     def load_overload(self, sig, target_context):
-        self._ready.wait()
+        if not self._ready.is_set():
+            t0 = time.perf_counter()
+            self._ready.wait()
+            log.debug("waited %.2f s for the compile process's %s", time.perf_counter() - t0, self._name)
         return self._cache.load_overload(sig, target_context)
 
     def __getattr__(self, name):
@@ -142,12 +147,13 @@ def _spawn(cold: list) -> bool:
         return False
     ready = {name: threading.Event() for name in names}
     for dispatcher, _ in cold:
-        dispatcher._cache = _AfterChild(dispatcher._cache, ready[_name(dispatcher)])
+        dispatcher._cache = _AfterChild(dispatcher._cache, ready[_name(dispatcher)], _name(dispatcher))
 
     def follow() -> None:
         for line in child.stdout:
             name = line.strip()
             if name in ready:
+                log.debug("compile process: %s in the cache", name)
                 ready[name].set()
             elif name:
                 log.debug("kernel compile process: %s", name)
