@@ -1038,6 +1038,29 @@ def test_warm_up_child_process_fills_the_cache_the_sort_loads(tmp_path):
     assert out.stdout.split() == ["hits", "1", "misses", "0"]
 
 
+def test_warm_up_compiles_here_what_a_failed_child_did_not(monkeypatch):
+    """A compile process that dies (here: it cannot even start its module) leaves nobody waiting:
+    its kernels compile on the warm-up thread of this process."""
+    from spikesort.kernels import warmup
+
+    def kernel_a():
+        pass
+
+    class Dispatcher:  # what _spawn touches of a numba dispatcher
+        def __init__(self):
+            self.py_func = kernel_a
+            self._cache = None
+
+    cold = [(Dispatcher(), ("sig",))]
+    compiled = []
+    monkeypatch.setattr(warmup, "_CHILD_MODULE", "spikesort_has_no_such_module")
+    monkeypatch.setattr(warmup, "_compile", compiled.extend)
+    assert warmup._spawn(cold)
+    _join_warm_up_thread()
+    assert compiled == cold
+    assert cold[0][0]._cache._ready.is_set()  # a first call now goes straight to numba
+
+
 def test_warm_up_child_process_stops_when_its_parent_is_gone(tmp_path):
     """Its stdin ends with the sort's process: it exits at once, leaving no half-written file."""
     import os

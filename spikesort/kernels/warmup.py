@@ -38,7 +38,10 @@ _COMPILE_S = {
     "template_projections": 0.4,
 }
 _FIRST_COMPILE_S = 1.0  # numba's own set-up and the shared allocation helpers, paid once
+# how long a kernel's first call waits for the compile process before compiling the kernel itself
+_CHILD_PATIENCE_S = 600.0
 
+_CHILD_MODULE = __name__  # the compile process runs this module (``_child`` below)
 _done = False
 _lock = threading.Lock()
 
@@ -117,7 +120,8 @@ class _AfterChild:
     def load_overload(self, sig, target_context):
         if not self._ready.is_set():
             t0 = time.perf_counter()
-            self._ready.wait()
+            if not self._ready.wait(_CHILD_PATIENCE_S):  # a hung child must not hang the sort: compile here
+                log.debug("the compile process has not written %s: compiling it here", self._name)
             log.debug("waited %.2f s for the compile process's %s", time.perf_counter() - t0, self._name)
         return self._cache.load_overload(sig, target_context)
 
@@ -136,7 +140,7 @@ def _spawn(cold: list) -> bool:
     names = [_name(d) for d, _ in cold]
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", __name__, *names],
+            [sys.executable, "-m", _CHILD_MODULE, *names],
             stdin=subprocess.PIPE,  # its end is the child's signal to stop (this process ended)
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -158,10 +162,13 @@ def _spawn(cold: list) -> bool:
             elif name:
                 log.debug("kernel compile process: %s", name)
         code = child.wait()
-        if code:
-            log.debug("kernel compile process exited with code %s", code)
-        for event in ready.values():  # whatever it did not compile compiles here, at its first call
+        left = [(d, sig) for d, sig in cold if not ready[_name(d)].is_set()]
+        if left:
+            # it failed (its output is above): the kernels it did not write compile here, on this thread
+            log.debug("kernel compile process exited with code %s; compiling %d kernels here", code, len(left))
+        for event in ready.values():
             event.set()
+        _compile(left)
 
     threading.Thread(target=follow, name="spikesort-kernel-warm-up", daemon=True).start()
     return True
