@@ -208,9 +208,14 @@ def _child(names: list[str]) -> None:
     numba's disk cache. It stops when its stdin ends (the sort's process is gone), though never
     half-way through writing a cache file."""
     import os
+    import signal
     import sys
 
     from numba.core import caching
+
+    # Ctrl-C reaches the whole process group: the sort decides what happens, and this process
+    # ends with it (its stdin closes)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     writing = threading.Lock()
     save = caching.Cache.save_overload
