@@ -12,7 +12,8 @@ numba's default cache (whatever earlier runs left there).
 
 A command row has ``kind`` "c", ``sorter`` "spikesort command cold|warm", ``wall_s``,
 ``x_realtime``, ``peak_rss_mb``, ``report_s`` (from the log line "report written to ... in X s"
-in OUT/spikesort.log), ``report_share`` (report_s ÷ wall_s), the stage costs of OUT's
+in OUT/spikesort.log), ``report_share`` (report_s ÷ wall_s), ``kernel_wait_s`` (how long the sort
+stood waiting for kernels still compiling, from the same log), the stage costs of OUT's
 ``spikesort_run.json`` and, when the output can be read, the accuracy fields.
 """
 
@@ -37,6 +38,8 @@ LOG_NAME = "spikesort.log"
 RUN_JSON = "spikesort_run.json"
 # the report's own log line (spikesort.outputs.render.pages)
 REPORT_LINE = re.compile(r"report written to .* in ([0-9.]+) s")
+# a kernel's first call waiting for the compile process of a cold run (spikesort.kernels.warmup)
+WAIT_LINE = re.compile(r"waited ([0-9.]+) s for the compile process's")
 
 
 def ensure_probe_json(*, folder: Path) -> Path:
@@ -141,6 +144,16 @@ def report_seconds(*, output: Path) -> float | None:
     return None
 
 
+def kernel_wait_seconds(*, output: Path) -> float | None:
+    """Seconds the sort stood waiting for kernels still being compiled (a cold run's compile
+    process): the sum of the "waited X s for the compile process's ..." lines of OUT/spikesort.log;
+    0 when it never waited, None without a log."""
+    log_path = Path(output) / LOG_NAME
+    if not log_path.is_file():
+        return None
+    return sum(float(x) for x in WAIT_LINE.findall(log_path.read_text(encoding="utf8", errors="replace")))
+
+
 def phy_sorting(*, output: Path, sampling_rate_hz: float):
     """The sorting of a Phy folder (spike_times.npy, spike_clusters.npy), for scoring."""
     from spikeinterface.core import NumpySorting
@@ -215,6 +228,7 @@ def command_rows(
             if row["status"] == "ok" and row["wall_s"]:
                 row["x_realtime"] = duration / row["wall_s"]
                 row["report_s"] = report_seconds(output=output)
+                row["kernel_wait_s"] = kernel_wait_seconds(output=output)
                 if row["report_s"] is not None:
                     row["report_share"] = row["report_s"] / row["wall_s"]
                 if stage_costs is not None:

@@ -45,6 +45,7 @@ TARGET_X_REALTIME_B = 1.0  # 384 ch
 TARGET_RSS_B_MB = 4096.0  # 4 GB, for the 384-channel runs
 TARGET_RSS_GROWTH = 1.10  # RSS(longest) ÷ RSS(shortest)
 TARGET_SORT_FLOOR = 4.0  # whole sort ÷ floor pass on the same data
+TARGET_COLD_OVER_WARM = 1.3  # the command's first run (fresh numba cache) ÷ a later run
 
 # the floor pass filters like spikesort's preprocessing: 3rd-order Butterworth, zero phase, on a
 # 2 s grid with a 10 ms margin on each side
@@ -375,10 +376,18 @@ def _command_lines(*, rows: list[dict], ratios: dict) -> list[str]:
                 else (f", report {r['report_s']:.1f} s = {100 * r['report_share']:.0f}%")
             )
             cpu = "" if r.get("cpu_s") is None else f", CPU {r['cpu_s']:.1f} s"
+            wait = f", waited {r['kernel_wait_s']:.1f} s for kernels" if r.get("kernel_wait_s") else ""
             parts.append(
                 f"{r.get('mode', r['sorter'])} {_num(r.get('wall_s'), '.1f')} s "
-                f"({_num(r.get('x_realtime'), '.2f')}× real time{cpu}{report})"
+                f"({_num(r.get('x_realtime'), '.2f')}× real time{cpu}{report}{wait})"
             )
+        walls = {r.get("mode"): r.get("wall_s") for r in runs if r.get("status") == "ok" and r.get("wall_s")}
+        first_run = ""
+        if "cold" in walls and "warm" in walls:
+            cold_over_warm = walls["cold"] / walls["warm"]
+            ratios["command"][case]["cold_over_warm"] = cold_over_warm
+            met = cold_over_warm <= TARGET_COLD_OVER_WARM
+            first_run = f"; cold ÷ warm {cold_over_warm:.2f}, target ≤ {TARGET_COLD_OVER_WARM:g}{_ok(met)}"
         # the sort-call rows' child processes: interpreter, imports and the sort call, no report
         procs = [
             r
@@ -395,7 +404,9 @@ def _command_lines(*, rows: list[dict], ratios: dict) -> list[str]:
             if procs
             else ""
         )
-        lines.append(f"spikesort run on {case} as users run it (report included): " + ", ".join(parts) + peer)
+        lines.append(
+            f"spikesort run on {case} as users run it (report included): " + ", ".join(parts) + first_run + peer
+        )
     return lines
 
 

@@ -967,22 +967,130 @@ def test_two_means_separates_two_clouds_and_handles_degenerate_input():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_warm_up_note_once_per_process_when_cold(monkeypatch, caplog):
-    from spikesort.kernels import warmup
-
-    compiled = []
+def _no_warm_up_yet(monkeypatch, warmup, *, hit, spawned):
+    """warm_up_note as in a fresh process whose kernels are all ``hit`` (cached?); records what it
+    hands to the compile process (``_spawn``, which returns ``spawned``) and to the thread."""
+    to_child, on_thread = [], []
     monkeypatch.setattr(warmup, "_done", False)
-    monkeypatch.setattr(warmup, "_cached", lambda d, sig: False)
-    monkeypatch.setattr(warmup, "_compile", lambda kernels: compiled.extend(kernels))
-    with caplog.at_level("INFO", logger="spikesort.kernels.warmup"):
-        seconds = warmup.warm_up_note()
-        assert warmup.warm_up_note() == 0.0  # once per process
+    monkeypatch.setattr(warmup, "_cached", lambda d, sig: hit)
+    monkeypatch.setattr(warmup, "_spawn", lambda kernels: to_child.extend(kernels) or spawned)
+    monkeypatch.setattr(warmup, "_compile", lambda kernels: on_thread.extend(kernels))
+    return to_child, on_thread
+
+
+def _join_warm_up_thread():
     for t in threading.enumerate():
         if t.name == "spikesort-kernel-warm-up":
             t.join()
+
+
+def test_warm_up_note_once_per_process_when_cold(monkeypatch, caplog):
+    from spikesort.kernels import warmup
+
+    to_child, on_thread = _no_warm_up_yet(monkeypatch, warmup, hit=False, spawned=True)
+    with caplog.at_level("INFO", logger="spikesort.kernels.warmup"):
+        seconds = warmup.warm_up_note()
+        assert warmup.warm_up_note() == 0.0  # once per process
+    _join_warm_up_thread()
     assert seconds > 0
     assert [r.getMessage() for r in caplog.records] == [f"compiling kernels (first run only, about {seconds:.0f} s)"]
-    assert len(compiled) == len(warmup._kernels())
+    assert len(to_child) == len(warmup._kernels()) and on_thread == []
+
+
+@pytest.mark.parametrize("hit, spawned", [(None, True), (False, False)])
+def test_warm_up_compiles_on_a_thread_without_disk_cache_or_child(monkeypatch, caplog, hit, spawned):
+    """No disk cache (a child's work could not reach this process), or no child process: a thread."""
+    from spikesort.kernels import warmup
+
+    to_child, on_thread = _no_warm_up_yet(monkeypatch, warmup, hit=hit, spawned=spawned)
+    with caplog.at_level("INFO", logger="spikesort.kernels.warmup"):
+        assert warmup.warm_up_note() > 0
+    _join_warm_up_thread()
+    assert len(on_thread) == len(warmup._kernels())
+    assert len(to_child) == (0 if hit is None else len(on_thread))
+    assert ("every run pays this" in caplog.records[0].getMessage()) == (hit is None)
+
+
+_CHILD_SCRIPT = """
+import numpy as np
+from spikesort.kernels import preprocess, warmup
+kernels = warmup._kernels()
+d, sig = next(k for k in kernels if k[0] is preprocess._subtract_rows)
+assert warmup._cached(d, sig) is False, "the cache folder is not empty"
+assert warmup._spawn([(d, sig)])
+x = np.arange(12, dtype=np.float32).reshape(4, 3)
+preprocess._subtract_rows(x, np.ones(4, dtype=np.float32))  # waits for the child, then loads its code
+assert x[0, 0] == -1 and x[3, 2] == 10
+print("hits", sum(d._cache_hits.values()), "misses", sum(d._cache_misses.values()))
+"""
+
+
+def test_warm_up_child_process_fills_the_cache_the_sort_loads(tmp_path):
+    """The compile process writes numba's disk cache and the kernel's first call here loads that
+    code (a cache hit) instead of compiling it again."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    out = subprocess.run([sys.executable, "-c", _CHILD_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["hits", "1", "misses", "0"]
+
+
+def test_warm_up_compiles_here_what_a_failed_child_did_not(monkeypatch):
+    """A compile process that dies (here: it cannot even start its module) leaves nobody waiting:
+    its kernels compile on the warm-up thread of this process."""
+    from spikesort.kernels import warmup
+
+    def kernel_a():
+        pass
+
+    class Dispatcher:  # what _spawn touches of a numba dispatcher
+        def __init__(self):
+            self.py_func = kernel_a
+            self._cache = None
+
+    cold = [(Dispatcher(), ("sig",))]
+    compiled = []
+    monkeypatch.setattr(warmup, "_CHILD_MODULE", "spikesort_has_no_such_module")
+    monkeypatch.setattr(warmup, "_compile", compiled.extend)
+    assert warmup._spawn(cold)
+    _join_warm_up_thread()
+    assert compiled == cold
+    assert cold[0][0]._cache._ready.is_set()  # a first call now goes straight to numba
+
+
+def test_warm_up_child_process_stops_when_its_parent_is_gone(tmp_path):
+    """Its stdin ends with the sort's process: it exits at once, leaving no half-written file.
+    Ctrl-C (SIGINT to the whole process group) is the sort's business, not its."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from spikesort.kernels import warmup
+
+    names = [warmup._name(d) for d, _ in warmup._kernels()]
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "spikesort.kernels.warmup", *names],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert child.stdout.readline().strip() == names[0]  # it works...
+    child.send_signal(signal.SIGINT)
+    assert child.stdout.readline().strip() == names[1]  # ...through a Ctrl-C...
+    child.stdin.close()  # ...until its parent is gone
+    try:
+        code = child.wait(timeout=120)
+    finally:
+        child.kill()
+    rest = child.stdout.read().split()
+    assert code == 0 and len(rest) < len(names) - 2
+    assert not [p for p in (tmp_path / "numba").rglob("*") if ".tmp." in p.name]
 
 
 def test_warm_up_note_silent_when_cached(monkeypatch, caplog):

@@ -36,6 +36,9 @@ def demo(output, duration, channels, units, seed, overwrite, quiet, verbose):
     Nothing is downloaded. Faster than real time with the defaults, the first run included.
     """
     cmd_log = _start_log(verbose=verbose, quiet=quiet)
+    from spikesort.kernels.warmup import warm_up_note
+
+    warm_up_note()  # a first run compiles the kernels: start it now, beside the simulation
     from spikesort.demo import run_demo
 
     s = run_demo(

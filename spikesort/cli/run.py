@@ -136,6 +136,10 @@ def run(
     params = resolve_params(config=config, set_values=set_values, flags=param_flags)
     protected = [path] + [p for p in (Path(probe) if probe else None, config) if p is not None and p.exists()]
     _check_output_folder(output, overwrite=overwrite, protected=protected, resume=resume)
+    from spikesort.kernels.warmup import warm_up_note
+
+    # a first run compiles the kernels: start it now, beside the imports and the reading of the recording
+    warm_up_note()
 
     @contextlib.contextmanager
     def in_its_folder(recording):

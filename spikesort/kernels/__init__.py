@@ -8,3 +8,9 @@ FASTMATH = {"contract", "reassoc", "arcp"}
 # np.zeros/np.full (each of those overloads compiles two or three more functions per dtype and
 # shape), copy with element loops rather than slice assignment (a shape-checked copy compiles a
 # formatted error message), and are called with one set of argument types each.
+
+# every kernel releases the GIL and is cached on disk; none gets numba's C-callable wrapper (made
+# for use as a function pointer, which nothing here does: a tenth of the compiled machine code)
+JIT = {"nogil": True, "cache": True, "no_cfunc_wrapper": True}
+# a kernel that only other kernels call needs no Python-callable wrapper either
+INNER = {**JIT, "no_cpython_wrapper": True}

@@ -8,8 +8,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import JIT
 
-@njit(nogil=True, cache=True)
+
+@njit(**JIT)
 def two_means_labels(x, first, u, n_iter):
     """Labels 0/1 of Lloyd's 2-means on the rows of x (n, d) float64, seeded k-means++ style:
     the first centre is row ``first``, the second the row where the cumulative squared distance

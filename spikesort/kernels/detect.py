@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from . import FASTMATH
+from . import FASTMATH, INNER, JIT
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
+@njit(**JIT, fastmath=FASTMATH, inline="always")
 def _is_peak(x, sign, v, t, c, neighbors, exclusion):
     """sign * x[t, c] (= v) is the largest within ``exclusion`` samples on c and its neighbours;
     ties go to the earlier sample, then the lower channel."""
@@ -38,7 +38,7 @@ def _is_peak(x, sign, v, t, c, neighbors, exclusion):
     return True
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(**JIT, fastmath=FASTMATH)
 def detect_peaks_rows(x, sign, threshold, neighbors, exclusion, rows):
     """``detect_peaks`` on the samples listed in ``rows`` (ascending) only."""
     n_c = x.shape[1]
@@ -91,7 +91,7 @@ def detect_peaks(x, sign, threshold, neighbors, exclusion, keep_start, keep_stop
     return detect_peaks_rows(x, float(sign), float(threshold), neighbors, int(exclusion), rows)
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(**JIT, fastmath=FASTMATH)
 def project_neighborhoods(x, times, chans, neighbors, bases, pre):
     """Project each event's window on every neighbour channel onto the temporal bases.
 
@@ -123,7 +123,9 @@ def project_neighborhoods(x, times, chans, neighbors, bases, pre):
     return out
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
+# a call, not inline="always": numba would type and lower its body once per call site (it has
+# two), and only the few edge rows take this path
+@njit(**INNER, fastmath=FASTMATH)
 def _filter_row(y, x, h, pre, t, scale):
     """y[t, :] = scale * sum_i h[i] * x[t - pre + i, :] over the taps that fall inside x."""
     n_t, n_c = x.shape
@@ -140,7 +142,7 @@ def _filter_row(y, x, h, pre, t, scale):
         y[t, c] *= scale[c]
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(**JIT, fastmath=FASTMATH)
 def temporal_filter(x, h, pre, scale):
     """Matched filter along time: y[t, c] = scale[c] * sum_i h[i] * x[t - pre + i, c], zero
     beyond the edges (``scale``: (C,) float32, e.g. one over each channel's filtered noise sd).

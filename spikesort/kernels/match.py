@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from . import FASTMATH
+from . import FASTMATH, JIT
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
+@njit(**JIT, fastmath=FASTMATH, inline="always")
 def _dot_template(r, start, values, channels, k):
     """<r[start:start + nt, support], template k>."""
     dot = 0.0
@@ -25,7 +25,7 @@ def _dot_template(r, start, values, channels, k):
     return dot
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(**JIT, fastmath=FASTMATH)
 def best_matches(r, times, chans, values_t, channels, norm2, chan_templates, pre, max_lag, amp_lo, amp_hi):
     """For each candidate peak, the template, lag and amplitude that most reduce the residual energy.
 
@@ -98,7 +98,7 @@ def best_matches(r, times, chans, values_t, channels, norm2, chan_templates, pre
     return best_k, best_t, best_a, best_g
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(**JIT, fastmath=FASTMATH)
 def select_non_overlapping(order, ks, ts, channels, pre, nt, n_t, n_c):
     """Greedy pick in the given order (best gain first) of fits whose windows share no
     (sample, channel) with a fit already picked; the rest wait for the next round."""
@@ -134,7 +134,7 @@ def select_non_overlapping(order, ks, ts, channels, pre, nt, n_t, n_c):
     return keep
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(**JIT, fastmath=FASTMATH)
 def subtract_templates(r, ts, ks, amps, values, channels, pre):
     """r[t - pre + j, ch] -= a * template; in place."""
     nt = values.shape[1]
@@ -153,7 +153,7 @@ def subtract_templates(r, ts, ks, amps, values, channels, pre):
                     r[tt, ch] -= amps[i] * values[k, j, s]
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(**JIT, fastmath=FASTMATH)
 def template_projections(x, times, ind, values, channels, norm2, pre):
     """Least-squares scale of each listed template on each spike's window: <x, T> / |T|^2.
 
@@ -177,7 +177,7 @@ def template_projections(x, times, ind, values, channels, norm2, pre):
     return out
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(**JIT, fastmath=FASTMATH)
 def subtract_filtered(y, ts, ks, amps, filtered, channels, inv_sd):
     """The matched-filter output y (T, C) after ``subtract_templates``, updated in place:
     y[t - (nt - 1) + m, ch] -= a * filtered[k, m, s] * inv_sd[ch], where ``filtered`` holds each

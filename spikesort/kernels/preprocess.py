@@ -13,10 +13,10 @@ import functools
 import numpy as np
 from numba import njit
 
-from . import FASTMATH
+from . import FASTMATH, INNER, JIT
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(**INNER, fastmath=FASTMATH)
 def _sos_pass(x, sos, zi, reverse):
     """Filter the rows of x (T, C) in place with the cascade ``sos``, starting each section's
     state at ``zi[s] * x[first row]`` (steady state for a constant signal).
@@ -53,7 +53,7 @@ def _sos_pass(x, sos, zi, reverse):
             row[c] = v[c]
 
 
-@njit(nogil=True, cache=True)
+@njit(**JIT)
 def sosfiltfilt_rows(x, sos, zi, padlen, demean):
     """Zero-phase filter along axis 0 of x (T, C) float32 with odd-extension padding of
     ``padlen`` samples, like scipy.signal.sosfiltfilt(sos, x, axis=0, padlen=padlen); with
@@ -84,7 +84,7 @@ def sosfiltfilt_rows(x, sos, zi, padlen, demean):
     return ext[padlen : padlen + n_t]
 
 
-@njit(nogil=True, cache=True)
+@njit(**INNER)
 def _select(buf, k):
     """k-th smallest of buf (partially reorders buf); Hoare's quickselect, no allocation."""
     lo, hi = 0, buf.shape[0] - 1
@@ -139,7 +139,7 @@ def median_network(m: int) -> tuple[np.ndarray, int, int]:
     return np.asarray(kept[::-1], dtype=np.int64).reshape(-1, 2), n, n_low
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(**JIT, fastmath=FASTMATH)
 def _median_rows_network(x, channels, pairs, n_pad, n_low, out):
     """out[t] = median of x[t, channels], 256 rows at a time through a sorting network: the
     compare-exchanges run across rows, so they vectorise where a per-row select cannot."""
@@ -172,7 +172,7 @@ def _median_rows_network(x, channels, pairs, n_pad, n_low, out):
             out[t0 + b] = 0.5 * (buf[lo, b] + buf[hi, b])
 
 
-@njit(nogil=True, cache=True)
+@njit(**JIT)
 def _median_rows_select(x, channels, out):
     """out[t] = median of x[t, channels] by quickselect (large channel counts)."""
     n_t = x.shape[0]
@@ -193,7 +193,7 @@ def _median_rows_select(x, channels, out):
             out[t] = hi
 
 
-@njit(nogil=True, cache=True)
+@njit(**JIT)
 def _mean_rows(x, channels, out):
     n_t = x.shape[0]
     m = channels.shape[0]
@@ -204,7 +204,7 @@ def _mean_rows(x, channels, out):
         out[t] = acc / m
 
 
-@njit(nogil=True, cache=True)
+@njit(**JIT)
 def _subtract_rows(x, ref):
     n_t, n_c = x.shape
     for t in range(n_t):
@@ -236,7 +236,7 @@ def subtract_reference(x: np.ndarray, channels: np.ndarray, use_median: bool) ->
     return ref
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(**JIT, fastmath=FASTMATH)
 def sparse_mix(x, idx, w, out):
     """out[t, o] = sum_k w[o, k] * x[t, idx[o, k]] (rows of idx padded with -1): ``x @ W.T`` for
     a sparse W. 128 samples at a time are turned channel-major, so each term is a vector
@@ -270,7 +270,7 @@ def sparse_mix(x, idx, w, out):
                 orow[o] = acc[o, b]
 
 
-@njit(nogil=True, cache=True)
+@njit(**JIT)
 def quantize_int16(x, scale):
     """int16 of round(x * scale), clipped to +-32767; one pass instead of numpy's four."""
     n_t, n_c = x.shape
@@ -282,7 +282,7 @@ def quantize_int16(x, scale):
     return out
 
 
-@njit(nogil=True, cache=True)
+@njit(**JIT)
 def gather_windows(data, starts, channels, scale, out):
     """out[i, j, k] = data[starts[i] + j, channels[k]] * scale for windows inside ``data``
     (the others are left as they are): one pass from the int16 store to float32 snippets."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,10 @@ _COMPILE_S = {
     "template_projections": 0.4,
 }
 _FIRST_COMPILE_S = 1.0  # numba's own set-up and the shared allocation helpers, paid once
+# how long a kernel's first call waits for the compile process before compiling the kernel itself
+_CHILD_PATIENCE_S = 600.0
 
+_CHILD_MODULE = __name__  # the compile process runs this module (``_child`` below)
 _done = False
 _lock = threading.Lock()
 
@@ -99,9 +103,81 @@ def _compile(kernels: list) -> None:
             log.debug("warm-up compile of %s%s failed", dispatcher, sig, exc_info=True)
 
 
+def _name(dispatcher) -> str:
+    return f"{dispatcher.py_func.__module__}.{dispatcher.py_func.__qualname__}"
+
+
+class _AfterChild:
+    """A dispatcher's numba cache that, asked for a kernel, first waits until the compiling child
+    process has written it (or has ended): the sort loads the child's machine code from disk
+    instead of compiling it a second time. Everything else goes to numba's own cache object."""
+
+    def __init__(self, cache, ready: threading.Event, name: str):
+        self._cache = cache
+        self._ready = ready
+        self._name = name
+
+    def load_overload(self, sig, target_context):
+        if not self._ready.is_set():
+            t0 = time.perf_counter()
+            if not self._ready.wait(_CHILD_PATIENCE_S):  # a hung child must not hang the sort: compile here
+                log.debug("the compile process has not written %s: compiling it here", self._name)
+            log.debug("waited %.2f s for the compile process's %s", time.perf_counter() - t0, self._name)
+        return self._cache.load_overload(sig, target_context)
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+
+def _spawn(cold: list) -> bool:
+    """Compile ``cold`` in a child process (``python -m spikesort.kernels.warmup NAME ...``)
+    that writes numba's disk cache; the kernels' first calls here wait for it and load from
+    disk. A process, not a thread: numba's front end is Python, and on a thread it holds the GIL
+    the sort's own threads need. False when the child cannot start."""
+    import subprocess
+    import sys
+
+    names = [_name(d) for d, _ in cold]
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", _CHILD_MODULE, *names],
+            stdin=subprocess.PIPE,  # its end is the child's signal to stop (this process ended)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    except OSError:
+        log.debug("cannot start the kernel compile process", exc_info=True)
+        return False
+    ready = {name: threading.Event() for name in names}
+    for dispatcher, _ in cold:
+        dispatcher._cache = _AfterChild(dispatcher._cache, ready[_name(dispatcher)], _name(dispatcher))
+
+    def follow() -> None:
+        for line in child.stdout:
+            name = line.strip()
+            if name in ready:
+                log.debug("compile process: %s in the cache", name)
+                ready[name].set()
+            elif name:
+                log.debug("kernel compile process: %s", name)
+        code = child.wait()
+        left = [(d, sig) for d, sig in cold if not ready[_name(d)].is_set()]
+        if left:
+            # it failed (its output is above): the kernels it did not write compile here, on this thread
+            log.debug("kernel compile process exited with code %s; compiling %d kernels here", code, len(left))
+        for event in ready.values():
+            event.set()
+        _compile(left)
+
+    threading.Thread(target=follow, name="spikesort-kernel-warm-up", daemon=True).start()
+    return True
+
+
 def warm_up_note() -> float:
     """Once per process: when numba's cache lacks some kernels, log 'compiling kernels (first run
-    only, about N s)' and compile them on a background thread. Returns N (0 when all are cached)."""
+    only, about N s)' and compile them in the background: in a child process that fills numba's
+    disk cache, or on a thread when there is no disk cache. Returns N (0 when all are cached)."""
     global _done
     with _lock:
         if _done:
@@ -121,5 +197,49 @@ def warm_up_note() -> float:
         log.info("compiling kernels (about %.0f s; numba cannot cache them here, so every run pays this)", seconds)
     else:
         log.info("compiling kernels (first run only, about %.0f s)", seconds)
+        if _spawn(cold):
+            return seconds
     threading.Thread(target=_compile, args=(cold,), name="spikesort-kernel-warm-up", daemon=True).start()
     return seconds
+
+
+def _child(names: list[str]) -> None:
+    """The compile process: compile the named kernels in order and print each name once it is in
+    numba's disk cache. It stops when its stdin ends (the sort's process is gone), though never
+    half-way through writing a cache file."""
+    import os
+    import signal
+    import sys
+
+    from numba.core import caching
+
+    # Ctrl-C reaches the whole process group: the sort decides what happens, and this process
+    # ends with it (its stdin closes)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    writing = threading.Lock()
+    save = caching.Cache.save_overload
+
+    def save_whole(self, sig, data):
+        with writing:
+            return save(self, sig, data)
+
+    caching.Cache.save_overload = save_whole
+
+    def stop_with_parent() -> None:
+        sys.stdin.read()
+        with writing:
+            os._exit(0)
+
+    threading.Thread(target=stop_with_parent, daemon=True).start()
+    wanted = set(names)
+    for dispatcher, sig in _kernels():
+        if _name(dispatcher) in wanted:
+            _compile([(dispatcher, sig)])
+            print(_name(dispatcher), flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _child(sys.argv[1:])

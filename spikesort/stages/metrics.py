@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass, fields
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
 from spikesort.errors import SpikesortError
 
@@ -229,6 +228,9 @@ def _amplitude_cutoff_one(amps: np.ndarray, n_bins: int, smoothing_bins: float, 
         return np.nan
     if np.median(amps) < 0:  # negative-going amplitudes: the cut is at the small |a| end
         amps = -amps
+    # imported here: scipy.ndimage is a third of `import spikesort.cli`, which loads this module for `spikesort export`
+    from scipy.ndimage import gaussian_filter1d
+
     hist, _ = np.histogram(amps, bins=n_bins)
     pdf = gaussian_filter1d(hist.astype(np.float64), smoothing_bins, mode="nearest")
     # The lowest bin sits at the detection cut. Mirror around the peak: the upper tail beyond
