@@ -225,7 +225,7 @@ class OnlineRun:
             if self.resume and state.get("shift_um"):
                 s.live.shift_um = float(state["shift_um"])
         self.finder = UnitFinder(self, pool) if pool is not None else None
-        self.next_recluster = done + int(self.o.recluster_s * fs)
+        self.unclustered = 0  # samples sorted (by either lane) since the pool was last clustered
         self.last_state = 0.0
         self._write_units()
         return first
@@ -363,11 +363,13 @@ class OnlineRun:
     def _sort(self, lane, stop: int, n: int) -> OnlineBatch:
         s = self.streamer
         batch = s.sort(lane, stop, n, self.batch_index)
-        if self.finder is not None and lane is s.live and s.done >= self.next_recluster:
-            if self.finder.start(s.done):
-                self.next_recluster = s.done + int(self.o.recluster_s * self.fs)
         if self.finder is not None:
             self.finder.note_batch(batch)
+            # every recluster_s of recording sorted: after a jump, the stretch sorted behind the
+            # live lane counts too (its unexplained spikes are in the pool as well)
+            self.unclustered += batch.chunk_stop - batch.chunk_start
+            if self.unclustered >= self.o.recluster_s * self.fs and self.finder.start(s.done):
+                self.unclustered = 0
         return batch
 
     def _emit(self, batch: OnlineBatch, *, force_state: bool = False) -> OnlineBatch:

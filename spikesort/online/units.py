@@ -27,8 +27,10 @@ from .emit import OnlineBatch
 
 log = logging.getLogger(__name__)
 
-# a unit found during the stream has its template rebuilt from its matched spikes this many times
+# a unit found during the stream has its template rebuilt from its matched spikes this many times...
 REFINE_PERIODS = 4
+# ...each time it matched at least this many since it was found (within the pool's reach)
+MIN_MATCHED = 10
 
 
 @dataclass
@@ -37,6 +39,7 @@ class _Found:
     shift_um: float
     new: object  # NewUnits
     refined: dict  # unit id -> its rebuilt template (whitened, at the probe position then)
+    n_refined: dict  # unit id -> spikes it was rebuilt from
     seconds: float
 
 
@@ -47,6 +50,7 @@ class UnitFinder:
         self.job = None
         self.recent: deque = deque()  # (samples, units) of the batches within the pool's reach
         self.refines: dict = {}  # unit id -> refinements left
+        self.pooled: dict = {}  # unit id -> the pooled spikes it was found from
 
     def note_batch(self, batch: OnlineBatch) -> None:
         if self.refines and len(batch):
@@ -64,13 +68,14 @@ class UnitFinder:
         while self.recent and self.recent[0][0].max(initial=oldest) < oldest:
             self.recent.popleft()
         refine = {}
-        if self.refines and self.recent:
-            times = np.concatenate([t for t, _ in self.recent])
-            units = np.concatenate([u for _, u in self.recent])
-            for u in self.refines:
-                t = times[(units == u) & (times >= oldest)]
-                if len(t) >= r.o.min_new_unit_spikes:
-                    refine[u] = t
+        times = np.concatenate([t for t, _ in self.recent]) if self.recent else np.zeros(0, np.int64)
+        units = np.concatenate([u for _, u in self.recent]) if self.recent else np.zeros(0, np.int32)
+        for u in self.refines:
+            matched = times[(units == u) & (times >= oldest)]
+            if len(matched) >= MIN_MATCHED:
+                # with the pooled spikes it was found from: never fewer spikes than it started with
+                pooled = self.pooled[u][self.pooled[u] >= oldest]
+                refine[u] = (np.union1d(pooled, matched), len(matched))
         if snap is None and not refine:
             return True
         seed = [r.params.seed, r.batch_index]
@@ -100,12 +105,21 @@ class UnitFinder:
         refined = {}
         if refine:
             ids = list(refine)
-            labels = np.concatenate([np.full(len(refine[u]), i) for i, u in enumerate(ids)])
+            labels = np.concatenate([np.full(len(refine[u][0]), i) for i, u in enumerate(ids)])
             tpl = build_templates(
-                s.store, np.concatenate([refine[u] for u in ids]), labels, n_units=len(ids), pre=s.pre, nt=s.nt, rng=rng
+                s.store,
+                np.concatenate([refine[u][0] for u in ids]),
+                labels,
+                n_units=len(ids),
+                pre=s.pre,
+                nt=s.nt,
+                rng=rng,
             )
             refined = dict(zip(ids, tpl.dense))
-        return _Found(now=now, shift_um=shift_um, new=new, refined=refined, seconds=time.perf_counter() - t0)
+        n_refined = {u: refine[u][1] for u in refine}
+        return _Found(
+            now=now, shift_um=shift_um, new=new, refined=refined, n_refined=n_refined, seconds=time.perf_counter() - t0
+        )
 
     def collect(self, index: int, *, wait: bool = False) -> OnlineBatch | None:
         """The batch announcing new units once the background search is done (None otherwise);
@@ -124,9 +138,10 @@ class UnitFinder:
         changed = False
         for u, t in found.refined.items():
             r.model.dense[u] = at_reference(t[None])[0]
+            log.info("unit %d: template rebuilt with %d spikes it matched since", u, found.n_refined[u])
             self.refines[u] -= 1
             if self.refines[u] <= 0:
-                del self.refines[u]
+                del self.refines[u], self.pooled[u]
             changed = True
         batch = None
         if found.new is not None and len(found.new.dense):
@@ -152,6 +167,7 @@ class UnitFinder:
             self.pool.drop(t)
             r.first_sample.append(int(t[0]))
             self.refines[u] = REFINE_PERIODS
+            self.pooled[u] = t
         samples = np.concatenate(spikes)
         order = np.argsort(samples, kind="stable")
         log.info(
