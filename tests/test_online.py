@@ -543,3 +543,41 @@ def test_whitened_from_the_raw_file_matches_the_stream(recording, tmp_path):
             np.testing.assert_allclose(s, w[t - rs - 10 : t - rs + 20], atol=1e-3)
     finally:
         wh.close()
+
+
+def test_benchmark_online_measures_latency_from_the_writers_marks(capsys):
+    from benchmarks.cli import main
+    from benchmarks.online import _looped_truth, latency_s, online_table
+
+    # the writer flushed samples [0, 100) at t=10 s and [100, 200) at t=11 s
+    marks = np.array([[10.0, 100], [11.0, 200]])
+    lat = latency_s(np.array([5, 99, 100, 150, 250]), np.array([10.5, 10.5, 11.2, 12.0, 13.0]), marks)
+    np.testing.assert_allclose(lat[:4], [0.5, 0.5, 0.2, 1.0])
+    assert np.isnan(lat[4])  # never written: not a latency
+    # a replay that loops over its source repeats the ground truth
+    s, lab = _looped_truth({"n_samples": 100, "samples": np.array([3, 50]), "labels": np.array([0, 1])}, 230)
+    np.testing.assert_array_equal(s, [3, 50, 103, 150, 203])
+    np.testing.assert_array_equal(lab, [0, 1, 0, 1, 0])
+    row = {
+        "replay": "static64",
+        "channels": 64,
+        "duration_s": 300.0,
+        "load_before": [1.2, 1, 1],
+        "load_after": [1.9, 1, 1],
+        "latency_all_s": [0.31, 0.9, 31.0],
+        "latency_matched_s": [0.3, 0.6, 1.7],
+        "latency_live_s": [0.29, 0.55, 1.1],
+        "backlog_max_s": 5.2,
+        "backlog_last_quarter_mean_s": 0.1,
+        "backlog_growth_s_per_min": -0.001,
+        "new_unit_delays": [(29, 31.5, 32.0)],
+        "online_well": 28,
+        "offline_well": 27,
+        "n_gt": 30,
+    }
+    table = online_table(rows=[row])
+    assert "| 0.31 / 0.90 / 31.00 | 0.30 / 0.60 / 1.70 | 0.29 / 0.55 / 1.10 | 5.2 |" in table
+    assert "| 31.5 | 28/30 | 27/30 |" in table
+    with pytest.raises(SystemExit):
+        main(["--online", "--online-speed", "0"])
+    assert "--online-speed" in capsys.readouterr().err
