@@ -203,27 +203,27 @@ class OnlineRun:
         else:
             done = n_warm - margin  # the warm-up's last margin is sorted again with its right context
             first = self._first_batch(warmed.spikes, done)
-            files.save_model(self.paths.state / files.MODEL_FILE, self.model)
-            files.save_templates(self.paths.state / files.TEMPLATES_FILE, self.model)
         self.streamer = s = self._streamer(run, model=self.model, store=store, done=done, pool=pool)
         if self.resume:
             s.gaps.extend([list(g) for g in state.get("gaps", [])])
         if self.o.track_drift:
             from .drift import RigidTracker
 
-            depths = self.model.ref_depth_um if len(self.model.ref_depth_um) == self.model.n_units else None
-            self.tracker_ref = depths if depths is not None else self._depths(self.model.dense)
-            self.model.ref_depth_um = self.tracker_ref
+            if len(self.model.ref_depth_um) != self.model.n_units:
+                self.model.ref_depth_um = self._depths(self.model.dense)
             base = RigidTracker(
                 positions_um=run.info.positions_um,
                 shank_ids=run.info.shank_ids,
                 good_channels=self.model.prep.good_channels,
                 window=int(DRIFT_WINDOW_S * fs),
-                ref_depth_um=self.tracker_ref,
+                ref_depth_um=self.model.ref_depth_um,
             )
             s.start_tracking(lambda: base.fork(ref_depth_um=self.model.ref_depth_um))
             if self.resume and state.get("shift_um"):
                 s.live.shift_um = float(state["shift_um"])
+        if not self.resume:
+            files.save_model(self.paths.state / files.MODEL_FILE, self.model)
+            files.save_templates(self.paths.state / files.TEMPLATES_FILE, self.model)
         self.finder = UnitFinder(self, pool) if pool is not None else None
         self.unclustered = 0  # samples sorted (by either lane) since the pool was last clustered
         self.last_state = 0.0
