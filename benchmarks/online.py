@@ -115,7 +115,6 @@ def replay(
     src = prepare(name, cache_dir=cache_dir, seed=seed, n_jobs=n_jobs)
     fs, n_ch = src["sampling_rate_hz"], src["n_channels"]
     duration_s = duration_s or src["n_samples"] / fs
-    total = int(round(duration_s * fs))
     folder = work_dir / f"online_{name}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -146,13 +145,14 @@ def replay(
     t_stop = time.time()
     samples, units, amps, emitted = read_csv(out / "online" / "spikes.csv")
     marks = np.load(marks_path)
+    phy = (np.load(out / "spike_times.npy").ravel(), np.load(out / "spike_clusters.npy").ravel())
     after = samples >= int(warmup_s * fs)
     lat = latency_s(samples, emitted, marks)
     warm_emitted = batches[0][3]
     written = np.interp(samples, marks[:, 1], marks[:, 0])
     live = after & (written >= warm_emitted)
     matched = amps != 1.0  # a new unit's pooled spikes (amplitude 1) are emitted late, by design
-    gt_s, gt_l = _looped_truth(src, total)
+    gt_s, gt_l = _looped_truth(src, int(marks[-1, 1]))
     cmp = _compare(gt_s, gt_l, samples, units, fs)
     # new units: ground-truth units matched by a unit found after the warm-up
     born = {u: (b[2], b[3]) for b in batches[1:] for u in b[5]}
@@ -190,6 +190,9 @@ def replay(
         "online_well": len(cmp.get_well_detected_units(ACCURACY)),
         "online_units": int(len(np.unique(units))),
         "online_redundant": len(cmp.get_redundant_units()),
+        "phy_well": len(_compare(gt_s, gt_l, *phy, fs).get_well_detected_units(ACCURACY)),
+        # after the idle stop (5 s after the writer's last block): the last samples, then the Phy folder
+        "stop_s": round(t_stop - marks[-1, 0] - 5.0, 1),
         "new_unit_delays": delays,  # (GT unit, recording s, wall s) from its first spike after the warm-up
     }
     shutil.rmtree(folder, ignore_errors=True)  # the growing file: as long as the recording
@@ -205,7 +208,8 @@ def _lat(v) -> str:
 def online_table(*, rows: list[dict]) -> str:
     head = (
         "| replay | load (1 min) | latency p50 / p95 / max s, all after warm-up | matched | live | backlog max s "
-        "| backlog last quarter s | growth s/min | new unit found after s | well detected online | offline |"
+        "| backlog last quarter s | growth s/min | new unit found after s | well detected online (Phy folder) "
+        "| offline | stop s |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -218,7 +222,8 @@ def online_table(*, rows: list[dict]) -> str:
             f"| {r['load_before'][0]:.1f}–{r['load_after'][0]:.1f} "
             f"| {_lat(r['latency_all_s'])} | {_lat(r['latency_matched_s'])} | {_lat(r['latency_live_s'])} "
             f"| {r['backlog_max_s']} | {r['backlog_last_quarter_mean_s']} | {r['backlog_growth_s_per_min']} | {delays} "
-            f"| {r['online_well']}/{r['n_gt']} | {r.get('offline_well', '–')}/{r['n_gt']} |"
+            f"| {r['online_well']}/{r['n_gt']} ({r.get('phy_well', '–')}) | {r.get('offline_well', '–')}/{r['n_gt']} "
+            f"| {r.get('stop_s', '–')} |"
         )
     return "\n".join(lines)
 

@@ -577,7 +577,7 @@ def test_benchmark_online_measures_latency_from_the_writers_marks(capsys):
     }
     table = online_table(rows=[row])
     assert "| 0.31 / 0.90 / 31.00 | 0.30 / 0.60 / 1.70 | 0.29 / 0.55 / 1.10 | 5.2 |" in table
-    assert "| 31.5 | 28/30 | 27/30 |" in table
+    assert "| 31.5 | 28/30 (–) | 27/30 | – |" in table
     with pytest.raises(SystemExit):
         main(["--online", "--online-speed", "0"])
     assert "--online-speed" in capsys.readouterr().err
