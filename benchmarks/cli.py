@@ -163,6 +163,29 @@ def build_parser(*, prog: str | None = None) -> argparse.ArgumentParser:
     speed.add_argument(
         "--floor-threads", type=int, default=2, metavar="N", help="threads of the floor pass (default: 2)"
     )
+    online = p.add_argument_group("online mode")
+    online.add_argument(
+        "--online",
+        action="store_true",
+        help="measure `spikesort online` instead: replay recordings at real-time pace into a growing file "
+        "and report latency, backlog, new units and well-detected units beside the offline sort",
+    )
+    online.add_argument(
+        "--online-replays",
+        nargs="+",
+        default=["static64", "zigzag64"],
+        choices=["static64", "zigzag64", "np384"],
+        metavar="NAME",
+        help="recordings to replay: static64 zigzag64 (64 ch, 300 s) np384 (384 ch, its 300 s source looped) "
+        "(default: static64 zigzag64)",
+    )
+    online.add_argument(
+        "--online-duration", type=float, default=None, metavar="S", help="seconds replayed (default: the source's 300)"
+    )
+    online.add_argument("--online-speed", type=float, default=1.0, metavar="X", help="x real time (default: 1)")
+    online.add_argument("--online-warmup", type=float, default=120.0, metavar="S", help="warm-up s (default: 120)")
+    online.add_argument("--online-repeats", type=int, default=1, metavar="N", help="runs of each replay (default: 1)")
+    online.add_argument("--online-no-offline", action="store_true", help="skip the offline sort beside each replay")
     # hidden: a stand-in for spikesort.sort (ground truth degraded in known ways), to test this script
     p.add_argument("--dummy", action="store_true", help=argparse.SUPPRESS)
     # hidden: run one sorter (internal, used by the subprocess)
@@ -177,6 +200,11 @@ def main(argv=None, *, prog: str | None = None) -> int:
         parser.error("--rerun-peers and --cached-peers-only contradict each other")
     if args._child is not None:
         return child_main(spec_path=args._child)
+    if args.online:
+        if args.speed or args.dummy:
+            parser.error("--online measures spikesort online alone: --speed and --dummy do not apply")
+        if args.online_repeats < 1 or args.online_speed <= 0 or args.online_warmup <= 0:
+            parser.error("--online-repeats, --online-speed and --online-warmup must be positive")
     if args.speed:
         if len(args.seeds) != 1:
             parser.error("--speed runs one seed")
@@ -200,6 +228,8 @@ def main(argv=None, *, prog: str | None = None) -> int:
 
     if args.speed:
         return speed_main(args=args, scenarios=scenarios, cache_dir=cache_dir, work_dir=work_dir, log=log)
+    if args.online:
+        return online_main(args=args, cache_dir=cache_dir, work_dir=work_dir, log=log)
     rows = run_benchmark(
         scenarios=scenarios,
         seeds=args.seeds,
@@ -262,3 +292,36 @@ def speed_main(*, args, scenarios: list[str], cache_dir: Path, work_dir: Path, l
         if r["status"] != "ok":
             print(f"{r['case']} {r['sorter']}: {r['status']}: {r.get('error')}", file=sys.stderr)
     return 0
+
+
+def online_main(*, args, cache_dir: Path, work_dir: Path, log) -> int:
+    from .online import online_table, replay
+
+    rows = []
+    for name in args.online_replays:
+        for i in range(args.online_repeats):
+            log(f"[online {name}] run {i + 1} of {args.online_repeats} ...")
+            try:
+                row = replay(
+                    name,
+                    cache_dir=cache_dir,
+                    work_dir=work_dir,
+                    duration_s=args.online_duration,
+                    speed=args.online_speed,
+                    warmup_s=args.online_warmup,
+                    offline=not args.online_no_offline and i == 0,
+                    seed=args.seeds[0],
+                    n_jobs=args.n_jobs,
+                    log_fn=log,
+                )
+                row["status"] = "ok"
+            except Exception as exc:  # noqa: BLE001 - one failed replay is a row, the others still run
+                row = {"replay": name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            if i and rows and rows[-1].get("offline_well") is not None:
+                row.setdefault("offline_well", rows[-1]["offline_well"])
+            rows.append(row)
+            log(f"[online {name}] {json.dumps({k: v for k, v in row.items() if k != 'backlog_series'})}")
+    print(online_table(rows=rows))
+    if args.out is not None:
+        args.out.with_suffix(".json").write_text(json.dumps({"online": rows}, indent=1))
+    return 0 if all(r.get("status") == "ok" for r in rows) else 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -118,8 +119,9 @@ def streamed(recording, tmp_path_factory):
     records.addHandler(handler)
     level = records.level
     records.setLevel(logging.INFO)
-    writer = _writer(recording["path"], dst, speed=6.0, pause_at=38.0, pause=2.5)
+    writer = _writer(recording["path"], dst, speed=6.0)
     batches, writing = [], []
+    paused = []
     try:
         for b in spikesort.online(
             dst,
@@ -130,13 +132,20 @@ def streamed(recording, tmp_path_factory):
             dtype="int16",
             publish=address,
             warmup_s=WARMUP_S,
-            recluster_s=8.0,
+            recluster_s=6.0,
             idle_stop_s=4.0,
             stall_s=1.0,
         ):
             batches.append(b)
             writing.append(writer.poll() is None)
+            if not paused and b.index and writing[-1]:
+                # the writer stalls for 2.5 s while the sorter streams (whatever the machine's load)
+                writer.send_signal(signal.SIGSTOP)
+                paused.append(threading.Timer(2.5, writer.send_signal, (signal.SIGCONT,)))
+                paused[0].start()
     finally:
+        for t in paused:
+            t.join()
         writer.wait(timeout=60)
         records.removeHandler(handler)
         records.setLevel(level)
@@ -167,6 +176,8 @@ def test_a_unit_that_starts_after_the_warmup_gets_a_new_id(streamed, recording):
     first = recording["samples"][recording["labels"] == N_UNITS - 1].min()
     reported = [b for b in streamed["batches"] if int(late) in b.new_units]
     assert reported and reported[0].chunk_stop - first <= 60 * FS
+    # its first template (from its pooled spikes) was rebuilt from the spikes it matched since
+    assert any(m.startswith(f"unit {int(late)}: template rebuilt with") for _, m in streamed["lines"])
     # the ids of the warm-up's units kept their meaning: each still matches one ground-truth unit
     well = cmp.get_well_detected_units(0.8)
     assert len(well) >= N_UNITS - 2
@@ -193,9 +204,25 @@ def test_writer_troubles_are_one_line_each(streamed):
     assert any("no new data for" in m and "stopping" in m for m in messages)
 
 
+def test_every_sample_is_sorted_once_and_the_newest_first(streamed):
+    # the warm-up's sort left a backlog: the live lane jumped to the newest data and the skipped
+    # stretch was sorted behind it; together the chunks still cover the file once, without overlap
+    chunks = sorted((b.chunk_start, b.chunk_stop) for b in streamed["batches"] if b.chunk_stop > b.chunk_start)
+    starts, stops = np.asarray(chunks).T
+    assert starts[0] == 0 and stops[-1] == DURATION_S * FS
+    np.testing.assert_array_equal(starts[1:], stops[:-1])
+    order = [b.chunk_start for b in streamed["batches"][1:] if b.chunk_stop > b.chunk_start]
+    assert any(np.diff(order) < 0), "no stretch was sorted behind the live lane"
+    assert any("the newest data go first" in m for _, m in streamed["lines"])
+    # the backlog each batch reports went back to about a chunk
+    assert min(b.backlog_s for b in streamed["batches"][-10:]) < 1.5
+
+
 def test_stop_leaves_a_phy_folder_phylib_loads(streamed):
+    from clitools import PHY_FILES
     from phylib.io.model import load_model
 
+    assert all((streamed["out"] / name).is_file() for name in PHY_FILES)
     model = load_model(streamed["out"] / "params.py")
     try:
         assert len(model.spike_times) > 1000
@@ -263,10 +290,16 @@ def test_ctrl_c_leaves_a_phy_folder_and_resume_continues(recording, tmp_path):
     stopped = json.loads((out / "online" / "state" / "state.json").read_text())["done"]
     assert stopped < (DURATION_S - 5) * FS  # interrupted while the writer was still writing
 
+    saved = json.loads((out / "online" / "state" / "state.json").read_text())
+    assert saved["pool_records"] > 0  # unexplained spikes were pooled...
+
     proc = _cli([*common, "--idle-stop-s", 2, "--resume"])
     stdout, stderr = proc.communicate(timeout=90)
     writer.wait(timeout=30)
     assert proc.returncode == 0, stderr
+    # ...and the resumed run starts with them (rows of the log after the saved state cut off)
+    pooled = re.search(r"with \d+ units and (\d+) unexplained spikes in the pool", stderr)
+    assert pooled and 0 < int(pooled.group(1)) <= saved["pool_records"], stderr
     samples, units, _, _ = read_csv(csv)
     assert samples.max() > (DURATION_S - 2) * FS
     # no spike twice across the resume point: the rows after the saved state were cut back
@@ -356,14 +389,8 @@ def test_a_zigzag_drift_is_tracked_without_splitting_units(tmp_path):
             recluster_s=0,
             idle_stop_s=2.0,
         ):
-            shifts.append(
-                (
-                    b.chunk_stop,
-                    json.loads((out / "online" / "state" / "state.json").read_text()).get("shift_um", 0.0)
-                    if b.index
-                    else 0.0,
-                )
-            )
+            if b.index and b.chunk_stop > b.chunk_start:
+                shifts.append((b.chunk_stop, b.drift_um))
     finally:
         writer.wait(timeout=60)
     # the tracked displacement follows the true one
@@ -380,3 +407,177 @@ def test_a_zigzag_drift_is_tracked_without_splitting_units(tmp_path):
     # without tracking, the weakest unit drops to ~0.8 here (templates stay where the warm-up saw them)
     assert (perf >= 0.9).all(), perf
     assert len(np.unique(units)) == len(perf)
+
+
+def test_sigterm_on_a_growing_open_ephys_folder_leaves_a_phy_folder(recording, tmp_path):
+    """The acquisition writes an Open Ephys binary folder: structure.oebin from the start,
+    continuous.dat growing. SIGTERM (a scheduler, `kill`) stops the run like Ctrl-C."""
+    from clitools import PHY_FILES
+    from phylib.io.model import load_model
+
+    rec = tmp_path / "2026-12-02_10-00-00" / "Record Node 101" / "experiment1" / "recording1"
+    cont = rec / "continuous" / "Acq-100.ProbeA-AP"
+    cont.mkdir(parents=True)
+    stream = {
+        "folder_name": "Acq-100.ProbeA-AP/",
+        "sample_rate": FS,
+        "num_channels": N_CH,
+        "channels": [{"channel_name": f"AP{i + 1}", "bit_volts": 0.195, "units": "uV"} for i in range(N_CH)],
+    }
+    (rec / "structure.oebin").write_text(json.dumps({"GUI version": "0.6.7", "continuous": [stream]}))
+    writer = _writer(recording["path"], cont / "continuous.dat", speed=2.0)
+    out = tmp_path / "out"
+    proc = _cli(
+        [tmp_path / "2026-12-02_10-00-00", "--probe", recording["probe"], "-o", out, "--warmup-s", WARMUP_S]
+        + ["--recluster-s", 8, "--idle-stop-s", 30]
+    )
+    csv = out / "online" / "spikes.csv"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (csv.is_file() and read_csv(csv)[0].max(initial=0) > (WARMUP_S + 5) * FS):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    writer.wait(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    assert all((out / name).is_file() for name in PHY_FILES)
+    model = load_model(out / "params.py")
+    try:
+        assert model.sample_rate == FS and model.n_channels_dat == N_CH
+        assert Path(model.dat_path[0]).resolve() == (cont / "continuous.dat").resolve()
+        assert model.n_templates >= N_UNITS - 2 and len(model.spike_times) > 500
+        # every view's data: waveforms from the raw file, features, template features, amplitudes
+        assert model.features is not None and model.template_features is not None
+        assert model.get_waveforms(np.arange(5), [0]).shape[0] == 5
+        assert np.all(model.amplitudes > 0)
+    finally:
+        model.close()
+    # the units' gain came from structure.oebin: templates in µV, a few tens to hundreds
+    peak = np.abs(np.load(out / "online" / "units" / "templates.npy")).max(axis=(1, 2))
+    assert 20 < np.median(peak) < 1000
+
+
+def test_the_pool_log_restores_the_pool_at_the_saved_state(tmp_path):
+    from spikesort.online.discover import Pool
+    from spikesort.stages.detect import Detections
+
+    def det(times):
+        n = len(times)
+        d = Detections.empty(4, 3)
+        return Detections(
+            np.asarray(times, np.int64),
+            np.arange(n) % 4,
+            np.ones(n, np.float32),
+            np.full(n, 2.0, np.float32),
+            np.zeros((n, 2), np.float32),
+            np.random.default_rng(n).normal(size=(n, 4, 3)).astype(np.float32) + d.features.sum(),
+        )
+
+    pool = Pool(keep_samples=1000, folder=tmp_path)
+    pool.add(det([10, 20, 30]))
+    pool.add(det([400, 500]))
+    saved = pool.state()
+    pool.add(det([900, 950]))  # after the saved state: cut off on resume
+    back = Pool.restore(keep_samples=1000, folder=tmp_path, state=saved)
+    d = back.take(600)
+    np.testing.assert_array_equal(d.times, [10, 20, 30, 400, 500])
+    np.testing.assert_array_equal(d.features, Detections.concat([det([10, 20, 30]), det([400, 500])]).features)
+    # spikes that became a unit's leave the pool, and the rewritten log on disk too
+    back.drop(np.array([20, 400]))
+    again = Pool.restore(keep_samples=1000, folder=tmp_path, state=back.state())
+    np.testing.assert_array_equal(again.take(600).times, [10, 30, 500])
+    back.forget_older_logs()
+    assert [p.name for p in tmp_path.glob("pool-*.bin")] == [f"pool-{back.generation}.bin"]
+
+
+def test_ring_store_reads_back_the_last_samples_across_the_wrap(tmp_path):
+    from spikesort.online.store import RingStore
+    from spikesort.pipeline.traces import SCALE
+
+    rng = np.random.default_rng(0)
+    x = np.round(rng.normal(size=(250, 3)) * SCALE) / SCALE  # exact in the store's int16
+    ring = RingStore(tmp_path / "ring.int16", capacity=100, n_channels=3)
+    ring.create()
+    for a in range(0, 250, 30):  # blocks that cross the wrap
+        ring.write(a, x[a : a + 30])
+        ring.n_samples = min(250, a + 30)
+    np.testing.assert_allclose(ring.read(150, 250), x[150:250], atol=1e-6)
+    np.testing.assert_allclose(ring.read(190, 230), x[190:230], atol=1e-6)
+    with pytest.raises(ValueError, match="overwritten"):
+        ring.read(100, 120)
+    times = np.array([160, 198, 203, 246, 248])  # 198 and 203 cross the wrap at 200; 248 the end
+    snip = ring.snippets(times, pre=2, nt=5, channels=np.array([2, 0]))
+    for t, s in zip(times[:4], snip[:4]):
+        np.testing.assert_allclose(s, x[t - 2 : t + 3][:, [2, 0]], atol=1e-6)
+    assert not snip[4].any()
+
+
+def test_whitened_from_the_raw_file_matches_the_stream(recording, tmp_path):
+    """The Phy folder's features are computed from the raw file at the stop: the same whitened
+    traces as the stream had (but near the edges of the read windows)."""
+    from spikesort.online.source import GrowingSource
+    from spikesort.online.store import RawWhitened, Whitener
+    from spikesort.stages.preprocess import fit_preprocessing
+
+    src = GrowingSource(stream_info(recording["path"], sampling_rate_hz=FS, n_channels=N_CH, dtype="int16"))
+    n = src.poll()
+    model = fit_preprocessing(
+        [src.read(s, s + 20000) for s in (0, 100_000, 200_000)],
+        sampling_rate_hz=FS,
+        positions_um=np.column_stack([np.zeros(N_CH), 25.0 * np.arange(N_CH)]),
+        highpass_hz=300.0,
+        lowpass_hz=0.0,
+        reference="median",
+        whitening_radius_um=100.0,
+        detect_bad_channels=False,
+        n_jobs=1,
+    )
+    wh = Whitener(src, model=model, margin=400, n_jobs=2, min_piece=2000)
+    try:
+        w, rs = wh.whitened(50_000, 70_000, n)
+        store = RawWhitened(wh, n_samples=n, n_channels=N_CH, max_read=20000)
+        np.testing.assert_allclose(store.read(55_000, 65_000), w[5_000 + 400 : 15_000 + 400], atol=1e-3)
+        times = np.array([60_000, 55_000, 60_020, 64_000])
+        snip = store.snippets(times, pre=10, nt=30)
+        for t, s in zip(times, snip):
+            np.testing.assert_allclose(s, w[t - rs - 10 : t - rs + 20], atol=1e-3)
+    finally:
+        wh.close()
+
+
+def test_benchmark_online_measures_latency_from_the_writers_marks(capsys):
+    from benchmarks.cli import main
+    from benchmarks.online import _looped_truth, latency_s, online_table
+
+    # the writer flushed samples [0, 100) at t=10 s and [100, 200) at t=11 s
+    marks = np.array([[10.0, 100], [11.0, 200]])
+    lat = latency_s(np.array([5, 99, 100, 150, 250]), np.array([10.5, 10.5, 11.2, 12.0, 13.0]), marks)
+    np.testing.assert_allclose(lat[:4], [0.5, 0.5, 0.2, 1.0])
+    assert np.isnan(lat[4])  # never written: not a latency
+    # a replay that loops over its source repeats the ground truth
+    s, lab = _looped_truth({"n_samples": 100, "samples": np.array([3, 50]), "labels": np.array([0, 1])}, 230)
+    np.testing.assert_array_equal(s, [3, 50, 103, 150, 203])
+    np.testing.assert_array_equal(lab, [0, 1, 0, 1, 0])
+    row = {
+        "replay": "static64",
+        "channels": 64,
+        "duration_s": 300.0,
+        "load_before": [1.2, 1, 1],
+        "load_after": [1.9, 1, 1],
+        "latency_all_s": [0.31, 0.9, 31.0],
+        "latency_matched_s": [0.3, 0.6, 1.7],
+        "latency_live_s": [0.29, 0.55, 1.1],
+        "backlog_max_s": 5.2,
+        "backlog_last_quarter_mean_s": 0.1,
+        "backlog_growth_s_per_min": -0.001,
+        "new_unit_delays": [(29, 31.5, 32.0)],
+        "online_well": 28,
+        "offline_well": 27,
+        "n_gt": 30,
+    }
+    table = online_table(rows=[row])
+    assert "| 0.31 / 0.90 / 31.00 | 0.30 / 0.60 / 1.70 | 0.29 / 0.55 / 1.10 | 5.2 |" in table
+    assert "| 31.5 | 28/30 (–) | 27/30 | – |" in table
+    with pytest.raises(SystemExit):
+        main(["--online", "--online-speed", "0"])
+    assert "--online-speed" in capsys.readouterr().err

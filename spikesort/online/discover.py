@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -24,29 +25,120 @@ class NewUnits:
 
 
 class Pool:
-    """The unexplained detections of the last ``keep_samples`` samples."""
+    """The unexplained detections of the last ``keep_samples`` samples. With ``folder``, each
+    batch's detections are also appended to a log file there (``pool-<generation>.bin``), so
+    that ``--resume`` restores the pool as it was at the saved state (:meth:`state`,
+    :meth:`restore`); the log is rewritten without the old detections now and then."""
 
-    def __init__(self, *, keep_samples: int, max_spikes: int = 50_000):
+    def __init__(self, *, keep_samples: int, max_spikes: int = 50_000, folder: Path | None = None, generation: int = 0):
         self.keep, self.max = keep_samples, max_spikes
         self.parts: list[Detections] = []
+        self.folder, self.generation = folder, generation
+        self.dtype: np.dtype | None = None
+        self.logged = 0  # records in the log file
+
+    def _log_path(self, generation: int) -> Path:
+        return self.folder / f"pool-{generation}.bin"
+
+    def _records(self, det: Detections) -> bytes:
+        if self.dtype is None:
+            self.dtype = _record_dtype(det.features.shape[1:])
+        rec = np.empty(len(det), self.dtype)
+        for f in _FIELDS:
+            rec[f] = getattr(det, f)
+        return rec.tobytes()
 
     def add(self, det: Detections) -> None:
-        if len(det):
-            self.parts.append(det)
+        if not len(det):
+            return
+        self.parts.append(det)
+        if self.folder is not None:
+            with open(self._log_path(self.generation), "ab") as fh:
+                fh.write(self._records(det))
+            self.logged += len(det)
 
-    def take(self, now: int) -> Detections | None:
+    def _all(self) -> Detections | None:
         if not self.parts:
             return None
-        d = Detections.concat(self.parts)
+        d = Detections.concat(self.parts) if len(self.parts) > 1 else self.parts[0]
+        self.parts = [d]
+        return d
+
+    def take(self, now: int) -> Detections | None:
+        """The pool's detections since ``now - keep_samples`` (the newest ``max_spikes``), in time order."""
+        d = self._all()
+        if d is None:
+            return None
+        d = d.take(np.argsort(d.times, kind="stable"))
         d = d.take(np.flatnonzero(d.times >= now - self.keep)[-self.max :])
         self.parts = [d]
+        if self.folder is not None and self.logged > 2 * len(d) + 10_000:
+            self._rewrite(d)
         return d
 
     def drop(self, times: np.ndarray) -> None:
         """Forget the pooled spikes at these samples (they became a unit's)."""
-        if self.parts:
-            d = Detections.concat(self.parts)
-            self.parts = [d.take(np.flatnonzero(~np.isin(d.times, times)))]
+        d = self._all()
+        if d is not None:
+            d = d.take(np.flatnonzero(~np.isin(d.times, times)))
+            self.parts = [d]
+            if self.folder is not None:
+                self._rewrite(d)
+
+    def _rewrite(self, d: Detections) -> None:
+        """A new log file of what the pool holds; the old one goes once the state names the new."""
+        self.generation += 1
+        self._log_path(self.generation).write_bytes(self._records(d) if len(d) else b"")
+        self.logged = len(d)
+
+    def state(self) -> dict:
+        """What --resume needs to restore the pool: the log's generation, its length, the record shape.
+        Older logs are deleted (call it after the state naming this generation was saved)."""
+        return {
+            "pool_generation": self.generation,
+            "pool_records": self.logged,
+            "pool_shape": list(self.dtype["features"].shape) if self.dtype is not None else None,
+        }
+
+    def forget_older_logs(self) -> None:
+        if self.folder is not None:
+            for old in self.folder.glob("pool-*.bin"):
+                if old != self._log_path(self.generation):
+                    old.unlink(missing_ok=True)
+
+    @classmethod
+    def restore(cls, *, keep_samples: int, folder: Path, state: dict) -> Pool:
+        """The pool as the saved ``state`` left it (records logged after it are cut off)."""
+        pool = cls(keep_samples=keep_samples, folder=folder, generation=int(state.get("pool_generation", 0)))
+        shape = state.get("pool_shape")
+        path = pool._log_path(pool.generation)
+        if shape is None or not path.is_file():
+            return pool
+        pool.dtype = _record_dtype(tuple(shape))
+        n = int(state["pool_records"])
+        with open(path, "r+b") as fh:
+            fh.truncate(n * pool.dtype.itemsize)
+        rec = np.fromfile(path, dtype=pool.dtype, count=n)
+        pool.logged = len(rec)
+        if len(rec):
+            pool.parts = [Detections(*(np.ascontiguousarray(rec[f]) for f in _FIELDS))]
+        return pool
+
+
+_FIELDS = ("times", "channels", "amplitudes", "scores", "positions_um", "features")
+
+
+def _record_dtype(features_shape) -> np.dtype:
+    return np.dtype(
+        [
+            ("times", "<i8"),
+            ("channels", "<i8"),
+            ("amplitudes", "<f4"),
+            ("scores", "<f4"),
+            ("positions_um", "<f4", (2,)),
+            ("features", "<f4", tuple(int(s) for s in features_shape)),
+        ]
+    )
 
 
 def max_similarity(new: np.ndarray, existing: np.ndarray, *, max_lag: int = 3) -> float:

@@ -9,6 +9,7 @@ their reference depth from their position when added, less the displacement then
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import deque
 
@@ -68,6 +69,13 @@ class RigidTracker:
         self.window, self.min_spikes, self.max_um = window, min_spikes, max_um
         self.obs: deque = deque()  # (sample, offsets array)
         self.history: list = []  # (sample, estimate) each time it was updated
+
+    def fork(self, *, ref_depth_um: np.ndarray) -> RigidTracker:
+        """A tracker of its own (no observations yet) on the same probe, for another lane."""
+        t = copy.copy(self)
+        t.ref = np.asarray(ref_depth_um, dtype=np.float64)
+        t.obs, t.history = deque(), []
+        return t
 
     def observe(self, det: Detections, spikes, *, now: int) -> None:
         """Offsets of the detections, each given the unit of the matched spike nearest in time."""

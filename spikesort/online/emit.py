@@ -5,6 +5,7 @@ ZeroMQ message (one multipart message per batch, documented in docs/online.md):
   frame 0: the topic, b"spikes"
   frame 1: a UTF-8 JSON header: {"version": 1, "batch": i, "n_spikes": n, "emitted_unix_s": t,
            "sampling_rate_hz": fs, "chunk_start": s, "chunk_stop": e, "new_units": [...],
+           "backlog_s": b, "drift_um": d,
            "dtype": [["sample", "<i8"], ["unit", "<i4"], ["amplitude", "<f4"]]}
   frame 2: n records of that little-endian packed dtype (16 bytes each)
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,8 @@ class OnlineBatch:
     amplitudes: np.ndarray  # (n,) float32, the template's fitted scale
     emitted_unix_s: float
     new_units: list = field(default_factory=list)  # unit ids first reported in this batch
+    backlog_s: float = 0.0  # recording written but not sorted yet when the batch was emitted
+    drift_um: float = 0.0  # the probe's tracked rigid displacement after this chunk (µm)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -78,7 +82,9 @@ class CsvWriter:
 
 def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(samples int64, units int64, amplitudes float32, emitted_unix_s float64) of a spikes.csv."""
-    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+    with warnings.catch_warnings():  # a file of the header alone (nothing emitted yet) is no surprise
+        warnings.simplefilter("ignore", UserWarning)
+        data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
     if data.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0)
     # samples and unit ids are integers well below 2**53: exact in float64
@@ -118,6 +124,8 @@ class Publisher:
             "chunk_start": int(b.chunk_start),
             "chunk_stop": int(b.chunk_stop),
             "new_units": [int(u) for u in b.new_units],
+            "backlog_s": round(float(b.backlog_s), 4),
+            "drift_um": round(float(b.drift_um), 2),
             "dtype": [[n, RECORD_DTYPE.fields[n][0].str] for n in RECORD_DTYPE.names],
         }
         self.sock.send_multipart([TOPIC, json.dumps(header).encode(), b.records().tobytes()])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,19 @@ from spikesort.pipeline.steps import _export
 from spikesort.stages.curate import remove_duplicates
 from spikesort.stages.detect import Detections
 from spikesort.stages.match import MatchedSpikes
-from spikesort.stages.templates import build_templates
+from spikesort.stages.templates import build_templates, sparsify
 
 from .emit import read_csv
 from .model import OnlineModel
+from .store import RawWhitened, Whitener
 
 log = logging.getLogger(__name__)
+
+
+# a unit with fewer spikes than this in the ring gets its template from the raw recording instead
+MIN_RING_SPIKES = 30
+# ...from at most this many of its spikes (each read whitens a short window of the raw file)
+MAX_RAW_SPIKES = 100
 
 
 def write_phy_folder(
@@ -30,19 +38,27 @@ def write_phy_folder(
     *,
     recording,
     model: OnlineModel,
+    source,
+    ring,
     n_samples: int,
     csv_path: Path,
-    traces_path: Path,
+    margin: int,
     params: Params,
     extra: dict | None = None,
 ):
     """Write the Phy folder of the online run into ``out``; returns the SortingResult.
 
-    Unit ids stay those emitted; each unit's template is rebuilt from all its spikes (the median
-    waveform, as the offline curate step does)."""
+    Unit ids stay those emitted. The features of every spike need the whitened traces of the
+    whole run: they are computed from the recording (``source``, the growing file) as they are
+    read, so no copy of them is kept on disk. Each unit's template is the median of up to 300 of
+    its spikes in ``ring`` (the last minutes: the waveform as it is now, and nothing to
+    recompute), or of up to ``MAX_RAW_SPIKES`` of all its spikes when it fired too little there."""
     info = dataclasses.replace(recording_info(recording), n_samples=int(n_samples))
     reads = checkpoints.ParamReads(params)
-    run = make_run(recording, params=reads, store_path=traces_path, progress=False, info=info)
+    run = make_run(recording, params=reads, store_path=Path(os.devnull), progress=False, info=info)
+    whitener = Whitener(source, model=model.prep, margin=margin, n_jobs=1, min_piece=1)
+    store = RawWhitened(whitener, n_samples=n_samples, n_channels=info.n_channels, max_read=int(info.sampling_rate_hz))
+    run = dataclasses.replace(run, store=store)
     times, units, amps, _ = read_csv(csv_path)
     keep = times < n_samples
     order = np.lexsort((units[keep], times[keep]))
@@ -50,24 +66,38 @@ def write_phy_folder(
     fs = info.sampling_rate_hz
     spikes = remove_duplicates(spikes, window=int(round(params.duplicate_ms * fs / 1000)))
     k = model.n_units
-    templates = build_templates(
-        run.store,
-        spikes.times,
-        spikes.templates,
+    rng = np.random.default_rng([params.seed, 99])
+    ring.n_samples = int(n_samples)
+    recent = spikes.times >= max(0, n_samples - ring.capacity) + margin + run.pre
+    dense = build_templates(
+        ring,
+        spikes.times[recent],
+        spikes.templates[recent],
         n_units=k,
         pre=run.pre,
         nt=run.nt,
-        rng=np.random.default_rng([params.seed, 99]),
+        rng=rng,
         n_jobs=run.n_jobs,
-    )
-    # a unit whose spikes are all outside the store (none here) keeps the template it was matched with
+    ).dense.copy()
+    few = np.bincount(spikes.templates[recent], minlength=k) < MIN_RING_SPIKES
+    if few.any():
+        sel = np.isin(spikes.templates, np.flatnonzero(few))
+        raw = build_templates(
+            store,
+            spikes.times[sel],
+            spikes.templates[sel],
+            n_units=k,
+            pre=run.pre,
+            nt=run.nt,
+            rng=rng,
+            max_spikes=MAX_RAW_SPIKES,
+            n_jobs=run.n_jobs,
+        )
+        dense[few] = raw.dense[few]
+    # a unit without spikes keeps the template it was matched with
     empty = np.bincount(spikes.templates, minlength=k) == 0
-    if empty.any():
-        dense = templates.dense.copy()
-        dense[empty] = model.dense[empty]
-        from spikesort.stages.templates import sparsify
-
-        templates = sparsify(dense, pre=run.pre)
+    dense[empty] = model.dense[empty]
+    templates = sparsify(dense, pre=run.pre)
     m = model.bases.shape[0]
     det = Detected(sign=model.sign, bases=model.bases, filter_sd=model.filter_sd, spikes=Detections.empty(1, m))
     prep = Preprocessed(model=model.prep, saturated=np.zeros((0, 2), np.int64))

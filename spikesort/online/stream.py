@@ -2,35 +2,45 @@
 
 Each chunk (at most ``max_chunk_s`` of new samples, plus a margin each side for the zero-phase
 filter and the template windows) is preprocessed with the warm-up's model, template-matched with
-the offline kernels, and its spikes are emitted (CSV, ZeroMQ, the Python iterator). The matching
+the offline kernels, and its spikes are emitted (CSV, ZeroMQ, the Python iterator). A chunk is
+cut into one piece per thread, sorted side by side (the kernels release the GIL). The matching
 residual's detections feed the pool of unexplained spikes (new units, :mod:`.discover`); matched
 spikes' positions feed the rigid drift tracker (:mod:`.drift`).
+
+Live first: the newest data go first. When more than ``catch_up_s`` wait (the warm-up's sort
+took that long, the machine was busy), the live lane jumps to the newest chunk and the skipped
+stretch is sorted behind it, in order, by a catch-up lane whenever the live lane has nothing
+to do. So a delay costs latency only to the spikes recorded during it, not to every spike until
+the sorter has caught up. Each lane follows the drift on its own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
-from spikesort.pipeline.traces import TraceStore
-from spikesort.stages.detect import detect_block, envelope_bank
+from spikesort.stages.detect import Detections, detect_block, envelope_bank
 from spikesort.stages.export import phy_whitening
 from spikesort.stages.geometry import neighbor_table
-from spikesort.stages.match import channel_candidates, match_block
-from spikesort.stages.preprocess import preprocess_chunk
-from spikesort.stages.templates import filtered_templates
+from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block
+from spikesort.stages.templates import filtered_templates, sparsify
 
 from .emit import OnlineBatch
-from .source import GrowingSource, WriterRestarted
+from .source import GrowingSource
+from .store import Whitener
+from .watch import WriterWatch
 
 log = logging.getLogger(__name__)
 
 # the templates follow the drift estimate in steps of this much (each move rebuilds the matching tables)
 DRIFT_STEP_UM = 3.0
+# a chunk is cut into pieces (one per thread) only when each piece gets at least this much
+MIN_PIECE_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class OnlineOptions:
     warmup_s: float = 120.0  # sorted offline first: whitening, templates, drift reference
     chunk_s: float = 0.5  # a batch is sorted once this much new data is there...
     max_chunk_s: float = 1.0  # ...and holds at most this much (a backlog is worked off in these)
+    catch_up_s: float = 2.0  # more than this waiting: the newest data go first, the rest behind
     recluster_s: float = 30.0  # how often the pool of unexplained spikes is clustered
     pool_s: float = 120.0  # how far back the pool reaches
     min_new_unit_spikes: int = 30
@@ -50,9 +61,30 @@ class OnlineOptions:
     track_drift: bool = True
 
 
+@dataclass
+class Tables:
+    """The matching tables of the templates at one probe position."""
+
+    templates: object
+    cand: np.ndarray
+    filtered: np.ndarray
+
+
+class Lane:
+    """A sequential pass with its own drift estimate: ``done`` is its first unsorted sample;
+    ``stop`` None for the live lane (it follows the writer), the end of the stretch otherwise."""
+
+    def __init__(self, name: str, *, done: int, stop: int | None = None, shift_um: float = 0.0, tracker=None):
+        self.name, self.done, self.stop, self.shift_um, self.tracker = name, int(done), stop, float(shift_um), tracker
+
+    def left(self) -> int:
+        return 0 if self.stop is None else max(0, self.stop - self.done)
+
+
 class Streamer:
-    """The per-chunk sorter and the writer watch. ``model`` is an OnlineModel; ``store`` the
-    whitened-trace file (the warm-up's, extended); ``done`` the first sample not yet sorted."""
+    """The lanes, their shared matching state and the writer watch. ``model`` is an
+    OnlineModel; ``store`` a RingStore (the warm-up's whitened traces, continued); ``done`` the
+    first sample not yet sorted; ``new_tracker()`` makes a lane's drift tracker (None: off)."""
 
     def __init__(
         self,
@@ -62,22 +94,22 @@ class Streamer:
         info,
         params,
         options: OnlineOptions,
-        store: TraceStore,
+        store,
         done: int,
         pre: int,
         nt: int,
         margin: int,
         exclusion: int,
         pool,
-        tracker=None,
     ):
         self.source, self.model, self.info, self.p, self.o = source, model, info, params, options
-        self.store, self.done, self.pre, self.nt, self.margin, self.exclusion = store, done, pre, nt, margin, exclusion
-        self.pool, self.tracker = pool, tracker
+        self.store, self.pre, self.nt, self.margin, self.exclusion = store, pre, nt, margin, exclusion
+        self.pool = pool
         fs = info.sampling_rate_hz
         self.fs = fs
         self.chunk = max(1, int(round(options.chunk_s * fs)))
         self.max_chunk = max(self.chunk, int(round(options.max_chunk_s * fs)))
+        self.catch_up = max(self.max_chunk, int(round(options.catch_up_s * fs)))
         good = model.prep.good_channels
         self.peak_nb = neighbor_table(
             positions_um=info.positions_um,
@@ -99,177 +131,192 @@ class Streamer:
             center_radius_um=params.detect_radius_um,
         )
         _, self.w_inv_uv = phy_whitening(model.prep.whitening, info.gains_to_uv)
-        self.shift_um = 0.0
-        self.set_templates()
-        # the writer watch
-        now = time.monotonic()
-        self.n_seen = source.n_samples
-        self.last_growth = now
-        self.arrivals: deque = deque(maxlen=4000)  # (wall time, samples in the file) when it grew
-        self.stalled = self.behind = self.writer_slow = False
-        self.last_progress = now
-        self.latencies: deque = deque(maxlen=20000)
+        self.new_tracker = lambda: None
+        self.live = Lane("live", done=done)
+        self.gaps: deque = deque()  # [start, stop, shift_um] stretches the live lane skipped, oldest first
+        self.behind_lane: Lane | None = None
+        self._tables: dict = {}
+        self.wh = Whitener(
+            source,
+            model=model.prep,
+            margin=margin,
+            n_jobs=params.n_jobs or os.cpu_count() or 1,
+            min_piece=int(MIN_PIECE_S * fs),
+        )
+        self.watch = WriterWatch(source, options=options, sampling_rate_hz=fs)
         self.n_spikes = 0
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def done(self) -> int:
+        """The live lane's first unsorted sample (everything before it is sorted but the gaps)."""
+        return self.live.done
+
+    @property
+    def tracking(self) -> bool:
+        return self.live.tracker is not None
+
+    def start_tracking(self, new_tracker) -> None:
+        self.new_tracker = new_tracker
+        self.live.tracker = new_tracker()
+
+    def lanes(self) -> list[Lane]:
+        return [lane for lane in (self.live, self.behind_lane) if lane is not None]
+
+    def waiting(self, n: int) -> int:
+        """Samples in the file not sorted yet: the live lane's backlog and the gaps'."""
+        gaps = sum(b - a for a, b, _ in self.gaps) - (
+            self.behind_lane.done - self.gaps[0][0] if self.behind_lane else 0
+        )
+        return max(0, n - self.live.done) + gaps
+
+    def backlog_s(self, n: int) -> float:
+        return self.waiting(n) / self.fs
+
+    def poll(self) -> int | None:
+        return self.watch.poll(backlog_samples=self.waiting, sorted_s=self.live.done / self.fs, info=self._progress)
+
+    def _progress(self) -> tuple[int, int]:
+        return self.n_spikes, self.model.n_units
+
+    @property
+    def stalled(self) -> bool:
+        return self.watch.stalled
+
+    def close(self) -> None:
+        self.wh.close()
 
     # ------------------------------------------------------------------ templates
 
-    def set_templates(self) -> None:
-        """Matching tables for the current templates, moved by the tracked drift."""
-        dense = self.model.dense
-        if self.tracker is not None and abs(self.shift_um) > 0:
-            dense = self.tracker.move(dense, self.shift_um)
-        from spikesort.stages.templates import sparsify
+    def tables(self, shift_um: float) -> Tables:
+        """Matching tables for the current templates, moved by ``shift_um`` of drift (cached)."""
+        t = self._tables.get(shift_um)
+        if t is None:
+            dense = self.model.dense
+            if shift_um and self.live.tracker is not None:
+                dense = self.live.tracker.move(dense, shift_um)
+            templates = sparsify(dense, pre=self.pre)
+            t = Tables(
+                templates=templates,
+                cand=channel_candidates(templates, n_channels=self.info.n_channels),
+                filtered=filtered_templates(templates, self.model.bases[0]),
+            )
+            self._tables = {s: v for s, v in self._tables.items() if any(s == ln.shift_um for ln in self.lanes())}
+            self._tables[shift_um] = t
+        return t
 
-        self.templates = sparsify(dense, pre=self.pre)
-        self.cand = channel_candidates(self.templates, n_channels=self.info.n_channels)
-        self.filtered = filtered_templates(self.templates, self.model.bases[0])
+    def templates_changed(self) -> None:
+        self._tables.clear()
 
-    # ------------------------------------------------------------------ the writer watch
+    # ------------------------------------------------------------------ what to sort next
 
-    def poll(self) -> int | None:
-        """Samples available now; None when the run must stop (the file shrank or was replaced, or
-        no new data came for idle_stop_s). Logs the writer's and the sorter's troubles, once each."""
-        now = time.monotonic()
-        try:
-            n = self.source.poll()
-        except WriterRestarted as exc:
-            log.error("%s: stopping, the Phy folder holds what was sorted before", exc)
-            return None
-        if n > self.n_seen:
-            if self.stalled:
-                log.info("the writer resumed after %.1f s without new data", now - self.last_growth)
-                self.stalled = False
-            self.n_seen, self.last_growth = n, now
-            self.arrivals.append((now, n))
-            self._writer_rate(now)
-        else:
-            idle = now - self.last_growth
-            if idle >= self.o.stall_s and not self.stalled:
-                log.warning(
-                    "the writer has stalled: no new data for %.0f s (the file ends at %.1f s of recording)",
-                    idle,
-                    n / self.fs,
-                )
-                self.stalled = True
-            if self.o.idle_stop_s is not None and idle >= self.o.idle_stop_s:
-                log.info("no new data for %.0f s: stopping", idle)
-                return None
-        backlog = (n - self.done) / self.fs
-        if backlog > self.o.behind_s and not self.behind:
-            log.warning("the sorter is behind the writer: %.1f s of data wait to be sorted", backlog)
-            self.behind = True
-        elif self.behind and backlog < 1.0:
-            log.info("the sorter caught up with the writer (backlog %.2f s)", backlog)
-            self.behind = False
-        if now - self.last_progress >= self.o.progress_s:
-            self.last_progress = now
-            lat = np.asarray(self.latencies)
-            p95 = f"{np.percentile(lat, 95):.2f} s" if len(lat) else "-"
+    def next_work(self, n: int, *, final: bool = False) -> tuple[Lane, int] | None:
+        """(lane, end of its next chunk) with ``n`` samples in the file, or None to wait.
+        ``final``: the writer stopped, sort up to the file's end without a right margin."""
+        avail = n if final else n - self.margin
+        live = self.live
+        if not final and avail - live.done > self.catch_up:
+            new = avail - self.chunk
+            self.gaps.append([live.done, new, live.shift_um])
             log.info(
-                "online: %.1f s sorted, backlog %.2f s, %d spikes, %d units, latency p95 %s",
-                self.done / self.fs,
-                backlog,
-                self.n_spikes,
-                self.model.n_units,
-                p95,
+                "%.1f s wait to be sorted: the newest data go first, %.1f-%.1f s is sorted behind them",
+                (avail - live.done) / self.fs,
+                live.done / self.fs,
+                new / self.fs,
             )
-        return n
+            live.done = new
+        if avail - live.done >= (1 if final else self.chunk):
+            return live, min(avail, live.done + self.max_chunk)
+        lane = self._behind()
+        if lane is not None:
+            return lane, min(lane.stop, lane.done + self.max_chunk)
+        return None
 
-    def _writer_rate(self, now: float) -> None:
-        """Warn once when the file grew slower than real time over the last 10 s (the writer is behind)."""
-        old = [a for a in self.arrivals if now - a[0] >= 10.0]
-        if not old:
-            return
-        t0, n0 = old[-1]
-        rate = (self.n_seen - n0) / self.fs / (now - t0)
-        if rate < 0.9 and not self.writer_slow:
-            log.warning(
-                "the writer is behind real time: the file grew %.2f s per second over the last %.0f s", rate, now - t0
-            )
-            self.writer_slow = True
-        elif rate >= 0.98 and self.writer_slow:
-            log.info("the writer is back at real time")
-            self.writer_slow = False
-
-    def backlog_s(self, n: int) -> float:
-        return (n - self.done) / self.fs
-
-    def arrival_time(self, samples: np.ndarray) -> np.ndarray:
-        """Wall (monotonic) time at which each sample was first seen in the file (NaN: before the watch)."""
-        if not self.arrivals:
-            return np.full(len(samples), np.nan)
-        t, n = np.asarray(self.arrivals).T
-        i = np.searchsorted(n, samples, side="right")
-        out = np.full(len(samples), np.nan)
-        ok = i < len(n)
-        out[ok] = t[i[ok]]
-        return out
+    def _behind(self) -> Lane | None:
+        """The lane sorting the oldest gap (made when a gap starts, dropped when it is done)."""
+        lane = self.behind_lane
+        if lane is not None and lane.done >= lane.stop:
+            self.gaps.popleft()
+            lane = self.behind_lane = None
+        if lane is None and self.gaps:
+            start, stop, shift = self.gaps[0]
+            lane = self.behind_lane = Lane("behind", done=start, stop=stop, shift_um=shift, tracker=self.new_tracker())
+        return lane
 
     # ------------------------------------------------------------------ sorting
 
-    def ready(self, n: int, *, final: bool = False) -> int | None:
-        """End of the next chunk to sort with ``n`` samples in the file, or None to wait."""
-        avail = n if final else n - self.margin
-        if avail - self.done >= (1 if final else self.chunk):
-            return min(avail, self.done + self.max_chunk)
-        return None
+    def _store(self, start: int, w: np.ndarray) -> None:
+        # a stretch sorted behind the live lane may be older than the ring reaches: not kept
+        oldest = self.live.done - self.store.capacity + self.max_chunk + self.margin
+        if start + len(w) > oldest:
+            skip = max(0, oldest - start)
+            self.store.write(start + skip, w[skip:])
 
-    def sort_chunk(self, stop: int, n: int, index: int) -> OnlineBatch:
-        start = self.done
-        rs, re = max(0, start - self.margin), min(n, stop + self.margin)
-        raw = self.source.read(rs, re)
-        w = preprocess_chunk(raw, model=self.model.prep)
-        ks, ke = start - rs, stop - rs
-        self.store.write(start, w[ks:ke])
-        self.store.n_samples = stop
+    def sort(self, lane: Lane, stop: int, n: int, index: int) -> OnlineBatch:
+        start = lane.done
+        tab = self.tables(lane.shift_um)
         p, m = self.p, self.model
-        spikes, resid = match_block(
-            w,
-            keep_start=ks,
-            keep_stop=ke,
-            offset=rs,
-            templates=self.templates,
-            chan_templates=self.cand,
-            sign=m.sign,
-            detect_threshold=p.match_detect_threshold,
-            peak_neighbors=self.peak_nb,
-            exclusion=self.exclusion,
-            match_threshold=p.match_threshold,
-            iterations=p.match_iterations,
-            max_lag=2,
-            amplitude_range=p.amplitude_range,
-            bases=m.bases,
-            filter_sd=m.filter_sd,
-            filtered=self.filtered,
-        )
-        if self.pool is not None or self.tracker is not None:
-            det = detect_block(
-                resid if self.tracker is None else w,
+
+        def one(a, b):
+            w, rs = self.wh.whitened(a, b, n)
+            ks, ke = a - rs, b - rs
+            self._store(a, w[ks:ke])
+            spikes, resid = match_block(
+                w,
                 keep_start=ks,
                 keep_stop=ke,
                 offset=rs,
+                templates=tab.templates,
+                chan_templates=tab.cand,
                 sign=m.sign,
-                threshold=p.detect_threshold,
-                universal_threshold=p.universal_threshold,
+                detect_threshold=p.match_detect_threshold,
                 peak_neighbors=self.peak_nb,
-                feature_neighbors=self.feat_nb,
-                bank=self.bank,
-                bases=m.bases,
-                pre=self.pre,
                 exclusion=self.exclusion,
-                positions_um=self.info.positions_um,
+                match_threshold=p.match_threshold,
+                iterations=p.match_iterations,
+                max_lag=2,
+                amplitude_range=p.amplitude_range,
+                bases=m.bases,
                 filter_sd=m.filter_sd,
+                filtered=tab.filtered,
             )
-            if self.tracker is not None:
+            det = None
+            if self.pool is not None or lane.tracker is not None:
+                det = detect_block(
+                    resid if lane.tracker is None else w,
+                    keep_start=ks,
+                    keep_stop=ke,
+                    offset=rs,
+                    sign=m.sign,
+                    threshold=p.detect_threshold,
+                    universal_threshold=p.universal_threshold,
+                    peak_neighbors=self.peak_nb,
+                    feature_neighbors=self.feat_nb,
+                    bank=self.bank,
+                    bases=m.bases,
+                    pre=self.pre,
+                    exclusion=self.exclusion,
+                    positions_um=self.info.positions_um,
+                    filter_sd=m.filter_sd,
+                )
+            return spikes, det
+
+        parts = self.wh.map(one, self.wh.pieces(start, stop))
+        spikes = MatchedSpikes.concat([s for s, _ in parts])
+        if parts[0][1] is not None:
+            det = Detections.concat([d for _, d in parts])
+            if lane.tracker is not None:
                 explained = _near(det.times, spikes.times, self.exclusion)
-                self.tracker.observe(det.take(np.flatnonzero(explained)), spikes, now=stop)
+                lane.tracker.observe(det.take(np.flatnonzero(explained)), spikes, now=stop)
                 det = det.take(np.flatnonzero(~explained))
             if self.pool is not None:
                 self.pool.add(det)
-        self.done = stop
+        lane.done = stop
+        self.store.n_samples = max(self.store.n_samples, stop)
         self.n_spikes += len(spikes.times)
-        if self.tracker is not None:
-            self._follow_drift()
+        if lane.tracker is not None:
+            self._follow_drift(lane)
         return OnlineBatch(
             index=index,
             chunk_start=start,
@@ -278,23 +325,21 @@ class Streamer:
             units=spikes.templates.astype(np.int32),
             amplitudes=spikes.amplitudes.astype(np.float32),
             emitted_unix_s=time.time(),
+            drift_um=lane.shift_um,
         )
 
-    def _follow_drift(self) -> None:
-        est = self.tracker.estimate()
+    def _follow_drift(self, lane: Lane) -> None:
+        est = lane.tracker.estimate()
         if est is None:
             return
         est = est if abs(est) >= DRIFT_STEP_UM else 0.0
-        if abs(est - self.shift_um) >= DRIFT_STEP_UM or (est == 0.0 and self.shift_um != 0.0):
-            log.debug("drift: templates moved to %+.1f µm at %.1f s", est, self.done / self.fs)
-            self.shift_um = est
-            self.tracker.history.append((self.done, est))
-            self.set_templates()
+        if abs(est - lane.shift_um) >= DRIFT_STEP_UM or (est == 0.0 and lane.shift_um != 0.0):
+            log.debug("drift (%s): templates moved to %+.1f µm at %.1f s", lane.name, est, lane.done / self.fs)
+            lane.shift_um = est
+            lane.tracker.history.append((lane.done, est))
 
     def note_emitted(self, batch: OnlineBatch, emitted_monotonic: float) -> None:
-        if len(batch):
-            lat = emitted_monotonic - self.arrival_time(batch.samples)
-            self.latencies.extend(lat[np.isfinite(lat)].tolist())
+        self.watch.note_emitted(batch.samples, emitted_monotonic)
 
 
 def _near(times: np.ndarray, matched: np.ndarray, window: int) -> np.ndarray:
