@@ -346,7 +346,10 @@ def fit_preprocessing(
     cov = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
     noise_sd = np.median([p[2] for p in parts], axis=0)
     sample = np.concatenate([p[3] for p in parts])
-    gains = reference_gains(parts, cov=cov, good=good)
+    # on a probe where one spike reaches a good part of the channels the reference carries the
+    # spikes too, and a fit on it would take part of every unit out (a 16-channel, 2-column
+    # probe: one unit's template correlated 0.875 with its true one)
+    gains = reference_gains(parts, cov=cov, good=good) if _reach(positions_um) <= REFERENCE_GAIN_MAX_REACH else None
     if gains is not None:
         log.info(
             "the common reference carries a signal the channels see at different sizes (mains hum?): "
@@ -385,6 +388,20 @@ def fit_preprocessing(
 # then removed, where the plain median leaves each channel its own share of it. On clean
 # recordings the reference explains under 1% (0.2-0.6% on the benchmark's) and is subtracted as is.
 REFERENCE_GAIN_MIN_EXPLAINED = 0.05
+
+
+# ... and only on probes where a typical channel has at most this share of the channels within
+# REFERENCE_FOOTPRINT_UM (a 64-channel NP1 slice: 12 %; a 2 x 8 probe at 20 µm: 60 %)
+REFERENCE_GAIN_MAX_REACH = 0.25
+
+
+def _reach(positions_um: np.ndarray) -> float:
+    """The share of the probe's channels within REFERENCE_FOOTPRINT_UM of a typical channel."""
+    pos = np.asarray(positions_um, dtype=np.float64)
+    if len(pos) == 0:
+        return 1.0
+    dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
+    return float(np.median(np.sum(dist <= REFERENCE_FOOTPRINT_UM, axis=1))) / len(pos)
 
 
 def reference_gains(parts, *, cov: np.ndarray, good: np.ndarray) -> np.ndarray | None:
