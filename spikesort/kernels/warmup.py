@@ -236,7 +236,9 @@ def _child(names: list[str]) -> None:
     for dispatcher, sig in _kernels():
         if _name(dispatcher) in wanted:
             _compile([(dispatcher, sig)])
-            print(_name(dispatcher), flush=True)
+            # the protocol with the parent: one line per kernel now in the cache
+            sys.stdout.write(_name(dispatcher) + "\n")
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":
