@@ -227,6 +227,37 @@ def test_keyboard_interrupt(noise_bin, tmp_path, monkeypatch):
     assert "Traceback" not in r.output + r.stderr
 
 
+def test_ctrl_c_inside_a_compiled_kernel_is_an_interrupt(noise_bin, tmp_path, monkeypatch):
+    # numba hands a Ctrl-C that lands inside a kernel back as a SystemError caused by the KeyboardInterrupt
+    import spikesort.pipeline
+
+    def interrupted_in_kernel(*a, **kw):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("CPUDispatcher(detect_peaks_rows) returned a result with an exception set") from exc
+
+    monkeypatch.setattr(spikesort.pipeline, "sort", interrupted_in_kernel)
+    r = _invoke("run", noise_bin, "-o", tmp_path / "out", *AS_32_CHANNELS)
+    assert r.exit_code == 130
+    assert r.stderr.strip().splitlines()[-1] == "spikesort: interrupted"
+    assert "internal error" not in r.stderr
+
+
+def test_a_system_error_of_our_own_stays_an_internal_error(noise_bin, tmp_path, monkeypatch):
+    import spikesort.pipeline
+
+    def broken(*a, **kw):
+        raise SystemError("a real bug")
+
+    monkeypatch.setattr(spikesort.pipeline, "sort", broken)
+    r = _invoke("run", noise_bin, "-o", tmp_path / "out", *AS_32_CHANNELS)
+    assert r.exit_code == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("spikesort: internal error: SystemError: a real bug")
+    Path(last.rsplit("(details in ", 1)[1].rstrip(")")).unlink(missing_ok=True)
+
+
 def test_disk_full_is_a_user_error(noise_bin, tmp_path, monkeypatch):
     import errno
 

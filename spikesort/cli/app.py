@@ -155,6 +155,21 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
+def stop_request(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM behind ``exc``, if any.
+
+    A signal that lands while a numba kernel runs surfaces as ``SystemError: ... returned a result with an
+    exception set``, caused by the KeyboardInterrupt: that is the user stopping the run, not a bug.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (KeyboardInterrupt, _Terminated)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 class _Group(click.Group):
     """A click group whose every failure is one line on stderr (never click's usage block)."""
 
@@ -192,8 +207,14 @@ class _Group(click.Group):
             else:  # disk full, read-only or forbidden folder: the user can fix these
                 where = f": {exc.filename}" if exc.filename else ""
                 failure, code = f"error: {exc.strerror or exc}{where}", EXIT_USAGE
-        except Exception as exc:  # a bug: one line here, the traceback in the log file
-            failure, code = _internal_error(exc), EXIT_INTERNAL
+        except Exception as exc:
+            stop = stop_request(exc)
+            if isinstance(stop, KeyboardInterrupt):
+                failure, code = "interrupted", EXIT_INTERRUPTED
+            elif stop is not None:
+                failure, code = "terminated (SIGTERM)", EXIT_TERMINATED
+            else:  # a bug: one line here, the traceback in the log file
+                failure, code = _internal_error(exc), EXIT_INTERNAL
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

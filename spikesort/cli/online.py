@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .app import PROG, _start_log, _Terminated, main
+from .app import PROG, _start_log, _Terminated, main, stop_request
 from .options import resolve_params
 
 log = logging.getLogger("spikesort.cli")
@@ -150,9 +150,12 @@ def online(
                 cmd_log.adopt(output)
             n_batches += 1
             n_spikes += len(batch)
-    except (KeyboardInterrupt, _Terminated) as exc:
+    except (KeyboardInterrupt, _Terminated, SystemError) as exc:
+        stop = stop_request(exc)
+        if stop is None:
+            raise
         # the normal way to stop: the generator wrote the Phy folder on its way out
-        log.info("stopped by %s", "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM")
+        log.info("stopped by %s", "Ctrl-C" if isinstance(stop, KeyboardInterrupt) else "SIGTERM")
     params_py = output / "params.py"
     click.echo(f"{PROG} online: {n_spikes} spikes in {n_batches} batches, {time.perf_counter() - t0:.1f} s")
     click.echo(f"  spikes:        {output / 'online' / 'spikes.csv'}")

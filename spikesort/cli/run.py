@@ -18,7 +18,7 @@ from spikesort.errors import SpikesortError
 from spikesort.io.formats import FORMATS
 from spikesort.layout import PARAMS_PY
 
-from .app import PROG, _start_log, _Terminated, main
+from .app import PROG, _start_log, _Terminated, main, stop_request
 from .options import _check_output_folder, _RunCommand, _with_param_options, resolve_params
 
 log = logging.getLogger("spikesort.cli")
@@ -160,7 +160,9 @@ def run(
                 f"{exc.strerror or 'disk full'}{where} (free some space, then run the same "
                 f"command with --resume to continue)"
             ) from None
-        except (KeyboardInterrupt, _Terminated):
+        except (KeyboardInterrupt, _Terminated, SystemError) as exc:
+            if stop_request(exc) is None:
+                raise
             from spikesort.pipeline.checkpoints import is_complete
 
             if output.is_dir() and not is_complete(output):
