@@ -131,6 +131,9 @@ def streamed(recording, tmp_path_factory):
             n_channels=N_CH,
             dtype="int16",
             publish=address,
+            # the preprocessing fitted at 8 s of the 15 s warm-up (on 8 one-second blocks), the rest
+            # of the stretch whitened and detected as it is written
+            params={"whitening_n_chunks": 8},
             warmup_s=WARMUP_S,
             recluster_s=6.0,
             idle_stop_s=4.0,
@@ -178,6 +181,7 @@ def test_a_unit_that_starts_after_the_warmup_gets_a_new_id(streamed, recording):
     assert reported and reported[0].chunk_stop - first <= 60 * FS
     # its first template (from its pooled spikes) was rebuilt from the spikes it matched since
     assert any(m.startswith(f"unit {int(late)}: template rebuilt with") for _, m in streamed["lines"])
+    assert any(m.startswith("warm-up: preprocessing fitted on 8.0 s") for _, m in streamed["lines"])
     # the ids of the warm-up's units kept their meaning: each still matches one ground-truth unit
     well = cmp.get_well_detected_units(0.8)
     assert len(well) >= N_UNITS - 2

@@ -254,7 +254,10 @@ class OnlineRun:
             progress=False,
         )
         margin = self._margin(run)
-        # the rest of the stretch is whitened as it is written
+        t0 = time.perf_counter()
+        detector = warmup.StretchDetector(run, prep=prep, store=store, margin=margin)
+        log.info("warm-up: detection set up on %.1f s (%.1f s)", n_fit / self.fs, time.perf_counter() - t0)
+        # the rest of the stretch is whitened and detected as it is written
         wh = Whitener(
             self.source,
             model=prep.model,
@@ -271,6 +274,8 @@ class OnlineRun:
                 stop = min(end, whitened[0] + int(4 * self.o.max_chunk_s * self.fs))
                 wh.into(store, whitened[0], stop, have)
                 whitened[0] = stop
+                # detection needs a margin of whitened traces after it (or the stretch's end)
+                detector.advance(n_warm if stop >= n_warm else stop - margin)
 
         try:
             if not self._wait_for(n_warm + margin, work=follow):
@@ -280,9 +285,11 @@ class OnlineRun:
             wh.close()
         t0 = time.perf_counter()
         store.n_samples = n_warm
+        detector.advance(n_warm)
         warmed = warmup.sort_stretch(
             rec_probe(probe=self.probe, n_samples=n_warm),
             prep=prep,
+            det=detector.result(),
             params=self.params,
             store=store,
             progress=self.progress,

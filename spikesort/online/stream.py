@@ -218,8 +218,10 @@ class Streamer:
         live = self.live
         if not final and avail - live.done > self.catch_up:
             new = avail - self.chunk
+            # once per episode: a machine too slow for the stream jumps again and again
+            say = log.debug if self.gaps else log.info
             self.gaps.append([live.done, new, live.shift_um])
-            log.info(
+            say(
                 "%.1f s wait to be sorted: the newest data go first, %.1f-%.1f s is sorted behind them",
                 (avail - live.done) / self.fs,
                 live.done / self.fs,
