@@ -36,6 +36,7 @@ from spikesort.stages.merges import (
     drift_split_groups,
     drop_refractory_doubles,
     footprint_merges,
+    independence_test,
     merge_similar_templates,
     refractory_merges,
     relabel,
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 # the refractory merge test compares coincidences with the rates of the two units over stretches
 # this long: long enough for several spikes a bin, short enough to see a 30 s drift step
 REFRACTORY_RATE_BIN_S = 10.0
+# one spike fitted by the templates of two pieces of a neuron: the two fits land this close
+DOUBLE_FIT_MS = 0.5
 # subtraction residues are looked for up to the template window plus this much on either side
 RESIDUE_EXTRA_MS = 1.0
 
@@ -346,7 +349,14 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         """The pieces of a neuron whose spikes shrink in bursts: one footprint at several sizes."""
         sizes = np.bincount(spikes.templates, minlength=templates.n_templates)
         uv = templates.dense @ w_inv_uv.astype(np.float32)
-        groups = footprint_merges(templates.dense, uv, sizes, max_lag=3)
+        independent = independence_test(
+            spikes,
+            refractory=int(round(p.refractory_ms * fs / 1000)),
+            double_fit=int(round(DOUBLE_FIT_MS * fs / 1000)),
+            duration=info.n_samples,
+            rate_bin=int(round(REFRACTORY_RATE_BIN_S * fs)),
+        )
+        groups = footprint_merges(templates.dense, uv, sizes, max_lag=3, independent=independent)
         if len(groups) == templates.n_templates:
             return spikes, templates
         spikes = apply_groups(spikes, groups)
