@@ -632,3 +632,16 @@ def test_a_pool_cluster_locked_to_one_unit_is_its_echo():
     # a neuron of its own, firing independently: only chance coincidences
     own = np.sort(rng.choice(3_000_000, 200, replace=False))
     assert locked_to(own, m_times, m_units, window=91)[1] < 0.2
+
+
+def test_the_pool_keeps_one_detection_per_event():
+    from spikesort.online.discover import strongest_per_event
+    from spikesort.stages.detect import Detections
+
+    times = np.array([1000, 1040, 1090, 1500, 1520, 3000])
+    amps = np.array([20.0, 6.0, 5.0, 9.0, 8.0, 7.0], np.float32)
+    # the second event's two detections are 150 µm apart: two neurons, both kept
+    pos = np.array([[0, 100], [0, 110], [10, 95], [0, 300], [0, 450], [0, 100]], np.float32)
+    det = Detections(times, np.zeros(6, np.int64), amps, amps, pos, np.zeros((6, 2, 3), np.float32))
+    kept = strongest_per_event(det, window=91, radius_um=60.0)
+    np.testing.assert_array_equal(kept.times, [1000, 1500, 1520, 3000])

@@ -178,6 +178,27 @@ def locked_to(times: np.ndarray, m_times: np.ndarray, m_units: np.ndarray, *, wi
     return int(unit), counts[unit] / len(times)
 
 
+def strongest_per_event(det: Detections, *, window: int, radius_um: float) -> Detections:
+    """The pool's detections less those within ``window`` samples and ``radius_um`` of a larger one.
+
+    A spike that no unit explains crosses threshold more than once: at its trough and at later
+    phases of its waveform. Pooled, those later crossings would cluster into an echo of it."""
+    if len(det) < 2:
+        return det
+    order = np.argsort(-det.amplitudes, kind="stable")
+    kept: list[int] = []
+    for i in order:
+        if kept:
+            k = np.asarray(kept)
+            near = (np.abs(det.times[k] - det.times[i]) <= window) & (
+                np.hypot(*(det.positions_um[k] - det.positions_um[i]).T) <= radius_um
+            )
+            if near.any():
+                continue
+        kept.append(int(i))
+    return det.take(np.sort(np.asarray(kept)))
+
+
 def realigned(times: np.ndarray, labels: np.ndarray, *, dense: np.ndarray, pre: int, sign: int) -> np.ndarray:
     """Spike times moved so that each cluster's template has its ``sign`` peak (the trough, for
     negative spikes, as detection aligns them) at ``pre`` on its main channel.
@@ -238,7 +259,9 @@ def discover(
     snr = template_snr(tpl.dense @ whitening_inv_uv.astype(np.float32), noise_uv)
     sizes = np.bincount(labels[labels >= 0], minlength=cl.n_units)
     accepted, spikes = [], []
-    for u in np.argsort(-sizes, kind="stable"):
+    m_times, m_units = matched if matched is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    # the largest first: a neuron and its echo found together, the echo is then refused as locked to it
+    for u in np.argsort(-tpl.norm2, kind="stable"):
         if (
             sizes[u] < min_spikes
             or np.sqrt(tpl.norm2[u]) < params.universal_threshold
@@ -251,19 +274,17 @@ def discover(
         if sim >= max_similar:
             log.debug("pool cluster of %d spikes resembles a unit (%.2f): not new", sizes[u], sim)
             continue
-        if matched is not None:
-            unit, share = locked_to(times[labels == u], *matched, window=nt)
-            if share >= MAX_LOCKED_SHARE:
-                log.debug(
-                    "pool cluster of %d spikes: %.0f%% follow unit %d within %d samples",
-                    sizes[u],
-                    100 * share,
-                    unit,
-                    nt,
-                )
-                continue
+        own = np.sort(times[labels == u])
+        unit, share = locked_to(own, m_times, m_units, window=nt)
+        if share >= MAX_LOCKED_SHARE:
+            log.debug("pool cluster of %d spikes: %.0f%% near unit %d's spikes", sizes[u], 100 * share, unit)
+            continue
         accepted.append(tpl.dense[u])
-        spikes.append(np.sort(times[labels == u]))
+        spikes.append(own)
+        # new units are numbered after the existing ones: -1, -2... stand for them until then
+        order = np.argsort(np.concatenate([m_times, own]), kind="stable")
+        m_times = np.concatenate([m_times, own])[order]
+        m_units = np.concatenate([m_units, np.full(len(own), -len(accepted), m_units.dtype)])[order]
     if not accepted:
         return none
     return NewUnits(dense=np.asarray(accepted, np.float32), spikes=spikes)

@@ -31,6 +31,7 @@ from spikesort.stages.geometry import neighbor_table
 from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block, poorly_fit
 from spikesort.stages.templates import filtered_templates, sparsify
 
+from .discover import strongest_per_event
 from .emit import OnlineBatch
 from .source import GrowingSource
 from .store import Whitener
@@ -317,7 +318,7 @@ class Streamer:
                 lane.tracker.observe(det.take(np.flatnonzero(explained)), spikes, now=stop)
                 det = det.take(np.flatnonzero(~explained))
             if self.pool is not None:
-                self.pool.add(det)
+                self.pool.add(strongest_per_event(det, window=self.nt, radius_um=self.p.detect_radius_um))
         lane.done = stop
         self.store.n_samples = max(self.store.n_samples, stop)
         self.n_spikes += len(spikes.times)

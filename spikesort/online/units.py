@@ -90,9 +90,9 @@ class UnitFinder:
             m_times = np.concatenate([t for t, _ in self.matched])
             m_units = np.concatenate([u for _, u in self.matched])
             order = np.argsort(m_times, kind="stable")
-            matched = (m_times[order], m_units[order])
+            known = (m_times[order], m_units[order])
         else:
-            matched = (np.zeros(0, np.int64), np.zeros(0, np.int32))
+            known = (np.zeros(0, np.int64), np.zeros(0, np.int32))
         refine = {}
         times = np.concatenate([t for t, _ in self.recent]) if self.recent else np.zeros(0, np.int64)
         units = np.concatenate([u for _, u in self.recent]) if self.recent else np.zeros(0, np.int32)
@@ -113,10 +113,10 @@ class UnitFinder:
             # tracker caught up, come back as a second unit)
             shifts = _shifts_since(tracker.history, oldest, s.live.shift_um)
             existing = np.concatenate([tracker.move(existing, sh) if sh else existing for sh in shifts])
-        self.job = self.thread.submit(self._work, snap, refine, existing, matched, s.live.shift_um, now, seed)
+        self.job = self.thread.submit(self._work, snap, refine, existing, known, s.live.shift_um, now, seed)
         return True
 
-    def _work(self, snap, refine: dict, existing: np.ndarray, matched, shift_um: float, now: int, seed) -> _Found:
+    def _work(self, snap, refine: dict, existing: np.ndarray, known, shift_um: float, now: int, seed) -> _Found:
         r, s = self.run, self.run.streamer
         t0 = time.perf_counter()
         rng = np.random.default_rng(seed)
@@ -136,7 +136,7 @@ class UnitFinder:
                 max_similar=r.o.new_unit_max_similarity,
                 rng=rng,
                 sign=r.model.sign,
-                matched=matched,
+                matched=known,
             )
         refined = {}
         if refine:
