@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -241,8 +242,11 @@ def write_growing(
     marks = np.zeros((-(-total // block), 2))
     t0 = time.time()
     paused = False
+    parent = os.getppid()
     with open(src, "rb") as fin, open(dst, "ab") as fh:
         for i, start in enumerate(range(0, total, block)):
+            if os.getppid() != parent:  # the replay that started this writer is gone: so is its file
+                return
             stop = min(total, start + block)
             due = t0 + stop / sampling_rate_hz / speed + (pause_s if paused else 0.0)
             if pause_at_s is not None and not paused and start / sampling_rate_hz >= pause_at_s:
