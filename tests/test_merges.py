@@ -184,6 +184,30 @@ def test_pieces_of_a_bursting_neuron_merge_but_neighbours_and_tetrode_units_do_n
     assert len(footprint_merges(dense2, dense2, sizes[:2], max_lag=3)) == 2
 
 
+def test_tetrode_pieces_merge_on_their_refractory_gap_but_an_independent_smaller_unit_does_not():
+    from spikesort.stages.merges import footprint_merges
+
+    rng = np.random.default_rng(0)
+    full = _unit(peak=40, center=12, width=3.0)
+    late = 0.4 * _stretched(full, 1.15)
+    small = 0.5 * full  # another neuron of the same footprint, firing on its own
+    tet = np.ascontiguousarray(np.stack([full, late, small])[:, :, 10:14])
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 4300, size=4400))  # never two spikes within 3 ms
+    piece = rng.random(len(neuron)) < 0.1
+    # a few spikes fitted twice, a piece a few samples off the full-size fit: inside the inner half
+    doubles = neuron[~piece][:10] + 8
+    times = [neuron[~piece], np.sort(np.r_[neuron[piece], doubles]), np.sort(rng.integers(0, duration, size=1300))]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, times=times, refractory=refractory, duration=duration)
+    groups = footprint_merges(tet, tet, sizes, **kw)
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1], [2]]
+    # without spike trains, or with too few spikes to show a gap, nothing merges
+    assert len(footprint_merges(tet, tet, sizes, max_lag=3)) == 3
+    few = [times[0], times[1][:20], times[2]]
+    assert len(footprint_merges(tet, tet, sizes, **{**kw, "times": few})) == 3
+
+
 def test_a_spike_fitted_twice_by_two_pieces_keeps_its_larger_fit():
     from spikesort.stages.merges import drop_refractory_doubles
 

@@ -341,17 +341,21 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         )
 
     _, w_inv_uv = phy_whitening(prep.model.whitening, info.gains_to_uv)
+    refractory = int(round(p.refractory_ms * fs / 1000))
 
     def merge_footprints(spikes, templates):
         """The pieces of a neuron whose spikes shrink in bursts: one footprint at several sizes."""
         sizes = np.bincount(spikes.templates, minlength=templates.n_templates)
         uv = templates.dense @ w_inv_uv.astype(np.float32)
-        groups = footprint_merges(templates.dense, uv, sizes, max_lag=3)
+        times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
+        groups = footprint_merges(
+            templates.dense, uv, sizes, max_lag=3, times=times, refractory=refractory, duration=info.n_samples
+        )
         if len(groups) == templates.n_templates:
             return spikes, templates
         spikes = apply_groups(spikes, groups)
         merged = np.array([g for g, members in enumerate(groups) if len(members) > 1])
-        spikes = drop_refractory_doubles(spikes, units=merged, refractory=int(round(p.refractory_ms * fs / 1000)))
+        spikes = drop_refractory_doubles(spikes, units=merged, refractory=refractory)
         return spikes, templates_of(spikes, len(groups))
 
     spikes, post = merge_footprints(spikes, templates_of(spikes, clu.templates.n_templates))

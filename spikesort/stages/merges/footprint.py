@@ -9,6 +9,12 @@ the merge. What does not change is where the neuron is: its amplitude scales on 
 together, so the pieces' spatial footprints (peak-to-peak amplitude per channel, in µV) agree up to
 a factor. Two neurons agreeing that closely over many channels are rare; on a tetrode every
 neuron has nearly the same footprint, so the rule needs the footprint to span several channels.
+
+Where a footprint spans fewer channels (a tetrode), the spike trains must say it: a smaller piece
+joins a larger unit when, besides a footprint and shape alike, the two never fire within the
+outer half of the refractory period of each other. The inner half is left out: there the
+matching fits a piece to what the full-size template leaves of a changed spike (a double fit),
+which no refractory gap forbids.
 """
 
 from __future__ import annotations
@@ -37,6 +43,19 @@ def footprint_cosine(pa: np.ndarray, pb: np.ndarray) -> tuple[float, int]:
     return float(pa @ pb) / float(np.linalg.norm(pa) * np.linalg.norm(pb)), int(chans.sum())
 
 
+def outer_refractory_ratio(ta: np.ndarray, tb: np.ndarray, *, refractory: int, duration: int) -> tuple[float, float]:
+    """Observed / expected number of (a, b) spike pairs whose distance lies in the outer half of
+    the refractory period (refractory / 2, refractory], and the expected count under
+    independent firing at the units' mean rates."""
+    tb = np.sort(tb)
+    inner = refractory // 2
+    count = 0
+    for lo, hi in ((inner + 1, refractory), (-refractory, -inner - 1)):
+        count += int((np.searchsorted(tb, ta + hi, side="right") - np.searchsorted(tb, ta + lo, side="left")).sum())
+    expected = len(ta) * len(tb) / max(int(duration), 1) * 2 * (refractory - inner)
+    return count / max(expected, 1e-12), expected
+
+
 def footprint_merges(
     dense: np.ndarray,
     templates_uv: np.ndarray,
@@ -46,6 +65,14 @@ def footprint_merges(
     min_cosine: float = 0.99,
     min_similarity: float = 0.8,
     min_channels: int = 8,
+    times: list[np.ndarray] | None = None,
+    refractory: int = 0,
+    duration: int = 0,
+    compact_cosine: float = 0.95,
+    compact_similarity: float = 0.7,
+    max_piece_size: float = 0.75,
+    max_ratio: float = 0.4,
+    min_expected: float = 3.0,
 ) -> list[list[tuple[int, int]]]:
     """Groups of units that are one neuron seen at several sizes, each as (unit, offset that
     aligns its spikes on the group's largest unit), like the other template merges.
@@ -54,6 +81,14 @@ def footprint_merges(
     and whitened templates of one shape (lag-aware cosine ``min_similarity``). Groups are joined
     most similar first, and only when every cross pair agrees, so no chain links two neurons
     through a piece that looks like both.
+
+    Footprints on fewer than ``min_channels`` channels (given the units' spike ``times``, the
+    ``refractory`` period and the recording's ``duration`` in samples): a unit whose peak-to-peak
+    is at most ``max_piece_size`` of a larger unit's, with footprints agreeing to
+    ``compact_cosine`` and shapes to ``compact_similarity``, joins that unit's group when their
+    spike pairs in the refractory period's outer half are under ``max_ratio`` of chance, chance
+    being at least ``min_expected`` pairs; tested again against the whole group. Pieces of one
+    neuron need not look like each other (one shrinks, one widens), only like their unit.
     """
     k = dense.shape[0]
     if k == 0:
@@ -65,12 +100,30 @@ def footprint_merges(
     peak = ptp.argmax(axis=1)
     # a footprint that agrees has signal on the other unit's largest channel at least
     near = ptp[:, peak].T >= SIGNAL_FRACTION * ptp.max(axis=1)[None, :]  # near[i, j]: j seen on i's peak
+    size_uv = ptp.max(axis=1)
+    attach = []  # (ratio, piece, unit, lag of the piece onto the unit)
+
+    def _compact_pair(i: int, j: int) -> None:
+        big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
+        if size_uv[piece] > max_piece_size * size_uv[big]:
+            return
+        s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max_lag)
+        if s < compact_similarity:
+            return
+        ratio, expected = outer_refractory_ratio(times[big], times[piece], refractory=refractory, duration=duration)
+        if expected >= min_expected and ratio < max_ratio:
+            attach.append((ratio, piece, big, shift))
+
     for i in range(k):
         for j in np.flatnonzero(near[i] & near[:, i]):
             if j <= i:
                 continue
             cos, n_ch = footprint_cosine(ptp[i], ptp[j])
-            if cos < min_cosine or n_ch < min_channels:
+            if n_ch < min_channels:
+                if times is not None and refractory > 1 and cos >= compact_cosine:
+                    _compact_pair(i, j)
+                continue
+            if cos < min_cosine:
                 continue
             s, shift = lagged_similarity(dense[i], dense[j], max_lag=max_lag)
             if s < min_similarity:
@@ -80,6 +133,7 @@ def footprint_merges(
             pairs.append((cos, i, j))
     group = list(range(k))
     members = {i: [i] for i in range(k)}
+    via = {}  # piece -> (the unit it joined, its lag onto that unit)
     for _c, i, j in sorted(pairs, reverse=True):
         gi, gj = group[i], group[j]
         if gi == gj or not all(ok[a, b] for a in members[gi] for b in members[gj]):
@@ -87,10 +141,26 @@ def footprint_merges(
         for b in members[gj]:
             group[b] = gi
         members[gi] += members.pop(gj)
+    for _r, piece, big, shift in sorted(attach):
+        gp, gb = group[piece], group[big]
+        if gp == gb or len(members[gp]) > 1 or big in via:
+            continue  # a piece joins once; a unit that took pieces, or is one, takes no other role
+        whole = np.concatenate([times[t] for t in members[gb]])
+        ratio, expected = outer_refractory_ratio(whole, times[piece], refractory=refractory, duration=duration)
+        if expected < min_expected or ratio >= max_ratio:
+            continue
+        group[piece] = gb
+        members[gb] += members.pop(gp)
+        via[piece] = (big, shift)
     out = []
     for g in members.values():
-        rep = max(g, key=lambda t: sizes[t])
-        out.append([(t, 0 if t == rep else -int(lag[rep, t])) for t in g])
+        rep = max((t for t in g if t not in via), key=lambda t: sizes[t])
+        offset = {t: 0 if t == rep else -int(lag[rep, t]) for t in g if t not in via}
+        for t in g:
+            if t not in offset:  # a piece aligns on the unit it joined
+                big, shift = via[t]
+                offset[t] = offset[big] - int(shift)
+        out.append([(t, offset[t]) for t in g])
         if len(g) > 1:
             log.info("units %s: one neuron at several sizes (footprints agree): merged", sorted(g))
     return out
