@@ -238,3 +238,26 @@ def test_an_echo_locked_to_a_large_unit_is_dropped_but_a_neighbour_is_not():
     assert drop[spikes.templates == 1].all()
     assert not drop[spikes.templates == 0].any()
     assert drop[spikes.templates == 2].mean() < 0.05
+
+
+def test_a_unit_of_collision_leftovers_is_dropped_but_a_small_neighbour_is_not():
+    from spikesort.stages.curate import collision_units
+
+    rng = np.random.default_rng(7)
+    dur = 30000 * 300
+    big1, big2, small = _unit(peak=40, center=12), _unit(peak=30, center=15), _unit(peak=6, center=13)
+    positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
+    t1, t2 = _poisson_times(rng, 20, dur), _poisson_times(rng, 20, dur)
+    # 80 leftovers, each near one of the two big units' spikes at a lag wandering by ±3 ms: no
+    # single pair is locked tightly or often enough for the echo test
+    near = np.concatenate([rng.choice(t1, 40, replace=False), rng.choice(t2, 40, replace=False)])
+    leftovers = np.sort(near + rng.integers(-90, 91, len(near)))
+    own = _poisson_times(rng, 2, dur)  # a small neuron of its own: alone as often as chance allows
+    spikes = _spikes(t1, t2, leftovers, own)
+    dense = np.stack([big1, big2, small, small])
+    drop = collision_units(spikes, dense, window=105, positions_um=positions)
+    assert drop[spikes.templates == 2].all()
+    assert not drop[np.isin(spikes.templates, [0, 1, 3])].any()
+    # neighbours so busy that hardly a spike could be alone: nothing is judged
+    busy = _spikes(np.sort(rng.integers(100, dur - 100, 400_000)), leftovers)
+    assert not collision_units(busy, dense[[0, 2]], window=105, positions_um=positions).any()

@@ -17,7 +17,7 @@ from spikesort.errors import SpikesortError
 from spikesort.outputs.result import SortingResult
 from spikesort.stages import saturation
 from spikesort.stages.cluster import cluster_spikes
-from spikesort.stages.curate import remove_duplicates, residue_spikes
+from spikesort.stages.curate import collision_units, remove_duplicates, residue_spikes
 from spikesort.stages.detect import (
     Detections,
     choose_sign,
@@ -391,6 +391,9 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     merged = templates_of(spikes, len(groups))
     spikes, dropped = drop_residues(spikes, merged)
     spikes, final = merge_footprints(spikes, templates_of(spikes, len(groups)) if dropped else merged)
+    # collision leftovers last, once every piece of a neuron has joined its unit
+    collided = collision_units(spikes, final.dense, window=residue_window, positions_um=info.positions_um)
+    spikes = spikes.take(np.flatnonzero(~collided))
     # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
     # too few spikes to be a unit: leftovers of a unit whose spikes other templates took
     counts = np.bincount(spikes.templates, minlength=final.n_templates)
