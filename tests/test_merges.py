@@ -208,6 +208,29 @@ def test_tetrode_pieces_merge_on_their_refractory_gap_but_an_independent_smaller
     assert len(footprint_merges(tet, tet, sizes, **{**kw, "times": few})) == 3
 
 
+def test_a_piece_aligned_on_another_phase_merges_when_the_spike_trains_allow():
+    from spikesort.stages.merges import footprint_merges
+
+    rng = np.random.default_rng(3)
+    full = _unit(peak=40, center=12, width=3.0)
+    shifted = np.roll(full, 10, axis=0)  # the same spikes aligned 10 samples later
+    dense = np.stack([full, shifted])
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 2000, size=3000))
+    kw = dict(max_lag=3, times=None, refractory=refractory, duration=duration)
+    # a small piece of the neuron's own spikes (3 % of them): absorbed at the larger lag only
+    piece = rng.random(len(neuron)) < 0.03
+    times = [neuron[~piece], neuron[piece] - 10]  # its peak 10 samples after its alignment
+    sizes = np.array([len(t) for t in times])
+    assert len(footprint_merges(dense, dense, sizes, **{**kw, "times": times})) == 2
+    groups = footprint_merges(dense, dense, sizes, **{**kw, "times": times, "phase_lag": 16})
+    assert len(groups) == 1 and dict(groups[0])[1] == 10  # its spikes move onto the unit's alignment
+    # the same shapes firing on their own, with enough spikes to show it, stay apart
+    other = [neuron, np.sort(rng.integers(0, duration, size=1500))]
+    sizes = np.array([len(t) for t in other])
+    assert len(footprint_merges(dense, dense, sizes, **{**kw, "times": other, "phase_lag": 16})) == 2
+
+
 def test_a_spike_fitted_twice_by_two_pieces_keeps_its_larger_fit():
     from spikesort.stages.merges import drop_refractory_doubles
 

@@ -352,7 +352,14 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         uv = templates.dense @ w_inv_uv.astype(np.float32)
         times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
         groups = footprint_merges(
-            templates.dense, uv, sizes, max_lag=phase_lag, times=times, refractory=refractory, duration=info.n_samples
+            templates.dense,
+            uv,
+            sizes,
+            max_lag=3,
+            phase_lag=phase_lag,
+            times=times,
+            refractory=refractory,
+            duration=info.n_samples,
         )
         if len(groups) == templates.n_templates:
             return spikes, templates
