@@ -343,7 +343,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     _, w_inv_uv = phy_whitening(prep.model.whitening, info.gains_to_uv)
     refractory = int(round(p.refractory_ms * fs / 1000))
     # a spike whose phases are about as large is aligned on any of them: its pieces' templates lie
-    # up to the phases' distance apart (0.4-0.9 ms on Neuropixels-64's MEArec cells)
+    # up to the phases' distance apart (0.3-0.9 ms on Neuropixels-64's MEArec cells)
     phase_lag = int(round(p.ms_before * fs / 1000))
 
     def merge_footprints(spikes, templates):
@@ -351,15 +351,9 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         sizes = np.bincount(spikes.templates, minlength=templates.n_templates)
         uv = templates.dense @ w_inv_uv.astype(np.float32)
         times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
+        lags = dict(max_lag=3, phase_lag=phase_lag)
         groups = footprint_merges(
-            templates.dense,
-            uv,
-            sizes,
-            max_lag=3,
-            phase_lag=phase_lag,
-            times=times,
-            refractory=refractory,
-            duration=info.n_samples,
+            templates.dense, uv, sizes, **lags, times=times, refractory=refractory, duration=info.n_samples
         )
         if len(groups) == templates.n_templates:
             return spikes, templates
@@ -386,7 +380,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         post.dense,
         positions_um=info.positions_um,
         duration=info.n_samples,
-        refractory=int(round(p.refractory_ms * fs / 1000)),
+        refractory=refractory,
         similarity=p.post_merge_similarity,
         same_unit=veto,
         rate_bin=int(round(REFRACTORY_RATE_BIN_S * fs)),
