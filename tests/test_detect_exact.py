@@ -20,7 +20,7 @@ import pytest
 from spikesort.chunks import iter_chunks, map_chunks
 from spikesort.stages.detect import Detections, detect_block, envelope_bank, filtered_noise_sd, learn_temporal_bases
 from spikesort.stages.geometry import neighbor_table
-from spikesort.stages.match import channel_candidates, match_block
+from spikesort.stages.match import channel_candidates, match_block, poorly_fit
 from spikesort.stages.templates import sparsify
 
 PRE = 10  # sample of the trough inside a waveform window
@@ -447,3 +447,49 @@ def test_match_block_local_search_equals_searching_everywhere(line_positions, mo
     np.testing.assert_array_equal(local.templates, everywhere.templates)
     np.testing.assert_array_equal(local.amplitudes, everywhere.amplitudes)
     np.testing.assert_array_equal(residual_local, residual_everywhere)
+
+
+def _peel(x, dense, line_positions):
+    templates = sparsify(dense, pre=PRE)
+    spikes, residual = match_block(
+        x,
+        keep_start=0,
+        keep_stop=len(x),
+        offset=0,
+        templates=templates,
+        chan_templates=channel_candidates(templates, n_channels=N_C),
+        sign=-1,
+        detect_threshold=5.0,
+        peak_neighbors=neighbor_table(positions_um=line_positions, radius_um=50.0),
+        exclusion=EXCLUSION,
+        match_threshold=5.0,
+        iterations=4,
+        max_lag=2,
+        amplitude_range=(0.5, 2.0),
+        bases=hand_bases(spike_waveform()),
+        filter_sd=np.ones(N_C, np.float32),
+    )
+    flags = poorly_fit(
+        residual, times=spikes.times, labels=spikes.templates, amplitudes=spikes.amplitudes, templates=templates
+    )
+    return dict(zip(zip(spikes.times.tolist(), spikes.templates.tolist()), flags.tolist()))
+
+
+def test_poorly_fit_flags_a_neuron_no_template_describes(line_positions):
+    """Online, a neuron that starts firing beside a known unit is fitted by that unit's template:
+    such fits explain less than they leave, and are flagged; good fits and resolved collisions are not."""
+    dense = two_templates()
+    # a third neuron under A's channels: broad, with a reversed phase on channel 3
+    stranger = np.zeros((NT, N_C), np.float32)
+    stranger[:, 1:4] = spike_waveform(trough=-40.0, width=3.0)[:, None] * np.array([0.8, 1.0, -0.9])
+    x = noise(23, n=1200)
+    for t, w in [(100, dense[0]), (300, dense[0] * 1.3), (500, stranger), (800, dense[0]), (800 + 5, dense[1])]:
+        x[t - PRE : t - PRE + NT] += w
+    flags = _peel(x, dense, line_positions)
+    assert flags[(100, 0)] is False and flags[(300, 0)] is False
+    assert flags[(800, 0)] is False and flags[(805, 1)] is False  # the collision peeled apart
+    stranger_fits = {k: v for k, v in flags.items() if abs(k[0] - 500) <= 3}
+    assert stranger_fits and all(stranger_fits.values()), flags
+    # once the stranger has a template of its own it fits well
+    flags = _peel(x, np.concatenate([dense, stranger[None]]), line_positions)
+    assert flags[(500, 2)] is False and not any(flags.values()), flags

@@ -284,3 +284,31 @@ def test_a_unit_of_collision_leftovers_is_dropped_but_a_small_neighbour_is_not()
     # neighbours so busy that hardly a spike could be alone: nothing is judged
     busy = _spikes(np.sort(rng.integers(100, dur - 100, 400_000)), leftovers)
     assert not collision_units(busy, dense[[0, 2]], window=105, positions_um=positions).any()
+
+
+def test_one_size_look_alikes_firing_independently_are_two_neurons():
+    from spikesort.stages.merges import footprint_merges, independence_test
+
+    rng = np.random.default_rng(3)
+    fs, dur = 30000, 30000 * 300
+    full = _unit(peak=40, center=12, width=3.0)
+    twin = _unit(peak=36, center=12.2, width=3.0)  # a neighbour a few µm away, about as large
+    late = 0.4 * _stretched(full, 1.15)  # a piece of the first at another size
+    dense = np.stack([full, twin, late])
+    sizes = np.array([2400, 2000, 500])
+    assert sorted(sorted(k for k, _ in g) for g in footprint_merges(dense, dense, sizes, max_lag=3)) == [[0, 1, 2]]
+    kw = dict(refractory=45, double_fit=15, duration=dur, rate_bin=10 * fs)
+    a, b = _poisson_times(rng, 8, dur), _poisson_times(rng, 7, dur)
+    late_t = np.sort(rng.choice(dur, 2000, replace=False))
+    independent = independence_test(_spikes(a, b, late_t), **kw)
+    assert independent(0, 1) and independent(0, 2)
+    groups = footprint_merges(dense, dense, sizes, max_lag=3, independent=independent)
+    # the twin fires independently and is kept apart; the piece at another size still joins
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 2], [1]]
+    # one neuron's spikes split between the two one-size units keep its refractory gap: merged
+    one = _poisson_times(rng, 15, dur)
+    half = rng.random(len(one)) < 0.5
+    same = independence_test(_spikes(one[half], one[~half], late_t), **kw)
+    assert not same(0, 1)
+    groups = footprint_merges(dense, dense, sizes, max_lag=3, independent=same)
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1, 2]]

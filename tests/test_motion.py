@@ -410,6 +410,42 @@ def test_plan_per_shank():
     np.testing.assert_allclose(m[32:, 32:], interpolation_matrix(positions_um=pos[32:], shift_um=0.0), atol=1e-6)
 
 
+def test_spikes_peaking_on_a_shank_end_row_are_left_out_of_estimation():
+    from types import SimpleNamespace
+
+    from spikesort.stages.drift.stage import motion_peaks, on_end_row
+
+    # two shanks of 2 columns x 6 rows; on shank 1 the top row is dead, so the row below is its end
+    col = np.array([[x, y] for y in range(0, 90, 15) for x in (0.0, 32.0)])
+    pos = np.concatenate([col, col + [250.0, 0.0]])
+    shanks = np.repeat([0, 1], 12)
+    good = np.ones(24, bool)
+    good[[22, 23]] = False
+    channels = np.arange(24)
+    end = on_end_row(channels, positions_um=pos, shank_ids=shanks, good_channels=good)
+    assert np.flatnonzero(end).tolist() == [0, 1, 10, 11, 12, 13, 20, 21, 22, 23]
+    assert on_end_row(channels, positions_um=pos, shank_ids=shanks)[[20, 21]].tolist() == [False, False]
+    # the estimation pass keeps only the spikes of the inner rows, each with its own time and shank
+    neighbors = np.arange(24)[None, :].repeat(24, axis=0)
+    spikes = SimpleNamespace(
+        times=np.arange(24) * 100,
+        channels=channels,
+        amplitudes=np.full(24, 8.0, np.float32),
+        features=np.ones((24, 24, 3), np.float32),
+    )
+    peaks = motion_peaks(
+        spikes,
+        sampling_rate_hz=1000.0,
+        positions_um=pos,
+        shank_ids=shanks,
+        feature_neighbors=neighbors,
+        good_channels=good,
+    )
+    inner = np.flatnonzero(~end)
+    np.testing.assert_allclose(peaks.times_s, inner * 0.1)
+    assert peaks.shanks.tolist() == shanks[inner].tolist() and len(peaks.depths_um) == len(inner)
+
+
 def test_drift_parameters():
     p = Params()
     assert p.drift == "auto" and p.drift_bin_s == 2.0

@@ -585,3 +585,50 @@ def test_benchmark_online_measures_latency_from_the_writers_marks(capsys):
     with pytest.raises(SystemExit):
         main(["--online", "--online-speed", "0"])
     assert "--online-speed" in capsys.readouterr().err
+
+
+def test_pool_clusters_are_realigned_on_their_trough():
+    from spikesort.online.discover import realigned
+
+    pre, nt = 20, 60
+    s = np.arange(nt) - pre
+    trough = -np.exp(-0.5 * (s / 2.0) ** 2)
+    dense = np.zeros((2, nt, 4), np.float32)
+    # unit 0 detected on its rebound, 7 samples after its trough; unit 1 already aligned
+    dense[0, :, 1] = np.roll(trough, -7) + 0.6 * np.roll(np.exp(-0.5 * (s / 3.0) ** 2), 0)
+    dense[1, :, 2] = trough
+    times, labels = np.array([100, 200, 300, 400]), np.array([0, 1, 0, 1])
+    np.testing.assert_array_equal(realigned(times, labels, dense=dense, pre=pre, sign=-1), [93, 200, 293, 400])
+    # positive spikes are aligned on their peak
+    np.testing.assert_array_equal(realigned(times, labels, dense=-dense, pre=pre, sign=1), [93, 200, 293, 400])
+
+
+def test_pool_clusters_are_compared_over_the_probe_positions_of_the_pool():
+    from spikesort.online.units import _shifts_since
+
+    # no estimate yet: only where the probe is
+    np.testing.assert_array_equal(_shifts_since([], 0, 0.0), [0.0])
+    # the probe went from 0 to +12 µm and back to +4 within the pool's reach: every 5 µm or less of that
+    hist = [(1000, 6.0), (2000, 12.0), (3000, 4.0)]
+    got = _shifts_since(hist, 500, 4.0)
+    assert got.min() == 0.0 and got.max() == 12.0 and np.diff(got).max() <= 5.0
+    # estimates older than the reach count only as the position at its start
+    np.testing.assert_array_equal(_shifts_since(hist, 2500, 4.0), [4.0, 8.0, 12.0])
+
+
+def test_a_pool_cluster_locked_to_one_unit_is_its_echo():
+    from spikesort.online.discover import MAX_LOCKED_SHARE, locked_to
+
+    rng = np.random.default_rng(3)
+    big = np.sort(rng.choice(3_000_000, 600, replace=False))
+    other = np.sort(rng.choice(3_000_000, 600, replace=False))
+    m_times = np.concatenate([big, other])
+    m_units = np.concatenate([np.full(600, 4), np.full(600, 9)])
+    order = np.argsort(m_times, kind="stable")
+    m_times, m_units = m_times[order], m_units[order]
+    # an echo: 45 samples after most of unit 4's spikes
+    unit, share = locked_to(big[:200] + 45, m_times, m_units, window=91)
+    assert unit == 4 and share >= MAX_LOCKED_SHARE
+    # a neuron of its own, firing independently: only chance coincidences
+    own = np.sort(rng.choice(3_000_000, 200, replace=False))
+    assert locked_to(own, m_times, m_units, window=91)[1] < 0.2

@@ -155,6 +155,47 @@ def max_similarity(new: np.ndarray, existing: np.ndarray, *, max_lag: int = 3) -
     return best
 
 
+# a pool cluster whose spikes mostly sit within a template window of one unit's is that unit's
+# echo (its waveform's tail, or what its fits left while the probe moved), not a neuron: by chance
+# a few percent of spikes fall that close to a unit firing at 5-10 Hz
+MAX_LOCKED_SHARE = 0.5
+
+
+def locked_to(times: np.ndarray, m_times: np.ndarray, m_units: np.ndarray, *, window: int) -> tuple[int, float]:
+    """The unit whose matched spikes (``m_times`` sorted, ``m_units``) lie within ``window`` samples
+    of most of ``times``, and that share."""
+    if len(times) == 0 or len(m_times) == 0:
+        return -1, 0.0
+    lo = np.searchsorted(m_times, times - window, side="left")
+    hi = np.searchsorted(m_times, times + window, side="right")
+    counts: dict = {}
+    for a, b in zip(lo, hi):
+        for unit in set(m_units[a:b].tolist()):
+            counts[unit] = counts.get(unit, 0) + 1
+    if not counts:
+        return -1, 0.0
+    unit = max(counts, key=counts.get)
+    return int(unit), counts[unit] / len(times)
+
+
+def realigned(times: np.ndarray, labels: np.ndarray, *, dense: np.ndarray, pre: int, sign: int) -> np.ndarray:
+    """Spike times moved so that each cluster's template has its ``sign`` peak (the trough, for
+    negative spikes, as detection aligns them) at ``pre`` on its main channel.
+
+    The pool's detections come from residuals and from spikes fitted by the wrong unit: a peak
+    there can be a neuron's rebound rather than its trough. Off by that much, its template would
+    neither look like the unit it duplicates nor be matched where the neuron fires."""
+    out = np.array(times, dtype=np.int64, copy=True)
+    nt = dense.shape[1]
+    for u in range(dense.shape[0]):
+        signed = sign * dense[u]
+        main = int(signed.max(axis=0).argmax())
+        shift = int(signed[:, main].argmax()) - pre
+        if shift and abs(shift) < nt // 2:
+            out[labels == u] += shift
+    return out
+
+
 def discover(
     pool: Detections,
     *,
@@ -169,6 +210,8 @@ def discover(
     min_spikes: int,
     max_similar: float,
     rng: np.random.Generator,
+    sign: int = -1,
+    matched: tuple | None = None,
 ) -> NewUnits:
     """Cluster the pool; return the clusters that qualify as new units."""
     n_c = store.n_channels
@@ -190,6 +233,8 @@ def discover(
         return none
     times, labels = pool.times[cl.spike_index], cl.labels
     tpl = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng)
+    times = realigned(times, labels, dense=tpl.dense, pre=pre, sign=sign)
+    tpl = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng)
     snr = template_snr(tpl.dense @ whitening_inv_uv.astype(np.float32), noise_uv)
     sizes = np.bincount(labels[labels >= 0], minlength=cl.n_units)
     accepted, spikes = [], []
@@ -201,10 +246,22 @@ def discover(
         ):
             continue
         others = np.concatenate([existing, np.asarray(accepted, np.float32).reshape(-1, nt, n_c)])
-        sim = max_similarity(tpl.dense[u], others)
+        # a duplicate may still sit a few samples off: compared over +-1/8 of the window
+        sim = max_similarity(tpl.dense[u], others, max_lag=max(3, nt // 8))
         if sim >= max_similar:
             log.debug("pool cluster of %d spikes resembles a unit (%.2f): not new", sizes[u], sim)
             continue
+        if matched is not None:
+            unit, share = locked_to(times[labels == u], *matched, window=nt)
+            if share >= MAX_LOCKED_SHARE:
+                log.debug(
+                    "pool cluster of %d spikes: %.0f%% follow unit %d within %d samples",
+                    sizes[u],
+                    100 * share,
+                    unit,
+                    nt,
+                )
+                continue
         accepted.append(tpl.dense[u])
         spikes.append(np.sort(times[labels == u]))
     if not accepted:

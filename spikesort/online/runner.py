@@ -458,6 +458,8 @@ class OnlineRun:
         from .finish import write_phy_folder
 
         log.info("stopped at %.1f s of recording: writing the Phy folder", s.done / s.fs)
+        if s.n_misfits:
+            log.info("%d spikes fitted poorly by every unit were left to the pool of unexplained spikes", s.n_misfits)
         self.result = write_phy_folder(
             self.out,
             recording=self.source.recording(probe=self.probe),

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spikesort.kernels.match import subtract_templates
 from spikesort.stages.detect import Detections, detect_block, envelope_bank
 from spikesort.stages.export import phy_whitening
 from spikesort.stages.geometry import neighbor_table
-from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block
+from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block, poorly_fit
 from spikesort.stages.templates import filtered_templates, sparsify
 
 from .emit import OnlineBatch
@@ -145,6 +146,7 @@ class Streamer:
         )
         self.watch = WriterWatch(source, options=options, sampling_rate_hz=fs)
         self.n_spikes = 0
+        self.n_misfits = 0  # matched spikes set aside as no unit's (see _set_misfits_aside)
 
     # ------------------------------------------------------------------ state
 
@@ -283,6 +285,8 @@ class Streamer:
                 filter_sd=m.filter_sd,
                 filtered=tab.filtered,
             )
+            if self.pool is not None and len(spikes.times):
+                spikes, resid = self._set_misfits_aside(spikes, resid, tab.templates, rs)
             det = None
             if self.pool is not None or lane.tracker is not None:
                 det = detect_block(
@@ -329,6 +333,28 @@ class Streamer:
             emitted_unix_s=time.time(),
             drift_um=lane.shift_um,
         )
+
+    def _set_misfits_aside(self, spikes: MatchedSpikes, resid: np.ndarray, templates, rs: int):
+        """Spikes of a neuron that no unit describes yet, fitted by the least bad template, are not
+        that unit's: they leave the batch, their fits are undone in the residual, and their
+        detections join the pool, where they can become a new unit (a neuron that starts firing
+        beside a known one would otherwise be absorbed by it)."""
+        local = spikes.times - rs
+        bad = poorly_fit(resid, times=local, labels=spikes.templates, amplitudes=spikes.amplitudes, templates=templates)
+        if not bad.any():
+            return spikes, resid
+        idx = np.flatnonzero(bad)
+        subtract_templates(
+            resid,
+            local[idx],
+            spikes.templates[idx],
+            -spikes.amplitudes[idx],
+            templates.values,
+            templates.channels,
+            templates.pre,
+        )
+        self.n_misfits += len(idx)
+        return spikes.take(np.flatnonzero(~bad)), resid
 
     def _follow_drift(self, lane: Lane) -> None:
         est = lane.tracker.estimate()

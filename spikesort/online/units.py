@@ -43,6 +43,20 @@ class _Found:
     seconds: float
 
 
+def _shifts_since(history: list, oldest: int, now_um: float, *, step_um: float = 5.0) -> np.ndarray:
+    """Probe shifts (µm) to compare pool clusters at: the range the tracker estimated from sample
+    ``oldest`` on (the last estimate before it included), in steps of at most ``step_um``."""
+    seen = [now_um, 0.0 if not history or history[0][0] >= oldest else None]
+    seen += [est for done, est in history if done >= oldest]
+    before = [est for done, est in history if done < oldest]
+    if before:
+        seen.append(before[-1])
+    seen = [v for v in seen if v is not None]
+    lo, hi = min(seen), max(seen)
+    n = max(1, int(np.ceil((hi - lo) / step_um)))
+    return np.unique(np.round(np.linspace(lo, hi, n + 1), 2))
+
+
 class UnitFinder:
     def __init__(self, run, pool):
         self.run, self.pool = run, pool
@@ -51,8 +65,11 @@ class UnitFinder:
         self.recent: deque = deque()  # (samples, units) of the batches within the pool's reach
         self.refines: dict = {}  # unit id -> refinements left
         self.pooled: dict = {}  # unit id -> the pooled spikes it was found from
+        self.matched: deque = deque()  # (samples, units) of every batch within the pool's reach
 
     def note_batch(self, batch: OnlineBatch) -> None:
+        if len(batch):
+            self.matched.append((batch.samples, batch.units))
         if self.refines and len(batch):
             young = np.isin(batch.units, list(self.refines))
             if young.any():
@@ -67,6 +84,15 @@ class UnitFinder:
         oldest = now - self.pool.keep
         while self.recent and self.recent[0][0].max(initial=oldest) < oldest:
             self.recent.popleft()
+        while self.matched and self.matched[0][0].max(initial=oldest) < oldest:
+            self.matched.popleft()
+        if self.matched:
+            m_times = np.concatenate([t for t, _ in self.matched])
+            m_units = np.concatenate([u for _, u in self.matched])
+            order = np.argsort(m_times, kind="stable")
+            matched = (m_times[order], m_units[order])
+        else:
+            matched = (np.zeros(0, np.int64), np.zeros(0, np.int32))
         refine = {}
         times = np.concatenate([t for t, _ in self.recent]) if self.recent else np.zeros(0, np.int64)
         units = np.concatenate([u for _, u in self.recent]) if self.recent else np.zeros(0, np.int32)
@@ -79,10 +105,18 @@ class UnitFinder:
         if snap is None and not refine:
             return True
         seed = [r.params.seed, r.batch_index]
-        self.job = self.thread.submit(self._work, snap, refine, r.model.dense.copy(), s.live.shift_um, now, seed)
+        existing = r.model.dense.copy()
+        tracker = s.live.tracker
+        if tracker is not None:
+            # the pooled spikes were recorded wherever the probe was over the pool's reach: a unit
+            # seen at any of those positions is not new (else a moving unit's spikes, pooled while the
+            # tracker caught up, come back as a second unit)
+            shifts = _shifts_since(tracker.history, oldest, s.live.shift_um)
+            existing = np.concatenate([tracker.move(existing, sh) if sh else existing for sh in shifts])
+        self.job = self.thread.submit(self._work, snap, refine, existing, matched, s.live.shift_um, now, seed)
         return True
 
-    def _work(self, snap, refine: dict, existing: np.ndarray, shift_um: float, now: int, seed) -> _Found:
+    def _work(self, snap, refine: dict, existing: np.ndarray, matched, shift_um: float, now: int, seed) -> _Found:
         r, s = self.run, self.run.streamer
         t0 = time.perf_counter()
         rng = np.random.default_rng(seed)
@@ -101,6 +135,8 @@ class UnitFinder:
                 min_spikes=r.o.min_new_unit_spikes,
                 max_similar=r.o.new_unit_max_similarity,
                 rng=rng,
+                sign=r.model.sign,
+                matched=matched,
             )
         refined = {}
         if refine:

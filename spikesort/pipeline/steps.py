@@ -36,6 +36,7 @@ from spikesort.stages.merges import (
     drift_split_groups,
     drop_refractory_doubles,
     footprint_merges,
+    independence_test,
     merge_similar_templates,
     refractory_merges,
     relabel,
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 # the refractory merge test compares coincidences with the rates of the two units over stretches
 # this long: long enough for several spikes a bin, short enough to see a 30 s drift step
 REFRACTORY_RATE_BIN_S = 10.0
+# one spike fitted by the templates of two pieces of a neuron: the two fits land this close
+DOUBLE_FIT_MS = 0.5
 # subtraction residues are looked for up to the template window plus this much on either side
 RESIDUE_EXTRA_MS = 1.0
 
@@ -342,19 +345,19 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
 
     _, w_inv_uv = phy_whitening(prep.model.whitening, info.gains_to_uv)
     refractory = int(round(p.refractory_ms * fs / 1000))
-    # a spike whose phases are about as large is aligned on any of them: its pieces' templates lie
-    # up to the phases' distance apart (0.3-0.9 ms on Neuropixels-64's MEArec cells)
+    # spikes aligned on another of their phases: pieces 0.3-0.9 ms apart on MEArec's Neuropixels-64
     phase_lag = int(round(p.ms_before * fs / 1000))
+    trains = dict(refractory=refractory, duration=info.n_samples)
+    double_fit, rate_bin = int(round(DOUBLE_FIT_MS * fs / 1000)), int(round(REFRACTORY_RATE_BIN_S * fs))
 
     def merge_footprints(spikes, templates):
         """The pieces of a neuron whose spikes shrink in bursts: one footprint at several sizes."""
         sizes = np.bincount(spikes.templates, minlength=templates.n_templates)
         uv = templates.dense @ w_inv_uv.astype(np.float32)
         times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
+        independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)
         lags = dict(max_lag=3, phase_lag=phase_lag)
-        groups = footprint_merges(
-            templates.dense, uv, sizes, **lags, times=times, refractory=refractory, duration=info.n_samples
-        )
+        groups = footprint_merges(templates.dense, uv, sizes, **lags, times=times, independent=independent, **trains)
         if len(groups) == templates.n_templates:
             return spikes, templates
         spikes = apply_groups(spikes, groups)
@@ -383,7 +386,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         refractory=refractory,
         similarity=p.post_merge_similarity,
         same_unit=veto,
-        rate_bin=int(round(REFRACTORY_RATE_BIN_S * fs)),
+        rate_bin=rate_bin,
     )
     spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
     log.info("%d units after refractory merges", len(groups))

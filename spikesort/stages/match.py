@@ -139,3 +139,34 @@ def rows_near(times: np.ndarray, *, reach: int, lo: int, hi: int) -> np.ndarray:
     np.add.at(marks, np.clip(times - reach - lo, 0, hi - lo), 1)
     np.add.at(marks, np.clip(times + reach + 1 - lo, 0, hi - lo), -1)
     return np.flatnonzero(np.cumsum(marks)[:-1] > 0) + lo
+
+
+def poorly_fit(
+    residual: np.ndarray,
+    *,
+    times: np.ndarray,
+    labels: np.ndarray,
+    amplitudes: np.ndarray,
+    templates: Templates,
+    max_unexplained: float = 1.0,
+) -> np.ndarray:
+    """True for each matched spike that its template explains worse than it leaves unexplained.
+
+    ``times`` are rows of ``residual`` (whitened, noise sd ~1, the fits already subtracted). A spike
+    is poorly fit when the residual energy on its template's support, beyond what noise leaves
+    there (4 noise sd of margin), exceeds ``max_unexplained`` times the energy the fit removed: a
+    neuron that no template describes, fitted by the least bad one. Collisions the peeling
+    resolved leave only noise behind and are not flagged.
+    """
+    out = np.zeros(len(times), dtype=bool)
+    if len(times) == 0:
+        return out
+    nt = templates.values.shape[1]
+    rows = np.clip(np.asarray(times)[:, None] - templates.pre + np.arange(nt), 0, residual.shape[0] - 1)
+    ch = templates.channels[labels]
+    valid = ch >= 0
+    w = residual[rows[:, :, None], np.where(valid, ch, 0)[:, None, :]]
+    left = ((w**2) * valid[:, None, :]).sum(axis=(1, 2))
+    cells = nt * valid.sum(axis=1)
+    fitted = np.asarray(amplitudes, np.float64) ** 2 * templates.norm2[labels]
+    return left - cells > max_unexplained * fitted + 4.0 * np.sqrt(2.0 * cells)

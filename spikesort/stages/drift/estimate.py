@@ -11,7 +11,8 @@ Estimation (``estimate_motion``), per shank, from the spikes of a first detectio
 by a peaked fit of their amplitude across contacts (``spikesort.stages.drift.stage.localize_fit``):
 1. spikes are binned into (time bin × depth bin × log-amplitude bin) histograms, one per
    ``bin_s`` of recording, smoothed along depth; spikes placed at either end of the shank are
-   left out (a unit beyond the last contact is placed there whatever its true depth);
+   left out (a unit beyond the last contact is placed there whatever its true depth), and so
+   are spikes whose peak channel is on a shank's end row (``spikesort.stages.drift.stage.on_end_row``);
 2. every pair of time bins within ``horizon_s`` is registered by cross-correlation along depth
    (FFT, sub-bin peak by a parabola), which gives a relative shift and a confidence (the
    normalised correlation peak, discounted for bins with few spikes);

@@ -90,14 +90,39 @@ def localize_fit(
     return out.astype(np.float32)
 
 
-def motion_peaks(spikes, *, sampling_rate_hz: float, positions_um, shank_ids, feature_neighbors) -> MotionPeaks:
-    """What estimation needs from the detected spikes (spikesort.detect.Detections)."""
-    y = localize_fit(spikes.features, spikes.channels, neighbors=feature_neighbors, positions_um=positions_um)[:, 1]
-    c = np.asarray(spikes.channels, dtype=np.int64)
+def on_end_row(channels, *, positions_um, shank_ids, good_channels=None) -> np.ndarray:
+    """Spikes whose peak channel is on the first or last row of usable channels of its shank.
+
+    Such a spike's footprint may peak beyond the end, where no contact sees it: the fit places
+    it anywhere near the end, and it does not follow the probe's motion (on a 4-shank probe, the
+    units just beyond the top row were placed 15-45 µm off and moved the wrong way, and a 30 µm
+    step went unseen)."""
+    c = np.asarray(channels, dtype=np.int64)
+    pos = np.asarray(positions_um, dtype=np.float64)
+    sh = np.asarray(shank_ids, dtype=np.int64)
+    good = np.ones(len(pos), bool) if good_channels is None else np.asarray(good_channels, bool)
+    end = np.zeros(len(pos), bool)
+    for s in np.unique(sh):
+        y = pos[(sh == s) & good, 1]
+        if len(y):
+            end |= (sh == s) & ((pos[:, 1] <= y.min()) | (pos[:, 1] >= y.max()))
+    return end[c]
+
+
+def motion_peaks(
+    spikes, *, sampling_rate_hz: float, positions_um, shank_ids, feature_neighbors, good_channels=None
+) -> MotionPeaks:
+    """What estimation needs from the detected spikes (spikesort.detect.Detections), without
+    the spikes that peak on the end rows of a shank (``on_end_row``)."""
+    keep = ~on_end_row(spikes.channels, positions_um=positions_um, shank_ids=shank_ids, good_channels=good_channels)
+    y = localize_fit(
+        spikes.features[keep], spikes.channels[keep], neighbors=feature_neighbors, positions_um=positions_um
+    )[:, 1]
+    c = np.asarray(spikes.channels, dtype=np.int64)[keep]
     return MotionPeaks(
-        spikes.times / sampling_rate_hz,
+        spikes.times[keep] / sampling_rate_hz,
         y.astype(np.float64),
-        np.maximum(spikes.amplitudes, 1e-3).astype(np.float64),
+        np.maximum(spikes.amplitudes[keep], 1e-3).astype(np.float64),
         np.asarray(shank_ids)[c] if len(c) else np.zeros(0, np.int64),
     )
 
@@ -184,6 +209,7 @@ def correct_drift(
         positions_um=positions_um,
         shank_ids=shank_ids,
         feature_neighbors=feature_neighbors,
+        good_channels=good_channels,
     )
     record["n_spikes"] = int(len(peaks.times_s))
     duration_s = store.n_samples / sampling_rate_hz

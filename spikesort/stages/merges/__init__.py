@@ -10,7 +10,7 @@ after drift correction).
 
 from .clusters import merge_groups
 from .drift import drift_split_groups
-from .footprint import drop_refractory_doubles, footprint_merges
+from .footprint import drop_refractory_doubles, fire_independently, footprint_merges, independence_test
 from .refractory import apply_groups, cross_refractory_ratio, refractory_merges, relabel
 from .templates import lagged_similarity, merge_similar_templates, snippet_merge_test
 
@@ -18,7 +18,9 @@ __all__ = [
     "merge_groups",
     "drift_split_groups",
     "drop_refractory_doubles",
+    "fire_independently",
     "footprint_merges",
+    "independence_test",
     "apply_groups",
     "cross_refractory_ratio",
     "refractory_merges",

@@ -25,6 +25,7 @@ import numpy as np
 
 from spikesort.stages.match import MatchedSpikes
 
+from .refractory import cross_refractory_ratio
 from .templates import lagged_similarity
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ def footprint_merges(
     max_piece_size: float = 0.75,
     max_ratio: float = 0.4,
     min_expected: float = 3.0,
+    independent=None,
+    min_size_ratio: float = 1.5,
 ) -> list[list[tuple[int, int]]]:
     """Groups of units that are one neuron seen at several sizes, each as (unit, offset that
     aligns its spikes on the group's largest unit), like the other template merges.
@@ -91,6 +94,11 @@ def footprint_merges(
     samples; up to ``phase_lag`` samples when the spike ``times`` show one neuron). Groups are joined
     most similar first, and only when every cross pair agrees, so no chain links two neurons
     through a piece that looks like both.
+
+    Two neurons a few µm apart also have footprints that agree to 0.99 (on dense probes, and
+    beyond the end of a shank). A pair of about one size (peak-to-peak within
+    ``min_size_ratio``) is not a neuron at several sizes: it merges only when
+    ``independent(i, j)`` (if given) does not say the two fire independently of each other.
 
     Footprints on fewer than ``min_channels`` channels that span most of the probe
     (``COMPACT_REACH``; on a long probe a narrow footprint still tells neurons apart, and the
@@ -153,6 +161,10 @@ def footprint_merges(
                     continue
             if s < min_similarity:
                 continue
+            one_size = max(ptp[i].max(), ptp[j].max()) < min_size_ratio * min(ptp[i].max(), ptp[j].max())
+            if one_size and independent is not None and independent(i, j):
+                log.info("units %d and %d: footprints agree, but one size and independent firing: kept apart", i, j)
+                continue
             ok[i, j] = ok[j, i] = True
             lag[i, j], lag[j, i] = shift, -shift
             pairs.append((cos, i, j))
@@ -189,6 +201,40 @@ def footprint_merges(
         if len(g) > 1:
             log.info("units %s: one neuron at several sizes (footprints agree): merged", sorted(g))
     return out
+
+
+def fire_independently(
+    ta: np.ndarray,
+    tb: np.ndarray,
+    *,
+    refractory: int,
+    double_fit: int,
+    duration: int,
+    rate_bin: int | None = None,
+    min_expected: float = 5.0,
+    min_ratio: float = 0.5,
+) -> bool:
+    """Two spike trains fire independently: at lags between ``double_fit`` and ``refractory``
+    samples there are at least ``min_ratio`` of the pairs independent firing would give, and
+    that expectation is at least ``min_expected`` (enough evidence). One neuron leaves a gap
+    there; lags up to ``double_fit`` are left out, where one spike fitted by two pieces'
+    templates lands."""
+    obs_r, exp_r = cross_refractory_ratio(ta, tb, refractory=refractory, duration=duration, rate_bin=rate_bin)
+    obs_d, exp_d = cross_refractory_ratio(ta, tb, refractory=double_fit, duration=duration, rate_bin=rate_bin)
+    expected = exp_r - exp_d
+    observed = obs_r * exp_r - obs_d * exp_d
+    return expected >= min_expected and observed >= min_ratio * expected
+
+
+def independence_test(spikes: MatchedSpikes, **kw):
+    """``independent(i, j)`` for units i and j of ``spikes`` (``fire_independently``, keywords passed on)."""
+    order = np.argsort(spikes.times, kind="stable")
+    t, k = spikes.times[order], spikes.templates[order]
+
+    def independent(i: int, j: int) -> bool:
+        return fire_independently(t[k == i], t[k == j], **kw)
+
+    return independent
 
 
 def drop_refractory_doubles(spikes: MatchedSpikes, *, units: np.ndarray, refractory: int) -> MatchedSpikes:
