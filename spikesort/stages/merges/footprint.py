@@ -167,11 +167,13 @@ def footprint_merges(
                 continue
             ok[i, j] = ok[j, i] = True
             lag[i, j], lag[j, i] = shift, -shift
-            pairs.append((cos, i, j))
+            pairs.append((abs(shift) <= max_lag, cos, i, j))
     group = list(range(k))
     members = {i: [i] for i in range(k)}
     via = {}  # piece -> (the unit it joined, its lag onto that unit)
-    for _c, i, j in sorted(pairs, reverse=True):
+    # pairs aligned within max_lag first: a piece on another phase must not keep a unit's own
+    # pieces from its group (complete link)
+    for _near, _c, i, j in sorted(pairs, reverse=True):
         gi, gj = group[i], group[j]
         if gi == gj or not all(ok[a, b] for a in members[gi] for b in members[gj]):
             continue
