@@ -184,6 +184,53 @@ def test_pieces_of_a_bursting_neuron_merge_but_neighbours_and_tetrode_units_do_n
     assert len(footprint_merges(dense2, dense2, sizes[:2], max_lag=3)) == 2
 
 
+def test_tetrode_pieces_merge_on_their_refractory_gap_but_an_independent_smaller_unit_does_not():
+    from spikesort.stages.merges import footprint_merges
+
+    rng = np.random.default_rng(0)
+    full = _unit(peak=40, center=12, width=3.0)
+    late = 0.4 * _stretched(full, 1.15)
+    small = 0.5 * full  # another neuron of the same footprint, firing on its own
+    tet = np.ascontiguousarray(np.stack([full, late, small])[:, :, 10:14])
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 4300, size=4400))  # never two spikes within 3 ms
+    piece = rng.random(len(neuron)) < 0.1
+    # a few spikes fitted twice, a piece a few samples off the full-size fit: inside the inner half
+    doubles = neuron[~piece][:10] + 8
+    times = [neuron[~piece], np.sort(np.r_[neuron[piece], doubles]), np.sort(rng.integers(0, duration, size=1300))]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, times=times, refractory=refractory, duration=duration)
+    groups = footprint_merges(tet, tet, sizes, **kw)
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1], [2]]
+    # without spike trains, or with too few spikes to show a gap, nothing merges
+    assert len(footprint_merges(tet, tet, sizes, max_lag=3)) == 3
+    few = [times[0], times[1][:20], times[2]]
+    assert len(footprint_merges(tet, tet, sizes, **{**kw, "times": few})) == 3
+
+
+def test_a_piece_aligned_on_another_phase_merges_when_the_spike_trains_allow():
+    from spikesort.stages.merges import footprint_merges
+
+    rng = np.random.default_rng(3)
+    full = _unit(peak=40, center=12, width=3.0)
+    shifted = np.roll(full, 10, axis=0)  # the same spikes aligned 10 samples later
+    dense = np.stack([full, shifted])
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 2000, size=3000))
+    kw = dict(max_lag=3, times=None, refractory=refractory, duration=duration)
+    # a small piece of the neuron's own spikes (3 % of them): absorbed at the larger lag only
+    piece = rng.random(len(neuron)) < 0.03
+    times = [neuron[~piece], neuron[piece] - 10]  # its peak 10 samples after its alignment
+    sizes = np.array([len(t) for t in times])
+    assert len(footprint_merges(dense, dense, sizes, **{**kw, "times": times})) == 2
+    groups = footprint_merges(dense, dense, sizes, **{**kw, "times": times, "phase_lag": 16})
+    assert len(groups) == 1 and dict(groups[0])[1] == 10  # its spikes move onto the unit's alignment
+    # the same shapes firing on their own, with enough spikes to show it, stay apart
+    other = [neuron, np.sort(rng.integers(0, duration, size=1500))]
+    sizes = np.array([len(t) for t in other])
+    assert len(footprint_merges(dense, dense, sizes, **{**kw, "times": other, "phase_lag": 16})) == 2
+
+
 def test_a_spike_fitted_twice_by_two_pieces_keeps_its_larger_fit():
     from spikesort.stages.merges import drop_refractory_doubles
 
@@ -214,6 +261,29 @@ def test_an_echo_locked_to_a_large_unit_is_dropped_but_a_neighbour_is_not():
     assert drop[spikes.templates == 1].all()
     assert not drop[spikes.templates == 0].any()
     assert drop[spikes.templates == 2].mean() < 0.05
+
+
+def test_a_unit_of_collision_leftovers_is_dropped_but_a_small_neighbour_is_not():
+    from spikesort.stages.curate import collision_units
+
+    rng = np.random.default_rng(7)
+    dur = 30000 * 300
+    big1, big2, small = _unit(peak=40, center=12), _unit(peak=30, center=15), _unit(peak=6, center=13)
+    positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
+    t1, t2 = _poisson_times(rng, 20, dur), _poisson_times(rng, 20, dur)
+    # 80 leftovers, each near one of the two big units' spikes at a lag wandering by ±3 ms: no
+    # single pair is locked tightly or often enough for the echo test
+    near = np.concatenate([rng.choice(t1, 40, replace=False), rng.choice(t2, 40, replace=False)])
+    leftovers = np.sort(near + rng.integers(-90, 91, len(near)))
+    own = _poisson_times(rng, 2, dur)  # a small neuron of its own: alone as often as chance allows
+    spikes = _spikes(t1, t2, leftovers, own)
+    dense = np.stack([big1, big2, small, small])
+    drop = collision_units(spikes, dense, window=105, positions_um=positions)
+    assert drop[spikes.templates == 2].all()
+    assert not drop[np.isin(spikes.templates, [0, 1, 3])].any()
+    # neighbours so busy that hardly a spike could be alone: nothing is judged
+    busy = _spikes(np.sort(rng.integers(100, dur - 100, 400_000)), leftovers)
+    assert not collision_units(busy, dense[[0, 2]], window=105, positions_um=positions).any()
 
 
 def test_one_size_look_alikes_firing_independently_are_two_neurons():

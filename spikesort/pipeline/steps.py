@@ -17,7 +17,7 @@ from spikesort.errors import SpikesortError
 from spikesort.outputs.result import SortingResult
 from spikesort.stages import saturation
 from spikesort.stages.cluster import cluster_spikes
-from spikesort.stages.curate import remove_duplicates, residue_spikes
+from spikesort.stages.curate import collision_units, remove_duplicates, residue_spikes
 from spikesort.stages.detect import (
     Detections,
     choose_sign,
@@ -344,24 +344,25 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         )
 
     _, w_inv_uv = phy_whitening(prep.model.whitening, info.gains_to_uv)
+    refractory = int(round(p.refractory_ms * fs / 1000))
+    # spikes aligned on another of their phases: pieces 0.3-0.9 ms apart on MEArec's Neuropixels-64
+    phase_lag = int(round(p.ms_before * fs / 1000))
+    trains = dict(refractory=refractory, duration=info.n_samples)
+    double_fit, rate_bin = int(round(DOUBLE_FIT_MS * fs / 1000)), int(round(REFRACTORY_RATE_BIN_S * fs))
 
     def merge_footprints(spikes, templates):
         """The pieces of a neuron whose spikes shrink in bursts: one footprint at several sizes."""
         sizes = np.bincount(spikes.templates, minlength=templates.n_templates)
         uv = templates.dense @ w_inv_uv.astype(np.float32)
-        independent = independence_test(
-            spikes,
-            refractory=int(round(p.refractory_ms * fs / 1000)),
-            double_fit=int(round(DOUBLE_FIT_MS * fs / 1000)),
-            duration=info.n_samples,
-            rate_bin=int(round(REFRACTORY_RATE_BIN_S * fs)),
-        )
-        groups = footprint_merges(templates.dense, uv, sizes, max_lag=3, independent=independent)
+        times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
+        independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)
+        lags = dict(max_lag=3, phase_lag=phase_lag)
+        groups = footprint_merges(templates.dense, uv, sizes, **lags, times=times, independent=independent, **trains)
         if len(groups) == templates.n_templates:
             return spikes, templates
         spikes = apply_groups(spikes, groups)
         merged = np.array([g for g, members in enumerate(groups) if len(members) > 1])
-        spikes = drop_refractory_doubles(spikes, units=merged, refractory=int(round(p.refractory_ms * fs / 1000)))
+        spikes = drop_refractory_doubles(spikes, units=merged, refractory=refractory)
         return spikes, templates_of(spikes, len(groups))
 
     spikes, post = merge_footprints(spikes, templates_of(spikes, clu.templates.n_templates))
@@ -382,10 +383,10 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         post.dense,
         positions_um=info.positions_um,
         duration=info.n_samples,
-        refractory=int(round(p.refractory_ms * fs / 1000)),
+        refractory=refractory,
         similarity=p.post_merge_similarity,
         same_unit=veto,
-        rate_bin=int(round(REFRACTORY_RATE_BIN_S * fs)),
+        rate_bin=rate_bin,
     )
     spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
     log.info("%d units after refractory merges", len(groups))
@@ -394,6 +395,9 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     merged = templates_of(spikes, len(groups))
     spikes, dropped = drop_residues(spikes, merged)
     spikes, final = merge_footprints(spikes, templates_of(spikes, len(groups)) if dropped else merged)
+    # collision leftovers last, once every piece of a neuron has joined its unit
+    collided = collision_units(spikes, final.dense, window=residue_window, positions_um=info.positions_um)
+    spikes = spikes.take(np.flatnonzero(~collided))
     # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
     # too few spikes to be a unit: leftovers of a unit whose spikes other templates took
     counts = np.bincount(spikes.templates, minlength=final.n_templates)

@@ -133,3 +133,59 @@ def residue_spikes(
             )
     log.info("subtraction residues: %d spikes dropped, %d units whole", int(drop.sum()), whole)
     return drop
+
+
+def collision_units(
+    spikes: MatchedSpikes,
+    dense: np.ndarray,
+    *,
+    window: int,
+    positions_um: np.ndarray,
+    max_distance_um: float = 200.0,
+    max_alone: float = 1 / 3,
+    min_expected_alone: float = 10.0,
+) -> np.ndarray:
+    """Units made of what colliding spikes of larger units leave: a mask of spikes to drop.
+
+    Where two large spikes overlap, the fit of each leaves a little behind, and those leftovers
+    gather into a small unit locked to several larger units at once, at lags that wander (each
+    pair alone passes the echo test of :func:`residue_spikes`). A unit's own spikes come within
+    ``window`` of a larger neighbour's (within ``max_distance_um``) only by chance, so a real
+    unit has about as many spikes away from all of them as the neighbours' summed rate predicts.
+    A unit with under ``max_alone`` of that prediction is dropped whole, when the prediction is
+    at least ``min_expected_alone`` spikes (where neighbours fire so densely that few spikes
+    could be alone, nothing is judged).
+    """
+    k = dense.shape[0]
+    drop = np.zeros(len(spikes.times), dtype=bool)
+    if k == 0 or len(spikes.times) == 0:
+        return drop
+    norms = np.linalg.norm(dense.reshape(k, -1), axis=1)
+    main = np.sqrt((dense**2).sum(axis=1)).argmax(axis=1)
+    span = max(int(spikes.times.max() - spikes.times.min()) + 1, 1)
+    members = [np.flatnonzero(spikes.templates == i) for i in range(k)]
+    for a in range(k):
+        if len(members[a]) == 0:
+            continue
+        larger = [
+            b
+            for b in range(k)
+            if norms[b] > norms[a] and np.linalg.norm(positions_um[main[a]] - positions_um[main[b]]) <= max_distance_um
+        ]
+        if not larger:
+            continue
+        tb = np.sort(np.concatenate([spikes.times[members[b]] for b in larger]))
+        ta = spikes.times[members[a]]
+        near = np.searchsorted(tb, ta + window, side="right") > np.searchsorted(tb, ta - window, side="left")
+        expected = len(ta) * np.exp(-len(tb) / span * (2 * window + 1))
+        alone = int((~near).sum())
+        if expected >= min_expected_alone and alone < max_alone * expected:
+            drop[members[a]] = True
+            log.info(
+                "unit %d: %d of its %d spikes away from larger units' (%.0f by chance): collision leftovers, dropped",
+                a,
+                alone,
+                len(ta),
+                expected,
+            )
+    return drop
