@@ -202,10 +202,19 @@ def test_tetrode_pieces_merge_on_their_refractory_gap_but_an_independent_smaller
     kw = dict(max_lag=3, times=times, refractory=refractory, duration=duration)
     groups = footprint_merges(tet, tet, sizes, **kw)
     assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1], [2]]
-    # without spike trains, or with too few spikes to show a gap, nothing merges
+    # without spike trains nothing merges
     assert len(footprint_merges(tet, tet, sizes, max_lag=3)) == 3
+    # too few spikes to show a gap: a piece of under a tenth of its unit's spikes, alike in
+    # footprint and shape, joins it (a wrong merge costs little) ...
     few = [times[0], times[1][:20], times[2]]
-    assert len(footprint_merges(tet, tet, sizes, **{**kw, "times": few})) == 3
+    groups = footprint_merges(tet, tet, sizes, **{**kw, "times": few})
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1], [2]]
+    # ... a larger share stays apart, and so does a tiny unit of another shape
+    share = [times[0][:300], times[1][:40], times[2][:300]]
+    assert len(footprint_merges(tet, tet, sizes, **{**kw, "times": share})) == 3
+    spike = np.ascontiguousarray(np.roll(late, 12, axis=0)[:, 10:14])
+    odd = np.stack([tet[0], spike, tet[2]])
+    assert len(footprint_merges(odd, odd, sizes, **{**kw, "times": few})) == 3
 
 
 def test_a_piece_aligned_on_another_phase_merges_when_the_spike_trains_allow():

@@ -107,8 +107,10 @@ def footprint_merges(
     is at most ``max_piece_size`` of a larger unit's, with footprints agreeing to
     ``compact_cosine`` and shapes to ``compact_similarity``, joins that unit's group when their
     spike pairs in the refractory period's outer half are under ``max_ratio`` of chance, chance
-    being at least ``min_expected`` pairs; tested again against the whole group. Pieces of one
-    neuron need not look like each other (one shrinks, one widens), only like their unit.
+    being at least ``min_expected`` pairs; tested again against the whole group. A piece with too
+    few spikes for that test joins when it has at most ``ABSORB_FRACTION`` of the unit's spikes and
+    agrees with it as closely as dense footprints must (``min_cosine``, ``min_similarity``). Pieces
+    of one neuron need not look like each other (one shrinks, one widens), only like their unit.
     """
     k = dense.shape[0]
     if k == 0:
@@ -123,16 +125,21 @@ def footprint_merges(
     size_uv = ptp.max(axis=1)
     attach = []  # (ratio, piece, unit, lag of the piece onto the unit)
 
-    def _compact_pair(i: int, j: int) -> None:
+    def _absorbed(cos: float, s: float, piece: np.ndarray, whole: np.ndarray) -> bool:
+        """Too few spikes for the refractory test, too few to matter, and alike as one neuron."""
+        return cos >= min_cosine and s >= min_similarity and len(piece) <= ABSORB_FRACTION * len(whole)
+
+    def _compact_pair(i: int, j: int, cos: float) -> None:
         big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
-        if size_uv[piece] > max_piece_size * size_uv[big]:
-            return
         s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max_lag)
         if s < compact_similarity:
             return
         ratio, expected = outer_refractory_ratio(times[big], times[piece], refractory=refractory, duration=duration)
-        if expected >= min_expected and ratio < max_ratio:
-            attach.append((ratio, piece, big, shift))
+        if expected >= min_expected:
+            if ratio < max_ratio and size_uv[piece] <= max_piece_size * size_uv[big]:
+                attach.append((ratio, piece, big, shift))
+        elif _absorbed(cos, s, times[piece], times[big]):
+            attach.append((1.0, piece, big, shift))  # after every piece the trains vouch for
 
     def _one_train(i: int, j: int, shift: int) -> bool:
         """Spike trains of one neuron: a gap in the refractory period's outer half (spikes fitted
@@ -150,7 +157,7 @@ def footprint_merges(
             if n_ch < min_channels:
                 compact = n_ch >= COMPACT_REACH * ptp.shape[1]
                 if compact and times is not None and refractory > 1 and cos >= compact_cosine:
-                    _compact_pair(i, j)
+                    _compact_pair(i, j, cos)
                 continue
             if cos < min_cosine:
                 continue
@@ -186,7 +193,7 @@ def footprint_merges(
             continue  # a piece joins once; a unit that took pieces, or is one, takes no other role
         whole = np.concatenate([times[t] for t in members[gb]])
         ratio, expected = outer_refractory_ratio(whole, times[piece], refractory=refractory, duration=duration)
-        if expected < min_expected or ratio >= max_ratio:
+        if ratio >= max_ratio if expected >= min_expected else len(times[piece]) > ABSORB_FRACTION * len(whole):
             continue
         group[piece] = gb
         members[gb] += members.pop(gp)
