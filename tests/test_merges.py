@@ -217,6 +217,26 @@ def test_tetrode_pieces_merge_on_their_refractory_gap_but_an_independent_smaller
     assert len(footprint_merges(odd, odd, sizes, **{**kw, "times": few})) == 3
 
 
+def test_on_a_tetrode_a_looser_footprint_needs_a_closer_shape_even_when_the_trains_show_a_gap():
+    from spikesort.stages.merges import footprint_merges
+
+    # a gap in the cross-correlogram happens by chance between two neurons on a short recording
+    # (3 units x 20 s: 2 pairs where 6 were expected); the footprint and shape must then say it
+    rng = np.random.default_rng(0)
+    full = _unit(peak=40, center=12, width=3.0)
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 4300, size=4400))
+    piece = rng.random(len(neuron)) < 0.1
+    times = [neuron[~piece], neuron[piece]]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, times=times, refractory=refractory, duration=duration)
+    for stretch, merged in ((1.5, True), (2.1, False)):
+        # footprint cosine 0.974 on the four channels; shapes alike to 0.89, then to 0.74
+        other = 0.3 * _stretched(_unit(peak=40, center=14, width=3.0), stretch)
+        tet = np.ascontiguousarray(np.stack([full, other])[:, :, 10:14])
+        assert (len(footprint_merges(tet, tet, sizes, **kw)) == 1) is merged, stretch
+
+
 def test_a_piece_aligned_on_another_phase_merges_when_the_spike_trains_allow():
     from spikesort.stages.merges import footprint_merges
 
