@@ -424,6 +424,20 @@ def test_same_input_same_output(run16, tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / "again" / name), np.load(run16.folder / name), name)
 
 
+def test_units_firing_below_the_rate_floor_are_dropped_and_the_rest_kept(run16, tmp_path):
+    counts = np.bincount(run16.result.spike_clusters)
+    duration_s = run16.recording.get_duration()
+    floor_hz = (np.sort(counts)[len(counts) // 2] - 0.5) / duration_s  # half the units fire below it
+    fewer = sort(run16.recording, tmp_path / "floor", min_rate_hz=floor_hz)
+    kept = np.flatnonzero(counts >= floor_hz * duration_s)
+    assert 0 < len(kept) < len(counts) and fewer.n_units == len(kept)
+    # the units kept are the same units with the same spikes
+    for new, old in enumerate(kept):
+        np.testing.assert_array_equal(
+            fewer.spike_times[fewer.spike_clusters == new], run16.result.spike_times[run16.result.spike_clusters == old]
+        )
+
+
 def test_chunk_size_does_not_change_the_result_much(run16, tmp_path):
     default = run16.result
     short = sort(run16.recording, tmp_path / "chunk1s", chunk_s=1.0)
