@@ -154,6 +154,20 @@ def footprint_merges(
             return ratio < max_ratio
         return min(len(times[i]), len(times[j])) <= ABSORB_FRACTION * max(len(times[i]), len(times[j]))
 
+    def _double_fits(i: int, j: int, shift: int) -> bool:
+        """Most spikes of the unit with fewer lie within the refractory period's inner half of the
+        other's: one spike fitted twice, the second time to what the first fit left. Such a unit is
+        made of residues (its template looks like the other's, at a lag), not a piece of a neuron,
+        whose spikes are events of their own; its other spikes may be another neuron's."""
+        a, b = times[i], times[j] - shift
+        few, many = (a, b) if len(a) <= len(b) else (b, a)
+        if len(few) == 0 or len(many) == 0:
+            return False
+        many = np.sort(many)
+        at = np.clip(np.searchsorted(many, few), 1, max(len(many) - 1, 1))
+        gap = np.minimum(np.abs(few - many[at - 1]), np.abs(few - many[np.minimum(at, len(many) - 1)]))
+        return float(np.mean(gap <= refractory // 2)) > 0.5
+
     for i in range(k):
         for j in np.flatnonzero(near[i] & near[:, i]):
             if j <= i:
@@ -172,6 +186,9 @@ def footprint_merges(
                 if s >= min_similarity and not _one_train(i, j, shift):
                     continue
             if s < min_similarity:
+                continue
+            if times is not None and refractory > 1 and _double_fits(i, j, shift):
+                log.info("units %d and %d: footprints agree, but one is mostly the other's spikes fitted twice", i, j)
                 continue
             one_size = max(ptp[i].max(), ptp[j].max()) < min_size_ratio * min(ptp[i].max(), ptp[j].max())
             if one_size and independent is not None and independent(i, j):
