@@ -703,3 +703,22 @@ def test_drifting_64_channels_sort_nearly_as_well_as_static(tmp_path, bench):
     err = centred_rms(motion.at(times_s=t, depths_um=np.full(len(t), 300.0)), disp)
     assert err < 2.0, err
     assert well_moving >= well_static - 2, (well_static, well_moving)
+
+
+def test_spike_positions_fitted_in_blocks_equal_one_fit(monkeypatch):
+    import spikesort.stages.drift.stage as stage
+
+    rng = np.random.default_rng(0)
+    positions = np.stack([np.tile([0.0, 32.0], 16), np.repeat(np.arange(16) * 20.0, 2)], axis=1)
+    neighbors = np.array([np.argsort(np.linalg.norm(positions - p, axis=1))[:8] for p in positions])
+    channels = rng.integers(0, len(positions), size=1000)
+    # a Gaussian footprint around a point near each spike's peak channel, in 3 temporal components
+    centre = positions[channels] + rng.normal(0, 8, size=(1000, 2))
+    d = np.linalg.norm(positions[neighbors[channels]] - centre[:, None, :], axis=2)
+    features = (np.exp(-0.5 * (d / 25.0) ** 2)[:, :, None] * rng.normal(1, 0.1, size=(1000, 1, 3))).astype(np.float32)
+    whole = stage.localize_fit(features, channels, neighbors=neighbors, positions_um=positions)
+    monkeypatch.setattr(stage, "LOCALIZE_BLOCK", 64)
+    blocks = stage.localize_fit(features, channels, neighbors=neighbors, positions_um=positions)
+    np.testing.assert_array_equal(blocks, whole)
+    # and the fit places the spikes: depth within a few µm of the true centre
+    assert np.median(np.abs(whole[:, 1] - centre[:, 1])) < 5.0
