@@ -399,9 +399,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     collided = collision_units(spikes, final.dense, window=residue_window, positions_um=info.positions_um)
     spikes = spikes.take(np.flatnonzero(~collided))
     # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
-    # too few spikes to be a unit: leftovers of a unit whose spikes other templates took. The floor
-    # is a rate: pieces and leftovers grow with the recording's length (30 min, 128 channels: 4 false
-    # units of 30-53 spikes, each a piece of a large unit or a few spikes of a tiny one)
+    # too few spikes to be a unit: leftovers and pieces, which grow with the recording (hence a rate)
     counts = np.bincount(spikes.templates, minlength=final.n_templates)
     keep = np.flatnonzero(counts >= max(p.min_cluster_size, p.min_rate_hz * info.duration_s))
     spikes = spikes.take(np.flatnonzero(np.isin(spikes.templates, keep)))

@@ -63,7 +63,9 @@ def localize_fit(
     out = np.zeros((len(features), 2), np.float32)
     for lo in range(0, len(features), LOCALIZE_BLOCK):
         hi = lo + LOCALIZE_BLOCK
-        out[lo:hi] = _localize_fit_block(features[lo:hi], channels[lo:hi], neighbors=neighbors, positions_um=positions_um)
+        out[lo:hi] = _localize_fit_block(
+            features[lo:hi], channels[lo:hi], neighbors=neighbors, positions_um=positions_um
+        )
     return out
 
 
