@@ -620,11 +620,15 @@ def bench():
     """The benchmark package's scenario and scoring helpers under one name."""
     from types import SimpleNamespace
 
-    from benchmarks.scenarios import Scenario, ensure_true_displacement
-    from benchmarks.scoring import motion_error_um
+    from benchmarks.scenarios import Scenario, build_probe, ensure_true_displacement
+    from benchmarks.scoring import motion_error_um, score_sorting
 
     return SimpleNamespace(
-        Scenario=Scenario, ensure_true_displacement=ensure_true_displacement, motion_error_um=motion_error_um
+        Scenario=Scenario,
+        build_probe=build_probe,
+        ensure_true_displacement=ensure_true_displacement,
+        motion_error_um=motion_error_um,
+        score_sorting=score_sorting,
     )
 
 
