@@ -86,32 +86,3 @@ def map_chunks(fn, chunks, *, n_jobs: int, progress=None):
             yield pending.popleft().result()
             if progress is not None:
                 progress.update(1)
-
-
-def join_parts(parts: list, cls):
-    """The chunks' results (instances of the dataclass ``cls``, every field an array with one
-    row per event) joined into one, as ``np.concatenate`` of each field would, but emptying
-    ``parts`` as it goes: at most one part is held twice, not the whole recording's (a million
-    detections are 0.3 GB, and long recordings have more)."""
-    import dataclasses
-
-    import numpy as np
-
-    if not parts:
-        raise ValueError("join_parts needs at least one part")
-    names = [f.name for f in dataclasses.fields(cls)]
-    total = sum(len(getattr(p, names[0])) for p in parts)
-    out = {}
-    for name in names:
-        a = getattr(parts[0], name)
-        dtype = np.result_type(*(getattr(p, name).dtype for p in parts))
-        out[name] = np.empty((total,) + a.shape[1:], dtype=dtype)
-    at = 0
-    for i, p in enumerate(parts):
-        n = len(getattr(p, names[0]))
-        for name in names:
-            out[name][at : at + n] = getattr(p, name)
-        at += n
-        parts[i] = None
-    parts.clear()
-    return cls(**out)

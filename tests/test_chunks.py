@@ -139,31 +139,3 @@ def test_map_chunks_propagates_errors(n_jobs):
 
     with pytest.raises(RuntimeError, match="boom"):
         list(map_chunks(fn, chunks(100, 10, 0), n_jobs=n_jobs))
-
-
-def test_join_parts_equals_concatenation_and_empties_the_list():
-    from spikesort.chunks import join_parts
-    from spikesort.stages.detect import Detections
-
-    rng = np.random.default_rng(0)
-
-    def part(n):
-        return Detections(
-            np.sort(rng.integers(0, 10**6, n)),
-            rng.integers(0, 64, n),
-            rng.random(n, dtype=np.float32),
-            rng.random(n, dtype=np.float32),
-            rng.random((n, 2), dtype=np.float32),
-            rng.random((n, 10, 3), dtype=np.float32),
-        )
-
-    parts = [part(n) for n in (5, 0, 17, 3)]
-    expected = Detections.concat(parts)
-    joined = join_parts(parts, Detections)
-    assert parts == []
-    for name in ("times", "channels", "amplitudes", "scores", "positions_um", "features"):
-        a, b = getattr(joined, name), getattr(expected, name)
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="at least one part"):
-        join_parts([], Detections)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from spikesort.chunks import join_parts
 from spikesort.errors import SpikesortError
 from spikesort.outputs.result import SortingResult
 from spikesort.stages import saturation
@@ -211,7 +210,7 @@ def _detection_pass(run: _Run, *, prep: Preprocessed) -> Detected:
             filter_sd=filter_sd,
         )
 
-    det = join_parts(list(run.map(det_fn, run.chunks, "detect", "detect")), Detections)
+    det = Detections.concat(list(run.map(det_fn, run.chunks, "detect", "detect")))
     return Detected(sign=int(sign), bases=bases, filter_sd=filter_sd, spikes=det)
 
 
@@ -290,7 +289,7 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
         )
         return spikes
 
-    spikes = join_parts(list(run.map(match_fn, run.chunks, "match", "match")), MatchedSpikes)
+    spikes = MatchedSpikes.concat(list(run.map(match_fn, run.chunks, "match", "match")))
     log.info("%d spikes matched", len(spikes.times))
     return Matched(spikes=spikes)
 
@@ -391,7 +390,8 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     )
     spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
     log.info("%d units after refractory merges", len(groups))
-    # merged units can show residues and echoes their parts hid; then footprints, no longer blurred by them
+    # merged units can show residues and echoes that their parts hid; then the footprints again,
+    # now that residues and echoes no longer blur the pieces' footprints
     merged = templates_of(spikes, len(groups))
     spikes, dropped = drop_residues(spikes, merged)
     spikes, final = merge_footprints(spikes, templates_of(spikes, len(groups)) if dropped else merged)
@@ -442,7 +442,7 @@ def _export(run: _Run, out: Path, *, prep: Preprocessed, det: Detected, cur: Cur
             positions_um=info.positions_um,
         )
 
-    feats = join_parts(list(run.map(feat_fn, range(len(chunks)), "features", "export")), SpikeFeatures)
+    feats = SpikeFeatures.concat(list(run.map(feat_fn, range(len(chunks)), "features", "export")))
     # column 0 is the spike's own template: its least-squares scale is Phy's amplitude
     amplitudes = feats.template_features[:, 0] if final.n_templates else np.zeros(0, np.float32)
     _, w_inv_uv = phy_whitening(model.whitening, info.gains_to_uv)
