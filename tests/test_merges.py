@@ -260,6 +260,30 @@ def test_a_piece_aligned_on_another_phase_merges_when_the_spike_trains_allow():
     assert len(footprint_merges(dense, dense, sizes, **{**kw, "times": other, "phase_lag": 16})) == 2
 
 
+def test_a_unit_made_of_the_other_units_spikes_fitted_twice_is_not_merged_as_a_piece():
+    from spikesort.stages.merges import footprint_merges
+
+    # long128: a weak template fitted to what the subtraction of a large unit's spikes left 10
+    # samples later, besides the spikes of a small neuron of its own; rebuilt from those spikes it
+    # looks like the large unit on another phase
+    rng = np.random.default_rng(4)
+    full = _unit(peak=40, center=12, width=3.0)
+    dense = np.stack([full, np.roll(full, 10, axis=0)])
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 2000, size=3000))
+    other = np.sort(rng.integers(0, duration, size=600))  # the small neuron's own spikes
+    kw = dict(max_lag=3, phase_lag=16, refractory=refractory, duration=duration)
+    residue = np.sort(np.r_[neuron[rng.random(len(neuron)) < 0.8] - 10, other])
+    times = [neuron, residue]
+    sizes = np.array([len(t) for t in times])
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=times)) == 2
+    # the same unit without the double fits is a piece of its own events, and joins
+    piece = rng.random(len(neuron)) < 0.05
+    times = [neuron[~piece], neuron[piece] - 10]
+    sizes = np.array([len(t) for t in times])
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=times)) == 1
+
+
 def test_a_spike_fitted_twice_by_two_pieces_keeps_its_larger_fit():
     from spikesort.stages.merges import drop_refractory_doubles
 
