@@ -409,6 +409,23 @@ def test_match_block_without_templates_or_room(line_positions):
     np.testing.assert_array_equal(residual, x)
 
 
+def _match_kw(templates, line_positions, *, n: int, **settings) -> dict:
+    """match_block's keywords for a hand-made trace of ``n`` samples on the line probe."""
+    return dict(
+        keep_start=0,
+        keep_stop=n,
+        offset=0,
+        templates=templates,
+        chan_templates=channel_candidates(templates, n_channels=N_C),
+        sign=-1,
+        peak_neighbors=neighbor_table(positions_um=line_positions, radius_um=50.0),
+        exclusion=EXCLUSION,
+        max_lag=2,
+        amplitude_range=(0.5, 2.0),
+        **settings,
+    )
+
+
 def test_match_block_local_search_equals_searching_everywhere(line_positions, monkeypatch):
     """After the first round, candidates are searched only near the subtracted spikes; with many
     spikes (overlaps included) that gives exactly what a search over the whole block gives."""
@@ -422,20 +439,13 @@ def test_match_block_local_search_equals_searching_everywhere(line_positions, mo
     for t in np.sort(rng.choice(np.arange(NT, n - NT), 60, replace=False)):
         x[t - PRE : t - PRE + NT] += rng.uniform(0.6, 1.4) * dense[rng.integers(2)]
     bases = hand_bases(spike_waveform())
-    kw = dict(
-        keep_start=0,
-        keep_stop=n,
-        offset=0,
-        templates=templates,
-        chan_templates=channel_candidates(templates, n_channels=N_C),
-        sign=-1,
+    kw = _match_kw(
+        templates,
+        line_positions,
+        n=n,
         detect_threshold=4.0,
-        peak_neighbors=neighbor_table(positions_um=line_positions, radius_um=50.0),
-        exclusion=EXCLUSION,
         match_threshold=3.0,
         iterations=6,
-        max_lag=2,
-        amplitude_range=(0.5, 2.0),
         bases=bases,
         filter_sd=noise_sd_of(x, bases),
     )
@@ -451,24 +461,17 @@ def test_match_block_local_search_equals_searching_everywhere(line_positions, mo
 
 def _peel(x, dense, line_positions):
     templates = sparsify(dense, pre=PRE)
-    spikes, residual = match_block(
-        x,
-        keep_start=0,
-        keep_stop=len(x),
-        offset=0,
-        templates=templates,
-        chan_templates=channel_candidates(templates, n_channels=N_C),
-        sign=-1,
+    kw = _match_kw(
+        templates,
+        line_positions,
+        n=len(x),
         detect_threshold=5.0,
-        peak_neighbors=neighbor_table(positions_um=line_positions, radius_um=50.0),
-        exclusion=EXCLUSION,
         match_threshold=5.0,
         iterations=4,
-        max_lag=2,
-        amplitude_range=(0.5, 2.0),
         bases=hand_bases(spike_waveform()),
         filter_sd=np.ones(N_C, np.float32),
     )
+    spikes, residual = match_block(x, **kw)
     flags = poorly_fit(
         residual, times=spikes.times, labels=spikes.templates, amplitudes=spikes.amplitudes, templates=templates
     )
