@@ -409,3 +409,24 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
     r = _invoke("demo", "-o", tmp_path, "--overwrite", "--duration", "10", "--channels", "8", "--units", "4")
     _assert_user_error(r, None, "does not look like a spikesort demo folder")
     assert (tmp_path / "thesis.tex").read_text() == "precious"
+
+
+def test_too_little_disk_for_the_whitened_traces_fails_before_sorting(tiny_recording, tmp_path, monkeypatch):
+    import shutil
+
+    data, probe = tiny_recording
+    before = _state(data)
+    real = shutil.disk_usage
+
+    def nearly_full(path):
+        usage = real(path)
+        return usage._replace(free=1000)
+
+    monkeypatch.setattr("spikesort.pipeline.traces.shutil.disk_usage", nearly_full)
+    out = tmp_path / "sorted"
+    r = _invoke("run", data, "--probe", probe, "-o", out, "--quiet", *RAW)
+    _assert_user_error(r, out, "not enough disk space", "GB needed", str(out))
+    from spikesort.layout import STATE_DIR, TRACES_FILE
+
+    assert not (out / STATE_DIR / TRACES_FILE).exists()  # checked before the file is made
+    assert _state(data) == before

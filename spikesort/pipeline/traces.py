@@ -7,10 +7,13 @@ stays at one chunk per worker whatever the recording length.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
+from spikesort.errors import SpikesortError
 from spikesort.kernels.preprocess import gather_windows, quantize_int16
 
 # whitened noise has sd ~ 1; x200 keeps 0.005 sd resolution and +-160 sd range in int16
@@ -28,8 +31,27 @@ class TraceStore:
         return 2 * self.n_channels
 
     def create(self) -> None:
+        self.check_space()
         with open(self.path, "wb") as fh:
             fh.truncate(self.n_samples * self.frame_bytes)
+
+    def check_space(self) -> None:
+        """Fail before the first chunk, not hours later, when the disk cannot hold the store.
+
+        The file is created sparse, so nothing reserves its size: the check is the only warning.
+        """
+        need = self.n_samples * self.frame_bytes
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+            held = os.stat(self.path).st_blocks * 512 if self.path.exists() else 0  # a resumed run's own file
+        except OSError:
+            return  # a filesystem that cannot say: the write itself reports a full disk
+        if free + held < need:
+            raise SpikesortError(
+                f"not enough disk space in {self.path.parent.parent} for the whitened traces: "
+                f"{need / 1e9:.1f} GB needed, {(free + held) / 1e9:.1f} GB free "
+                "(free some space or write the output folder to a larger disk with -o)"
+            )
 
     def write(self, start: int, block: np.ndarray) -> None:
         q = quantize_int16(np.ascontiguousarray(block, dtype=np.float32), np.float32(SCALE))
