@@ -260,6 +260,28 @@ def test_a_piece_aligned_on_another_phase_merges_when_the_spike_trains_allow():
     assert len(footprint_merges(dense, dense, sizes, **{**kw, "times": other, "phase_lag": 16})) == 2
 
 
+def test_a_phase_piece_with_few_outer_half_pairs_expected_uses_the_window_beyond_double_fits():
+    from spikesort.stages.merges import footprint_merges
+
+    # mearec_np64: a biphasic neuron as a unit and a piece (28 %) aligned on its other phase; the
+    # refractory period's outer half expected 2.9 pairs (too few to test), the window beyond the
+    # double fits' jitter 3.8 (observed 0)
+    rng = np.random.default_rng(5)
+    full = _unit(peak=40, center=12, width=3.0)
+    dense = np.stack([full, np.roll(full, 10, axis=0)])
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 10_000, size=1780))
+    piece = rng.random(len(neuron)) < 0.21
+    times = [neuron[~piece], neuron[piece] - 10]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, phase_lag=16, refractory=refractory, duration=duration)
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=times)) == 2  # the outer half alone
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=times, double_fit=16)) == 1
+    # the same shapes firing on their own stay apart with the wider window too
+    other = [times[0], np.sort(rng.integers(0, duration, size=len(times[1])))]
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=other, double_fit=16)) == 2
+
+
 def test_a_unit_made_of_the_other_units_spikes_fitted_twice_is_not_merged_as_a_piece():
     from spikesort.stages.merges import footprint_merges
 

@@ -356,7 +356,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         uv = templates.dense @ w_inv_uv.astype(np.float32)
         times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
         independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)
-        lags = dict(max_lag=3, phase_lag=phase_lag)
+        lags = dict(max_lag=3, phase_lag=phase_lag, double_fit=double_fit)
         groups = footprint_merges(templates.dense, uv, sizes, **lags, times=times, independent=independent, **trains)
         if len(groups) == templates.n_templates:
             return spikes, templates

@@ -52,12 +52,14 @@ def footprint_cosine(pa: np.ndarray, pb: np.ndarray) -> tuple[float, int]:
     return float(pa @ pb) / float(np.linalg.norm(pa) * np.linalg.norm(pb)), int(chans.sum())
 
 
-def outer_refractory_ratio(ta: np.ndarray, tb: np.ndarray, *, refractory: int, duration: int) -> tuple[float, float]:
-    """Observed / expected number of (a, b) spike pairs whose distance lies in the outer half of
-    the refractory period (refractory / 2, refractory], and the expected count under
+def outer_refractory_ratio(
+    ta: np.ndarray, tb: np.ndarray, *, refractory: int, duration: int, inner: int | None = None
+) -> tuple[float, float]:
+    """Observed / expected number of (a, b) spike pairs whose distance lies in (inner, refractory]
+    (by default the outer half of the refractory period), and the expected count under
     independent firing at the units' mean rates."""
     tb = np.sort(tb)
-    inner = refractory // 2
+    inner = refractory // 2 if inner is None else int(inner)
     count = 0
     for lo, hi in ((inner + 1, refractory), (-refractory, -inner - 1)):
         count += int((np.searchsorted(tb, ta + hi, side="right") - np.searchsorted(tb, ta + lo, side="left")).sum())
@@ -78,6 +80,7 @@ def footprint_merges(
     times: list[np.ndarray] | None = None,
     refractory: int = 0,
     duration: int = 0,
+    double_fit: int | None = None,
     compact_cosine: float = 0.95,
     compact_similarity: float = 0.7,
     loose_footprint_similarity: float = 0.85,
@@ -92,7 +95,8 @@ def footprint_merges(
 
     A pair needs footprints agreeing to ``min_cosine`` over at least ``min_channels`` channels
     and whitened templates of one shape (lag-aware cosine ``min_similarity``, within ``max_lag``
-    samples; up to ``phase_lag`` samples when the spike ``times`` show one neuron). Groups are joined
+    samples; up to ``phase_lag`` samples when the spike ``times`` show one neuron: no pairs closer
+    than the ``refractory`` period beyond ``double_fit`` samples, default its half). Groups are joined
     most similar first, and only when every cross pair agrees, so no chain links two neurons
     through a piece that looks like both.
 
@@ -147,9 +151,12 @@ def footprint_merges(
             attach.append((1.0, piece, big, shift))  # after every piece the trains vouch for
 
     def _one_train(i: int, j: int, shift: int) -> bool:
-        """Spike trains of one neuron: a gap in the refractory period's outer half (spikes fitted
-        twice, once by each template, sit in the inner half), or too few spikes to tell and to matter."""
-        ratio, expected = outer_refractory_ratio(times[i], times[j] - shift, refractory=refractory, duration=duration)
+        """Spike trains of one neuron: a gap in the refractory period beyond ``double_fit`` (once
+        aligned by the phase lag, a spike fitted by both templates lands within the alignment's
+        jitter), or too few spikes to tell and to matter."""
+        ratio, expected = outer_refractory_ratio(
+            times[i], times[j] - shift, refractory=refractory, duration=duration, inner=double_fit
+        )  # double_fit None: the outer half
         if expected >= min_expected:
             return ratio < max_ratio
         return min(len(times[i]), len(times[j])) <= ABSORB_FRACTION * max(len(times[i]), len(times[j]))
