@@ -318,6 +318,45 @@ def test_a_spike_fitted_twice_by_two_pieces_keeps_its_larger_fit():
     assert out.times.tolist() == [100, 520, 5000, 5010]
 
 
+def test_a_small_unit_made_of_two_units_firing_together_or_of_one_unit_delayed_goes_back_to_them():
+    from spikesort.stages.curate import composite_units
+
+    # mearec_np64 seeds 1 and 2: units of 31-77 spikes, labelled good, whose templates were the
+    # sum of two neighbours' (synchronous spikes) or a neighbour's on another alignment
+    rng = np.random.default_rng(6)
+    a, b = _unit(peak=40, center=9, width=3.0), _unit(peak=30, center=13, width=3.0)
+    far = _unit(peak=30, center=25, width=3.0)
+    summed = a + np.roll(b, 6, axis=0)  # b's spike 6 samples after a's
+    dense = np.stack([a, b, summed, np.roll(a, 5, axis=0), far])
+    n_samples = 10_000_000
+    # distinct points 100 samples apart: no two units' spikes meet by chance
+    grid = 100 * (1 + rng.choice(n_samples // 100 - 2, size=5630, replace=False))
+    times = [np.sort(part) for part in np.split(grid, np.cumsum([3000, 2500, 40, 50]))]
+    times[3][0] = times[0][7] - 5  # a spike of a's fitted twice: it lands on a's own spike
+    units = np.concatenate([np.full(len(t), i) for i, t in enumerate(times)])
+    all_times = np.concatenate(times)
+    order = np.argsort(all_times, kind="stable")
+    n = len(all_times)
+    spikes = MatchedSpikes(all_times[order], units[order], np.ones(n, np.float32), np.ones(n, np.float32))
+    kw = dict(max_lag=30, positions_um=np.c_[np.zeros(32), 20.0 * np.arange(32)], refractory=45, duration=n_samples)
+    out = composite_units(spikes, dense, amplitude_range=(0.5, 2.0), **kw)
+    counts = np.bincount(out.templates, minlength=5)
+    assert counts[2] == 0 and counts[3] == 0  # both dissolved
+    assert counts[4] == 40  # a small unit far from both stays
+    assert counts[0] == 3000 + 40 + 49 and counts[1] == 2500 + 40  # the double fit is not added
+    got_b = set(out.times[out.templates == 1].tolist())
+    assert {t + 6 for t in times[2].tolist()} <= got_b  # at the delay of b's spike in the sum
+    assert np.all(np.diff(out.times) >= 0)
+    # the same units with more spikes than a tenth of their neighbours' are left alone
+    many = [times[0][:300], times[1][:250], times[2], times[3], times[4]]
+    units = np.concatenate([np.full(len(t), i) for i, t in enumerate(many)])
+    t = np.concatenate(many)
+    n = len(t)
+    spikes = MatchedSpikes(t, units, np.ones(n, np.float32), np.ones(n, np.float32))
+    out = composite_units(spikes, dense, amplitude_range=(0.5, 2.0), **kw)
+    assert np.array_equal(np.bincount(out.templates, minlength=5), [300, 250, 40, 50, 40])
+
+
 def test_an_echo_locked_to_a_large_unit_is_dropped_but_a_neighbour_is_not():
     from spikesort.stages.curate import residue_spikes
 

@@ -17,7 +17,7 @@ from spikesort.errors import SpikesortError
 from spikesort.outputs.result import SortingResult
 from spikesort.stages import saturation
 from spikesort.stages.cluster import cluster_spikes
-from spikesort.stages.curate import collision_units, remove_duplicates, residue_spikes
+from spikesort.stages.curate import collision_units, composite_units, remove_duplicates, residue_spikes
 from spikesort.stages.detect import (
     Detections,
     choose_sign,
@@ -318,16 +318,8 @@ def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
     spikes = remove_duplicates(
         apply_groups(cur.spikes, [[(u, 0) for u in g] for g in groups]), window=int(round(p.duplicate_ms * fs / 1000))
     )
-    templates = build_templates(
-        run.store,
-        spikes.times,
-        spikes.templates,
-        n_units=len(groups),
-        pre=run.pre,
-        nt=run.nt,
-        rng=stage_rng(p.seed, "curate"),
-        n_jobs=run.n_jobs,
-    )
+    kw = dict(pre=run.pre, nt=run.nt, rng=stage_rng(p.seed, "curate"), n_jobs=run.n_jobs)
+    templates = build_templates(run.store, spikes.times, spikes.templates, n_units=len(groups), **kw)
     return Curated(spikes=spikes, templates=templates)
 
 
@@ -395,9 +387,12 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     merged = templates_of(spikes, len(groups))
     spikes, dropped = drop_residues(spikes, merged)
     spikes, final = merge_footprints(spikes, templates_of(spikes, len(groups)) if dropped else merged)
-    # collision leftovers last, once every piece of a neuron has joined its unit
+    # collision leftovers last, once every piece of a neuron has joined its unit; then the units
+    # whose template is one or two others' (synchronous firing, another alignment)
     collided = collision_units(spikes, final.dense, window=residue_window, positions_um=info.positions_um)
     spikes = spikes.take(np.flatnonzero(~collided))
+    kw = dict(positions_um=info.positions_um, amplitude_range=p.amplitude_range, **trains)
+    spikes = composite_units(spikes, final.dense, max_lag=nt // 2, **kw)
     # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
     # too few spikes to be a unit: leftovers and pieces, which grow with the recording (hence a rate)
     counts = np.bincount(spikes.templates, minlength=final.n_templates)

@@ -189,3 +189,153 @@ def collision_units(
                 expected,
             )
     return drop
+
+
+def _lagged_fits(y: np.ndarray, x: np.ndarray, *, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each lag in -max_lag..max_lag: the dot product of ``y`` with ``x`` delayed by that lag
+    and the squared norm of the delayed ``x`` (what stays inside the window), both (nt, C)."""
+    nt = y.shape[0]
+    dots = np.zeros(2 * max_lag + 1)
+    sq = np.zeros(2 * max_lag + 1)
+    energy = (x**2).sum(axis=1)
+    for n, lag in enumerate(range(-max_lag, max_lag + 1)):
+        if lag >= 0:
+            dots[n] = float((y[lag:] * x[: nt - lag]).sum())
+            sq[n] = float(energy[: nt - lag].sum())
+        else:
+            dots[n] = float((y[: nt + lag] * x[-lag:]).sum())
+            sq[n] = float(energy[-lag:].sum())
+    return dots, sq
+
+
+def _best_gain(y: np.ndarray, x: np.ndarray) -> float:
+    xx = float((x**2).sum())
+    return float((x * y).sum()) / xx if xx > 0 else 0.0
+
+
+def _best_lag(y: np.ndarray, x: np.ndarray, *, max_lag: int) -> int:
+    """The delay of ``x`` that explains most of ``y`` (a positive gain)."""
+    dots, sq = _lagged_fits(y, x, max_lag=max_lag)
+    explained = np.where((sq > 0) & (dots > 0), dots**2 / np.where(sq > 0, sq, 1.0), 0.0)
+    return int(np.argmax(explained)) - max_lag
+
+
+def _delayed(x: np.ndarray, lag: int) -> np.ndarray:
+    out = np.zeros_like(x)
+    if lag >= 0:
+        out[lag:] = x[: len(x) - lag]
+    else:
+        out[:lag] = x[-lag:]
+    return out
+
+
+def composite_units(
+    spikes: MatchedSpikes,
+    dense: np.ndarray,
+    *,
+    max_lag: int,
+    positions_um: np.ndarray,
+    refractory: int,
+    amplitude_range: tuple[float, float],
+    duration: int,
+    max_residual: float = 0.15,
+    max_share: float = 0.1,
+    max_distance_um: float = 100.0,
+    n_candidates: int = 12,
+) -> MatchedSpikes:
+    """Small units whose template is one or two larger units' templates: their spikes go back.
+
+    Two things make such a unit. A larger unit's spikes taken on another alignment (a duplicate:
+    its template is the larger one delayed). And two neurons that often fire together (the
+    synchronous spikes of biophysical simulations): the summed waveform forms a cluster, whose
+    template then wins those events from both neurons' own. A unit with at most ``max_share`` of
+    a nearby larger unit's spikes (peak channels within ``max_distance_um``) whose template one
+    delayed template, or the least-squares sum of two, leaves under ``max_residual`` of its
+    energy, with each gain within ``amplitude_range``, is dissolved: each spike goes to each
+    template that explains it, at its delay, unless that unit already has a spike within the
+    inner half of the ``refractory`` period there (the same event fitted twice) or the delay
+    takes it outside the recording (``duration`` samples).
+    """
+    k = dense.shape[0]
+    if k < 2 or len(spikes.times) == 0:
+        return spikes
+    sizes = np.bincount(spikes.templates, minlength=k)
+    main = np.sqrt((dense**2).sum(axis=1)).argmax(axis=1)
+    lo, hi = amplitude_range
+    moved: dict[int, list[tuple[int, int, float]]] = {}  # unit -> [(target unit, lag, gain)]
+    for u in np.argsort(sizes, kind="stable"):
+        y = dense[u].astype(np.float64)
+        yy = float((y**2).sum())
+        near = [
+            i
+            for i in range(k)
+            if i != u
+            and i not in moved
+            and sizes[u] <= max_share * sizes[i]
+            and np.linalg.norm(positions_um[main[u]] - positions_um[main[i]]) <= max_distance_um
+        ]
+        if sizes[u] == 0 or yy == 0 or not near:
+            continue
+        singles = []  # (residual, unit, lag, gain)
+        for i in near:
+            dots, sq = _lagged_fits(y, dense[i].astype(np.float64), max_lag=max_lag)
+            ok = sq > 0
+            gain = np.where(ok, dots / np.where(ok, sq, 1.0), 0.0)
+            res = np.where(ok, 1.0 - dots * gain / yy, 1.0)
+            n = int(np.argmin(np.where((gain >= lo) & (gain <= hi), res, np.inf)))
+            if lo <= gain[n] <= hi:
+                singles.append((float(res[n]), i, n - max_lag, float(gain[n])))
+        if not singles:
+            continue
+        singles.sort()
+        best = [singles[0][1:]] if singles[0][0] <= max_residual else None
+        if best is None:
+            # pairs among the best single fits; each lag refitted on what the other leaves
+            top = singles[:n_candidates]
+            pair_res = max_residual
+            for a in range(len(top)):
+                for b in range(a + 1, len(top)):
+                    (_, i, li, gi), (_, j, _, _) = top[a], top[b]
+                    xi, xj = dense[i].astype(np.float64), dense[j].astype(np.float64)
+                    for _ in range(2):
+                        lj = _best_lag(y - gi * _delayed(xi, li), xj, max_lag=max_lag)
+                        li = _best_lag(y - _best_gain(y, _delayed(xj, lj)) * _delayed(xj, lj), xi, max_lag=max_lag)
+                        gi = _best_gain(y, _delayed(xi, li))
+                    x = np.stack([_delayed(xi, li).ravel(), _delayed(xj, lj).ravel()], axis=1)
+                    coef = np.linalg.lstsq(x, y.ravel(), rcond=None)[0]
+                    r = y.ravel() - x @ coef
+                    res = float(r @ r) / yy
+                    if res <= pair_res and all(lo <= c <= hi for c in coef):
+                        pair_res, best = res, [(i, li, float(coef[0])), (j, lj, float(coef[1]))]
+        if best is not None:
+            moved[int(u)] = best
+    if not moved:
+        return spikes
+    keep = ~np.isin(spikes.templates, list(moved))
+    parts = [spikes.take(np.flatnonzero(keep))]
+    inner = max(refractory // 2, 1)
+    for u, fits in moved.items():
+        own = spikes.take(np.flatnonzero(spikes.templates == u))
+        for target, lag, gain in fits:
+            t = own.times + lag
+            have = np.sort(spikes.times[spikes.templates == target])
+            at = np.clip(np.searchsorted(have, t), 1, max(len(have) - 1, 1))
+            gap = np.minimum(np.abs(t - have[at - 1]), np.abs(t - have[np.minimum(at, len(have) - 1)]))
+            new = (gap > inner) & (t >= 0) & (t < duration)
+            parts.append(
+                MatchedSpikes(
+                    t[new],
+                    np.full(int(new.sum()), target, dtype=spikes.templates.dtype),
+                    (own.amplitudes[new] * gain).astype(spikes.amplitudes.dtype),
+                    (own.gains[new] * gain * gain).astype(spikes.gains.dtype),
+                )
+            )
+        log.info(
+            "unit %d (%d spikes): its template is %s: its spikes go to %s",
+            u,
+            len(own.times),
+            "another unit's, delayed" if len(fits) == 1 else "the sum of two units'",
+            " and ".join(f"unit {t} ({lag:+d} samples)" for t, lag, _ in fits),
+        )
+    merged = MatchedSpikes.concat(parts)
+    return merged.take(np.argsort(merged.times, kind="stable"))
