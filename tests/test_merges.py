@@ -282,6 +282,28 @@ def test_a_phase_piece_with_few_outer_half_pairs_expected_uses_the_window_beyond
     assert len(footprint_merges(dense, dense, sizes, **kw, times=other, double_fit=16)) == 2
 
 
+def test_on_a_tetrode_one_neuron_on_two_alignments_merges_when_the_spike_trains_show_one_neuron():
+    from spikesort.stages.merges import footprint_merges
+
+    # mearec_tetrode seed 1: a bursting neuron's unit and a 248-spike unit of its spikes aligned
+    # a few samples later; every tetrode neuron has about the same footprint, so only the trains tell
+    rng = np.random.default_rng(7)
+    full = _unit(peak=40, center=12, width=3.0)
+    tet = np.ascontiguousarray(np.stack([full, np.roll(full, 8, axis=0)])[:, :, 10:14])
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 4000, size=4000))
+    piece = rng.random(len(neuron)) < 0.3
+    times = [neuron[~piece], neuron[piece] - 8]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, phase_lag=16, double_fit=16, refractory=refractory, duration=duration)
+    groups = footprint_merges(tet, tet, sizes, **kw, times=times)
+    assert len(groups) == 1 and dict(groups[0])[1] == 8
+    # two neurons of that shape firing on their own stay apart, and so does the pair without a phase lag
+    other = [times[0], np.sort(rng.integers(0, duration, size=len(times[1])))]
+    assert len(footprint_merges(tet, tet, sizes, **kw, times=other)) == 2
+    assert len(footprint_merges(tet, tet, sizes, **{**kw, "phase_lag": 0}, times=times)) == 2
+
+
 def test_a_unit_made_of_the_other_units_spikes_fitted_twice_is_not_merged_as_a_piece():
     from spikesort.stages.merges import footprint_merges
 

@@ -117,6 +117,8 @@ def footprint_merges(
     few spikes for that test joins when it has at most ``ABSORB_FRACTION`` of the unit's spikes and
     agrees with it as closely as dense footprints must (``min_cosine``, ``min_similarity``). Pieces
     of one neuron need not look like each other (one shrinks, one widens), only like their unit.
+    Two compact units alike as dense ones must be, but only at a lag beyond ``max_lag`` (one neuron
+    aligned on two of its phases), join as a pair does on a dense probe when the trains show one neuron.
     """
     k = dense.shape[0]
     if k == 0:
@@ -181,19 +183,28 @@ def footprint_merges(
                 continue
             cos, n_ch = footprint_cosine(ptp[i], ptp[j])
             if n_ch < min_channels:
-                compact = n_ch >= COMPACT_REACH * ptp.shape[1]
-                if compact and times is not None and refractory > 1 and cos >= compact_cosine:
-                    _compact_pair(i, j, cos)
-                continue
-            if cos < min_cosine:
-                continue
-            s, shift = lagged_similarity(dense[i], dense[j], max_lag=max_lag)
-            if s < min_similarity and phase_lag > max_lag and times is not None:
-                s, shift = lagged_similarity(dense[i], dense[j], max_lag=phase_lag)
-                if s >= min_similarity and not _one_train(i, j, shift):
+                if n_ch < COMPACT_REACH * ptp.shape[1] or times is None or refractory <= 1:
                     continue
-            if s < min_similarity:
-                continue
+                n_attached = len(attach)
+                if cos >= compact_cosine:
+                    _compact_pair(i, j, cos)
+                # a pair best aligned a few samples apart is one neuron on two of its phases, not
+                # a smaller piece: on a compact probe too, the spike trains can say it
+                if len(attach) > n_attached or cos < min_cosine or phase_lag <= max_lag:
+                    continue
+                s, shift = lagged_similarity(dense[i], dense[j], max_lag=phase_lag)
+                if abs(shift) <= max_lag or s < min_similarity or not _one_train(i, j, shift):
+                    continue
+            else:
+                if cos < min_cosine:
+                    continue
+                s, shift = lagged_similarity(dense[i], dense[j], max_lag=max_lag)
+                if s < min_similarity and phase_lag > max_lag and times is not None:
+                    s, shift = lagged_similarity(dense[i], dense[j], max_lag=phase_lag)
+                    if s >= min_similarity and not _one_train(i, j, shift):
+                        continue
+                if s < min_similarity:
+                    continue
             if times is not None and refractory > 1 and _double_fits(i, j, shift):
                 log.info("units %d and %d: footprints agree, but one is mostly the other's spikes fitted twice", i, j)
                 continue
