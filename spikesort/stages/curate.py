@@ -263,6 +263,7 @@ def composite_units(
     main = np.sqrt((dense**2).sum(axis=1)).argmax(axis=1)
     lo, hi = amplitude_range
     moved: dict[int, list[tuple[int, int, float]]] = {}  # unit -> [(target unit, lag, gain)]
+    targets: set[int] = set()
     for u in np.argsort(sizes, kind="stable"):
         y = dense[u].astype(np.float64)
         yy = float((y**2).sum())
@@ -274,8 +275,8 @@ def composite_units(
             and sizes[u] <= max_share * sizes[i]
             and np.linalg.norm(positions_um[main[u]] - positions_um[main[i]]) <= max_distance_um
         ]
-        if sizes[u] == 0 or yy == 0 or not near:
-            continue
+        if sizes[u] == 0 or yy == 0 or not near or u in targets:
+            continue  # a unit that takes another's spikes stays (no chains)
         singles = []  # (residual, unit, lag, gain)
         for i in near:
             dots, sq = _lagged_fits(y, dense[i].astype(np.float64), max_lag=max_lag)
@@ -309,6 +310,7 @@ def composite_units(
                         pair_res, best = res, [(i, li, float(coef[0])), (j, lj, float(coef[1]))]
         if best is not None:
             moved[int(u)] = best
+            targets.update(t for t, _, _ in best)
     if not moved:
         return spikes
     keep = ~np.isin(spikes.templates, list(moved))
