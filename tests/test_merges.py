@@ -217,6 +217,29 @@ def test_tetrode_pieces_merge_on_their_refractory_gap_but_an_independent_smaller
     assert len(footprint_merges(odd, odd, sizes, **{**kw, "times": few})) == 3
 
 
+def test_on_a_long_probe_a_narrow_footprint_at_two_sizes_merges_only_on_ample_refractory_evidence():
+    from spikesort.stages.merges import footprint_merges
+
+    # mearec_nn32 seed 2: a bursting neuron at two sizes whose footprint spans 5 of 32 channels,
+    # 3 pairs in the refractory period's outer half where 31.6 were expected
+    rng = np.random.default_rng(8)
+    full = _unit(peak=40, center=12, width=1.0)  # 5 channels above a tenth of the peak
+    dense = np.stack([full, 0.4 * full])
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 4000, size=4000))
+    small = rng.random(len(neuron)) < 0.4
+    times = [neuron[~small], neuron[small]]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, refractory=refractory, duration=duration)
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=times)) == 1
+    # two neighbours of that footprint firing on their own stay apart
+    other = [times[0], np.sort(rng.integers(0, duration, size=len(times[1])))]
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=other)) == 2
+    # and so does a gap on too little evidence (a short recording: 1/10 of the spikes)
+    short = [t[t < duration // 10] for t in times]
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=short)) == 2
+
+
 def test_on_a_tetrode_a_looser_footprint_needs_a_closer_shape_even_when_the_trains_show_a_gap():
     from spikesort.stages.merges import footprint_merges
 

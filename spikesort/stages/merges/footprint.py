@@ -40,6 +40,9 @@ COMPACT_REACH = 0.75
 # and shapes of 0.98 at 0.28 ms; a piece too small for the test joins when it has at most
 # ABSORB_FRACTION of the spikes of its unit (as in refractory_merges: a wrong merge costs little)
 ABSORB_FRACTION = 0.1
+# a narrow footprint on a long probe (mearec_nn32 seed 2: a bursting neuron's two sizes over 5
+# channels, 3 pairs where 31.6 were expected) joins only on this much evidence of one neuron
+NARROW_EXPECTED, NARROW_RATIO = 10.0, 0.2
 
 
 def footprint_cosine(pa: np.ndarray, pb: np.ndarray) -> tuple[float, int]:
@@ -119,6 +122,9 @@ def footprint_merges(
     of one neuron need not look like each other (one shrinks, one widens), only like their unit.
     Two compact units alike as dense ones must be, but only at a lag beyond ``max_lag`` (one neuron
     aligned on two of its phases), join as a pair does on a dense probe when the trains show one neuron.
+    A narrow footprint on a long probe joins as a piece does on a compact one, but only with the
+    stricter evidence of ``NARROW_EXPECTED`` and ``NARROW_RATIO``, and footprints and shapes alike
+    to ``min_cosine`` and ``min_similarity``.
     """
     k = dense.shape[0]
     if k == 0:
@@ -152,6 +158,18 @@ def footprint_merges(
         elif _absorbed(cos, s, times[piece], times[big]):
             attach.append((1.0, piece, big, shift))  # after every piece the trains vouch for
 
+    def _narrow_pair(i: int, j: int) -> None:
+        """A narrow footprint on a long probe: neighbours can agree there, and the collisions the
+        matching loses thin their correlogram, so only a near-empty refractory period on ample
+        evidence (NARROW_EXPECTED pairs, under NARROW_RATIO of them) shows one neuron."""
+        big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
+        s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max_lag)
+        if s < min_similarity or size_uv[piece] > max_piece_size * size_uv[big]:
+            return
+        ratio, expected = outer_refractory_ratio(times[big], times[piece], refractory=refractory, duration=duration)
+        if expected >= NARROW_EXPECTED and ratio < NARROW_RATIO:
+            attach.append((ratio, piece, big, shift))
+
     def _one_train(i: int, j: int, shift: int) -> bool:
         """Spike trains of one neuron: a gap in the refractory period beyond ``double_fit`` (once
         aligned by the phase lag, a spike fitted by both templates lands within the alignment's
@@ -183,7 +201,11 @@ def footprint_merges(
                 continue
             cos, n_ch = footprint_cosine(ptp[i], ptp[j])
             if n_ch < min_channels:
-                if n_ch < COMPACT_REACH * ptp.shape[1] or times is None or refractory <= 1:
+                if times is None or refractory <= 1:
+                    continue
+                if n_ch < COMPACT_REACH * ptp.shape[1]:
+                    if cos >= min_cosine:
+                        _narrow_pair(i, j)
                     continue
                 n_attached = len(attach)
                 if cos >= compact_cosine:
