@@ -260,15 +260,19 @@ def test_on_a_tetrode_a_looser_footprint_needs_a_closer_shape_even_when_the_trai
         assert (len(footprint_merges(tet, tet, sizes, **kw)) == 1) is merged, stretch
 
 
+def _on_two_phases(rng, *, n_spikes: int, max_isi: int):
+    """A unit's template and the same spikes aligned 10 samples later (a 300 s recording at
+    32 kHz, 1.5 ms refractory period), and one neuron's train: never two spikes within 3 ms."""
+    full = _unit(peak=40, center=12, width=3.0)
+    neuron = np.cumsum(rng.integers(96, max_isi, size=n_spikes))
+    return np.stack([full, np.roll(full, 10, axis=0)]), neuron, 9_600_000, 48
+
+
 def test_a_piece_aligned_on_another_phase_merges_when_the_spike_trains_allow():
     from spikesort.stages.merges import footprint_merges
 
     rng = np.random.default_rng(3)
-    full = _unit(peak=40, center=12, width=3.0)
-    shifted = np.roll(full, 10, axis=0)  # the same spikes aligned 10 samples later
-    dense = np.stack([full, shifted])
-    duration, refractory = 9_600_000, 48
-    neuron = np.cumsum(rng.integers(96, 2000, size=3000))
+    dense, neuron, duration, refractory = _on_two_phases(rng, n_spikes=3000, max_isi=2000)
     kw = dict(max_lag=3, times=None, refractory=refractory, duration=duration)
     # a small piece of the neuron's own spikes (3 % of them): absorbed at the larger lag only
     piece = rng.random(len(neuron)) < 0.03
@@ -290,10 +294,7 @@ def test_a_phase_piece_with_few_outer_half_pairs_expected_uses_the_window_beyond
     # refractory period's outer half expected 2.9 pairs (too few to test), the window beyond the
     # double fits' jitter 3.8 (observed 0)
     rng = np.random.default_rng(5)
-    full = _unit(peak=40, center=12, width=3.0)
-    dense = np.stack([full, np.roll(full, 10, axis=0)])
-    duration, refractory = 9_600_000, 48
-    neuron = np.cumsum(rng.integers(96, 10_000, size=1780))
+    dense, neuron, duration, refractory = _on_two_phases(rng, n_spikes=1780, max_isi=10_000)
     piece = rng.random(len(neuron)) < 0.21
     times = [neuron[~piece], neuron[piece] - 10]
     sizes = np.array([len(t) for t in times])
@@ -334,10 +335,7 @@ def test_a_unit_made_of_the_other_units_spikes_fitted_twice_is_not_merged_as_a_p
     # samples later, besides the spikes of a small neuron of its own; rebuilt from those spikes it
     # looks like the large unit on another phase
     rng = np.random.default_rng(4)
-    full = _unit(peak=40, center=12, width=3.0)
-    dense = np.stack([full, np.roll(full, 10, axis=0)])
-    duration, refractory = 9_600_000, 48
-    neuron = np.cumsum(rng.integers(96, 2000, size=3000))
+    dense, neuron, duration, refractory = _on_two_phases(rng, n_spikes=3000, max_isi=2000)
     other = np.sort(rng.integers(0, duration, size=600))  # the small neuron's own spikes
     kw = dict(max_lag=3, phase_lag=16, refractory=refractory, duration=duration)
     residue = np.sort(np.r_[neuron[rng.random(len(neuron)) < 0.8] - 10, other])
