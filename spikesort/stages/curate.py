@@ -11,6 +11,7 @@ import logging
 import numpy as np
 
 from .match import MatchedSpikes
+from .merges.templates import lagged_dots
 
 log = logging.getLogger(__name__)
 
@@ -191,23 +192,6 @@ def collision_units(
     return drop
 
 
-def _lagged_fits(y: np.ndarray, x: np.ndarray, *, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each lag in -max_lag..max_lag: the dot product of ``y`` with ``x`` delayed by that lag
-    and the squared norm of the delayed ``x`` (what stays inside the window), both (nt, C)."""
-    nt = y.shape[0]
-    dots = np.zeros(2 * max_lag + 1)
-    sq = np.zeros(2 * max_lag + 1)
-    energy = (x**2).sum(axis=1)
-    for n, lag in enumerate(range(-max_lag, max_lag + 1)):
-        if lag >= 0:
-            dots[n] = float((y[lag:] * x[: nt - lag]).sum())
-            sq[n] = float(energy[: nt - lag].sum())
-        else:
-            dots[n] = float((y[: nt + lag] * x[-lag:]).sum())
-            sq[n] = float(energy[-lag:].sum())
-    return dots, sq
-
-
 def _best_gain(y: np.ndarray, x: np.ndarray) -> float:
     xx = float((x**2).sum())
     return float((x * y).sum()) / xx if xx > 0 else 0.0
@@ -215,7 +199,7 @@ def _best_gain(y: np.ndarray, x: np.ndarray) -> float:
 
 def _best_lag(y: np.ndarray, x: np.ndarray, *, max_lag: int) -> int:
     """The delay of ``x`` that explains most of ``y`` (a positive gain)."""
-    dots, sq = _lagged_fits(y, x, max_lag=max_lag)
+    dots, sq = lagged_dots(y, x, max_lag=max_lag)
     explained = np.where((sq > 0) & (dots > 0), dots**2 / np.where(sq > 0, sq, 1.0), 0.0)
     return int(np.argmax(explained)) - max_lag
 
@@ -267,6 +251,8 @@ def composite_units(
     for u in np.argsort(sizes, kind="stable"):
         y = dense[u].astype(np.float64)
         yy = float((y**2).sum())
+        if sizes[u] == 0 or yy == 0 or u in targets:
+            continue  # a unit that takes another's spikes stays (no chains)
         near = [
             i
             for i in range(k)
@@ -275,11 +261,11 @@ def composite_units(
             and sizes[u] <= max_share * sizes[i]
             and np.linalg.norm(positions_um[main[u]] - positions_um[main[i]]) <= max_distance_um
         ]
-        if sizes[u] == 0 or yy == 0 or not near or u in targets:
-            continue  # a unit that takes another's spikes stays (no chains)
+        if not near:
+            continue
         singles = []  # (residual, unit, lag, gain)
         for i in near:
-            dots, sq = _lagged_fits(y, dense[i].astype(np.float64), max_lag=max_lag)
+            dots, sq = lagged_dots(y, dense[i].astype(np.float64), max_lag=max_lag)
             ok = sq > 0
             gain = np.where(ok, dots / np.where(ok, sq, 1.0), 0.0)
             res = np.where(ok, 1.0 - dots * gain / yy, 1.0)

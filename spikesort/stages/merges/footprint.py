@@ -143,32 +143,29 @@ def footprint_merges(
         """Too few spikes for the refractory test, too few to matter, and alike as one neuron."""
         return cos >= min_cosine and s >= min_similarity and len(piece) <= ABSORB_FRACTION * len(whole)
 
-    def _compact_pair(i: int, j: int, cos: float) -> None:
+    def _piece_pair(i: int, j: int, cos: float, *, narrow: bool = False) -> None:
+        """The smaller unit as a piece of the larger, judged by the gap the trains leave in the
+        refractory period's outer half. A narrow footprint on a long probe needs more: neighbours
+        can agree there, and the collisions the matching loses thin their correlogram, so only a
+        near-empty period on ample evidence (NARROW_EXPECTED pairs, under NARROW_RATIO of them)
+        shows one neuron, with shapes alike as on dense probes and no fallback for small pieces."""
         big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
         s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max_lag)
+        if narrow:
+            if s < min_similarity:
+                return
         # a piece scales on every channel together; only a small one's footprint, blurred by the
         # noise, agrees less, and then its shape must agree closely (distinct neurons on tetrodes
         # reached a footprint cosine of 0.97, and 0.95 with shapes of 0.76)
-        if s < compact_similarity or (cos < min_cosine and s < loose_footprint_similarity):
+        elif s < compact_similarity or (cos < min_cosine and s < loose_footprint_similarity):
             return
         ratio, expected = outer_refractory_ratio(times[big], times[piece], refractory=refractory, duration=duration)
-        if expected >= min_expected:
-            if ratio < max_ratio and size_uv[piece] <= max_piece_size * size_uv[big]:
+        need, below = (NARROW_EXPECTED, NARROW_RATIO) if narrow else (min_expected, max_ratio)
+        if expected >= need:
+            if ratio < below and size_uv[piece] <= max_piece_size * size_uv[big]:
                 attach.append((ratio, piece, big, shift))
-        elif _absorbed(cos, s, times[piece], times[big]):
+        elif not narrow and _absorbed(cos, s, times[piece], times[big]):
             attach.append((1.0, piece, big, shift))  # after every piece the trains vouch for
-
-    def _narrow_pair(i: int, j: int) -> None:
-        """A narrow footprint on a long probe: neighbours can agree there, and the collisions the
-        matching loses thin their correlogram, so only a near-empty refractory period on ample
-        evidence (NARROW_EXPECTED pairs, under NARROW_RATIO of them) shows one neuron."""
-        big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
-        s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max_lag)
-        if s < min_similarity or size_uv[piece] > max_piece_size * size_uv[big]:
-            return
-        ratio, expected = outer_refractory_ratio(times[big], times[piece], refractory=refractory, duration=duration)
-        if expected >= NARROW_EXPECTED and ratio < NARROW_RATIO:
-            attach.append((ratio, piece, big, shift))
 
     def _one_train(i: int, j: int, shift: int) -> bool:
         """Spike trains of one neuron: a gap in the refractory period beyond ``double_fit`` (once
@@ -205,11 +202,11 @@ def footprint_merges(
                     continue
                 if n_ch < COMPACT_REACH * ptp.shape[1]:
                     if cos >= min_cosine:
-                        _narrow_pair(i, j)
+                        _piece_pair(i, j, cos, narrow=True)
                     continue
                 n_attached = len(attach)
                 if cos >= compact_cosine:
-                    _compact_pair(i, j, cos)
+                    _piece_pair(i, j, cos)
                 # a pair best aligned a few samples apart is one neuron on two of its phases, not
                 # a smaller piece: on a compact probe too, the spike trains can say it
                 if len(attach) > n_attached or cos < min_cosine or phase_lag <= max_lag:

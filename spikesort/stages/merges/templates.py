@@ -25,16 +25,28 @@ def lagged_similarity(a: np.ndarray, b: np.ndarray, *, max_lag: int, signal_frac
     chans = (ca >= signal_fraction * ca.max()) | (cb >= signal_fraction * cb.max())
     a, b = a[:, chans], b[:, chans]
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    nt = a.shape[0]
-    best, best_lag = -1.0, 0
-    for lag in range(-max_lag, max_lag + 1):
+    dots, _ = lagged_dots(a, b, max_lag=max_lag)
+    n = int(np.argmax(dots))
+    if dots[n] <= -1.0:  # nothing above the starting point of the search
+        return -1.0 / (na * nb), 0
+    return float(dots[n]) / (na * nb), n - max_lag
+
+
+def lagged_dots(y: np.ndarray, x: np.ndarray, *, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each lag in -max_lag..max_lag: the dot product of ``y`` with ``x`` delayed by that lag,
+    and the squared norm of the delayed ``x`` (what stays inside the window); both (nt, C)."""
+    nt = y.shape[0]
+    dots = np.zeros(2 * max_lag + 1)
+    sq = np.zeros(2 * max_lag + 1)
+    energy = (x**2).sum(axis=1)
+    for n, lag in enumerate(range(-max_lag, max_lag + 1)):
         if lag >= 0:
-            s = float((a[lag:] * b[: nt - lag]).sum())
+            dots[n] = float((y[lag:] * x[: nt - lag]).sum())
+            sq[n] = float(energy[: nt - lag].sum())
         else:
-            s = float((a[: nt + lag] * b[-lag:]).sum())
-        if s > best:
-            best, best_lag = s, lag
-    return best / (na * nb), best_lag
+            dots[n] = float((y[: nt + lag] * x[-lag:]).sum())
+            sq[n] = float(energy[-lag:].sum())
+    return dots, sq
 
 
 def merge_similar_templates(
