@@ -120,14 +120,21 @@ def ensure_templates(*, cache_dir: Path, probe: str, templates_per_cell: int, se
     params = MEArec.get_default_templates_params()
     params.update(probe=probe, n=int(templates_per_cell), seed=int(seed), drifting=False)
     log.info("simulating MEArec templates on %s (%d per cell model; minutes)", probe, templates_per_cell)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        tempgen = MEArec.gen_templates(
-            cell_models_folder=MEArec.get_default_cell_models_folder(),
-            params=params,
-            templates_tmp_folder=tmp,
-            n_jobs=n_jobs,
-            verbose=False,
-        )
+    with tempfile.TemporaryDirectory(dir=folder.resolve()) as tmp:
+        # MEArec writes its parameters to tmp_params_path.yaml in the working directory: keep that
+        # out of the user's (and the repository's) folder
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            tempgen = MEArec.gen_templates(
+                cell_models_folder=MEArec.get_default_cell_models_folder(),
+                params=params,
+                templates_tmp_folder=tmp,
+                n_jobs=n_jobs,
+                verbose=False,
+            )
+        finally:
+            os.chdir(cwd)
         partial = Path(tmp) / path.name
         MEArec.save_template_generator(tempgen, filename=str(partial))
         partial.replace(path)

@@ -43,6 +43,10 @@ ABSORB_FRACTION = 0.1
 # a narrow footprint on a long probe (mearec_nn32 seed 2: a bursting neuron's two sizes over 5
 # channels, 3 pairs where 31.6 were expected) joins only on this much evidence of one neuron
 NARROW_EXPECTED, NARROW_RATIO = 10.0, 0.2
+# on a compact probe, footprints this alike are one neuron unless the trains show two: a neuron's
+# pieces on MEArec tetrodes agreed to 0.9973-0.9999, distinct neurons to at most 0.9931; too few
+# spikes for the refractory test to show one neuron is then no reason to keep them apart
+STRICT_COSINE = 0.995
 
 
 def footprint_cosine(pa: np.ndarray, pb: np.ndarray) -> tuple[float, int]:
@@ -122,6 +126,9 @@ def footprint_merges(
     of one neuron need not look like each other (one shrinks, one widens), only like their unit.
     Two compact units alike as dense ones must be, but only at a lag beyond ``max_lag`` (one neuron
     aligned on two of its phases), join as a pair does on a dense probe when the trains show one neuron.
+    Where the trains are too short to show one neuron, compact footprints agreeing to
+    ``STRICT_COSINE`` with shapes alike to ``loose_footprint_similarity`` still join (a piece, or
+    a pair on two phases), unless ``independent`` shows two neurons firing on their own.
     A narrow footprint on a long probe joins as a piece does on a compact one, but only with the
     stricter evidence of ``NARROW_EXPECTED`` and ``NARROW_RATIO``, and footprints and shapes alike
     to ``min_cosine`` and ``min_similarity``.
@@ -138,6 +145,7 @@ def footprint_merges(
     near = ptp[:, peak].T >= SIGNAL_FRACTION * ptp.max(axis=1)[None, :]  # near[i, j]: j seen on i's peak
     size_uv = ptp.max(axis=1)
     attach = []  # (ratio, piece, unit, lag of the piece onto the unit)
+    strict = set()  # pieces attached on their footprint, the trains too short to say
 
     def _absorbed(cos: float, s: float, piece: np.ndarray, whole: np.ndarray) -> bool:
         """Too few spikes for the refractory test, too few to matter, and alike as one neuron."""
@@ -166,6 +174,16 @@ def footprint_merges(
                 attach.append((ratio, piece, big, shift))
         elif not narrow and _absorbed(cos, s, times[piece], times[big]):
             attach.append((1.0, piece, big, shift))  # after every piece the trains vouch for
+        elif not narrow and _strict(cos, s, big, piece):
+            attach.append((1.0, piece, big, shift))
+            strict.add(piece)
+
+    def _strict(cos: float, s: float, i: int, j: int) -> bool:
+        """Footprints alike as only one neuron's are on a compact probe, shapes alike as a piece's
+        to its unit, and spike trains that do not show two neurons firing independently."""
+        if cos < STRICT_COSINE or s < loose_footprint_similarity or independent is None:
+            return False
+        return not independent(i, j)
 
     def _one_train(i: int, j: int, shift: int) -> bool:
         """Spike trains of one neuron: a gap in the refractory period beyond ``double_fit`` (once
@@ -212,7 +230,9 @@ def footprint_merges(
                 if len(attach) > n_attached or cos < min_cosine or phase_lag <= max_lag:
                     continue
                 s, shift = lagged_similarity(dense[i], dense[j], max_lag=phase_lag)
-                if abs(shift) <= max_lag or s < min_similarity or not _one_train(i, j, shift):
+                if abs(shift) <= max_lag or s < min_similarity:
+                    continue
+                if not _one_train(i, j, shift) and not _strict(cos, s, i, j):
                     continue
             else:
                 if cos < min_cosine:
@@ -252,7 +272,10 @@ def footprint_merges(
             continue  # a piece joins once; a unit that took pieces, or is one, takes no other role
         whole = np.concatenate([times[t] for t in members[gb]])
         ratio, expected = outer_refractory_ratio(whole, times[piece], refractory=refractory, duration=duration)
-        if ratio >= max_ratio if expected >= min_expected else len(times[piece]) > ABSORB_FRACTION * len(whole):
+        if piece in strict:
+            if any(independent(m, piece) for m in members[gb]):
+                continue
+        elif ratio >= max_ratio if expected >= min_expected else len(times[piece]) > ABSORB_FRACTION * len(whole):
             continue
         group[piece] = gb
         members[gb] += members.pop(gp)
