@@ -255,6 +255,51 @@ def test_on_a_tetrode_a_piece_too_small_to_test_joins_on_a_strict_footprint_unle
     assert len(footprint_merges(loose, loose, sizes, **kw, times=times, independent=independent_of(times))) == 2
 
 
+def test_double_fits_at_one_lag_are_left_out_of_the_refractory_count_but_independent_pairs_are_not():
+    from spikesort.stages.merges.footprint import banded_refractory_ratio, outer_refractory_ratio
+
+    rng = np.random.default_rng(12)
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 4000, size=4000))  # never two spikes within 3 ms
+    piece = rng.random(len(neuron)) < 0.35
+    # mearec_nn32 seed 2: 12 spikes of a unit fitted again by its piece 33-37 samples later
+    doubles = neuron[~piece][::100] + rng.integers(33, 38, size=len(neuron[~piece][::100]))
+    ta, tb = neuron[~piece], np.sort(np.r_[neuron[piece], doubles])
+    plain, _ = outer_refractory_ratio(ta, tb, refractory=refractory, duration=duration)
+    ratio, expected = banded_refractory_ratio(ta, tb, refractory=refractory, inner=24, duration=duration)
+    assert plain > 0.4 and ratio < 0.1 and expected > 10
+    # trains firing on their own keep every pair: no lag holds more than chance
+    other = np.sort(rng.integers(0, duration, size=len(tb)))
+    ratio, expected = banded_refractory_ratio(ta, other, refractory=refractory, inner=24, duration=duration)
+    assert 0.6 < ratio < 1.5 and expected > 10
+
+
+def test_a_bursting_neurons_piece_that_looks_less_alike_joins_only_on_ample_refractory_evidence():
+    from spikesort.stages.merges import footprint_merges
+
+    # mearec_nn32: pieces at a third of their neuron's size, footprints agreeing to 0.988 over 10
+    # channels and shapes to 0.64-0.79, with a near-empty refractory period over thousands of spikes
+    rng = np.random.default_rng(13)
+    full = _unit(peak=40, center=12, width=3.0)
+    piece_template = 0.35 * _stretched(_unit(peak=40, center=12.7, width=3.3), 2.5)  # 0.986, 0.67
+    dense = np.stack([full, piece_template])
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 4000, size=4000))
+    late = rng.random(len(neuron)) < 0.35
+    doubles = neuron[~late][::100] + 35
+    times = [neuron[~late], np.sort(np.r_[neuron[late], doubles])]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, refractory=refractory, duration=duration)
+    groups = footprint_merges(dense, dense, sizes, **kw, times=times)
+    assert len(groups) == 1
+    # a neighbour of that footprint and shape firing on its own stays apart
+    other = [times[0], np.sort(rng.integers(0, duration, size=len(times[1])))]
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=other)) == 2
+    # and so does the same gap on too little evidence (a 30 s recording)
+    short = [t[t < duration // 10] for t in times]
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=short)) == 2
+
+
 def test_on_a_long_probe_a_narrow_footprint_at_two_sizes_merges_only_on_ample_refractory_evidence():
     from spikesort.stages.merges import footprint_merges
 
