@@ -300,6 +300,32 @@ def test_a_bursting_neurons_piece_that_looks_less_alike_joins_only_on_ample_refr
     assert len(footprint_merges(dense, dense, sizes, **kw, times=short)) == 2
 
 
+def test_a_sliver_of_a_units_spikes_on_another_phase_joins_it_but_a_unit_firing_as_often_does_not():
+    from spikesort.stages.merges import footprint_merges
+
+    # mearec_np64 seeds 1 and 2: 31 and 33 spikes (3.3 % and 1.6 % of their unit's) aligned 11-17
+    # samples off, footprints agreeing to only 0.972-0.985 (few spikes), shapes to 0.92
+    rng = np.random.default_rng(14)
+    full = _unit(peak=40, center=12, width=3.0)
+    sliver = 0.95 * np.roll(_unit(peak=40, center=12.9, width=3.0), 12, axis=0)
+    dense = np.stack([full, sliver])
+    cos = np.ptp(full, axis=0) @ np.ptp(sliver, axis=0)
+    cos /= np.linalg.norm(np.ptp(full, axis=0)) * np.linalg.norm(np.ptp(sliver, axis=0))
+    assert 0.95 < cos < 0.98
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 9000, size=2000))
+    few = rng.random(len(neuron)) < 0.02
+    times = [neuron[~few], neuron[few] - 12]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, phase_lag=32, double_fit=16, refractory=refractory, duration=duration)
+    groups = footprint_merges(dense, dense, sizes, **kw, times=times)
+    assert len(groups) == 1 and dict(groups[0])[1] == 12
+    # a unit that looks as alike but fires a tenth as often is not a sliver: it stays a unit
+    tenth = [neuron[~few], np.sort(rng.integers(0, duration, size=len(neuron) // 10))]
+    sizes = np.array([len(t) for t in tenth])
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=tenth)) == 2
+
+
 def test_on_a_long_probe_a_narrow_footprint_at_two_sizes_merges_only_on_ample_refractory_evidence():
     from spikesort.stages.merges import footprint_merges
 
