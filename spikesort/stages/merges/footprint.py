@@ -108,7 +108,9 @@ def banded_refractory_ratio(
         return 0.0, 0.0
     lo = np.searchsorted(tb, ta - refractory, side="left")
     hi = np.searchsorted(tb, ta + refractory, side="right")
-    d = np.concatenate([tb[a:b] - t for t, a, b in zip(ta, lo, hi)]) if len(ta) else np.zeros(0, np.int64)
+    n = hi - lo  # every pair within the period: b's spikes lo..hi-1 around each of a's
+    within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    d = tb[np.repeat(lo, n) + within] - np.repeat(ta, n)
     d = d[(np.abs(d) > inner) & (np.abs(d) <= refractory)]
     counts = np.bincount(d + refractory, minlength=2 * refractory + 1).astype(np.float64)
     rate = len(ta) * len(tb) / max(int(duration), 1)  # pairs expected per lag
@@ -181,9 +183,13 @@ def footprint_merges(
     Where the trains are too short to show one neuron, compact footprints agreeing to
     ``STRICT_COSINE`` with shapes alike to ``loose_footprint_similarity`` still join (a piece, or
     a pair on two phases), unless ``independent`` shows two neurons firing on their own.
-    A narrow footprint on a long probe joins as a piece does on a compact one, but only with the
-    stricter evidence of ``NARROW_EXPECTED`` and ``NARROW_RATIO``, and footprints and shapes alike
-    to ``min_cosine`` and ``min_similarity``.
+    A narrow footprint on a long probe agreeing to ``min_cosine``, a dense one agreeing to only
+    ``LOOSE_COSINE``, or a dense one whose shape agrees to less than ``min_similarity``, joins as
+    a piece does on a compact one, but only with the stricter evidence of ``NARROW_EXPECTED`` and
+    ``NARROW_RATIO`` (counted by :func:`banded_refractory_ratio`), shapes alike to
+    ``LOOSE_SIMILARITY``, and no fallback for small pieces. A dense unit with at most
+    ``SLIVER_FRACTION`` of another's spikes, no larger, whose shape is the other's on another
+    phase (``SLIVER_SIMILARITY``), joins it with footprints agreeing to ``compact_cosine``.
     """
     k = dense.shape[0]
     if k == 0:
