@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +288,40 @@ def test_hum_at_channel_gains_is_subtracted():
 
     # the hum's 400 Hz line: at the noise floor with the gains, far above it with the plain median
     assert line_400hz(model) < 3 < 10 < line_400hz(dc.replace(model, reference_gains=None))
+
+
+def test_mearec_template_simulation_leaves_the_working_directory_clean(tmp_path, monkeypatch):
+    """MEArec writes ``tmp_params_path.yaml`` into the working directory it runs in (its worker
+    processes read it back): the benchmark runs it in its own temporary folder instead."""
+    import sys
+    import types
+
+    from benchmarks import mearec
+
+    seen = {}
+
+    def gen_templates(*, cell_models_folder, params, templates_tmp_folder, n_jobs, verbose):
+        Path("tmp_params_path.yaml").write_text("probe: tetrode\n")  # what MEArec does, relative
+        seen["cwd"] = Path.cwd()
+        seen["tmp"] = Path(templates_tmp_folder)
+        return "generator"
+
+    def save_template_generator(gen, *, filename):
+        Path(filename).write_bytes(b"h5")
+
+    fake = types.SimpleNamespace(
+        __version__="0.0-test",
+        get_default_templates_params=dict,
+        get_default_cell_models_folder=lambda: str(tmp_path / "cells"),
+        gen_templates=gen_templates,
+        save_template_generator=save_template_generator,
+    )
+    monkeypatch.setitem(sys.modules, "MEArec", fake)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    path = mearec.ensure_templates(cache_dir=Path("cache"), probe="tetrode", templates_per_cell=2, seed=0, n_jobs=1)
+    assert not (work / "tmp_params_path.yaml").exists()
+    assert seen["cwd"] == seen["tmp"] and seen["tmp"].is_absolute()
+    assert Path.cwd() == work  # back where it was
+    assert (work / path).read_bytes() == b"h5"
