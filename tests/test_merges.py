@@ -255,6 +255,21 @@ def test_on_a_tetrode_a_piece_too_small_to_test_joins_on_a_strict_footprint_unle
     assert len(footprint_merges(loose, loose, sizes, **kw, times=times, independent=independent_of(times))) == 2
 
 
+def _merge_only_on_ample_evidence(rng, dense, times, *, refractory: int, duration: int) -> None:
+    """The two units of ``dense`` merge on their ``times``; two neighbours of those templates
+    firing on their own stay apart, and so does the same gap on too little evidence (a tenth of
+    the recording)."""
+    from spikesort.stages.merges import footprint_merges
+
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, refractory=refractory, duration=duration)
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=times)) == 1
+    other = [times[0], np.sort(rng.integers(0, duration, size=len(times[1])))]
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=other)) == 2
+    short = [t[t < duration // 10] for t in times]
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=short)) == 2
+
+
 def test_double_fits_at_one_lag_are_left_out_of_the_refractory_count_but_independent_pairs_are_not():
     from spikesort.stages.merges.footprint import banded_refractory_ratio, outer_refractory_ratio
 
@@ -275,7 +290,6 @@ def test_double_fits_at_one_lag_are_left_out_of_the_refractory_count_but_indepen
 
 
 def test_a_bursting_neurons_piece_that_looks_less_alike_joins_only_on_ample_refractory_evidence():
-    from spikesort.stages.merges import footprint_merges
 
     # mearec_nn32: pieces at a third of their neuron's size, footprints agreeing to 0.988 over 10
     # channels and shapes to 0.64-0.79, with a near-empty refractory period over thousands of spikes
@@ -288,16 +302,7 @@ def test_a_bursting_neurons_piece_that_looks_less_alike_joins_only_on_ample_refr
     late = rng.random(len(neuron)) < 0.35
     doubles = neuron[~late][::100] + 35
     times = [neuron[~late], np.sort(np.r_[neuron[late], doubles])]
-    sizes = np.array([len(t) for t in times])
-    kw = dict(max_lag=3, refractory=refractory, duration=duration)
-    groups = footprint_merges(dense, dense, sizes, **kw, times=times)
-    assert len(groups) == 1
-    # a neighbour of that footprint and shape firing on its own stays apart
-    other = [times[0], np.sort(rng.integers(0, duration, size=len(times[1])))]
-    assert len(footprint_merges(dense, dense, sizes, **kw, times=other)) == 2
-    # and so does the same gap on too little evidence (a 30 s recording)
-    short = [t[t < duration // 10] for t in times]
-    assert len(footprint_merges(dense, dense, sizes, **kw, times=short)) == 2
+    _merge_only_on_ample_evidence(rng, dense, times, refractory=refractory, duration=duration)
 
 
 def test_a_sliver_of_a_units_spikes_on_another_phase_joins_it_but_a_unit_firing_as_often_does_not():
@@ -327,7 +332,6 @@ def test_a_sliver_of_a_units_spikes_on_another_phase_joins_it_but_a_unit_firing_
 
 
 def test_on_a_long_probe_a_narrow_footprint_at_two_sizes_merges_only_on_ample_refractory_evidence():
-    from spikesort.stages.merges import footprint_merges
 
     # mearec_nn32 seed 2: a bursting neuron at two sizes whose footprint spans 5 of 32 channels,
     # 3 pairs in the refractory period's outer half where 31.6 were expected
@@ -338,15 +342,7 @@ def test_on_a_long_probe_a_narrow_footprint_at_two_sizes_merges_only_on_ample_re
     neuron = np.cumsum(rng.integers(96, 4000, size=4000))
     small = rng.random(len(neuron)) < 0.4
     times = [neuron[~small], neuron[small]]
-    sizes = np.array([len(t) for t in times])
-    kw = dict(max_lag=3, refractory=refractory, duration=duration)
-    assert len(footprint_merges(dense, dense, sizes, **kw, times=times)) == 1
-    # two neighbours of that footprint firing on their own stay apart
-    other = [times[0], np.sort(rng.integers(0, duration, size=len(times[1])))]
-    assert len(footprint_merges(dense, dense, sizes, **kw, times=other)) == 2
-    # and so does a gap on too little evidence (a short recording: 1/10 of the spikes)
-    short = [t[t < duration // 10] for t in times]
-    assert len(footprint_merges(dense, dense, sizes, **kw, times=short)) == 2
+    _merge_only_on_ample_evidence(rng, dense, times, refractory=refractory, duration=duration)
 
 
 def test_on_a_tetrode_a_looser_footprint_needs_a_closer_shape_even_when_the_trains_show_a_gap():
