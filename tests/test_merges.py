@@ -219,6 +219,7 @@ def test_tetrode_pieces_merge_on_their_refractory_gap_but_an_independent_smaller
 
 def test_on_a_tetrode_a_piece_too_small_to_test_joins_on_a_strict_footprint_unless_the_trains_show_two():
     from spikesort.stages.merges import fire_independently, footprint_merges
+    from spikesort.stages.merges.footprint import footprint_cosine
 
     # mearec_tetrode seed 1: a neuron at 72 uV and a 272-spike unit of its spikes at half the size
     # (20 % of them), footprints agreeing to 0.9999; 1.8 pairs expected in the refractory period's
@@ -249,8 +250,7 @@ def test_on_a_tetrode_a_piece_too_small_to_test_joins_on_a_strict_footprint_unle
     # a footprint that agrees as the closest distinct neurons on MEArec tetrodes did (0.993) stays apart
     shifted = _unit(peak=40, center=13.0, width=3.0)
     loose = np.ascontiguousarray(np.stack([full, 0.45 * _stretched(shifted, 1.15)])[:, :, 10:14])
-    cos = np.ptp(loose[0], axis=0) @ np.ptp(loose[1], axis=0)
-    cos /= np.linalg.norm(np.ptp(loose[0], axis=0)) * np.linalg.norm(np.ptp(loose[1], axis=0))
+    cos, _ = footprint_cosine(np.ptp(loose[0], axis=0), np.ptp(loose[1], axis=0))
     assert 0.99 < cos < 0.995
     assert len(footprint_merges(loose, loose, sizes, **kw, times=times, independent=independent_of(times))) == 2
 
@@ -307,6 +307,7 @@ def test_a_bursting_neurons_piece_that_looks_less_alike_joins_only_on_ample_refr
 
 def test_a_sliver_of_a_units_spikes_on_another_phase_joins_it_but_a_unit_firing_as_often_does_not():
     from spikesort.stages.merges import footprint_merges
+    from spikesort.stages.merges.footprint import footprint_cosine
 
     # mearec_np64 seeds 1 and 2: 31 and 33 spikes (3.3 % and 1.6 % of their unit's) aligned 11-17
     # samples off, footprints agreeing to only 0.972-0.985 (few spikes), shapes to 0.92
@@ -314,8 +315,7 @@ def test_a_sliver_of_a_units_spikes_on_another_phase_joins_it_but_a_unit_firing_
     full = _unit(peak=40, center=12, width=3.0)
     sliver = 0.95 * np.roll(_unit(peak=40, center=12.9, width=3.0), 12, axis=0)
     dense = np.stack([full, sliver])
-    cos = np.ptp(full, axis=0) @ np.ptp(sliver, axis=0)
-    cos /= np.linalg.norm(np.ptp(full, axis=0)) * np.linalg.norm(np.ptp(sliver, axis=0))
+    cos, _ = footprint_cosine(np.ptp(full, axis=0), np.ptp(sliver, axis=0))
     assert 0.95 < cos < 0.98
     duration, refractory = 9_600_000, 48
     neuron = np.cumsum(rng.integers(96, 9000, size=2000))
