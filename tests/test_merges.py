@@ -345,6 +345,27 @@ def test_on_a_long_probe_a_narrow_footprint_at_two_sizes_merges_only_on_ample_re
     _merge_only_on_ample_evidence(rng, dense, times, refractory=refractory, duration=duration)
 
 
+def test_on_a_tetrode_a_piece_of_another_shape_joins_on_ample_refractory_evidence():
+    from spikesort.stages.merges.footprint import footprint_cosine
+    from spikesort.stages.merges.templates import lagged_similarity
+
+    # mearec_tetrode seed 4: a bursting neuron as two units of ~3100 spikes, 87 and 196 uV,
+    # footprints agreeing to 0.993 and shapes to only 0.40; no pair in the refractory period's
+    # outer half where 48 were expected (distinct tetrode neurons: at least 0.47 of chance)
+    rng = np.random.default_rng(14)
+    full = _unit(peak=40, center=12, width=3.0)
+    wide = 0.45 * _stretched(_unit(peak=40, center=12.4, width=3.0), 3.0)
+    tet = np.ascontiguousarray(np.stack([full, wide])[:, :, 10:14])
+    cos, _ = footprint_cosine(np.ptp(tet[0], axis=0), np.ptp(tet[1], axis=0))
+    s, _ = lagged_similarity(tet[0], tet[1], max_lag=3)
+    assert cos > 0.95 and s < 0.7
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 3000, size=6200))
+    late = rng.random(len(neuron)) < 0.5
+    times = [neuron[~late], neuron[late]]
+    _merge_only_on_ample_evidence(rng, tet, times, refractory=refractory, duration=duration)
+
+
 def test_on_a_tetrode_a_looser_footprint_needs_a_closer_shape_even_when_the_trains_show_a_gap():
     from spikesort.stages.merges import footprint_merges
 

@@ -176,7 +176,9 @@ def footprint_merges(
     spike pairs in the refractory period's outer half are under ``max_ratio`` of chance, chance
     being at least ``min_expected`` pairs; tested again against the whole group. A piece with too
     few spikes for that test joins when it has at most ``ABSORB_FRACTION`` of the unit's spikes and
-    agrees with it as closely as dense footprints must (``min_cosine``, ``min_similarity``). Pieces
+    agrees with it as closely as dense footprints must (``min_cosine``, ``min_similarity``). A
+    piece whose shape agrees less joins only on the ample evidence asked of a narrow footprint,
+    whatever its shape: a burst can change a spike's shape that much. Pieces
     of one neuron need not look like each other (one shrinks, one widens), only like their unit.
     Two compact units alike as dense ones must be, but only at a lag beyond ``max_lag`` (one neuron
     aligned on two of its phases), join as a pair does on a dense probe when the trains show one neuron.
@@ -219,8 +221,14 @@ def footprint_merges(
         one neuron, with shapes alike to ``LOOSE_SIMILARITY`` and no fallback for small pieces."""
         big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
         s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max_lag)
-        if narrow:
-            if s < LOOSE_SIMILARITY or size_uv[piece] > max_piece_size * size_uv[big]:
+        # a piece scales on every channel together; only a small one's footprint, blurred by the
+        # noise, agrees less, and then its shape must agree closely (distinct neurons on tetrodes
+        # reached a footprint cosine of 0.97, and 0.95 with shapes of 0.76) ...
+        unlike = s < compact_similarity or (cos < min_cosine and s < loose_footprint_similarity)
+        if narrow or unlike:
+            # ... unless the evidence is ample: a burst changed a tetrode neuron's shape to 0.40 of
+            # its unit's, and distinct tetrode neurons kept at least 0.47 of chance's pairs
+            if (narrow and s < LOOSE_SIMILARITY) or size_uv[piece] > max_piece_size * size_uv[big]:
                 return
             ratio, expected = banded_refractory_ratio(
                 times[big], times[piece], refractory=refractory, inner=refractory // 2, duration=duration
@@ -228,11 +236,6 @@ def footprint_merges(
             if expected >= NARROW_EXPECTED and ratio < NARROW_RATIO:
                 attach.append((ratio, piece, big, shift))
                 ample.add(piece)
-            return
-        # a piece scales on every channel together; only a small one's footprint, blurred by the
-        # noise, agrees less, and then its shape must agree closely (distinct neurons on tetrodes
-        # reached a footprint cosine of 0.97, and 0.95 with shapes of 0.76)
-        elif s < compact_similarity or (cos < min_cosine and s < loose_footprint_similarity):
             return
         ratio, expected = outer_refractory_ratio(times[big], times[piece], refractory=refractory, duration=duration)
         if expected >= min_expected:
