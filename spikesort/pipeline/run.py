@@ -88,10 +88,10 @@ def sort(
     warm_up_note()  # says so when numba must compile the kernels (the first run after install)
 
     try:
-        # n_jobs bounds every thread the sort starts, BLAS's included: its own threads beside
-        # busy workers (or another job on the machine) made a 30k x 64 covariance take 0.8 s
-        # instead of 10 ms here
-        with threadpool_limits(limits=params.n_jobs or os.cpu_count() or 1, user_api="blas"):
+        # one BLAS thread, in the main thread as in the chunk workers: waking BLAS's own threads
+        # for the clustering's small covariances (3000 x 60) cost 20-100 ms a call on this 2-core
+        # VM instead of 0.2 ms, and beside busy workers a 30k x 64 covariance took 0.8 s, not 10 ms
+        with threadpool_limits(limits=1, user_api="blas"):
             return _sort_into(recording, out, params=params, progress=progress)
     except BaseException:
         # checkpoints stay for --resume; a scratch copy that preprocessing did not finish is useless
