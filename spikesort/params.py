@@ -229,6 +229,13 @@ class Params:
         0.8, lo=0.0, hi=1.0, stage="curate", help="label 'good' needs spikes in at least this fraction of time bins"
     )
     noise_max_snr: float = _p(2.5, lo=0.0, hi=1000.0, stage="curate", help="units with SNR below this are 'noise'")
+    good_max_piece_fraction: float = _p(
+        0.1,
+        lo=0.0,
+        hi=1.0,
+        stage="curate",
+        help="no 'good' label for a unit with at most this fraction of the spikes of a larger one of its footprint",
+    )
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self):

@@ -242,6 +242,32 @@ def test_label_thresholds():
         m.label_units(um, good_max_contamination=10.0, good_min_snr=5.0, good_min_presence=0.8, noise_max_snr=2.0)
 
 
+def test_a_unit_with_a_tenth_of_a_larger_ones_spikes_and_its_footprint_is_not_good():
+    # mearec_tetrode seeds 3, 5, 7: slivers and pieces of 38-368 spikes (0.8-8 % of their
+    # neuron's unit), footprints agreeing to 0.991-0.9997, all labelled 'good' before
+    t = np.arange(40, dtype=np.float64)
+    wave = -np.exp(-0.5 * ((t - 15) / 2.0) ** 2)
+    footprint = np.array([1.0, 0.8, 0.5, 0.3])
+    other = np.array([0.3, 0.5, 0.8, 1.0])
+    templates = np.stack(
+        [
+            100 * wave[:, None] * footprint,  # a neuron's unit
+            40 * wave[:, None] * footprint,  # its piece: smaller, same footprint
+            40 * wave[:, None] * other,  # a small neuron elsewhere on the probe
+            40 * wave[:, None] * footprint,  # a small neuron of that footprint, firing a third as often
+        ]
+    )
+    counts = np.array([1000, 60, 60, 300])
+    piece = m.possible_pieces(templates_uv=templates, spike_counts=counts, max_fraction=0.1)
+    assert piece.tolist() == [False, True, False, False]
+    um = _unit_metrics(contamination=[0.0] * 4, snr=[20.0, 8.0, 8.0, 8.0], presence=[1.0] * 4)
+    kw = dict(good_max_contamination=0.1, good_min_snr=5.0, good_min_presence=0.8, noise_max_snr=2.0)
+    assert m.label_units(um, **kw, possible_piece=piece).tolist() == ["good", "mua", "good", "good"]
+    assert m.label_units(um, **kw).tolist() == ["good"] * 4
+    # 0 switches the rule off
+    assert not m.possible_pieces(templates_uv=templates, spike_counts=counts, max_fraction=0.0).any()
+
+
 def test_compute_unit_metrics_end_to_end():
     t, c = _train()
     templates = np.zeros((3, 5, 2))

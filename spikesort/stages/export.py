@@ -9,7 +9,7 @@ import numpy as np
 
 from spikesort.io.phy import PhyData, inverse_whitening_uv, pad_templates_to_center, write_phy_folder
 
-from .metrics import UnitMetrics, compute_unit_metrics, label_units
+from .metrics import UnitMetrics, compute_unit_metrics, label_units, possible_pieces
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,11 @@ def unit_metrics(
         good_min_snr=params.good_min_snr,
         good_min_presence=params.good_min_presence,
         noise_max_snr=params.noise_max_snr,
+        possible_piece=possible_pieces(
+            templates_uv=templates_uv,
+            spike_counts=np.bincount(np.asarray(spike_clusters, dtype=np.int64), minlength=k)[:k],
+            max_fraction=params.good_max_piece_fraction,
+        ),
     )
     return m, labels
 
