@@ -16,7 +16,6 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from spikesort.errors import SpikesortError
-from spikesort.stages.merges.footprint import footprint_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -451,6 +450,10 @@ def possible_pieces(
     A bursting neuron's late spikes, or its spikes aligned on another phase, come out as such
     units; their trains are too short for the merges' refractory test to say, so they are left
     for the curator as 'mua'."""
+    # imported here: the merges bring the numba kernels, which light readers of the metrics (the
+    # batch driver's skip checks) must not import
+    from spikesort.stages.merges.footprint import footprint_cosine
+
     k = templates_uv.shape[0]
     counts = np.asarray(spike_counts, dtype=np.float64)
     ptp = np.ptp(templates_uv, axis=1)
