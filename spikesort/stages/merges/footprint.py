@@ -218,7 +218,9 @@ def footprint_merges(
         to only ``LOOSE_COSINE``, needs more: neighbours can agree there, and the collisions the
         matching loses thin their correlogram, so only a near-empty period on ample evidence
         (NARROW_EXPECTED pairs, under NARROW_RATIO of them, the double fits' lags left out) shows
-        one neuron, with shapes alike to ``LOOSE_SIMILARITY`` and no fallback for small pieces."""
+        one neuron, with shapes alike to ``LOOSE_SIMILARITY`` and no fallback for small pieces. A
+        compact piece whose shape agrees less than a piece's must is judged on that same evidence,
+        with no floor on the shape."""
         big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
         s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max_lag)
         # a piece scales on every channel together; only a small one's footprint, blurred by the
