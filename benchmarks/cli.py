@@ -63,7 +63,10 @@ def build_parser(*, prog: str | None = None) -> argparse.ArgumentParser:
         "subprocess (interpreter start, imports, JIT, sort, Phy folder and report all timed; peak RSS\n"
         "polled over the process tree): cold = NUMBA_CACHE_DIR a fresh empty folder (every kernel\n"
         "compiled, as on a first run after install), warm = the same folder again; Python's .pyc files\n"
-        "are warm in both. Its rows add 'report s (share)' from OUT/spikesort.log.",
+        "are warm in both. Its rows add 'report s (share)' from OUT/spikesort.log.\n"
+        "--speed-tile-minutes T: (b) saves T minutes only and plays them back to back for the longer\n"
+        "cases (labelled '(T min tiled ×k)'); the (b) rows also carry the memory of the sorter's\n"
+        "process tree every 5 s (rss_timeline in --out) and the median of its first and last quarter.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -144,6 +147,17 @@ def build_parser(*, prog: str | None = None) -> argparse.ArgumentParser:
         help="durations sorted from the start of one recording of the longest; none: skip (b) (default: 5 10)",
     )
     speed.add_argument(
+        "--speed-tile-minutes",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="generate and save only T minutes of the NP1-like recording and sort the longer "
+        "--speed-minutes on it played back to back ceil(max/T) times (a spikeinterface concatenation, "
+        "the traces are not copied); the cases of at most T minutes run on the T minutes. It exists "
+        "for the disk: a 60-minute, 384-channel recording is 83 GB as int16 (0: off, the whole "
+        "recording is generated; default: 0)",
+    )
+    speed.add_argument(
         "--speed-units",
         type=int,
         default=None,
@@ -214,6 +228,8 @@ def main(argv=None, *, prog: str | None = None) -> int:
             parser.error("--speed-channels must be between 8 and 384 (the contacts of one NP1 bank)")
         if any(not 0 < m <= 600 for m in args.speed_minutes):
             parser.error("--speed-minutes must be above 0 and at most 600")
+        if not 0 <= args.speed_tile_minutes <= 600:
+            parser.error("--speed-tile-minutes must be at least 0 (0: off) and at most 600")
         if args.floor_threads < 1 or (args.speed_units is not None and args.speed_units < 1):
             parser.error("--floor-threads and --speed-units must be at least 1")
     scenarios = list(args.scenarios or [])
@@ -277,6 +293,7 @@ def speed_main(*, args, scenarios: list[str], cache_dir: Path, work_dir: Path, l
         num_units=args.speed_units,
         floor_threads=args.floor_threads,
         command_modes=args.speed_command,
+        tile_minutes=args.speed_tile_minutes,
         log=log,
     )
     for row in rows:

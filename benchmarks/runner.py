@@ -224,22 +224,42 @@ class Polled:
     wall_s: float
     peak_mb: float  # largest RSS of the process tree seen while polling
     timed_out: bool
+    # (elapsed s, MB) of the process tree every ``timeline_s`` when asked: the polls already read it
+    timeline: tuple = ()
 
 
-def run_polled(argv: list[str], *, log_path: Path, timeout_s: float | None, poll_s: float, env=None) -> Polled:
+def run_polled(
+    argv: list[str],
+    *,
+    log_path: Path,
+    timeout_s: float | None,
+    poll_s: float,
+    env=None,
+    timeline_s: float | None = None,
+) -> Polled:
     """Run ``argv`` in its own session (stdout and stderr to ``log_path``), polling the memory of its
-    process tree; kill the whole session at ``timeout_s`` or when the benchmark itself is interrupted."""
+    process tree; kill the whole session at ``timeout_s`` or when the benchmark itself is interrupted.
+    With ``timeline_s``, keep one of the polled values every ``timeline_s`` seconds as well."""
     import psutil
 
+    if timeline_s is not None and timeline_s <= 0:
+        raise ValueError(f"timeline_s must be positive, got {timeline_s}")
     peak_mb = 0.0
     timed_out = False
+    timeline = []
+    next_t = 0.0
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         proc = psutil.Process(child.pid)
         try:
             while child.poll() is None:
-                peak_mb = max(peak_mb, _tree_memory_mb(proc))
+                now_mb = _tree_memory_mb(proc)
+                peak_mb = max(peak_mb, now_mb)
+                elapsed = time.perf_counter() - t0
+                if timeline_s is not None and elapsed >= next_t:
+                    timeline.append((round(elapsed, 1), round(now_mb, 1)))
+                    next_t = elapsed + timeline_s
                 if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
                     timed_out = True
                     break
@@ -248,7 +268,13 @@ def run_polled(argv: list[str], *, log_path: Path, timeout_s: float | None, poll
             if child.poll() is None:  # timeout, or the benchmark itself was interrupted
                 os.killpg(child.pid, 9)
                 child.wait()
-    return Polled(returncode=child.returncode, wall_s=time.perf_counter() - t0, peak_mb=peak_mb, timed_out=timed_out)
+    return Polled(
+        returncode=child.returncode,
+        wall_s=time.perf_counter() - t0,
+        peak_mb=peak_mb,
+        timed_out=timed_out,
+        timeline=tuple(timeline),
+    )
 
 
 def run_sorter_subprocess(
@@ -263,8 +289,10 @@ def run_sorter_subprocess(
     dummy: bool = False,
     poll_s: float = 1.0,
     frame_range: tuple[int, int] | None = None,
+    rss_timeline_s: float | None = None,
 ) -> dict:
-    """Run one sorter in a child python; return status, wall and peak memory."""
+    """Run one sorter in a child python; return status, wall and peak memory (and, with
+    ``rss_timeline_s``, ``rss_timeline``: [elapsed s, MB] of the process tree every that many s)."""
     result_folder.mkdir(parents=True, exist_ok=True)
     spec = {
         "sorter": sorter,
@@ -285,6 +313,7 @@ def run_sorter_subprocess(
         log_path=log_path,
         timeout_s=timeout_s,
         poll_s=poll_s,
+        timeline_s=rss_timeline_s,
     )
     child, peak_mb, timed_out, total = run, run.peak_mb, run.timed_out, run.wall_s
     report_path = result_folder / "child.json"
@@ -296,6 +325,8 @@ def run_sorter_subprocess(
     peak_mb = max(peak_mb, report.get("maxrss_self_mb", 0.0), report.get("maxrss_children_mb", 0.0))
     # 1-min load average before and after: other jobs on the machine inflate wall times
     report.update(process_wall_s=total, peak_rss_mb=peak_mb, load_before=load_before, load_after=os.getloadavg()[0])
+    if rss_timeline_s is not None:
+        report["rss_timeline"] = [list(point) for point in run.timeline]
     return report
 
 

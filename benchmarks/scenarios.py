@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .scoring import save_sorting_npz
+from .scoring import load_sorting_npz, save_sorting_npz
 
 # bump when the way recordings are generated or stored changes: old caches are then rebuilt
 GENERATOR_VERSION = 1
@@ -330,6 +330,82 @@ def ensure_speed_recording(
     folder = cache_dir / "recordings" / f"np1_{n_channels}ch_{duration_s:g}s_seed{seed}"
     spec = speed_recording_spec(n_channels=n_channels, duration_s=duration_s, num_units=num_units, seed=seed)
     return save_generated(folder=folder, spec=spec, generate=generate, n_jobs=n_jobs)
+
+
+def tiled_sorting(*, sorting, copies: int, n_samples: int):
+    """A one-segment sorting played back to back ``copies`` times: copy c's spikes shifted by
+    c × ``n_samples`` (the length of the recording it belongs to), the unit ids kept."""
+    from spikeinterface.core import NumpySorting
+
+    if copies < 1 or n_samples < 1:
+        raise ValueError(f"copies and n_samples must be >= 1, got {copies} and {n_samples}")
+    if sorting.get_num_segments() != 1:
+        raise ValueError(f"only a one-segment sorting can be tiled, got {sorting.get_num_segments()} segments")
+    spikes = sorting.to_spike_vector()
+    if spikes.size and spikes["sample_index"].max() >= n_samples:
+        raise ValueError(f"a spike lies at or after sample {n_samples}, the length of one copy")
+    # each copy is sorted by sample and comes after the one before: the whole vector stays sorted
+    tiled = np.concatenate([spikes] * copies)
+    shift = np.repeat(np.arange(copies, dtype=np.int64) * int(n_samples), spikes.size)
+    tiled["sample_index"] = tiled["sample_index"].astype(np.int64) + shift
+    return NumpySorting(tiled, sorting.sampling_frequency, sorting.unit_ids)
+
+
+def tiled_folder(*, folder: Path, copies: int) -> Path:
+    return Path(folder).parent / f"{Path(folder).name}_x{int(copies)}"
+
+
+def ensure_tiled_recording(*, folder: Path, copies: int) -> Path:
+    """A recording folder that plays the saved recording in ``folder`` back to back ``copies``
+    times without copying its traces (why: a 60-minute, 384-channel int16 recording is 83 GB of
+    disk; 10 minutes played 6 times is 14 GB).
+
+    Beside ``folder`` as ``<name>_x<copies>``: ``recording/si_folder.json`` (spikeinterface's
+    concatenation of the saved recording ``copies`` times, its path relative, so ``si.load``
+    and ``load_recording`` read it as they read a binary folder, probe, gains and offsets
+    included), ``gt_sorting.npz`` (see ``tiled_sorting``), ``gt_unit_locations.npy`` when the
+    source has one, ``scenario.json`` (``{"tiled": {"base": <source spec>, "copies": k, ...}}``,
+    the cache key). The folder appears complete or not at all."""
+    from spikeinterface.core import concatenate_recordings
+
+    if copies < 2:
+        raise ValueError(f"a tiled recording needs at least 2 copies, got {copies}")
+    folder = Path(folder)
+    base = load_recording(folder=folder)
+    if base.get_num_segments() != 1:
+        raise ValueError(f"{folder / 'recording'} has {base.get_num_segments()} segments, a tile needs one")
+    n = int(base.get_num_samples(0))
+    spec = {
+        "tiled": {
+            "base": json.loads((folder / "scenario.json").read_text()),
+            "base_folder": folder.name,
+            "copies": int(copies),
+            "tile_samples": n,
+        }
+    }
+    out = tiled_folder(folder=folder, copies=copies)
+    spec_file = out / "scenario.json"
+    if spec_file.exists() and json.loads(spec_file.read_text()) == spec:
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    # a sibling of the source: the relative path in si_folder.json holds after the rename
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        (tmp / "recording").mkdir()
+        tiled = concatenate_recordings([base] * int(copies))
+        tiled.dump_to_json(tmp / "recording" / "si_folder.json", relative_to=tmp / "recording")
+        gt = load_sorting_npz(path=folder / "gt_sorting.npz")
+        save_sorting_npz(sorting=tiled_sorting(sorting=gt, copies=copies, n_samples=n), path=tmp / "gt_sorting.npz")
+        if (folder / "gt_unit_locations.npy").is_file():
+            shutil.copy(folder / "gt_unit_locations.npy", tmp / "gt_unit_locations.npy")
+        (tmp / "scenario.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
+        tmp.chmod(0o755)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def save_generated(*, folder: Path, spec: dict, generate, n_jobs: int) -> Path:

@@ -12,7 +12,10 @@ A row of the speed table has ``case``, ``kind`` ("a": a ground-truth scenario, s
 peers; "b": the long NP1-like recording, spikesort only; "c": the ``spikesort run`` command on a
 scenario, its report included, see ``benchmarks.command``), ``recording`` (a label), ``minutes``,
 ``sorter``, ``status``, ``wall_s``, ``x_realtime``, ``peak_rss_mb``, ``floor_s``, ``sort_floor``,
-the accuracy fields when scored, and ``stage_<name>_s`` / ``stage_<name>_rss_mb``.
+the accuracy fields when scored, and ``stage_<name>_s`` / ``stage_<name>_rss_mb``. The (b) rows
+add ``tiled_from_minutes`` (the tile's minutes when the recording was a tile played back to back,
+see ``--speed-tile-minutes``; else None) and ``rss_timeline`` ([elapsed s, MB] of the sorter's
+process tree every RSS_TIMELINE_S) with ``rss_first_quarter_mb`` / ``rss_last_quarter_mb``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ import numpy as np
 
 from .command import command_rows, load_gt
 from .runner import run_benchmark, run_sorter_subprocess, sorter_version
-from .scenarios import SPEED_UNITS_PER_CHANNEL, ensure_speed_recording, load_recording, recording_folder
+from .scenarios import (
+    SPEED_UNITS_PER_CHANNEL,
+    ensure_speed_recording,
+    ensure_tiled_recording,
+    load_recording,
+    recording_folder,
+)
 from .scoring import load_sorting_npz, score_sorting
 
 logger = logging.getLogger(__name__)
@@ -53,6 +62,8 @@ FLOOR_HIGHPASS_HZ = 300.0
 FLOOR_CHUNK_S = 2.0
 FLOOR_MARGIN_S = 0.01
 CHECK_STRIDE = 8
+# the NP1-like runs' memory over time: one of the polled values every 5 s (an hour: 720 points)
+RSS_TIMELINE_S = 5.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +164,57 @@ def floor_pass(
         threads=int(threads),
         mean_square=energy / (n * len(range(0, n_channels, CHECK_STRIDE))),
     )
+
+
+def tiled_floor_pass(*, binary: dict, n_samples: int, threads: int) -> FloorPass:
+    """The floor pass over the first ``n_samples`` frames of ``binary`` played back to back: one
+    pass per copy (the last one partial), their wall times added; the mean square is over all
+    frames (each copy's chunking restarts at the copy's start, as a file of its own would)."""
+    tile = int(binary["n_samples"])
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    passes = []
+    for start in range(0, int(n_samples), tile):
+        passes.append(
+            floor_pass(
+                path=binary["path"],
+                n_channels=binary["n_channels"],
+                dtype=binary["dtype"],
+                sampling_rate_hz=binary["sampling_rate_hz"],
+                n_samples=min(tile, int(n_samples) - start),
+                threads=threads,
+            )
+        )
+    return FloorPass(
+        wall_s=sum(f.wall_s for f in passes),
+        n_samples=sum(f.n_samples for f in passes),
+        n_channels=passes[0].n_channels,
+        sampling_rate_hz=passes[0].sampling_rate_hz,
+        n_chunks=sum(f.n_chunks for f in passes),
+        threads=passes[0].threads,
+        mean_square=sum(f.mean_square * f.n_samples for f in passes) / sum(f.n_samples for f in passes),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# memory over time
+
+
+def rss_timeline_summary(*, timeline: list) -> dict:
+    """``rss_first_quarter_mb`` / ``rss_last_quarter_mb``: the median memory of the samples in the
+    first and in the last quarter of the timeline's time span ([elapsed s, MB] pairs); a flat RSS
+    has the two about equal. None when there are too few samples to tell."""
+    points = sorted((float(t), float(mb)) for t, mb in timeline)
+    out = {"rss_first_quarter_mb": None, "rss_last_quarter_mb": None}
+    if len(points) < 2:
+        return out
+    t0, t1 = points[0][0], points[-1][0]
+    quarter = (t1 - t0) / 4
+    first = [mb for t, mb in points if t <= t0 + quarter]
+    last = [mb for t, mb in points if t >= t1 - quarter]
+    out["rss_first_quarter_mb"] = float(np.median(first))
+    out["rss_last_quarter_mb"] = float(np.median(last))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,6 +391,22 @@ def speed_summary(*, rows: list[dict]) -> SpeedSummary:
             + ", ".join(f"{r['case']} {_num(r.get('peak_rss_mb'), '.0f')} MB" for r in b)
             + f"; target ≤ {TARGET_RSS_B_MB:.0f} MB{_ok(met)}"
         )
+    quarters = [r for r in b if r.get("rss_first_quarter_mb") and r.get("rss_last_quarter_mb")]
+    for r in quarters:
+        ratios.setdefault("rss_quarters", {})[r["case"]] = {
+            "first_mb": r["rss_first_quarter_mb"],
+            "last_mb": r["rss_last_quarter_mb"],
+            "last_over_first": r["rss_last_quarter_mb"] / r["rss_first_quarter_mb"],
+        }
+    if quarters:
+        lines.append(
+            "RSS over time (spikesort, median of the first → last quarter of the run): "
+            + ", ".join(
+                f"{r['case']} {r['rss_first_quarter_mb']:.0f} → {r['rss_last_quarter_mb']:.0f} MB "
+                f"(×{r['rss_last_quarter_mb'] / r['rss_first_quarter_mb']:.2f})"
+                for r in quarters
+            )
+        )
     if len(b) >= 2 and b[0].get("peak_rss_mb") and b[-1].get("peak_rss_mb"):
         growth = b[-1]["peak_rss_mb"] / b[0]["peak_rss_mb"]
         label = f"RSS({b[-1]['minutes']:g} min) ÷ RSS({b[0]['minutes']:g} min)"
@@ -433,6 +511,24 @@ def _duration_label(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
+def _warn_store_space(*, work_dir: Path, n_samples: int, n_channels: int, case: str, log) -> None:
+    """spikesort writes its whitened traces as int16 into its work folder, as large as the raw
+    int16 recording: say so before a run that the disk cannot hold (spikesort then stops at once)."""
+    need = 2 * int(n_samples) * int(n_channels)
+    probe = Path(work_dir)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    if free < need:
+        log(
+            f"[{case}] warning: spikesort's whitened trace store needs {need / 1e9:.1f} GB in {work_dir}, "
+            f"{free / 1e9:.1f} GB are free: the run will likely fail (use --workdir on a larger disk)"
+        )
+
+
 def _add_floor(row: dict, floor) -> None:
     row.update(floor_s=floor.wall_s, floor_threads=floor.threads, floor_mean_square=floor.mean_square)
     if row.get("status") == "ok" and row.get("wall_s"):
@@ -457,6 +553,7 @@ def run_speed(
     num_units: int | None,
     floor_threads: int,
     command_modes: list[str] = (),
+    tile_minutes: float = 0.0,
     log=lambda msg: None,
 ) -> list[dict]:
     """Rows of the speed table: (a) every sorter on the ground-truth ``scenarios`` (peers from
@@ -464,7 +561,13 @@ def run_speed(
     NP1-like recording of ``channels`` channels and max(minutes) minutes; each row with the floor
     pass on the same frames of the same binary (run after the sorts) and, for spikesort, the
     per-stage costs its run recorded; with ``command_modes`` ("cold", "warm"), also (c) the
-    ``spikesort run`` command on each scenario's binary (see ``benchmarks.command``)."""
+    ``spikesort run`` command on each scenario's binary (see ``benchmarks.command``).
+
+    With ``tile_minutes`` T > 0 below max(minutes), only T minutes are generated and saved; the
+    cases longer than T run on that recording played back to back ceil(max(minutes) / T) times
+    (``ensure_tiled_recording``: no copy of the traces), the shorter ones on the T minutes."""
+    if tile_minutes < 0:
+        raise ValueError(f"tile_minutes must be >= 0, got {tile_minutes}")
     rows = []
     a_rows = run_benchmark(
         scenarios=scenarios,
@@ -528,36 +631,58 @@ def run_speed(
         log("the NP1-like runs are skipped: they run spikesort only")
         return rows
     units = num_units or max(3, round(SPEED_UNITS_PER_CHANNEL * channels))
+    # with a tile shorter than the longest case, only the tile is generated and saved; the longer
+    # cases play it back to back (the disk need not hold the whole recording)
+    tiled = tile_minutes > 0 and max(minutes) > tile_minutes
+    generated_minutes = tile_minutes if tiled else max(minutes)
     t0 = time.perf_counter()
     folder = ensure_speed_recording(
         cache_dir=cache_dir,
         n_channels=channels,
-        duration_s=60.0 * max(minutes),
+        duration_s=60.0 * generated_minutes,
         num_units=units,
         seed=seed,
         n_jobs=n_jobs,
     )
-    log(f"[np1 {channels} ch] recording of {max(minutes):g} min ready in {time.perf_counter() - t0:.1f} s: {folder}")
+    log(
+        f"[np1 {channels} ch] recording of {generated_minutes:g} min ready in {time.perf_counter() - t0:.1f} s: "
+        f"{folder}"
+    )
     binary = binary_of(folder=folder)
     fs = binary["sampling_rate_hz"]
-    gt = load_sorting_npz(path=folder / "gt_sorting.npz")
+    sources = {False: (folder, binary["n_samples"])}
+    copies = None
+    if tiled:
+        # copies from frames, not minutes/T: a float ratio like 3.0000000000000004 must not add one
+        copies = max(2, -(-round(max(minutes) * 60.0 * fs) // binary["n_samples"]))
+        tiled_path = ensure_tiled_recording(folder=folder, copies=copies)
+        sources[True] = (tiled_path, copies * binary["n_samples"])
+        log(f"[np1 {channels} ch] {generated_minutes:g} min played {copies} times: {tiled_path}")
+    gts = {}
     for m in sorted(set(minutes)):
-        n = min(binary["n_samples"], round(m * 60.0 * fs))
+        on_tiles = tiled and round(m * 60.0 * fs) > binary["n_samples"]
+        source, total = sources[on_tiles]
+        if on_tiles not in gts:
+            gts[on_tiles] = load_sorting_npz(path=source / "gt_sorting.npz")
+        gt = gts[on_tiles]
+        n = min(total, round(m * 60.0 * fs))
         case = f"np1_{channels}ch_{m:g}min"
         result_folder = work_dir / f"{case}_seed{seed}" / "spikesort-result"
         work_folder = work_dir / f"{case}_seed{seed}" / "spikesort"
         if result_folder.exists():
             shutil.rmtree(result_folder)
+        _warn_store_space(work_dir=work_dir, n_samples=n, n_channels=binary["n_channels"], case=case, log=log)
         log(f"[{case}] spikesort {version}: running ...")
         report = run_sorter_subprocess(
             sorter="spikesort",
-            recording_folder=folder,
+            recording_folder=source,
             work_folder=work_folder,
             result_folder=result_folder,
             params=dict(spikesort_params),
             n_jobs=n_jobs,
             timeout_s=timeout_s,
             frame_range=(0, n),
+            rss_timeline_s=RSS_TIMELINE_S,
         )
         if not keep_outputs and work_folder.exists():
             shutil.rmtree(work_folder, ignore_errors=True)
@@ -565,6 +690,9 @@ def run_speed(
             f"[{case}] spikesort: {report['status']} in {report.get('wall_s', report['process_wall_s']):.1f} s"
             + (f" ({report['error']})" if report.get("error") else "")
         )
+        label = f"{channels} ch × {_duration_label(n / fs)}"
+        if on_tiles:
+            label += f" ({_duration_label(binary['n_samples'] / fs)} tiled ×{copies})"
         row = {
             "case": case,
             "kind": "b",
@@ -576,8 +704,11 @@ def run_speed(
             "duration_s": n / fs,
             "minutes": m,
             "channels": channels,
-            "recording": f"{channels} ch × {_duration_label(n / fs)}",
+            "recording": label,
+            "tiled_from_minutes": tile_minutes if on_tiles else None,
+            "tile_copies": copies if on_tiles else None,
             "source": "run",
+            "recording_folder": str(source),
             "result_folder": str(result_folder),
             "status": report["status"],
             "error": report.get("error"),
@@ -587,7 +718,9 @@ def run_speed(
             "load_before": report.get("load_before"),
             "load_after": report.get("load_after"),
             "peak_rss_mb": report.get("peak_rss_mb"),
+            "rss_timeline": report.get("rss_timeline"),
         }
+        row.update(rss_timeline_summary(timeline=report.get("rss_timeline") or []))
         if row["wall_s"]:
             row["x_realtime"] = row["duration_s"] / row["wall_s"]
         if report["status"] == "ok":
@@ -598,14 +731,8 @@ def run_speed(
                     tested=load_sorting_npz(path=result_folder / "sorting.npz"),
                 )
             )
-        floor = floor_pass(
-            path=binary["path"],
-            n_channels=binary["n_channels"],
-            dtype=binary["dtype"],
-            sampling_rate_hz=fs,
-            n_samples=n,
-            threads=floor_threads,
-        )
+        # the floor pass reads the same frames: on a tiled recording, the tile once per copy
+        floor = tiled_floor_pass(binary=binary, n_samples=n, threads=floor_threads)
         log(f"[{case}] floor pass: {floor.wall_s:.1f} s ({floor.x_realtime:.1f}× real time)")
         _add_floor(row, floor)
         rows.append(row)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import cli, command, scenarios, speed
+from benchmarks import cli, command, runner, scenarios, speed
+from benchmarks.scoring import load_sorting_npz
 
 
 def _binary(tmp_path, *, n_samples=50_000, n_channels=10, seed=0):
@@ -303,6 +304,8 @@ def test_speed_flags_are_checked(capsys):
         (["--speed", "--speed-channels", "500"], "between 8 and 384"),
         (["--speed", "--speed-minutes", "0"], "above 0"),
         (["--speed", "--dummy"], "--dummy"),
+        (["--speed", "--speed-tile-minutes", "-1"], "--speed-tile-minutes must be at least 0"),
+        (["--speed", "--speed-tile-minutes", "601"], "--speed-tile-minutes must be at least 0"),
     ):
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
@@ -469,8 +472,200 @@ def test_report_seconds(tmp_path):
     assert command.report_seconds(output=tmp_path) == 0.75  # the last report of the log
 
 
+def test_speed_tile_flag_defaults_to_off():
+    parser = cli.build_parser()
+    assert parser.parse_args(["--speed"]).speed_tile_minutes == 0.0
+    assert parser.parse_args(["--speed", "--speed-tile-minutes", "10"]).speed_tile_minutes == 10.0
+
+
 def test_speed_command_flag():
     parser = cli.build_parser()
     assert parser.parse_args(["--speed"]).speed_command == ["cold", "warm"]
     assert parser.parse_args(["--speed", "--speed-command"]).speed_command == []
     assert parser.parse_args(["--speed", "--speed-command", "warm"]).speed_command == ["warm"]
+
+
+# ---------------------------------------------------------------------------------------------
+# a long recording as a short one played back to back (--speed-tile-minutes)
+
+
+def test_tiled_sorting_shifts_each_copy():
+    from spikeinterface.core import NumpySorting
+
+    gt = NumpySorting.from_unit_dict([{"a": np.array([1, 5, 9]), "b": np.array([0, 7])}], sampling_frequency=30_000.0)
+    tiled = scenarios.tiled_sorting(sorting=gt, copies=3, n_samples=10)
+    assert list(tiled.unit_ids) == ["a", "b"] and tiled.sampling_frequency == 30_000.0
+    assert tiled.get_unit_spike_train("a").tolist() == [1, 5, 9, 11, 15, 19, 21, 25, 29]
+    assert tiled.get_unit_spike_train("b").tolist() == [0, 7, 10, 17, 20, 27]
+    assert tiled.to_spike_vector().size == 3 * 5
+    assert np.all(np.diff(tiled.to_spike_vector()["sample_index"]) >= 0)  # still sorted
+    with pytest.raises(ValueError, match="length of one copy"):
+        scenarios.tiled_sorting(sorting=gt, copies=2, n_samples=9)
+    with pytest.raises(ValueError, match="copies"):
+        scenarios.tiled_sorting(sorting=gt, copies=0, n_samples=10)
+
+
+def test_tiled_recording_folder(tmp_path):
+    """A 1 s, 8-channel binary folder played 3 times: loaded as the sorter's subprocess loads a
+    recording folder, 3× the frames, copy 2 = copy 1, the probe, gains and offsets of the source,
+    the ground truth tiled; the traces are not copied and a second call reuses the folder."""
+    tiny = scenarios.Scenario("tile8", "np1_8", 3, 1.0, "none", "test")
+    folder = scenarios.ensure_recording(cache_dir=tmp_path / "cache", scenario=tiny, seed=0, n_jobs=1)
+    tiled = scenarios.ensure_tiled_recording(folder=folder, copies=3)
+    assert tiled == folder.parent / "tile8_seed0_x3"
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["tile8_seed0", "tile8_seed0_x3"]  # no temp left
+    assert not list(tiled.rglob("*.raw"))
+    source = scenarios.load_recording(folder=folder)
+    rec = scenarios.load_recording(folder=tiled)
+    n = source.get_num_samples(0)
+    assert n == 30_000 and rec.get_num_segments() == 1 and rec.get_num_samples(0) == 3 * n
+    assert np.array_equal(rec.get_traces(start_frame=n, end_frame=2 * n), rec.get_traces(start_frame=0, end_frame=n))
+    assert np.array_equal(rec.get_traces(start_frame=2 * n, end_frame=3 * n), source.get_traces())
+    # a read across the seam: the end of one copy, then the start of the next
+    seam = rec.get_traces(start_frame=n - 50, end_frame=n + 50)
+    assert np.array_equal(
+        seam, np.concatenate([source.get_traces(start_frame=n - 50), source.get_traces(end_frame=50)])
+    )
+    assert np.array_equal(rec.get_channel_locations(), source.get_channel_locations())
+    assert np.array_equal(rec.get_channel_gains(), source.get_channel_gains())
+    assert np.array_equal(rec.get_channel_offsets(), source.get_channel_offsets())
+    assert rec.get_probe().model_name == source.get_probe().model_name and rec.get_dtype() == source.get_dtype()
+    assert rec.frame_slice(start_frame=0, end_frame=2 * n + 7).get_num_samples() == 2 * n + 7  # the child's cut
+    gt = load_sorting_npz(path=folder / "gt_sorting.npz")
+    gt3 = load_sorting_npz(path=tiled / "gt_sorting.npz")
+    assert list(gt3.unit_ids) == list(gt.unit_ids)
+    for uid in gt.unit_ids:
+        st = gt.get_unit_spike_train(uid)
+        assert gt3.get_unit_spike_train(uid).tolist() == np.concatenate([st, st + n, st + 2 * n]).tolist()
+    assert np.array_equal(np.load(tiled / "gt_unit_locations.npy"), np.load(folder / "gt_unit_locations.npy"))
+    spec = json.loads((tiled / "scenario.json").read_text())["tiled"]
+    assert spec["copies"] == 3 and spec["tile_samples"] == n and spec["base_folder"] == "tile8_seed0"
+    assert spec["base"] == json.loads((folder / "scenario.json").read_text())
+    stamp = (tiled / "recording" / "si_folder.json").stat().st_mtime_ns
+    assert scenarios.ensure_tiled_recording(folder=folder, copies=3) == tiled
+    assert (tiled / "recording" / "si_folder.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    with pytest.raises(ValueError, match="at least 2 copies"):
+        scenarios.ensure_tiled_recording(folder=folder, copies=1)
+    # the floor pass over the tiled frames: the tile once per copy, the last one partial
+    binary = speed.binary_of(folder=folder)
+    floor = speed.tiled_floor_pass(binary=binary, n_samples=2 * n + n // 2, threads=1)
+    one = speed.floor_pass(
+        path=binary["path"], n_channels=8, sampling_rate_hz=binary["sampling_rate_hz"], n_samples=n, threads=1
+    )
+    assert floor.n_samples == 2 * n + n // 2 and floor.wall_s > 0
+    assert floor.n_chunks == 2 * one.n_chunks + math.ceil(one.n_chunks / 2)
+    half = speed.floor_pass(
+        path=binary["path"], n_channels=8, sampling_rate_hz=binary["sampling_rate_hz"], n_samples=n // 2, threads=1
+    )
+    expected = (2 * n * one.mean_square + n // 2 * half.mean_square) / (2 * n + n // 2)
+    assert floor.mean_square == pytest.approx(expected, rel=1e-9)
+
+
+def test_tiled_folder_in_the_sorter_subprocess(tmp_path):
+    """The subprocess worker loads the tiled folder and cuts it as the speed mode asks (the
+    stand-in sorter, which returns the folder's ground truth degraded); its memory is sampled
+    over time when asked."""
+    tiny = scenarios.Scenario("tile4", "np1_8", 4, 1.0, "none", "test")
+    folder = scenarios.ensure_recording(cache_dir=tmp_path / "cache", scenario=tiny, seed=0, n_jobs=1)
+    tiled = scenarios.ensure_tiled_recording(folder=folder, copies=2)
+    report = runner.run_sorter_subprocess(
+        sorter="spikesort",
+        recording_folder=tiled,
+        work_folder=tmp_path / "work",
+        result_folder=tmp_path / "result",
+        params={},
+        n_jobs=1,
+        timeout_s=120,
+        dummy=True,
+        poll_s=0.1,
+        frame_range=(0, 50_000),
+        rss_timeline_s=0.2,
+    )
+    assert report["status"] == "ok", report.get("error")
+    sorting = load_sorting_npz(path=tmp_path / "result" / "sorting.npz")
+    spikes = sorting.to_spike_vector()["sample_index"]
+    assert spikes.max() < 50_000 and spikes.max() > 30_000  # the second copy, cut at the frame range
+    timeline = report["rss_timeline"]
+    assert len(timeline) >= 3 and all(len(p) == 2 for p in timeline)
+    times = [t for t, _ in timeline]
+    # one poll kept every 0.2 s at the most (the times are rounded to 0.1 s)
+    assert times == sorted(times) and all(b - a > 0.1 for a, b in pairwise(times))
+    assert max(mb for _, mb in timeline) <= report["peak_rss_mb"]
+    summary = speed.rss_timeline_summary(timeline=timeline)
+    assert summary["rss_first_quarter_mb"] > 0 and summary["rss_last_quarter_mb"] > 0
+
+
+def test_rss_timeline_summary():
+    # 0..100 s: 200 MB over the first quarter, then a climb, then 400 MB over the last quarter
+    timeline = [[0.0, 100.0], [10.0, 200.0], [20.0, 200.0], [25.0, 300.0], [50.0, 350.0]]
+    timeline += [[75.0, 390.0], [80.0, 400.0], [90.0, 400.0], [100.0, 410.0]]
+    summary = speed.rss_timeline_summary(timeline=timeline)
+    assert summary == {"rss_first_quarter_mb": 200.0, "rss_last_quarter_mb": 400.0}
+    assert speed.rss_timeline_summary(timeline=list(reversed(timeline))) == summary  # order does not matter
+    assert speed.rss_timeline_summary(timeline=[]) == {"rss_first_quarter_mb": None, "rss_last_quarter_mb": None}
+    assert speed.rss_timeline_summary(timeline=[[3.0, 5.0]])["rss_last_quarter_mb"] is None
+    # the ratio line under the table reads the two medians
+    row = dict(_rows()[2], rss_first_quarter_mb=200.0, rss_last_quarter_mb=210.0)
+    out = speed.speed_summary(rows=[row])
+    assert out.ratios["rss_quarters"]["np1_384ch_5min"]["last_over_first"] == pytest.approx(1.05)
+    assert "np1_384ch_5min 200 → 210 MB (×1.05)" in "\n".join(out.lines)
+
+
+def test_speed_mode_on_a_tiled_recording(tmp_path, monkeypatch):
+    """(b) with a 6 s tile: the 3 s case sorts the tile itself, the 12 s case the tile played
+    twice (only the tile is saved); the rows say which, with the memory timeline of each run."""
+    monkeypatch.setattr(speed, "RSS_TIMELINE_S", 1.0)  # runs of seconds: a point a second
+    rows = speed.run_speed(
+        scenarios=[],
+        seed=0,
+        sorters=["spikesort"],
+        cache_dir=tmp_path / "cache",
+        work_dir=tmp_path / "runs",
+        rerun_peers=False,
+        cached_peers_only=False,
+        spikesort_params={},
+        n_jobs=2,
+        timeout_s=300,
+        keep_outputs=False,
+        channels=16,
+        minutes=[0.05, 0.2],
+        num_units=None,
+        floor_threads=1,
+        tile_minutes=0.1,
+    )
+    short, long = rows
+    for row in rows:
+        assert row["status"] == "ok", row.get("error")
+        assert row["num_gt"] > 0 and row["well_detected"] is not None and row["floor_s"] > 0
+        assert row["rss_timeline"] and row["rss_first_quarter_mb"] > 0 and row["rss_last_quarter_mb"] > 0
+    recordings = tmp_path / "cache" / "recordings"
+    assert sorted(p.name for p in recordings.iterdir()) == ["np1_16ch_6s_seed0", "np1_16ch_6s_seed0_x2"]
+    assert (short["recording"], short["tiled_from_minutes"], short["duration_s"]) == ("16 ch × 3 s", None, 3.0)
+    assert short["recording_folder"] == str(recordings / "np1_16ch_6s_seed0")
+    assert (long["recording"], long["tiled_from_minutes"], long["tile_copies"]) == (
+        "16 ch × 12 s (6 s tiled ×2)",
+        0.1,
+        2,
+    )
+    assert long["recording_folder"] == str(recordings / "np1_16ch_6s_seed0_x2") and long["duration_s"] == 12.0
+    # the ground truth of both copies is scored: twice the tile's units' spikes, the same units
+    assert long["num_gt"] == short["num_gt"]
+    with pytest.raises(ValueError, match="tile_minutes"):
+        speed.run_speed(
+            scenarios=[],
+            seed=0,
+            sorters=[],
+            cache_dir=tmp_path,
+            work_dir=tmp_path,
+            rerun_peers=False,
+            cached_peers_only=False,
+            spikesort_params={},
+            n_jobs=1,
+            timeout_s=None,
+            keep_outputs=False,
+            channels=16,
+            minutes=[1.0],
+            num_units=None,
+            floor_threads=1,
+            tile_minutes=-1.0,
+        )
