@@ -511,24 +511,6 @@ def _duration_label(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
-def _warn_store_space(*, work_dir: Path, n_samples: int, n_channels: int, case: str, log) -> None:
-    """spikesort writes its whitened traces as int16 into its work folder, as large as the raw
-    int16 recording: say so before a run that the disk cannot hold (spikesort then stops at once)."""
-    need = 2 * int(n_samples) * int(n_channels)
-    probe = Path(work_dir)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        free = shutil.disk_usage(probe).free
-    except OSError:
-        return
-    if free < need:
-        log(
-            f"[{case}] warning: spikesort's whitened trace store needs {need / 1e9:.1f} GB in {work_dir}, "
-            f"{free / 1e9:.1f} GB are free: the run will likely fail (use --workdir on a larger disk)"
-        )
-
-
 def _add_floor(row: dict, floor) -> None:
     row.update(floor_s=floor.wall_s, floor_threads=floor.threads, floor_mean_square=floor.mean_square)
     if row.get("status") == "ok" and row.get("wall_s"):
@@ -671,7 +653,6 @@ def run_speed(
         work_folder = work_dir / f"{case}_seed{seed}" / "spikesort"
         if result_folder.exists():
             shutil.rmtree(result_folder)
-        _warn_store_space(work_dir=work_dir, n_samples=n, n_channels=binary["n_channels"], case=case, log=log)
         log(f"[{case}] spikesort {version}: running ...")
         report = run_sorter_subprocess(
             sorter="spikesort",

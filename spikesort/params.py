@@ -33,6 +33,14 @@ class Params:
         help="extra samples read on each side of a chunk so filters and templates see context",
     )
     n_jobs: int = _p(0, lo=0, hi=256, stage="chunks", help="threads for numba kernels and chunk work; 0 = all cores")
+    trace_store: str = _p(
+        "auto",
+        choices=("auto", "plain", "compressed"),
+        stage="chunks",
+        help="the whitened scratch copy of the traces: plain int16, or compressed (about a third of the size, "
+        "values rounded to 1/8 of the noise sd); auto compresses it above 16 GB or when the plain copy "
+        "would not fit on the disk",
+    )
     seed: int = _p(0, lo=0, hi=2**31 - 1, stage="all", help="seed for every random choice (subsampling, k-means)")
     # --- preprocess ------------------------------------------------------------------------
     highpass_hz: float = _p(

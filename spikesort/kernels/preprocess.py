@@ -296,3 +296,27 @@ def gather_windows(data, starts, channels, scale, out):
             row = data[s + j]
             for k in range(channels.shape[0]):
                 out[i, j, k] = row[channels[k]] * scale
+
+
+@njit(**JIT)
+def quantize_zigzag(x, scale):
+    """uint16 zigzag code of int16(round(x * scale)) clipped to +-32767 (0, -1, 1, -2 ... ->
+    0, 1, 2, 3 ...): small values of either sign get small codes, whose high bits are all zero,
+    which is what a bit-shuffling compressor packs away."""
+    n_t, n_c = x.shape
+    out = np.empty((n_t, n_c), dtype=np.uint16)
+    for t in range(n_t):
+        for c in range(n_c):
+            v = np.int32(min(32767.0, max(-32767.0, np.rint(x[t, c] * scale))))
+            out[t, c] = np.uint16((v << 1) ^ (v >> 31))
+    return out
+
+
+@njit(**JIT)
+def unzigzag(u, scale, out):
+    """out[t, c] = decoded int16 of the zigzag code u[t, c], times ``scale`` (float32)."""
+    n_t, n_c = u.shape
+    for t in range(n_t):
+        for c in range(n_c):
+            v = np.int32(u[t, c])
+            out[t, c] = np.float32((v >> 1) ^ -(v & 1)) * scale

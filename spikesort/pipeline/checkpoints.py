@@ -323,7 +323,10 @@ class Checkpoints:
         """Delete a scratch trace file that preprocessing did not finish: no resume can use it."""
         settle()
         if not self.has("preprocess"):
-            self.traces_path.unlink(missing_ok=True)
+            from .traces import store_files
+
+            for p in store_files(self.traces_path):
+                p.unlink(missing_ok=True)
             if self.dir.is_dir() and not any(self.dir.iterdir()):
                 self.dir.rmdir()
 

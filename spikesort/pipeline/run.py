@@ -34,7 +34,7 @@ from .state import (
     recording_info,
 )
 from .steps import _cluster, _curate, _detect, _drift, _export, _match, _merge_drift_splits, _preprocess
-from .traces import TraceStore
+from .traces import open_store
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +234,8 @@ def make_run(
     margin = max(int(round(params.margin_ms * fs / 1000)), 2 * nt)
     exclusion = max(1, int(round(params.exclusion_ms * fs / 1000)))
     chunks = list(iter_chunks(n_samples=info.n_samples, chunk_samples=chunk, margin_samples=margin))
-    preprocess_chunks = list(
-        iter_chunks(
-            n_samples=info.n_samples, margin_samples=margin, chunk_samples=max(1, int(round(PREPROCESS_CHUNK_S * fs)))
-        )
-    )
+    pre_chunk = max(1, int(round(PREPROCESS_CHUNK_S * fs)))
+    preprocess_chunks = list(iter_chunks(n_samples=info.n_samples, margin_samples=margin, chunk_samples=pre_chunk))
 
     def tq(total, desc):
         # False: silent; True: a tqdm bar; a callable: progress(stage, done, total)
@@ -257,7 +254,13 @@ def make_run(
         nt=nt,
         exclusion=exclusion,
         tq=tq,
-        store=TraceStore(store_path, n_samples=info.n_samples, n_channels=info.n_channels),
+        store=open_store(
+            store_path,
+            n_samples=info.n_samples,
+            n_channels=info.n_channels,
+            kind=params.trace_store,
+            chunk_sizes=(chunk, pre_chunk),
+        ),
     )
 
 
@@ -287,7 +290,7 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
                 name,
                 result,
                 reads=params.read_values(name),
-                files=[run.store.path] if name == "preprocess" else (),
+                files=run.store.files if name == "preprocess" else (),
                 background=name == "preprocess",
             )
         checkpoints.kill_point(name)
@@ -295,7 +298,12 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
 
     # drift correction rewrites the whitened traces, so it runs inside the preprocess stage: its
     # checkpoint then covers the corrected traces and the drift parameters
-    prep = stage("preprocess", Preprocessed, lambda: _drift(run, _preprocess(run), out=out, stages=stages))
+    def preprocess_and_correct():
+        prep = _drift(run, _preprocess(run), out=out, stages=stages)
+        run.store.flush()  # before the checkpoint records the store's files
+        return prep
+
+    prep = stage("preprocess", Preprocessed, preprocess_and_correct)
     det = stage("detect", Detected, lambda: _detect(run, prep=prep))
     clu = stage("cluster", Clustered, lambda: _cluster(run, prep=prep, det=det))
     mat = stage("match", Matched, lambda: _match(run, prep=prep, det=det, clu=clu))

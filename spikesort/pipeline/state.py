@@ -22,7 +22,7 @@ from spikesort.stages.preprocess import PreprocessModel
 from spikesort.stages.templates import Templates
 
 from . import checkpoints
-from .traces import TraceStore
+from .traces import CompressedTraceStore, TraceStore
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class _Run:
     pre: int
     nt: int
     exclusion: int
-    store: TraceStore
+    store: TraceStore | CompressedTraceStore
     tq: object
     # spikes found on the final traces by the drift estimation pass, handed to the detect stage
     detected: Detected | None = None
