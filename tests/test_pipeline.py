@@ -424,6 +424,16 @@ def test_same_input_same_output(run16, tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / "again" / name), np.load(run16.folder / name), name)
 
 
+def test_compressed_trace_store_sorts_as_well(run16, scores16, gt16_uv, tmp_path):
+    """The compressed scratch copy (values rounded to 1/8 of the noise sd) keeps the accuracy."""
+    res = sort(run16.recording, tmp_path / "compressed", trace_store="compressed")
+    s = score(run16.gt, res.to_spikeinterface())
+    check_accuracy(run16.gt, s, *gt16_uv, n_units=res.n_units)
+    assert len(s.well_detected) >= len(scores16.well_detected)
+    tol = int(round(DELTA_MS * FS / 1000))
+    assert matched_fraction(run16.result.spike_times, res.spike_times, tol) >= 0.97
+
+
 def test_units_firing_below_the_rate_floor_are_dropped_and_the_rest_kept(run16, tmp_path):
     counts = np.bincount(run16.result.spike_clusters)
     duration_s = run16.recording.get_duration()

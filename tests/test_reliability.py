@@ -302,6 +302,28 @@ def test_resume_reuses_what_matches_and_recomputes_the_rest(rec, tmp_path, monke
     _untouched(rec)
 
 
+def test_resume_with_a_compressed_trace_store(rec, tmp_path, monkeypatch):
+    """Interrupted after preprocessing, a run on the compressed scratch copy resumes from its
+    blocks and index and gives the files of an uninterrupted one."""
+    from spikesort.pipeline import sort
+
+    recording = _open(rec)
+    out = tmp_path / "out"
+    monkeypatch.setenv(checkpoints.KILL_ENV, "match:2@SIGINT")
+    with pytest.raises(KeyboardInterrupt):
+        sort(recording, out, chunk_s=1.0, trace_store="compressed")
+    monkeypatch.delenv(checkpoints.KILL_ENV)
+    state = out / checkpoints.STATE_DIR
+    assert sorted(p.name for p in state.glob("temp_wh*")) == ["temp_wh.blosc", "temp_wh.blosc.index.npy"]
+    sort(recording, out, resume=True, chunk_s=1.0, trace_store="compressed")
+    assert _run_record(out)["reused_stages"] == ["preprocess", "detect", "cluster"]
+    assert checkpoints.is_complete(out) and not state.exists()
+    sort(recording, tmp_path / "fresh", chunk_s=1.0, trace_store="compressed")
+    for name in ("spike_times.npy", "spike_clusters.npy", "templates.npy", "amplitudes.npy", "pc_features.npy"):
+        assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
+    _untouched(rec)
+
+
 def test_a_changed_recording_invalidates_every_checkpoint(rec, tmp_path, monkeypatch):
     from spikesort.pipeline import sort
 
