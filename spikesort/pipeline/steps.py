@@ -60,7 +60,6 @@ from .state import (
     _stage,
     stage_rng,
 )
-from .traces import CompressedTraceStore
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +110,6 @@ def _preprocess(run: _Run) -> Preprocessed:
         return saturation.runs(clipped, offset=ch.keep_start)
 
     saturated = saturation.merge_runs(list(run.map(pre_fn, run.preprocess_chunks, "preprocess", "preprocess")))
-    if isinstance(store, CompressedTraceStore):
-        plain_gb = store.n_samples * 2 * store.n_channels / 1e9
-        log.info(
-            "whitened traces kept compressed: %.2f GB (%.1fx smaller than the %.2f GB of int16)",
-            store.nbytes() / 1e9,
-            plain_gb * 1e9 / max(store.nbytes(), 1),
-            plain_gb,
-        )
     if len(saturated):
         total = float(np.sum(saturated[:, 1] - saturated[:, 0])) / fs
         log.warning(

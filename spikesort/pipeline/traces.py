@@ -15,6 +15,7 @@ Two kinds, one interface (``create``, ``write``, ``read``, ``snippets``, ``flush
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -25,6 +26,8 @@ import numpy as np
 
 from spikesort.errors import SpikesortError
 from spikesort.kernels.preprocess import gather_windows, quantize_int16, quantize_zigzag, unzigzag
+
+log = logging.getLogger(__name__)
 
 # whitened noise has sd ~ 1; x200 keeps 0.005 sd resolution and +-160 sd range in int16
 SCALE = 200.0
@@ -241,6 +244,13 @@ class CompressedTraceStore:
         from spikesort.atomic import write_atomic
 
         write_atomic(self.index_path, lambda fh: np.save(fh, self.index))
+        plain = self.n_samples * 2 * self.n_channels
+        log.info(
+            "whitened traces kept compressed: %.2f GB, %.1fx smaller than the %.2f GB of int16",
+            self.nbytes() / 1e9,
+            plain / max(self.nbytes(), 1),
+            plain / 1e9,
+        )
 
     # -- blocks
     def _bounds(self, b: int) -> tuple[int, int]:
