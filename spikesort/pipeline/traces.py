@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import os
 import shutil
 import threading
@@ -315,9 +316,8 @@ class CompressedTraceStore:
         for b in range(start // self.block, -(-stop // self.block)):
             s0, s1 = self._bounds(b)
             lo, hi = max(s0, start), min(s1, stop)
-            unzigzag(
-                self._get_codes(b)[lo - s0 : hi - s0], np.float32(1.0 / COMPRESSED_SCALE), out[lo - start : hi - start]
-            )
+            codes = np.ascontiguousarray(self._get_codes(b, lo - s0, hi - s0))
+            unzigzag(codes, np.float32(1.0 / COMPRESSED_SCALE), out[lo - start : hi - start])
         return out
 
     def snippets(self, times: np.ndarray, *, pre: int, nt: int, channels: np.ndarray | None = None) -> np.ndarray:
@@ -337,8 +337,24 @@ class CompressedTraceStore:
         inside = inside[np.argsort(starts[inside], kind="stable")]
         first = starts[inside] // self.block
         cuts = np.flatnonzero(np.diff(first)) + 1
+        if os.fstat(self._fd()).st_size == 0:
+            return out  # nothing written yet
+        # the file mapped, not read: a window's decode touches only the pages of its inner
+        # blocks, where reading its whole compressed block (2 MB at 384 channels) cost 5x more
+        with mmap.mmap(self._fd(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as whole:
+            self._cut_windows(whole, np.split(inside, cuts), starts, nt, chans, out)
+        return out
+
+    def _block_view(self, whole: memoryview, b: int):
+        """Block b's compressed bytes as a view of the mapped file (None when never written)."""
+        with self._lock:
+            off, size, _ = (int(v) for v in self.index[b])
+        return whole[off : off + size] if size > 0 else None
+
+    def _cut_windows(self, whole: memoryview, groups, starts, nt: int, chans, out) -> None:
+        n_c = out.shape[2]
         offsets = np.arange(nt)
-        for group in np.split(inside, cuts):
+        for group in groups:
             b = int(starts[group[0]] // self.block)
             s0, s1 = self._bounds(b)
             rel = starts[group] - s0
@@ -348,20 +364,22 @@ class CompressedTraceStore:
                     codes = np.concatenate([codes, self._get_codes(b + 1, 0, int(rel.max()) + nt - (s1 - s0))])
                 picked = codes[rel[:, None] + offsets[None, :]]
             else:
-                raw = self._raw(b)
-                pieces = []
-                for r in rel.tolist():
-                    piece = self._get_codes(b, r, min(r + nt, s1 - s0), raw=raw)
-                    if r + nt > s1 - s0:
-                        piece = np.concatenate([piece, self._get_codes(b + 1, 0, r + nt - (s1 - s0))])
-                    pieces.append(piece)
-                picked = np.stack(pieces)
+                raw = self._block_view(whole, b)
+                c = self.n_channels
+                picked = np.zeros((len(group), nt, c), dtype=np.uint16)
+                for j, r in enumerate(rel.tolist()):
+                    k = min(nt, s1 - s0 - r)  # the part of the window in this block
+                    if raw is not None:
+                        self.codec.decode_partial(raw, r * c, k * c, out=picked[j, :k])
+                    if k < nt:
+                        picked[j, k:] = self._get_codes(b + 1, 0, nt - k)
+                if raw is not None:
+                    raw.release()
             if chans is not None:
                 picked = picked[:, :, chans]
             values = np.empty((len(group) * nt, n_c), dtype=np.float32)
             unzigzag(np.ascontiguousarray(picked).reshape(-1, n_c), np.float32(1.0 / COMPRESSED_SCALE), values)
             out[group] = values.reshape(len(group), nt, n_c)
-        return out
 
 
 def open_store(
