@@ -383,15 +383,8 @@ def ensure_tiled_recording(*, folder: Path, copies: int) -> Path:
             "tile_samples": n,
         }
     }
-    out = tiled_folder(folder=folder, copies=copies)
-    spec_file = out / "scenario.json"
-    if spec_file.exists() and json.loads(spec_file.read_text()) == spec:
-        return out
-    if out.exists():
-        shutil.rmtree(out)
-    # a sibling of the source: the relative path in si_folder.json holds after the rename
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         (tmp / "recording").mkdir()
         tiled = concatenate_recordings([base] * int(copies))
         tiled.dump_to_json(tmp / "recording" / "si_folder.json", relative_to=tmp / "recording")
@@ -399,13 +392,9 @@ def ensure_tiled_recording(*, folder: Path, copies: int) -> Path:
         save_sorting_npz(sorting=tiled_sorting(sorting=gt, copies=copies, n_samples=n), path=tmp / "gt_sorting.npz")
         if (folder / "gt_unit_locations.npy").is_file():
             shutil.copy(folder / "gt_unit_locations.npy", tmp / "gt_unit_locations.npy")
-        (tmp / "scenario.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
-        tmp.chmod(0o755)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    # built beside the source: the relative path in si_folder.json holds after the rename
+    return cached_folder(folder=tiled_folder(folder=folder, copies=copies), spec=spec, build=build)
 
 
 def save_generated(*, folder: Path, spec: dict, generate, n_jobs: int) -> Path:
@@ -414,14 +403,7 @@ def save_generated(*, folder: Path, spec: dict, generate, n_jobs: int) -> Path:
     folder appears complete or not at all (built under a temporary name, then renamed)."""
     from spikeinterface.preprocessing import scale
 
-    spec_file = folder / "scenario.json"
-    if spec_file.exists() and json.loads(spec_file.read_text()) == spec:
-        return folder
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    def build(tmp: Path) -> None:
         source, gt, *truth = generate()
         # the generated recording is rebuilt from its seed, not from a provenance file
         warnings.filterwarnings("ignore", message="The extractor is not serializable")
@@ -434,6 +416,23 @@ def save_generated(*, folder: Path, spec: dict, generate, n_jobs: int) -> Path:
         np.save(tmp / "gt_unit_locations.npy", locations)
         if truth:
             np.savez(tmp / TRUE_DISPLACEMENT, **truth[0])
+
+    return cached_folder(folder=folder, spec=spec, build=build)
+
+
+def cached_folder(*, folder: Path, spec: dict, build) -> Path:
+    """``folder`` made once by ``build(tmp)``: one whose ``scenario.json`` equals ``spec`` is
+    reused, any other replaced. It appears complete or not at all (built under a temporary name
+    beside it, then renamed)."""
+    spec_file = folder / "scenario.json"
+    if spec_file.exists() and json.loads(spec_file.read_text()) == spec:
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        build(tmp)
         (tmp / "scenario.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
         tmp.chmod(0o755)
         tmp.rename(folder)
