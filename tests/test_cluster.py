@@ -45,3 +45,79 @@ def test_small_unit_beside_a_big_one_is_split_off_for_every_seed():
 
     assert all(found(seed) for seed in range(12))
     assert not all(found(seed, n_init=1) for seed in range(12))  # what the restarts are for
+
+
+def _detections(n, *, n_channels, seed, duration=10**7):
+    from spikesort.stages.detect import Detections
+
+    rng = np.random.default_rng(seed)
+    times = np.sort(rng.choice(duration, n, replace=False)).astype(np.int64)
+    channels = rng.integers(0, n_channels, n)
+    # channel 0 busy, channel 1 quiet: both sides of the per-channel limit
+    channels[rng.random(n) < 0.3] = 0
+    channels[channels == 1] = 2
+    channels[:5] = 1
+    feats = rng.normal(size=(n, 4, 3)).astype(np.float32)
+    feats[:, 0, 0] = times  # a spike's features stay with the spike through the pruning
+    return Detections(
+        times, channels, np.ones(n, np.float32), np.ones(n, np.float32), np.zeros((n, 2), np.float32), feats
+    )
+
+
+def test_the_streamed_cluster_sample_is_the_choice_made_on_all_spikes_at_once():
+    from spikesort.stages.cluster import ClusterSample, sample_per_channel, spike_keys
+
+    det = _detections(200_000, n_channels=8, seed=1)
+    k = 2000
+    at_once = sample_per_channel(spike_keys(det.times, det.channels, seed=7), det.channels, per_channel=k)
+    sample = ClusterSample(per_channel=k, n_channels=8, seed=7)
+    held = []
+    for lo in range(0, len(det), 1500):  # chunks in time order, as the detection pass hands them on
+        sample.add(det.take(np.arange(lo, min(lo + 1500, len(det)))))
+        held.append(sample.held)
+    chosen = sample.result()
+    assert sample.n_seen == len(det)
+    np.testing.assert_array_equal(chosen.times, det.times[at_once])
+    np.testing.assert_array_equal(chosen.features[:, 0, 0], chosen.times.astype(np.float32))
+    counts = np.bincount(chosen.channels, minlength=8)
+    assert counts[0] == k and counts[1] == 5  # a busy channel capped, a quiet one whole
+    assert np.all(counts <= k)
+    # memory stays bounded: the final choice plus what arrives between two prunings (a quarter of
+    # the limit over all channels, at least 50 000 spikes) plus a chunk
+    assert max(held) <= len(chosen) + 50_000 + 1500 < len(det) / 2
+    # a uniform choice over the recording, not its first spikes: both halves equally sampled
+    busy = chosen.times[chosen.channels == 0]
+    assert 0.45 < np.mean(busy < np.median(det.times[det.channels == 0])) < 0.55
+
+
+def test_spike_keys_depend_on_the_seed_and_on_nothing_else():
+    from spikesort.stages.cluster import spike_keys
+
+    t, c = np.arange(1000, 2000), np.arange(1000) % 7
+    np.testing.assert_array_equal(spike_keys(t, c, seed=3), spike_keys(t.copy(), c.copy(), seed=3))
+    assert np.mean(spike_keys(t, c, seed=3) == spike_keys(t, c, seed=4)) == 0
+    # near-uniform: the keys of consecutive samples do not cluster
+    u = spike_keys(t, c, seed=3) / 2.0**64
+    assert abs(np.mean(u) - 0.5) < 0.05 and np.histogram(u, bins=4, range=(0, 1))[0].min() > 200
+
+
+def test_cluster_spikes_clusters_at_most_the_limit_per_channel():
+    from spikesort.stages.cluster import cluster_spikes
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    # two well separated units, all peaking on channel 0 of a 1-channel neighbourhood
+    feats = np.where(rng.random(n)[:, None, None] < 0.5, 0.0, 12.0) + rng.normal(size=(n, 1, 3))
+    cl = cluster_spikes(
+        times=np.arange(n) * 50,
+        features=feats.astype(np.float32),
+        channels=np.zeros(n, np.int64),
+        neighbors=np.zeros((1, 1), np.int64),
+        max_spikes_per_channel=800,
+        min_cluster_size=30,
+        split_depth=4,
+        bimodality_threshold=0.5,
+        merge_similarity=0.8,
+        seed=2,
+    )
+    assert len(cl.spike_index) == 800 and cl.n_units == 2

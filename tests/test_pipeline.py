@@ -12,6 +12,7 @@ when they were set, and each threshold sits at (integers) or a little below the 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -408,6 +409,10 @@ def test_output_folder_holds_every_file(run16):
     # every stage's peak memory: at least the interpreter with numpy and numba, at most this machine
     assert set(run["peak_rss_mb"]) == set(run["timings_s"])
     assert all(50 < mb < 24_000 for mb in run["peak_rss_mb"].values()), run["peak_rss_mb"]
+    # the stages that read the whitened traces say how long their reads took, none longer than the stage
+    reads = run["store_read_s"]
+    assert set(reads) == set(run["timings_s"]) and all(reads[s] > 0 for s in ("detect", "match", "export"))
+    assert all(reads[s] <= run["timings_s"][s] * (os.cpu_count() or 1) + 0.01 for s in reads)  # a thread a core
 
 
 # ------------------------------------------------------------------------------------------

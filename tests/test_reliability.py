@@ -88,7 +88,7 @@ def _assert_same_folder(got: Path, want: Path) -> None:
             continue
         if name == "spikesort_run.json":
             a, b = _run_record(got), _run_record(want)
-            for key in ("timings_s", "peak_rss_mb", "reused_stages"):
+            for key in ("timings_s", "peak_rss_mb", "store_read_s", "reused_stages"):
                 a.pop(key), b.pop(key)
             a["params"].pop("n_jobs"), b["params"].pop("n_jobs")  # a resume may use other threads
             assert a == b

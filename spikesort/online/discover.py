@@ -240,6 +240,7 @@ def discover(
     if len(pool) < min_spikes:
         return none
     cl = cluster_spikes(
+        times=pool.times,
         features=pool.features,
         channels=pool.channels,
         neighbors=feature_neighbors,

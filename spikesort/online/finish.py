@@ -99,7 +99,9 @@ def write_phy_folder(
     dense[empty] = model.dense[empty]
     templates = sparsify(dense, pre=run.pre)
     m = model.bases.shape[0]
-    det = Detected(sign=model.sign, bases=model.bases, filter_sd=model.filter_sd, spikes=Detections.empty(1, m))
+    det = Detected(
+        sign=model.sign, bases=model.bases, filter_sd=model.filter_sd, spikes=Detections.empty(1, m), n_spikes=0
+    )
     prep = Preprocessed(model=model.prep, saturated=np.zeros((0, 2), np.int64))
     result = _export(run, out, prep=prep, det=det, cur=Curated(spikes=spikes, templates=templates))
     checkpoints.write_json_atomic(

@@ -115,7 +115,9 @@ class StretchDetector:
     def result(self) -> Detected:
         spikes = Detections.concat(self.parts)
         log.info("%d spikes detected in the warm-up stretch (sign %+d)", len(spikes), self.det.sign)
-        return Detected(sign=self.det.sign, bases=self.det.bases, filter_sd=self.det.filter_sd, spikes=spikes)
+        return Detected(
+            sign=self.det.sign, bases=self.det.bases, filter_sd=self.det.filter_sd, spikes=spikes, n_spikes=len(spikes)
+        )
 
 
 def sort_stretch(recording, *, prep: Preprocessed, det: Detected, params: Params, store, progress=False) -> Warmed:

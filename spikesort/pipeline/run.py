@@ -7,6 +7,7 @@ and the completion marker.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from spikesort.chunks import iter_chunks
 from spikesort.errors import SpikesortError
 from spikesort.outputs.result import SortingResult
 from spikesort.params import Params
+from spikesort.stages.detect import Detections
 
 from . import checkpoints
 from .state import (
@@ -270,7 +272,7 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
     params = checkpoints.ParamReads(params)
     run = make_run(recording, params=params, store_path=state.traces_path, progress=progress, info=info)
     fs = info.sampling_rate_hz
-    stages = StageLog(timings_s={}, peak_rss_mb={})
+    stages = StageLog(timings_s={}, peak_rss_mb={}, store=run.store)
     timings = stages.timings_s
     reused: list[str] = []
 
@@ -306,6 +308,8 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
     prep = stage("preprocess", Preprocessed, preprocess_and_correct)
     det = stage("detect", Detected, lambda: _detect(run, prep=prep))
     clu = stage("cluster", Clustered, lambda: _cluster(run, prep=prep, det=det))
+    # only clustering reads the detected spikes: their features need not outlive it
+    det = dataclasses.replace(det, spikes=Detections.empty(*det.spikes.features.shape[1:]))
     mat = stage("match", Matched, lambda: _match(run, prep=prep, det=det, clu=clu))
     cur = stage("curate", Curated, lambda: _merge_drift_splits(run, _curate(run, prep=prep, clu=clu, mat=mat), out=out))
     with _stage(stages, "export"):
@@ -325,6 +329,8 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
             timings_s=timings,
             peak_rss_mb=stages.peak_rss_mb,
             reused_stages=reused,
+            # thread-seconds in the trace store's reads and window cuts, per stage: a slow disk shows here
+            extra={"store_read_s": stages.store_read_s},
         ),
     )
     checkpoints.kill_point("export")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -81,16 +81,20 @@ def _read_raw(recording, start: int, stop: int) -> np.ndarray:
 
 @dataclass
 class StageLog:
-    """Wall seconds and peak resident memory (MB) of each stage, for the run record."""
+    """Wall seconds, peak resident memory (MB) and seconds spent reading the trace store (summed
+    over threads) of each stage, for the run record."""
 
     timings_s: dict
     peak_rss_mb: dict
+    store_read_s: dict = field(default_factory=dict)
+    store: object = None  # the run's trace store, whose read_s the stages share out
 
 
 def _stage(stages: StageLog, name: str):
     class _T:
         def __enter__(self):
             self.t0 = time.perf_counter()
+            self.read0 = getattr(stages.store, "read_s", 0.0)
             self.rss = PeakRss().__enter__()
             log.info("stage %s ...", name)
 
@@ -98,6 +102,8 @@ def _stage(stages: StageLog, name: str):
             self.rss.__exit__(*exc)
             stages.timings_s[name] = time.perf_counter() - self.t0
             stages.peak_rss_mb[name] = round(self.rss.peak_mb, 1)
+            if stages.store is not None:
+                stages.store_read_s[name] = round(stages.store.read_s - self.read0, 2)
             if exc[0] is None:
                 log.info(
                     "stage %s done in %.1f s (peak memory %.0f MB)", name, stages.timings_s[name], self.rss.peak_mb
@@ -125,7 +131,8 @@ class Detected:
     sign: int
     bases: np.ndarray  # temporal bases (nt, n_components)
     filter_sd: np.ndarray
-    spikes: Detections
+    spikes: Detections  # the spikes clustering reads: at most max_spikes_per_channel per peak channel
+    n_spikes: int  # spikes detected in all
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 from spikesort.errors import SpikesortError
 from spikesort.outputs.result import SortingResult
 from spikesort.stages import saturation
-from spikesort.stages.cluster import cluster_spikes
+from spikesort.stages.cluster import ClusterSample, cluster_spikes
 from spikesort.stages.curate import collision_units, composite_units, remove_duplicates, residue_spikes
 from spikesort.stages.detect import (
     Detections,
@@ -26,7 +26,7 @@ from spikesort.stages.detect import (
     filtered_noise_sd,
     learn_temporal_bases,
 )
-from spikesort.stages.drift import applied_motion, correct_drift
+from spikesort.stages.drift import MotionPeaks, applied_motion, correct_drift
 from spikesort.stages.export import phy_whitening, unit_metrics, write_phy
 from spikesort.stages.features import SpikeFeatures, features_block, similarity_matrix, template_feature_index
 from spikesort.stages.geometry import neighbor_table
@@ -126,9 +126,10 @@ def _drift(run: _Run, prep: Preprocessed, *, out: Path, stages: StageLog) -> Pre
     writes motion*.npy and drift_map.png to ``out``, or logs why drift is not corrected."""
     made = []
 
-    def detect():
-        made.append(_detection_pass(run, prep=prep))
-        return made[-1].spikes
+    def detect(peaks_of):
+        peaks = []
+        made.append(_detection_pass(run, prep=prep, each_chunk=lambda d: peaks.append(peaks_of(d))))
+        return MotionPeaks.concat(peaks)
 
     with _stage(stages, "drift"):
         _, feat_nb = _neighbors(run, prep.model.good_channels)
@@ -153,17 +154,16 @@ def _drift(run: _Run, prep: Preprocessed, *, out: Path, stages: StageLog) -> Pre
 
 
 def _detect(run: _Run, *, prep: Preprocessed) -> Detected:
-    if run.detected is not None:
-        det, run.detected = run.detected, None
-        log.info("%d spikes detected (sign %+d), by the drift estimation pass", len(det.spikes), det.sign)
-        return det
-    det = _detection_pass(run, prep=prep)
-    log.info("%d spikes detected (sign %+d)", len(det.spikes), det.sign)
+    reused = run.detected is not None
+    det = run.detected if reused else _detection_pass(run, prep=prep)
+    run.detected = None
+    log.info("%d spikes detected (sign %+d)%s", det.n_spikes, det.sign, ", by the drift estimation pass" * reused)
     return det
 
 
-def _detection_pass(run: _Run, *, prep: Preprocessed) -> Detected:
-    """Detect the spikes of the whole trace store."""
+def _detection_pass(run: _Run, *, prep: Preprocessed, each_chunk=None) -> Detected:
+    """Detect the spikes of the whole trace store; keep those clustering will see
+    (``ClusterSample``), after handing each chunk's detections to ``each_chunk`` if given."""
     info, p, store = run.info, run.params, run.store
     pre, nt, exclusion = run.pre, run.nt, run.exclusion
     rng = stage_rng(p.seed, "detect")
@@ -210,8 +210,10 @@ def _detection_pass(run: _Run, *, prep: Preprocessed) -> Detected:
             filter_sd=filter_sd,
         )
 
-    det = Detections.concat(list(run.map(det_fn, run.chunks, "detect", "detect")))
-    return Detected(sign=int(sign), bases=bases, filter_sd=filter_sd, spikes=det)
+    sample = ClusterSample(per_channel=p.max_spikes_per_channel, n_channels=info.n_channels, seed=p.seed)
+    sample.gather(run.map(det_fn, run.chunks, "detect", "detect"), each=each_chunk)
+    chosen = sample.result() or Detections.empty(feat_nb.shape[1], bases.shape[0])
+    return Detected(sign=int(sign), bases=bases, filter_sd=filter_sd, spikes=chosen, n_spikes=sample.n_seen)
 
 
 def _cluster(run: _Run, *, prep: Preprocessed, det: Detected) -> Clustered:
@@ -221,6 +223,7 @@ def _cluster(run: _Run, *, prep: Preprocessed, det: Detected) -> Clustered:
     _, feat_nb = _neighbors(run, prep.model.good_channels)
     spikes = det.spikes
     cl = cluster_spikes(
+        times=spikes.times,
         features=spikes.features,
         channels=spikes.channels,
         neighbors=feat_nb,
@@ -437,7 +440,8 @@ def _export(run: _Run, out: Path, *, prep: Preprocessed, det: Detected, cur: Cur
             positions_um=info.positions_um,
         )
 
-    feats = SpikeFeatures.concat(list(run.map(feat_fn, range(len(chunks)), "features", "export")))
+    parts = run.map(feat_fn, range(len(chunks)), "features", "export")
+    feats = SpikeFeatures.gathered(parts, firsts=bounds[:, 0], n=len(spikes.times))
     # column 0 is the spike's own template: its least-squares scale is Phy's amplitude
     amplitudes = feats.template_features[:, 0] if final.n_templates else np.zeros(0, np.float32)
     _, w_inv_uv = phy_whitening(model.whitening, info.gains_to_uv)

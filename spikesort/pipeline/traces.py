@@ -21,6 +21,7 @@ import mmap
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,23 @@ log = logging.getLogger(__name__)
 SCALE = 200.0
 
 
-class TraceStore:
+class _TimedReads:
+    """Seconds spent in ``read`` and ``snippets``, summed over the threads that called them: the
+    run record gives each stage's share, which tells a slow disk from slow arithmetic."""
+
+    def _timing_init(self) -> None:
+        self._timing_lock = threading.Lock()
+        self.read_s = 0.0
+
+    def _timed(self, t0: float) -> None:
+        dt = time.perf_counter() - t0
+        with self._timing_lock:
+            self.read_s += dt
+
+
+class TraceStore(_TimedReads):
     def __init__(self, path: str | Path, *, n_samples: int, n_channels: int):
+        self._timing_init()
         self.path = Path(path)
         self.n_samples = int(n_samples)
         self.n_channels = int(n_channels)
@@ -84,15 +100,19 @@ class TraceStore:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Whitened float32 traces of samples [start, stop)."""
+        t0 = time.perf_counter()
         start = max(0, int(start))
         stop = min(self.n_samples, int(stop))
         q = np.fromfile(
             self.path, dtype=np.int16, count=(stop - start) * self.n_channels, offset=start * self.frame_bytes
         )
-        return q.reshape(stop - start, self.n_channels).astype(np.float32) * np.float32(1.0 / SCALE)
+        out = q.reshape(stop - start, self.n_channels).astype(np.float32) * np.float32(1.0 / SCALE)
+        self._timed(t0)
+        return out
 
     def snippets(self, times: np.ndarray, *, pre: int, nt: int, channels: np.ndarray | None = None) -> np.ndarray:
         """(n, nt, C') windows starting at ``times - pre``; windows that cross an edge are zero."""
+        t0 = time.perf_counter()
         mm = np.memmap(self.path, dtype=np.int16, mode="r", shape=(self.n_samples, self.n_channels))
         chans = np.arange(self.n_channels) if channels is None else np.asarray(channels)
         out = np.zeros((len(times), nt, len(chans)), dtype=np.float32)
@@ -104,6 +124,7 @@ class TraceStore:
             out,
         )
         del mm
+        self._timed(t0)
         return out
 
 
@@ -153,7 +174,7 @@ def block_samples(*chunk_sizes: int) -> int:
     return MAX_BLOCK
 
 
-class CompressedTraceStore:
+class CompressedTraceStore(_TimedReads):
     """Whitened traces in independently compressed blocks of ``block`` samples.
 
     Blocks are appended to one data file; an index (offset, size, room) says where each lives, and
@@ -169,6 +190,7 @@ class CompressedTraceStore:
         # numcodecs' Blosc starts threads of its own when called from the main thread; the sort's
         # own workers are the parallelism here (and n_jobs = 1 must mean one core)
         nb.use_threads = False
+        self._timing_init()
         # lz4 decodes 4x faster than zstd for 5 % more bytes; inner blocks of 16 kB let one window
         # be decoded for 30 µs instead of 90 (Blosc's default) at 0.01 of the ratio
         self.codec = Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE, blocksize=16384)
@@ -310,6 +332,7 @@ class CompressedTraceStore:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Whitened float32 traces of samples [start, stop)."""
+        t0 = time.perf_counter()
         start = max(0, int(start))
         stop = min(self.n_samples, int(stop))
         out = np.empty((max(0, stop - start), self.n_channels), dtype=np.float32)
@@ -318,6 +341,7 @@ class CompressedTraceStore:
             lo, hi = max(s0, start), min(s1, stop)
             codes = np.ascontiguousarray(self._get_codes(b, lo - s0, hi - s0))
             unzigzag(codes, np.float32(1.0 / COMPRESSED_SCALE), out[lo - start : hi - start])
+        self._timed(t0)
         return out
 
     def snippets(self, times: np.ndarray, *, pre: int, nt: int, channels: np.ndarray | None = None) -> np.ndarray:
@@ -327,22 +351,22 @@ class CompressedTraceStore:
         of their blocks whole made that 25x slower than the plain store. A block holding a few
         windows has only those decoded (Blosc reads just the inner blocks they fall in); one
         holding many is decoded once."""
+        t0 = time.perf_counter()
         starts = np.asarray(times, dtype=np.int64) - pre
         chans = None if channels is None else np.asarray(channels, dtype=np.int64)
         n_c = self.n_channels if chans is None else len(chans)
         out = np.zeros((len(starts), nt, n_c), dtype=np.float32)
         inside = np.flatnonzero((starts >= 0) & (starts + nt <= self.n_samples))
-        if not len(inside):
+        if not len(inside) or os.fstat(self._fd()).st_size == 0:  # no window, or nothing written yet
             return out
         inside = inside[np.argsort(starts[inside], kind="stable")]
         first = starts[inside] // self.block
         cuts = np.flatnonzero(np.diff(first)) + 1
-        if os.fstat(self._fd()).st_size == 0:
-            return out  # nothing written yet
         # the file mapped, not read: a window's decode touches only the pages of its inner
         # blocks, where reading its whole compressed block (2 MB at 384 channels) cost 5x more
         with mmap.mmap(self._fd(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as whole:
             self._cut_windows(whole, np.split(inside, cuts), starts, nt, chans, out)
+        self._timed(t0)
         return out
 
     def _block_view(self, whole: memoryview, b: int):

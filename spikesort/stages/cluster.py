@@ -101,8 +101,83 @@ def split_recursive(
     return labels
 
 
+def spike_keys(times: np.ndarray, channels: np.ndarray, *, seed: int) -> np.ndarray:
+    """(n,) uint64 pseudo-random keys, a fixed function of each spike's sample, peak channel and
+    the seed: the k smallest keys of a channel are a uniform random choice of k of its spikes,
+    whichever order or grouping the spikes arrive in."""
+    z = np.asarray(times).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    z ^= np.asarray(channels).astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+    z += np.uint64(int(seed) % 2**64)
+    # splitmix64's finaliser: every input bit reaches every output bit
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def sample_per_channel(keys: np.ndarray, channels: np.ndarray, *, per_channel: int) -> np.ndarray:
+    """Sorted indices of the ``per_channel`` smallest keys of each peak channel (all of a
+    channel's spikes when it has fewer)."""
+    order = np.lexsort((keys, channels))
+    ch = np.asarray(channels)[order]
+    rank = np.arange(len(order)) - np.searchsorted(ch, ch, side="left")
+    return np.sort(order[rank < per_channel])
+
+
+class ClusterSample:
+    """The spikes clustering will see, chosen while the detections stream in.
+
+    Clustering reads at most ``per_channel`` spikes per peak channel (``sample_per_channel``
+    on ``spike_keys``). Holding every detection's features until the end would make memory
+    grow with the recording's length (0.5 kB a spike on 384 channels, over a gigabyte for an
+    hour); pruning to the per-channel choice whenever a quarter more has arrived bounds it, and
+    gives exactly the choice made on all the spikes at once.
+    """
+
+    def __init__(self, *, per_channel: int, n_channels: int, seed: int):
+        self.per_channel = int(per_channel)
+        self.seed = int(seed)
+        self.parts: list = []
+        self.held = 0
+        self.n_seen = 0
+        self._step = max(self.per_channel * int(n_channels) // 4, 50_000)
+        self._prune_at = self._step
+
+    def add(self, det) -> None:
+        self.n_seen += len(det)
+        self.parts.append(det)
+        self.held += len(det)
+        if self.held >= self._prune_at:
+            self._prune()
+
+    def gather(self, parts, *, each=None) -> None:
+        """``add`` every item of ``parts``, after handing it to ``each`` when given."""
+        for det in parts:
+            if each is not None:
+                each(det)
+            self.add(det)
+
+    def _prune(self) -> None:
+        if not self.parts:
+            return
+        det = type(self.parts[0]).concat(self.parts) if len(self.parts) > 1 else self.parts[0]
+        keys = spike_keys(det.times, det.channels, seed=self.seed)
+        keep = sample_per_channel(keys, det.channels, per_channel=self.per_channel)
+        det = det.take(keep) if len(keep) < len(det) else det
+        self.parts, self.held = [det], len(det)
+        self._prune_at = self.held + self._step
+
+    def result(self):
+        """The chosen detections in time order (None when nothing was added)."""
+        self._prune()
+        return self.parts[0] if self.parts else None
+
+
 def cluster_spikes(
     *,
+    times: np.ndarray,
     features: np.ndarray,
     channels: np.ndarray,
     neighbors: np.ndarray,
@@ -113,17 +188,20 @@ def cluster_spikes(
     merge_similarity: float,
     seed: int,
 ) -> ClusterResult:
-    """Cluster spikes given their neighbourhood features (n, M, K) and peak channels (n,)."""
+    """Cluster spikes given their samples (n,), neighbourhood features (n, M, K) and peak
+    channels (n,); at most ``max_spikes_per_channel`` per peak channel are clustered
+    (``sample_per_channel``)."""
     rng = np.random.default_rng(seed)
     n_c = neighbors.shape[0]
     groups: list[_Group] = []
     chosen = []
+    sampled = np.zeros(len(channels), bool)
+    keys = spike_keys(times, channels, seed=seed)
+    sampled[sample_per_channel(keys, channels, per_channel=max_spikes_per_channel)] = True
     for c in range(n_c):
-        idx = np.flatnonzero(channels == c)
+        idx = np.flatnonzero((channels == c) & sampled)
         if len(idx) < min_cluster_size:
             continue
-        if len(idx) > max_spikes_per_channel:
-            idx = np.sort(rng.choice(idx, max_spikes_per_channel, replace=False))
         chosen.append(idx)
         m = int((neighbors[c] >= 0).sum())
         x = features[idx, :m, :].reshape(len(idx), -1).astype(np.float64)

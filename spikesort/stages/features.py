@@ -27,13 +27,28 @@ class SpikeFeatures:
     positions_um: np.ndarray  # (n, 2) float32
 
     @classmethod
-    def concat(cls, parts: list[SpikeFeatures]) -> SpikeFeatures:
-        return cls(
-            *(
-                np.concatenate([getattr(p, f) for p in parts])
-                for f in ("pc_features", "template_features", "positions_um")
-            )
-        )
+    def gathered(cls, parts, *, firsts, n: int) -> SpikeFeatures | None:
+        """Part i of ``parts`` (SpikeFeatures) holds the spikes from ``firsts[i]`` on; each is
+        copied into arrays for ``n`` spikes allocated once, so that the features are never held
+        twice, as a list and its concatenation. None when ``parts`` is empty."""
+        out, filled = None, 0
+        for i, part in enumerate(parts):
+            lo = int(firsts[i])
+            if out is None:
+                out = cls(
+                    *(
+                        np.empty((n, *getattr(part, f).shape[1:]), getattr(part, f).dtype)
+                        for f in ("pc_features", "template_features", "positions_um")
+                    )
+                )
+            hi = lo + len(part.positions_um)
+            out.pc_features[lo:hi] = part.pc_features
+            out.template_features[lo:hi] = part.template_features
+            out.positions_um[lo:hi] = part.positions_um
+            filled += hi - lo
+        if out is not None and filled != n:
+            raise RuntimeError(f"features were computed for {filled} spikes of {n}")
+        return out
 
 
 def similarity_matrix(dense: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ curation).
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,13 @@ class MotionPeaks:
     depths_um: np.ndarray  # (n,) y of the estimated position, on the traces as recorded
     amplitudes: np.ndarray  # (n,) > 0, whitened sd
     shanks: np.ndarray  # (n,) shank of the peak channel
+
+    @classmethod
+    def concat(cls, parts: list[MotionPeaks]) -> MotionPeaks:
+        if not parts:
+            return cls(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, np.int64))
+        fields = ("times_s", "depths_um", "amplitudes", "shanks")
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
 
 LOCALIZE_BLOCK = 1 << 16  # spikes per block of localize_fit
@@ -169,7 +177,9 @@ def correct_drift(
 ) -> Motion | None:
     """The drift stage: decide, detect, estimate, correct ``store`` in place, write the outputs.
 
-    ``detect()`` returns the spikes (spikesort.detect.Detections) of the uncorrected store; it is
+    ``detect(peaks_of)`` runs a detection pass on the uncorrected store and returns
+    ``MotionPeaks.concat`` of ``peaks_of(spikes)`` over its chunks (spikes: one chunk's
+    spikesort.stages.detect.Detections), so that no chunk's features need outlive it; it is
     called only when the probe allows an estimate.
 
     Returns the motion when the traces were corrected, None when they were not (drift off, a
@@ -218,13 +228,15 @@ def correct_drift(
             else "; ".join(f"shank {s}: {why}" for s, why in sorted(plan.skipped.items())),
         )
     bar = (lambda desc: progress(len(chunks), desc)) if progress is not None else (lambda desc: None)
-    peaks = motion_peaks(
-        detect(),
-        sampling_rate_hz=sampling_rate_hz,
-        positions_um=positions_um,
-        shank_ids=shank_ids,
-        feature_neighbors=feature_neighbors,
-        good_channels=good_channels,
+    peaks = detect(
+        functools.partial(
+            motion_peaks,
+            sampling_rate_hz=sampling_rate_hz,
+            positions_um=positions_um,
+            shank_ids=shank_ids,
+            feature_neighbors=feature_neighbors,
+            good_channels=good_channels,
+        )
     )
     record["n_spikes"] = int(len(peaks.times_s))
     duration_s = store.n_samples / sampling_rate_hz
