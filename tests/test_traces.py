@@ -4,6 +4,7 @@ run gets; and its codec kernels against numpy twins."""
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -166,3 +167,63 @@ def test_compressed_store_says_when_the_disk_is_too_small(tmp_path, monkeypatch)
     store = CompressedTraceStore(tmp_path / "s" / "t.blosc", n_samples=10**6, n_channels=64, block=1000)
     with pytest.raises(SpikesortError, match="even compressed"):
         store.create()
+
+
+def _frame_with_blocks_reordered(frame: bytes) -> bytes:
+    """The same Blosc frame with its inner blocks stored in reverse order (Blosc's own threads
+    store them out of order): the start table says where each is."""
+    import struct
+
+    nbytes, inner, cbytes = struct.unpack("<iii", frame[4:16])
+    nb = -(-nbytes // inner)
+    starts = np.frombuffer(frame, np.int32, count=nb, offset=16).astype(np.int64)
+    ends = np.r_[starts[1:], cbytes]
+    assert np.all(np.diff(starts) > 0)
+    body, new_starts, pos = [], np.zeros(nb, np.int32), 16 + 4 * nb
+    for i in range(nb)[::-1]:
+        new_starts[i] = pos
+        body.append(frame[starts[i] : ends[i]])
+        pos += ends[i] - starts[i]
+    return frame[:16] + new_starts.tobytes() + b"".join(body)
+
+
+@pytest.mark.parametrize("kind", ["ordered", "reordered", "incompressible"])
+def test_rows_are_decoded_from_just_their_inner_blocks(tmp_path, kind):
+    from numcodecs import Blosc
+
+    from spikesort.pipeline.blosc_rows import decode_rows, read_head
+
+    rng = np.random.default_rng(5)
+    codec = Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE, blocksize=16384)
+    n, c = 4096, 384  # inner blocks of 64 kB: 85 rows, so windows straddle them
+    codes = (rng.standard_normal((n, c)) * 8).astype(np.int16).view(np.uint16)
+    if kind == "incompressible":
+        codes = rng.integers(0, 2**16, (n, c), dtype=np.uint16)
+    frame = bytes(codec.encode(codes))
+    if kind == "reordered":
+        frame = _frame_with_blocks_reordered(frame)
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 100 + frame)  # the frame at an offset, as in the store's file
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        head = read_head(fd, offset=100, size=len(frame))
+        assert head.memcpyed == (kind == "incompressible")
+        for lo, hi in [(0, 1), (80, 95), (84, 86), (1000, 1075), (n - 75, n), (0, n)]:
+            out = np.empty((hi - lo, c), np.uint16)
+            decode_rows(codec, fd, head, lo=lo, hi=hi, out=out)
+            np.testing.assert_array_equal(out, codes[lo:hi])
+    finally:
+        os.close(fd)
+
+
+def test_windows_follow_a_rewritten_block(tmp_path):
+    """Block headers are kept once read; a block written again (drift correction) is read anew."""
+    rng = np.random.default_rng(6)
+    n = 4000
+    store = compressed(tmp_path, n)
+    times = np.array([500, 1500, 2990])
+    for x in (whitened(rng, n), 3 * whitened(rng, n), np.zeros((n, N_CH), np.float32)):
+        store.write(0, x)
+        want = quantized(x)
+        got = store.snippets(times, pre=10, nt=30)
+        np.testing.assert_array_equal(got, np.stack([want[t - 10 : t + 20] for t in times]))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import mmap
 import os
 import shutil
 import threading
@@ -28,6 +27,8 @@ import numpy as np
 
 from spikesort.errors import SpikesortError
 from spikesort.kernels.preprocess import gather_windows, quantize_int16, quantize_zigzag, unzigzag
+
+from .blosc_rows import BlockHead, decode_rows, read_head
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ class CompressedTraceStore(_TimedReads):
         self._end = 0
         self._file = None  # (descriptor, (device, inode)) of the data file
         self.index = np.full((self.n_blocks, 3), -1, dtype=np.int64)  # offset, bytes, room
+        self._heads: dict[int, BlockHead] = {}  # each block's Blosc header and table, ~2 kB
         if self.index_path.is_file() and self.path.is_file():
             saved = np.load(self.index_path)
             if saved.shape == self.index.shape:
@@ -349,8 +351,8 @@ class CompressedTraceStore(_TimedReads):
 
         A template averages a few hundred spikes spread over the whole recording: decoding each
         of their blocks whole made that 25x slower than the plain store. A block holding a few
-        windows has only those decoded (Blosc reads just the inner blocks they fall in); one
-        holding many is decoded once."""
+        windows has only those rows read and decoded (``blosc_rows``); one holding many is
+        decoded once."""
         t0 = time.perf_counter()
         starts = np.asarray(times, dtype=np.int64) - pre
         chans = None if channels is None else np.asarray(channels, dtype=np.int64)
@@ -362,20 +364,31 @@ class CompressedTraceStore(_TimedReads):
         inside = inside[np.argsort(starts[inside], kind="stable")]
         first = starts[inside] // self.block
         cuts = np.flatnonzero(np.diff(first)) + 1
-        # the file mapped, not read: a window's decode touches only the pages of its inner
-        # blocks, where reading its whole compressed block (2 MB at 384 channels) cost 5x more
-        with mmap.mmap(self._fd(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as whole:
-            self._cut_windows(whole, np.split(inside, cuts), starts, nt, chans, out)
+        self._cut_windows(np.split(inside, cuts), starts, nt, chans, out)
         self._timed(t0)
         return out
 
-    def _block_view(self, whole: memoryview, b: int):
-        """Block b's compressed bytes as a view of the mapped file (None when never written)."""
+    def _head(self, b: int) -> BlockHead | None:
+        """Block b's header and inner-block table (None when never written), kept once read."""
         with self._lock:
             off, size, _ = (int(v) for v in self.index[b])
-        return whole[off : off + size] if size > 0 else None
+            head = self._heads.get(b)
+        if size <= 0:
+            return None
+        if head is None or (head.offset, head.size) != (off, size):  # new, or the block was rewritten
+            head = read_head(self._fd(), offset=off, size=size)
+            with self._lock:
+                self._heads[b] = head
+        return head
 
-    def _cut_windows(self, whole: memoryview, groups, starts, nt: int, chans, out) -> None:
+    def _rows(self, b: int, lo: int, hi: int, out: np.ndarray) -> None:
+        head = self._head(b)
+        if head is None:
+            out[...] = 0
+        else:
+            decode_rows(self.codec, self._fd(), head, lo=lo, hi=hi, out=out)
+
+    def _cut_windows(self, groups, starts, nt: int, chans, out) -> None:
         n_c = out.shape[2]
         offsets = np.arange(nt)
         for group in groups:
@@ -385,20 +398,17 @@ class CompressedTraceStore(_TimedReads):
             if len(group) * FULL_DECODE_BYTES_PER_WINDOW >= (s1 - s0) * self.n_channels * 2:
                 codes = self._get_codes(b)
                 if rel.max() + nt > s1 - s0:  # a window runs into the next block
-                    codes = np.concatenate([codes, self._get_codes(b + 1, 0, int(rel.max()) + nt - (s1 - s0))])
+                    more = np.empty((int(rel.max()) + nt - (s1 - s0), self.n_channels), dtype=np.uint16)
+                    self._rows(b + 1, 0, len(more), more)
+                    codes = np.concatenate([codes, more])
                 picked = codes[rel[:, None] + offsets[None, :]]
             else:
-                raw = self._block_view(whole, b)
-                c = self.n_channels
-                picked = np.zeros((len(group), nt, c), dtype=np.uint16)
+                picked = np.empty((len(group), nt, self.n_channels), dtype=np.uint16)
                 for j, r in enumerate(rel.tolist()):
                     k = min(nt, s1 - s0 - r)  # the part of the window in this block
-                    if raw is not None:
-                        self.codec.decode_partial(raw, r * c, k * c, out=picked[j, :k])
+                    self._rows(b, r, r + k, picked[j, :k])
                     if k < nt:
-                        picked[j, k:] = self._get_codes(b + 1, 0, nt - k)
-                if raw is not None:
-                    raw.release()
+                        self._rows(b + 1, 0, nt - k, picked[j, k:])
             if chans is not None:
                 picked = picked[:, :, chans]
             values = np.empty((len(group) * nt, n_c), dtype=np.float32)
