@@ -182,12 +182,25 @@ def child_main(*, spec_path: Path) -> int:
     if view is not None:
         shutil.rmtree(view, ignore_errors=True)
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    report["maxrss_self_mb"] = own.ru_maxrss / 1024
+    report["maxrss_self_mb"] = _own_peak_mb(own)
     report["maxrss_children_mb"] = kids.ru_maxrss / 1024
     # CPU seconds of the child and its workers: a check on wall times taken on a busy machine
     report["cpu_s"] = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
     (out / "child.json").write_text(json.dumps(report, indent=1))
     return 0 if report["status"] == "ok" else 1
+
+
+def _own_peak_mb(own) -> float:
+    """This process's peak RSS in MB. Linux keeps ru_maxrss across exec, so a child started by a
+    parent that had grown large (one that generated a MEArec recording in memory: 9 GB) would
+    report the parent's peak; the high-water mark of /proc/self/status starts afresh at exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return own.ru_maxrss / 1024
 
 
 def _tree_memory_mb(proc) -> float:

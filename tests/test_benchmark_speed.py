@@ -669,3 +669,21 @@ def test_speed_mode_on_a_tiled_recording(tmp_path, monkeypatch):
             floor_threads=1,
             tile_minutes=-1.0,
         )
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux only: /proc/self/status")
+def test_a_child_reports_its_own_peak_rss_not_the_larger_parent_s_it_was_started_from():
+    import subprocess
+    import sys
+
+    ballast = np.ones(400_000_000 // 8)  # 400 MB touched by this (parent) process
+    code = (
+        "import resource, sys; sys.path.insert(0, sys.argv[1]); from benchmarks.runner import _own_peak_mb; "
+        "r = resource.getrusage(resource.RUSAGE_SELF); print(r.ru_maxrss / 1024, _own_peak_mb(r))"
+    )
+    root = str(Path(runner.__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, check=True).stdout
+    inherited, own = map(float, out.split())
+    assert ballast.sum() > 0
+    assert inherited > 400  # what Linux keeps across exec
+    assert own < 200
