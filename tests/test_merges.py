@@ -595,3 +595,76 @@ def test_one_size_look_alikes_firing_independently_are_two_neurons():
     assert not same(0, 1)
     groups = footprint_merges(dense, dense, sizes, max_lag=3, independent=same)
     assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1, 2]]
+
+
+def _bursting_neuron(rng, *, duration: int, fs: float = 32000.0):
+    """Spike times of a neuron firing bursts of 1-4 spikes 4-15 ms apart at 3 Hz, split into its
+    first two spikes of each burst (full size) and the later ones (shrunken)."""
+    starts = np.sort(rng.integers(0, duration - int(0.1 * fs), size=int(3.0 * duration / fs)))
+    starts = starts[np.diff(starts, prepend=-(10**9)) > int(0.08 * fs)]
+    full, late = [], []
+    for t in starts:
+        n = rng.integers(1, 5)
+        times = t + np.cumsum(np.r_[0, rng.integers(int(0.004 * fs), int(0.015 * fs), size=n - 1)])
+        full += list(times[:2])
+        late += list(times[2:])
+    return np.array(full), np.array(late)
+
+
+def test_burst_follower_scores_a_burst_s_late_spikes_apart_from_independent_and_echoing_units():
+    from spikesort.stages.merges.bursts import burst_follower
+
+    rng = np.random.default_rng(3)
+    duration, fs = 9_600_000, 32000.0
+    full, late = _bursting_neuron(rng, duration=duration)
+    lags = dict(lo=int(0.0035 * fs), hi=int(0.05 * fs), duration=duration)
+    e = burst_follower(full, late, **lags)
+    assert e.z > 15 and e.asymmetry > 0.5 and e.echo < 0.1
+    other = np.sort(rng.integers(0, duration, size=len(late)))  # a neuron firing on its own
+    e = burst_follower(full, other, **lags)
+    assert abs(e.z) < 4 and abs(e.asymmetry) < 0.1
+    # an echo 2 ms after spikes of the unit follows its bursts too, but each one at that lag
+    echo = np.sort(full[rng.random(len(full)) < 0.3] + int(0.002 * fs))
+    e = burst_follower(full, echo, **lags)
+    assert e.echo > 0.9
+    # the test is of the order: the unit's spikes do not follow the late ones
+    assert burst_follower(late, full, **lags).asymmetry < 0
+    assert burst_follower(full, late[:0], **lags) == (0.0, 0.0, 0.0)
+
+
+def test_on_a_tetrode_a_burst_s_late_spikes_join_their_unit_when_the_refractory_test_cannot_say():
+    from spikesort.stages.merges import footprint_merges
+
+    rng = np.random.default_rng(5)
+    duration, fs, refractory = 9_600_000, 32000.0, 48
+    full_t, late_t = _bursting_neuron(rng, duration=duration)
+    # the matching fits the late spikes' template again beside some full-size spikes: pairs in the
+    # refractory period's outer half, as many as chance gives, so the refractory test sees no gap
+    doubles = full_t[rng.random(len(full_t)) < 0.02] + 40
+    other_t = np.sort(rng.integers(0, duration, size=len(late_t)))
+    full = _unit(peak=40, center=12, width=3.0)
+    tet = np.ascontiguousarray(np.stack([full, 0.4 * _stretched(full, 1.15), 0.45 * full])[:, :, 10:14])
+    times = [full_t, np.sort(np.r_[late_t, doubles]), other_t]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, times=times, refractory=refractory, duration=duration)
+    assert len(footprint_merges(tet, tet, sizes, **kw)) == 3
+    groups = footprint_merges(tet, tet, sizes, **kw, burst_lags=(int(0.0035 * fs), int(0.05 * fs)))
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1], [2]]
+    # a unit of the same footprint firing on its own, however small, does not follow the bursts
+    swapped = [full_t, other_t, np.sort(np.r_[late_t, doubles])]
+    tet2 = np.ascontiguousarray(tet[[0, 2, 1]])
+    groups = footprint_merges(tet2, tet2, sizes[[0, 2, 1]], **{**kw, "times": swapped}, burst_lags=(112, 1600))
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 2], [1]]
+    # nor does a unit echoing it: each of its spikes 1.25 ms after one of the neuron's (here its
+    # bursts' second spikes, so that the echo follows the bursts as their late spikes do)
+    second = full_t[1:][np.diff(full_t) < int(0.02 * fs)]
+    echo_t = np.sort(second + 40)
+    echoed = [full_t, echo_t, other_t]
+    sizes3 = np.array([len(t) for t in echoed])
+    assert len(footprint_merges(tet, tet, sizes3, **{**kw, "times": echoed}, burst_lags=(112, 1600))) == 3
+    # nor a neuron of that footprint bursting with it (a network burst: as often before as after)
+    starts = full_t[np.diff(full_t, prepend=-(10**9)) > int(0.05 * fs)]
+    cobursting = np.unique(starts + rng.integers(-int(0.03 * fs), int(0.03 * fs), size=len(starts)))
+    together = [full_t, cobursting, other_t]
+    sizes4 = np.array([len(t) for t in together])
+    assert len(footprint_merges(tet, tet, sizes4, **{**kw, "times": together}, burst_lags=(112, 1600))) == 3

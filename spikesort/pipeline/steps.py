@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 REFRACTORY_RATE_BIN_S = 10.0
 # one spike fitted by the templates of two pieces of a neuron: the two fits land this close
 DOUBLE_FIT_MS = 0.5
+BURST_MS = 50.0  # a burst's late spikes follow its first within this long
 # subtraction residues are looked for up to the template window plus this much on either side
 RESIDUE_EXTRA_MS = 1.0
 
@@ -344,6 +345,9 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     phase_lag = int(round(p.ms_before * fs / 1000))
     trains = dict(refractory=refractory, duration=info.n_samples)
     double_fit, rate_bin = int(round(DOUBLE_FIT_MS * fs / 1000)), int(round(REFRACTORY_RATE_BIN_S * fs))
+    # leftovers reach as far as the waveform (biophysical tails echoed at ±2.3-2.5 ms); bursts beyond
+    residue_window = int(round((p.ms_before + p.ms_after + RESIDUE_EXTRA_MS) * fs / 1000))
+    burst_lags = (residue_window, max(residue_window, int(round(BURST_MS * fs / 1000))))
 
     def merge_footprints(spikes, templates):
         """The pieces of a neuron whose spikes shrink in bursts: one footprint at several sizes."""
@@ -351,7 +355,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         uv = templates.dense @ w_inv_uv.astype(np.float32)
         times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
         independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)
-        lags = dict(max_lag=3, phase_lag=phase_lag, double_fit=double_fit)
+        lags = dict(max_lag=3, phase_lag=phase_lag, double_fit=double_fit, burst_lags=burst_lags)
         groups = footprint_merges(templates.dense, uv, sizes, **lags, times=times, independent=independent, **trains)
         if len(groups) == templates.n_templates:
             return spikes, templates
@@ -361,9 +365,6 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         return spikes, templates_of(spikes, len(groups))
 
     spikes, post = merge_footprints(spikes, templates_of(spikes, clu.templates.n_templates))
-    # a leftover can sit anywhere the waveform reaches: biophysical waveforms outlast the template
-    # window, and their tails left units echoing a large one at ±2.3-2.5 ms
-    residue_window = int(round((p.ms_before + p.ms_after + RESIDUE_EXTRA_MS) * fs / 1000))
 
     def drop_residues(spikes, templates):
         residue = residue_spikes(spikes, templates.dense, window=residue_window, positions_um=info.positions_um)

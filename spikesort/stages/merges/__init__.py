@@ -4,8 +4,9 @@ In pipeline order: :mod:`.clusters` (clusters of one unit seen on several peak c
 during clustering), :mod:`.templates` (templates that are one unit seen twice, after
 clustering; the lag-aware template similarity and the snippet veto every template merge
 uses), :mod:`.refractory` (units whose spike trains keep a refractory gap, at curation; and
-applying a merge's groups to the spikes), :mod:`.drift` (units seen at two probe positions,
-after drift correction).
+applying a merge's groups to the spikes), :mod:`.footprint` (one neuron at several sizes, at
+curation; :mod:`.bursts` tells a burst's late spikes), :mod:`.drift` (units seen at two probe
+positions, after drift correction).
 """
 
 from .clusters import merge_groups
