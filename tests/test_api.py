@@ -229,6 +229,28 @@ def test_progress_callback_can_cancel_the_sort(tmp_path):
     assert not (tmp_path / "out" / "params.py").exists()
 
 
+def test_a_ctrl_c_that_a_finalizer_swallowed_still_stops_the_sort_at_the_next_stage(tmp_path):
+    from spikesort.errors import clear_stop, request_stop
+
+    seen = []
+
+    def swallowed(stage, done, total):
+        # what the command's SIGINT handler leaves when its KeyboardInterrupt is raised, and
+        # dropped, inside a __del__: the request, and no exception
+        seen.append(stage)
+        if stage == "preprocess" and done == total:
+            request_stop()
+
+    recording, _ = _demo(duration_s=5.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            spikesort.sort(recording, tmp_path / "out", progress=swallowed)
+    finally:
+        clear_stop()
+    assert "match" not in seen
+    assert not (tmp_path / "out" / "params.py").exists()
+
+
 def test_bad_progress_argument(tmp_path):
     with pytest.raises(SpikesortError, match="progress must be"):
         stage_progress("yes", total=3, desc="x")

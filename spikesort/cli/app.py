@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 from spikesort import __version__
-from spikesort.errors import SpikesortError, one_line
+from spikesort.errors import SpikesortError, clear_stop, one_line, request_stop
 from spikesort.layout import LOG_FILE as LOG_NAME
 
 log = logging.getLogger("spikesort.cli")  # the name users see in spikesort.log
@@ -155,6 +155,11 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
+def _on_sigint(signum, frame):
+    request_stop()  # kept for the stages to raise again if a finalizer swallows this one
+    raise KeyboardInterrupt
+
+
 def stop_request(exc: BaseException) -> BaseException | None:
     """The Ctrl-C or SIGTERM behind ``exc``, if any.
 
@@ -176,9 +181,11 @@ class _Group(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         global _active_log
         failure = None
-        previous = None
+        previous = previous_int = None
+        clear_stop()
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
+            previous_int = signal.signal(signal.SIGINT, _on_sigint)
         try:
             rv = super().main(
                 args=args, prog_name=prog_name or PROG, complete_var=complete_var, standalone_mode=False, **extra
@@ -218,6 +225,7 @@ class _Group(click.Group):
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+                signal.signal(signal.SIGINT, previous_int)
             if _active_log is not None:
                 # the temp log is worth keeping only when it explains an internal error
                 _active_log.close(keep_temp=failure is not None and failure.startswith("internal"))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spikesort.chunks import map_chunks
-from spikesort.errors import SpikesortError
+from spikesort.errors import SpikesortError, raise_if_stop_requested
 from spikesort.memory import PeakRss
 from spikesort.stages.detect import (
     Detections,
@@ -93,6 +93,7 @@ class StageLog:
 def _stage(stages: StageLog, name: str):
     class _T:
         def __enter__(self):
+            raise_if_stop_requested()
             self.t0 = time.perf_counter()
             self.read0 = getattr(stages.store, "read_s", 0.0)
             self.rss = PeakRss().__enter__()
@@ -108,6 +109,7 @@ def _stage(stages: StageLog, name: str):
                 log.info(
                     "stage %s done in %.1f s (peak memory %.0f MB)", name, stages.timings_s[name], self.rss.peak_mb
                 )
+                raise_if_stop_requested()
 
     return _T()
 
