@@ -63,9 +63,9 @@ NARROW_EXPECTED, NARROW_RATIO = 10.0, 0.2
 # spikes for the refractory test to show one neuron is then no reason to keep them apart
 STRICT_COSINE = 0.995
 # a piece made of a burst's late spikes: on a MEArec tetrode rendered in one chunk (its bursts
-# then follow each spike's own intervals), 80 % of a piece's spikes had one of its unit's in the
-# 50 ms before them (27 % by chance: z = 18) and 10 % in the 50 ms after; distinct neurons stayed
-# within z = 2.1 of chance, with as many before as after
+# then follow each spike's own intervals), 80 % of a piece's spikes had one of its unit's 2-50 ms
+# before them (27 % by chance: z = 18) and 10 % 2-50 ms after; a distinct 19 Hz unit of the same
+# recording stayed at z = 2.1, with about as many before as after
 BURST_Z, BURST_ASYMMETRY = 8.0, 0.3
 
 
