@@ -225,6 +225,7 @@ class _Group(click.Group):
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:  # None: a handler set outside Python, not restorable
                 signal.signal(signal.SIGINT, previous_int)
             if _active_log is not None:
                 # the temp log is worth keeping only when it explains an internal error
