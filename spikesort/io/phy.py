@@ -66,6 +66,7 @@ import numpy as np
 
 from ..atomic import write_atomic as _write_atomic
 from ..errors import SpikesortError
+from .npy_stream import NpyRowWriter, StreamedNpy
 from .phy_data import LABELS, REQUIRED_TABLES, PhyData, validated_arrays, validated_tables
 
 logger = logging.getLogger(__name__)
@@ -149,9 +150,26 @@ def _pad_singletons(arrays: dict[str, np.ndarray]) -> None:
         # the extra column points at another template so it never overwrites the real value
         extra = ((ind[:, 0].astype(np.int64) + 1) % k).astype(np.uint32)[:, None]
         arrays["template_feature_ind.npy"] = np.ascontiguousarray(np.hstack([ind, extra]))
-        arrays["template_features.npy"] = np.ascontiguousarray(
-            np.pad(arrays["template_features.npy"], ((0, 0), (0, 1)))
-        )
+        tf = arrays["template_features.npy"]
+        if isinstance(tf, StreamedNpy):
+            arrays["template_features.npy"] = _zero_column_added(tf)
+        else:
+            arrays["template_features.npy"] = np.ascontiguousarray(np.pad(tf, ((0, 0), (0, 1))))
+
+
+PAD_BLOCK_ROWS = 1 << 16  # rows per read when a streamed file gets its zero column
+
+
+def _zero_column_added(src: StreamedNpy) -> StreamedNpy:
+    """``src`` (n, 1) rewritten as (n, 2) with a zero second column, block by block."""
+    n = src.shape[0]
+    # a name of its own: the padded file is written while the unpadded one is read
+    with NpyRowWriter(src.path.with_name("template_features.padded.npy"), shape=(n, 2), dtype=src.dtype) as w:
+        for lo in range(0, n, PAD_BLOCK_ROWS):
+            w.write(np.pad(src.read_rows(lo, min(n, lo + PAD_BLOCK_ROWS)), ((0, 0), (0, 1))))
+        out = w.finish()
+    src.discard()
+    return out
 
 
 def _dat_path_entry(path: str | os.PathLike, folder: Path) -> str:
@@ -239,23 +257,38 @@ def write_phy_folder(folder: str | os.PathLike, data: PhyData) -> None:
     Every input is checked before anything is written (ValueError naming the array and its
     shapes; SpikesortError for a sorting of exactly 1 spike, which Phy cannot open). Each file
     goes to a hidden temporary name and is renamed into place; params.py is written last, so a
-    folder with params.py has all its files. Existing files of the same names are replaced,
+    folder with params.py has all its files. ``pc_features``, ``template_features`` and
+    ``spike_positions`` may be files already written beside their place (``StreamedNpy`` from
+    ``io.npy_stream``, float32): they are checked on their headers and renamed in turn, and
+    removed when this raises. Existing files of the same names are replaced,
     other files are left alone (with a warning when phylib would read them).
     """
     folder = Path(folder)
-    arrays = validated_arrays(data)
-    tables = validated_tables(data, arrays["spike_clusters.npy"], arrays["templates.npy"].shape[0])
-    params = _params_text(data, folder)
-    _pad_singletons(arrays)
+    arrays: dict = {}
+    try:
+        arrays = validated_arrays(data)
+        tables = validated_tables(data, arrays["spike_clusters.npy"], arrays["templates.npy"].shape[0])
+        params = _params_text(data, folder)
+        _pad_singletons(arrays)
 
-    folder.mkdir(parents=True, exist_ok=True)
-    ours = set(arrays) | set(tables) | {"params.py"}
-    _warn_foreign_files(folder, ours)
-    for name, arr in arrays.items():
-        _write_atomic(folder / name, lambda f, a=arr: np.save(f, a, allow_pickle=False))
-    for name, text in tables.items():
-        _write_atomic(folder / name, lambda f, t=text: f.write(t.encode("utf-8")))
-    _write_atomic(folder / "params.py", lambda f: f.write(params.encode("utf-8")))
+        folder.mkdir(parents=True, exist_ok=True)
+        ours = set(arrays) | set(tables) | {"params.py"}
+        _warn_foreign_files(folder, ours)
+        for name, arr in arrays.items():
+            if isinstance(arr, StreamedNpy):
+                arr.commit(folder / name)  # written and fsynced already
+            else:
+                _write_atomic(folder / name, lambda f, a=arr: np.save(f, a, allow_pickle=False))
+        for name, text in tables.items():
+            _write_atomic(folder / name, lambda f, t=text: f.write(t.encode("utf-8")))
+        _write_atomic(folder / "params.py", lambda f: f.write(params.encode("utf-8")))
+    except BaseException:
+        # no temporary file outlives a failed write (one already renamed is left alone)
+        given = (data.pc_features, data.template_features, data.spike_positions, *arrays.values())
+        for s in given:
+            if isinstance(s, StreamedNpy):
+                s.discard()
+        raise
     logger.info(
         "wrote Phy folder %s: %d spikes, %d templates",
         folder,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SpikesortError
+from .npy_stream import StreamedNpy
 
 # Cluster tables every Phy folder gets (Kilosort's names, which Phy users know).
 REQUIRED_TABLES = ("KSLabel", "ContamPct", "Amplitude")
@@ -39,12 +40,14 @@ class PhyData:
     whitening_mat_inv: np.ndarray  # (C, C) inv(W) * gain_uv[None, :]
     channel_map: np.ndarray  # (C,) column of each sorted channel in the data file
     channel_positions: np.ndarray  # (C, 2) µm, distinct
-    pc_features: np.ndarray  # (n, nPC, nch)
+    # the three per-spike feature arrays may also come as files already written (StreamedNpy,
+    # float32): they are then checked on their header and renamed into the folder
+    pc_features: np.ndarray | StreamedNpy  # (n, nPC, nch)
     pc_feature_ind: np.ndarray  # (K, nch) channel indices in [0, C)
-    template_features: np.ndarray  # (n, nTF)
+    template_features: np.ndarray | StreamedNpy  # (n, nTF)
     template_feature_ind: np.ndarray  # (K, nTF) template indices in [0, K)
     similar_templates: np.ndarray  # (K, K)
-    spike_positions: np.ndarray  # (n, 2) µm
+    spike_positions: np.ndarray | StreamedNpy  # (n, 2) µm
     cluster_tables: Mapping[str, Sequence]  # name -> one value per cluster_ids entry
     dat_path: Sequence[str] | str | None  # raw file(s), absolute; None/[] = no raw data
     n_channels_dat: int
@@ -85,7 +88,9 @@ def _as_int(name: str, value, shape: tuple, expected: str, dtype, lo=None, hi=No
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def _as_float(name: str, value, shape: tuple, expected: str, dtype=np.float32) -> np.ndarray:
+def _as_float(name: str, value, shape: tuple, expected: str, dtype=np.float32) -> np.ndarray | StreamedNpy:
+    if isinstance(value, StreamedNpy):
+        return _streamed(name, value, shape, expected, dtype)
     arr = np.asarray(value)
     if arr.shape != shape:
         raise _shape_error(name, arr, expected)
@@ -97,8 +102,26 @@ def _as_float(name: str, value, shape: tuple, expected: str, dtype=np.float32) -
     return out
 
 
-def validated_arrays(data: PhyData) -> dict[str, np.ndarray]:
-    """File name -> array with the file dtype; raises ValueError on any inconsistency."""
+def _streamed(name: str, value: StreamedNpy, shape: tuple, expected: str, dtype) -> StreamedNpy:
+    """The checks of ``_as_float`` on a file written by rows: its header, and the non-finite
+    values its writer counted (it cannot be converted: it must already hold ``dtype``)."""
+    if value.shape != shape:
+        raise ValueError(f"{name} must have shape {expected}, got {value.shape} (file {value.path.name})")
+    if value.dtype != np.dtype(dtype):
+        want = np.dtype(dtype).name
+        raise ValueError(f"{name} must be written as {want}, got {value.dtype} (file {value.path.name})")
+    if value.n_nonfinite:
+        raise ValueError(f"{name} has {value.n_nonfinite} non-finite values")
+    return value
+
+
+def _array(value) -> np.ndarray | StreamedNpy:
+    return value if isinstance(value, StreamedNpy) else np.asarray(value)
+
+
+def validated_arrays(data: PhyData) -> dict[str, np.ndarray | StreamedNpy]:
+    """File name -> array with the file dtype (or the StreamedNpy given); raises ValueError on any
+    inconsistency."""
     st = np.asarray(data.spike_times)
     if st.ndim != 1:
         raise _shape_error("spike_times", st, "(n,)")
@@ -156,7 +179,7 @@ def validated_arrays(data: PhyData) -> dict[str, np.ndarray]:
     if data.channel_shanks is not None:
         out["channel_shanks.npy"] = _as_int("channel_shanks", data.channel_shanks, (c,), "(C,)", np.int32)
 
-    pcf = np.asarray(data.pc_features)
+    pcf = _array(data.pc_features)
     if pcf.ndim != 3 or pcf.shape[0] != n:
         raise _shape_error("pc_features", pcf, f"(n, nPC, nch) with n = {n}")
     _, n_pc, nch = pcf.shape
@@ -168,7 +191,7 @@ def validated_arrays(data: PhyData) -> dict[str, np.ndarray]:
         "pc_feature_ind", data.pc_feature_ind, (k, nch), f"(K, nch) = ({k}, {nch})", np.uint32, 0, c
     )
 
-    tf = np.asarray(data.template_features)
+    tf = _array(data.template_features)
     if tf.ndim != 2 or tf.shape[0] != n or tf.shape[1] < 1:
         raise _shape_error("template_features", tf, f"(n, nTF) with n = {n}")
     n_tf = tf.shape[1]
