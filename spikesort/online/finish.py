@@ -12,9 +12,9 @@ import numpy as np
 
 from spikesort.params import Params
 from spikesort.pipeline import checkpoints
+from spikesort.pipeline.phy_export import _export
 from spikesort.pipeline.run import RUN_FILE, make_run, run_record
 from spikesort.pipeline.state import Curated, Detected, Preprocessed, recording_info
-from spikesort.pipeline.steps import _export
 from spikesort.stages.curate import remove_duplicates
 from spikesort.stages.detect import Detections
 from spikesort.stages.match import MatchedSpikes

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from spikesort.errors import SpikesortError
-from spikesort.outputs.result import SortingResult
 from spikesort.stages import saturation
 from spikesort.stages.cluster import ClusterSample, cluster_spikes
 from spikesort.stages.curate import collision_units, composite_units, remove_duplicates, residue_spikes
@@ -27,9 +26,7 @@ from spikesort.stages.detect import (
     learn_temporal_bases,
 )
 from spikesort.stages.drift import MotionPeaks, applied_motion, correct_drift
-from spikesort.stages.export import phy_whitening, unit_metrics, write_phy
-from spikesort.stages.features import SpikeFeatures, features_block, similarity_matrix, template_feature_index
-from spikesort.stages.geometry import neighbor_table
+from spikesort.stages.export import phy_whitening
 from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block
 from spikesort.stages.merges import (
     apply_groups,
@@ -407,94 +404,3 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     final = final.take(keep)
     spikes = MatchedSpikes(spikes.times, remap[spikes.templates], spikes.amplitudes, spikes.gains)
     return Curated(spikes=spikes, templates=final)
-
-
-def _export(run: _Run, out: Path, *, prep: Preprocessed, det: Detected, cur: Curated) -> SortingResult:
-    """Features, metrics and the Phy folder (empty arrays when nothing was found)."""
-    info, p, store, chunks = run.info, run.params, run.store, run.chunks
-    fs, model, spikes, final = info.sampling_rate_hz, prep.model, cur.spikes, cur.templates
-    similar = similarity_matrix(final.dense)
-    tf_index = template_feature_index(similar, n_features=p.n_template_features)
-    n_pc_ch = min(info.n_channels, p.n_pc_channels)
-    pc_nb = neighbor_table(
-        positions_um=info.positions_um,
-        radius_um=0.0,
-        good_channels=None,
-        shank_ids=info.shank_ids,
-        min_neighbors=n_pc_ch,
-    )[:, :n_pc_ch]
-    pc_nb = np.where(pc_nb >= 0, pc_nb, np.arange(info.n_channels)[:, None])
-    bounds = np.searchsorted(spikes.times, [[c.keep_start, c.keep_stop] for c in chunks])
-
-    def feat_fn(ic):
-        ch = chunks[ic]
-        lo, hi = bounds[ic]
-        x = store.read(ch.read_start, ch.read_stop)
-        return features_block(
-            x,
-            times=spikes.times[lo:hi] - ch.read_start,
-            units=spikes.templates[lo:hi],
-            templates=final,
-            pc_neighbors=pc_nb,
-            bases=det.bases,
-            tf_index=tf_index,
-            positions_um=info.positions_um,
-        )
-
-    parts = run.map(feat_fn, range(len(chunks)), "features", "export")
-    feats = SpikeFeatures.gathered(parts, firsts=bounds[:, 0], n=len(spikes.times))
-    # column 0 is the spike's own template: its least-squares scale is Phy's amplitude
-    amplitudes = feats.template_features[:, 0] if final.n_templates else np.zeros(0, np.float32)
-    _, w_inv_uv = phy_whitening(model.whitening, info.gains_to_uv)
-    templates_uv = final.dense @ w_inv_uv.astype(np.float32)
-    metrics, labels = unit_metrics(
-        spike_times=spikes.times,
-        spike_clusters=spikes.templates,
-        amplitudes=amplitudes,
-        templates_uv=templates_uv,
-        noise_uv=model.noise_sd * info.gains_to_uv,
-        positions_um=info.positions_um,
-        sampling_rate_hz=fs,
-        duration_s=info.duration_s,
-        params=p,
-    )
-    if final.n_templates == 0:
-        # one row per template and spike: the arrays are empty but keep their other dimensions
-        feats = SpikeFeatures(
-            pc_features=np.zeros((0, max(2, feats.pc_features.shape[1]), n_pc_ch), np.float32),
-            template_features=np.zeros((0, 1), np.float32),
-            positions_um=np.zeros((0, 2), np.float32),
-        )
-        tf_index = np.zeros((0, 1), np.int64)
-    write_phy(
-        out,
-        recording=run.recording,
-        spike_times=spikes.times,
-        spike_units=spikes.templates,
-        amplitudes=amplitudes,
-        templates_white=final.dense,
-        pre=run.pre,
-        whitening=model.whitening,
-        gains_to_uv=info.gains_to_uv,
-        positions_um=info.positions_um,
-        shank_ids=info.shank_ids,
-        pc_features=feats.pc_features,
-        pc_feature_ind=pc_nb[final.main_channel],
-        template_features=feats.template_features,
-        template_feature_ind=tf_index,
-        similar=similar,
-        spike_positions=feats.positions_um,
-        metrics=metrics,
-        labels=labels,
-        sampling_rate_hz=fs,
-    )
-    return SortingResult(
-        output_folder=out,
-        spike_times=spikes.times,
-        spike_clusters=spikes.templates,
-        amplitudes=amplitudes,
-        unit_ids=np.arange(final.n_templates),
-        sampling_rate_hz=fs,
-        labels=np.asarray(labels),
-        metrics=metrics,
-    )

@@ -10,9 +10,11 @@ For each matched spike, in one streamed pass over the whitened traces:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from spikesort.io.npy_stream import NpyRowWriter, StreamedNpy
 from spikesort.kernels.detect import project_neighborhoods
 from spikesort.kernels.match import template_projections
 
@@ -26,29 +28,80 @@ class SpikeFeatures:
     template_features: np.ndarray  # (n, J) float32
     positions_um: np.ndarray  # (n, 2) float32
 
-    @classmethod
-    def gathered(cls, parts, *, firsts, n: int) -> SpikeFeatures | None:
-        """Part i of ``parts`` (SpikeFeatures) holds the spikes from ``firsts[i]`` on; each is
-        copied into arrays for ``n`` spikes allocated once, so that the features are never held
-        twice, as a list and its concatenation. None when ``parts`` is empty."""
-        out, filled = None, 0
+
+# the Phy file each feature array becomes (io.phy's names)
+FEATURE_FILES = {
+    "pc_features": "pc_features.npy",
+    "template_features": "template_features.npy",
+    "positions_um": "spike_positions.npy",
+}
+
+
+@dataclass
+class StreamedFeatures:
+    """The features of every spike, written to files (``io.npy_stream.StreamedNpy``) and not held."""
+
+    pc_features: StreamedNpy  # (n, K_pc, nch) float32
+    template_features: StreamedNpy  # (n, J) float32
+    positions_um: StreamedNpy  # (n, 2) float32
+    amplitudes: np.ndarray  # (n,) float32, template_features[:, 0] (zeros when J = 0): Phy's amplitude
+
+
+class FeatureFiles:
+    """Per-spike features of ``n`` spikes written into ``folder`` as they are computed, in order.
+
+    Holding them for an hour of 384 channels takes ~160 bytes a spike (0.4 GB for 2.6 million
+    spikes) until the Phy folder is written: instead each part's rows go straight to the end of
+    its .npy file (``io.npy_stream``), under a hidden name until ``io.phy.write_phy_folder``
+    renames it. Only the amplitudes (4 bytes a spike) stay in memory, for the metrics.
+
+    A context manager: on leaving it, every file not renamed into place is removed.
+    """
+
+    def __init__(self, folder: Path, *, n: int):
+        if int(n) < 0:
+            raise ValueError(f"n must be >= 0 spikes, got {n}")
+        self.folder, self.n = Path(folder), int(n)
+        self.writers: dict[str, NpyRowWriter] = {}
+        self.done: dict[str, StreamedNpy] = {}
+
+    def gather(self, parts, *, firsts) -> StreamedFeatures | None:
+        """Part i of ``parts`` (SpikeFeatures, in time order) holds the spikes from ``firsts[i]``
+        on; their rows are written as the parts arrive. None when ``parts`` is empty."""
+        amplitudes, filled = np.zeros(self.n, np.float32), 0
         for i, part in enumerate(parts):
-            lo = int(firsts[i])
-            if out is None:
-                out = cls(
-                    *(
-                        np.empty((n, *getattr(part, f).shape[1:]), getattr(part, f).dtype)
-                        for f in ("pc_features", "template_features", "positions_um")
-                    )
-                )
-            hi = lo + len(part.positions_um)
-            out.pc_features[lo:hi] = part.pc_features
-            out.template_features[lo:hi] = part.template_features
-            out.positions_um[lo:hi] = part.positions_um
-            filled += hi - lo
-        if out is not None and filled != n:
-            raise RuntimeError(f"features were computed for {filled} spikes of {n}")
-        return out
+            lo, m = int(firsts[i]), len(part.positions_um)
+            if lo != filled:
+                raise ValueError(f"the features of spikes {lo}-{lo + m} came after those up to {filled}: out of order")
+            if not self.writers:
+                self._open(part)
+            for field, w in self.writers.items():
+                w.write(getattr(part, field))
+            if part.template_features.shape[1]:
+                amplitudes[lo : lo + m] = part.template_features[:, 0]
+            filled += m
+        if not self.writers:
+            return None
+        if filled != self.n:
+            raise RuntimeError(f"features were computed for {filled} spikes of {self.n}")
+        self.done = {field: w.finish() for field, w in self.writers.items()}
+        return StreamedFeatures(**self.done, amplitudes=amplitudes)
+
+    def _open(self, part: SpikeFeatures) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for field, name in FEATURE_FILES.items():
+            rows = getattr(part, field)
+            # float32 is what the Phy files hold; non-finite values are counted for its checks
+            self.writers[field] = NpyRowWriter(
+                self.folder / name, shape=(self.n, *rows.shape[1:]), dtype=np.float32, count_nonfinite=True
+            )
+
+    def __enter__(self) -> FeatureFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for w in self.writers.values():
+            w.discard()  # nothing when write_phy_folder renamed the file
 
 
 def similarity_matrix(dense: np.ndarray) -> np.ndarray:
