@@ -46,6 +46,8 @@ from spikesort.layout import MOTION_FILES
 N_AMPLITUDE_BINS = 3
 # the registration histograms are smoothed along depth by a Gaussian of this sd
 DEPTH_SMOOTH_UM = 5.0
+# Motion.at interpolates this many points at a time
+AT_BLOCK = 1 << 15
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,11 +68,22 @@ class Motion:
     def at(self, *, times_s, depths_um, shanks=None) -> np.ndarray:
         """Displacement (µm) at each (time, depth[, shank]); 0 on shanks without blocks."""
         t = np.atleast_1d(np.asarray(times_s, dtype=np.float64))
-        y = np.broadcast_to(np.asarray(depths_um, dtype=np.float64), t.shape)
-        sh = np.zeros(t.shape, np.int64) if shanks is None else np.broadcast_to(np.asarray(shanks), t.shape)
-        out = np.zeros(t.shape, dtype=np.float64)
+        shape = t.shape
+        y = np.broadcast_to(np.asarray(depths_um, dtype=np.float64), shape).ravel()
+        sh = np.zeros(t.size, np.int64) if shanks is None else np.broadcast_to(np.asarray(shanks), shape).ravel()
+        t = t.ravel()
+        out = np.zeros(t.size, dtype=np.float64)
         if self.displacement_um.size == 0:
-            return out
+            return out.reshape(shape)
+        # by blocks of points: the interpolation holds a few (n, blocks) arrays, 0.5 GB for a
+        # million spikes on a non-rigid Neuropixels shank (each point is computed on its own)
+        for lo in range(0, t.size, AT_BLOCK):
+            hi = min(t.size, lo + AT_BLOCK)
+            out[lo:hi] = self._at(t[lo:hi], y[lo:hi], sh[lo:hi])
+        return out.reshape(shape)
+
+    def _at(self, t: np.ndarray, y: np.ndarray, sh: np.ndarray) -> np.ndarray:
+        out = np.zeros(t.shape, dtype=np.float64)
         # linear in time between bin centres, constant outside
         tb = self.time_bins_s
         u = np.clip(np.interp(t, tb, np.arange(len(tb), dtype=np.float64)), 0, len(tb) - 1)
