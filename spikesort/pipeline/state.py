@@ -12,7 +12,7 @@ import numpy as np
 
 from spikesort.chunks import map_chunks
 from spikesort.errors import SpikesortError, raise_if_stop_requested
-from spikesort.memory import PeakRss
+from spikesort.memory import PeakRss, release_free_heap
 from spikesort.stages.detect import (
     Detections,
 )
@@ -101,6 +101,7 @@ def _stage(stages: StageLog, name: str):
 
         def __exit__(self, *exc):
             self.rss.__exit__(*exc)
+            release_free_heap()  # what the stage freed is not held through the next ones
             stages.timings_s[name] = time.perf_counter() - self.t0
             stages.peak_rss_mb[name] = round(self.rss.peak_mb, 1)
             if stages.store is not None:
