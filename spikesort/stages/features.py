@@ -63,7 +63,6 @@ class FeatureFiles:
             raise ValueError(f"n must be >= 0 spikes, got {n}")
         self.folder, self.n = Path(folder), int(n)
         self.writers: dict[str, NpyRowWriter] = {}
-        self.done: dict[str, StreamedNpy] = {}
 
     def gather(self, parts, *, firsts) -> StreamedFeatures | None:
         """Part i of ``parts`` (SpikeFeatures, in time order) holds the spikes from ``firsts[i]``
@@ -84,8 +83,7 @@ class FeatureFiles:
             return None
         if filled != self.n:
             raise RuntimeError(f"features were computed for {filled} spikes of {self.n}")
-        self.done = {field: w.finish() for field, w in self.writers.items()}
-        return StreamedFeatures(**self.done, amplitudes=amplitudes)
+        return StreamedFeatures(**{field: w.finish() for field, w in self.writers.items()}, amplitudes=amplitudes)
 
     def _open(self, part: SpikeFeatures) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
