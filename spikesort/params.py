@@ -227,6 +227,13 @@ class Params:
         stage="curate",
         help="units firing less often than this over the recording are dropped (min_cluster_size spikes at least)",
     )
+    faint_min_rate_hz: float = _p(
+        0.5,
+        lo=0.0,
+        hi=100.0,
+        stage="curate",
+        help="units below good_min_snr firing less often than this are dropped (0: keep them)",
+    )
     refractory_ms: float = _p(1.5, lo=0.1, hi=10.0, stage="curate", help="refractory period for contamination")
     censored_ms: float = _p(0.0, lo=0.0, hi=5.0, stage="curate", help="censored period for contamination estimates")
     good_max_contamination: float = _p(

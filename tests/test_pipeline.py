@@ -453,6 +453,24 @@ def test_units_firing_below_the_rate_floor_are_dropped_and_the_rest_kept(run16, 
         )
 
 
+def test_faint_units_firing_rarely_are_dropped_and_bright_ones_kept(run16, tmp_path):
+    """Below good_min_snr a unit must fire at faint_min_rate_hz; above it, the rate floor alone holds."""
+    counts = np.bincount(run16.result.spike_clusters)
+    duration_s = run16.recording.get_duration()
+    floor_hz = (np.sort(counts)[len(counts) // 2] - 0.5) / duration_s  # half the units fire below it
+    above_all = float(np.nanmax(run16.result.metrics.snr)) + 1.0  # every unit is faint
+    fewer = sort(run16.recording, tmp_path / "faint", faint_min_rate_hz=floor_hz, good_min_snr=above_all)
+    kept = np.flatnonzero(counts >= floor_hz * duration_s)
+    assert 0 < len(kept) < len(counts) and fewer.n_units == len(kept)
+    for new, old in enumerate(kept):
+        np.testing.assert_array_equal(
+            fewer.spike_times[fewer.spike_clusters == new], run16.result.spike_times[run16.result.spike_clusters == old]
+        )
+    # no unit is faint: the same rate keeps them all
+    bright = sort(run16.recording, tmp_path / "bright", faint_min_rate_hz=floor_hz, good_min_snr=0.0)
+    assert bright.n_units == run16.result.n_units
+
+
 def test_chunk_size_does_not_change_the_result_much(run16, tmp_path):
     default = run16.result
     short = sort(run16.recording, tmp_path / "chunk1s", chunk_s=1.0)
