@@ -255,15 +255,17 @@ def test_a_unit_with_a_tenth_of_a_larger_ones_spikes_and_its_footprint_is_not_go
             40 * wave[:, None] * footprint,  # its piece: smaller, same footprint
             40 * wave[:, None] * other,  # a small neuron elsewhere on the probe
             40 * wave[:, None] * footprint,  # a small neuron of that footprint, firing a third as often
+            # a burst's stretched spikes: the footprint agrees to 0.962 only (mearec_nn32: 0.946-0.963)
+            40 * wave[:, None] * np.array([0.7, 1.0, 0.6, 0.2]),
         ]
     )
-    counts = np.array([1000, 60, 60, 300])
+    counts = np.array([1000, 60, 60, 300, 60])
     piece = m.possible_pieces(templates_uv=templates, spike_counts=counts, max_fraction=0.1)
-    assert piece.tolist() == [False, True, False, False]
-    um = _unit_metrics(contamination=[0.0] * 4, snr=[20.0, 8.0, 8.0, 8.0], presence=[1.0] * 4)
+    assert piece.tolist() == [False, True, False, False, True]
+    um = _unit_metrics(contamination=[0.0] * 5, snr=[20.0, 8.0, 8.0, 8.0, 8.0], presence=[1.0] * 5)
     kw = dict(good_max_contamination=0.1, good_min_snr=5.0, good_min_presence=0.8, noise_max_snr=2.0)
-    assert m.label_units(um, **kw, possible_piece=piece).tolist() == ["good", "mua", "good", "good"]
-    assert m.label_units(um, **kw).tolist() == ["good"] * 4
+    assert m.label_units(um, **kw, possible_piece=piece).tolist() == ["good", "mua", "good", "good", "mua"]
+    assert m.label_units(um, **kw).tolist() == ["good"] * 5
     # 0 switches the rule off
     assert not m.possible_pieces(templates_uv=templates, spike_counts=counts, max_fraction=0.0).any()
 
