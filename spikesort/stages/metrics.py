@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 LABELS = ("good", "mua", "noise")
 # footprints agreeing this closely, one unit with a tenth of the other's spikes: possibly one
-# neuron. A burst's stretched spikes agree less (mearec_nn32: 0.946-0.963). On 41 benchmark
+# neuron. A burst's stretched spikes agree less (mearec_nn32: 0.946-0.963). On 40 benchmark
 # recordings (2026-12-03) the rule caught 5 more false 'good' units at 0.95 than at 0.99, and no
 # true one down to 0.9
 PIECE_COSINE = 0.95
