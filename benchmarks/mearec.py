@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 TEMPLATES_VERSION = 1
 
 
-def _mearec(name, probe, *, n_exc, n_inh, n_bursting, description, duration_s=300.0, one_chunk=False):
+def _mearec(
+    name, probe, *, n_exc, n_inh, n_bursting, description, duration_s=300.0, one_chunk=False, noise_level_uv=10.0
+):
     """A MEArec scenario: what MEArec is asked for lives in the options (part of the cache key).
 
     ``one_chunk`` renders the recording in one piece. MEArec (1.11.0) convolves in chunks of 10 s
@@ -57,7 +59,7 @@ def _mearec(name, probe, *, n_exc, n_inh, n_bursting, description, duration_s=30
             ("n_inh", n_inh),
             ("n_bursting", n_bursting),  # how many cells burst (amplitude and shape decay within bursts)
             ("noise_mode", "distance-correlated"),
-            ("noise_level_uv", 10.0),
+            ("noise_level_uv", float(noise_level_uv)),
             ("rate_exc_hz", 5.0),
             ("rate_inh_hz", 15.0),
             ("templates_per_cell", 40),  # the template library: positions simulated per cell model
@@ -109,6 +111,32 @@ register(
         n_bursting=6,
         one_chunk=True,
         description="mearec_nn32 rendered in one chunk: each burst shrinks its own late spikes, 300 s",
+    ),
+    # checks, never tuned on: probes and a noise level the sorter was not shaped on
+    _mearec(
+        "mearec_np2",
+        "Neuropixels2-64",
+        n_exc=24,
+        n_inh=8,
+        n_bursting=8,
+        description="MEArec Neuropixels 2.0 (64 contacts), 32 Blue Brain cells, 8 bursting, correlated noise, 300 s",
+    ),
+    _mearec(
+        "mearec_sqmea",
+        "SqMEA-10-15",
+        n_exc=18,
+        n_inh=6,
+        n_bursting=6,
+        description="MEArec 10 x 10 MEA at 15 µm pitch, 24 Blue Brain cells, 6 bursting, correlated noise, 300 s",
+    ),
+    _mearec(
+        "mearec_nn32_noisy",
+        "Neuronexus-32",
+        n_exc=12,
+        n_inh=4,
+        n_bursting=6,
+        noise_level_uv=20.0,
+        description="mearec_nn32 with twice the noise (20 µV), 300 s",
     ),
 )
 

@@ -271,7 +271,7 @@ def _merge_only_on_ample_evidence(rng, dense, times, *, refractory: int, duratio
 
 
 def test_double_fits_at_one_lag_are_left_out_of_the_refractory_count_but_independent_pairs_are_not():
-    from spikesort.stages.merges.footprint import banded_refractory_ratio, outer_refractory_ratio
+    from spikesort.stages.merges.refractory import banded_refractory_ratio, outer_refractory_ratio
 
     rng = np.random.default_rng(12)
     duration, refractory = 9_600_000, 48
@@ -668,3 +668,34 @@ def test_on_a_tetrode_a_burst_s_late_spikes_join_their_unit_when_the_refractory_
     together = [full_t, cobursting, other_t]
     sizes4 = np.array([len(t) for t in together])
     assert len(footprint_merges(tet, tet, sizes4, **{**kw, "times": together}, burst_lags=(112, 1600))) == 3
+
+
+def test_a_burst_s_late_spikes_aligned_on_another_phase_join_their_unit_on_a_dense_probe():
+    from spikesort.stages.merges import footprint_merges, lagged_similarity
+    from spikesort.stages.merges.footprint import footprint_cosine
+
+    # mearec_nn32_bursts seed 1: 65 late spikes at 0.38 of their unit's size, stretched, aligned 26
+    # samples early on another channel's feature; footprint 0.976, shape 0.66 only at that lag
+    rng = np.random.default_rng(7)
+    duration, fs, refractory = 9_600_000, 32000.0, 48
+    full_t, late_t = _bursting_neuron(rng, duration=duration)
+    other_t = np.sort(rng.integers(0, duration, size=len(late_t)))
+    full = _unit(nt=90, peak=40, center=12, width=3.0)
+    late = 0.38 * np.roll(_stretched(_unit(nt=90, peak=40, center=13.0, width=3.0), 2.0), 26, axis=0)
+    dense = np.stack([full, late])
+    ptp = np.ptp(dense, axis=1)
+    assert 0.95 < footprint_cosine(ptp[0], ptp[1])[0] < 0.98
+    assert lagged_similarity(full, late, max_lag=3)[0] < 0.6 <= lagged_similarity(full, late, max_lag=32)[0] < 0.8
+    sizes = np.array([len(full_t), len(late_t)])
+    kw = dict(max_lag=3, phase_lag=32, times=[full_t, late_t], refractory=refractory, duration=duration)
+    assert len(footprint_merges(dense, dense, sizes, **kw)) == 2
+    groups = footprint_merges(dense, dense, sizes, **kw, burst_lags=(112, 1600))
+    assert len(groups) == 1
+    # aligned on the unit: the piece's offset undoes the lag its shape was found at
+    offsets = dict(groups[0])
+    assert abs(offsets[1] - offsets[0]) >= 20
+    # a unit of that template firing on its own stays apart
+    alone = {**kw, "times": [full_t, other_t]}
+    assert len(footprint_merges(dense, dense, sizes, **alone, burst_lags=(112, 1600))) == 2
+    # within max_lag only, as before, the piece stays apart
+    assert len(footprint_merges(dense, dense, sizes, **{**kw, "phase_lag": 3}, burst_lags=(112, 1600))) == 2

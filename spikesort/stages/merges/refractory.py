@@ -167,3 +167,62 @@ def apply_groups(spikes: MatchedSpikes, groups: list[list[tuple[int, int]]]) -> 
     t, k = relabel(spikes.times, spikes.templates, groups)
     out = MatchedSpikes(t, k, spikes.amplitudes, spikes.gains)
     return out.take(np.lexsort((out.templates, out.times)))
+
+
+def outer_refractory_ratio(
+    ta: np.ndarray, tb: np.ndarray, *, refractory: int, duration: int, inner: int | None = None
+) -> tuple[float, float]:
+    """Observed / expected number of (a, b) spike pairs whose distance lies in (inner, refractory]
+    (by default the outer half of the refractory period), and the expected count under
+    independent firing at the units' mean rates."""
+    tb = np.sort(tb)
+    inner = refractory // 2 if inner is None else int(inner)
+    count = 0
+    for lo, hi in ((inner + 1, refractory), (-refractory, -inner - 1)):
+        count += int((np.searchsorted(tb, ta + hi, side="right") - np.searchsorted(tb, ta + lo, side="left")).sum())
+    expected = len(ta) * len(tb) / max(int(duration), 1) * 2 * (refractory - inner)
+    return count / max(expected, 1e-12), expected
+
+
+def banded_refractory_ratio(
+    ta: np.ndarray,
+    tb: np.ndarray,
+    *,
+    refractory: int,
+    inner: int,
+    duration: int,
+    halfwidth: int = 3,
+    p_value: float = 1e-3,
+) -> tuple[float, float]:
+    """``outer_refractory_ratio`` (lags in (inner, refractory], both signs) without the bands of
+    lags where pairs crowd: one spike fitted twice, by a piece's template at a fixed offset from
+    the unit's, lands at one lag (± ``halfwidth`` samples) again and again, where spikes firing on
+    their own would spread evenly. A window of lags holding more pairs than even spreading gives
+    with probability ``p_value`` (Poisson) is left out, from the count and from the expectation."""
+    from scipy.stats import poisson
+
+    tb = np.sort(np.asarray(tb))
+    ta = np.asarray(ta)
+    lags = np.r_[-refractory:-inner, inner + 1 : refractory + 1]
+    if len(ta) == 0 or len(tb) == 0 or len(lags) == 0:
+        return 0.0, 0.0
+    lo = np.searchsorted(tb, ta - refractory, side="left")
+    hi = np.searchsorted(tb, ta + refractory, side="right")
+    n = hi - lo  # every pair within the period: b's spikes lo..hi-1 around each of a's
+    within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    d = tb[np.repeat(lo, n) + within] - np.repeat(ta, n)
+    d = d[(np.abs(d) > inner) & (np.abs(d) <= refractory)]
+    counts = np.bincount(d + refractory, minlength=2 * refractory + 1).astype(np.float64)
+    rate = len(ta) * len(tb) / max(int(duration), 1)  # pairs expected per lag
+    keep = np.zeros(2 * refractory + 1, dtype=bool)
+    keep[lags + refractory] = True
+    width = 2 * halfwidth + 1
+    limit = max(float(poisson.isf(p_value, rate * width)), 4.0)
+    while True:
+        box = np.convolve(np.where(keep, counts, 0.0), np.ones(width), mode="same")
+        peak = int(np.argmax(box))
+        if box[peak] <= limit:
+            break
+        keep[max(peak - halfwidth, 0) : peak + halfwidth + 1] = False
+    expected = rate * keep.sum()
+    return float(counts[keep].sum()) / max(expected, 1e-12), expected
