@@ -62,6 +62,12 @@ NARROW_EXPECTED, NARROW_RATIO = 10.0, 0.2
 # pieces on MEArec tetrodes agreed to 0.9973-0.9999, distinct neurons to at most 0.9931; too few
 # spikes for the refractory test to show one neuron is then no reason to keep them apart
 STRICT_COSINE = 0.995
+# one neuron on two of its phases on a dense probe, its trains too short for the refractory test
+# (mearec_np2: a biphasic neuron's units of 841 and 451 spikes, aligned on its peak and on its
+# trough 9 samples apart, footprints 0.998, shapes 0.96; no pair where chance gave 2.5): no
+# pair at all where chance gives PHASE_EXPECTED, with shapes alike to PHASE_SIMILARITY. Over 42
+# benchmark recordings no two distinct neurons were alike that closely at a lag
+PHASE_SIMILARITY, PHASE_EXPECTED = 0.95, 2.0
 # a piece made of a burst's late spikes: on a MEArec tetrode rendered in one chunk (its bursts
 # then follow each spike's own intervals), 80 % of a piece's spikes had one of its unit's 2-50 ms
 # before them (27 % by chance: z = 18) and 10 % 2-50 ms after; a distinct 19 Hz unit of the same
@@ -134,6 +140,9 @@ def footprint_merges(
     of one neuron need not look like each other (one shrinks, one widens), only like their unit.
     Two compact units alike as dense ones must be, but only at a lag beyond ``max_lag`` (one neuron
     aligned on two of its phases), join as a pair does on a dense probe when the trains show one neuron.
+    On a dense probe, such a pair whose trains are too short for that joins when its footprints
+    agree to ``STRICT_COSINE``, its shapes to ``PHASE_SIMILARITY``, and the refractory period
+    beyond ``double_fit`` holds no pair where chance gives ``PHASE_EXPECTED``.
     Where the trains are too short to show one neuron, compact footprints agreeing to
     ``STRICT_COSINE`` with shapes alike to ``loose_footprint_similarity`` still join (a piece, or
     a pair on two phases), unless ``independent`` shows two neurons firing on their own.
@@ -250,6 +259,17 @@ def footprint_merges(
             return ratio < max_ratio
         return min(len(times[i]), len(times[j])) <= ABSORB_FRACTION * max(len(times[i]), len(times[j]))
 
+    def _two_phases(cos: float, s: float, i: int, j: int, shift: int) -> bool:
+        """Footprints and shapes (at a phase lag) alike as only one neuron's are, not one pair of
+        spikes in the refractory period beyond ``double_fit`` where chance gives ``PHASE_EXPECTED``,
+        and trains that do not show two neurons firing on their own."""
+        if cos < STRICT_COSINE or s < PHASE_SIMILARITY:
+            return False
+        ratio, expected = outer_refractory_ratio(
+            times[i], times[j] - shift, refractory=refractory, duration=duration, inner=double_fit
+        )
+        return ratio == 0 and expected >= PHASE_EXPECTED and (independent is None or not independent(i, j))
+
     def _double_fits(i: int, j: int, shift: int) -> bool:
         """Most spikes of the unit with fewer lie within the refractory period's inner half of the
         other's: one spike fitted twice, the second time to what the first fit left. Such a unit is
@@ -326,7 +346,7 @@ def footprint_merges(
                     s, shift = lagged_similarity(dense[i], dense[j], max_lag=max_lag)
                 if s < min_similarity and phase_lag > max_lag and times is not None:
                     s, shift = lagged_similarity(dense[i], dense[j], max_lag=phase_lag)
-                    if s >= min_similarity and not _one_train(i, j, shift):
+                    if s >= min_similarity and not (_one_train(i, j, shift) or _two_phases(cos, s, i, j, shift)):
                         continue
                 if s < min_similarity:
                     if ample_evidence:

@@ -4,6 +4,8 @@ A neuron split into two units shows two similar templates whose spike trains nev
 within the refractory period of each other; two neurons with similar templates fire
 independently, so their cross-correlogram has no such gap. The merge needs both. ``relabel``
 and ``apply_groups`` apply the groups of any template merge to the spikes.
+``outer_refractory_ratio`` and ``banded_refractory_ratio`` count that gap for the footprint
+merges, leaving out the lags where one spike fitted twice lands.
 """
 
 from __future__ import annotations
