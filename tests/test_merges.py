@@ -736,3 +736,30 @@ def test_on_a_dense_probe_one_neuron_on_two_phases_joins_on_an_empty_refractory_
     unlike = np.stack([peak, 0.92 * np.roll(wider, lag, axis=0)])
     assert 0.8 < lagged_similarity(unlike[0], unlike[1], max_lag=32)[0] < 0.95
     assert len(footprint_merges(unlike, unlike, sizes, **kw, times=times)) == 2
+
+
+def test_one_neuron_on_three_phases_is_one_group_though_its_two_smaller_units_are_too_short_to_test():
+    from spikesort.stages.merges import footprint_merges
+    from spikesort.stages.merges.refractory import outer_refractory_ratio
+
+    # mearec_sqmea: a neuron's units of 3825, 1052 and 266 spikes aligned at 0, -6 and +8 samples;
+    # the two smaller ones, 14 samples apart, expected 1.9 pairs and had none
+    rng = np.random.default_rng(4)
+    duration, refractory = 9_600_000, 48
+    base = _unit(nt=90, peak=40, center=12, width=3.0)
+    dense = np.stack([base, np.roll(base, -6, axis=0), np.roll(base, 8, axis=0)])
+    neuron = np.cumsum(rng.integers(96, 3800, size=5100))
+    which = rng.choice(3, size=len(neuron), p=[0.74, 0.205, 0.055])
+    times = [neuron[which == 0], neuron[which == 1] + 6, neuron[which == 2] - 8]
+    sizes = np.array([len(t) for t in times])
+    trains = dict(refractory=refractory, duration=duration, inner=16)
+    ratio, expected = outer_refractory_ratio(times[1] - 6, times[2] + 8, **trains)
+    assert ratio == 0 and expected < 2.0  # too few to test, even as two phases
+    kw = dict(max_lag=3, phase_lag=32, double_fit=16, refractory=refractory, duration=duration, times=times)
+    groups = footprint_merges(dense, dense, sizes, **kw)
+    assert len(groups) == 1
+    assert dict(groups[0]) == {0: 0, 1: -6, 2: 8}
+    # the smaller pair firing on its own terms (pairs in the period) keeps them apart: one joins
+    other = [times[0], times[1], np.sort(rng.integers(0, duration, size=len(times[2])))]
+    assert outer_refractory_ratio(other[1] - 6, other[2] + 8, **trains)[0] > 0
+    assert len(footprint_merges(dense, dense, sizes, **{**kw, "times": other})) == 2

@@ -142,7 +142,9 @@ def footprint_merges(
     aligned on two of its phases), join as a pair does on a dense probe when the trains show one neuron.
     On a dense probe, such a pair whose trains are too short for that joins when its footprints
     agree to ``STRICT_COSINE``, its shapes to ``PHASE_SIMILARITY``, and the refractory period
-    beyond ``double_fit`` holds no pair where chance gives ``PHASE_EXPECTED``.
+    beyond ``double_fit`` holds no pair where chance gives ``PHASE_EXPECTED``. A pair alike as that
+    whose period holds no pair where chance gives fewer joins nothing itself, but does not keep
+    the two apart when each joins a third (one neuron on three phases).
     Where the trains are too short to show one neuron, compact footprints agreeing to
     ``STRICT_COSINE`` with shapes alike to ``loose_footprint_similarity`` still join (a piece, or
     a pair on two phases), unless ``independent`` shows two neurons firing on their own.
@@ -167,6 +169,9 @@ def footprint_merges(
     if k == 0:
         return []
     ok = np.zeros((k, k), dtype=bool)
+    # alike as one neuron on two phases, the trains too short to say but holding no pair: such a
+    # pair joins nothing, and keeps nothing apart in a group (complete link)
+    compatible = np.zeros((k, k), dtype=bool)
     lag = np.zeros((k, k), dtype=np.int64)
     pairs = []
     ptp = np.ptp(templates_uv, axis=1)  # (k, C)
@@ -270,6 +275,15 @@ def footprint_merges(
         )
         return ratio == 0 and expected >= PHASE_EXPECTED and (independent is None or not independent(i, j))
 
+    def _unproven(i: int, j: int, shift: int) -> bool:
+        """No pair in the refractory period beyond ``double_fit``, where chance gives too few for
+        the test (sqmea: one neuron on three alignments, 6 and 8 samples either side of its
+        largest unit; its two smaller units, 14 samples apart, expected 1.9 pairs)."""
+        ratio, expected = outer_refractory_ratio(
+            times[i], times[j] - shift, refractory=refractory, duration=duration, inner=double_fit
+        )
+        return ratio == 0 and expected < min_expected
+
     def _double_fits(i: int, j: int, shift: int) -> bool:
         """Most spikes of the unit with fewer lie within the refractory period's inner half of the
         other's: one spike fitted twice, the second time to what the first fit left. Such a unit is
@@ -347,6 +361,9 @@ def footprint_merges(
                 if s < min_similarity and phase_lag > max_lag and times is not None:
                     s, shift = lagged_similarity(dense[i], dense[j], max_lag=phase_lag)
                     if s >= min_similarity and not (_one_train(i, j, shift) or _two_phases(cos, s, i, j, shift)):
+                        if _unproven(i, j, shift):
+                            compatible[i, j] = compatible[j, i] = True
+                            lag[i, j], lag[j, i] = shift, -shift
                         continue
                 if s < min_similarity:
                     if ample_evidence:
@@ -370,7 +387,7 @@ def footprint_merges(
     # pieces from its group (complete link)
     for _near, _c, i, j in sorted(pairs, reverse=True):
         gi, gj = group[i], group[j]
-        if gi == gj or not all(ok[a, b] for a in members[gi] for b in members[gj]):
+        if gi == gj or not all(ok[a, b] or compatible[a, b] for a in members[gi] for b in members[gj]):
             continue
         for b in members[gj]:
             group[b] = gi
