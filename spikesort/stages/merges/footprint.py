@@ -253,35 +253,36 @@ def footprint_merges(
             return False
         return not independent(i, j)
 
-    def _one_train(i: int, j: int, shift: int) -> bool:
-        """Spike trains of one neuron: a gap in the refractory period beyond ``double_fit`` (once
-        aligned by the phase lag, a spike fitted by both templates lands within the alignment's
-        jitter), or too few spikes to tell and to matter."""
-        ratio, expected = outer_refractory_ratio(
+    def _gap(i: int, j: int, shift: int) -> tuple[float, float]:
+        """Observed / expected pairs in the refractory period beyond ``double_fit`` once aligned
+        by the phase lag (a spike fitted by both templates lands within the alignment's jitter);
+        ``double_fit`` None: the outer half."""
+        return outer_refractory_ratio(
             times[i], times[j] - shift, refractory=refractory, duration=duration, inner=double_fit
-        )  # double_fit None: the outer half
+        )
+
+    def _one_train(i: int, j: int, gap: tuple[float, float]) -> bool:
+        """Spike trains of one neuron: a ``_gap`` in the refractory period, or too few spikes to
+        tell and to matter."""
+        ratio, expected = gap
         if expected >= min_expected:
             return ratio < max_ratio
         return min(len(times[i]), len(times[j])) <= ABSORB_FRACTION * max(len(times[i]), len(times[j]))
 
-    def _two_phases(cos: float, s: float, i: int, j: int, shift: int) -> bool:
+    def _two_phases(cos: float, s: float, i: int, j: int, gap: tuple[float, float]) -> bool:
         """Footprints and shapes (at a phase lag) alike as only one neuron's are, not one pair of
         spikes in the refractory period beyond ``double_fit`` where chance gives ``PHASE_EXPECTED``,
         and trains that do not show two neurons firing on their own."""
         if cos < STRICT_COSINE or s < PHASE_SIMILARITY:
             return False
-        ratio, expected = outer_refractory_ratio(
-            times[i], times[j] - shift, refractory=refractory, duration=duration, inner=double_fit
-        )
+        ratio, expected = gap
         return ratio == 0 and expected >= PHASE_EXPECTED and (independent is None or not independent(i, j))
 
-    def _unproven(i: int, j: int, shift: int) -> bool:
+    def _unproven(gap: tuple[float, float]) -> bool:
         """No pair in the refractory period beyond ``double_fit``, where chance gives too few for
         the test (sqmea: one neuron on three alignments, 6 and 8 samples either side of its
         largest unit; its two smaller units, 14 samples apart, expected 1.9 pairs)."""
-        ratio, expected = outer_refractory_ratio(
-            times[i], times[j] - shift, refractory=refractory, duration=duration, inner=double_fit
-        )
+        ratio, expected = gap
         return ratio == 0 and expected < min_expected
 
     def _double_fits(i: int, j: int, shift: int) -> bool:
@@ -345,7 +346,7 @@ def footprint_merges(
                 s, shift = lagged_similarity(dense[i], dense[j], max_lag=phase_lag)
                 if abs(shift) <= max_lag or s < min_similarity:
                     continue
-                if not _one_train(i, j, shift) and not _strict(cos, s, i, j):
+                if not _one_train(i, j, _gap(i, j, shift)) and not _strict(cos, s, i, j):
                     continue
             else:
                 ample_evidence = times is not None and refractory > 1
@@ -360,11 +361,13 @@ def footprint_merges(
                     s, shift = lagged_similarity(dense[i], dense[j], max_lag=max_lag)
                 if s < min_similarity and phase_lag > max_lag and times is not None:
                     s, shift = lagged_similarity(dense[i], dense[j], max_lag=phase_lag)
-                    if s >= min_similarity and not (_one_train(i, j, shift) or _two_phases(cos, s, i, j, shift)):
-                        if _unproven(i, j, shift):
-                            compatible[i, j] = compatible[j, i] = True
-                            lag[i, j], lag[j, i] = shift, -shift
-                        continue
+                    if s >= min_similarity:
+                        gap = _gap(i, j, shift)  # once for the three tests of the trains
+                        if not (_one_train(i, j, gap) or _two_phases(cos, s, i, j, gap)):
+                            if _unproven(gap):
+                                compatible[i, j] = compatible[j, i] = True
+                                lag[i, j], lag[j, i] = shift, -shift
+                            continue
                 if s < min_similarity:
                     if ample_evidence:
                         _piece_pair(i, j, cos, narrow=True)
