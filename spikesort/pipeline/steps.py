@@ -35,6 +35,7 @@ from spikesort.stages.merges import (
     footprint_merges,
     independence_test,
     merge_similar_templates,
+    noise_merges,
     refractory_merges,
     relabel,
     snippet_merge_test,
@@ -388,6 +389,15 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     merged = templates_of(spikes, len(groups))
     spikes, dropped = drop_residues(spikes, merged)
     spikes, final = merge_footprints(spikes, templates_of(spikes, len(groups)) if dropped else merged)
+    # pieces of a neuron too few for the refractory test, told from neighbours by their spikes' scatter
+    times = [spikes.times[spikes.templates == i] for i in range(final.n_templates)]
+    uv = final.dense @ w_inv_uv.astype(np.float32)
+    kw = dict(pre=pre, nt=nt, refractory=refractory, double_fit=double_fit, duration=info.n_samples, rng=rng)
+    groups = noise_merges(store, final.dense, uv, times, **kw)
+    if len(groups) < final.n_templates:
+        log.info("%d units after merging pieces alike within noise", len(groups))
+        spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
+        final = templates_of(spikes, len(groups))
     # collision leftovers last, once every piece of a neuron has joined its unit; then the units
     # whose template is one or two others' (synchronous firing, another alignment)
     collided = collision_units(spikes, final.dense, window=residue_window, positions_um=info.positions_um)

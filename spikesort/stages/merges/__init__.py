@@ -6,12 +6,14 @@ clustering; the lag-aware template similarity and the snippet veto every templat
 uses), :mod:`.refractory` (units whose spike trains keep a refractory gap, at curation; and
 applying a merge's groups to the spikes), :mod:`.footprint` (one neuron at several sizes, at
 curation; :mod:`.bursts` tells a burst's late spikes), :mod:`.drift` (units seen at two probe
-positions, after drift correction).
+positions, after drift correction); :mod:`.noise` (a neuron's pieces too small for the refractory
+test, alike within their spikes' scatter, at the end of curation).
 """
 
 from .clusters import merge_groups
 from .drift import drift_split_groups
 from .footprint import drop_refractory_doubles, fire_independently, footprint_merges, independence_test
+from .noise import excess_distance, noise_merges
 from .refractory import apply_groups, cross_refractory_ratio, refractory_merges, relabel
 from .templates import lagged_similarity, merge_similar_templates, snippet_merge_test
 
@@ -22,6 +24,8 @@ __all__ = [
     "fire_independently",
     "footprint_merges",
     "independence_test",
+    "excess_distance",
+    "noise_merges",
     "apply_groups",
     "cross_refractory_ratio",
     "refractory_merges",
