@@ -108,7 +108,9 @@ def noise_merges(
                 continue
             chans = np.flatnonzero(held[i] | held[j])
             excess = excess_distance(snippets(i, 0, chans), snippets(j, shift, chans))
-            log.debug("units %d, %d: footprints %.4f on %d channels, excess distance %.2f", i, j, cos, n_channels, excess)
+            log.debug(
+                "units %d, %d: footprints %.4f on %d channels, excess distance %.2f", i, j, cos, n_channels, excess
+            )
             if excess < max_excess:
                 ok[i, j] = ok[j, i] = True
                 lag[i, j], lag[j, i] = shift, -shift
