@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 
 # the excess distance below which two units are one population. A neuron's pieces are not quite
 # one population (the clustering split them along some feature, which biases each piece's mean):
-# on MEArec's dense probes (SqMEA-10-15, Neuropixels2-64, Neuronexus-32) they came at 1.8-6.3,
-# distinct neurons with footprints as alike (0.97-0.99 on 9-36 channels, 2026-12-03) at 14.7 and
-# more, and a neuron beside a 21-spike false unit at 8.5
+# on MEArec's dense probes (SqMEA-10-15, Neuropixels2-64, Neuronexus-32) they came at 2.2-6.3,
+# distinct neurons with footprints as alike (0.97-0.99 on 9-36 channels; 2026-12-03) at 14.7 and
+# more, a neuron beside a 21-spike false unit at 8.5 (docs/benchmarks.md, ninth pass)
 MAX_EXCESS = 8.0
 
 
