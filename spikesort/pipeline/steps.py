@@ -396,7 +396,9 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     groups = noise_merges(store, final.dense, uv, times, **kw)
     if len(groups) < final.n_templates:
         log.info("%d units after merging pieces alike within noise", len(groups))
-        spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
+        spikes = apply_groups(spikes, groups)
+        merged = np.array([g for g, members in enumerate(groups) if len(members) > 1])
+        spikes = drop_refractory_doubles(spikes, units=merged, refractory=refractory)
         final = templates_of(spikes, len(groups))
     # collision leftovers last, once every piece of a neuron has joined its unit; then the units
     # whose template is one or two others' (synchronous firing, another alignment)
