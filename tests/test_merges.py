@@ -599,6 +599,34 @@ def test_one_size_look_alikes_firing_independently_are_two_neurons():
     assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1, 2]]
 
 
+def test_two_sizes_firing_plainly_independently_are_two_neurons():
+    """mearec_np2 seed 2: two cells at a probe's corner, 122 and 77 µV, footprints 0.990 and
+    shapes 0.91 alike, merged as one neuron at two sizes though their trains held 1.07 of chance
+    in the refractory period with 51 pairs expected."""
+    from spikesort.stages.merges import footprint_merges, independence_test
+
+    rng = np.random.default_rng(5)
+    fs, dur = 30000, 30000 * 300
+    full = _unit(peak=40, center=12, width=3.0)
+    smaller = 0.6 * _unit(peak=40, center=12.1, width=3.0)  # a neighbour at 0.6 of the size
+    dense = np.stack([full, smaller])
+    kw = dict(refractory=45, double_fit=15, duration=dur)
+    a, b = _poisson_times(rng, 14, dur), _poisson_times(rng, 6, dur)
+    independent = independence_test(_spikes(a, b), rate_bin=10 * fs, **kw)
+    assert independent(0, 1)
+    sizes = np.array([len(a), len(b)])
+    groups = footprint_merges(dense, dense, sizes, max_lag=3, times=[a, b], independent=independent, **kw)
+    assert len(groups) == 2
+    # without the trains (or with too few pairs expected to say it) the footprint decides, as before
+    assert len(footprint_merges(dense, dense, sizes, max_lag=3, independent=independent)) == 1
+    # one neuron's spikes split between its two sizes keep the refractory gap: merged
+    one = _poisson_times(rng, 20, dur)
+    half = rng.random(len(one)) < 0.7
+    same = independence_test(_spikes(one[half], one[~half]), rate_bin=10 * fs, **kw)
+    trains = [one[half], one[~half]]
+    assert len(footprint_merges(dense, dense, sizes, max_lag=3, times=trains, independent=same, **kw)) == 1
+
+
 def _bursting_neuron(rng, *, duration: int, fs: float = 32000.0):
     """Spike times of a neuron firing bursts of 1-4 spikes 4-15 ms apart at 3 Hz, split into its
     first two spikes of each burst (full size) and the later ones (shrunken)."""

@@ -73,6 +73,11 @@ PHASE_SIMILARITY, PHASE_EXPECTED = 0.95, 2.0
 # before them (27 % by chance: z = 18) and 10 % 2-50 ms after; a distinct 19 Hz unit of the same
 # recording stayed at z = 2.1, with about as many before as after
 BURST_Z, BURST_ASYMMETRY = 8.0, 0.3
+# two neurons at two sizes, whatever their footprints: on mearec_np2 seed 2 two cells at a probe's
+# corner (122 and 77 µV, footprints 0.990, shapes 0.91) had 1.07 of chance in the refractory period
+# with 51 pairs expected, and were merged; one neuron's pieces at other sizes reached 0.41-0.85 of
+# chance only where fewer than 10 were expected, and at most 0.46 where 20 or more were
+PLAIN_EXPECTED, PLAIN_RATIO = 20.0, 0.8
 
 
 def footprint_cosine(pa: np.ndarray, pb: np.ndarray) -> tuple[float, int]:
@@ -190,6 +195,20 @@ def footprint_merges(
         e = burst_follower(big, piece, lo=burst_lags[0], hi=burst_lags[1], duration=duration)
         # a unit echoing a bursting one follows its bursts too, but each spike at one short lag
         return e.z >= BURST_Z and e.asymmetry >= BURST_ASYMMETRY and e.echo < 0.5
+
+    def _plainly_two(i: int, j: int, shift: int) -> bool:
+        """At two sizes, the trains show two neurons beyond doubt (the banded count, which leaves
+        out the lags where one spike fitted twice crowds)."""
+        if times is None or refractory <= 1:
+            return False
+        ratio, expected = banded_refractory_ratio(
+            times[i],
+            times[j] - shift,
+            refractory=refractory,
+            inner=refractory // 2 if double_fit is None else double_fit,
+            duration=duration,
+        )
+        return expected >= PLAIN_EXPECTED and ratio >= PLAIN_RATIO
 
     def _absorbed(cos: float, s: float, piece: np.ndarray, whole: np.ndarray) -> bool:
         """Too few spikes for the refractory test, too few to matter, and alike as one neuron."""
@@ -376,8 +395,8 @@ def footprint_merges(
                 log.info("units %d and %d: footprints agree, but one is mostly the other's spikes fitted twice", i, j)
                 continue
             one_size = max(ptp[i].max(), ptp[j].max()) < min_size_ratio * min(ptp[i].max(), ptp[j].max())
-            if one_size and independent is not None and independent(i, j):
-                log.info("units %d and %d: footprints agree, but one size and independent firing: kept apart", i, j)
+            if independent is not None and (one_size or _plainly_two(i, j, shift)) and independent(i, j):
+                log.info("units %d and %d: footprints agree, but they fire independently: kept apart", i, j)
                 continue
             ok[i, j] = ok[j, i] = True
             lag[i, j], lag[j, i] = shift, -shift
@@ -464,32 +483,3 @@ def independence_test(spikes: MatchedSpikes, **kw):
         return fire_independently(t[k == i], t[k == j], **kw)
 
     return independent
-
-
-def drop_refractory_doubles(spikes: MatchedSpikes, *, units: np.ndarray, refractory: int) -> MatchedSpikes:
-    """In the given (merged) units, drop the smaller of two spikes closer than ``refractory``
-    samples: one neuron does not fire twice that fast, so the pair is one spike fitted twice
-    (once by each piece's template)."""
-    sel = np.isin(spikes.templates, units)
-    if not sel.any() or refractory <= 0:
-        return spikes
-    idx = np.flatnonzero(sel)
-    order = idx[np.lexsort((spikes.times[idx], spikes.templates[idx]))]
-    t, k, g = spikes.times[order], spikes.templates[order], spikes.gains[order]
-    drop = np.zeros(len(order), dtype=bool)
-    last = 0  # the kept spike the next one is compared with
-    for i in range(1, len(order)):
-        if k[i] != k[last] or t[i] - t[last] > refractory:
-            last = i
-            continue
-        if g[i] > g[last]:
-            drop[last] = True
-            last = i
-        else:
-            drop[i] = True
-    if not drop.any():
-        return spikes
-    log.info("%d spikes fitted twice by pieces of one neuron dropped", int(drop.sum()))
-    keep = np.ones(len(spikes.times), dtype=bool)
-    keep[order[drop]] = False
-    return spikes.take(np.flatnonzero(keep))

@@ -5,7 +5,8 @@ within the refractory period of each other; two neurons with similar templates f
 independently, so their cross-correlogram has no such gap. The merge needs both. ``relabel``
 and ``apply_groups`` apply the groups of any template merge to the spikes.
 ``outer_refractory_ratio`` and ``banded_refractory_ratio`` count that gap for the footprint
-merges, leaving out the lags where one spike fitted twice lands.
+merges, leaving out the lags where one spike fitted twice lands; ``drop_refractory_doubles``
+removes such double fits from the units a merge made.
 """
 
 from __future__ import annotations
@@ -228,3 +229,32 @@ def banded_refractory_ratio(
         keep[max(peak - halfwidth, 0) : peak + halfwidth + 1] = False
     expected = rate * keep.sum()
     return float(counts[keep].sum()) / max(expected, 1e-12), expected
+
+
+def drop_refractory_doubles(spikes: MatchedSpikes, *, units: np.ndarray, refractory: int) -> MatchedSpikes:
+    """In the given (merged) units, drop the smaller of two spikes closer than ``refractory``
+    samples: one neuron does not fire twice that fast, so the pair is one spike fitted twice
+    (once by each piece's template)."""
+    sel = np.isin(spikes.templates, units)
+    if not sel.any() or refractory <= 0:
+        return spikes
+    idx = np.flatnonzero(sel)
+    order = idx[np.lexsort((spikes.times[idx], spikes.templates[idx]))]
+    t, k, g = spikes.times[order], spikes.templates[order], spikes.gains[order]
+    drop = np.zeros(len(order), dtype=bool)
+    last = 0  # the kept spike the next one is compared with
+    for i in range(1, len(order)):
+        if k[i] != k[last] or t[i] - t[last] > refractory:
+            last = i
+            continue
+        if g[i] > g[last]:
+            drop[last] = True
+            last = i
+        else:
+            drop[i] = True
+    if not drop.any():
+        return spikes
+    log.info("%d spikes fitted twice by pieces of one neuron dropped", int(drop.sum()))
+    keep = np.ones(len(spikes.times), dtype=bool)
+    keep[order[drop]] = False
+    return spikes.take(np.flatnonzero(keep))
