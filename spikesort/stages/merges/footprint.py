@@ -127,7 +127,10 @@ def footprint_merges(
     Two neurons a few µm apart also have footprints that agree to 0.99 (on dense probes, and
     beyond the end of a shank). A pair of about one size (peak-to-peak within
     ``min_size_ratio``) is not a neuron at several sizes: it merges only when
-    ``independent(i, j)`` (if given) does not say the two fire independently of each other.
+    ``independent(i, j)`` (if given) does not say the two fire independently of each other. At
+    two sizes that veto needs the trains to say it plainly: ``PLAIN_RATIO`` of chance in the
+    refractory period beyond ``double_fit``, with ``PLAIN_EXPECTED`` pairs expected, the bands
+    where double fits crowd left out.
 
     Footprints on fewer than ``min_channels`` channels that span most of the probe
     (``COMPACT_REACH``; on a long probe a narrow footprint still tells neurons apart, and the
