@@ -75,7 +75,7 @@ PHASE_SIMILARITY, PHASE_EXPECTED = 0.95, 2.0
 BURST_Z, BURST_ASYMMETRY = 8.0, 0.3
 # two neurons at two sizes, whatever their footprints: on mearec_np2 seed 2 two cells at a probe's
 # corner (122 and 77 µV, footprints 0.990, shapes 0.91) had 1.07 of chance in the refractory period
-# with 51 pairs expected, and were merged; one neuron's pieces at other sizes reached 0.41-0.85 of
+# with 51 pairs expected, and were merged; one neuron's pieces at other sizes reached 0.41-5.9 of
 # chance only where fewer than 10 were expected, and at most 0.46 where 20 or more were
 PLAIN_EXPECTED, PLAIN_RATIO = 20.0, 0.8
 
