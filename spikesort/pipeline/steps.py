@@ -347,6 +347,14 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     residue_window = int(round((p.ms_before + p.ms_after + RESIDUE_EXTRA_MS) * fs / 1000))
     burst_lags = (residue_window, max(residue_window, int(round(BURST_MS * fs / 1000))))
 
+    def join(spikes, groups):
+        """A merge's groups applied; each merged unit drops its spikes fitted twice (by two of its
+        pieces' templates), and the templates are built anew."""
+        spikes = apply_groups(spikes, groups)
+        merged = np.array([g for g, members in enumerate(groups) if len(members) > 1])
+        spikes = drop_refractory_doubles(spikes, units=merged, refractory=refractory)
+        return spikes, templates_of(spikes, len(groups))
+
     def merge_footprints(spikes, templates):
         """The pieces of a neuron whose spikes shrink in bursts: one footprint at several sizes."""
         sizes = np.bincount(spikes.templates, minlength=templates.n_templates)
@@ -357,10 +365,19 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         groups = footprint_merges(templates.dense, uv, sizes, **lags, times=times, independent=independent, **trains)
         if len(groups) == templates.n_templates:
             return spikes, templates
-        spikes = apply_groups(spikes, groups)
-        merged = np.array([g for g, members in enumerate(groups) if len(members) > 1])
-        spikes = drop_refractory_doubles(spikes, units=merged, refractory=refractory)
-        return spikes, templates_of(spikes, len(groups))
+        return join(spikes, groups)
+
+    def merge_noise_pieces(spikes, templates):
+        """Pieces of a neuron too few for the refractory test, told from neighbours by their
+        spikes' scatter."""
+        uv = templates.dense @ w_inv_uv.astype(np.float32)
+        times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
+        kw = dict(pre=pre, nt=nt, double_fit=double_fit, rng=rng, **trains)
+        groups = noise_merges(store, templates.dense, uv, times, **kw)
+        if len(groups) == templates.n_templates:
+            return spikes, templates
+        log.info("%d units after merging pieces alike within noise", len(groups))
+        return join(spikes, groups)
 
     spikes, post = merge_footprints(spikes, templates_of(spikes, clu.templates.n_templates))
 
@@ -389,17 +406,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     merged = templates_of(spikes, len(groups))
     spikes, dropped = drop_residues(spikes, merged)
     spikes, final = merge_footprints(spikes, templates_of(spikes, len(groups)) if dropped else merged)
-    # pieces of a neuron too few for the refractory test, told from neighbours by their spikes' scatter
-    times = [spikes.times[spikes.templates == i] for i in range(final.n_templates)]
-    uv = final.dense @ w_inv_uv.astype(np.float32)
-    kw = dict(pre=pre, nt=nt, refractory=refractory, double_fit=double_fit, duration=info.n_samples, rng=rng)
-    groups = noise_merges(store, final.dense, uv, times, **kw)
-    if len(groups) < final.n_templates:
-        log.info("%d units after merging pieces alike within noise", len(groups))
-        spikes = apply_groups(spikes, groups)
-        merged = np.array([g for g, members in enumerate(groups) if len(members) > 1])
-        spikes = drop_refractory_doubles(spikes, units=merged, refractory=refractory)
-        final = templates_of(spikes, len(groups))
+    spikes, final = merge_noise_pieces(spikes, final)
     # collision leftovers last, once every piece of a neuron has joined its unit; then the units
     # whose template is one or two others' (synchronous firing, another alignment)
     collided = collision_units(spikes, final.dense, window=residue_window, positions_um=info.positions_um)
