@@ -19,7 +19,7 @@ import numpy as np
 
 from .footprint import footprint_cosine
 from .refractory import outer_refractory_ratio
-from .templates import lagged_similarity
+from .templates import complete_link, lagged_similarity
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +115,5 @@ def noise_merges(
                 ok[i, j] = ok[j, i] = True
                 lag[i, j], lag[j, i] = shift, -shift
                 pairs.append((excess, i, j))
-    group = list(range(k))
-    members = {i: [i] for i in range(k)}
-    for _e, i, j in sorted(pairs):
-        gi, gj = group[i], group[j]
-        if gi == gj or not all(ok[a, b] for a in members[gi] for b in members[gj]):
-            continue
-        for b in members[gj]:
-            group[b] = gi
-        members[gi] += members.pop(gj)
-    out = []
-    for g in members.values():
-        rep = max(g, key=lambda t: counts[t])
-        # lags chain through the pair that joined: align each member on the representative directly
-        out.append([(t, 0 if t == rep else -int(lag[rep, t])) for t in g])
-    return out
+    order = [(i, j) for _e, i, j in sorted(pairs)]
+    return complete_link(order, k=k, linked=lambda a, b: ok[a, b], lag=lag, sizes=counts)

@@ -90,22 +90,36 @@ def merge_similar_templates(
             lag[i, j], lag[j, i] = shift, -shift
             if s > threshold:
                 pairs.append((s, i, j))
+    return complete_link(
+        [(i, j) for _s, i, j in sorted(pairs, reverse=True)],
+        k=k,
+        linked=lambda a, b: sim[a, b] > threshold,
+        lag=lag,
+        sizes=sizes,
+        accept=None if same_unit is None else lambda i, j: same_unit(i, j, int(lag[i, j])),
+    )
+
+
+def complete_link(order, *, k: int, linked, lag: np.ndarray, sizes, accept=None) -> list[list[tuple[int, int]]]:
+    """Groups of ``k`` units grown over the pairs (i, j) of ``order``, first pairs first: two
+    groups join only when ``linked(a, b)`` holds for every cross pair (so no chain links two
+    neurons through a unit that looks like both) and ``accept(i, j)`` (when given) agrees.
+    Returns, per group, (unit, offset to add to its spike times to align them on the group's
+    largest unit by ``sizes``: ``-lag[rep, unit]``)."""
     group = list(range(k))
     members = {i: [i] for i in range(k)}
-    for _s, i, j in sorted(pairs, reverse=True):
+    for i, j in order:
         gi, gj = group[i], group[j]
-        if gi == gj:
+        if gi == gj or not all(linked(a, b) for a in members[gi] for b in members[gj]):
             continue
-        if all(sim[a, b] > threshold for a in members[gi] for b in members[gj]) and (
-            same_unit is None or same_unit(i, j, int(lag[i, j]))
-        ):
-            for b in members[gj]:
-                group[b] = gi
-            members[gi] += members.pop(gj)
+        if accept is not None and not accept(i, j):
+            continue
+        for b in members[gj]:
+            group[b] = gi
+        members[gi] += members.pop(gj)
     out = []
     for g in members.values():
         rep = max(g, key=lambda t: sizes[t])
-        # offsets to add to a member's spike times to align them on the group's largest member
         out.append([(t, 0 if t == rep else -int(lag[rep, t])) for t in g])
     return out
 
