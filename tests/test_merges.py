@@ -255,6 +255,33 @@ def test_on_a_tetrode_a_piece_too_small_to_test_joins_on_a_strict_footprint_unle
     assert len(footprint_merges(loose, loose, sizes, **kw, times=times, independent=independent_of(times))) == 2
 
 
+def test_two_slivers_of_one_unit_join_it_though_their_noisy_templates_differ_from_each_other():
+    from spikesort.stages.merges import footprint_merges
+
+    # mearec_sqmea seed 2: a 1201-spike unit and pieces of 25 and 30 spikes, each alike with it to
+    # 0.90 (footprints 0.997), alike with each other to only 0.76: templates of so few spikes
+    rng = np.random.default_rng(21)
+    s = np.arange(60)
+    w = -np.exp(-0.5 * ((s - 20) / 3) ** 2) + 0.3 * np.exp(-0.5 * ((s - 32) / 6) ** 2)
+    q = np.sin(2 * np.pi * (s - 10) / 25) * np.exp(-0.5 * ((s - 25) / 8) ** 2)
+    q -= (q @ w) / (w @ w) * w
+    q *= np.sqrt(0.5 * (w @ w) / (q @ q))  # each piece 0.92 alike with the unit, 0.69 with the other
+    space = 40 * np.exp(-0.5 * ((np.arange(16) - 7) / 3) ** 2)
+    dense = np.stack([w[:, None] * space, (w + q)[:, None] * space, (w - q)[:, None] * space]).astype(np.float32)
+    duration, refractory = 9_600_000, 48
+    unit = np.cumsum(rng.integers(96, 9000, size=1200))
+    times = [unit, np.sort(rng.integers(0, duration, size=30)), np.sort(rng.integers(0, duration, size=25))]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, refractory=refractory, duration=duration, times=times)
+    groups = footprint_merges(dense, dense, sizes, **kw)
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1, 2]]
+    # two units of a hundred spikes or more must agree with each other as well
+    more = [unit[:800], np.sort(rng.integers(0, duration, size=120)), np.sort(rng.integers(0, duration, size=110))]
+    kw["times"] = more
+    groups = footprint_merges(dense, dense, np.array([len(t) for t in more]), **kw)
+    assert len(groups) == 2
+
+
 def _merge_only_on_ample_evidence(rng, dense, times, *, refractory: int, duration: int) -> None:
     """The two units of ``dense`` merge on their ``times``; two neighbours of those templates
     firing on their own stay apart, and so does the same gap on too little evidence (a tenth of

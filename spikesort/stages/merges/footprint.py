@@ -410,9 +410,18 @@ def footprint_merges(
     via = {}  # piece -> (the unit it joined, its lag onto that unit)
     # pairs aligned within max_lag first: a piece on another phase must not keep a unit's own
     # pieces from its group (complete link)
+    # two slivers of one group (each at most ABSORB_FRACTION of its largest unit's spikes) need
+    # not agree with each other, only with its larger units: templates of a few dozen spikes are
+    # mostly noise (mearec_sqmea seed 2: pieces of 25 and 30 spikes of a 1201-spike unit, each
+    # alike with it to 0.90, to each other 0.76)
     for _near, _c, i, j in sorted(pairs, reverse=True):
         gi, gj = group[i], group[j]
-        if gi == gj or not all(ok[a, b] or compatible[a, b] for a in members[gi] for b in members[gj]):
+        if gi == gj:
+            continue
+        floor = ABSORB_FRACTION * max(sizes[t] for t in members[gi] + members[gj])
+        if not all(
+            ok[a, b] or compatible[a, b] or max(sizes[a], sizes[b]) <= floor for a in members[gi] for b in members[gj]
+        ):
             continue
         for b in members[gj]:
             group[b] = gi
