@@ -12,9 +12,17 @@ test, alike within their spikes' scatter, at the end of curation).
 
 from .clusters import merge_groups
 from .drift import drift_split_groups
-from .footprint import fire_independently, footprint_merges, independence_test
+from .footprint import footprint_merges
 from .noise import excess_distance, noise_merges
-from .refractory import apply_groups, cross_refractory_ratio, drop_refractory_doubles, refractory_merges, relabel
+from .refractory import (
+    apply_groups,
+    cross_refractory_ratio,
+    drop_refractory_doubles,
+    fire_independently,
+    independence_test,
+    refractory_merges,
+    relabel,
+)
 from .templates import lagged_similarity, merge_similar_templates, snippet_merge_test
 
 __all__ = [

@@ -27,10 +27,8 @@ import logging
 
 import numpy as np
 
-from spikesort.stages.match import MatchedSpikes
-
 from .bursts import burst_follower
-from .refractory import banded_refractory_ratio, cross_refractory_ratio, outer_refractory_ratio
+from .refractory import banded_refractory_ratio, outer_refractory_ratio
 from .templates import lagged_similarity
 
 log = logging.getLogger(__name__)
@@ -62,6 +60,11 @@ NARROW_EXPECTED, NARROW_RATIO = 10.0, 0.2
 # pieces on MEArec tetrodes agreed to 0.9973-0.9999, distinct neurons to at most 0.9931; too few
 # spikes for the refractory test to show one neuron is then no reason to keep them apart
 STRICT_COSINE = 0.995
+# at one size on a compact probe a neuron's two units (a 408-spike unit beside its 4616-spike one on
+# mearec_tetrode seed 5: footprints 0.9997, shapes 0.85) had 0-0.11 of chance's pairs in the
+# refractory period's outer half where 4.4-12.5 were expected; distinct neurons with footprints
+# agreeing to 0.995-0.998 had 0.42-1.6 of chance (17 tetrode recordings, 2026-12-03)
+ONE_SIZE_EXPECTED = 4.0
 # one neuron on two of its phases on a dense probe, its trains too short for the refractory test
 # (mearec_np2: a biphasic neuron's units of 841 and 451 spikes, aligned on its peak and on its
 # trough 9 samples apart, footprints 0.998, shapes 0.96; no pair where chance gave 2.5): no
@@ -191,6 +194,7 @@ def footprint_merges(
     strict = set()  # pieces attached on their footprint, the trains too short to say
     ample = set()  # pieces attached on ample refractory evidence, their footprint or shape looser
     bursts = set()  # pieces attached as the late spikes of their unit's bursts
+    alike = set()  # units of one size attached on a near-empty refractory period
 
     def _bursting(big: np.ndarray, piece: np.ndarray) -> bool:
         if burst_lags is None:
@@ -253,6 +257,10 @@ def footprint_merges(
         if expected >= min_expected:
             if ratio < max_ratio and size_uv[piece] <= max_piece_size * size_uv[big]:
                 attach.append((ratio, piece, big, shift))
+            elif cos >= STRICT_COSINE and ratio < NARROW_RATIO and expected >= ONE_SIZE_EXPECTED:
+                # one size: only a near-empty refractory period tells one neuron from two
+                attach.append((ratio, piece, big, shift))
+                alike.add(piece)
         elif _absorbed(cos, s, times[piece], times[big]):
             attach.append((1.0, piece, big, shift))  # after every piece the trains vouch for
         elif _strict(cos, s, big, piece):
@@ -444,6 +452,9 @@ def footprint_merges(
             )
             if expected < NARROW_EXPECTED or ratio >= NARROW_RATIO:
                 continue
+        elif piece in alike:
+            if expected < ONE_SIZE_EXPECTED or ratio >= NARROW_RATIO:
+                continue
         elif ratio >= max_ratio if expected >= min_expected else len(times[piece]) > ABSORB_FRACTION * len(whole):
             continue
         group[piece] = gb
@@ -461,37 +472,3 @@ def footprint_merges(
         if len(g) > 1:
             log.info("units %s: one neuron at several sizes (footprints agree): merged", sorted(g))
     return out
-
-
-def fire_independently(
-    ta: np.ndarray,
-    tb: np.ndarray,
-    *,
-    refractory: int,
-    double_fit: int,
-    duration: int,
-    rate_bin: int | None = None,
-    min_expected: float = 5.0,
-    min_ratio: float = 0.5,
-) -> bool:
-    """Two spike trains fire independently: at lags between ``double_fit`` and ``refractory``
-    samples there are at least ``min_ratio`` of the pairs independent firing would give, and
-    that expectation is at least ``min_expected`` (enough evidence). One neuron leaves a gap
-    there; lags up to ``double_fit`` are left out, where one spike fitted by two pieces'
-    templates lands."""
-    obs_r, exp_r = cross_refractory_ratio(ta, tb, refractory=refractory, duration=duration, rate_bin=rate_bin)
-    obs_d, exp_d = cross_refractory_ratio(ta, tb, refractory=double_fit, duration=duration, rate_bin=rate_bin)
-    expected = exp_r - exp_d
-    observed = obs_r * exp_r - obs_d * exp_d
-    return expected >= min_expected and observed >= min_ratio * expected
-
-
-def independence_test(spikes: MatchedSpikes, **kw):
-    """``independent(i, j)`` for units i and j of ``spikes`` (``fire_independently``, keywords passed on)."""
-    order = np.argsort(spikes.times, kind="stable")
-    t, k = spikes.times[order], spikes.templates[order]
-
-    def independent(i: int, j: int) -> bool:
-        return fire_independently(t[k == i], t[k == j], **kw)
-
-    return independent

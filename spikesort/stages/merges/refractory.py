@@ -5,8 +5,9 @@ within the refractory period of each other; two neurons with similar templates f
 independently, so their cross-correlogram has no such gap. The merge needs both. ``relabel``
 and ``apply_groups`` apply the groups of any template merge to the spikes.
 ``outer_refractory_ratio`` and ``banded_refractory_ratio`` count that gap for the footprint
-merges, leaving out the lags where one spike fitted twice lands; ``drop_refractory_doubles``
-removes such double fits from the units a merge made.
+merges, leaving out the lags where one spike fitted twice lands; ``fire_independently`` (and
+``independence_test`` over a merge's units) says when two trains plainly show two neurons;
+``drop_refractory_doubles`` removes such double fits from the units a merge made.
 """
 
 from __future__ import annotations
@@ -258,3 +259,37 @@ def drop_refractory_doubles(spikes: MatchedSpikes, *, units: np.ndarray, refract
     keep = np.ones(len(spikes.times), dtype=bool)
     keep[order[drop]] = False
     return spikes.take(np.flatnonzero(keep))
+
+
+def fire_independently(
+    ta: np.ndarray,
+    tb: np.ndarray,
+    *,
+    refractory: int,
+    double_fit: int,
+    duration: int,
+    rate_bin: int | None = None,
+    min_expected: float = 5.0,
+    min_ratio: float = 0.5,
+) -> bool:
+    """Two spike trains fire independently: at lags between ``double_fit`` and ``refractory``
+    samples there are at least ``min_ratio`` of the pairs independent firing would give, and
+    that expectation is at least ``min_expected`` (enough evidence). One neuron leaves a gap
+    there; lags up to ``double_fit`` are left out, where one spike fitted by two pieces'
+    templates lands."""
+    obs_r, exp_r = cross_refractory_ratio(ta, tb, refractory=refractory, duration=duration, rate_bin=rate_bin)
+    obs_d, exp_d = cross_refractory_ratio(ta, tb, refractory=double_fit, duration=duration, rate_bin=rate_bin)
+    expected = exp_r - exp_d
+    observed = obs_r * exp_r - obs_d * exp_d
+    return expected >= min_expected and observed >= min_ratio * expected
+
+
+def independence_test(spikes: MatchedSpikes, **kw):
+    """``independent(i, j)`` for units i and j of ``spikes`` (``fire_independently``, keywords passed on)."""
+    order = np.argsort(spikes.times, kind="stable")
+    t, k = spikes.times[order], spikes.templates[order]
+
+    def independent(i: int, j: int) -> bool:
+        return fire_independently(t[k == i], t[k == j], **kw)
+
+    return independent
