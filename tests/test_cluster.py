@@ -1,6 +1,7 @@
 """The bimodal split and its valley test, on synthetic features."""
 
 import numpy as np
+import pytest
 from scipy.stats import norm
 
 from spikesort.stages.bimodality import bimodality
@@ -121,3 +122,55 @@ def test_cluster_spikes_clusters_at_most_the_limit_per_channel():
         seed=2,
     )
     assert len(cl.spike_index) == 800 and cl.n_units == 2
+
+
+def _biphasic(nt: int, trough: int, *, width: float = 3.0, lobe: float = 0.3) -> np.ndarray:
+    """A spike's trough at ``trough`` and a smaller positive lobe 10 samples later."""
+    s = np.arange(nt, dtype=np.float64)
+    return -np.exp(-0.5 * ((s - trough) / width) ** 2) + lobe * np.exp(-0.5 * ((s - trough - 10) / (2 * width)) ** 2)
+
+
+def test_clusters_caught_on_the_lobe_before_their_trough_are_moved_onto_it():
+    from spikesort.stages.templates import trough_offsets
+
+    pre, nt, n_ch = 30, 76, 4
+    dense = np.zeros((4, nt, n_ch), dtype=np.float32)
+    dense[0, :, 1] = 50 * _biphasic(nt, pre + 1)  # aligned: its trough within a sample
+    dense[1, :, 2] = 30 * _biphasic(nt, pre + 35)  # a widened burst spike caught 35 samples early
+    dense[2, :, 0] = -40 * _biphasic(nt, pre + 20)  # an inverted unit: its peak is not a trough
+    dense[3, :, 3] = 20 * _biphasic(nt, pre - 8)  # 8 samples off: within the tolerance
+    got = trough_offsets(dense, pre=pre, sign=-1, min_offset=15)
+    np.testing.assert_array_equal(got, [0, 35, 0, 0])
+    # for positive spikes the same unit counts from its positive peak
+    np.testing.assert_array_equal(trough_offsets(-dense, pre=pre, sign=1, min_offset=15), [0, 35, 0, 0])
+    assert trough_offsets(dense[:0], pre=pre, sign=-1, min_offset=15).shape == (0,)
+    with pytest.raises(ValueError, match="sign"):
+        trough_offsets(dense, pre=pre, sign=0, min_offset=15)
+
+
+def test_a_cluster_moved_onto_its_trough_gets_its_whole_waveform_in_the_template(tmp_path):
+    from spikesort.pipeline.traces import TraceStore
+    from spikesort.stages.templates import build_templates, trough_offsets
+
+    rng = np.random.default_rng(3)
+    pre, nt, n, n_ch = 30, 76, 60_000, 3
+    wave = 8 * _biphasic(60, 20, width=4.0, lobe=0.5)  # a wide spike whose lobe reaches 40 samples past its trough
+    x = 0.2 * rng.standard_normal((n, n_ch)).astype(np.float32)
+    spikes = np.arange(1000, n - 1000, 997)
+    for t in spikes:
+        x[t - 20 : t + 40, 1] += wave
+    store = TraceStore(tmp_path / "s.dat", n_samples=n, n_channels=n_ch)
+    store.create()
+    store.write(0, x)
+    trough = spikes - 20 + int(np.argmin(wave))
+    early = trough - 38  # detection caught each spike 38 samples before its trough
+    labels = np.zeros(len(early), dtype=np.int64)
+    kw = dict(n_units=1, pre=pre, nt=nt, rng=np.random.default_rng(0))
+    before = build_templates(store, early, labels, **kw).dense
+    offsets = trough_offsets(before, pre=pre, sign=-1, min_offset=15)
+    assert offsets[0] == 38
+    after = build_templates(store, early + offsets[labels], labels, **kw).dense
+    assert np.argmin(after[0, :, 1]) == pre
+    # the window now holds the lobe after the trough, which the early alignment cut off
+    assert after[0, pre + 15, 1] > 0.5 * wave.max()
+    assert before[0, :, 1].max() < 0.5 * wave.max()

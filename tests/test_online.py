@@ -588,7 +588,7 @@ def test_benchmark_online_measures_latency_from_the_writers_marks(capsys):
 
 
 def test_pool_clusters_are_realigned_on_their_trough():
-    from spikesort.online.discover import realigned
+    from spikesort.stages.templates import realigned
 
     pre, nt = 20, 60
     s = np.arange(nt) - pre

@@ -13,7 +13,7 @@ import numpy as np
 
 from spikesort.stages.cluster import cluster_spikes
 from spikesort.stages.detect import Detections
-from spikesort.stages.templates import build_templates, template_snr
+from spikesort.stages.templates import build_templates, realigned, template_snr
 
 log = logging.getLogger(__name__)
 
@@ -197,24 +197,6 @@ def strongest_per_event(det: Detections, *, window: int, radius_um: float) -> De
                 continue
         kept.append(int(i))
     return det.take(np.sort(np.asarray(kept)))
-
-
-def realigned(times: np.ndarray, labels: np.ndarray, *, dense: np.ndarray, pre: int, sign: int) -> np.ndarray:
-    """Spike times moved so that each cluster's template has its ``sign`` peak (the trough, for
-    negative spikes, as detection aligns them) at ``pre`` on its main channel.
-
-    The pool's detections come from residuals and from spikes fitted by the wrong unit: a peak
-    there can be a neuron's rebound rather than its trough. Off by that much, its template would
-    neither look like the unit it duplicates nor be matched where the neuron fires."""
-    out = np.array(times, dtype=np.int64, copy=True)
-    nt = dense.shape[1]
-    for u in range(dense.shape[0]):
-        signed = sign * dense[u]
-        main = int(signed.max(axis=0).argmax())
-        shift = int(signed[:, main].argmax()) - pre
-        if shift and abs(shift) < nt // 2:
-            out[labels == u] += shift
-    return out
 
 
 def discover(

@@ -41,7 +41,7 @@ from spikesort.stages.merges import (
     snippet_merge_test,
 )
 from spikesort.stages.preprocess import fit_preprocessing, preprocess_chunk
-from spikesort.stages.templates import build_templates, filtered_templates, template_snr
+from spikesort.stages.templates import build_templates, filtered_templates, realigned, template_snr
 
 from .state import (
     Clustered,
@@ -69,6 +69,8 @@ DOUBLE_FIT_MS = 0.5
 BURST_MS = 50.0  # a burst's late spikes follow its first within this long
 # subtraction residues are looked for up to the template window plus this much on either side
 RESIDUE_EXTRA_MS = 1.0
+# a cluster whose trough sits this far from where detection puts spikes' troughs is realigned on it
+TROUGH_MS = 0.5
 
 
 def _preprocess(run: _Run) -> Preprocessed:
@@ -235,6 +237,15 @@ def _cluster(run: _Run, *, prep: Preprocessed, det: Detected) -> Clustered:
     )
     times, labels = spikes.times[cl.spike_index], cl.labels
     templates = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng, n_jobs=run.n_jobs)
+    # realigned before the template merges, so that a neuron's clusters caught on two lobes merge
+    min_offset = int(round(TROUGH_MS * info.sampling_rate_hz / 1000))
+    moved = realigned(times, labels, dense=templates.dense, pre=pre, sign=det.sign, min_offset=min_offset)
+    if (moved != times).any():
+        log.info("clusters caught off their trough realigned on it")
+        times = moved
+        templates = build_templates(
+            store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng, n_jobs=run.n_jobs
+        )
     sizes = np.bincount(labels[labels >= 0], minlength=cl.n_units)
     veto = snippet_merge_test(store, times, labels, pre=pre, nt=nt, threshold=p.bimodality_threshold, rng=rng)
     groups = merge_similar_templates(

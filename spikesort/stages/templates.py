@@ -72,6 +72,45 @@ def template_snr(templates_uv: np.ndarray, noise_uv: np.ndarray) -> np.ndarray:
     return peak[np.arange(len(best)), best] / np.maximum(noise_uv[best], 1e-12)
 
 
+def trough_offsets(dense: np.ndarray, *, pre: int, sign: int, min_offset: int = 1) -> np.ndarray:
+    """(K,) samples by which each unit's spike times must move to put its trough (its largest
+    deflection of the detection ``sign``, on the channel where that deflection is largest) at
+    ``pre``; 0 where the trough is within ``min_offset`` of ``pre`` already, on the window's edge,
+    or not the largest deflection on that channel (a unit whose opposite lobe dominates
+    keeps its alignment)."""
+    if sign not in (-1, 1):
+        raise ValueError(f"sign must be -1 or 1, got {sign}")
+    k, nt = dense.shape[:2]
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    signed = sign * dense.astype(np.float64)
+    main = signed.max(axis=1).argmax(axis=1)
+    wave = signed[np.arange(k), :, main]  # (K, nt)
+    trough = wave.argmax(axis=1)
+    dominant = wave.max(axis=1) >= np.abs(wave).max(axis=1)
+    offset = trough - pre
+    inside = (trough > 0) & (trough < nt - 1)  # an extremum, not a slope cut by the window's edge
+    move = dominant & inside & (np.abs(offset) >= min_offset)
+    return np.where(move, offset, 0).astype(np.int64)
+
+
+def realigned(
+    times: np.ndarray, labels: np.ndarray, *, dense: np.ndarray, pre: int, sign: int, min_offset: int = 1
+) -> np.ndarray:
+    """Spike times moved by their cluster's :func:`trough_offsets` (label -1: not moved).
+
+    Detection aligns most spikes on their trough, but some clusters are caught on another lobe:
+    a biophysical burst's widened spikes on the lobe before it (on MEArec's dense probes, troughs
+    25-40 samples late, the waveform cut by the window's end), and online, detections in residuals
+    on a neuron's rebound. Off by that much, a template neither looks like its neuron's other
+    units nor is matched where the neuron fires."""
+    offsets = trough_offsets(dense, pre=pre, sign=sign, min_offset=min_offset)
+    out = np.array(times, dtype=np.int64, copy=True)
+    inside = labels >= 0
+    out[inside] += offsets[labels[inside]]
+    return out
+
+
 def build_templates(
     store,
     times: np.ndarray,
