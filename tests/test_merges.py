@@ -847,3 +847,32 @@ def test_one_neuron_on_three_phases_is_one_group_though_its_two_smaller_units_ar
     other = [times[0], times[1], np.sort(rng.integers(0, duration, size=len(times[2])))]
     assert outer_refractory_ratio(other[1] - 6, other[2] + 8, **trains)[0] > 0
     assert len(footprint_merges(dense, dense, sizes, **{**kw, "times": other})) == 2
+
+
+def test_a_neurons_rare_smaller_spikes_join_it_but_a_rarer_neighbour_firing_on_its_own_does_not():
+    from spikesort.stages.merges import footprint_merges
+    from spikesort.stages.merges.footprint import QUIET_FRACTION, footprint_cosine
+
+    # MEArec cells: 8-15 % of a neuron's spikes at 0.25-0.6 of its size, spread over the recording;
+    # their piece's footprint, from so few spikes, agrees with the unit's to only 0.96-0.99
+    rng = np.random.default_rng(5)
+    full = _unit(peak=40, center=12, width=3.0)
+    piece = 0.4 * _unit(peak=40, center=13.0, width=3.0)
+    dense = np.stack([full, piece])
+    cos, n_ch = footprint_cosine(np.ptp(full, axis=0), np.ptp(piece, axis=0))
+    assert 0.95 < cos < 0.98 and n_ch >= 8
+    fs, duration = 30000, 30000 * 300
+    neuron = _poisson_times(rng, 20.0, duration)
+    rare = rng.random(len(neuron)) < 0.12
+    kw = dict(max_lag=3, refractory=int(0.0015 * fs), duration=duration, double_fit=int(0.0005 * fs))
+
+    def merged(times):
+        groups = footprint_merges(dense, dense, np.array([len(t) for t in times]), times=times, **kw)
+        return len(groups) == 1
+
+    assert merged([neuron[~rare], neuron[rare]])
+    # a neighbour firing on its own as rarely leaves pairs in the refractory period
+    assert not merged([neuron[~rare], _poisson_times(rng, 20.0 * rare.mean(), duration)])
+    # a piece with more than QUIET_FRACTION of the unit's spikes is not a rare mode of it
+    common = rng.random(len(neuron)) < 1.5 * QUIET_FRACTION
+    assert not merged([neuron[~common], neuron[common]])
