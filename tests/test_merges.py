@@ -876,3 +876,30 @@ def test_a_neurons_rare_smaller_spikes_join_it_but_a_rarer_neighbour_firing_on_i
     # a piece with more than QUIET_FRACTION of the unit's spikes is not a rare mode of it
     common = rng.random(len(neuron)) < 1.5 * QUIET_FRACTION
     assert not merged([neuron[~common], neuron[common]])
+
+
+def test_a_neurons_rare_spikes_caught_on_another_phase_join_it_once_aligned():
+    from spikesort.stages.merges import footprint_merges, lagged_similarity
+
+    # mearec_nn32 seed 1: 57 spikes of a 1358-spike neuron fitted 26 samples early, shapes alike to
+    # 0.64 at that lag, footprints to 0.96; no pair in the refractory period once aligned
+    rng = np.random.default_rng(6)
+    full = _unit(peak=40, center=12, width=3.0)
+    early = 0.45 * np.roll(_stretched(_unit(peak=40, center=13.0, width=3.0), 1.6), 12, axis=0)
+    dense = np.stack([full, early])
+    s, shift = lagged_similarity(full, early, max_lag=30)
+    assert abs(shift) > 3 and 0.6 <= s < 0.9
+    fs, duration = 30000, 30000 * 300
+    neuron = _poisson_times(rng, 20.0, duration)
+    rare = rng.random(len(neuron)) < 0.08
+    kw = dict(max_lag=3, refractory=int(0.0015 * fs), duration=duration, double_fit=int(0.0005 * fs))
+    times = [neuron[~rare], neuron[rare] + shift]  # each rare spike found where its template aligns
+
+    def merged(times, phase_lag):
+        sizes = np.array([len(t) for t in times])
+        return len(footprint_merges(dense, dense, sizes, times=times, phase_lag=phase_lag, **kw)) == 1
+
+    assert merged(times, phase_lag=30)
+    assert not merged(times, phase_lag=0)  # the lag is beyond what the caller allows
+    # a rare neighbour firing on its own, alike at that lag, leaves pairs in the period
+    assert not merged([neuron[~rare], _poisson_times(rng, 20.0 * rare.mean(), duration)], phase_lag=30)

@@ -81,12 +81,13 @@ BURST_Z, BURST_ASYMMETRY = 8.0, 0.3
 # with 51 pairs expected, and were merged; one neuron's pieces at other sizes reached 0.41-5.9 of
 # chance only where fewer than 10 were expected, and at most 0.46 where 20 or more were
 PLAIN_EXPECTED, PLAIN_RATIO = 20.0, 0.8
-# a neuron's rarer, smaller spikes (MEArec cells: 8-15 % of their spikes at 0.25-0.6 of the usual
-# size, spread over the recording) come out as a piece too few for the refractory test, its
-# footprint agreeing to only 0.96-0.99. On 48 benchmark recordings (2026-12-03) the 10 such pieces
-# had at most 0.16 of their unit's spikes; every distinct smaller neighbour alike to 0.95 fired at
-# least 0.29 as often. Such a piece joins when alike to ``compact_cosine`` and ``LOOSE_SIMILARITY``
-# with not one pair in the refractory period beyond the double fits (two neurons: e^-E of the time)
+# a neuron's rarer spikes (MEArec cells: 8-15 % of their spikes at 0.25-0.6 of the usual size; or a
+# few dozen fitted on another phase) come out as a piece too few for the refractory test, its
+# footprint agreeing to only 0.96-0.99. On 48 benchmark recordings (2026-12-03) such pieces had at
+# most 0.16 of their unit's spikes; every distinct neighbour, no larger, alike to 0.95 fired at
+# least 0.28 as often. So a piece with at most QUIET_FRACTION of a unit's spikes joins it, alike to
+# ``compact_cosine`` and ``LOOSE_SIMILARITY``, with not one pair in the refractory period beyond
+# the double fits once aligned (two neurons firing on their own leave it empty e^-E of the time)
 QUIET_FRACTION = 0.2
 
 
@@ -333,8 +334,9 @@ def footprint_merges(
         align on another phase: shapes alike to ``LOOSE_SIMILARITY`` within ``phase_lag`` and the
         burst's timing (mearec_nn32_bursts seed 1: 65 spikes at 0.38 of their unit's size, aligned
         26 samples early, footprint 0.976, shape 0.66; 80 % of them 3.5-50 ms after one of the
-        unit's, z = 13). Then, where footprints span ``min_channels``, a neuron's rarer, smaller
-        spikes (``QUIET_FRACTION``): shapes alike within ``max_lag``, an empty refractory period."""
+        unit's, z = 13). Then, where footprints span ``min_channels``, a neuron's rarer spikes
+        (``QUIET_FRACTION``): shapes alike within ``phase_lag``, an empty refractory period once
+        aligned."""
         if times is None:
             return
         attached = {piece for _r, piece, _b, _s in attach}
@@ -345,18 +347,23 @@ def footprint_merges(
                 for j in np.flatnonzero(near[i] & near[:, i]):
                     if j <= i or ok[i, j]:
                         continue
-                    big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
-                    if piece in attached or size_uv[piece] > max_piece_size * size_uv[big]:
-                        continue
-                    if rare and len(times[piece]) > QUIET_FRACTION * len(times[big]):
+                    if rare:  # the piece has fewer spikes and is no larger
+                        big, piece = (i, j) if len(times[i]) >= len(times[j]) else (j, i)
+                        if len(times[piece]) > QUIET_FRACTION * len(times[big]) or size_uv[piece] > size_uv[big]:
+                            continue
+                    else:
+                        big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
+                        if size_uv[piece] > max_piece_size * size_uv[big]:
+                            continue
+                    if piece in attached:
                         continue
                     cos, n_ch = footprint_cosine(ptp[i], ptp[j])
                     if cos < compact_cosine or (rare and n_ch < min_channels):
                         continue
-                    s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max_lag if rare else phase_lag)
+                    s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max(max_lag, phase_lag))
                     if s < LOOSE_SIMILARITY:
                         continue
-                    if _empty_period(times[big], times[piece]) if rare else _bursting(times[big], times[piece]):
+                    if _empty_period(times[big], times[piece] - shift) if rare else _bursting(times[big], times[piece]):
                         attach.append((1.0 if rare else 0.0, piece, big, shift))
                         (quiet if rare else bursts).add(piece)
                         attached.add(piece)
@@ -467,7 +474,7 @@ def footprint_merges(
             if expected < ONE_SIZE_EXPECTED or ratio >= NARROW_RATIO:
                 continue
         elif piece in quiet:
-            if len(times[piece]) > QUIET_FRACTION * len(whole) or not _empty_period(whole, times[piece]):
+            if len(times[piece]) > QUIET_FRACTION * len(whole) or not _empty_period(whole, times[piece] - shift):
                 continue
         elif ratio >= max_ratio if expected >= min_expected else len(times[piece]) > ABSORB_FRACTION * len(whole):
             continue
