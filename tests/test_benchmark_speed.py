@@ -687,3 +687,23 @@ def test_a_child_reports_its_own_peak_rss_not_the_larger_parent_s_it_was_started
     assert ballast.sum() > 0
     assert inherited > 400  # what Linux keeps across exec
     assert own < 200
+
+
+def test_a_poll_after_the_process_tree_exited_is_no_memory_sample(tmp_path, monkeypatch):
+    import sys
+
+    from benchmarks import runner
+
+    # the tree can exit between the liveness check and the memory read: that read is 0 MB, and
+    # a 0 in the timeline's last quarter would read as memory falling to nothing
+    readings = iter([50.0, 0.0, 60.0, 0.0, 70.0] + [0.0] * 1000)
+    monkeypatch.setattr(runner, "_tree_memory_mb", lambda proc: next(readings))
+    polled = runner.run_polled(
+        [sys.executable, "-c", "import time; time.sleep(1.0)"],
+        log_path=tmp_path / "log",
+        timeout_s=30,
+        poll_s=0.05,
+        timeline_s=0.01,
+    )
+    assert polled.returncode == 0 and polled.peak_mb == 70.0
+    assert [mb for _, mb in polled.timeline] == [50.0, 60.0, 70.0]
