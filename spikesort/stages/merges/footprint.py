@@ -203,7 +203,7 @@ def footprint_merges(
     strict = set()  # pieces attached on their footprint, the trains too short to say
     ample = set()  # pieces attached on ample refractory evidence, their footprint or shape looser
     bursts = set()  # pieces attached as the late spikes of their unit's bursts
-    quiet = set()  # rare, small pieces attached on an empty refractory period
+    quiet = set()  # rare pieces, no larger than their unit, attached on an empty refractory period
     alike = set()  # units of one size attached on a near-empty refractory period
 
     def _bursting(big: np.ndarray, piece: np.ndarray) -> bool:
