@@ -192,10 +192,11 @@ class Params:
         lo=1.0,
         hi=100.0,
         stage="match",
-        help="a template is subtracted when it explains this much residual (sqrt energy, noise sd units)",
+        help="a template is subtracted when its score exceeds this many sds of its own score on "
+        "the noise (measured per template; never below this many whitened units)",
     )
     match_detect_threshold: float = _p(
-        4.0,
+        3.0,
         lo=2.0,
         hi=50.0,
         stage="match",

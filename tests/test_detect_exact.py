@@ -20,7 +20,7 @@ import pytest
 from spikesort.chunks import iter_chunks, map_chunks
 from spikesort.stages.detect import Detections, detect_block, envelope_bank, filtered_noise_sd, learn_temporal_bases
 from spikesort.stages.geometry import neighbor_table
-from spikesort.stages.match import channel_candidates, match_block, poorly_fit
+from spikesort.stages.match import channel_candidates, match_block, match_thresholds, poorly_fit
 from spikesort.stages.templates import sparsify
 
 PRE = 10  # sample of the trough inside a waveform window
@@ -457,6 +457,64 @@ def test_match_block_local_search_equals_searching_everywhere(line_positions, mo
     np.testing.assert_array_equal(local.templates, everywhere.templates)
     np.testing.assert_array_equal(local.amplitudes, everywhere.amplitudes)
     np.testing.assert_array_equal(residual_local, residual_everywhere)
+
+
+def _scores_everywhere(x, templates) -> np.ndarray:
+    """numpy twin: every template's score <x, T>/|T| at every window of ``x``."""
+    dense = np.zeros((templates.n_templates, NT, N_C), np.float32)
+    for k in range(templates.n_templates):
+        for s, ch in enumerate(templates.channels[k]):
+            if ch >= 0:
+                dense[k][:, ch] = templates.values[k, :, s]
+    windows = np.lib.stride_tricks.sliding_window_view(x, NT, axis=0).transpose(0, 2, 1)  # (n, NT, C)
+    return np.einsum("wtc,ktc->wk", windows, dense) / np.sqrt(templates.norm2)
+
+
+def test_match_thresholds_follow_each_templates_score_on_the_noise():
+    """White noise: a template's score on it has sd 1, so the threshold is the parameter itself.
+    Coloured noise of the same per-sample sd spreads a smooth template's score wider: its threshold
+    rises by that spread (a numpy twin over every window), a sharp template's less."""
+    templates = sparsify(two_templates(), pre=PRE)
+    white = noise(31, n=20000)
+    blocks = [white[i : i + 2000] for i in range(0, 20000, 2000)]
+    thr = match_thresholds(blocks, templates=templates, match_threshold=5.0, rng=np.random.default_rng(0))
+    np.testing.assert_allclose(thr, 5.0 * np.maximum(_scores_everywhere(white, templates).std(axis=0), 1), rtol=0.06)
+    assert thr.max() < 5.3
+    # noise smoothed over ~5 samples, then scaled back to unit sd per sample
+    kernel = np.exp(-0.5 * (np.arange(-8, 9) / 2.5) ** 2)
+    coloured = np.apply_along_axis(lambda c: np.convolve(c, kernel, mode="same"), 0, noise(32, n=20000))
+    coloured = (coloured / coloured.std(axis=0)).astype(np.float32)
+    blocks = [coloured[i : i + 2000] for i in range(0, 20000, 2000)]
+    thr = match_thresholds(blocks, templates=templates, match_threshold=5.0, rng=np.random.default_rng(0))
+    spread = _scores_everywhere(coloured, templates).std(axis=0)
+    assert spread[1] > 1.5  # B is the wider template: the smoothed noise looks more like it
+    np.testing.assert_allclose(thr, 5.0 * spread, rtol=0.1)
+    # no blocks, or none long enough for a window: the parameter as it is
+    none = match_thresholds(
+        [coloured[: NT - 1]], templates=templates, match_threshold=5.0, rng=np.random.default_rng(0)
+    )
+    np.testing.assert_array_equal(none, [5.0, 5.0])
+
+
+def test_match_block_holds_each_template_to_its_own_threshold(line_positions):
+    """Spikes of A and B at scores of 10 noise sd: all fitted when both templates share a
+    threshold of 5, and only A's when B's own threshold is 20."""
+    dense = two_templates()
+    dense *= (10.0 / np.sqrt((dense.astype(np.float64) ** 2).sum(axis=(1, 2))))[:, None, None].astype(np.float32)
+    templates = sparsify(dense, pre=PRE)
+    n = 3000
+    x = noise(33, n=n)
+    times = np.arange(100, n - 100, 140)
+    kinds = np.arange(len(times)) % 2
+    for t, k in zip(times, kinds):
+        x[t - PRE : t - PRE + NT] += dense[k]
+    bases = hand_bases(spike_waveform())
+    kw = _match_kw(templates, line_positions, n=n, detect_threshold=3.0, iterations=2, bases=bases)
+    kw["filter_sd"] = noise_sd_of(x, bases)
+    both, _ = match_block(x, match_threshold=5.0, **kw)
+    assert list(zip(both.times, both.templates)) == list(zip(times, kinds))
+    only_a, _ = match_block(x, match_threshold=np.array([5.0, 20.0], np.float32), **kw)
+    assert list(zip(only_a.times, only_a.templates)) == list(zip(times[kinds == 0], kinds[kinds == 0]))
 
 
 def _peel(x, dense, line_positions):

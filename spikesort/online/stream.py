@@ -28,7 +28,7 @@ from spikesort.kernels.match import subtract_templates
 from spikesort.stages.detect import Detections, detect_block, envelope_bank
 from spikesort.stages.export import phy_whitening
 from spikesort.stages.geometry import neighbor_table
-from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block, poorly_fit
+from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block, match_thresholds, poorly_fit
 from spikesort.stages.templates import filtered_templates, sparsify
 
 from .discover import strongest_per_event
@@ -70,6 +70,7 @@ class Tables:
     templates: object
     cand: np.ndarray
     filtered: np.ndarray
+    thresholds: np.ndarray | None = None  # measured on the first block these tables match
 
 
 class Lane:
@@ -267,6 +268,10 @@ class Streamer:
             w, rs = self.wh.whitened(a, b, n)
             ks, ke = a - rs, b - rs
             self._store(a, w[ks:ke])
+            if tab.thresholds is None:
+                tab.thresholds = match_thresholds(
+                    [w], templates=tab.templates, match_threshold=p.match_threshold, rng=np.random.default_rng(p.seed)
+                )
             spikes, resid = match_block(
                 w,
                 keep_start=ks,
@@ -278,7 +283,7 @@ class Streamer:
                 detect_threshold=p.match_detect_threshold,
                 peak_neighbors=self.peak_nb,
                 exclusion=self.exclusion,
-                match_threshold=p.match_threshold,
+                match_threshold=tab.thresholds,
                 iterations=p.match_iterations,
                 max_lag=2,
                 amplitude_range=p.amplitude_range,

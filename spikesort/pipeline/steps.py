@@ -27,7 +27,7 @@ from spikesort.stages.detect import (
 )
 from spikesort.stages.drift import MotionPeaks, applied_motion, correct_drift
 from spikesort.stages.export import phy_whitening
-from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block
+from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block, match_thresholds
 from spikesort.stages.merges import (
     apply_groups,
     drift_split_groups,
@@ -71,6 +71,7 @@ BURST_MS = 50.0  # a burst's late spikes follow its first within this long
 RESIDUE_EXTRA_MS = 1.0
 # a cluster whose trough sits this far from where detection puts spikes' troughs is realigned on it
 TROUGH_MS = 0.5
+NOISE_BLOCKS = 10  # blocks sampled for the templates' scores on noise
 
 
 def _preprocess(run: _Run) -> Preprocessed:
@@ -278,6 +279,16 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
     peak_nb, _ = _neighbors(run, prep.model.good_channels)
     cand = channel_candidates(templates, n_channels=info.n_channels)
     filtered = filtered_templates(templates, det.bases[0])
+    # a template's score on the noise, from a few blocks spread over the recording
+    sampled = run.chunks[:: max(1, len(run.chunks) // NOISE_BLOCKS)]
+    thresholds = match_thresholds(
+        (store.read(ch.read_start, ch.read_stop) for ch in sampled),
+        templates=templates,
+        match_threshold=p.match_threshold,
+        rng=stage_rng(p.seed, "match"),
+    )
+    if len(thresholds):
+        log.info("matching thresholds %.1f-%.1f (each template's score on noise)", thresholds.min(), thresholds.max())
 
     def match_fn(ch):
         x = store.read(ch.read_start, ch.read_stop)
@@ -292,7 +303,7 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
             detect_threshold=p.match_detect_threshold,
             peak_neighbors=peak_nb,
             exclusion=run.exclusion,
-            match_threshold=p.match_threshold,
+            match_threshold=thresholds,
             iterations=p.match_iterations,
             max_lag=2,
             amplitude_range=p.amplitude_range,
