@@ -496,6 +496,25 @@ def test_match_thresholds_follow_each_templates_score_on_the_noise():
     np.testing.assert_array_equal(none, [5.0, 5.0])
 
 
+def test_match_thresholds_leave_out_the_windows_a_spike_falls_in():
+    """Spikes of both templates every 90 samples on white noise: a third of the windows hold one,
+    and their scores would widen the spread to about 1.25. Only windows without a sample past 4 sd
+    on the template's channels count, so the thresholds stay at the parameter."""
+    dense = two_templates()
+    templates = sparsify(dense, pre=PRE)
+    x = noise(34, n=20000)
+    kinds = np.random.default_rng(1).integers(2, size=len(range(50, 19950, 90)))
+    for t, k in zip(range(50, 19950, 90), kinds):
+        x[t - PRE : t - PRE + NT] += dense[k] / 3  # troughs of 5-7 noise sd
+    blocks = [x[i : i + 2000] for i in range(0, 20000, 2000)]
+    thr = match_thresholds(blocks, templates=templates, match_threshold=5.0, rng=np.random.default_rng(0))
+    assert thr.max() < 5.15
+    every = match_thresholds(
+        blocks, templates=templates, match_threshold=5.0, rng=np.random.default_rng(0), quiet=np.inf
+    )
+    assert every.min() > 6.0
+
+
 def test_match_block_holds_each_template_to_its_own_threshold(line_positions):
     """Spikes of A and B at scores of 10 noise sd: all fitted when both templates share a
     threshold of 5, and only A's when B's own threshold is 20."""
