@@ -192,8 +192,15 @@ class Params:
         lo=1.0,
         hi=100.0,
         stage="match",
-        help="a template is subtracted when its score exceeds this many sds of its own score on "
-        "the noise (measured per template; never below this many whitened units)",
+        help="a template is subtracted when it explains this much residual (sqrt energy, whitened noise units)",
+    )
+    match_noise_sds: float = _p(
+        4.5,
+        lo=1.0,
+        hi=100.0,
+        stage="match",
+        help="and when its score exceeds this many sds of its own score on the noise (measured per "
+        "template: coloured noise spreads a smooth template's score wider than whitening says)",
     )
     match_detect_threshold: float = _p(
         3.0,

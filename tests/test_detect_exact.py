@@ -477,7 +477,9 @@ def test_match_thresholds_follow_each_templates_score_on_the_noise():
     templates = sparsify(two_templates(), pre=PRE)
     white = noise(31, n=20000)
     blocks = [white[i : i + 2000] for i in range(0, 20000, 2000)]
-    thr = match_thresholds(blocks, templates=templates, match_threshold=5.0, rng=np.random.default_rng(0))
+    thr = match_thresholds(
+        blocks, templates=templates, match_threshold=5.0, noise_sds=5.0, rng=np.random.default_rng(0)
+    )
     np.testing.assert_allclose(thr, 5.0 * np.maximum(_scores_everywhere(white, templates).std(axis=0), 1), rtol=0.06)
     assert thr.max() < 5.3
     # noise smoothed over ~5 samples, then scaled back to unit sd per sample
@@ -485,13 +487,15 @@ def test_match_thresholds_follow_each_templates_score_on_the_noise():
     coloured = np.apply_along_axis(lambda c: np.convolve(c, kernel, mode="same"), 0, noise(32, n=20000))
     coloured = (coloured / coloured.std(axis=0)).astype(np.float32)
     blocks = [coloured[i : i + 2000] for i in range(0, 20000, 2000)]
-    thr = match_thresholds(blocks, templates=templates, match_threshold=5.0, rng=np.random.default_rng(0))
+    thr = match_thresholds(
+        blocks, templates=templates, match_threshold=5.0, noise_sds=5.0, rng=np.random.default_rng(0)
+    )
     spread = _scores_everywhere(coloured, templates).std(axis=0)
     assert spread[1] > 1.5  # B is the wider template: the smoothed noise looks more like it
     np.testing.assert_allclose(thr, 5.0 * spread, rtol=0.1)
     # no blocks, or none long enough for a window: the parameter as it is
     none = match_thresholds(
-        [coloured[: NT - 1]], templates=templates, match_threshold=5.0, rng=np.random.default_rng(0)
+        [coloured[: NT - 1]], templates=templates, match_threshold=5.0, noise_sds=5.0, rng=np.random.default_rng(0)
     )
     np.testing.assert_array_equal(none, [5.0, 5.0])
 
@@ -507,10 +511,12 @@ def test_match_thresholds_leave_out_the_windows_a_spike_falls_in():
     for t, k in zip(range(50, 19950, 90), kinds):
         x[t - PRE : t - PRE + NT] += dense[k] / 3  # troughs of 5-7 noise sd
     blocks = [x[i : i + 2000] for i in range(0, 20000, 2000)]
-    thr = match_thresholds(blocks, templates=templates, match_threshold=5.0, rng=np.random.default_rng(0))
+    thr = match_thresholds(
+        blocks, templates=templates, match_threshold=5.0, noise_sds=5.0, rng=np.random.default_rng(0)
+    )
     assert thr.max() < 5.15
     every = match_thresholds(
-        blocks, templates=templates, match_threshold=5.0, rng=np.random.default_rng(0), quiet=np.inf
+        blocks, templates=templates, match_threshold=5.0, noise_sds=5.0, rng=np.random.default_rng(0), quiet=np.inf
     )
     assert every.min() > 6.0
 

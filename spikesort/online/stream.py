@@ -270,7 +270,11 @@ class Streamer:
             self._store(a, w[ks:ke])
             if tab.thresholds is None:
                 tab.thresholds = match_thresholds(
-                    [w], templates=tab.templates, match_threshold=p.match_threshold, rng=np.random.default_rng(p.seed)
+                    [w],
+                    templates=tab.templates,
+                    match_threshold=p.match_threshold,
+                    noise_sds=p.match_noise_sds,
+                    rng=np.random.default_rng(p.seed),
                 )
             spikes, resid = match_block(
                 w,

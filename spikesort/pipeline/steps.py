@@ -285,6 +285,7 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
         (store.read(ch.read_start, ch.read_stop) for ch in sampled),
         templates=templates,
         match_threshold=p.match_threshold,
+        noise_sds=p.match_noise_sds,
         rng=stage_rng(p.seed, "match"),
     )
     if len(thresholds):

@@ -54,12 +54,13 @@ def match_thresholds(
     *,
     templates: Templates,
     match_threshold: float,
+    noise_sds: float,
     rng: np.random.Generator,
     per_block: int = 500,
     quiet: float = QUIET_SD,
 ) -> np.ndarray:
-    """(K,) score each template's fit must exceed: ``match_threshold`` sds of that template's
-    score <x, T>/|T| on the noise, never below ``match_threshold`` itself.
+    """(K,) score each template's fit must exceed: ``match_threshold`` (in whitened units), and
+    ``noise_sds`` sds of that template's own score <x, T>/|T| on the noise.
 
     Whitening gives each sample unit noise variance, not a flat spectrum. Where the noise is
     coloured, a template's score on noise alone spreads wider than 1 sd (1.7-2.1 on MEArec's
@@ -91,7 +92,7 @@ def match_thresholds(
     for i in range(k):
         v = s[ok[:, i], i] if ok[:, i].sum() >= MIN_QUIET_WINDOWS else s[:, i]
         sd[i] = 1.4826 * np.median(np.abs(v - np.median(v)))
-    return (float(match_threshold) * np.maximum(sd, 1.0)).astype(np.float32)
+    return np.maximum(float(match_threshold), float(noise_sds) * sd).astype(np.float32)
 
 
 @dataclass
