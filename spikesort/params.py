@@ -203,7 +203,7 @@ class Params:
         "template: coloured noise spreads a smooth template's score wider than whitening says)",
     )
     match_detect_threshold: float = _p(
-        3.0,
+        4.0,
         lo=2.0,
         hi=50.0,
         stage="match",
