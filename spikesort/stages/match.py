@@ -22,6 +22,7 @@ from spikesort.kernels.match import (
     template_projections,
 )
 
+from .preprocess import robust_sd
 from .templates import Templates, filtered_templates
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def match_thresholds(
     sd = np.ones(k)
     for i in range(k):
         v = s[ok[:, i], i] if ok[:, i].sum() >= MIN_QUIET_WINDOWS else s[:, i]
-        sd[i] = 1.4826 * np.median(np.abs(v - np.median(v)))
+        sd[i] = robust_sd(v)
     return np.maximum(float(match_threshold), float(noise_sds) * sd).astype(np.float32)
 
 
