@@ -579,3 +579,34 @@ def test_poorly_fit_flags_a_neuron_no_template_describes(line_positions):
     # once the stranger has a template of its own it fits well
     flags = _peel(x, np.concatenate([dense, stranger[None]]), line_positions)
     assert flags[(500, 2)] is False and not any(flags.values()), flags
+
+
+def test_match_block_drops_misfits_and_gives_their_fits_back_to_the_residual(line_positions):
+    """Offline, a neuron no template describes is left out of the matched spikes (it is not the
+    unit whose template fits it least badly), and the residual keeps its spike."""
+    dense = two_templates()
+    stranger = np.zeros((NT, N_C), np.float32)
+    stranger[:, 1:4] = spike_waveform(trough=-40.0, width=3.0)[:, None] * np.array([0.8, 1.0, -0.9])
+    x = noise(23, n=1200)
+    for t, w in [(100, dense[0]), (300, dense[0] * 1.3), (500, stranger), (800, dense[0]), (800 + 5, dense[1])]:
+        x[t - PRE : t - PRE + NT] += w
+    templates = sparsify(dense, pre=PRE)
+    kw = _match_kw(
+        templates,
+        line_positions,
+        n=len(x),
+        detect_threshold=5.0,
+        match_threshold=5.0,
+        iterations=4,
+        bases=hand_bases(spike_waveform()),
+        filter_sd=np.ones(N_C, np.float32),
+    )
+    kept, residual = match_block(x, drop_misfits=True, **kw)
+    every, _ = match_block(x, **kw)
+    assert any(abs(t - 500) <= 3 for t in every.times)  # fitted by the least bad template ...
+    assert list(zip(kept.times.tolist(), kept.templates.tolist())) == [(100, 0), (300, 0), (800, 0), (805, 1)]
+    # ... and left in the residual, whole: what the fits of the kept spikes leave is the stranger
+    expected = x.copy()
+    for t, k, a in zip(kept.times, kept.templates, kept.amplitudes):
+        expected[t - PRE : t - PRE + NT] -= a * dense[k]
+    np.testing.assert_allclose(residual, expected, atol=1e-4)

@@ -311,6 +311,7 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
             bases=det.bases,
             filter_sd=det.filter_sd,
             filtered=filtered,
+            drop_misfits=True,
         )
         return spikes
 

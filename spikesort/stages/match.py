@@ -140,11 +140,15 @@ def match_block(
     bases: np.ndarray,
     filter_sd: np.ndarray,
     filtered: np.ndarray | None = None,
+    drop_misfits: bool = False,
 ) -> tuple[MatchedSpikes, np.ndarray]:
     """Peel templates off one whitened block. Returns the spikes (recording samples) and the residual.
 
     ``match_threshold``: one score for every template, or one per template (``match_thresholds``).
-    ``filtered``: ``filtered_templates(templates, bases[0])``, computed here when not given."""
+    ``filtered``: ``filtered_templates(templates, bases[0])``, computed here when not given.
+    ``drop_misfits``: leave out the fits that explain less than they leave (``poorly_fit``): a
+    neuron no template describes, fitted by the least bad one. Their fits are added back to the
+    residual."""
     r = np.array(x, dtype=np.float32, copy=True)
     nt = templates.values.shape[1]
     pre = templates.pre
@@ -193,7 +197,17 @@ def match_block(
         parts.append(MatchedSpikes(tt[sel] + offset, k[sel], a[sel], g[sel]))
     spikes = MatchedSpikes.concat(parts)
     order = np.lexsort((spikes.templates, spikes.times))
-    return spikes.take(order), r
+    spikes = spikes.take(order)
+    if drop_misfits and len(spikes.times):
+        local = spikes.times - offset
+        bad = poorly_fit(r, times=local, labels=spikes.templates, amplitudes=spikes.amplitudes, templates=templates)
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            subtract_templates(
+                r, local[idx], spikes.templates[idx], -spikes.amplitudes[idx], templates.values, templates.channels, pre
+            )
+            spikes = spikes.take(np.flatnonzero(~bad))
+    return spikes, r
 
 
 def rows_near(times: np.ndarray, *, reach: int, lo: int, hi: int) -> np.ndarray:
