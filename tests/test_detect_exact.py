@@ -542,35 +542,44 @@ def test_match_block_holds_each_template_to_its_own_threshold(line_positions):
     assert list(zip(only_a.times, only_a.templates)) == list(zip(times[kinds == 0], kinds[kinds == 0]))
 
 
-def _peel(x, dense, line_positions):
-    templates = sparsify(dense, pre=PRE)
-    kw = _match_kw(
+def _peel_kw(templates, line_positions, n):
+    return _match_kw(
         templates,
         line_positions,
-        n=len(x),
+        n=n,
         detect_threshold=5.0,
         match_threshold=5.0,
         iterations=4,
         bases=hand_bases(spike_waveform()),
         filter_sd=np.ones(N_C, np.float32),
     )
-    spikes, residual = match_block(x, **kw)
+
+
+def _peel(x, dense, line_positions):
+    templates = sparsify(dense, pre=PRE)
+    spikes, residual = match_block(x, **_peel_kw(templates, line_positions, len(x)))
     flags = poorly_fit(
         residual, times=spikes.times, labels=spikes.templates, amplitudes=spikes.amplitudes, templates=templates
     )
     return dict(zip(zip(spikes.times.tolist(), spikes.templates.tolist()), flags.tolist()))
 
 
-def test_poorly_fit_flags_a_neuron_no_template_describes(line_positions):
-    """Online, a neuron that starts firing beside a known unit is fitted by that unit's template:
-    such fits explain less than they leave, and are flagged; good fits and resolved collisions are not."""
+def _stranger_beside_two_units():
+    """Two templates' neurons (one spike each alone, a collision of both) and a third neuron under
+    A's channels, broad, with a reversed phase on channel 3. Returns (dense, stranger, traces)."""
     dense = two_templates()
-    # a third neuron under A's channels: broad, with a reversed phase on channel 3
     stranger = np.zeros((NT, N_C), np.float32)
     stranger[:, 1:4] = spike_waveform(trough=-40.0, width=3.0)[:, None] * np.array([0.8, 1.0, -0.9])
     x = noise(23, n=1200)
     for t, w in [(100, dense[0]), (300, dense[0] * 1.3), (500, stranger), (800, dense[0]), (800 + 5, dense[1])]:
         x[t - PRE : t - PRE + NT] += w
+    return dense, stranger, x
+
+
+def test_poorly_fit_flags_a_neuron_no_template_describes(line_positions):
+    """Online, a neuron that starts firing beside a known unit is fitted by that unit's template:
+    such fits explain less than they leave, and are flagged; good fits and resolved collisions are not."""
+    dense, stranger, x = _stranger_beside_two_units()
     flags = _peel(x, dense, line_positions)
     assert flags[(100, 0)] is False and flags[(300, 0)] is False
     assert flags[(800, 0)] is False and flags[(805, 1)] is False  # the collision peeled apart
@@ -584,23 +593,8 @@ def test_poorly_fit_flags_a_neuron_no_template_describes(line_positions):
 def test_match_block_drops_misfits_and_gives_their_fits_back_to_the_residual(line_positions):
     """Offline, a neuron no template describes is left out of the matched spikes (it is not the
     unit whose template fits it least badly), and the residual keeps its spike."""
-    dense = two_templates()
-    stranger = np.zeros((NT, N_C), np.float32)
-    stranger[:, 1:4] = spike_waveform(trough=-40.0, width=3.0)[:, None] * np.array([0.8, 1.0, -0.9])
-    x = noise(23, n=1200)
-    for t, w in [(100, dense[0]), (300, dense[0] * 1.3), (500, stranger), (800, dense[0]), (800 + 5, dense[1])]:
-        x[t - PRE : t - PRE + NT] += w
-    templates = sparsify(dense, pre=PRE)
-    kw = _match_kw(
-        templates,
-        line_positions,
-        n=len(x),
-        detect_threshold=5.0,
-        match_threshold=5.0,
-        iterations=4,
-        bases=hand_bases(spike_waveform()),
-        filter_sd=np.ones(N_C, np.float32),
-    )
+    dense, _, x = _stranger_beside_two_units()
+    kw = _peel_kw(sparsify(dense, pre=PRE), line_positions, len(x))
     kept, residual = match_block(x, drop_misfits=True, **kw)
     every, _ = match_block(x, **kw)
     assert any(abs(t - 500) <= 3 for t in every.times)  # fitted by the least bad template ...
