@@ -24,11 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spikesort.kernels.match import subtract_templates
 from spikesort.stages.detect import Detections, detect_block, envelope_bank
 from spikesort.stages.export import phy_whitening
 from spikesort.stages.geometry import neighbor_table
-from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block, match_thresholds, poorly_fit
+from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block, match_thresholds, set_misfits_aside
 from spikesort.stages.templates import filtered_templates, sparsify
 
 from .discover import strongest_per_event
@@ -349,22 +348,9 @@ class Streamer:
         that unit's: they leave the batch, their fits are undone in the residual, and their
         detections join the pool, where they can become a new unit (a neuron that starts firing
         beside a known one would otherwise be absorbed by it)."""
-        local = spikes.times - rs
-        bad = poorly_fit(resid, times=local, labels=spikes.templates, amplitudes=spikes.amplitudes, templates=templates)
-        if not bad.any():
-            return spikes, resid
-        idx = np.flatnonzero(bad)
-        subtract_templates(
-            resid,
-            local[idx],
-            spikes.templates[idx],
-            -spikes.amplitudes[idx],
-            templates.values,
-            templates.channels,
-            templates.pre,
-        )
-        self.n_misfits += len(idx)
-        return spikes.take(np.flatnonzero(~bad)), resid
+        kept = set_misfits_aside(spikes, resid, offset=rs, templates=templates)
+        self.n_misfits += len(spikes.times) - len(kept.times)
+        return kept, resid
 
     def _follow_drift(self, lane: Lane) -> None:
         est = lane.tracker.estimate()

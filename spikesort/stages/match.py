@@ -198,16 +198,33 @@ def match_block(
     spikes = MatchedSpikes.concat(parts)
     order = np.lexsort((spikes.templates, spikes.times))
     spikes = spikes.take(order)
-    if drop_misfits and len(spikes.times):
-        local = spikes.times - offset
-        bad = poorly_fit(r, times=local, labels=spikes.templates, amplitudes=spikes.amplitudes, templates=templates)
-        if bad.any():
-            idx = np.flatnonzero(bad)
-            subtract_templates(
-                r, local[idx], spikes.templates[idx], -spikes.amplitudes[idx], templates.values, templates.channels, pre
-            )
-            spikes = spikes.take(np.flatnonzero(~bad))
+    if drop_misfits:
+        spikes = set_misfits_aside(spikes, r, offset=offset, templates=templates)
     return spikes, r
+
+
+def set_misfits_aside(
+    spikes: MatchedSpikes, residual: np.ndarray, *, offset: int, templates: Templates
+) -> MatchedSpikes:
+    """``spikes`` without the fits that explain less than they leave (``poorly_fit``); those fits
+    are added back to ``residual`` (in place: rows are recording samples minus ``offset``)."""
+    if len(spikes.times) == 0:
+        return spikes
+    local = spikes.times - offset
+    bad = poorly_fit(residual, times=local, labels=spikes.templates, amplitudes=spikes.amplitudes, templates=templates)
+    if not bad.any():
+        return spikes
+    idx = np.flatnonzero(bad)
+    subtract_templates(
+        residual,
+        local[idx],
+        spikes.templates[idx],
+        -spikes.amplitudes[idx],
+        templates.values,
+        templates.channels,
+        templates.pre,
+    )
+    return spikes.take(np.flatnonzero(~bad))
 
 
 def rows_near(times: np.ndarray, *, reach: int, lo: int, hi: int) -> np.ndarray:
