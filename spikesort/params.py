@@ -203,11 +203,26 @@ class Params:
         "template: coloured noise spreads a smooth template's score wider than whitening says)",
     )
     match_detect_threshold: float = _p(
-        4.0,
+        3.5,
         lo=2.0,
         hi=50.0,
         stage="match",
         help="candidate threshold on the filtered residual while matching (noise sd); the template fit then decides",
+    )
+    match_sure_threshold: float = _p(
+        4.0,
+        lo=2.0,
+        hi=50.0,
+        stage="match",
+        help="a candidate peak under this (noise sd) is faint: its fit must reach match_faint_min_amplitude",
+    )
+    match_faint_min_amplitude: float = _p(
+        0.7,
+        lo=0.0,
+        hi=2.0,
+        stage="match",
+        help="least template scale for a faint candidate's fit: a neighbour's template fitted small to "
+        "a faint spike takes another neuron's spike",
     )
     match_iterations: int = _p(4, lo=1, hi=20, stage="match", help="rounds of detect-and-peel on the residual")
     amplitude_range: tuple = _p((0.5, 2.0), stage="match", help="allowed scaling of a template for one spike")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from spikesort.chunks import iter_chunks, map_chunks
+from spikesort.kernels.detect import temporal_filter
 from spikesort.stages.detect import Detections, detect_block, envelope_bank, filtered_noise_sd, learn_temporal_bases
 from spikesort.stages.geometry import neighbor_table
 from spikesort.stages.match import channel_candidates, match_block, match_thresholds, poorly_fit
@@ -604,3 +605,32 @@ def test_match_block_drops_misfits_and_gives_their_fits_back_to_the_residual(lin
     for t, k, a in zip(kept.times, kept.templates, kept.amplitudes):
         expected[t - PRE : t - PRE + NT] -= a * dense[k]
     np.testing.assert_allclose(residual, expected, atol=1e-4)
+
+
+def test_match_block_keeps_a_faint_candidates_fit_only_near_full_size(line_positions):
+    """Spikes of one template at 1.0, 0.8 and 0.55 of its size. Candidates under the sure
+    threshold (here the two smaller ones) are kept only when fitted at 0.7 of the template or
+    more: the 0.8 spike is, the 0.55 one stays in the residual. Without the gate all three are fitted."""
+    dense = two_templates()[:1]
+    templates = sparsify(dense, pre=PRE)
+    n = 1200
+    x = noise(34, n=n, sd=0.05)
+    times, scales = [200, 500, 800], [1.0, 0.8, 0.55]
+    for t, a in zip(times, scales):
+        x[t - PRE : t - PRE + NT] += a * dense[0]
+    bases = hand_bases(spike_waveform())
+    kw = _match_kw(templates, line_positions, n=n, iterations=3, bases=bases, match_threshold=5.0)
+    kw["filter_sd"] = np.ones(N_C, np.float32)
+    peak = temporal_filter(x, np.ascontiguousarray(bases[0]), PRE, kw["filter_sd"]).max()
+    kw["detect_threshold"] = 0.4 * peak  # every spike is a candidate
+    every, _ = match_block(x, **kw)
+    assert every.times.tolist() == times
+    np.testing.assert_allclose(every.amplitudes, scales, atol=0.02)
+    gated, residual = match_block(x, sure_threshold=0.9 * peak, faint_min_amplitude=0.7, **kw)
+    assert gated.times.tolist() == times[:2]
+    np.testing.assert_allclose(gated.amplitudes, scales[:2], atol=0.02)
+    left = residual[800 - PRE : 800 - PRE + NT]
+    np.testing.assert_allclose(left, x[800 - PRE : 800 - PRE + NT])
+    # a gate at the detection threshold changes nothing
+    same, _ = match_block(x, sure_threshold=kw["detect_threshold"], faint_min_amplitude=0.7, **kw)
+    assert same.times.tolist() == times

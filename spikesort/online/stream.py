@@ -284,6 +284,8 @@ class Streamer:
                 chan_templates=tab.cand,
                 sign=m.sign,
                 detect_threshold=p.match_detect_threshold,
+                sure_threshold=p.match_sure_threshold,
+                faint_min_amplitude=p.match_faint_min_amplitude,
                 peak_neighbors=self.peak_nb,
                 exclusion=self.exclusion,
                 match_threshold=tab.thresholds,

@@ -302,6 +302,8 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
             chan_templates=cand,
             sign=det.sign,
             detect_threshold=p.match_detect_threshold,
+            sure_threshold=p.match_sure_threshold,
+            faint_min_amplitude=p.match_faint_min_amplitude,
             peak_neighbors=peak_nb,
             exclusion=run.exclusion,
             match_threshold=thresholds,

@@ -141,6 +141,8 @@ def match_block(
     filter_sd: np.ndarray,
     filtered: np.ndarray | None = None,
     drop_misfits: bool = False,
+    sure_threshold: float | None = None,
+    faint_min_amplitude: float = 0.0,
 ) -> tuple[MatchedSpikes, np.ndarray]:
     """Peel templates off one whitened block. Returns the spikes (recording samples) and the residual.
 
@@ -148,7 +150,12 @@ def match_block(
     ``filtered``: ``filtered_templates(templates, bases[0])``, computed here when not given.
     ``drop_misfits``: leave out the fits that explain less than they leave (``poorly_fit``): a
     neuron no template describes, fitted by the least bad one. Their fits are added back to the
-    residual."""
+    residual.
+    ``sure_threshold``, ``faint_min_amplitude``: a candidate whose filtered peak is under
+    ``sure_threshold`` (noise sd) is faint, and its fit is kept only at ``faint_min_amplitude`` of
+    the template's size or more. Faint candidates find the spikes of faint neurons; fitted small,
+    a larger neighbour's template takes spikes of a neuron it does not describe (on a crowded
+    probe, 0.55-0.68 of its size)."""
     r = np.array(x, dtype=np.float32, copy=True)
     nt = templates.values.shape[1]
     pre = templates.pre
@@ -182,7 +189,10 @@ def match_block(
             float(amplitude_range[0]),
             float(amplitude_range[1]),
         )
-        ok = np.flatnonzero((k >= 0) & (g > thr2[np.maximum(k, 0)]))
+        fit = (k >= 0) & (g > thr2[np.maximum(k, 0)])
+        if sure_threshold is not None and faint_min_amplitude > 0:
+            fit &= (y[t, c] >= sure_threshold) | (a >= faint_min_amplitude)
+        ok = np.flatnonzero(fit)
         if len(ok) == 0:
             break
         order = ok[np.argsort(-g[ok], kind="stable")]
