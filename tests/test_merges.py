@@ -903,3 +903,51 @@ def test_a_neurons_rare_spikes_caught_on_another_phase_join_it_once_aligned():
     assert not merged(times, phase_lag=0)  # the lag is beyond what the caller allows
     # a rare neighbour firing on its own, alike at that lag, leaves pairs in the period
     assert not merged([neuron[~rare], _poisson_times(rng, 20.0 * rare.mean(), duration)], phase_lag=30)
+
+
+def _dead_time_train(rng, rate_hz, duration, *, dead: int, fs=30000):
+    """A neuron's spike times: Poisson at ``rate_hz`` beyond a dead time of ``dead`` samples (its
+    relative refractory period empties the first few ms of its autocorrelogram)."""
+    isi = dead + rng.exponential(fs / rate_hz - dead, int(2 * rate_hz * duration / fs) + 10)
+    t = np.cumsum(isi).astype(np.int64)
+    return t[(t > 100) & (t < duration - 100)]
+
+
+def test_at_two_sizes_units_firing_independently_join_only_on_a_sign_of_one_neuron():
+    """shanks4 seed 0: a neighbour at 0.1 of a unit's size, footprints 0.99 alike, merged though
+    its spikes fired independently of the unit's (0.69 of chance in the refractory period, too few
+    pairs expected to say it plainly). It is kept apart now. One neuron's two sizes whose
+    refractory period collisions filled still show the trough of its relative refractory period
+    at 2-10 ms, and join."""
+    from spikesort.stages.merges import footprint_merges, independence_test
+    from spikesort.stages.merges.refractory import band_pair_ratio
+
+    rng = np.random.default_rng(11)
+    fs, dur = 30000, 30000 * 300
+    full = _unit(peak=40, center=12, width=3.0)
+    smaller = 0.5 * _unit(peak=40, center=12.1, width=3.0)
+    dense = np.stack([full, smaller])
+    kw = dict(refractory=45, double_fit=15, duration=dur)
+    trough = (60, 300)  # 2-10 ms
+    # a neighbour firing on its own: fewer pairs expected than "plainly two" asks
+    a, b = _poisson_times(rng, 8, dur), _poisson_times(rng, 3, dur)
+    independent = independence_test(_spikes(a, b), rate_bin=10 * fs, **kw)
+    assert independent(0, 1)
+    sizes = np.array([len(a), len(b)])
+    args = dict(max_lag=3, times=[a, b], independent=independent, **kw)
+    assert len(footprint_merges(dense, dense, sizes, **args, trough_lags=trough)) == 2
+    assert len(footprint_merges(dense, dense, sizes, max_lag=3, independent=independent)) == 1  # no trains: merged
+    # one neuron at two sizes, with a few dozen collisions spread over its refractory period
+    one = _dead_time_train(rng, 20, dur, dead=150)
+    big = rng.random(len(one)) < 0.7
+    ta, tb = one[big], one[~big]
+    fake = rng.choice(ta, 30, replace=False) + rng.choice([-1, 1], 30) * rng.integers(16, 46, 30)
+    tb = np.sort(np.concatenate([tb, fake]))
+    same = independence_test(_spikes(ta, tb), rate_bin=10 * fs, **kw)
+    assert same(0, 1)  # the collisions make the trains look independent ...
+    ratio, z = band_pair_ratio(ta, tb, lo=trough[0], hi=trough[1], duration=dur)
+    assert ratio < 0.8 and z < -2  # ... but the correlogram shows one neuron's trough
+    args = dict(max_lag=3, times=[ta, tb], independent=same, **kw)
+    sizes = np.array([len(ta), len(tb)])
+    assert len(footprint_merges(dense, dense, sizes, **args, trough_lags=trough)) == 1
+    assert len(footprint_merges(dense, dense, sizes, **args)) == 2  # the trough is what joins them

@@ -67,6 +67,8 @@ REFRACTORY_RATE_BIN_S = 10.0
 # one spike fitted by the templates of two pieces of a neuron: the two fits land this close
 DOUBLE_FIT_MS = 0.5
 BURST_MS = 50.0  # a burst's late spikes follow its first within this long
+# one neuron's relative refractory period: a trough in two units' correlogram beyond the absolute one
+CCG_TROUGH_MS = (2.0, 10.0)
 # subtraction residues are looked for up to the template window plus this much on either side
 RESIDUE_EXTRA_MS = 1.0
 # a cluster whose trough sits this far from where detection puts spikes' troughs is realigned on it
@@ -372,6 +374,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     # leftovers reach as far as the waveform (biophysical tails echoed at ±2.3-2.5 ms); bursts beyond
     residue_window = int(round((p.ms_before + p.ms_after + RESIDUE_EXTRA_MS) * fs / 1000))
     burst_lags = (residue_window, max(residue_window, int(round(BURST_MS * fs / 1000))))
+    trough_lags = tuple(int(round(ms * fs / 1000)) for ms in CCG_TROUGH_MS)
 
     def join(spikes, groups):
         """A merge's groups applied; each merged unit drops its spikes fitted twice (by two of its
@@ -387,7 +390,9 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         uv = templates.dense @ w_inv_uv.astype(np.float32)
         times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
         independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)
-        lags = dict(max_lag=3, phase_lag=phase_lag, double_fit=double_fit, burst_lags=burst_lags)
+        lags = dict(
+            max_lag=3, phase_lag=phase_lag, double_fit=double_fit, burst_lags=burst_lags, trough_lags=trough_lags
+        )
         groups = footprint_merges(templates.dense, uv, sizes, **lags, times=times, independent=independent, **trains)
         if len(groups) == templates.n_templates:
             return spikes, templates

@@ -28,7 +28,7 @@ import logging
 import numpy as np
 
 from .bursts import burst_follower
-from .refractory import banded_refractory_ratio, mostly_fitted_twice, outer_refractory_ratio
+from .refractory import band_pair_ratio, banded_refractory_ratio, mostly_fitted_twice, outer_refractory_ratio
 from .templates import lagged_similarity
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,13 @@ BURST_Z, BURST_ASYMMETRY = 8.0, 0.3
 # with 51 pairs expected, and were merged; one neuron's pieces at other sizes reached 0.41-5.9 of
 # chance only where fewer than 10 were expected, and at most 0.46 where 20 or more were
 PLAIN_EXPECTED, PLAIN_RATIO = 20.0, 0.8
+# short of that, two units at two sizes that fire independently join only on a sign of one neuron.
+# On shanks4 (spikeinterface's generator, 2026-12-04) distinct neighbours at two sizes, footprints
+# 0.99 alike and shapes 0.92, were merged with 0.67-1.57 of chance in the refractory period's
+# bands (21.8 pairs expected) and 0.91-1.06 of chance at 2-10 ms; a bursting MEArec neuron's
+# pieces (mearec_np2) that fired "independently" by the refractory count still held only 0.61-0.73
+# of chance's pairs at 2-10 ms, the trough of one neuron's relative refractory period
+TROUGH_RATIO, TROUGH_Z = 0.8, 2.0
 # a neuron's rarer spikes (MEArec cells: 8-15 % of their spikes at 0.25-0.6 of the usual size; or a
 # few dozen fitted on another phase) come out as a piece too few for the refractory test, its
 # footprint agreeing to only 0.96-0.99. On 48 benchmark recordings (2026-12-03) such pieces had at
@@ -124,6 +131,7 @@ def footprint_merges(
     independent=None,
     min_size_ratio: float = 1.5,
     burst_lags: tuple[int, int] | None = None,
+    trough_lags: tuple[int, int] | None = None,
 ) -> list[list[tuple[int, int]]]:
     """Groups of units that are one neuron seen at several sizes, each as (unit, offset that
     aligns its spikes on the group's largest unit), like the other template merges.
@@ -139,9 +147,12 @@ def footprint_merges(
     beyond the end of a shank). A pair of about one size (peak-to-peak within
     ``min_size_ratio``) is not a neuron at several sizes: it merges only when
     ``independent(i, j)`` (if given) does not say the two fire independently of each other. At
-    two sizes that veto needs the trains to say it plainly: ``PLAIN_RATIO`` of chance in the
+    two sizes that veto holds when the trains say it plainly (``PLAIN_RATIO`` of chance in the
     refractory period beyond ``double_fit``, with ``PLAIN_EXPECTED`` pairs expected, the bands
-    where double fits crowd left out.
+    where double fits crowd left out), and otherwise unless they show a sign of one neuron: that
+    banded count under ``max_ratio`` of chance with ``min_expected`` pairs expected, the burst's
+    timing (below), or ``TROUGH_RATIO`` of chance's pairs at ``trough_lags`` (lo, hi samples:
+    the relative refractory period beyond the absolute one), ``TROUGH_Z`` sds under it.
 
     Footprints on fewer than ``min_channels`` channels that span most of the probe
     (``COMPACT_REACH``; on a long probe a narrow footprint still tells neurons apart, and the
@@ -226,6 +237,30 @@ def footprint_merges(
             duration=duration,
         )
         return expected >= PLAIN_EXPECTED and ratio >= PLAIN_RATIO
+
+    def _no_sign_of_one(i: int, j: int, shift: int) -> bool:
+        """At two sizes, trains that ``independent`` calls independent show no sign of one neuron:
+        no gap in the banded refractory count, no burst's timing, and no trough just beyond the
+        refractory period (a neuron's relative refractory period, which collisions do not fill).
+        Without the trains there is nothing to judge, and the footprint decides."""
+        if times is None or refractory <= 1:
+            return False
+        ratio, expected = banded_refractory_ratio(
+            times[i],
+            times[j] - shift,
+            refractory=refractory,
+            inner=refractory // 2 if double_fit is None else double_fit,
+            duration=duration,
+        )
+        if expected >= min_expected and ratio < max_ratio:
+            return False
+        big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
+        if _bursting(times[big], times[piece]):
+            return False
+        if trough_lags is None:
+            return True
+        ratio, z = band_pair_ratio(times[i], times[j] - shift, lo=trough_lags[0], hi=trough_lags[1], duration=duration)
+        return not (ratio <= TROUGH_RATIO and z <= -TROUGH_Z)
 
     def _absorbed(cos: float, s: float, piece: np.ndarray, whole: np.ndarray) -> bool:
         """Too few spikes for the refractory test, too few to matter, and alike as one neuron."""
@@ -424,7 +459,11 @@ def footprint_merges(
                 log.info("units %d and %d: footprints agree, but one is mostly the other's spikes fitted twice", i, j)
                 continue
             one_size = max(ptp[i].max(), ptp[j].max()) < min_size_ratio * min(ptp[i].max(), ptp[j].max())
-            if independent is not None and (one_size or _plainly_two(i, j, shift)) and independent(i, j):
+            if (
+                independent is not None
+                and independent(i, j)
+                and (one_size or _plainly_two(i, j, shift) or _no_sign_of_one(i, j, shift))
+            ):
                 log.info("units %d and %d: footprints agree, but they fire independently: kept apart", i, j)
                 continue
             ok[i, j] = ok[j, i] = True

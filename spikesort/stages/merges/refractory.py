@@ -232,6 +232,20 @@ def banded_refractory_ratio(
     return float(counts[keep].sum()) / max(expected, 1e-12), expected
 
 
+def band_pair_ratio(ta: np.ndarray, tb: np.ndarray, *, lo: int, hi: int, duration: int) -> tuple[float, float]:
+    """Observed / expected number of (a, b) spike pairs at distances in [lo, hi] samples (both
+    signs) under independent firing at the units' mean rates, and how many Poisson sds the count
+    lies from that expectation (negative: fewer pairs than chance)."""
+    ta, tb = np.asarray(ta), np.sort(np.asarray(tb))
+    if len(ta) == 0 or len(tb) == 0 or hi < lo:
+        return 1.0, 0.0
+    count = 0
+    for a, b in ((lo, hi), (-hi, -lo)):
+        count += int((np.searchsorted(tb, ta + b, side="right") - np.searchsorted(tb, ta + a, side="left")).sum())
+    expected = len(ta) * len(tb) / max(int(duration), 1) * 2 * (hi - lo + 1)
+    return count / max(expected, 1e-12), (count - expected) / max(np.sqrt(expected), 1e-12)
+
+
 def drop_refractory_doubles(spikes: MatchedSpikes, *, units: np.ndarray, refractory: int) -> MatchedSpikes:
     """In the given (merged) units, drop the smaller of two spikes closer than ``refractory``
     samples: one neuron does not fire twice that fast, so the pair is one spike fitted twice
