@@ -34,3 +34,18 @@ def burst_follower(big: np.ndarray, piece: np.ndarray, *, lo: int, hi: int, dura
     chance = 1.0 - np.exp(-len(big) / max(int(duration), 1) * (hi - lo))
     spread = np.sqrt(max(chance * (1.0 - chance), 1e-12) / len(piece))
     return BurstEvidence(float((before - chance) / spread), float(before - after), float(echo))
+
+
+# a piece made of a burst's late spikes: on a MEArec tetrode rendered in one chunk (its bursts
+# then follow each spike's own intervals), 80 % of a piece's spikes had one of its unit's 2-50 ms
+# before them (27 % by chance: z = 18) and 10 % 2-50 ms after; a distinct 19 Hz unit of the same
+# recording stayed at z = 2.1, with about as many before as after
+BURST_Z, BURST_ASYMMETRY = 8.0, 0.3
+
+
+def late_in_bursts(big: np.ndarray, piece: np.ndarray, *, lags: tuple[int, int], duration: int) -> bool:
+    """The piece's spikes follow ``big``'s at ``lags`` (lo, hi samples) ``BURST_Z`` above chance,
+    by ``BURST_ASYMMETRY`` more often than they precede them, and at most half of them within
+    ``lo`` of one: a unit echoing a bursting one follows its bursts too, but at one short lag."""
+    e = burst_follower(big, piece, lo=lags[0], hi=lags[1], duration=duration)
+    return e.z >= BURST_Z and e.asymmetry >= BURST_ASYMMETRY and e.echo < 0.5

@@ -27,9 +27,10 @@ import logging
 
 import numpy as np
 
-from .bursts import burst_follower
-from .refractory import band_pair_ratio, banded_refractory_ratio, mostly_fitted_twice, outer_refractory_ratio
+from .bursts import late_in_bursts
+from .refractory import banded_refractory_ratio, mostly_fitted_twice, outer_refractory_ratio
 from .templates import lagged_similarity
+from .two_sizes import plainly_two, sign_of_one
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +72,6 @@ ONE_SIZE_EXPECTED = 4.0
 # pair at all where chance gives PHASE_EXPECTED, with shapes alike to PHASE_SIMILARITY. Over 42
 # benchmark recordings no two distinct neurons were alike that closely at a lag
 PHASE_SIMILARITY, PHASE_EXPECTED = 0.95, 2.0
-# a piece made of a burst's late spikes: on a MEArec tetrode rendered in one chunk (its bursts
-# then follow each spike's own intervals), 80 % of a piece's spikes had one of its unit's 2-50 ms
-# before them (27 % by chance: z = 18) and 10 % 2-50 ms after; a distinct 19 Hz unit of the same
-# recording stayed at z = 2.1, with about as many before as after
-BURST_Z, BURST_ASYMMETRY = 8.0, 0.3
-# two neurons at two sizes, whatever their footprints: on mearec_np2 seed 2 two cells at a probe's
-# corner (122 and 77 µV, footprints 0.990, shapes 0.91) had 1.07 of chance in the refractory period
-# with 51 pairs expected, and were merged; one neuron's pieces at other sizes reached 0.41-5.9 of
-# chance only where fewer than 10 were expected, and at most 0.46 where 20 or more were
-PLAIN_EXPECTED, PLAIN_RATIO = 20.0, 0.8
-# short of that, two units at two sizes that fire independently join only on a sign of one neuron.
-# On shanks4 (spikeinterface's generator, 2026-12-04) distinct neighbours at two sizes, footprints
-# 0.99 alike and shapes 0.92, were merged with 0.67-1.57 of chance in the refractory period's
-# bands (21.8 pairs expected) and 0.91-1.06 of chance at 2-10 ms; a bursting MEArec neuron's
-# pieces (mearec_np2) that fired "independently" by the refractory count still held only 0.61-0.73
-# of chance's pairs at 2-10 ms, the trough of one neuron's relative refractory period
-TROUGH_RATIO, TROUGH_Z = 0.8, 2.0
 # a neuron's rarer spikes (MEArec cells: 8-15 % of their spikes at 0.25-0.6 of the usual size; or a
 # few dozen fitted on another phase) come out as a piece too few for the refractory test, its
 # footprint agreeing to only 0.96-0.99. On 48 benchmark recordings (2026-12-03) such pieces had at
@@ -147,12 +131,11 @@ def footprint_merges(
     beyond the end of a shank). A pair of about one size (peak-to-peak within
     ``min_size_ratio``) is not a neuron at several sizes: it merges only when
     ``independent(i, j)`` (if given) does not say the two fire independently of each other. At
-    two sizes that veto holds when the trains say it plainly (``PLAIN_RATIO`` of chance in the
-    refractory period beyond ``double_fit``, with ``PLAIN_EXPECTED`` pairs expected, the bands
-    where double fits crowd left out), and otherwise unless they show a sign of one neuron: that
-    banded count under ``max_ratio`` of chance with ``min_expected`` pairs expected, the burst's
-    timing (below), or ``TROUGH_RATIO`` of chance's pairs at ``trough_lags`` (lo, hi samples:
-    the relative refractory period beyond the absolute one), ``TROUGH_Z`` sds under it.
+    two sizes that veto holds when the trains say it plainly (:func:`.two_sizes.plainly_two`,
+    beyond ``double_fit``), and otherwise unless they show a sign of one neuron: that banded
+    count under ``max_ratio`` of chance with ``min_expected`` pairs expected, the burst's timing
+    (below), or a trough at ``trough_lags`` (lo, hi samples: the relative refractory period
+    beyond the absolute one; :func:`.two_sizes.sign_of_one`).
 
     Footprints on fewer than ``min_channels`` channels that span most of the probe
     (``COMPACT_REACH``; on a long probe a narrow footprint still tells neurons apart, and the
@@ -187,11 +170,9 @@ def footprint_merges(
     phase (``SLIVER_SIMILARITY``), joins it with footprints agreeing to ``compact_cosine``.
     Wherever a piece is judged, ``burst_lags`` (lo, hi samples; None for none) let the burst speak
     instead: a piece no larger than ``max_piece_size`` of its unit, shaped alike to
-    ``LOOSE_SIMILARITY``, whose spikes follow the unit's at those lags ``BURST_Z`` above chance and
-    by ``BURST_ASYMMETRY`` more often than they precede them, joins it; tested again against the
-    whole group. ``lo`` must pass the lags where a unit's echoes and residues sit (its template
-    window), and at most half the piece's spikes may sit that close after one of the unit's: an
-    echo of a bursting unit follows its bursts too, each spike at one short lag. A piece that no
+    ``LOOSE_SIMILARITY``, whose spikes come late in the unit's bursts at those lags
+    (:func:`.bursts.late_in_bursts`), joins it; tested again against the whole group. ``lo`` must
+    pass the lags where a unit's echoes and residues sit (its template window). A piece that no
     other rule joined may still join on the burst's timing, on any probe, with footprints agreeing
     to ``compact_cosine`` and its shape alike at up to ``phase_lag``; on a dense probe, one with at
     most ``QUIET_FRACTION`` of the unit's spikes may join on a refractory period holding no pair.
@@ -218,49 +199,26 @@ def footprint_merges(
     alike = set()  # units of one size attached on a near-empty refractory period
 
     def _bursting(big: np.ndarray, piece: np.ndarray) -> bool:
-        if burst_lags is None:
-            return False
-        e = burst_follower(big, piece, lo=burst_lags[0], hi=burst_lags[1], duration=duration)
-        # a unit echoing a bursting one follows its bursts too, but each spike at one short lag
-        return e.z >= BURST_Z and e.asymmetry >= BURST_ASYMMETRY and e.echo < 0.5
+        return burst_lags is not None and late_in_bursts(big, piece, lags=burst_lags, duration=duration)
 
-    def _plainly_two(i: int, j: int, shift: int) -> bool:
-        """At two sizes, the trains show two neurons beyond doubt (the banded count, which leaves
-        out the lags where one spike fitted twice crowds)."""
-        if times is None or refractory <= 1:
+    def _veto(i: int, j: int, shift: int, one_size: bool) -> bool:
+        """Footprints agree, but the trains show two neurons firing independently: at one size,
+        or at two when they say it plainly or show no sign of one neuron (no refractory gap in
+        the bands, no burst's timing, no trough just beyond the period). Without the trains
+        there is nothing to judge, and the footprint decides."""
+        if independent is None or not independent(i, j):
             return False
-        ratio, expected = banded_refractory_ratio(
-            times[i],
-            times[j] - shift,
-            refractory=refractory,
-            inner=refractory // 2 if double_fit is None else double_fit,
-            duration=duration,
-        )
-        return expected >= PLAIN_EXPECTED and ratio >= PLAIN_RATIO
-
-    def _no_sign_of_one(i: int, j: int, shift: int) -> bool:
-        """At two sizes, trains that ``independent`` calls independent show no sign of one neuron:
-        no gap in the banded refractory count, no burst's timing, and no trough just beyond the
-        refractory period (a neuron's relative refractory period, which collisions do not fill).
-        Without the trains there is nothing to judge, and the footprint decides."""
-        if times is None or refractory <= 1:
-            return False
-        ratio, expected = banded_refractory_ratio(
-            times[i],
-            times[j] - shift,
-            refractory=refractory,
-            inner=refractory // 2 if double_fit is None else double_fit,
-            duration=duration,
-        )
-        if expected >= min_expected and ratio < max_ratio:
-            return False
-        big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
-        if _bursting(times[big], times[piece]):
-            return False
-        if trough_lags is None:
+        if one_size:
             return True
-        ratio, z = band_pair_ratio(times[i], times[j] - shift, lo=trough_lags[0], hi=trough_lags[1], duration=duration)
-        return not (ratio <= TROUGH_RATIO and z <= -TROUGH_Z)
+        if times is None or refractory <= 1:
+            return False
+        a, b = times[i], times[j] - shift
+        kw = dict(refractory=refractory, inner=refractory // 2 if double_fit is None else double_fit, duration=duration)
+        if plainly_two(a, b, **kw):
+            return True
+        big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
+        one = sign_of_one(a, b, **kw, max_ratio=max_ratio, min_expected=min_expected, trough_lags=trough_lags)
+        return not (one or _bursting(times[big], times[piece]))
 
     def _absorbed(cos: float, s: float, piece: np.ndarray, whole: np.ndarray) -> bool:
         """Too few spikes for the refractory test, too few to matter, and alike as one neuron."""
@@ -459,11 +417,7 @@ def footprint_merges(
                 log.info("units %d and %d: footprints agree, but one is mostly the other's spikes fitted twice", i, j)
                 continue
             one_size = max(ptp[i].max(), ptp[j].max()) < min_size_ratio * min(ptp[i].max(), ptp[j].max())
-            if (
-                independent is not None
-                and independent(i, j)
-                and (one_size or _plainly_two(i, j, shift) or _no_sign_of_one(i, j, shift))
-            ):
+            if _veto(i, j, shift, one_size):
                 log.info("units %d and %d: footprints agree, but they fire independently: kept apart", i, j)
                 continue
             ok[i, j] = ok[j, i] = True

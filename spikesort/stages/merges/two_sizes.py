@@ -1,0 +1,60 @@
+"""Two units at two sizes whose footprints agree: one neuron, or two neighbours?
+
+A bursting neuron's spikes shrink late in its bursts and come out as a smaller unit beside the
+full-size one; two neurons a few µm apart also have footprints that agree, at two sizes as often
+as not. Where the shapes cannot tell them apart, the spike trains must: :func:`plainly_two` when
+they show two neurons beyond doubt, :func:`sign_of_one` when they show one neuron despite firing
+"independently" by the refractory count (as does a burst's timing, :mod:`.bursts`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .refractory import band_pair_ratio, banded_refractory_ratio
+
+# two neurons at two sizes, whatever their footprints: on mearec_np2 seed 2 two cells at a probe's
+# corner (122 and 77 µV, footprints 0.990, shapes 0.91) had 1.07 of chance in the refractory period
+# with 51 pairs expected, and were merged; one neuron's pieces at other sizes reached 0.41-5.9 of
+# chance only where fewer than 10 were expected, and at most 0.46 where 20 or more were
+PLAIN_EXPECTED, PLAIN_RATIO = 20.0, 0.8
+# On shanks4 (spikeinterface's generator, 2026-12-04) distinct neighbours at two sizes, footprints
+# 0.99 alike and shapes 0.92, were merged with 0.67-1.57 of chance in the refractory period's
+# bands (21.8 pairs expected) and 0.91-1.06 of chance at 2-10 ms; a bursting MEArec neuron's
+# pieces (mearec_np2) that fired "independently" by the refractory count still held only 0.61-0.73
+# of chance's pairs at 2-10 ms, the trough of one neuron's relative refractory period
+TROUGH_RATIO, TROUGH_Z = 0.8, 2.0
+
+
+def plainly_two(ta: np.ndarray, tb: np.ndarray, *, refractory: int, inner: int, duration: int) -> bool:
+    """The trains show two neurons beyond doubt: ``PLAIN_RATIO`` of chance's pairs or more in the
+    refractory period's bands beyond ``inner`` samples (where one spike fitted twice crowds), with
+    ``PLAIN_EXPECTED`` pairs expected."""
+    ratio, expected = banded_refractory_ratio(ta, tb, refractory=refractory, inner=inner, duration=duration)
+    return expected >= PLAIN_EXPECTED and ratio >= PLAIN_RATIO
+
+
+def sign_of_one(
+    ta: np.ndarray,
+    tb: np.ndarray,
+    *,
+    refractory: int,
+    inner: int,
+    duration: int,
+    max_ratio: float,
+    min_expected: float,
+    trough_lags: tuple[int, int] | None,
+) -> bool:
+    """Do two aligned trains that fire "independently" show one neuron after all? A gap in the
+    banded refractory count (under ``max_ratio`` of chance, ``min_expected`` pairs expected), or a
+    trough just beyond the refractory period (``trough_lags``, lo and hi in samples: at most
+    ``TROUGH_RATIO`` of chance's pairs, ``TROUGH_Z`` sds below it), which a neuron's relative
+    refractory period leaves and the collisions of two neurons do not. (A burst's timing, the
+    other sign, is :func:`.bursts.late_in_bursts`.)"""
+    ratio, expected = banded_refractory_ratio(ta, tb, refractory=refractory, inner=inner, duration=duration)
+    if expected >= min_expected and ratio < max_ratio:
+        return True
+    if trough_lags is None:
+        return False
+    ratio, z = band_pair_ratio(ta, tb, lo=trough_lags[0], hi=trough_lags[1], duration=duration)
+    return ratio <= TROUGH_RATIO and z <= -TROUGH_Z
