@@ -30,7 +30,7 @@ import numpy as np
 from .bursts import late_in_bursts
 from .refractory import banded_refractory_ratio, mostly_fitted_twice, outer_refractory_ratio
 from .templates import lagged_similarity
-from .two_sizes import plainly_two, sign_of_one
+from .two_sizes import trains_say
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,11 @@ def footprint_merges(
     beyond the end of a shank). A pair of about one size (peak-to-peak within
     ``min_size_ratio``) is not a neuron at several sizes: it merges only when
     ``independent(i, j)`` (if given) does not say the two fire independently of each other. At
-    two sizes that veto holds when the trains say it plainly (:func:`.two_sizes.plainly_two`,
+    two sizes that veto holds when the trains say it plainly (:func:`.two_sizes.trains_say`,
     beyond ``double_fit``), and otherwise unless they show a sign of one neuron: that banded
     count under ``max_ratio`` of chance with ``min_expected`` pairs expected, the burst's timing
     (below), or a trough at ``trough_lags`` (lo, hi samples: the relative refractory period
-    beyond the absolute one; :func:`.two_sizes.sign_of_one`).
+    beyond the absolute one).
 
     Footprints on fewer than ``min_channels`` channels that span most of the probe
     (``COMPACT_REACH``; on a long probe a narrow footprint still tells neurons apart, and the
@@ -212,13 +212,13 @@ def footprint_merges(
             return True
         if times is None or refractory <= 1:
             return False
-        a, b = times[i], times[j] - shift
-        kw = dict(refractory=refractory, inner=refractory // 2 if double_fit is None else double_fit, duration=duration)
-        if plainly_two(a, b, **kw):
-            return True
+        inner = refractory // 2 if double_fit is None else double_fit
+        kw = dict(max_ratio=max_ratio, min_expected=min_expected, trough_lags=trough_lags)
+        said = trains_say(times[i], times[j] - shift, refractory=refractory, inner=inner, duration=duration, **kw)
+        if said != "nothing":
+            return said == "two"
         big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
-        one = sign_of_one(a, b, **kw, max_ratio=max_ratio, min_expected=min_expected, trough_lags=trough_lags)
-        return not (one or _bursting(times[big], times[piece]))
+        return not _bursting(times[big], times[piece])
 
     def _absorbed(cos: float, s: float, piece: np.ndarray, whole: np.ndarray) -> bool:
         """Too few spikes for the refractory test, too few to matter, and alike as one neuron."""

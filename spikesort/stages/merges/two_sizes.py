@@ -2,12 +2,14 @@
 
 A bursting neuron's spikes shrink late in its bursts and come out as a smaller unit beside the
 full-size one; two neurons a few µm apart also have footprints that agree, at two sizes as often
-as not. Where the shapes cannot tell them apart, the spike trains must: :func:`plainly_two` when
-they show two neurons beyond doubt, :func:`sign_of_one` when they show one neuron despite firing
-"independently" by the refractory count (as does a burst's timing, :mod:`.bursts`).
+as not. Where the shapes cannot tell them apart, the spike trains must (:func:`trains_say`): two
+neurons beyond doubt, or one neuron despite firing "independently" by the refractory count (as
+does a burst's timing, :mod:`.bursts`).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 
@@ -26,15 +28,7 @@ PLAIN_EXPECTED, PLAIN_RATIO = 20.0, 0.8
 TROUGH_RATIO, TROUGH_Z = 0.8, 2.0
 
 
-def plainly_two(ta: np.ndarray, tb: np.ndarray, *, refractory: int, inner: int, duration: int) -> bool:
-    """The trains show two neurons beyond doubt: ``PLAIN_RATIO`` of chance's pairs or more in the
-    refractory period's bands beyond ``inner`` samples (where one spike fitted twice crowds), with
-    ``PLAIN_EXPECTED`` pairs expected."""
-    ratio, expected = banded_refractory_ratio(ta, tb, refractory=refractory, inner=inner, duration=duration)
-    return expected >= PLAIN_EXPECTED and ratio >= PLAIN_RATIO
-
-
-def sign_of_one(
+def trains_say(
     ta: np.ndarray,
     tb: np.ndarray,
     *,
@@ -44,17 +38,25 @@ def sign_of_one(
     max_ratio: float,
     min_expected: float,
     trough_lags: tuple[int, int] | None,
-) -> bool:
-    """Do two aligned trains that fire "independently" show one neuron after all? A gap in the
-    banded refractory count (under ``max_ratio`` of chance, ``min_expected`` pairs expected), or a
-    trough just beyond the refractory period (``trough_lags``, lo and hi in samples: at most
-    ``TROUGH_RATIO`` of chance's pairs, ``TROUGH_Z`` sds below it), which a neuron's relative
-    refractory period leaves and the collisions of two neurons do not. (A burst's timing, the
-    other sign, is :func:`.bursts.late_in_bursts`.)"""
+) -> Literal["two", "one", "nothing"]:
+    """What two aligned trains that fire "independently" say, from one banded refractory count
+    (the lags in (``inner``, ``refractory``] without the bands where one spike fitted twice
+    crowds):
+
+    - "two", beyond doubt: ``PLAIN_RATIO`` of chance's pairs or more, ``PLAIN_EXPECTED`` expected;
+    - "one" after all: a gap (under ``max_ratio`` of chance, ``min_expected`` pairs expected), or
+      a trough just beyond the refractory period (``trough_lags``, lo and hi in samples: at most
+      ``TROUGH_RATIO`` of chance's pairs, ``TROUGH_Z`` sds below it), which a neuron's relative
+      refractory period leaves and the collisions of two neurons do not;
+    - "nothing" otherwise. (A burst's timing, the other sign of one neuron, is
+      :func:`.bursts.late_in_bursts`.)"""
     ratio, expected = banded_refractory_ratio(ta, tb, refractory=refractory, inner=inner, duration=duration)
+    if expected >= PLAIN_EXPECTED and ratio >= PLAIN_RATIO:
+        return "two"
     if expected >= min_expected and ratio < max_ratio:
-        return True
-    if trough_lags is None:
-        return False
-    ratio, z = band_pair_ratio(ta, tb, lo=trough_lags[0], hi=trough_lags[1], duration=duration)
-    return ratio <= TROUGH_RATIO and z <= -TROUGH_Z
+        return "one"
+    if trough_lags is not None:
+        ratio, z = band_pair_ratio(ta, tb, lo=trough_lags[0], hi=trough_lags[1], duration=duration)
+        if ratio <= TROUGH_RATIO and z <= -TROUGH_Z:
+            return "one"
+    return "nothing"
