@@ -66,7 +66,8 @@ def _detections(n, *, n_channels, seed, duration=10**7):
 
 
 def test_the_streamed_cluster_sample_is_the_choice_made_on_all_spikes_at_once():
-    from spikesort.stages.cluster import ClusterSample, sample_per_channel, spike_keys
+    from spikesort.stages.cluster import ClusterSample, sample_per_channel
+    from spikesort.stages.sampling import spike_keys
 
     det = _detections(200_000, n_channels=8, seed=1)
     k = 2000
@@ -92,7 +93,7 @@ def test_the_streamed_cluster_sample_is_the_choice_made_on_all_spikes_at_once():
 
 
 def test_spike_keys_depend_on_the_seed_and_on_nothing_else():
-    from spikesort.stages.cluster import spike_keys
+    from spikesort.stages.sampling import spike_keys
 
     t, c = np.arange(1000, 2000), np.arange(1000) % 7
     np.testing.assert_array_equal(spike_keys(t, c, seed=3), spike_keys(t.copy(), c.copy(), seed=3))
@@ -165,7 +166,7 @@ def test_a_cluster_moved_onto_its_trough_gets_its_whole_waveform_in_the_template
     trough = spikes - 20 + int(np.argmin(wave))
     early = trough - 38  # detection caught each spike 38 samples before its trough
     labels = np.zeros(len(early), dtype=np.int64)
-    kw = dict(n_units=1, pre=pre, nt=nt, rng=np.random.default_rng(0))
+    kw = dict(n_units=1, pre=pre, nt=nt, seed=0)
     before = build_templates(store, early, labels, **kw).dense
     offsets = trough_offsets(before, pre=pre, sign=-1, min_offset=15)
     assert offsets[0] == 38

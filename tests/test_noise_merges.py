@@ -62,7 +62,7 @@ def _recording(rng, units):
 def _merge(store, dense, times, **kw):
     uv = dense * 10.0  # µV: a footprint is the same at any scale
     args = dict(pre=PRE, nt=NT, refractory=REFRACTORY, double_fit=DOUBLE_FIT, duration=DURATION)
-    return noise_merges(store, dense, uv, times, rng=np.random.default_rng(0), **args, **kw)
+    return noise_merges(store, dense, uv, times, seed=0, **args, **kw)
 
 
 def test_excess_distance_near_one_for_one_population_and_large_for_two():

@@ -221,6 +221,7 @@ def discover(
     none = NewUnits(dense=np.zeros((0, nt, n_c), np.float32), spikes=[])
     if len(pool) < min_spikes:
         return none
+    seed = int(rng.integers(2**31))
     cl = cluster_spikes(
         times=pool.times,
         features=pool.features,
@@ -231,14 +232,14 @@ def discover(
         split_depth=params.split_depth,
         bimodality_threshold=params.bimodality_threshold,
         merge_similarity=params.merge_similarity,
-        seed=int(rng.integers(2**31)),
+        seed=seed,
     )
     if cl.n_units == 0:
         return none
     times, labels = pool.times[cl.spike_index], cl.labels
-    tpl = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng)
+    tpl = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, seed=seed)
     times = realigned(times, labels, dense=tpl.dense, pre=pre, sign=sign)
-    tpl = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng)
+    tpl = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, seed=seed)
     snr = template_snr(tpl.dense @ whitening_inv_uv.astype(np.float32), noise_uv)
     sizes = np.bincount(labels[labels >= 0], minlength=cl.n_units)
     accepted, spikes = [], []

@@ -66,7 +66,6 @@ def write_phy_folder(
     fs = info.sampling_rate_hz
     spikes = remove_duplicates(spikes, window=int(round(params.duplicate_ms * fs / 1000)))
     k = model.n_units
-    rng = np.random.default_rng([params.seed, 99])
     ring.n_samples = int(n_samples)
     recent = spikes.times >= max(0, n_samples - ring.capacity) + margin + run.pre
     dense = build_templates(
@@ -76,7 +75,7 @@ def write_phy_folder(
         n_units=k,
         pre=run.pre,
         nt=run.nt,
-        rng=rng,
+        seed=params.seed,
         n_jobs=run.n_jobs,
     ).dense.copy()
     few = np.bincount(spikes.templates[recent], minlength=k) < MIN_RING_SPIKES
@@ -89,7 +88,7 @@ def write_phy_folder(
             n_units=k,
             pre=run.pre,
             nt=run.nt,
-            rng=rng,
+            seed=params.seed,
             max_spikes=MAX_RAW_SPIKES,
             n_jobs=run.n_jobs,
         )

@@ -149,7 +149,7 @@ class UnitFinder:
                 n_units=len(ids),
                 pre=s.pre,
                 nt=s.nt,
-                rng=rng,
+                seed=r.params.seed,
             )
             refined = dict(zip(ids, tpl.dense))
         n_refined = {u: refine[u][1] for u in refine}

@@ -223,7 +223,6 @@ def _detection_pass(run: _Run, *, prep: Preprocessed, each_chunk=None) -> Detect
 def _cluster(run: _Run, *, prep: Preprocessed, det: Detected) -> Clustered:
     info, p, store = run.info, run.params, run.store
     pre, nt = run.pre, run.nt
-    rng = stage_rng(p.seed, "cluster")
     _, feat_nb = _neighbors(run, prep.model.good_channels)
     spikes = det.spikes
     cl = cluster_spikes(
@@ -239,18 +238,17 @@ def _cluster(run: _Run, *, prep: Preprocessed, det: Detected) -> Clustered:
         seed=p.seed,
     )
     times, labels = spikes.times[cl.spike_index], cl.labels
-    templates = build_templates(store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng, n_jobs=run.n_jobs)
+    tkw = dict(pre=pre, nt=nt, seed=p.seed, n_jobs=run.n_jobs)
+    templates = build_templates(store, times, labels, n_units=cl.n_units, **tkw)
     # realigned before the template merges, so that a neuron's clusters caught on two lobes merge
     min_offset = int(round(TROUGH_MS * info.sampling_rate_hz / 1000))
     moved = realigned(times, labels, dense=templates.dense, pre=pre, sign=det.sign, min_offset=min_offset)
     if (moved != times).any():
         log.info("clusters caught off their trough realigned on it")
         times = moved
-        templates = build_templates(
-            store, times, labels, n_units=cl.n_units, pre=pre, nt=nt, rng=rng, n_jobs=run.n_jobs
-        )
+        templates = build_templates(store, times, labels, n_units=cl.n_units, **tkw)
     sizes = np.bincount(labels[labels >= 0], minlength=cl.n_units)
-    veto = snippet_merge_test(store, times, labels, pre=pre, nt=nt, threshold=p.bimodality_threshold, rng=rng)
+    veto = snippet_merge_test(store, times, labels, pre=pre, nt=nt, threshold=p.bimodality_threshold, seed=p.seed)
     groups = merge_similar_templates(
         templates.dense,
         sizes,
@@ -261,7 +259,7 @@ def _cluster(run: _Run, *, prep: Preprocessed, det: Detected) -> Clustered:
     )
     times, labels = relabel(times, labels, groups)
     log.info("%d clusters after template merges", len(groups))
-    templates = build_templates(store, times, labels, n_units=len(groups), pre=pre, nt=nt, rng=rng, n_jobs=run.n_jobs)
+    templates = build_templates(store, times, labels, n_units=len(groups), **tkw)
     _, w_inv_uv = phy_whitening(prep.model.whitening, info.gains_to_uv)
     snr = template_snr(templates.dense @ w_inv_uv.astype(np.float32), prep.model.noise_sd * info.gains_to_uv)
     keep = np.flatnonzero((np.sqrt(templates.norm2) >= p.universal_threshold) & (snr >= p.min_template_snr))
@@ -348,7 +346,7 @@ def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
     spikes = remove_duplicates(
         apply_groups(cur.spikes, [[(u, 0) for u in g] for g in groups]), window=int(round(p.duplicate_ms * fs / 1000))
     )
-    kw = dict(pre=run.pre, nt=run.nt, rng=stage_rng(p.seed, "curate"), n_jobs=run.n_jobs)
+    kw = dict(pre=run.pre, nt=run.nt, seed=p.seed, n_jobs=run.n_jobs)
     templates = build_templates(run.store, spikes.times, spikes.templates, n_units=len(groups), **kw)
     return Curated(spikes=spikes, templates=templates)
 
@@ -356,13 +354,12 @@ def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
 def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> Curated:
     info, p, store = run.info, run.params, run.store
     pre, nt, fs = run.pre, run.nt, info.sampling_rate_hz
-    rng = stage_rng(p.seed, "curate")
     dup = int(round(p.duplicate_ms * fs / 1000))
     spikes = remove_duplicates(mat.spikes, window=dup)
 
     def templates_of(spikes, n_units):
         return build_templates(
-            store, spikes.times, spikes.templates, n_units=n_units, pre=pre, nt=nt, rng=rng, n_jobs=run.n_jobs
+            store, spikes.times, spikes.templates, n_units=n_units, pre=pre, nt=nt, seed=p.seed, n_jobs=run.n_jobs
         )
 
     _, w_inv_uv = phy_whitening(prep.model.whitening, info.gains_to_uv)
@@ -403,7 +400,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         spikes' scatter."""
         uv = templates.dense @ w_inv_uv.astype(np.float32)
         times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
-        kw = dict(pre=pre, nt=nt, double_fit=double_fit, rng=rng, **trains)
+        kw = dict(pre=pre, nt=nt, double_fit=double_fit, seed=p.seed, **trains)
         groups = noise_merges(store, templates.dense, uv, times, **kw)
         if len(groups) == templates.n_templates:
             return spikes, templates
@@ -418,7 +415,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
 
     spikes, _ = drop_residues(spikes, post)
     veto = snippet_merge_test(
-        store, spikes.times, spikes.templates, pre=pre, nt=nt, threshold=p.bimodality_threshold, rng=rng
+        store, spikes.times, spikes.templates, pre=pre, nt=nt, threshold=p.bimodality_threshold, seed=p.seed
     )
     groups = refractory_merges(
         spikes,

@@ -20,6 +20,7 @@ from spikesort.kernels.cluster import two_means_labels
 
 from .bimodality import bimodality
 from .merges.clusters import _Group, merge_groups
+from .sampling import spike_keys
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +100,6 @@ def split_recursive(
         stack.append((idx[a], depth + 1))
         stack.append((idx[b], depth + 1))
     return labels
-
-
-def spike_keys(times: np.ndarray, channels: np.ndarray, *, seed: int) -> np.ndarray:
-    """(n,) uint64 pseudo-random keys, a fixed function of each spike's sample, peak channel and
-    the seed: the k smallest keys of a channel are a uniform random choice of k of its spikes,
-    whichever order or grouping the spikes arrive in."""
-    z = np.asarray(times).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    z ^= np.asarray(channels).astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
-    z += np.uint64(int(seed) % 2**64)
-    # splitmix64's finaliser: every input bit reaches every output bit
-    z ^= z >> np.uint64(30)
-    z *= np.uint64(0xBF58476D1CE4E5B9)
-    z ^= z >> np.uint64(27)
-    z *= np.uint64(0x94D049BB133111EB)
-    z ^= z >> np.uint64(31)
-    return z
 
 
 def sample_per_channel(keys: np.ndarray, channels: np.ndarray, *, per_channel: int) -> np.ndarray:

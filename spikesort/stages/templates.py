@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .sampling import keyed_subset
+
 
 @dataclass
 class Templates:
@@ -119,22 +121,18 @@ def build_templates(
     n_units: int,
     pre: int,
     nt: int,
-    rng: np.random.Generator,
+    seed: int,
     max_spikes: int = 300,
     n_jobs: int = 1,
 ) -> Templates:
     """Median waveform of up to ``max_spikes`` spikes of each label, read from the trace store.
 
-    The spikes are drawn in unit order first, so ``n_jobs`` threads (the reads and numpy's
-    selection release the GIL) give the same templates as one."""
+    Each unit's spikes are chosen from its own spikes and the ``seed`` alone
+    (:func:`.sampling.keyed_subset`): a change to one unit leaves every other unit's template
+    as it was, and ``n_jobs`` threads give the same templates as one."""
     from concurrent.futures import ThreadPoolExecutor
 
-    chosen = []
-    for u in range(n_units):
-        t = times[labels == u]
-        if len(t) > max_spikes:
-            t = np.sort(rng.choice(t, max_spikes, replace=False))
-        chosen.append(t)
+    chosen = [keyed_subset(times[labels == u], max_spikes, seed=seed) for u in range(n_units)]
     dense = np.zeros((n_units, nt, store.n_channels), dtype=np.float32)
 
     def one(u):

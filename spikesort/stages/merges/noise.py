@@ -17,6 +17,8 @@ import logging
 
 import numpy as np
 
+from spikesort.stages.sampling import keyed_subset
+
 from .footprint import footprint_cosine
 from .refractory import outer_refractory_ratio
 from .templates import complete_link, lagged_similarity
@@ -54,7 +56,7 @@ def noise_merges(
     refractory: int,
     double_fit: int,
     duration: int,
-    rng: np.random.Generator,
+    seed: int,
     max_lag: int = 3,
     min_cosine: float = 0.97,
     min_channels: int = 8,
@@ -88,9 +90,7 @@ def noise_merges(
     pairs = []
 
     def snippets(unit: int, shift: int, chans: np.ndarray) -> np.ndarray:
-        t = times[unit]
-        if len(t) > max_spikes:
-            t = np.sort(rng.choice(t, max_spikes, replace=False))
+        t = keyed_subset(times[unit], max_spikes, seed=seed)
         return store.snippets(t - shift, pre=pre, nt=nt, channels=chans)
 
     for i in range(k):

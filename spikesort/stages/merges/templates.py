@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from spikesort.stages.bimodality import bimodality
+from spikesort.stages.sampling import keyed_subset
 
 
 def lagged_similarity(a: np.ndarray, b: np.ndarray, *, max_lag: int, signal_fraction: float = 0.2) -> tuple[float, int]:
@@ -132,18 +133,16 @@ def snippet_merge_test(
     pre: int,
     nt: int,
     threshold: float,
-    rng: np.random.Generator,
+    seed: int,
     max_spikes: int = 300,
 ):
     """A veto for template merges: the spikes of two clusters, aligned on the first, must form
-    one mode along the axis joining their mean waveforms (else they are two neurons)."""
+    one mode along the axis joining their mean waveforms (else they are two neurons). Up to
+    ``max_spikes`` of each, chosen by :func:`.sampling.keyed_subset` with ``seed``."""
 
     def same_unit(i: int, j: int, lag: int) -> bool:
-        ti, tj = times[labels == i], times[labels == j] - lag
-        if len(ti) > max_spikes:
-            ti = rng.choice(ti, max_spikes, replace=False)
-        if len(tj) > max_spikes:
-            tj = rng.choice(tj, max_spikes, replace=False)
+        ti = keyed_subset(times[labels == i], max_spikes, seed=seed)
+        tj = keyed_subset(times[labels == j], max_spikes, seed=seed) - lag
         if len(ti) == 0 or len(tj) == 0:
             return False
         si, sj = store.snippets(ti, pre=pre, nt=nt), store.snippets(tj, pre=pre, nt=nt)

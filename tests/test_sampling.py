@@ -1,0 +1,45 @@
+import numpy as np
+
+
+def test_keyed_subset_is_a_fixed_uniform_choice_that_survives_small_changes():
+    from spikesort.stages.sampling import keyed_subset
+
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.choice(10_000_000, 5000, replace=False))
+    a = keyed_subset(t, 300, seed=1)
+    assert len(a) == 300 and np.all(np.diff(a) > 0) and np.isin(a, t).all()
+    # the order the spikes come in does not matter; the seed does
+    np.testing.assert_array_equal(a, keyed_subset(rng.permutation(t), 300, seed=1))
+    assert len(np.intersect1d(a, keyed_subset(t, 300, seed=2))) < 60
+    # a unit that gains 5 % more spikes keeps most of its chosen ones
+    more = np.union1d(t, rng.choice(10_000_000, 250, replace=False))
+    assert len(np.intersect1d(a, keyed_subset(more, 300, seed=1))) >= 270
+    # uniform over the recording: as many from each half
+    assert abs(np.mean(a < np.median(t)) - 0.5) < 0.1
+    np.testing.assert_array_equal(keyed_subset(t[:100], 300, seed=1), t[:100])
+
+
+def test_a_units_template_does_not_change_when_another_unit_does(tmp_path):
+    """Each unit's spikes are drawn from its own spikes: another cluster's split or growth (a
+    label earlier in the order, more spikes) leaves this unit's template exactly as it was."""
+    from spikesort.pipeline.traces import TraceStore
+    from spikesort.stages.templates import build_templates
+
+    rng = np.random.default_rng(5)
+    n, n_ch, pre, nt = 400_000, 4, 20, 50
+    x = rng.standard_normal((n, n_ch)).astype(np.float32)
+    store = TraceStore(tmp_path / "s.dat", n_samples=n, n_channels=n_ch)
+    store.create()
+    store.write(0, x)
+    a = np.sort(rng.choice(np.arange(100, n - 100), 900, replace=False))
+    b = np.setdiff1d(np.arange(100, n - 100, 97), a)
+    times = np.concatenate([b, a])
+    labels = np.concatenate([np.zeros(len(b), np.int64), np.ones(len(a), np.int64)])
+    kw = dict(n_units=2, pre=pre, nt=nt, seed=0, max_spikes=300)
+    before = build_templates(store, times, labels, **kw).dense
+    # unit 0 loses a third of its spikes to a new unit 2, and unit 1 stays as it was
+    labels2 = labels.copy()
+    labels2[: len(b) // 3] = 2
+    after = build_templates(store, times, labels2, **{**kw, "n_units": 3}).dense
+    np.testing.assert_array_equal(before[1], after[1])
+    assert not np.array_equal(before[0], after[0])
