@@ -43,3 +43,35 @@ def test_a_units_template_does_not_change_when_another_unit_does(tmp_path):
     after = build_templates(store, times, labels2, **{**kw, "n_units": 3}).dense
     np.testing.assert_array_equal(before[1], after[1])
     assert not np.array_equal(before[0], after[0])
+
+
+def test_the_merge_veto_keeps_two_close_neighbours_apart_whichever_spikes_it_draws(tmp_path):
+    """Two units 3.2 noise sds apart along the axis between them (a shallow valley): read from
+    VETO_SPIKES spikes each, the veto keeps them apart for every seed; read from 300, one draw in
+    twenty merged them."""
+    from spikesort.pipeline.traces import TraceStore
+    from spikesort.stages.merges.templates import snippet_merge_test
+
+    rng = np.random.default_rng(1)
+    n, n_ch, pre, nt = 1_000_000, 4, 10, 30
+    x = rng.standard_normal((n, n_ch)).astype(np.float32)
+    bump = np.exp(-0.5 * ((np.arange(nt) - pre) / 3.0) ** 2).astype(np.float32)
+    ta = np.arange(200, n - 200, 331)[:1500]
+    tb = ta + 160
+    for t in ta:
+        x[t - pre : t - pre + nt, 0] += 6 * bump
+    for t in tb:
+        x[t - pre : t - pre + nt, 0] += 6 * bump
+        x[t - pre : t - pre + nt, 1] += 1.4 * bump  # the neighbour also reaches channel 1
+    store = TraceStore(tmp_path / "s.dat", n_samples=n, n_channels=n_ch)
+    store.create()
+    store.write(0, x)
+    times, labels = np.concatenate([ta, tb]), np.repeat([0, 1], len(ta))
+    kw = dict(pre=pre, nt=nt, threshold=0.25)
+
+    def merged(max_spikes=None):
+        extra = {} if max_spikes is None else {"max_spikes": max_spikes}
+        return [snippet_merge_test(store, times, labels, seed=s, **kw, **extra)(0, 1, 0) for s in range(20)]
+
+    assert not any(merged())
+    assert any(merged(300))
