@@ -154,8 +154,12 @@ def snippet_merge_test(
     where either mean waveform (of ``CHANNEL_SPIKES`` of them) reaches 0.2 of the larger's peak:
     the rest only adds noise to the projection."""
 
+    chosen = {}  # (unit, n) -> its drawn spikes: a unit is met in many pairs
+
     def drawn(unit: int, n: int, lag: int = 0) -> np.ndarray:
-        return keyed_subset(times[labels == unit], n, seed=seed) - lag
+        if (unit, n) not in chosen:
+            chosen[unit, n] = keyed_subset(times[labels == unit], n, seed=seed)
+        return chosen[unit, n] - lag
 
     def same_unit(i: int, j: int, lag: int) -> bool:
         ti, tj = drawn(i, max_spikes), drawn(j, max_spikes, lag)
