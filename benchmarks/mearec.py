@@ -30,10 +30,25 @@ log = logging.getLogger(__name__)
 
 # bump when the template library's generation changes: cached libraries are then rebuilt
 TEMPLATES_VERSION = 1
+# a drifting library: positions simulated per template along its path (MEArec interpolates none:
+# a recording steps between them), and templates per cell model (each costs DRIFT_STEPS positions)
+DRIFT_STEPS = 11
+DRIFT_TEMPLATES_PER_CELL = 16
 
 
 def _mearec(
-    name, probe, *, n_exc, n_inh, n_bursting, description, duration_s=300.0, one_chunk=False, noise_level_uv=10.0
+    name,
+    probe,
+    *,
+    n_exc,
+    n_inh,
+    n_bursting,
+    description,
+    duration_s=300.0,
+    one_chunk=False,
+    noise_level_uv=10.0,
+    drift_um=0.0,
+    drift_velocity_um_per_min=0.0,
 ):
     """A MEArec scenario: what MEArec is asked for lives in the options (part of the cache key).
 
@@ -43,13 +58,21 @@ def _mearec(
     its own intervals (``mearec_tetrode`` seed 1: 318 of one cell's 2148 spikes under half size,
     21-22 in every 20 s, whatever their intervals). Real bursts shrink their late spikes; a
     one-chunk recording keeps that (there, the cell's spikes with two of its own in the 100 ms
-    before were at 0.22-0.45 of its size, the others at 1.0)."""
+    before were at 0.22-0.45 of its size, the others at 1.0).
+
+    ``drift_um`` > 0 moves every cell along the probe: its templates are simulated at
+    ``DRIFT_STEPS`` positions spanning ``drift_um`` (a library of its own), and the recording
+    moves all of them together (rigid) back and forth over that span, triangle-wise at
+    ``drift_velocity_um_per_min``."""
+    drift = ()
+    if drift_um > 0:
+        drift = (("drift_um", float(drift_um)), ("drift_velocity_um_per_min", float(drift_velocity_um_per_min)))
     return Scenario(
         name,
         probe,  # a MEAutility probe name
         n_exc + n_inh,
         duration_s,
-        "none",  # the templates do not move
+        "mearec" if drift_um > 0 else "none",  # MEArec moves the cells itself
         description,
         family="biophysical",
         kind="mearec",
@@ -62,10 +85,12 @@ def _mearec(
             ("noise_level_uv", float(noise_level_uv)),
             ("rate_exc_hz", 5.0),
             ("rate_inh_hz", 15.0),
-            ("templates_per_cell", 40),  # the template library: positions simulated per cell model
+            # the template library: positions simulated per cell model
+            ("templates_per_cell", DRIFT_TEMPLATES_PER_CELL if drift_um > 0 else 40),
             ("templates_version", TEMPLATES_VERSION),
         )
-        + ((("one_chunk", True),) if one_chunk else ()),
+        + ((("one_chunk", True),) if one_chunk else ())
+        + drift,
     )
 
 
@@ -138,6 +163,18 @@ register(
         noise_level_uv=20.0,
         description="mearec_nn32 with twice the noise (20 µV), 300 s",
     ),
+    _mearec(
+        "mearec_np64_drift",
+        "Neuropixels-64",
+        n_exc=18,
+        n_inh=6,
+        n_bursting=6,
+        one_chunk=True,
+        drift_um=50.0,
+        drift_velocity_um_per_min=30.0,
+        description="MEArec Neuropixels-64, 24 Blue Brain cells (6 bursting) moving together up and down "
+        "50 µm at 30 µm/min, correlated noise, 300 s",
+    ),
 )
 
 
@@ -148,32 +185,46 @@ def _with_neuron_on_path() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
-def templates_spec(*, probe: str, templates_per_cell: int, seed: int) -> dict:
+def templates_spec(*, probe: str, templates_per_cell: int, seed: int, drift_um: float = 0.0) -> dict:
     import MEArec
 
-    return {
+    spec = {
         "templates_version": TEMPLATES_VERSION,
         "mearec": MEArec.__version__,
         "probe": probe,
         "n": int(templates_per_cell),
         "seed": int(seed),
     }
+    if drift_um > 0:  # the keys of the static libraries stay as they were
+        spec.update(drift_um=float(drift_um), drift_steps=DRIFT_STEPS)
+    return spec
 
 
-def ensure_templates(*, cache_dir: Path, probe: str, templates_per_cell: int, seed: int, n_jobs: int) -> Path:
-    """The template library of a probe, simulated once and cached as MEArec's HDF5 file."""
+def ensure_templates(
+    *, cache_dir: Path, probe: str, templates_per_cell: int, seed: int, n_jobs: int, drift_um: float = 0.0
+) -> Path:
+    """The template library of a probe, simulated once and cached as MEArec's HDF5 file. With
+    ``drift_um`` every template is simulated at ``DRIFT_STEPS`` positions, each path
+    ``drift_um`` long and along the probe (MEArec's drifting recordings need every path the
+    same length)."""
     import MEArec
 
-    spec = templates_spec(probe=probe, templates_per_cell=templates_per_cell, seed=seed)
+    spec = templates_spec(probe=probe, templates_per_cell=templates_per_cell, seed=seed, drift_um=drift_um)
     folder = Path(cache_dir) / "mearec_templates"
-    path = folder / f"{probe}_n{templates_per_cell}_seed{seed}.h5"
+    tag = f"_drift{drift_um:g}x{DRIFT_STEPS}" if drift_um > 0 else ""
+    path = folder / f"{probe}_n{templates_per_cell}{tag}_seed{seed}.h5"
     spec_file = path.with_suffix(".json")
     if path.is_file() and spec_file.is_file() and json.loads(spec_file.read_text()) == spec:
         return path
     folder.mkdir(parents=True, exist_ok=True)
     _with_neuron_on_path()
     params = MEArec.get_default_templates_params()
-    params.update(probe=probe, n=int(templates_per_cell), seed=int(seed), drifting=False)
+    params.update(probe=probe, n=int(templates_per_cell), seed=int(seed), drifting=drift_um > 0)
+    if drift_um > 0:
+        d = float(drift_um)
+        params.update(
+            min_drift=d, max_drift=d, drift_steps=DRIFT_STEPS, drift_xlim=[0, 0], drift_ylim=[0, 0], drift_zlim=[d, d]
+        )
     log.info("simulating MEArec templates on %s (%d per cell model; minutes)", probe, templates_per_cell)
     with tempfile.TemporaryDirectory(dir=folder.resolve()) as tmp:
         # MEArec writes its parameters to tmp_params_path.yaml in the working directory: keep that
@@ -222,6 +273,20 @@ def recording_params(*, scenario: Scenario, seed: int) -> dict:
         # 0: one chunk (see _mearec)
         chunk_duration=0 if o.get("one_chunk") else 10,
     )
+    if o.get("drift_um", 0) > 0:
+        params["recordings"].update(
+            drifting=True,
+            n_drifting=None,  # every cell
+            drift_mode_probe="rigid",
+            drift_mode_speed="slow",
+            slow_drift_waveform="triangluar",  # MEArec's spelling
+            # MEArec steps along a path in span / DRIFT_STEPS (not span / (DRIFT_STEPS - 1)): a sweep
+            # over the whole span indexes one position below the path at its bottom, which wraps
+            # round in uint16 and is clipped to the top (the cell jumps end to end). Sweep one step less.
+            slow_drift_amplitude=float(o["drift_um"]) * (DRIFT_STEPS - 1) / DRIFT_STEPS,
+            slow_drift_velocity=float(o["drift_velocity_um_per_min"]),
+            preferred_dir=[0, 0, 1],
+        )
     # one seed per random stream, all derived from the scenario seed
     params["seeds"] = {
         "spiketrains": int(seed) * 4 + 1,
@@ -239,12 +304,14 @@ def generate_mearec(*, scenario: Scenario, seed: int, cache_dir: Path):
     from spikeinterface.core import NumpyRecording, NumpySorting
     from spikeinterface.extractors import read_mearec
 
+    drift_um = float(scenario.option.get("drift_um", 0.0))
     templates_path = ensure_templates(
         cache_dir=cache_dir,
         probe=scenario.probe,
         templates_per_cell=int(scenario.option["templates_per_cell"]),
         seed=0,
         n_jobs=os.cpu_count() or 1,
+        drift_um=drift_um,
     )
     folder = Path(cache_dir) / "recordings"
     folder.mkdir(parents=True, exist_ok=True)
@@ -263,15 +330,35 @@ def generate_mearec(*, scenario: Scenario, seed: int, cache_dir: Path):
         # MEArec places cells in (x = distance from the probe plane, y, z); read_mearec's probe is
         # the (y, z) plane: the ground-truth positions in that frame, then the distance
         locations = np.asarray(recgen.template_locations, dtype=float)
-        if locations.ndim == 3:  # drifting templates: the first position
-            locations = locations[:, 0]
+        truth = None
+        if locations.ndim == 3:  # drifting templates: a path of positions per cell
+            locations, truth = _drift_truth(recgen)
         # held in memory: the temporary HDF5 file goes away
         traces = recording.get_traces(return_in_uV=True).astype(np.float32)
         rec_mem = NumpyRecording([traces], sampling_frequency=recording.sampling_frequency)
         rec_mem.set_probe(recording.get_probe(), in_place=True)
         gt = NumpySorting.from_sorting(sorting)
     gt.set_property("gt_unit_locations", locations[:, [1, 2, 0]])
-    return rec_mem, gt
+    return (rec_mem, gt) if truth is None else (rec_mem, gt, truth)
+
+
+def _drift_truth(recgen) -> tuple[np.ndarray, dict]:
+    """(each cell's position at no drift, the true displacement in ``ensure_true_displacement``'s
+    format) of a drifting MEArec recording. A cell steps along its path of simulated positions
+    from the middle one; the probe's depth is MEArec's z."""
+    from MEArec.tools import extract_units_drift_vector
+
+    paths = np.asarray(recgen.template_locations, dtype=float)
+    middle = paths[:, paths.shape[1] // 2]
+    drift = recgen.drift_list[0]
+    fs = float(drift["drift_fs"])
+    times = (np.arange(len(drift["drift_vector_um"])) + 0.5) / fs  # MEArec's bin centres
+    idxs = np.asarray(drift["drift_vector_idxs"]) + paths.shape[1] // 2
+    if idxs.min() < 0 or idxs.max() >= paths.shape[1]:
+        raise ValueError("MEArec's drift leaves the simulated paths: lower the sweep (see recording_params)")
+    depth, _ = extract_units_drift_vector(recgen=recgen, time_vector=times)
+    truth = {"times_s": times, "displacement_um": depth - middle[None, :, 2], "unit_depth_um": middle[:, 2]}
+    return middle, truth
 
 
 register_generator("mearec", generate_mearec)

@@ -325,3 +325,49 @@ def test_mearec_template_simulation_leaves_the_working_directory_clean(tmp_path,
     assert seen["cwd"] == seen["tmp"] and seen["tmp"].is_absolute()
     assert Path.cwd() == work  # back where it was
     assert (work / path).read_bytes() == b"h5"
+
+
+def test_drifting_mearec_scenario_asks_for_drifting_templates_and_recording(tmp_path, monkeypatch):
+    """The drifting MEArec scenario keeps a template library of its own (every path the same
+    length along the probe, as MEArec's drifting recordings require) and asks MEArec for a rigid
+    drift over that span; the static scenarios' libraries and cache keys are as before."""
+    import sys
+    import types
+
+    from benchmarks import mearec
+
+    made = {}
+
+    def gen_templates(*, cell_models_folder, params, templates_tmp_folder, n_jobs, verbose):
+        made.update(params)
+        return "generator"
+
+    recordings = {"spiketrains": {}, "recordings": {}}
+    fake = types.SimpleNamespace(
+        __version__="0.0-test",
+        get_default_templates_params=dict,
+        get_default_recordings_params=lambda: {k: dict(v) for k, v in recordings.items()},
+        get_default_cell_models_folder=lambda: str(tmp_path / "cells"),
+        gen_templates=gen_templates,
+        save_template_generator=lambda gen, *, filename: Path(filename).write_bytes(b"h5"),
+    )
+    monkeypatch.setitem(sys.modules, "MEArec", fake)
+    monkeypatch.chdir(tmp_path)
+    scenario = catalog.SCENARIOS["mearec_np64_drift"]
+    assert scenario.drift != "none"  # the peers run their motion correction, the motion is scored
+    o = scenario.option
+    drifting = dict(probe=scenario.probe, templates_per_cell=o["templates_per_cell"], seed=0, n_jobs=1)
+    path = mearec.ensure_templates(cache_dir=Path("cache"), drift_um=o["drift_um"], **drifting)
+    static = mearec.ensure_templates(
+        cache_dir=Path("cache"), probe=scenario.probe, templates_per_cell=40, seed=0, n_jobs=1
+    )
+    assert path != static and static.name == "Neuropixels-64_n40_seed0.h5"
+    assert made["drifting"] is False  # the last library made was the static one
+    mearec.ensure_templates(cache_dir=Path("cache2"), drift_um=o["drift_um"], **drifting)
+    assert made["drifting"] is True and made["min_drift"] == made["max_drift"] == o["drift_um"]
+    assert made["drift_zlim"] == [o["drift_um"]] * 2 and made["drift_xlim"] == made["drift_ylim"] == [0, 0]
+    assert "drift_um" not in mearec.templates_spec(probe="tetrode", templates_per_cell=40, seed=0)
+    rec = mearec.recording_params(scenario=scenario, seed=1)["recordings"]
+    assert rec["drifting"] is True and rec["drift_mode_probe"] == "rigid"
+    assert rec["slow_drift_amplitude"] < o["drift_um"] and rec["chunk_duration"] == 0
+    assert "drifting" not in mearec.recording_params(scenario=catalog.SCENARIOS["mearec_np64"], seed=1)["recordings"]
