@@ -4,6 +4,7 @@ import numpy as np
 
 from spikesort.stages.match import MatchedSpikes
 from spikesort.stages.merges import lagged_similarity, refractory_merges
+from spikesort.stages.merges.refractory import cross_refractory_ratio, makes_way
 
 
 def _unit(n_channels=32, nt=60, peak=20.0, center=12, width=1.5):
@@ -155,6 +156,54 @@ def test_a_small_unit_does_not_chain_two_neurons_into_one():
     members = [sorted(k for k, _ in g) for g in groups]
     assert not any(0 in m and 1 in m for m in members)
     assert any(2 in m and len(m) == 2 for m in members)  # C joins one of them
+
+
+def _with_pairs(rng, a: np.ndarray, b: np.ndarray, *, keep: int, refractory: int) -> np.ndarray:
+    """b without its spikes within ``refractory`` of a's, but for ``keep`` of them."""
+    lo = np.searchsorted(a, b - refractory)
+    hi = np.searchsorted(a, b + refractory, side="right")
+    close = np.flatnonzero(hi > lo)
+    drop = rng.permutation(close)[keep:]
+    return np.delete(b, drop)
+
+
+def _in_stretches(t: np.ndarray, *, period: int, on: bool = True) -> np.ndarray:
+    """The spikes of t in the first (``on``) or second half of every ``period`` samples."""
+    return t[((t // (period // 2)) % 2 == 0) == on]
+
+
+def test_a_unit_firing_in_stretches_beside_one_that_keeps_its_rate_there_is_another_neuron():
+    # A fires all along. B fires only in every other 30 s (a neuron beyond the end of the probe,
+    # seen apart only where the probe moved up), and collisions cost the pair coincidences: 2 left
+    # where about 8 are expected (independent neurons leave that few 1.4 % of the time)
+    rng = np.random.default_rng(6)
+    fs, dur, period = 30000, 30000 * 300, 30000 * 60
+    dense = np.stack([_unit(peak=30, center=12), _unit(peak=30, center=13)])
+    positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
+    kw = dict(positions_um=positions, duration=dur, refractory=45, similarity=0.7, rate_bin=10 * fs)
+    a = _poisson_times(rng, 3, dur)
+    b = _with_pairs(rng, a, _in_stretches(_poisson_times(rng, 6, dur), period=period), keep=2, refractory=45)
+    ratio, expected = cross_refractory_ratio(a, b, refractory=45, duration=dur, rate_bin=10 * fs)
+    assert 6 < expected < 10 and ratio < 0.25
+    assert not makes_way(a, b, duration=dur, rate_bin=10 * fs)
+    assert len(refractory_merges(_spikes(a, b), dense, **kw)) == 2
+    # B in the same stretches where A makes way (fires less there): pieces of one neuron, joined
+    off = _in_stretches(_poisson_times(rng, 6, dur), period=period, on=False)
+    a2 = np.sort(np.concatenate([off, _in_stretches(_poisson_times(rng, 4, dur), period=period)]))
+    b2 = _with_pairs(rng, a2, _in_stretches(_poisson_times(rng, 4, dur), period=period), keep=1, refractory=45)
+    ratio, expected = cross_refractory_ratio(a2, b2, refractory=45, duration=dur, rate_bin=10 * fs)
+    assert 5 < expected < 10 and ratio < 0.25
+    assert makes_way(a2, b2, duration=dur, rate_bin=10 * fs)
+    assert len(refractory_merges(_spikes(a2, b2), dense, **kw)) == 1
+    # B firing steadily with the same weak gap (bursts' shrunken spikes): joined, as before
+    b3 = _with_pairs(rng, a, _poisson_times(rng, 3, dur), keep=2, refractory=45)
+    assert makes_way(a, b3, duration=dur, rate_bin=10 * fs)
+    assert len(refractory_merges(_spikes(a, b3), dense, **kw)) == 1
+    # a gap that independent neurons would almost never leave joins them whatever the stretches
+    a4 = _poisson_times(rng, 10, dur)
+    b4 = _with_pairs(rng, a4, _in_stretches(_poisson_times(rng, 10, dur), period=period), keep=0, refractory=45)
+    assert cross_refractory_ratio(a4, b4, refractory=45, duration=dur, rate_bin=10 * fs)[1] > 30
+    assert len(refractory_merges(_spikes(a4, b4), dense, **kw)) == 1
 
 
 def _stretched(u: np.ndarray, factor: float) -> np.ndarray:
