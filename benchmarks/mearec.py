@@ -173,7 +173,7 @@ register(
         drift_um=50.0,
         drift_velocity_um_per_min=30.0,
         description="MEArec Neuropixels-64, 24 Blue Brain cells (6 bursting) moving together up and down "
-        "50 µm at 30 µm/min, correlated noise, 300 s",
+        "45 µm at 30 µm/min, correlated noise, 300 s",
     ),
 )
 

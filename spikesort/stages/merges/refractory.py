@@ -73,11 +73,9 @@ def makes_way(ta: np.ndarray, tb: np.ndarray, *, duration: int, rate_bin: int | 
     edges = np.append(np.arange(0, duration, rate_bin), duration).astype(np.float64)
     if len(edges) < 4:
         return True
-    width = np.diff(edges)
-    ns = np.histogram(small, bins=edges)[0] / width
-    nb = np.histogram(big, bins=edges)[0] / width
-    full = width == rate_bin  # the short last bin would read as a change of rate
-    ns, nb = ns[full] * rate_bin, nb[full] * rate_bin
+    full = np.diff(edges) == rate_bin  # the short last bin would read as a change of rate
+    ns = np.histogram(small, bins=edges)[0][full].astype(np.float64)
+    nb = np.histogram(big, bins=edges)[0][full].astype(np.float64)
     if len(ns) < 3 or ns.mean() <= 0 or ns.var() <= STRETCH_DISPERSION * ns.mean():
         return True
     high = ns > np.median(ns)
