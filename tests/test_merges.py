@@ -206,6 +206,32 @@ def test_a_unit_firing_in_stretches_beside_one_that_keeps_its_rate_there_is_anot
     assert len(refractory_merges(_spikes(a4, b4), dense, **kw)) == 1
 
 
+def test_a_weak_gap_joins_only_templates_alike_as_one_neurons_pieces():
+    # two steady neurons whose templates agree to 0.71 (neighbours on a crowded probe), the
+    # matching having lost most of their coincidences: 2 pairs where about 8 are expected, which
+    # independent neurons leave 1.4 % of the time, and some 30 such pairs are tested per recording
+    rng = np.random.default_rng(7)
+    fs, dur = 30000, 30000 * 300
+    positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
+    kw = dict(positions_um=positions, duration=dur, refractory=45, similarity=0.7, rate_bin=10 * fs)
+    neighbours = np.stack([_unit(peak=30, center=12), _unit(peak=30, center=14, width=2.0)])
+    pieces = np.stack([_unit(peak=30, center=12), _unit(peak=30, center=13)])
+    assert 0.7 < lagged_similarity(neighbours[0], neighbours[1], max_lag=3)[0] < 0.75
+    assert lagged_similarity(pieces[0], pieces[1], max_lag=3)[0] > 0.85
+    a = _poisson_times(rng, 3, dur)
+    b = _with_pairs(rng, a, _poisson_times(rng, 3, dur), keep=2, refractory=45)
+    ratio, expected = cross_refractory_ratio(a, b, refractory=45, duration=dur, rate_bin=10 * fs)
+    assert 6 < expected < 10 and ratio < 0.25 and makes_way(a, b, duration=dur, rate_bin=10 * fs)
+    assert len(refractory_merges(_spikes(a, b), neighbours, **kw)) == 2
+    # the same trains with templates alike as a neuron's pieces: joined
+    assert len(refractory_merges(_spikes(a, b), pieces, **kw)) == 1
+    # an empty refractory period where 30 pairs are expected joins even the less alike templates
+    a2 = _poisson_times(rng, 10, dur)
+    b2 = _with_pairs(rng, a2, _poisson_times(rng, 10, dur), keep=0, refractory=45)
+    assert cross_refractory_ratio(a2, b2, refractory=45, duration=dur, rate_bin=10 * fs)[1] > 30
+    assert len(refractory_merges(_spikes(a2, b2), neighbours, **kw)) == 1
+
+
 def _stretched(u: np.ndarray, factor: float) -> np.ndarray:
     """``u`` widened in time by ``factor`` about its trough (a spike late in a burst)."""
     t = np.arange(u.shape[0], dtype=np.float64)
