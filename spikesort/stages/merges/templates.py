@@ -155,19 +155,24 @@ def snippet_merge_test(
     the rest only adds noise to the projection."""
 
     chosen = {}  # (unit, n) -> its drawn spikes: a unit is met in many pairs
+    means = {}  # (unit, lag) -> the mean waveform, every channel, that picks the pair's channels
 
     def drawn(unit: int, n: int, lag: int = 0) -> np.ndarray:
         if (unit, n) not in chosen:
             chosen[unit, n] = keyed_subset(times[labels == unit], n, seed=seed)
         return chosen[unit, n] - lag
 
+    def mean_waveform(unit: int, lag: int) -> np.ndarray:
+        if (unit, lag) not in means:
+            look = min(CHANNEL_SPIKES, max_spikes)
+            means[unit, lag] = store.snippets(drawn(unit, look, lag), pre=pre, nt=nt).mean(0)
+        return means[unit, lag]
+
     def same_unit(i: int, j: int, lag: int) -> bool:
         ti, tj = drawn(i, max_spikes), drawn(j, max_spikes, lag)
         if len(ti) == 0 or len(tj) == 0:
             return False
-        look = min(CHANNEL_SPIKES, max_spikes)
-        mi = store.snippets(drawn(i, look), pre=pre, nt=nt).mean(0)
-        mj = store.snippets(drawn(j, look, lag), pre=pre, nt=nt).mean(0)
+        mi, mj = mean_waveform(i, 0), mean_waveform(j, lag)
         chans = np.flatnonzero(
             np.maximum(np.abs(mi).max(0), np.abs(mj).max(0)) > 0.2 * max(np.abs(mi).max(), np.abs(mj).max())
         )
