@@ -118,10 +118,9 @@ def refractory_merges(
     cross-correlogram (observed/expected < ``max_ratio``, the expectation from the rates in bins
     of ``rate_bin`` samples); a gap that independent neurons would leave with probability over
     ``strong_gap_p`` also needs templates alike to ``weak_gap_similarity`` and the larger unit to
-    make way for the smaller (``makes_way``). Where
-    the two fire too little at the same time for the correlogram to say anything (expected pairs
-    < ``min_expected``), only near-identical templates (``strict_similarity``) whose spikes form
-    one mode (``same_unit(i, j, lag)``) merge.
+    make way for the smaller (``makes_way``). Where the two fire too little at the same time for
+    the correlogram to say anything (expected pairs < ``min_expected``), only near-identical
+    templates (``strict_similarity``) whose spikes form one mode (``same_unit(i, j, lag)``) merge.
     A unit with under ``absorb_fraction`` of the spikes of a unit whose template it repeats
     (``absorb_similarity``) joins it without the mode test: it is a slice of that unit's spikes
     (sub-sample jitter, collisions) the test would call separable, and a wrong merge of so few
