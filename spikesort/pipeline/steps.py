@@ -73,6 +73,9 @@ CCG_TROUGH_MS = (2.0, 10.0)
 RESIDUE_EXTRA_MS = 1.0
 # a cluster whose trough sits this far from where detection puts spikes' troughs is realigned on it
 TROUGH_MS = 0.5
+# a neuron's waveform changes with the probe's position, and a piece split off by drift can be
+# aligned a few samples from its neuron (5 samples, 0.16 ms, on MEArec's moving Neuropixels-64)
+DRIFT_MERGE_LAG_MS = 0.25
 NOISE_BLOCKS = 10  # blocks sampled for the templates' scores on noise
 
 
@@ -339,13 +342,12 @@ def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
         channel_shanks=run.info.shank_ids,
         motion=motion,
         min_similarity=p.drift_merge_similarity,
+        max_lag=int(round(DRIFT_MERGE_LAG_MS * fs / 1000)),
     )
     if len(groups) == cur.templates.n_templates:
         return cur
     log.info("drift: %d units seen at different probe positions merged into %d", cur.templates.n_templates, len(groups))
-    spikes = remove_duplicates(
-        apply_groups(cur.spikes, [[(u, 0) for u in g] for g in groups]), window=int(round(p.duplicate_ms * fs / 1000))
-    )
+    spikes = remove_duplicates(apply_groups(cur.spikes, groups), window=int(round(p.duplicate_ms * fs / 1000)))
     kw = dict(pre=run.pre, nt=run.nt, seed=p.seed, n_jobs=run.n_jobs)
     templates = build_templates(run.store, spikes.times, spikes.templates, n_units=len(groups), **kw)
     return Curated(spikes=spikes, templates=templates)

@@ -73,22 +73,25 @@ def _fills(parts: list[list], *, pos: _Positions) -> bool:
 
 
 def _grow(
-    initial: list[list[int]],
+    initial: list[list[tuple[int, int]]],
     *,
     check_fill: bool,
     cos: np.ndarray,
+    lag: np.ndarray,
     min_similarity: float,
     pos: _Positions,
     min_spikes: int,
     min_separation: float,
     rng: np.random.Generator,
-) -> list[list[int]]:
-    """Join the groups of ``initial``, most similar pair of units first, when their templates are
-    similar on average and they pass the position tests (``_fills`` only with ``check_fill``)."""
+) -> list[list[tuple[int, int]]]:
+    """Join the groups of ``initial`` ((unit, offset onto the group's first unit) lists), most
+    similar pair of units first, when their templates are similar on average and they pass the
+    position tests (``_fills`` only with ``check_fill``)."""
     similar = cos >= min_similarity
-    members = {g[0]: list(g) for g in initial}
-    group = {u: g[0] for g in initial for u in g}
-    sub = np.asarray([u for g in initial for u in g])
+    members = {g[0][0]: [u for u, _ in g] for g in initial}
+    group = {u: g[0][0] for g in initial for u, _ in g}
+    offset = {u: off for g in initial for u, off in g}
+    sub = np.asarray([u for g in initial for u, _ in g])
     pairs = [(int(sub[i]), int(sub[j])) for i, j in zip(*np.nonzero(np.triu(similar[np.ix_(sub, sub)], 1)))]
     for i, j in sorted(pairs, key=lambda p: -cos[p]):
         ga, gb = group[i], group[j]
@@ -99,10 +102,38 @@ def _grow(
         if _apart(
             members[ga], members[gb], pos=pos, min_spikes=min_spikes, min_separation=min_separation, rng=rng
         ) and (not check_fill or _fills([members[ga], members[gb]], pos=pos)):
+            # j's spikes align on i less its lag; gb's members move by the same amount
+            delta = offset[i] - int(lag[i, j]) - offset[j]
+            for u in members[gb]:
+                offset[u] += delta
             members[ga] += members.pop(gb)
             for u in members[ga]:
                 group[u] = ga
-    return list(members.values())
+    return [[(u, offset[u]) for u in g] for g in members.values()]
+
+
+def lagged_cosines(templates: np.ndarray, *, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best cosine of every pair of (K, nt, C) templates over shifts of -max_lag..max_lag samples,
+    and that shift (``lag[i, j]``: j delayed by it matches i; the smallest shift wins ties)."""
+    k, nt = templates.shape[:2]
+    t = np.asarray(templates, dtype=np.float64)
+    flat = t.reshape(k, -1)
+    norm = np.maximum(np.linalg.norm(flat, axis=1), 1e-12)
+    flat = flat / norm[:, None]
+    best = np.full((k, k), -np.inf)
+    lag = np.zeros((k, k), dtype=np.int64)
+    for shift in sorted(range(-max_lag, max_lag + 1), key=abs):
+        if abs(shift) >= nt:
+            continue
+        moved = np.zeros_like(t)
+        if shift >= 0:
+            moved[:, shift:] = t[:, : nt - shift]
+        else:
+            moved[:, :shift] = t[:, -shift:]
+        c = flat @ (moved.reshape(k, -1) / norm[:, None]).T
+        better = c > best
+        best[better], lag[better] = c[better], shift
+    return best, lag
 
 
 def drift_split_groups(
@@ -118,9 +149,11 @@ def drift_split_groups(
     min_separation: float = 0.4,
     min_spikes: int = 30,
     bin_um: float = 4.0,
+    max_lag: int = 0,
     seed: int = 0,
-) -> list[list[int]]:
-    """Groups of units that are one neuron split by drift (singletons included).
+) -> list[list[tuple[int, int]]]:
+    """Groups of units that are one neuron split by drift (singletons included), each unit with
+    the offset (samples) that aligns its spikes on the group's first unit.
 
     Interpolated traces are not exact: a unit whose spikes come from two probe positions (a step
     in the motion) looks slightly different at each, and clustering may keep the two apart
@@ -132,16 +165,16 @@ def drift_split_groups(
     together they sample the probe's positions like a neuron that fired all along. Different
     neurons fire whatever the probe position. Groups grow greedily from the most similar pair;
     two groups join when their templates are similar on average over every cross pair, and the
-    position tests compare the two groups being joined.
+    position tests compare the two groups being joined. Templates are compared at their best
+    shift within ``max_lag`` samples: where the waveform changes with the position, a piece can
+    be aligned on a point of it a few samples from its neuron's.
     """
     times = np.asarray(spike_times_s, dtype=np.float64)
     units = np.asarray(spike_units, dtype=np.int64)
     k = len(templates)
     if k < 2 or len(times) == 0:
-        return [[u] for u in range(k)]
-    flat = np.asarray(templates, dtype=np.float64).reshape(k, -1)
-    flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-    cos = flat @ flat.T
+        return [[(u, 0)] for u in range(k)]
+    cos, lag = lagged_cosines(templates, max_lag=max_lag)
     main = np.asarray(main_channels, dtype=np.int64)
     depth = np.asarray(positions_um)[main, 1][units]
     disp = motion.at(times_s=times, depths_um=depth, shanks=np.asarray(channel_shanks)[main][units])
@@ -161,16 +194,25 @@ def drift_split_groups(
         unit_shanks=np.asarray(channel_shanks)[main],
     )
     kw = dict(
-        cos=cos, min_similarity=min_similarity, pos=pos, min_spikes=min_spikes, min_separation=min_separation, rng=rng
+        cos=cos,
+        lag=lag,
+        min_similarity=min_similarity,
+        pos=pos,
+        min_spikes=min_spikes,
+        min_separation=min_separation,
+        rng=rng,
     )
     # a neuron seen at three positions is three units, and any two of them miss the third
     # position: groups grow on the position tests alone, then a group must fill the occupancy as
     # a whole. The members of one that does not are free again, and every unit is grown once
     # more with the occupancy test on each join (a piece first grouped with a look-alike that
     # fires elsewhere can then find its own neuron)
-    first = _grow([[u] for u in range(k)], check_fill=False, **kw)
-    whole = [len(g) == 1 or _fills([[u] for u in g], pos=pos) for g in first]
+    first = _grow([[(u, 0)] for u in range(k)], check_fill=False, **kw)
+    whole = [len(g) == 1 or _fills([[u] for u, _ in g], pos=pos) for g in first]
     kept = [g for g, ok in zip(first, whole) if ok]
-    freed = [[u] for g, ok in zip(first, whole) if not ok for u in g]
-    out = [sorted(g) for g in _grow(kept + freed, check_fill=True, **kw)]
+    freed = [[(u, 0)] for g, ok in zip(first, whole) if not ok for u, _ in g]
+    out = []
+    for g in _grow(kept + freed, check_fill=True, **kw):
+        g = sorted(g)  # the first unit is the reference
+        out.append([(u, off - g[0][1]) for u, off in g])
     return sorted(out)
