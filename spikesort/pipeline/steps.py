@@ -73,9 +73,6 @@ CCG_TROUGH_MS = (2.0, 10.0)
 RESIDUE_EXTRA_MS = 1.0
 # a cluster whose trough sits this far from where detection puts spikes' troughs is realigned on it
 TROUGH_MS = 0.5
-# a neuron's waveform changes with the probe's position, and a piece split off by drift can be
-# aligned a few samples from its neuron (5 samples, 0.16 ms, on MEArec's moving Neuropixels-64)
-DRIFT_MERGE_LAG_MS = 0.25
 NOISE_BLOCKS = 10  # blocks sampled for the templates' scores on noise
 
 
@@ -342,7 +339,10 @@ def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
         channel_shanks=run.info.shank_ids,
         motion=motion,
         min_similarity=p.drift_merge_similarity,
-        max_lag=int(round(DRIFT_MERGE_LAG_MS * fs / 1000)),
+        # the waveform changes with the probe's position, and a piece cut off by drift can be
+        # aligned on another of its troughs: 5 and 14 samples from its neuron (0.16 and 0.44 ms)
+        # on MEArec's moving Neuropixels-64. Within the window's lead, as for phase pieces
+        max_lag=int(round(p.ms_before * fs / 1000)),
     )
     if len(groups) == cur.templates.n_templates:
         return cur
