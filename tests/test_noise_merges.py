@@ -126,3 +126,27 @@ def test_offsets_align_a_lagged_piece_on_its_unit():
     dense[1] = np.roll(dense[1], -2, axis=0)
     (group,) = _merge(store, dense, times)
     assert dict(group) == {0: 0, 1: -2}
+
+
+def test_a_few_dozen_spikes_piece_joins_though_its_median_footprint_is_rough():
+    # the template of a 30-45 spike piece is the median of so few spikes that its footprint can
+    # agree with its neuron's to 0.93-0.96 only (static32 seed 1, MEArec's SqMEA seed 3); the
+    # spikes themselves are one population (excess distance 1.1-3.8). A neighbour whose footprint
+    # agrees as well differs in its spikes and stays apart
+    rng = np.random.default_rng(7)
+    w = _waveform(7.5, amplitude=4.0)
+    a, b = _trains(rng, [3.0, 0.15])
+    other = _trains(rng, [0.5])[0]  # a sparse narrow neighbour
+    neighbour = _waveform(7.5, width=1.2, amplitude=4.0) * (1.0 + 0.4 * np.sin(np.arange(C) / 2.0))[None, :]
+    store, dense, times = _recording(rng, [(a, w), (b, w), (other, neighbour)])
+    rough = 1.0 + 0.5 * np.cos(1.3 * np.arange(C))  # the piece's median footprint, off channel by channel
+    dense[1] = dense[1] * rough[None, :]
+    from spikesort.stages.merges.footprint import footprint_cosine
+
+    ptp = np.ptp(dense * 10.0, axis=1)
+    assert 0.9 < footprint_cosine(ptp[0], ptp[1])[0] < 0.95
+    assert 0.9 < footprint_cosine(ptp[0], ptp[2])[0] < 0.97
+    joined = sorted(sorted(u for u, _ in g) for g in _merge(store, dense, times))
+    assert joined == [[0, 1], [2]]
+    # as the gate stood before (0.97), the piece stayed a unit of its own
+    assert len(_merge(store, dense, times, min_cosine=0.97)) == 3
