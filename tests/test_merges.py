@@ -1026,3 +1026,19 @@ def test_at_two_sizes_units_firing_independently_join_only_on_a_sign_of_one_neur
     sizes = np.array([len(ta), len(tb)])
     assert len(footprint_merges(dense, dense, sizes, **args, trough_lags=trough)) == 1
     assert len(footprint_merges(dense, dense, sizes, **args)) == 2  # the trough is what joins them
+
+
+def test_spikes_a_merge_moved_off_the_recording_are_left_out():
+    # a piece joined at a lag of -5 samples: its spike 3 samples into the recording would sit at
+    # -2, which Phy's files cannot hold
+    from spikesort.stages.curate import within_recording
+    from spikesort.stages.merges.refractory import apply_groups
+
+    spikes = MatchedSpikes(
+        np.array([3, 40, 100, 995]), np.array([1, 0, 1, 0]), np.ones(4, np.float32), np.ones(4, np.float32)
+    )
+    moved = apply_groups(spikes, [[(0, 0), (1, -5)]])
+    assert moved.times.min() < 0
+    kept = within_recording(moved, n_samples=1000)
+    np.testing.assert_array_equal(kept.times, [40, 95, 995])
+    assert within_recording(spikes, n_samples=1000) is spikes

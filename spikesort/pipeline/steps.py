@@ -16,7 +16,13 @@ import numpy as np
 from spikesort.errors import SpikesortError
 from spikesort.stages import saturation
 from spikesort.stages.cluster import ClusterSample, cluster_spikes
-from spikesort.stages.curate import collision_units, composite_units, remove_duplicates, residue_spikes
+from spikesort.stages.curate import (
+    collision_units,
+    composite_units,
+    remove_duplicates,
+    residue_spikes,
+    within_recording,
+)
 from spikesort.stages.detect import (
     Detections,
     choose_sign,
@@ -348,6 +354,7 @@ def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
         return cur
     log.info("drift: %d units seen at different probe positions merged into %d", cur.templates.n_templates, len(groups))
     spikes = remove_duplicates(apply_groups(cur.spikes, groups), window=int(round(p.duplicate_ms * fs / 1000)))
+    spikes = within_recording(spikes, n_samples=run.info.n_samples)
     kw = dict(pre=run.pre, nt=run.nt, seed=p.seed, n_jobs=run.n_jobs)
     templates = build_templates(run.store, spikes.times, spikes.templates, n_units=len(groups), **kw)
     return Curated(spikes=spikes, templates=templates)
@@ -443,6 +450,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     spikes = spikes.take(np.flatnonzero(~collided))
     kw = dict(positions_um=info.positions_um, amplitude_range=p.amplitude_range, **trains)
     spikes = composite_units(spikes, final.dense, max_lag=nt // 2, **kw)
+    spikes = within_recording(spikes, n_samples=info.n_samples)
     # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
     # too few spikes to be a unit: leftovers and pieces, which grow with the recording (hence a rate)
     counts = np.bincount(spikes.templates, minlength=final.n_templates)

@@ -16,6 +16,14 @@ from .merges.templates import lagged_dots
 log = logging.getLogger(__name__)
 
 
+def within_recording(spikes: MatchedSpikes, *, n_samples: int) -> MatchedSpikes:
+    """The spikes whose times lie in [0, ``n_samples``). A merge moves a piece's spikes by its lag
+    onto its unit's alignment (up to the window's lead), so a spike in the first or last samples
+    of the recording can leave it; Phy's files cannot hold it."""
+    inside = (spikes.times >= 0) & (spikes.times < n_samples)
+    return spikes if inside.all() else spikes.take(np.flatnonzero(inside))
+
+
 def remove_duplicates(spikes: MatchedSpikes, *, window: int) -> MatchedSpikes:
     """Drop the smaller of two spikes of one template closer than ``window`` samples."""
     if len(spikes.times) == 0 or window <= 0:
