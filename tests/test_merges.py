@@ -1042,3 +1042,32 @@ def test_spikes_a_merge_moved_off_the_recording_are_left_out():
     kept = within_recording(moved, n_samples=1000)
     np.testing.assert_array_equal(kept.times, [40, 95, 995])
     assert within_recording(spikes, n_samples=1000) is spikes
+
+
+def test_one_size_neighbours_whose_collisions_the_matching_thinned_are_two_neurons():
+    """crowded64 seed 1: two large neurons on one channel (2061 and 1871 spikes, footprints 0.993,
+    shapes 0.87, 1.3 times apart in size) kept 0.39 of chance's pairs in the refractory period:
+    the matching loses one spike of many collisions. Too many for one neuron, too few for the
+    independence test to say two; they were merged as one neuron."""
+    from spikesort.stages.merges import footprint_merges, independence_test
+
+    rng = np.random.default_rng(8)
+    fs, dur = 30000, 30000 * 300
+    full = _unit(peak=40, center=12, width=3.0)
+    twin = _unit(peak=32, center=12.2, width=3.0)
+    dense = np.stack([full, twin])
+    kw = dict(refractory=45, double_fit=15, duration=dur)
+    a, b = _poisson_times(rng, 7, dur), _poisson_times(rng, 6, dur)
+    expected_close = len(a) * len(b) / dur * 2 * 45
+    b = _with_pairs(rng, a, b, keep=int(0.35 * expected_close), refractory=45)
+    independent = independence_test(_spikes(a, b), rate_bin=10 * fs, **kw)
+    assert not independent(0, 1)  # the test cannot say two neurons
+    sizes = np.array([len(a), len(b)])
+    groups = footprint_merges(dense, dense, sizes, max_lag=3, times=[a, b], independent=independent, **kw)
+    assert len(groups) == 2
+    # one neuron's spikes split between two units of one size leave the period empty: merged
+    one = _poisson_times(rng, 13, dur)
+    half = rng.random(len(one)) < 0.5
+    trains = [one[half], one[~half]]
+    same = independence_test(_spikes(*trains), rate_bin=10 * fs, **kw)
+    assert len(footprint_merges(dense, dense, sizes, max_lag=3, times=trains, independent=same, **kw)) == 1
