@@ -349,6 +349,10 @@ def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
         # aligned on another of its troughs: 5 and 14 samples from its neuron (0.16 and 0.44 ms)
         # on MEArec's moving Neuropixels-64. Within the window's lead, as for phase pieces
         max_lag=int(round(p.ms_before * fs / 1000)),
+        sampling_rate_hz=fs,
+        refractory_ms=p.refractory_ms,
+        double_fit_ms=DOUBLE_FIT_MS,
+        rate_bin_s=REFRACTORY_RATE_BIN_S,
     )
     if len(groups) == cur.templates.n_templates:
         return cur
