@@ -785,3 +785,33 @@ def test_spike_positions_fitted_in_blocks_equal_one_fit(monkeypatch):
     np.testing.assert_array_equal(blocks, whole)
     # and the fit places the spikes: depth within a few µm of the true centre
     assert np.median(np.abs(whole[:, 1] - centre[:, 1])) < 5.0
+
+
+def test_a_neuron_seen_all_along_does_not_join_another_neurons_drift_pieces():
+    # mearec_np64_drift seed 2: at the probe's end a neuron seen all along (seen less where the
+    # probe was up) looked like the two pieces another neuron was split into by the drift, and
+    # the three joined; its spikes shared the refractory period with each piece as chance gives
+    from spikesort.stages.merges import drift_split_groups
+
+    rng = np.random.default_rng(1)
+    t_bins = np.arange(50) * 2.0 + 1.0
+    step = np.where(t_bins < 50, -15.0, 15.0).astype(np.float32)
+    motion = Motion(step[:, None], t_bins, np.array([100.0]), np.array([0]))
+    base = rng.normal(size=(20, 8))
+    templates = np.stack([base + 0.3 * rng.normal(size=base.shape), base + 0.2 * rng.normal(size=base.shape), base])
+    trains = [
+        rng.uniform(0, 48, 1500),  # a neuron's piece before the step
+        rng.uniform(52, 100, 1500),  # and after it
+        np.r_[rng.uniform(0, 48, 1500), rng.uniform(52, 100, 500)],  # another, seen less after it
+    ]
+    kw = dict(
+        spike_times_s=np.concatenate(trains),
+        spike_units=np.repeat(np.arange(3), [len(t) for t in trains]),
+        templates=templates,
+        main_channels=np.zeros(3, int),
+        positions_um=np.array([[0.0, 100.0]] * 8),
+        channel_shanks=np.zeros(8, int),
+        motion=motion,
+    )
+    assert drift_split_groups(**kw) == [[(0, 0), (1, 0), (2, 0)]]  # the positions alone join all three
+    assert drift_split_groups(**kw, sampling_rate_hz=30000.0) == [[(0, 0), (1, 0)], [(2, 0)]]
