@@ -138,7 +138,8 @@ def _trains_test(
     """``two_neurons(a, b)`` for two lists of (unit, offset in samples): their pooled trains, each
     unit's spikes moved by its offset (aligned on one unit: a piece aligned on another trough
     has its double fits at that lag), share the refractory period beyond the double fits' lags
-    as often as two neurons firing on their own would."""
+    ``TWO_NEURONS_RATIO`` times as often as chance or more, chance giving at least
+    ``TWO_NEURONS_EXPECTED`` pairs."""
     from .refractory import cross_refractory_ratio
 
     samples = np.round(times_s * fs).astype(np.int64)
@@ -223,7 +224,8 @@ def drift_split_groups(
     groups whose spikes fall within ``refractory_ms`` of each other (beyond ``double_fit_ms``,
     where one spike fitted by both templates lands) ``TWO_NEURONS_RATIO`` of chance's pairs, where
     chance gives at least ``TWO_NEURONS_EXPECTED`` pairs (from the rates in bins of
-    ``rate_bin_s``), are two neurons and stay apart: a drift piece fires where its neuron's other units do not.
+    ``rate_bin_s``), are two neurons and stay apart: one neuron never fires there more often than
+    chance.
     """
     times = np.asarray(spike_times_s, dtype=np.float64)
     units = np.asarray(spike_units, dtype=np.int64)
