@@ -297,13 +297,18 @@ def test_correction_does_not_depend_on_chunking():
     assert np.abs(whole - x).max() > 0.1
 
 
+def _step_motion() -> Motion:
+    """A probe 15 µm down for the first 50 s and 15 µm up for the next 50 s (2 s bins)."""
+    t_bins = np.arange(50) * 2.0 + 1.0
+    step = np.where(t_bins < 50, -15.0, 15.0).astype(np.float32)
+    return Motion(step[:, None], t_bins, np.array([100.0]), np.array([0]))
+
+
 def test_units_split_by_a_step_of_the_probe_are_grouped():
     from spikesort.stages.merges import drift_split_groups
 
     rng = np.random.default_rng(0)
-    t_bins = np.arange(50) * 2.0 + 1.0
-    step = np.where(t_bins < 50, -15.0, 15.0).astype(np.float32)
-    motion = Motion(step[:, None], t_bins, np.array([100.0]), np.array([0]))
+    motion = _step_motion()
     base = rng.normal(size=(20, 8))
     templates = np.stack(
         [
@@ -327,7 +332,7 @@ def test_units_split_by_a_step_of_the_probe_are_grouped():
     )
     assert drift_split_groups(**kw) == [[(0, 0), (1, 0)], [(2, 0)], [(3, 0)]]
     # a still probe explains nothing
-    still = Motion(np.zeros((50, 1), np.float32), t_bins, np.array([100.0]), np.array([0]))
+    still = Motion(np.zeros((50, 1), np.float32), motion.time_bins_s, np.array([100.0]), np.array([0]))
     assert drift_split_groups(**{**kw, "motion": still}) == [[(u, 0)] for u in range(4)]
 
 
@@ -338,9 +343,7 @@ def test_a_piece_aligned_a_few_samples_off_joins_its_neuron_aligned_on_it():
     from spikesort.stages.merges import drift_split_groups
 
     rng = np.random.default_rng(3)
-    t_bins = np.arange(50) * 2.0 + 1.0
-    step = np.where(t_bins < 50, -15.0, 15.0).astype(np.float32)
-    motion = Motion(step[:, None], t_bins, np.array([100.0]), np.array([0]))
+    motion = _step_motion()
     nt = 40
     wave = np.exp(-0.5 * ((np.arange(nt) - 15) / 1.5) ** 2) - 0.4 * np.exp(-0.5 * ((np.arange(nt) - 21) / 3.0) ** 2)
     footprint = rng.uniform(0.3, 1.0, 8)
@@ -795,9 +798,7 @@ def test_a_neuron_seen_all_along_does_not_join_another_neurons_drift_pieces():
     from spikesort.stages.merges import drift_split_groups
 
     rng = np.random.default_rng(1)
-    t_bins = np.arange(50) * 2.0 + 1.0
-    step = np.where(t_bins < 50, -15.0, 15.0).astype(np.float32)
-    motion = Motion(step[:, None], t_bins, np.array([100.0]), np.array([0]))
+    motion = _step_motion()
     base = rng.normal(size=(20, 8))
     templates = np.stack([base + 0.3 * rng.normal(size=base.shape), base + 0.2 * rng.normal(size=base.shape), base])
     before, after = rng.uniform(0, 48, 600), rng.uniform(52, 100, 600)  # one neuron's two pieces
