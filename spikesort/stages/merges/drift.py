@@ -140,7 +140,7 @@ def _trains_test(
     has its double fits at that lag), share the refractory period beyond the double fits' lags
     ``TWO_NEURONS_RATIO`` times as often as chance or more, chance giving at least
     ``TWO_NEURONS_EXPECTED`` pairs."""
-    from .refractory import cross_refractory_ratio
+    from .refractory import pairs_beyond_double_fits
 
     samples = np.round(times_s * fs).astype(np.int64)
     duration = int(samples.max()) + 1 if len(samples) else 1
@@ -152,10 +152,9 @@ def _trains_test(
         return np.concatenate([samples[units == u] + off for u, off in group])
 
     def two_neurons(a: list, b: list) -> bool:
-        ta, tb = aligned(a), aligned(b)
-        obs_r, exp_r = cross_refractory_ratio(ta, tb, refractory=refractory, duration=duration, rate_bin=rate_bin)
-        obs_d, exp_d = cross_refractory_ratio(ta, tb, refractory=inner, duration=duration, rate_bin=rate_bin)
-        observed, expected = obs_r * exp_r - obs_d * exp_d, exp_r - exp_d
+        observed, expected = pairs_beyond_double_fits(
+            aligned(a), aligned(b), refractory=refractory, double_fit=inner, duration=duration, rate_bin=rate_bin
+        )
         return expected >= TWO_NEURONS_EXPECTED and observed >= TWO_NEURONS_RATIO * expected
 
     return two_neurons

@@ -348,11 +348,20 @@ def fire_independently(
     that expectation is at least ``min_expected`` (enough evidence). One neuron leaves a gap
     there; lags up to ``double_fit`` are left out, where one spike fitted by two pieces'
     templates lands."""
+    observed, expected = pairs_beyond_double_fits(
+        ta, tb, refractory=refractory, double_fit=double_fit, duration=duration, rate_bin=rate_bin
+    )
+    return expected >= min_expected and observed >= min_ratio * expected
+
+
+def pairs_beyond_double_fits(
+    ta: np.ndarray, tb: np.ndarray, *, refractory: int, double_fit: int, duration: int, rate_bin: int | None = None
+) -> tuple[float, float]:
+    """(observed, expected) (a, b) spike pairs at lags between ``double_fit`` and ``refractory``
+    samples, chance from the rates in bins of ``rate_bin`` samples (``cross_refractory_ratio``)."""
     obs_r, exp_r = cross_refractory_ratio(ta, tb, refractory=refractory, duration=duration, rate_bin=rate_bin)
     obs_d, exp_d = cross_refractory_ratio(ta, tb, refractory=double_fit, duration=duration, rate_bin=rate_bin)
-    expected = exp_r - exp_d
-    observed = obs_r * exp_r - obs_d * exp_d
-    return expected >= min_expected and observed >= min_ratio * expected
+    return obs_r * exp_r - obs_d * exp_d, exp_r - exp_d
 
 
 def independence_test(spikes: MatchedSpikes, **kw):
