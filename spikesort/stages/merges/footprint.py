@@ -210,12 +210,11 @@ def footprint_merges(
         the bands, no burst's timing, no trough just beyond the period). Without the trains
         there is nothing to judge, and the footprint decides."""
         if one_size and times is not None and refractory > 1:
-            # two neighbours of one size whose collisions the matching thins: crowded64 seed 1's
-            # neurons 49 and 113 (2061 and 1871 spikes, footprints 0.993, shapes 0.87) kept 0.39
-            # of chance's pairs (25.7 expected), too many for one neuron, too few for the
-            # independence test to say two. On ample evidence one neuron's two units leave a
-            # near-empty period; on less, one stray pair weighs too much (mearec_nn32 seed 0: a
-            # bursting neuron's two units, 1 pair where 4.5 were expected)
+            # neighbours whose collisions the matching thins: crowded64 seed 1's neurons 49 and
+            # 113 (footprints 0.993, shapes 0.87) kept 0.39 of chance's pairs (25.7 expected),
+            # too many for one neuron, too few for the independence test. One neuron's two units
+            # leave a near-empty period; on less evidence a stray pair weighs too much
+            # (mearec_nn32 seed 0: a bursting neuron's two units, 1 pair where 4.5 were expected)
             ratio, expected = _gap(i, j, shift)
             if expected >= NARROW_EXPECTED and ratio >= NARROW_RATIO:
                 return True
