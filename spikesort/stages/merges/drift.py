@@ -148,8 +148,12 @@ def _trains_test(
     inner = int(round(double_fit_ms * fs / 1000))
     rate_bin = int(round(rate_bin_s * fs))
 
+    order = np.argsort(units, kind="stable")
+    ids, starts = np.unique(units[order], return_index=True)
+    trains = dict(zip(ids.tolist(), np.split(samples[order], starts[1:])))  # each unit's, once
+
     def aligned(group: list) -> np.ndarray:
-        return np.concatenate([samples[units == u] + off for u, off in group])
+        return np.concatenate([trains[u] + off for u, off in group])
 
     def two_neurons(a: list, b: list) -> bool:
         observed, expected = pairs_beyond_double_fits(
