@@ -330,6 +330,35 @@ def test_on_a_tetrode_a_piece_too_small_to_test_joins_on_a_strict_footprint_unle
     assert len(footprint_merges(loose, loose, sizes, **kw, times=times, independent=independent_of(times))) == 2
 
 
+def test_on_a_tetrode_a_piece_whose_outer_half_expects_too_few_pairs_is_judged_beyond_the_double_fits():
+    from spikesort.stages.merges import fire_independently, footprint_merges
+
+    # mearec_tetrode seed 1: a 298-spike piece of a 1857-spike neuron at 0.31 of its size, footprints
+    # 0.997, shapes 0.81; no pair in the refractory period, where its outer half expects 2.8 pairs
+    # (too few for the test) and every lag beyond the double fits 3.7
+    rng = np.random.default_rng(5)
+    full = _unit(peak=40, center=12, width=3.0)
+    tet = np.ascontiguousarray(np.stack([full, 0.35 * _stretched(full, 2.0)])[:, :, 10:14])
+    duration, refractory, double_fit = 9_600_000, 48, 16
+    neuron = np.cumsum(rng.integers(96, 10_000, size=1850))
+    piece = rng.random(len(neuron)) < 0.17
+    kw = dict(max_lag=3, refractory=refractory, duration=duration, double_fit=double_fit)
+
+    def merged(trains):
+        def independent(i, j):
+            return fire_independently(
+                trains[i], trains[j], refractory=refractory, double_fit=double_fit, duration=duration
+            )
+
+        sizes = np.array([len(t) for t in trains])
+        return len(footprint_merges(tet, tet, sizes, **kw, times=trains, independent=independent)) == 1
+
+    assert merged([neuron[~piece], neuron[piece]])
+    # a neuron of that footprint and size firing on its own shares the period as chance does
+    other = np.sort(rng.integers(0, duration, size=int(piece.sum())))
+    assert not merged([neuron[~piece], other])
+
+
 def test_on_a_tetrode_two_units_of_one_size_merge_only_on_a_near_empty_refractory_period():
     from spikesort.stages.merges import footprint_merges
     from spikesort.stages.merges.footprint import footprint_cosine

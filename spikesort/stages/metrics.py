@@ -453,7 +453,7 @@ def possible_pieces(
     for the curator as 'mua'."""
     # imported here: the merges bring the numba kernels, which light readers of the metrics (the
     # batch driver's skip checks) must not import
-    from spikesort.stages.merges.footprint import footprint_cosine
+    from spikesort.stages.merges.templates import footprint_cosine
 
     k = templates_uv.shape[0]
     counts = np.asarray(spike_counts, dtype=np.float64)

@@ -12,9 +12,9 @@ neuron has nearly the same footprint, so the rule needs the footprint to span se
 
 Where a footprint spans fewer channels but most of the probe (a tetrode), the spike trains must
 say it: a smaller piece joins a larger unit when, besides a footprint and shape alike, the two
-never fire within the outer half of the refractory period of each other. The inner half is left out: there the
-matching fits a piece to what the full-size template leaves of a changed spike (a double fit),
-which no refractory gap forbids.
+never fire within the outer half of the refractory period of each other (every lag beyond the
+double fits where that half expects too few pairs): closer, the matching fits a piece to what the
+full-size template leaves of a changed spike, which no refractory gap forbids.
 
 The trains can also say it with the burst itself: the shrunken spikes come late in a burst, so a
 piece's spikes follow one of its unit's by a few to tens of ms far more often than chance, and
@@ -24,18 +24,17 @@ are followed by one far less often. Two neurons firing on their own do neither.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import numpy as np
 
 from .bursts import late_in_bursts
-from .refractory import banded_refractory_ratio, mostly_fitted_twice, outer_refractory_ratio
-from .templates import lagged_similarity
+from .refractory import banded_refractory_ratio, mostly_fitted_twice, outer_gap, outer_refractory_ratio
+from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_similarity
 from .two_sizes import trains_say
 
 log = logging.getLogger(__name__)
 
-# the footprint of a unit: channels with at least this fraction of its largest peak-to-peak
-SIGNAL_FRACTION = 0.1
 # a probe so compact that a footprint spans this much of it (a tetrode): every neuron there has
 # about the same footprint, and the spike trains decide
 COMPACT_REACH = 0.75
@@ -83,16 +82,6 @@ PHASE_SIMILARITY, PHASE_EXPECTED = 0.95, 2.0
 # period beyond the double fits once aligned (two neurons firing on their own leave it empty e^-E
 # of the time)
 QUIET_FRACTION = 0.25
-
-
-def footprint_cosine(pa: np.ndarray, pb: np.ndarray) -> tuple[float, int]:
-    """Cosine of two footprints (peak-to-peak amplitude per channel) over the channels where
-    either has signal, and the number of those channels."""
-    if pa.max(initial=0) <= 0 or pb.max(initial=0) <= 0:
-        return 0.0, 0
-    chans = (pa >= SIGNAL_FRACTION * pa.max()) | (pb >= SIGNAL_FRACTION * pb.max())
-    pa, pb = pa[chans], pb[chans]
-    return float(pa @ pb) / float(np.linalg.norm(pa) * np.linalg.norm(pb)), int(chans.sum())
 
 
 def footprint_merges(
@@ -201,6 +190,10 @@ def footprint_merges(
     quiet = set()  # rare pieces, no larger than their unit, attached on an empty refractory period
     alike = set()  # units of one size attached on a near-empty refractory period
 
+    gap_of = partial(
+        outer_gap, refractory=refractory, duration=duration, double_fit=double_fit, min_expected=min_expected
+    )
+
     def _bursting(big: np.ndarray, piece: np.ndarray) -> bool:
         return burst_lags is not None and late_in_bursts(big, piece, lags=burst_lags, duration=duration)
 
@@ -268,7 +261,7 @@ def footprint_merges(
                 attach.append((ratio, piece, big, shift))
                 ample.add(piece)
             return
-        ratio, expected = outer_refractory_ratio(times[big], times[piece], refractory=refractory, duration=duration)
+        ratio, expected = gap_of(times[big], times[piece])
         if expected >= min_expected:
             if ratio < max_ratio and size_uv[piece] <= max_piece_size * size_uv[big]:
                 attach.append((ratio, piece, big, shift))
@@ -462,7 +455,7 @@ def footprint_merges(
         if gp == gb or len(members[gp]) > 1 or big in via:
             continue  # a piece joins once; a unit that took pieces, or is one, takes no other role
         whole = np.concatenate([times[t] for t in members[gb]])
-        ratio, expected = outer_refractory_ratio(whole, times[piece], refractory=refractory, duration=duration)
+        ratio, expected = gap_of(whole, times[piece])
         if piece in strict:
             if any(independent(m, piece) for m in members[gb]):
                 continue

@@ -19,9 +19,8 @@ import numpy as np
 
 from spikesort.stages.sampling import keyed_subset
 
-from .footprint import footprint_cosine
 from .refractory import outer_refractory_ratio
-from .templates import complete_link, lagged_similarity
+from .templates import complete_link, footprint_cosine, lagged_similarity
 
 log = logging.getLogger(__name__)
 

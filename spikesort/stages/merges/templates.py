@@ -1,6 +1,7 @@
 """Merges of templates that are one unit seen twice (split by peak channel or alignment).
 
-``lagged_similarity`` is the template similarity every template merge uses;
+``lagged_similarity`` is the template similarity every template merge uses, ``footprint_cosine``
+the footprint similarity of the merges of one neuron's pieces (:mod:`.footprint`, :mod:`.noise`);
 ``snippet_merge_test`` the veto that keeps two neurons with similar templates apart.
 """
 
@@ -10,6 +11,19 @@ import numpy as np
 
 from spikesort.stages.bimodality import bimodality
 from spikesort.stages.sampling import keyed_subset
+
+# the footprint of a unit: channels with at least this fraction of its largest peak-to-peak
+SIGNAL_FRACTION = 0.1
+
+
+def footprint_cosine(pa: np.ndarray, pb: np.ndarray) -> tuple[float, int]:
+    """Cosine of two footprints (peak-to-peak amplitude per channel) over the channels where
+    either has signal, and the number of those channels."""
+    if pa.max(initial=0) <= 0 or pb.max(initial=0) <= 0:
+        return 0.0, 0
+    chans = (pa >= SIGNAL_FRACTION * pa.max()) | (pb >= SIGNAL_FRACTION * pb.max())
+    pa, pb = pa[chans], pb[chans]
+    return float(pa @ pb) / float(np.linalg.norm(pa) * np.linalg.norm(pb)), int(chans.sum())
 
 
 def lagged_similarity(a: np.ndarray, b: np.ndarray, *, max_lag: int, signal_fraction: float = 0.2) -> tuple[float, int]:
