@@ -292,6 +292,14 @@ def test_tetrode_pieces_merge_on_their_refractory_gap_but_an_independent_smaller
     assert len(footprint_merges(odd, odd, sizes, **{**kw, "times": few})) == 3
 
 
+def _tetrode_piece(rng, full: np.ndarray, *, scale: float, stretch: float, n_spikes: int, fraction: float):
+    """A tetrode neuron (``full`` on channels 10-13) and its spikes' smaller, stretched piece: the two
+    templates, the neuron's train (never two spikes within 3 ms) and which of its spikes are the piece's."""
+    tet = np.ascontiguousarray(np.stack([full, scale * _stretched(full, stretch)])[:, :, 10:14])
+    neuron = np.cumsum(rng.integers(96, 10_000, size=n_spikes))
+    return tet, neuron, rng.random(len(neuron)) < fraction
+
+
 def test_on_a_tetrode_a_piece_too_small_to_test_joins_on_a_strict_footprint_unless_the_trains_show_two():
     from spikesort.stages.merges import fire_independently, footprint_merges
     from spikesort.stages.merges.footprint import footprint_cosine
@@ -301,10 +309,8 @@ def test_on_a_tetrode_a_piece_too_small_to_test_joins_on_a_strict_footprint_unle
     # outer half, too few for the test, too many spikes to absorb as a sliver
     rng = np.random.default_rng(11)
     full = _unit(peak=40, center=12, width=3.0)
-    tet = np.ascontiguousarray(np.stack([full, 0.45 * _stretched(full, 1.15)])[:, :, 10:14])
+    tet, neuron, piece = _tetrode_piece(rng, full, scale=0.45, stretch=1.15, n_spikes=1600, fraction=0.2)
     duration, refractory, double_fit = 9_600_000, 48, 16
-    neuron = np.cumsum(rng.integers(96, 10_000, size=1600))
-    piece = rng.random(len(neuron)) < 0.2
     times = [neuron[~piece], neuron[piece]]
     sizes = np.array([len(t) for t in times])
     kw = dict(max_lag=3, refractory=refractory, duration=duration, double_fit=double_fit)
@@ -338,10 +344,8 @@ def test_on_a_tetrode_a_piece_whose_outer_half_expects_too_few_pairs_is_judged_b
     # (too few for the test) and every lag beyond the double fits 3.7
     rng = np.random.default_rng(5)
     full = _unit(peak=40, center=12, width=3.0)
-    tet = np.ascontiguousarray(np.stack([full, 0.35 * _stretched(full, 2.0)])[:, :, 10:14])
+    tet, neuron, piece = _tetrode_piece(rng, full, scale=0.35, stretch=2.0, n_spikes=1850, fraction=0.17)
     duration, refractory, double_fit = 9_600_000, 48, 16
-    neuron = np.cumsum(rng.integers(96, 10_000, size=1850))
-    piece = rng.random(len(neuron)) < 0.17
     kw = dict(max_lag=3, refractory=refractory, duration=duration, double_fit=double_fit)
 
     def merged(trains):
