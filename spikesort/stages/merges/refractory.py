@@ -387,15 +387,15 @@ def independence_test(spikes: MatchedSpikes, **kw):
     return independent
 
 
-def mostly_fitted_twice(a: np.ndarray, b: np.ndarray, *, window: int) -> bool:
-    """Most spikes of the train with fewer lie within ``window`` samples of the other's: one spike
-    fitted twice, the second time to what the first fit left. Such a unit is made of residues (its
-    template looks like the other's, at a lag), not a piece of a neuron, whose spikes are events of
-    their own; its other spikes may be another neuron's."""
+def mostly_fitted_twice(a: np.ndarray, b: np.ndarray, *, window: int, fraction: float = 0.5) -> bool:
+    """More than ``fraction`` of the spikes of the train with fewer lie within ``window`` samples
+    of the other's: one spike fitted twice, the second time to what the first fit left. Such a unit
+    is made of residues (its template looks like the other's, at a lag), not a piece of a neuron,
+    whose spikes are events of their own; its other spikes may be another neuron's."""
     few, many = (a, b) if len(a) <= len(b) else (b, a)
     if len(few) == 0 or len(many) == 0:
         return False
     many = np.sort(many)
     at = np.clip(np.searchsorted(many, few), 1, max(len(many) - 1, 1))
     gap = np.minimum(np.abs(few - many[at - 1]), np.abs(few - many[np.minimum(at, len(many) - 1)]))
-    return float(np.mean(gap <= window)) > 0.5
+    return float(np.mean(gap <= window)) > fraction
