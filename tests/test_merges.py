@@ -598,6 +598,42 @@ def test_a_phase_piece_with_few_outer_half_pairs_expected_uses_the_window_beyond
     assert len(footprint_merges(dense, dense, sizes, **kw, times=other, double_fit=16)) == 2
 
 
+def test_a_large_neurons_double_fits_beside_another_neuron_are_no_phase_piece_of_it():
+    from spikesort.stages.merges import footprint_merges, independence_test
+
+    # static64 seed 3: beside a 309 uV neuron's unit (2337 spikes), a unit of 1885 held 929 of its
+    # spikes fitted again 8-11 samples later and two other neurons' spikes. Its template was the
+    # neuron's on another phase (0.966 at a lag of 10, footprints 0.994); the double fits, at the
+    # lag that aligns the two, and the collisions the matching lost left the refractory period at
+    # 0.24 of chance, and the footprint merge joined it: the other neurons were lost
+    rng = np.random.default_rng(3)
+    duration, refractory, double_fit = 9_000_000, 45, 15
+    big = _unit(peak=40, center=12, width=3.0)
+    dense = np.stack([big, 0.6 * np.roll(big, -10, axis=0)])
+    neuron = _dead_time_train(rng, 8, duration, dead=90)
+    twice = np.sort(rng.choice(neuron, 900, replace=False)) + rng.integers(8, 12, 900)
+    other = _dead_time_train(rng, 3.2, duration, dead=90)
+    at = np.clip(np.searchsorted(neuron, other), 1, len(neuron) - 1)
+    collides = np.minimum(np.abs(other - neuron[at - 1]), np.abs(other - neuron[at])) <= refractory
+    other = other[~collides | (rng.random(len(other)) < 0.25)]
+    kw = dict(max_lag=3, phase_lag=30, refractory=refractory, duration=duration, double_fit=double_fit)
+
+    def groups(times):
+        spikes = _spikes(*times)
+        independent = independence_test(
+            spikes, refractory=refractory, double_fit=double_fit, duration=duration, rate_bin=300_000
+        )
+        return footprint_merges(
+            dense, dense, np.array([len(t) for t in times]), times=times, independent=independent, **kw
+        )
+
+    assert len(groups([neuron, np.sort(np.r_[twice, other])])) == 2
+    # the neuron's own spikes on that phase, a few of the unit's fitted twice among them, still join
+    piece = rng.random(len(neuron)) < 0.3
+    few = np.sort(rng.choice(neuron[~piece], 60, replace=False)) + 10
+    assert len(groups([neuron[~piece], np.sort(np.r_[neuron[piece] + 10, few])])) == 1
+
+
 def test_on_a_tetrode_one_neuron_on_two_alignments_merges_when_the_spike_trains_show_one_neuron():
     from spikesort.stages.merges import footprint_merges
 
