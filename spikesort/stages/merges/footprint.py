@@ -71,6 +71,11 @@ ONE_SIZE_EXPECTED = 4.0
 # pair at all where chance gives PHASE_EXPECTED, with shapes alike to PHASE_SIMILARITY. Over 42
 # benchmark recordings no two distinct neurons were alike that closely at a lag
 PHASE_SIMILARITY, PHASE_EXPECTED = 0.95, 2.0
+# a neuron on another of its phases has spikes of its own: its two units' spikes meet within the
+# refractory period's inner half only as double fits. A unit alike to another only at a phase lag
+# with this share of its spikes there is the other's spikes fitted twice, beside some other
+# neuron's (static64 seed 3: 929 of 1885, 8-11 samples after a 309 uV neuron's; at one
+# alignment, more than half of a unit's spikes fitted twice make it residue, as before)
 PHASE_TWICE_FRACTION = 0.25
 # a neuron's rarer spikes (MEArec cells: 8-15 % of their spikes at 0.25-0.6 of the usual size; or a
 # few dozen fitted on another phase) come out as a piece too few for the refractory test, its
@@ -194,11 +199,6 @@ def footprint_merges(
     gap_of = partial(
         outer_gap, refractory=refractory, duration=duration, double_fit=double_fit, min_expected=min_expected
     )
-
-    def twice_at(shift: int) -> float:
-        # a neuron on another phase has spikes of its own; a quarter of them fitted twice makes it
-        # a residue beside another neuron (static64 seed 3: 929 of 1885 at 8-11 samples)
-        return 0.5 if abs(shift) <= max_lag else PHASE_TWICE_FRACTION
 
     def _bursting(big: np.ndarray, piece: np.ndarray) -> bool:
         return burst_lags is not None and late_in_bursts(big, piece, lags=burst_lags, duration=duration)
@@ -420,10 +420,11 @@ def footprint_merges(
                     if ample_evidence:
                         _piece_pair(i, j, cos, narrow=True)
                     continue
+            twice = 0.5 if abs(shift) <= max_lag else PHASE_TWICE_FRACTION
             if (
                 times is not None
                 and refractory > 1
-                and mostly_fitted_twice(times[i], times[j] - shift, window=refractory // 2, fraction=twice_at(shift))
+                and mostly_fitted_twice(times[i], times[j] - shift, window=refractory // 2, fraction=twice)
             ):
                 log.info("units %d and %d: footprints agree, but one is mostly the other's spikes fitted twice", i, j)
                 continue
