@@ -336,6 +336,38 @@ def test_on_a_tetrode_a_piece_too_small_to_test_joins_on_a_strict_footprint_unle
     assert len(footprint_merges(loose, loose, sizes, **kw, times=times, independent=independent_of(times))) == 2
 
 
+def test_on_a_tetrode_a_smaller_piece_whose_few_stray_pairs_show_no_gap_joins_on_a_strict_footprint():
+    from spikesort.stages.merges import fire_independently, footprint_merges
+
+    # mearec_tetrode seed 0: 366 spikes at 0.49 of a 2001-spike unit's size, 93 % of them its
+    # neuron's, footprints 0.999, shapes 0.85; three stray fits 0.8-1.1 ms from the unit's spikes
+    # put 3 pairs in the refractory period's outer half where chance gives 3.7: no gap, but too
+    # little evidence to show two neurons firing on their own
+    rng = np.random.default_rng(3)
+    full = _unit(peak=40, center=12, width=3.0)
+    tet, neuron, piece = _tetrode_piece(rng, full, scale=0.49, stretch=1.15, n_spikes=2370, fraction=0.155)
+    duration, refractory, double_fit = 9_600_000, 48, 16
+    kw = dict(max_lag=3, refractory=refractory, duration=duration, double_fit=double_fit)
+    unit = neuron[~piece]
+    strays = unit[[100, 700, 1300]] + np.array([25, 27, -34])
+
+    def merged(dense, trains):
+        def independent(i, j):
+            return fire_independently(
+                trains[i], trains[j], refractory=refractory, double_fit=double_fit, duration=duration
+            )
+
+        sizes = np.array([len(t) for t in trains])
+        return len(footprint_merges(dense, dense, sizes, **kw, times=trains, independent=independent)) == 1
+
+    assert merged(tet, [unit, np.sort(np.r_[neuron[piece], strays])])
+    # a neuron of that footprint and size firing on its own, with enough spikes to show it
+    assert not merged(tet, [unit, np.sort(rng.integers(0, duration, size=700))])
+    # at about one size, footprints that alike are distinct neurons as often as not
+    twins = np.ascontiguousarray(np.stack([full, 0.8 * _stretched(full, 1.15)])[:, :, 10:14])
+    assert not merged(twins, [unit, np.sort(np.r_[neuron[piece], strays])])
+
+
 def test_on_a_tetrode_a_piece_whose_outer_half_expects_too_few_pairs_is_judged_beyond_the_double_fits():
     from spikesort.stages.merges import fire_independently, footprint_merges
 
@@ -528,6 +560,31 @@ def test_on_a_tetrode_a_piece_of_another_shape_joins_on_ample_refractory_evidenc
     late = rng.random(len(neuron)) < 0.5
     times = [neuron[~late], neuron[late]]
     _merge_only_on_ample_evidence(rng, tet, times, refractory=refractory, duration=duration)
+
+
+def test_on_a_tetrode_a_piece_of_another_shape_joins_on_a_gap_too_deep_for_two_neurons():
+    from spikesort.stages.merges import footprint_merges
+
+    # mearec_tetrode_bursts seed 4: 582 spikes of a 2810-spike unit at 0.54 of its size, footprints
+    # 0.9925, shapes 0.46 (stretched in bursts); no pair in the refractory period's outer half where
+    # chance gives 8.2 (p = 3e-4), short of the ample evidence's 10 pairs
+    rng = np.random.default_rng(21)
+    full = _unit(peak=40, center=12, width=3.0)
+    wide = 0.54 * _stretched(_unit(peak=40, center=12.4, width=3.0), 3.0)
+    tet = np.ascontiguousarray(np.stack([full, wide])[:, :, 10:14])
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 5500, size=3400))
+    late = rng.random(len(neuron)) < 0.17
+    times = [neuron[~late], neuron[late]]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, refractory=refractory, duration=duration)
+    assert len(footprint_merges(tet, tet, sizes, **kw, times=times)) == 1
+    # two neurons whose collisions the matching lost: at 0.47 of chance's pairs (the thinnest
+    # between distinct neurons on MEArec tetrodes) the gap is no deeper than chance leaves
+    other = np.sort(rng.integers(0, duration, size=len(times[1])))
+    close = np.searchsorted(times[0], other + refractory, "right") > np.searchsorted(times[0], other - refractory)
+    lost = close & (rng.random(len(other)) < 0.53)
+    assert len(footprint_merges(tet, tet, sizes, **kw, times=[times[0], other[~lost]])) == 2
 
 
 def test_on_a_tetrode_a_looser_footprint_needs_a_closer_shape_even_when_the_trains_show_a_gap():

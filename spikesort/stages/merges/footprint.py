@@ -24,12 +24,11 @@ are followed by one far less often. Two neurons firing on their own do neither.
 from __future__ import annotations
 
 import logging
-from functools import partial
 
 import numpy as np
 
-from .bursts import late_in_bursts
-from .refractory import banded_refractory_ratio, mostly_fitted_twice, outer_gap, outer_refractory_ratio
+from .evidence import ABSORB_FRACTION, NARROW_EXPECTED, NARROW_RATIO, Trains, ample_gap
+from .refractory import mostly_fitted_twice
 from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_similarity
 from .two_sizes import trains_say
 
@@ -40,9 +39,7 @@ log = logging.getLogger(__name__)
 COMPACT_REACH = 0.75
 # shapes alike only at a lag beyond max_lag (one spike aligned on another of its phases) need a
 # refractory gap too: distinct neighbours on a generated probe reached a footprint cosine of 0.994
-# and shapes of 0.98 at 0.28 ms; a piece too small for the test joins when it has at most
-# ABSORB_FRACTION of the spikes of its unit (as in refractory_merges: a wrong merge costs little)
-ABSORB_FRACTION = 0.1
+# and shapes of 0.98 at 0.28 ms; a piece too small for the test joins on ABSORB_FRACTION
 # on ample evidence of one neuron (a near-empty refractory period once the double fits' lags are
 # left out) a piece may look less like its unit: mearec_nn32's bursting neurons left pieces at a
 # third of their size with footprints agreeing to 0.988 and shapes to 0.64-0.79
@@ -53,9 +50,6 @@ LOOSE_COSINE, LOOSE_SIMILARITY = 0.98, 0.6
 # rates on every generated recording (2-8 Hz), so a unit this much smaller that looks this alike
 # is not one of them
 SLIVER_FRACTION, SLIVER_SIMILARITY = 0.05, 0.9
-# a narrow footprint on a long probe (mearec_nn32 seed 2: a bursting neuron's two sizes over 5
-# channels, 3 pairs where 31.6 were expected) joins only on this much evidence of one neuron
-NARROW_EXPECTED, NARROW_RATIO = 10.0, 0.2
 # on a compact probe, footprints this alike are one neuron unless the trains show two: a neuron's
 # pieces on MEArec tetrodes agreed to 0.9973-0.9999, distinct neurons to at most 0.9931; too few
 # spikes for the refractory test to show one neuron is then no reason to keep them apart
@@ -147,7 +141,8 @@ def footprint_merges(
     few spikes for that test joins when it has at most ``ABSORB_FRACTION`` of the unit's spikes and
     agrees with it as closely as dense footprints must (``min_cosine``, ``min_similarity``). A
     piece whose shape agrees less joins only on the ample evidence asked of a narrow footprint,
-    whatever its shape: a burst can change a spike's shape that much. Pieces
+    whatever its shape (or, footprints agreeing to ``min_cosine``, a gap as rare for two neurons
+    as :func:`.evidence.ample_gap` asks): a burst can change a spike's shape that much. Pieces
     of one neuron need not look like each other (one shrinks, one widens), only like their unit.
     Two compact units alike as dense ones must be, but only at a lag beyond ``max_lag`` (one neuron
     aligned on two of its phases), join as a pair does on a dense probe when the trains show one neuron.
@@ -158,7 +153,8 @@ def footprint_merges(
     the two apart when each joins a third (one neuron on three phases).
     Where the trains are too short to show one neuron, compact footprints agreeing to
     ``STRICT_COSINE`` with shapes alike to ``loose_footprint_similarity`` still join (a piece, or
-    a pair on two phases), unless ``independent`` shows two neurons firing on their own.
+    a pair on two phases), unless ``independent`` shows two neurons firing on their own; so does a
+    smaller piece whose trains show no gap (a few stray fits) but too little to show two neurons.
     A narrow footprint on a long probe agreeing to ``min_cosine``, a dense one agreeing to only
     ``LOOSE_COSINE``, or a dense one whose shape agrees to less than ``min_similarity``, joins as
     a piece does on a compact one, but only with the stricter evidence of ``NARROW_EXPECTED`` and
@@ -192,16 +188,12 @@ def footprint_merges(
     attach = []  # (ratio, piece, unit, lag of the piece onto the unit)
     strict = set()  # pieces attached on their footprint, the trains too short to say
     ample = set()  # pieces attached on ample refractory evidence, their footprint or shape looser
+    compact_ample = set()  # those of them on a compact probe
     bursts = set()  # pieces attached as the late spikes of their unit's bursts
     quiet = set()  # rare pieces, no larger than their unit, attached on an empty refractory period
     alike = set()  # units of one size attached on a near-empty refractory period
 
-    gap_of = partial(
-        outer_gap, refractory=refractory, duration=duration, double_fit=double_fit, min_expected=min_expected
-    )
-
-    def _bursting(big: np.ndarray, piece: np.ndarray) -> bool:
-        return burst_lags is not None and late_in_bursts(big, piece, lags=burst_lags, duration=duration)
+    tr = Trains([] if times is None else times, refractory, duration, double_fit, min_expected, max_ratio, burst_lags)
 
     def _veto(i: int, j: int, shift: int, one_size: bool) -> bool:
         """Footprints agree, but the trains show two neurons firing independently: at one size,
@@ -214,7 +206,7 @@ def footprint_merges(
             # too many for one neuron, too few for the independence test. One neuron's two units
             # leave a near-empty period; on less evidence a stray pair weighs too much
             # (mearec_nn32 seed 0: a bursting neuron's two units, 1 pair where 4.5 were expected)
-            ratio, expected = _gap(i, j, shift)
+            ratio, expected = tr.gap(i, j, shift)
             if expected >= NARROW_EXPECTED and ratio >= NARROW_RATIO:
                 return True
         if independent is None or not independent(i, j):
@@ -229,7 +221,7 @@ def footprint_merges(
         if said != "nothing":
             return said == "two"
         big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
-        return not _bursting(times[big], times[piece])
+        return not tr.bursting(times[big], times[piece])
 
     def _absorbed(cos: float, s: float, piece: np.ndarray, whole: np.ndarray) -> bool:
         """Too few spikes for the refractory test, too few to matter, and alike as one neuron."""
@@ -247,7 +239,7 @@ def footprint_merges(
         big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
         s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max_lag)
         small = size_uv[piece] <= max_piece_size * size_uv[big]
-        if small and s >= LOOSE_SIMILARITY and _bursting(times[big], times[piece]):
+        if small and s >= LOOSE_SIMILARITY and tr.bursting(times[big], times[piece]):
             attach.append((0.0, piece, big, shift))
             bursts.add(piece)
             return
@@ -260,14 +252,16 @@ def footprint_merges(
             # its unit's, and distinct tetrode neurons kept at least 0.47 of chance's pairs
             if (narrow and s < LOOSE_SIMILARITY) or size_uv[piece] > max_piece_size * size_uv[big]:
                 return
-            ratio, expected = banded_refractory_ratio(
-                times[big], times[piece], refractory=refractory, inner=refractory // 2, duration=duration
-            )
-            if expected >= NARROW_EXPECTED and ratio < NARROW_RATIO:
+            ratio, expected = tr.banded(times[big], times[piece])
+            # a gap too rare for two neurons speaks for a compact footprint as close as a dense one's
+            compact = not narrow and cos >= min_cosine
+            if ample_gap(ratio, expected, compact=compact):
                 attach.append((ratio, piece, big, shift))
                 ample.add(piece)
+                if compact:
+                    compact_ample.add(piece)
             return
-        ratio, expected = gap_of(times[big], times[piece])
+        ratio, expected = tr.outer(times[big], times[piece])
         if expected >= min_expected:
             if ratio < max_ratio and size_uv[piece] <= max_piece_size * size_uv[big]:
                 attach.append((ratio, piece, big, shift))
@@ -275,6 +269,9 @@ def footprint_merges(
                 # one size: only a near-empty refractory period tells one neuron from two
                 attach.append((ratio, piece, big, shift))
                 alike.add(piece)
+            elif small and _strict(cos, s, big, piece):
+                attach.append((1.0, piece, big, shift))
+                strict.add(piece)
         elif _absorbed(cos, s, times[piece], times[big]):
             attach.append((1.0, piece, big, shift))  # after every piece the trains vouch for
         elif _strict(cos, s, big, piece):
@@ -297,22 +294,6 @@ def footprint_merges(
             return False
         return not independent(i, j)
 
-    def _gap(i: int, j: int, shift: int) -> tuple[float, float]:
-        """Observed / expected pairs in the refractory period beyond ``double_fit`` once aligned
-        by the phase lag (a spike fitted by both templates lands within the alignment's jitter);
-        ``double_fit`` None: the outer half."""
-        return outer_refractory_ratio(
-            times[i], times[j] - shift, refractory=refractory, duration=duration, inner=double_fit
-        )
-
-    def _one_train(i: int, j: int, gap: tuple[float, float]) -> bool:
-        """Spike trains of one neuron: a ``_gap`` in the refractory period, or too few spikes to
-        tell and to matter."""
-        ratio, expected = gap
-        if expected >= min_expected:
-            return ratio < max_ratio
-        return min(len(times[i]), len(times[j])) <= ABSORB_FRACTION * max(len(times[i]), len(times[j]))
-
     def _two_phases(cos: float, s: float, i: int, j: int, gap: tuple[float, float]) -> bool:
         """Footprints and shapes (at a phase lag) alike as only one neuron's are, not one pair of
         spikes in the refractory period beyond ``double_fit`` where chance gives ``PHASE_EXPECTED``,
@@ -321,16 +302,6 @@ def footprint_merges(
             return False
         ratio, expected = gap
         return ratio == 0 and expected >= PHASE_EXPECTED and (independent is None or not independent(i, j))
-
-    def _unproven(gap: tuple[float, float]) -> bool:
-        """No pair in the refractory period beyond ``double_fit``, where chance gives too few for
-        the test (sqmea: one neuron on three alignments, 6 and 8 samples either side of its
-        largest unit; its two smaller units, 14 samples apart, expected 1.9 pairs)."""
-        ratio, expected = gap
-        return ratio == 0 and expected < min_expected
-
-    def _empty_period(a: np.ndarray, b: np.ndarray) -> bool:  # beyond ``double_fit``
-        return outer_refractory_ratio(a, b, refractory=refractory, duration=duration, inner=double_fit)[0] == 0
 
     def _pieces_left_apart() -> None:
         """Pieces the rules above left apart, judged on their trains, footprints agreeing to
@@ -367,7 +338,8 @@ def footprint_merges(
                     s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max(max_lag, phase_lag))
                     if s < LOOSE_SIMILARITY:
                         continue
-                    if _empty_period(times[big], times[piece] - shift) if rare else _bursting(times[big], times[piece]):
+                    tb, tp = times[big], times[piece]
+                    if tr.empty_period(tb, tp - shift) if rare else tr.bursting(tb, tp):
                         attach.append((1.0 if rare else 0.0, piece, big, shift))
                         (quiet if rare else bursts).add(piece)
                         attached.add(piece)
@@ -394,7 +366,7 @@ def footprint_merges(
                 s, shift = lagged_similarity(dense[i], dense[j], max_lag=phase_lag)
                 if abs(shift) <= max_lag or s < min_similarity:
                     continue
-                if not _one_train(i, j, _gap(i, j, shift)) and not _strict(cos, s, i, j):
+                if not tr.one_train(i, j, tr.gap(i, j, shift)) and not _strict(cos, s, i, j):
                     continue
             else:
                 ample_evidence = times is not None and refractory > 1
@@ -410,9 +382,9 @@ def footprint_merges(
                 if s < min_similarity and phase_lag > max_lag and times is not None:
                     s, shift = lagged_similarity(dense[i], dense[j], max_lag=phase_lag)
                     if s >= min_similarity:
-                        gap = _gap(i, j, shift)  # once for the three tests of the trains
-                        if not (_one_train(i, j, gap) or _two_phases(cos, s, i, j, gap)):
-                            if _unproven(gap):
+                        gap = tr.gap(i, j, shift)  # once for the three tests of the trains
+                        if not (tr.one_train(i, j, gap) or _two_phases(cos, s, i, j, gap)):
+                            if tr.unproven(gap):
                                 compatible[i, j] = compatible[j, i] = True
                                 lag[i, j], lag[j, i] = shift, -shift
                             continue
@@ -462,24 +434,22 @@ def footprint_merges(
         if gp == gb or len(members[gp]) > 1 or big in via:
             continue  # a piece joins once; a unit that took pieces, or is one, takes no other role
         whole = np.concatenate([times[t] for t in members[gb]])
-        ratio, expected = gap_of(whole, times[piece])
+        ratio, expected = tr.outer(whole, times[piece])
         if piece in strict:
             if any(independent(m, piece) for m in members[gb]):
                 continue
         elif piece in bursts:
-            if not _bursting(whole, times[piece]):
+            if not tr.bursting(whole, times[piece]):
                 continue
         elif piece in ample:
-            ratio, expected = banded_refractory_ratio(
-                whole, times[piece], refractory=refractory, inner=refractory // 2, duration=duration
-            )
-            if expected < NARROW_EXPECTED or ratio >= NARROW_RATIO:
+            ratio, expected = tr.banded(whole, times[piece])
+            if not ample_gap(ratio, expected, compact=piece in compact_ample):
                 continue
         elif piece in alike:
             if expected < ONE_SIZE_EXPECTED or ratio >= NARROW_RATIO:
                 continue
         elif piece in quiet:
-            if len(times[piece]) > QUIET_FRACTION * len(whole) or not _empty_period(whole, times[piece] - shift):
+            if len(times[piece]) > QUIET_FRACTION * len(whole) or not tr.empty_period(whole, times[piece] - shift):
                 continue
         elif ratio >= max_ratio if expected >= min_expected else len(times[piece]) > ABSORB_FRACTION * len(whole):
             continue

@@ -60,6 +60,14 @@ STRETCH_DISPERSION = 3.0
 WEAK_GAP_SIMILARITY = 0.8
 
 
+def gap_probability(ratio: float, expected: float) -> float:
+    """How often two neurons firing independently leave at most the observed pairs (``ratio`` of
+    ``expected``) in the refractory period: the Poisson probability of a gap that deep."""
+    from scipy.stats import poisson
+
+    return float(poisson.cdf(round(ratio * expected), expected))
+
+
 def makes_way(ta: np.ndarray, tb: np.ndarray, *, duration: int, rate_bin: int | None) -> bool:
     """False when the smaller of two trains fires in stretches and the larger fires as much there
     as elsewhere: the smaller is then not a piece of the larger's neuron, since a neuron does not
@@ -130,8 +138,6 @@ def refractory_merges(
     like both, or through their pieces (a drift step splits each neuron, and pieces that fire in
     different stretches never violate each other's refractory period).
     """
-    from scipy.stats import poisson
-
     k = dense.shape[0]
     if k == 0:
         return []
@@ -150,7 +156,7 @@ def refractory_merges(
             )
             if expected >= min_expected:
                 ok = ratio < max_ratio and (
-                    poisson.cdf(round(ratio * expected), expected) < strong_gap_p
+                    gap_probability(ratio, expected) < strong_gap_p
                     or (
                         s >= weak_gap_similarity and makes_way(times[i], times[j], duration=duration, rate_bin=rate_bin)
                     )

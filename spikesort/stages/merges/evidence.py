@@ -1,0 +1,95 @@
+"""What two units' spike trains say about being one neuron, as the footprint merges ask it.
+
+The counts of :mod:`.refractory` (pairs in the refractory period against chance, the lags where
+one spike fitted twice lands left out) and the burst's timing of :mod:`.bursts`, bound to one
+merge call's trains and lags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bursts import late_in_bursts
+from .refractory import STRONG_GAP_P, banded_refractory_ratio, gap_probability, outer_gap, outer_refractory_ratio
+
+# a piece too small for the refractory test joins when it has at most ABSORB_FRACTION of the
+# spikes of its unit (as in refractory_merges: a wrong merge costs little)
+ABSORB_FRACTION = 0.1
+# a narrow footprint on a long probe (mearec_nn32 seed 2: a bursting neuron's two sizes over 5
+# channels, 3 pairs where 31.6 were expected) joins only on this much evidence of one neuron
+NARROW_EXPECTED, NARROW_RATIO = 10.0, 0.2
+
+
+def ample_gap(ratio: float, expected: float, *, compact: bool) -> bool:
+    """Ample evidence of one neuron: a near-empty refractory period on ``NARROW_EXPECTED`` pairs
+    or more. On a compact probe also any gap that two neurons firing on their own leave less
+    often than ``STRONG_GAP_P``: there every pair of neurons shares the contacts, and the
+    collisions the matching loses thinned distinct MEArec tetrode neurons' pairs to 0.47 of
+    chance at most, where a burst's stretched piece (mearec_tetrode_bursts seed 4: 582 spikes,
+    shapes 0.46) left none of 8.2 (p = 3e-4; the distinct pairs of 7 tetrode recordings, 0.05 or
+    more)."""
+    if expected >= NARROW_EXPECTED and ratio < NARROW_RATIO:
+        return True
+    return compact and gap_probability(ratio, expected) < STRONG_GAP_P
+
+
+@dataclass(frozen=True)
+class Trains:
+    """The units' spike ``times`` of one merge call, the ``refractory`` period and the lags up to
+    ``double_fit`` left out of its counts (None: its inner half), in samples of a recording of
+    ``duration``; a gap needs ``min_expected`` pairs of evidence and under ``max_ratio`` of them.
+    ``burst_lags`` (lo, hi samples; None for none): where a burst's late spikes follow its first."""
+
+    times: list[np.ndarray]
+    refractory: int
+    duration: int
+    double_fit: int | None
+    min_expected: float
+    max_ratio: float
+    burst_lags: tuple[int, int] | None = None
+
+    def outer(self, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+        """Observed / expected pairs in the refractory period's outer half (:func:`.outer_gap`)."""
+        kw = dict(refractory=self.refractory, duration=self.duration, double_fit=self.double_fit)
+        return outer_gap(a, b, **kw, min_expected=self.min_expected)
+
+    def banded(self, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+        """The outer half's count without the lags where pairs crowd (:func:`.banded_refractory_ratio`)."""
+        kw = dict(refractory=self.refractory, inner=self.refractory // 2, duration=self.duration)
+        return banded_refractory_ratio(a, b, **kw)
+
+    def beyond_double_fits(self, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+        """Observed / expected pairs in the refractory period beyond ``double_fit``."""
+        return outer_refractory_ratio(a, b, refractory=self.refractory, duration=self.duration, inner=self.double_fit)
+
+    def gap(self, i: int, j: int, shift: int) -> tuple[float, float]:
+        """Units i and j's count beyond ``double_fit`` once aligned by the phase lag (a spike fitted
+        by both templates lands within the alignment's jitter)."""
+        return self.beyond_double_fits(self.times[i], self.times[j] - shift)
+
+    def one_train(self, i: int, j: int, gap: tuple[float, float]) -> bool:
+        """Spike trains of one neuron: a ``gap`` in the refractory period, or too few spikes to
+        tell and to matter."""
+        ratio, expected = gap
+        if expected >= self.min_expected:
+            return ratio < self.max_ratio
+        n_i, n_j = len(self.times[i]), len(self.times[j])
+        return min(n_i, n_j) <= ABSORB_FRACTION * max(n_i, n_j)
+
+    def unproven(self, gap: tuple[float, float]) -> bool:
+        """No pair in the refractory period beyond ``double_fit``, where chance gives too few for
+        the test (sqmea: one neuron on three alignments, 6 and 8 samples either side of its
+        largest unit; its two smaller units, 14 samples apart, expected 1.9 pairs)."""
+        ratio, expected = gap
+        return ratio == 0 and expected < self.min_expected
+
+    def empty_period(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Not one pair in the refractory period beyond ``double_fit``."""
+        return self.beyond_double_fits(a, b)[0] == 0
+
+    def bursting(self, big: np.ndarray, piece: np.ndarray) -> bool:
+        """The piece's spikes come late in ``big``'s bursts (:func:`.bursts.late_in_bursts`)."""
+        lags = self.burst_lags
+        return lags is not None and late_in_bursts(big, piece, lags=lags, duration=self.duration)
