@@ -527,6 +527,29 @@ def test_a_sliver_of_a_units_spikes_on_another_phase_joins_it_but_a_unit_firing_
     assert len(footprint_merges(dense, dense, sizes, **kw, times=tenth)) == 2
 
 
+def test_a_slivers_size_is_its_templates_projection_not_its_noisy_peak_to_peak():
+    from spikesort.stages.merges import footprint_merges
+
+    # mearec_np2 seed 0: 31 spikes of a 1106-spike neuron aligned 4 samples off, their template
+    # 86 uV peak to peak against the neuron's 81 (a few dozen spikes' noise), 0.85 of it along it
+    rng = np.random.default_rng(15)
+    full = _unit(peak=40, center=12, width=3.0)
+    noise = np.zeros_like(full)
+    noise[44, 12] = 12.0  # a noisy sample on the peak channel, after the trough
+    sliver = 0.85 * np.roll(_unit(peak=40, center=12.9, width=3.0), 12, axis=0) + noise
+    assert np.ptp(sliver, axis=0).max() > np.ptp(full, axis=0).max()
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 9000, size=2000))
+    few = rng.random(len(neuron)) < 0.02
+    times = [neuron[~few], neuron[few] - 12]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, phase_lag=32, double_fit=16, refractory=refractory, duration=duration, times=times)
+    assert len(footprint_merges(np.stack([full, sliver]), np.stack([full, sliver]), sizes, **kw)) == 1
+    # a few spikes of a larger neuron of that shape (1.2 times along it) are no sliver of it
+    larger = 1.2 * np.roll(_unit(peak=40, center=12.9, width=3.0), 12, axis=0) + noise
+    assert len(footprint_merges(np.stack([full, larger]), np.stack([full, larger]), sizes, **kw)) == 2
+
+
 def test_on_a_long_probe_a_narrow_footprint_at_two_sizes_merges_only_on_ample_refractory_evidence():
 
     # mearec_nn32 seed 2: a bursting neuron at two sizes whose footprint spans 5 of 32 channels,

@@ -29,7 +29,7 @@ import numpy as np
 
 from .evidence import ABSORB_FRACTION, NARROW_EXPECTED, NARROW_RATIO, Trains, ample_gap
 from .refractory import mostly_fitted_twice
-from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_similarity
+from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_dots, lagged_similarity
 from .two_sizes import trains_say
 
 log = logging.getLogger(__name__)
@@ -280,12 +280,19 @@ def footprint_merges(
 
     def _sliver(i: int, j: int) -> tuple[float, int] | None:
         """(similarity, lag) when one unit has at most ``SLIVER_FRACTION`` of the other's spikes,
-        is no larger, and has the other's shape aligned on another phase (beyond ``max_lag``)."""
+        is no larger, and has the other's shape aligned on another phase (beyond ``max_lag``).
+        Its size is its template's projection on the other's: the peak-to-peak of a few dozen
+        spikes' template grows with their noise (mearec_np2 seed 0: 31 spikes of a 81 uV neuron,
+        86 uV peak to peak, 0.85 of the neuron's template)."""
         few, many = (i, j) if len(times[i]) <= len(times[j]) else (j, i)
-        if len(times[few]) > SLIVER_FRACTION * len(times[many]) or size_uv[few] > size_uv[many]:
+        if len(times[few]) > SLIVER_FRACTION * len(times[many]):
             return None
         s, shift = lagged_similarity(dense[i], dense[j], max_lag=phase_lag)
-        return (s, shift) if abs(shift) > max_lag and s >= SLIVER_SIMILARITY else None
+        if abs(shift) <= max_lag or s < SLIVER_SIMILARITY:
+            return None
+        dots, energy = lagged_dots(dense[few], dense[many], max_lag=phase_lag)
+        best = int(np.argmax(dots))
+        return (s, shift) if dots[best] <= energy[best] else None
 
     def _strict(cos: float, s: float, i: int, j: int) -> bool:
         """Footprints alike as only one neuron's are on a compact probe, shapes alike as a piece's
