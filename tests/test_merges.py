@@ -550,6 +550,36 @@ def test_a_slivers_size_is_its_templates_projection_not_its_noisy_peak_to_peak()
     assert len(footprint_merges(np.stack([full, larger]), np.stack([full, larger]), sizes, **kw)) == 2
 
 
+def test_a_dense_piece_a_burst_stretched_past_its_units_shape_joins_on_a_deep_rare_gap_at_its_phase():
+    from spikesort.stages.merges import footprint_merges
+
+    # mearec_np2 seed 3: 611 spikes of a 3047-spike neuron at a third of its size, stretched so far
+    # that its shape agrees only at a phase lag (0.32, 19 samples), footprints 0.992 over 12
+    # channels; 1 pair in the refractory period's outer half where 9.3 were expected (p = 9e-4)
+    rng = np.random.default_rng(16)
+    full = _unit(peak=40, center=12, width=3.0)
+    wide = 0.33 * np.roll(_stretched(_unit(peak=40, center=12.3, width=3.0), 3.0), 19, axis=0)
+    dense = np.stack([full, wide])
+    assert lagged_similarity(full, wide, max_lag=32)[0] < 0.6  # at no lag as alike as a piece must be
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 5100, size=3650))
+    late = rng.random(len(neuron)) < 0.17
+    stray = neuron[~late][1000] + 30  # one stray fit in the refractory period
+    times = [neuron[~late], np.sort(np.r_[neuron[late], stray]) - 19]
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, phase_lag=32, double_fit=16, refractory=refractory, duration=duration)
+    groups = footprint_merges(dense, dense, sizes, **kw, times=times)
+    assert len(groups) == 1 and abs(dict(groups[0])[1] - 19) <= 3  # joined on its own phase
+    # a neighbour of those templates firing on its own, and one whose collisions the matching lost
+    # (every second or every fourth pair kept: as thin as distinct neighbours were on crowded64)
+    other = np.sort(rng.integers(0, duration, size=len(times[1])))
+    close = np.searchsorted(times[0], other + refractory, "right") > np.searchsorted(times[0], other - refractory)
+    for every in (1, 2, 4):
+        lost = np.flatnonzero(close)[np.arange(close.sum()) % every != 0]
+        thinned = np.delete(other, lost)
+        assert len(footprint_merges(dense, dense, sizes, **kw, times=[times[0], thinned])) == 2, every
+
+
 def test_on_a_long_probe_a_narrow_footprint_at_two_sizes_merges_only_on_ample_refractory_evidence():
 
     # mearec_nn32 seed 2: a bursting neuron at two sizes whose footprint spans 5 of 32 channels,

@@ -27,7 +27,7 @@ import logging
 
 import numpy as np
 
-from .evidence import ABSORB_FRACTION, NARROW_EXPECTED, NARROW_RATIO, Trains, ample_gap
+from .evidence import ABSORB_FRACTION, NARROW_EXPECTED, NARROW_RATIO, Trains, ample_gap, deep_gap
 from .refractory import mostly_fitted_twice
 from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_dots, lagged_similarity
 from .two_sizes import trains_say
@@ -159,7 +159,9 @@ def footprint_merges(
     ``LOOSE_COSINE``, or a dense one whose shape agrees to less than ``min_similarity``, joins as
     a piece does on a compact one, but only with the stricter evidence of ``NARROW_EXPECTED`` and
     ``NARROW_RATIO`` (counted by :func:`banded_refractory_ratio`), shapes alike to
-    ``LOOSE_SIMILARITY``, and no fallback for small pieces. A dense unit with at most
+    ``LOOSE_SIMILARITY`` (or, a burst having stretched a dense piece past that, footprints agreeing
+    to ``min_cosine`` and a gap :func:`.evidence.deep_gap` calls deep and rare, the piece aligned at
+    its phase lag), and no fallback for small pieces. A dense unit with at most
     ``SLIVER_FRACTION`` of another's spikes, no larger, whose shape is the other's on another
     phase (``SLIVER_SIMILARITY``), joins it with footprints agreeing to ``compact_cosine``.
     Wherever a piece is judged, ``burst_lags`` (lo, hi samples; None for none) let the burst speak
@@ -189,6 +191,7 @@ def footprint_merges(
     strict = set()  # pieces attached on their footprint, the trains too short to say
     ample = set()  # pieces attached on ample refractory evidence, their footprint or shape looser
     compact_ample = set()  # those of them on a compact probe
+    stretched = set()  # dense pieces a burst stretched past their unit's shape, on a deep gap
     bursts = set()  # pieces attached as the late spikes of their unit's bursts
     quiet = set()  # rare pieces, no larger than their unit, attached on an empty refractory period
     alike = set()  # units of one size attached on a near-empty refractory period
@@ -250,11 +253,19 @@ def footprint_merges(
         if narrow or unlike:
             # ... unless the evidence is ample: a burst changed a tetrode neuron's shape to 0.40 of
             # its unit's, and distinct tetrode neurons kept at least 0.47 of chance's pairs
-            if (narrow and s < LOOSE_SIMILARITY) or size_uv[piece] > max_piece_size * size_uv[big]:
+            if size_uv[piece] > max_piece_size * size_uv[big]:
                 return
             ratio, expected = tr.banded(times[big], times[piece])
             # a gap too rare for two neurons speaks for a compact footprint as close as a dense one's
             compact = not narrow and cos >= min_cosine
+            if narrow and s < LOOSE_SIMILARITY:
+                # a burst stretched the piece past its unit's shape (it aligns on another phase):
+                # a footprint as close as a dense one's, and a gap deep and rare
+                if cos >= min_cosine and deep_gap(ratio, expected):
+                    shift = lagged_similarity(dense[big], dense[piece], max_lag=max(max_lag, phase_lag))[1]
+                    attach.append((ratio, piece, big, shift))
+                    stretched.add(piece)
+                return
             if ample_gap(ratio, expected, compact=compact):
                 attach.append((ratio, piece, big, shift))
                 ample.add(piece)
@@ -447,6 +458,9 @@ def footprint_merges(
                 continue
         elif piece in bursts:
             if not tr.bursting(whole, times[piece]):
+                continue
+        elif piece in stretched:
+            if not deep_gap(*tr.banded(whole, times[piece])):
                 continue
         elif piece in ample:
             ratio, expected = tr.banded(whole, times[piece])
