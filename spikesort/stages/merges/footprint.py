@@ -256,8 +256,6 @@ def footprint_merges(
             if size_uv[piece] > max_piece_size * size_uv[big]:
                 return
             ratio, expected = tr.banded(times[big], times[piece])
-            # a gap too rare for two neurons speaks for a compact footprint as close as a dense one's
-            compact = not narrow and cos >= min_cosine
             if narrow and s < LOOSE_SIMILARITY:
                 # a burst stretched the piece past its unit's shape (it aligns on another phase):
                 # a footprint as close as a dense one's, and a gap deep and rare
@@ -266,6 +264,8 @@ def footprint_merges(
                     attach.append((ratio, piece, big, shift))
                     stretched.add(piece)
                 return
+            # a gap too rare for two neurons speaks for a compact footprint as close as a dense one's
+            compact = not narrow and cos >= min_cosine
             if ample_gap(ratio, expected, compact=compact):
                 attach.append((ratio, piece, big, shift))
                 ample.add(piece)
