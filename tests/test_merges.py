@@ -300,6 +300,19 @@ def _tetrode_piece(rng, full: np.ndarray, *, scale: float, stretch: float, n_spi
     return tet, neuron, rng.random(len(neuron)) < fraction
 
 
+def _tetrode_merged(dense: np.ndarray, trains, *, refractory=48, duration=9_600_000, double_fit=16) -> bool:
+    """The two units of ``dense`` (a 300 s tetrode recording at 32 kHz) merge on their ``trains``,
+    judged with the independence test."""
+    from spikesort.stages.merges import fire_independently, footprint_merges
+
+    def independent(i, j):
+        return fire_independently(trains[i], trains[j], refractory=refractory, double_fit=double_fit, duration=duration)
+
+    sizes = np.array([len(t) for t in trains])
+    kw = dict(max_lag=3, refractory=refractory, duration=duration, double_fit=double_fit)
+    return len(footprint_merges(dense, dense, sizes, **kw, times=trains, independent=independent)) == 1
+
+
 def test_on_a_tetrode_a_piece_too_small_to_test_joins_on_a_strict_footprint_unless_the_trains_show_two():
     from spikesort.stages.merges import fire_independently, footprint_merges
     from spikesort.stages.merges.footprint import footprint_cosine
@@ -337,8 +350,6 @@ def test_on_a_tetrode_a_piece_too_small_to_test_joins_on_a_strict_footprint_unle
 
 
 def test_on_a_tetrode_a_smaller_piece_whose_few_stray_pairs_show_no_gap_joins_on_a_strict_footprint():
-    from spikesort.stages.merges import fire_independently, footprint_merges
-
     # mearec_tetrode seed 0: 366 spikes at 0.49 of a 2001-spike unit's size, 93 % of them its
     # neuron's, footprints 0.999, shapes 0.85; three stray fits 0.8-1.1 ms from the unit's spikes
     # put 3 pairs in the refractory period's outer half where chance gives 3.7: no gap, but too
@@ -346,53 +357,27 @@ def test_on_a_tetrode_a_smaller_piece_whose_few_stray_pairs_show_no_gap_joins_on
     rng = np.random.default_rng(3)
     full = _unit(peak=40, center=12, width=3.0)
     tet, neuron, piece = _tetrode_piece(rng, full, scale=0.49, stretch=1.15, n_spikes=2370, fraction=0.155)
-    duration, refractory, double_fit = 9_600_000, 48, 16
-    kw = dict(max_lag=3, refractory=refractory, duration=duration, double_fit=double_fit)
     unit = neuron[~piece]
     strays = unit[[100, 700, 1300]] + np.array([25, 27, -34])
-
-    def merged(dense, trains):
-        def independent(i, j):
-            return fire_independently(
-                trains[i], trains[j], refractory=refractory, double_fit=double_fit, duration=duration
-            )
-
-        sizes = np.array([len(t) for t in trains])
-        return len(footprint_merges(dense, dense, sizes, **kw, times=trains, independent=independent)) == 1
-
-    assert merged(tet, [unit, np.sort(np.r_[neuron[piece], strays])])
+    assert _tetrode_merged(tet, [unit, np.sort(np.r_[neuron[piece], strays])])
     # a neuron of that footprint and size firing on its own, with enough spikes to show it
-    assert not merged(tet, [unit, np.sort(rng.integers(0, duration, size=700))])
+    assert not _tetrode_merged(tet, [unit, np.sort(rng.integers(0, 9_600_000, size=700))])
     # at about one size, footprints that alike are distinct neurons as often as not
     twins = np.ascontiguousarray(np.stack([full, 0.8 * _stretched(full, 1.15)])[:, :, 10:14])
-    assert not merged(twins, [unit, np.sort(np.r_[neuron[piece], strays])])
+    assert not _tetrode_merged(twins, [unit, np.sort(np.r_[neuron[piece], strays])])
 
 
 def test_on_a_tetrode_a_piece_whose_outer_half_expects_too_few_pairs_is_judged_beyond_the_double_fits():
-    from spikesort.stages.merges import fire_independently, footprint_merges
-
     # mearec_tetrode seed 1: a 298-spike piece of a 1857-spike neuron at 0.31 of its size, footprints
     # 0.997, shapes 0.81; no pair in the refractory period, where its outer half expects 2.8 pairs
     # (too few for the test) and every lag beyond the double fits 3.7
     rng = np.random.default_rng(5)
     full = _unit(peak=40, center=12, width=3.0)
     tet, neuron, piece = _tetrode_piece(rng, full, scale=0.35, stretch=2.0, n_spikes=1850, fraction=0.17)
-    duration, refractory, double_fit = 9_600_000, 48, 16
-    kw = dict(max_lag=3, refractory=refractory, duration=duration, double_fit=double_fit)
-
-    def merged(trains):
-        def independent(i, j):
-            return fire_independently(
-                trains[i], trains[j], refractory=refractory, double_fit=double_fit, duration=duration
-            )
-
-        sizes = np.array([len(t) for t in trains])
-        return len(footprint_merges(tet, tet, sizes, **kw, times=trains, independent=independent)) == 1
-
-    assert merged([neuron[~piece], neuron[piece]])
+    assert _tetrode_merged(tet, [neuron[~piece], neuron[piece]])
     # a neuron of that footprint and size firing on its own shares the period as chance does
-    other = np.sort(rng.integers(0, duration, size=int(piece.sum())))
-    assert not merged([neuron[~piece], other])
+    other = np.sort(rng.integers(0, 9_600_000, size=int(piece.sum())))
+    assert not _tetrode_merged(tet, [neuron[~piece], other])
 
 
 def test_on_a_tetrode_two_units_of_one_size_merge_only_on_a_near_empty_refractory_period():
