@@ -300,6 +300,14 @@ def _tetrode_piece(rng, full: np.ndarray, *, scale: float, stretch: float, n_spi
     return tet, neuron, rng.random(len(neuron)) < fraction
 
 
+def _split_neuron(rng, *, n_spikes: int, max_isi: int, fraction: float) -> list[np.ndarray]:
+    """One neuron's train (never two spikes within 3 ms at 32 kHz) as two units: the rest, and a
+    random ``fraction`` of its spikes."""
+    neuron = np.cumsum(rng.integers(96, max_isi, size=n_spikes))
+    piece = rng.random(len(neuron)) < fraction
+    return [neuron[~piece], neuron[piece]]
+
+
 def _tetrode_merged(dense: np.ndarray, trains, *, refractory=48, duration=9_600_000, double_fit=16) -> bool:
     """The two units of ``dense`` (a 300 s tetrode recording at 32 kHz) merge on their ``trains``,
     judged with the independence test."""
@@ -391,9 +399,7 @@ def test_on_a_tetrode_two_units_of_one_size_merge_only_on_a_near_empty_refractor
     full = _unit(peak=40, center=12, width=3.0)
     tet = np.ascontiguousarray(np.stack([full, 0.95 * _stretched(full, 1.3)])[:, :, 10:14])
     duration, refractory = 9_600_000, 48
-    neuron = np.cumsum(rng.integers(96, 1800, size=9000))
-    piece = rng.random(len(neuron)) < 0.1
-    times = [neuron[~piece], neuron[piece]]
+    times = _split_neuron(rng, n_spikes=9000, max_isi=1800, fraction=0.1)
     sizes = np.array([len(t) for t in times])
     kw = dict(max_lag=3, refractory=refractory, duration=duration)
     groups = footprint_merges(tet, tet, sizes, **kw, times=times)
@@ -611,9 +617,7 @@ def test_on_a_tetrode_a_piece_of_another_shape_joins_on_a_gap_too_deep_for_two_n
     wide = 0.54 * _stretched(_unit(peak=40, center=12.4, width=3.0), 3.0)
     tet = np.ascontiguousarray(np.stack([full, wide])[:, :, 10:14])
     duration, refractory = 9_600_000, 48
-    neuron = np.cumsum(rng.integers(96, 5500, size=3400))
-    late = rng.random(len(neuron)) < 0.17
-    times = [neuron[~late], neuron[late]]
+    times = _split_neuron(rng, n_spikes=3400, max_isi=5500, fraction=0.17)
     sizes = np.array([len(t) for t in times])
     kw = dict(max_lag=3, refractory=refractory, duration=duration)
     assert len(footprint_merges(tet, tet, sizes, **kw, times=times)) == 1
