@@ -1250,3 +1250,27 @@ def test_one_size_neighbours_whose_collisions_the_matching_thinned_are_two_neuro
     assert 0.2 <= ratio and 4 <= expected < 10
     same = independence_test(_spikes(*stray), rate_bin=10 * fs, **kw)
     assert len(footprint_merges(dense, dense, sizes, max_lag=3, times=stray, independent=same, **kw)) == 1
+
+
+def test_on_a_tetrode_a_piece_whose_pairs_crowd_at_one_lag_joins_on_the_gap_around_them():
+    # MEArec's tetrode cells of another template draw: a neuron as two units of ~2600 spikes at 0.51
+    # of each other's size, footprints 0.9994, shapes 0.87; 24 pairs in the refractory period's outer
+    # half where chance gives 34, 23 of them 1.0-1.2 ms after one of the unit's spikes (its changed
+    # spikes fitted twice) and none at the other lags, where chance gives 29
+    rng = np.random.default_rng(23)
+    full = _unit(peak=40, center=12, width=3.0)
+    tet = np.ascontiguousarray(np.stack([full, 0.51 * _stretched(full, 1.15)])[:, :, 10:14])
+    unit, own = _split_neuron(rng, n_spikes=5200, max_isi=3600, fraction=0.5)
+    twice = unit[rng.random(len(unit)) < 0.01] + 34
+    assert _tetrode_merged(tet, [unit, np.sort(np.r_[own, twice])])
+    # a neuron of that footprint firing on its own spreads its pairs over every lag
+    other = np.sort(rng.integers(0, 9_600_000, size=len(own) + len(twice)))
+    assert not _tetrode_merged(tet, [unit, other])
+    # and so it does when the matching loses half its collisions (distinct MEArec tetrode neurons
+    # kept 0.49 of chance's pairs at the least), with footprints as alike as distinct neurons' are
+    shifted = 0.51 * _stretched(_unit(peak=40, center=13.0, width=3.0), 1.15)
+    loose = np.ascontiguousarray(np.stack([full, shifted])[:, :, 10:14])
+    close = np.searchsorted(unit, other + 48, "right") > np.searchsorted(unit, other - 48)
+    thinned = other[~(close & (rng.random(len(other)) < 0.5))]
+    assert _tetrode_merged(loose, [unit, np.sort(np.r_[own, twice])])
+    assert not _tetrode_merged(loose, [unit, thinned])
