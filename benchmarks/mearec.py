@@ -49,8 +49,12 @@ def _mearec(
     noise_level_uv=10.0,
     drift_um=0.0,
     drift_velocity_um_per_min=0.0,
+    cells_seed=0,
 ):
     """A MEArec scenario: what MEArec is asked for lives in the options (part of the cache key).
+
+    ``cells_seed`` draws the probe's template library anew: other positions and orientations of
+    every cell model, so other waveforms (0 is the library every other scenario uses).
 
     ``one_chunk`` renders the recording in one piece. MEArec (1.11.0) convolves in chunks of 10 s
     and gives the i-th spike of a unit in every chunk the burst modulation computed for the i-th
@@ -90,6 +94,7 @@ def _mearec(
             ("templates_version", TEMPLATES_VERSION),
         )
         + ((("one_chunk", True),) if one_chunk else ())
+        + ((("cells_seed", int(cells_seed)),) if cells_seed else ())
         + drift,
     )
 
@@ -174,6 +179,26 @@ register(
         drift_velocity_um_per_min=30.0,
         description="MEArec Neuropixels-64, 24 Blue Brain cells (6 bursting) moving together up and down "
         "45 µm at 30 µm/min, correlated noise, 300 s",
+    ),
+    # other cells: the template library drawn anew (the cells' waveforms the sorter was shaped on
+    # come from library 0)
+    _mearec(
+        "mearec_tetrode_cells1",
+        "tetrode-mea-l",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        cells_seed=1,
+        description="mearec_tetrode with cells from another template library, 300 s",
+    ),
+    _mearec(
+        "mearec_nn32_cells1",
+        "Neuronexus-32",
+        n_exc=12,
+        n_inh=4,
+        n_bursting=6,
+        cells_seed=1,
+        description="mearec_nn32 with cells from another template library, 300 s",
     ),
 )
 
@@ -309,7 +334,7 @@ def generate_mearec(*, scenario: Scenario, seed: int, cache_dir: Path):
         cache_dir=cache_dir,
         probe=scenario.probe,
         templates_per_cell=int(scenario.option["templates_per_cell"]),
-        seed=0,
+        seed=int(scenario.option.get("cells_seed", 0)),
         n_jobs=os.cpu_count() or 1,
         drift_um=drift_um,
     )

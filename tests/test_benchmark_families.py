@@ -371,3 +371,30 @@ def test_drifting_mearec_scenario_asks_for_drifting_templates_and_recording(tmp_
     assert rec["drifting"] is True and rec["drift_mode_probe"] == "rigid"
     assert rec["slow_drift_amplitude"] < o["drift_um"] and rec["chunk_duration"] == 0
     assert "drifting" not in mearec.recording_params(scenario=catalog.SCENARIOS["mearec_np64"], seed=1)["recordings"]
+
+
+def test_the_other_cells_scenarios_draw_their_own_template_library(tmp_path, monkeypatch):
+    """A check scenario of other cells simulates its probe's template library with another seed;
+    the scenarios before it keep library 0 and their cache keys."""
+    import sys
+    import types
+
+    from benchmarks import mearec
+    from benchmarks.scenarios import scenario_spec
+
+    class Drawn(Exception):
+        pass
+
+    def ensure_templates(**kw):
+        raise Drawn(kw["seed"])
+
+    monkeypatch.setitem(sys.modules, "MEArec", types.SimpleNamespace(__version__="0.0-test"))
+    monkeypatch.setattr(mearec, "ensure_templates", ensure_templates)
+    for name, seed in (("mearec_tetrode", 0), ("mearec_tetrode_cells1", 1), ("mearec_nn32_cells1", 1)):
+        with pytest.raises(Drawn) as drawn:
+            mearec.generate_mearec(scenario=catalog.SCENARIOS[name], seed=3, cache_dir=tmp_path)
+        assert drawn.value.args == (seed,)
+    options = scenario_spec(scenario=catalog.SCENARIOS["mearec_tetrode"], seed=0)["options"]
+    assert "cells_seed" not in [key for key, _ in options] and "templates_version" in [key for key, _ in options]
+    same = dict(catalog.SCENARIOS["mearec_tetrode"].options)
+    assert dict(catalog.SCENARIOS["mearec_tetrode_cells1"].options) == {**same, "cells_seed": 1}
