@@ -1253,7 +1253,7 @@ def test_one_size_neighbours_whose_collisions_the_matching_thinned_are_two_neuro
 
 
 def test_on_a_tetrode_a_piece_whose_pairs_crowd_at_one_lag_joins_on_the_gap_around_them():
-    # MEArec's tetrode cells of another template draw: a neuron as two units of ~2600 spikes at 0.51
+    # mearec_tetrode_cells1 seed 0: a bursting neuron as two units of ~2600 spikes at 0.51
     # of each other's size, footprints 0.9994, shapes 0.87; 24 pairs in the refractory period's outer
     # half where chance gives 34, 23 of them 1.0-1.2 ms after one of the unit's spikes (its changed
     # spikes fitted twice) and none at the other lags, where chance gives 29

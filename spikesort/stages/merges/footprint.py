@@ -278,8 +278,8 @@ def footprint_merges(
                 attach.append((1.0, piece, big, shift))
                 strict.add(piece)
             elif small:
-                # pairs crowding at one lag of the outer half are the piece's changed spikes fitted
-                # twice (lib1 tetrode: 23 pairs at 1.1-1.2 ms, none elsewhere of 29 expected)
+                # pairs crowding at one lag of the outer half are its changed spikes fitted twice
+                # (mearec_tetrode_cells1 seed 0: 23 pairs at 1.0-1.2 ms, none of 29 expected elsewhere)
                 _ample(piece, big, shift, cos, *tr.banded(times[big], times[piece]), narrow=False)
         elif _absorbed(cos, s, times[piece], times[big]):
             attach.append((1.0, piece, big, shift))  # after every piece the trains vouch for
