@@ -142,7 +142,9 @@ def footprint_merges(
     agrees with it as closely as dense footprints must (``min_cosine``, ``min_similarity``). A
     piece whose shape agrees less joins only on the ample evidence asked of a narrow footprint,
     whatever its shape (or, footprints agreeing to ``min_cosine``, a gap as rare for two neurons
-    as :func:`.evidence.ample_gap` asks): a burst can change a spike's shape that much. Pieces
+    as :func:`.evidence.ample_gap` asks): a burst can change a spike's shape that much. A piece
+    alike in shape that fails the plain count is judged on that evidence too, in the banded count
+    (where the unit and the piece fit one changed spike, pairs crowd at one lag). Pieces
     of one neuron need not look like each other (one shrinks, one widens), only like their unit.
     Two compact units alike as dense ones must be, but only at a lag beyond ``max_lag`` (one neuron
     aligned on two of its phases), join as a pair does on a dense probe when the trains show one neuron.
@@ -288,8 +290,7 @@ def footprint_merges(
             strict.add(piece)
 
     def _ample(piece: int, big: int, shift: int, cos: float, ratio: float, expected: float, *, narrow: bool) -> None:
-        """Attach the piece on ample evidence of one neuron in the banded count; a gap too rare
-        for two neurons speaks for a compact footprint as close as a dense one's."""
+        """Attach the piece on ample evidence (a rare gap, for footprints alike to ``min_cosine``)."""
         compact = not narrow and cos >= min_cosine
         if ample_gap(ratio, expected, compact=compact):
             attach.append((ratio, piece, big, shift))
