@@ -29,7 +29,7 @@ import numpy as np
 
 from .evidence import ABSORB_FRACTION, NARROW_EXPECTED, NARROW_RATIO, Trains, ample_gap, deep_gap
 from .refractory import mostly_fitted_twice
-from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_dots, lagged_similarity
+from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_similarity, sliver_of
 from .two_sizes import trains_say
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,6 @@ COMPACT_REACH = 0.75
 # left out) a piece may look less like its unit: mearec_nn32's bursting neurons left pieces at a
 # third of their size with footprints agreeing to 0.988 and shapes to 0.64-0.79
 LOOSE_COSINE, LOOSE_SIMILARITY = 0.98, 0.6
-# a sliver of a neuron's spikes aligned on another of its phases (31-33 spikes, 1.6-3.3 % of the
-# unit's, on mearec_np64): its footprint, from so few spikes, agreed to only 0.972-0.985, its
-# shape to 0.92 at a lag of 11-17 samples; neurons that look alike at a lag fire at comparable
-# rates on every generated recording (2-8 Hz), so a unit this much smaller that looks this alike
-# is not one of them
-SLIVER_FRACTION, SLIVER_SIMILARITY = 0.05, 0.9
 # on a compact probe, footprints this alike are one neuron unless the trains show two: a neuron's
 # pieces on MEArec tetrodes agreed to 0.9973-0.9999, distinct neurons to at most 0.9931; too few
 # spikes for the refractory test to show one neuron is then no reason to keep them apart
@@ -165,7 +159,8 @@ def footprint_merges(
     to ``min_cosine`` and a gap :func:`.evidence.deep_gap` calls deep and rare, the piece aligned at
     its phase lag), and no fallback for small pieces. A dense unit with at most
     ``SLIVER_FRACTION`` of another's spikes, no larger, whose shape is the other's on another
-    phase (``SLIVER_SIMILARITY``), joins it with footprints agreeing to ``compact_cosine``.
+    phase (``SLIVER_SIMILARITY``; :func:`.templates.sliver_of`), joins it with footprints agreeing
+    to ``compact_cosine``.
     Wherever a piece is judged, ``burst_lags`` (lo, hi samples; None for none) let the burst speak
     instead: a piece no larger than ``max_piece_size`` of its unit, shaped alike to
     ``LOOSE_SIMILARITY``, whose spikes come late in the unit's bursts at those lags
@@ -298,22 +293,6 @@ def footprint_merges(
             if compact:
                 compact_ample.add(piece)
 
-    def _sliver(i: int, j: int) -> tuple[float, int] | None:
-        """(similarity, lag) when one unit has at most ``SLIVER_FRACTION`` of the other's spikes,
-        is no larger, and has the other's shape aligned on another phase (beyond ``max_lag``).
-        Its size is its template's projection on the other's: the peak-to-peak of a few dozen
-        spikes' template grows with their noise (mearec_np2 seed 0: 31 spikes of a 81 uV neuron,
-        86 uV peak to peak, 0.85 of the neuron's template)."""
-        few, many = (i, j) if len(times[i]) <= len(times[j]) else (j, i)
-        if len(times[few]) > SLIVER_FRACTION * len(times[many]):
-            return None
-        s, shift = lagged_similarity(dense[i], dense[j], max_lag=phase_lag)
-        if abs(shift) <= max_lag or s < SLIVER_SIMILARITY:
-            return None
-        dots, energy = lagged_dots(dense[few], dense[many], max_lag=phase_lag)
-        best = int(np.argmax(dots))
-        return (s, shift) if dots[best] <= energy[best] else None
-
     def _strict(cos: float, s: float, i: int, j: int) -> bool:
         """Footprints alike as only one neuron's are on a compact probe, shapes alike as a piece's
         to its unit, and spike trains that do not show two neurons firing independently."""
@@ -400,7 +379,10 @@ def footprint_merges(
                 if cos < min_cosine:
                     if ample_evidence and cos >= LOOSE_COSINE:
                         _piece_pair(i, j, cos, narrow=True)
-                    sliver = _sliver(i, j) if ample_evidence and cos >= compact_cosine else None
+                    sliver = None
+                    if ample_evidence and cos >= compact_cosine:
+                        n = len(times[i]), len(times[j])
+                        sliver = sliver_of(dense[i], dense[j], *n, max_lag=max_lag, phase_lag=phase_lag)
                     if sliver is None:
                         continue
                     s, shift = sliver
@@ -461,7 +443,6 @@ def footprint_merges(
         if gp == gb or len(members[gp]) > 1 or big in via:
             continue  # a piece joins once; a unit that took pieces, or is one, takes no other role
         whole = np.concatenate([times[t] for t in members[gb]])
-        ratio, expected = tr.outer(whole, times[piece])
         if piece in strict:
             if any(independent(m, piece) for m in members[gb]):
                 continue
@@ -472,17 +453,18 @@ def footprint_merges(
             if not deep_gap(*tr.banded(whole, times[piece])):
                 continue
         elif piece in ample:
-            ratio, expected = tr.banded(whole, times[piece])
-            if not ample_gap(ratio, expected, compact=piece in compact_ample):
-                continue
-        elif piece in alike:
-            if expected < ONE_SIZE_EXPECTED or ratio >= NARROW_RATIO:
+            if not ample_gap(*tr.banded(whole, times[piece]), compact=piece in compact_ample):
                 continue
         elif piece in quiet:
             if len(times[piece]) > QUIET_FRACTION * len(whole) or not tr.empty_period(whole, times[piece] - shift):
                 continue
-        elif ratio >= max_ratio if expected >= min_expected else len(times[piece]) > ABSORB_FRACTION * len(whole):
-            continue
+        else:  # the plain count of the outer half, which a piece of one size must pass nearly empty
+            ratio, expected = tr.outer(whole, times[piece])
+            if piece in alike:
+                if expected < ONE_SIZE_EXPECTED or ratio >= NARROW_RATIO:
+                    continue
+            elif ratio >= max_ratio if expected >= min_expected else len(times[piece]) > ABSORB_FRACTION * len(whole):
+                continue
         group[piece] = gb
         members[gb] += members.pop(gp)
         via[piece] = (big, shift)
