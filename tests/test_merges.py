@@ -354,6 +354,12 @@ def test_on_a_tetrode_a_piece_too_small_to_test_joins_on_a_strict_footprint_unle
     loose = np.ascontiguousarray(np.stack([full, 0.45 * _stretched(shifted, 1.15)])[:, :, 10:14])
     cos, _ = footprint_cosine(np.ptp(loose[0], axis=0), np.ptp(loose[1], axis=0))
     assert 0.99 < cos < 0.995
+    # (with more than a quarter of the unit's spikes: a fainter share joins on shapes alike, below)
+    _, neuron, piece = _tetrode_piece(rng, full, scale=0.45, stretch=1.15, n_spikes=1300, fraction=0.23)
+    times = [neuron[~piece], neuron[piece]]
+    assert len(times[1]) > 0.25 * len(times[0])
+    sizes = np.array([len(t) for t in times])
+    assert len(footprint_merges(tet, tet, sizes, **kw, times=times, independent=independent_of(times))) == 1
     assert len(footprint_merges(loose, loose, sizes, **kw, times=times, independent=independent_of(times))) == 2
 
 
@@ -1274,3 +1280,40 @@ def test_on_a_tetrode_a_piece_whose_pairs_crowd_at_one_lag_joins_on_the_gap_arou
     thinned = other[~(close & (rng.random(len(other)) < 0.5))]
     assert _tetrode_merged(loose, [unit, np.sort(np.r_[own, twice])])
     assert not _tetrode_merged(loose, [unit, thinned])
+
+
+def test_on_a_tetrode_a_faint_piece_too_few_for_the_trains_joins_the_unit_it_is_most_like():
+    # mearec_tetrode seed 12: 251 of a neuron's spikes at 0.38 of its 1517-spike unit's size,
+    # footprints 0.997, shapes 0.81; 2.5 pairs expected in the refractory period's outer half,
+    # too few for the test, too many spikes to absorb as a sliver, a shape too loose for the
+    # strict footprint
+    from spikesort.stages.merges import fire_independently, footprint_merges
+
+    rng = np.random.default_rng(12)
+    full = _unit(peak=40, center=12, width=3.0)
+    tet, neuron, piece = _tetrode_piece(rng, full, scale=0.38, stretch=1.85, n_spikes=1770, fraction=0.14)
+    trains = [neuron[~piece], neuron[piece]]
+    assert _tetrode_merged(tet, trains)
+    # a shape further from the unit's (0.79) keeps it apart, and so do more spikes than a
+    # quarter of the unit's, the trains still too short to say
+    unlike = np.ascontiguousarray(np.stack([full, 0.38 * _stretched(full, 2.0)])[:, :, 10:14])
+    assert not _tetrode_merged(unlike, trains)
+    few = trains[0][rng.random(len(trains[0])) < 0.5]
+    assert not _tetrode_merged(tet, [few, trains[1]])
+    # a larger unit more alike to the piece than its own (0.97 against 0.82) but kept from it
+    # (too many spikes to call it faint, a footprint not strict) keeps it from its own unit too
+    # (mearec_tetrode seed 5: two neurons' shrunken spikes in one piece, the unit least like it
+    # the only one its trains did not rule out)
+    third = 0.8 * _stretched(_unit(peak=40, center=13.0, width=3.0), 1.5)[:, 10:14]
+    three = np.ascontiguousarray(np.stack([tet[0], third, tet[1]]))
+    times = [trains[0], np.sort(rng.integers(0, 9_600_000, size=600)), trains[1]]
+    refractory, double_fit, duration = 48, 16, 9_600_000
+
+    def independent(i, j):
+        return fire_independently(times[i], times[j], refractory=refractory, double_fit=double_fit, duration=duration)
+
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, refractory=refractory, duration=duration, double_fit=double_fit)
+    assert len(footprint_merges(three, three, sizes, **kw, times=times, independent=independent)) == 3
+    # without it, the piece joins its own unit
+    assert _tetrode_merged(three[[0, 2]], [times[0], times[2]])
