@@ -200,6 +200,25 @@ register(
         cells_seed=1,
         description="mearec_nn32 with cells from another template library, 300 s",
     ),
+    _mearec(
+        "mearec_tetrode_cells2",
+        "tetrode-mea-l",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        cells_seed=2,
+        description="mearec_tetrode with cells from a third template library, 300 s",
+    ),
+    _mearec(
+        "mearec_tetrode_bursts_cells2",
+        "tetrode-mea-l",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        one_chunk=True,
+        cells_seed=2,
+        description="mearec_tetrode_bursts with cells from a third template library, 300 s",
+    ),
 )
 
 

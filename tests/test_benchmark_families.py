@@ -390,7 +390,8 @@ def test_the_other_cells_scenarios_draw_their_own_template_library(tmp_path, mon
 
     monkeypatch.setitem(sys.modules, "MEArec", types.SimpleNamespace(__version__="0.0-test"))
     monkeypatch.setattr(mearec, "ensure_templates", ensure_templates)
-    for name, seed in (("mearec_tetrode", 0), ("mearec_tetrode_cells1", 1), ("mearec_nn32_cells1", 1)):
+    drawn_from = (("mearec_tetrode", 0), ("mearec_tetrode_cells1", 1), ("mearec_nn32_cells1", 1))
+    for name, seed in drawn_from + (("mearec_tetrode_cells2", 2), ("mearec_tetrode_bursts_cells2", 2)):
         with pytest.raises(Drawn) as drawn:
             mearec.generate_mearec(scenario=catalog.SCENARIOS[name], seed=3, cache_dir=tmp_path)
         assert drawn.value.args == (seed,)
@@ -398,3 +399,6 @@ def test_the_other_cells_scenarios_draw_their_own_template_library(tmp_path, mon
     assert "cells_seed" not in [key for key, _ in options] and "templates_version" in [key for key, _ in options]
     same = dict(catalog.SCENARIOS["mearec_tetrode"].options)
     assert dict(catalog.SCENARIOS["mearec_tetrode_cells1"].options) == {**same, "cells_seed": 1}
+    assert dict(catalog.SCENARIOS["mearec_tetrode_cells2"].options) == {**same, "cells_seed": 2}
+    bursts = dict(catalog.SCENARIOS["mearec_tetrode_bursts"].options)
+    assert dict(catalog.SCENARIOS["mearec_tetrode_bursts_cells2"].options) == {**bursts, "cells_seed": 2}
