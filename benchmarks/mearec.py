@@ -201,6 +201,15 @@ register(
         description="mearec_nn32 with cells from another template library, 300 s",
     ),
     _mearec(
+        "mearec_np64_cells1",
+        "Neuropixels-64",
+        n_exc=24,
+        n_inh=8,
+        n_bursting=0,
+        cells_seed=1,
+        description="mearec_np64 with cells from another template library, 300 s",
+    ),
+    _mearec(
         "mearec_tetrode_cells2",
         "tetrode-mea-l",
         n_exc=4,

@@ -390,7 +390,12 @@ def test_the_other_cells_scenarios_draw_their_own_template_library(tmp_path, mon
 
     monkeypatch.setitem(sys.modules, "MEArec", types.SimpleNamespace(__version__="0.0-test"))
     monkeypatch.setattr(mearec, "ensure_templates", ensure_templates)
-    drawn_from = (("mearec_tetrode", 0), ("mearec_tetrode_cells1", 1), ("mearec_nn32_cells1", 1))
+    drawn_from = (
+        ("mearec_tetrode", 0),
+        ("mearec_tetrode_cells1", 1),
+        ("mearec_nn32_cells1", 1),
+        ("mearec_np64_cells1", 1),
+    )
     for name, seed in drawn_from + (("mearec_tetrode_cells2", 2), ("mearec_tetrode_bursts_cells2", 2)):
         with pytest.raises(Drawn) as drawn:
             mearec.generate_mearec(scenario=catalog.SCENARIOS[name], seed=3, cache_dir=tmp_path)
@@ -400,5 +405,7 @@ def test_the_other_cells_scenarios_draw_their_own_template_library(tmp_path, mon
     same = dict(catalog.SCENARIOS["mearec_tetrode"].options)
     assert dict(catalog.SCENARIOS["mearec_tetrode_cells1"].options) == {**same, "cells_seed": 1}
     assert dict(catalog.SCENARIOS["mearec_tetrode_cells2"].options) == {**same, "cells_seed": 2}
+    np64 = dict(catalog.SCENARIOS["mearec_np64"].options)
+    assert dict(catalog.SCENARIOS["mearec_np64_cells1"].options) == {**np64, "cells_seed": 1}
     bursts = dict(catalog.SCENARIOS["mearec_tetrode_bursts"].options)
     assert dict(catalog.SCENARIOS["mearec_tetrode_bursts_cells2"].options) == {**bursts, "cells_seed": 2}
