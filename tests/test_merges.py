@@ -1317,3 +1317,23 @@ def test_on_a_tetrode_a_faint_piece_too_few_for_the_trains_joins_the_unit_it_is_
     assert len(footprint_merges(three, three, sizes, **kw, times=times, independent=independent)) == 3
     # without it, the piece joins its own unit
     assert _tetrode_merged(three[[0, 2]], [times[0], times[2]])
+
+
+def test_on_a_long_probe_a_sliver_of_a_narrow_footprint_joins_its_unit_on_an_empty_period():
+    # mearec_nn32_cells1 seed 2: 65 of a neuron's spikes (1.1 % of its 5813-spike unit) at 0.94 of
+    # its size, over 7 channels of 32: footprints 0.998, shapes 0.91, no pair in the refractory
+    # period where chance gives 2.5; dense units that alike join as a sliver, a narrow one did not
+    from spikesort.stages.merges import fire_independently, footprint_merges
+
+    full = _unit(peak=40, center=12, width=1.2)
+    dense = np.stack([full, 0.95 * full])
+    rng = np.random.default_rng(5)
+    for fraction, groups in ((0.011, 1), (0.15, 2)):  # a sliver joins; more than a tenth does not
+        times = _split_neuron(rng, n_spikes=5900, max_isi=3000, fraction=fraction)
+        sizes = np.array([len(t) for t in times])
+        kw = dict(max_lag=3, phase_lag=32, refractory=48, duration=9_600_000, double_fit=16)
+
+        def independent(i, j, times=times):
+            return fire_independently(times[i], times[j], refractory=48, double_fit=16, duration=9_600_000)
+
+        assert len(footprint_merges(dense, dense, sizes, **kw, times=times, independent=independent)) == groups

@@ -330,9 +330,9 @@ def footprint_merges(
         align on another phase: shapes alike to ``LOOSE_SIMILARITY`` within ``phase_lag`` and the
         burst's timing (mearec_nn32_bursts seed 1: 65 spikes at 0.38 of their unit's size, aligned
         26 samples early, footprint 0.976, shape 0.66; 80 % of them 3.5-50 ms after one of the
-        unit's, z = 13). Then, where footprints span ``min_channels``, a neuron's rarer spikes
-        (``QUIET_FRACTION``): shapes alike within ``phase_lag``, an empty refractory period once
-        aligned."""
+        unit's, z = 13). Then, where footprints span ``min_channels`` (narrower on a long probe: a
+        sliver alike as dense units must be), a neuron's rarer spikes (``QUIET_FRACTION``): shapes
+        alike within ``phase_lag``, an empty refractory period once aligned."""
         if times is None:
             return
         attached = {piece for _r, piece, _b, _s in attach}
@@ -354,10 +354,12 @@ def footprint_merges(
                     if piece in attached:
                         continue
                     cos, n_ch = footprint_cosine(ptp[i], ptp[j])
-                    if cos < compact_cosine or (rare and n_ch < min_channels):
+                    narrow = rare and n_ch < min_channels  # shapes are held to min_similarity below
+                    sliver = n_ch < COMPACT_REACH * ptp.shape[1] and _absorbed(cos, 1.0, times[piece], times[big])
+                    if cos < compact_cosine or (narrow and not sliver):
                         continue
                     s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max(max_lag, phase_lag))
-                    if s < LOOSE_SIMILARITY:
+                    if s < (min_similarity if narrow else LOOSE_SIMILARITY):
                         continue
                     tb, tp = times[big], times[piece]
                     if tr.empty_period(tb, tp - shift) if rare else tr.bursting(tb, tp):
