@@ -169,6 +169,15 @@ register(
         description="mearec_nn32 with twice the noise (20 µV), 300 s",
     ),
     _mearec(
+        "mearec_tetrode_noisy",
+        "tetrode-mea-l",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        noise_level_uv=20.0,
+        description="mearec_tetrode with twice the noise (20 µV), 300 s",
+    ),
+    _mearec(
         "mearec_np64_drift",
         "Neuropixels-64",
         n_exc=18,
