@@ -354,12 +354,11 @@ def footprint_merges(
                     if piece in attached:
                         continue
                     cos, n_ch = footprint_cosine(ptp[i], ptp[j])
-                    narrow = rare and n_ch < min_channels  # shapes are held to min_similarity below
-                    sliver = n_ch < COMPACT_REACH * ptp.shape[1] and _absorbed(cos, 1.0, times[piece], times[big])
-                    if cos < compact_cosine or (narrow and not sliver):
+                    narrow = rare and n_ch < min_channels  # on a long probe: only a sliver alike as dense units
+                    if cos < compact_cosine or (narrow and n_ch >= COMPACT_REACH * ptp.shape[1]):
                         continue
                     s, shift = lagged_similarity(dense[big], dense[piece], max_lag=max(max_lag, phase_lag))
-                    if s < (min_similarity if narrow else LOOSE_SIMILARITY):
+                    if s < LOOSE_SIMILARITY or (narrow and not _absorbed(cos, s, times[piece], times[big])):
                         continue
                     tb, tp = times[big], times[piece]
                     if tr.empty_period(tb, tp - shift) if rare else tr.bursting(tb, tp):
