@@ -1100,7 +1100,8 @@ def test_one_neuron_on_three_phases_is_one_group_though_its_two_smaller_units_ar
 
 def test_a_neurons_rare_smaller_spikes_join_it_but_a_rarer_neighbour_firing_on_its_own_does_not():
     from spikesort.stages.merges import footprint_merges
-    from spikesort.stages.merges.footprint import QUIET_FRACTION, footprint_cosine
+    from spikesort.stages.merges.footprint import footprint_cosine
+    from spikesort.stages.merges.pieces import QUIET_FRACTION
 
     # MEArec cells: 8-15 % of a neuron's spikes at 0.25-0.6 of its size, spread over the recording;
     # their piece's footprint, from so few spikes, agrees with the unit's to only 0.96-0.99
