@@ -635,6 +635,37 @@ def test_on_a_tetrode_a_piece_of_another_shape_joins_on_a_gap_too_deep_for_two_n
     assert len(footprint_merges(tet, tet, sizes, **kw, times=[times[0], other[~lost]])) == 2
 
 
+def test_on_a_tetrode_a_piece_of_another_shape_joins_on_an_empty_period_rare_for_two_neurons():
+    from spikesort.stages.merges import footprint_merges
+    from spikesort.stages.merges.evidence import CLOSE_GAP_P
+    from spikesort.stages.merges.footprint import footprint_cosine
+    from spikesort.stages.merges.refractory import STRONG_GAP_P, banded_refractory_ratio, gap_probability
+
+    # mearec_tetrode_cells2 seed 3: 353 spikes of a 3200-spike unit at 0.66 of its size, footprints
+    # 0.9975, shapes 0.69; no pair where chance gives 5.6 (p = 0.004): rarer than any distinct pair
+    # of 57 tetrode recordings left, but short of STRONG_GAP_P
+    full = _unit(peak=40, center=12, width=3.0)
+    wide = 0.6 * _stretched(_unit(peak=40, center=12.4, width=3.0), 3.0)
+    tet = np.ascontiguousarray(np.stack([full, wide])[:, :, 10:14])
+    assert footprint_cosine(np.ptp(tet[0], axis=0), np.ptp(tet[1], axis=0))[0] >= 0.99
+    duration, refractory = 9_600_000, 48
+    rng = np.random.default_rng(4)
+    times = _split_neuron(rng, n_spikes=3300, max_isi=5500, fraction=0.11)
+    ratio, expected = banded_refractory_ratio(times[0], times[1], refractory=refractory, inner=24, duration=duration)
+    assert ratio == 0 and STRONG_GAP_P < gap_probability(ratio, expected) < CLOSE_GAP_P
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, refractory=refractory, duration=duration)
+    assert len(footprint_merges(tet, tet, sizes, **kw, times=times)) == 1
+    # a few pairs (over a fifth of chance's) as rare are no gap: two neurons the matching thinned
+    other = np.sort(rng.integers(0, duration, size=len(times[1]) * 2))
+    close = np.searchsorted(times[0], other + refractory, "right") > np.searchsorted(times[0], other - refractory)
+    thinned = other[~(close & (rng.random(len(other)) < 0.75))]
+    ratio, expected = banded_refractory_ratio(times[0], thinned, refractory=refractory, inner=24, duration=duration)
+    assert ratio >= 0.2 and gap_probability(ratio, expected) < CLOSE_GAP_P
+    sizes = np.array([len(times[0]), len(thinned)])
+    assert len(footprint_merges(tet, tet, sizes, **kw, times=[times[0], thinned])) == 2
+
+
 def test_on_a_tetrode_a_looser_footprint_needs_a_closer_shape_even_when_the_trains_show_a_gap():
     from spikesort.stages.merges import footprint_merges
 

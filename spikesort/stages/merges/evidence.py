@@ -20,19 +20,31 @@ ABSORB_FRACTION = 0.1
 # a narrow footprint on a long probe (mearec_nn32 seed 2: a bursting neuron's two sizes over 5
 # channels, 3 pairs where 31.6 were expected) joins only on this much evidence of one neuron
 NARROW_EXPECTED, NARROW_RATIO = 10.0, 0.2
+# on a compact probe, a near-empty refractory period (under NARROW_RATIO of chance) between
+# footprints agreeing to min_cosine: over every unit pair of 57 tetrode recordings (2026-12-05) no
+# two distinct neurons left one that two neurons firing on their own leave less often than 1 in
+# 20, where a neuron's pieces left no pair of 5.6 expected (p = 0.004, mearec_tetrode_cells2
+# seed 3). So such a gap needs only CLOSE_GAP_P there. Not on a dense probe: a neuron's phase
+# piece there left 0.14 of chance beside a distinct neuron (mearec_np64_cells1 seed 0)
+CLOSE_GAP_P = 1e-2
 
 
 def ample_gap(ratio: float, expected: float, *, compact: bool) -> bool:
     """Ample evidence of one neuron: a near-empty refractory period on ``NARROW_EXPECTED`` pairs
     or more. On a compact probe also any gap that two neurons firing on their own leave less
-    often than ``STRONG_GAP_P``: there every pair of neurons shares the contacts, and the
-    collisions the matching loses thinned distinct MEArec tetrode neurons' pairs to 0.47 of
-    chance at most, where a burst's stretched piece (mearec_tetrode_bursts seed 4: 582 spikes,
-    shapes 0.46) left none of 8.2 (p = 3e-4; the distinct pairs of 7 tetrode recordings, 0.05 or
-    more)."""
+    often than ``STRONG_GAP_P`` (``CLOSE_GAP_P`` under ``NARROW_RATIO`` of chance): there every
+    pair of neurons shares the contacts, and the collisions the matching loses thinned distinct
+    MEArec tetrode neurons' pairs to 0.47 of chance at most, where a burst's stretched piece
+    (mearec_tetrode_bursts seed 4: 582 spikes, shapes 0.46) left none of 8.2 (p = 3e-4; the
+    distinct pairs of 7 tetrode recordings, 0.05 or more)."""
     if expected >= NARROW_EXPECTED and ratio < NARROW_RATIO:
         return True
-    return compact and gap_probability(ratio, expected) < STRONG_GAP_P
+    return compact and gap_probability(ratio, expected) < (CLOSE_GAP_P if ratio < NARROW_RATIO else STRONG_GAP_P)
+
+
+def strong_gap(ratio: float, expected: float) -> bool:
+    """Ample evidence without ``CLOSE_GAP_P``'s allowance: a piece on this joins before those on less."""
+    return ample_gap(ratio, expected, compact=False) or gap_probability(ratio, expected) < STRONG_GAP_P
 
 
 def deep_gap(ratio: float, expected: float) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .evidence import ABSORB_FRACTION, NARROW_EXPECTED, NARROW_RATIO, Trains, ample_gap, deep_gap
+from .evidence import ABSORB_FRACTION, NARROW_EXPECTED, NARROW_RATIO, Trains, ample_gap, deep_gap, strong_gap
 from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_similarity
 from .two_sizes import trains_say
 
@@ -216,7 +216,9 @@ class PieceRules:
         """Attach the piece on ample evidence (a rare gap, for footprints alike to ``min_cosine``)."""
         compact = not narrow and cos >= self.min_cosine
         if ample_gap(ratio, expected, compact=compact):
-            self.attach.append((ratio, piece, big, shift))
+            # on a gap only CLOSE_GAP_P allows, after the pieces the trains vouch for more strongly
+            # (a weaker piece joined first keeps a stronger one out when the two clash)
+            self.attach.append((ratio if strong_gap(ratio, expected) else 1.0, piece, big, shift))
             self.ample.add(piece)
             if compact:
                 self.compact_ample.add(piece)
