@@ -666,6 +666,49 @@ def test_on_a_tetrode_a_piece_of_another_shape_joins_on_an_empty_period_rare_for
     assert len(footprint_merges(tet, tet, sizes, **kw, times=[times[0], thinned])) == 2
 
 
+def test_on_a_tetrode_a_neurons_rare_spikes_on_another_phase_join_it_on_ample_evidence_whatever_their_shape():
+    from spikesort.stages.merges import fire_independently, footprint_merges
+    from spikesort.stages.merges.evidence import ample_gap
+    from spikesort.stages.merges.footprint import footprint_cosine
+    from spikesort.stages.merges.refractory import banded_refractory_ratio, outer_refractory_ratio
+    from spikesort.stages.merges.templates import lagged_similarity
+
+    # mearec_tetrode_cells2 seed 3: 663 of a bursting neuron's spikes, shrunk to 0.27 of its unit's
+    # size and changed, caught 26 samples before their trough: footprints 0.993, shapes 0.29 at the
+    # best lag; once aligned at it, no pair in the refractory period where 14.1 were expected
+    # (unaligned, a few pairs where 10.6 were: no gap)
+    rng = np.random.default_rng(4)
+    full = _unit(peak=40, center=12, width=3.0)
+    early = 0.3 * np.roll(_stretched(full, 3.5), 26, axis=0)  # its window starts 26 samples early
+    tet = np.ascontiguousarray(np.stack([full, early])[:, :, 10:14])
+    cos, _ = footprint_cosine(np.ptp(tet[0], axis=0), np.ptp(tet[1], axis=0))
+    s, shift = lagged_similarity(tet[0], tet[1], max_lag=32)
+    assert cos >= 0.99 and s < 0.6 and shift < -20  # its spikes sit -shift samples early
+    # bursts: a quarter of the intervals 1.6-3.7 ms
+    isi = np.where(rng.random(3500) < 0.25, rng.integers(51, 120, 3500), rng.integers(120, 7000, 3500))
+    neuron = np.cumsum(isi)
+    piece = rng.random(len(neuron)) < 0.17
+    trains = dict(refractory=48, duration=9_600_000, double_fit=16)
+    kw = dict(max_lag=3, phase_lag=32, **trains)
+    unit, early_times = neuron[~piece], neuron[piece] + shift
+    unaligned = banded_refractory_ratio(unit, early_times, refractory=48, inner=24, duration=trains["duration"])
+    aligned = outer_refractory_ratio(unit, early_times - shift, refractory=48, duration=trains["duration"], inner=16)
+    assert not ample_gap(*unaligned, compact=True) and aligned[0] == 0 and aligned[1] >= 10
+
+    def merged(times):
+        def independent(i, j):
+            return fire_independently(times[i], times[j], **trains)
+
+        sizes = np.array([len(t) for t in times])
+        return len(footprint_merges(tet, tet, sizes, **kw, times=times, independent=independent)) == 1
+
+    assert merged([unit, early_times])
+    # the same templates firing on their own stay two neurons
+    assert not merged([unit, np.sort(rng.integers(0, trains["duration"], size=len(early_times)))])
+    # and so do a neuron's rare spikes with too few pairs expected to say (a third as many spikes)
+    assert not merged([unit, early_times[rng.random(len(early_times)) < 0.33]])
+
+
 def test_on_a_tetrode_a_looser_footprint_needs_a_closer_shape_even_when_the_trains_show_a_gap():
     from spikesort.stages.merges import footprint_merges
 
