@@ -5,8 +5,9 @@ during clustering), :mod:`.templates` (templates that are one unit seen twice, a
 clustering; the lag-aware template similarity and the snippet veto every template merge
 uses), :mod:`.refractory` (units whose spike trains keep a refractory gap, at curation; and
 applying a merge's groups to the spikes), :mod:`.footprint` (one neuron at several sizes, at
-curation; :mod:`.evidence` holds what the spike trains say there, :mod:`.bursts` tells a
-burst's late spikes, :mod:`.two_sizes` one neuron at two sizes from two neighbours),
+curation; :mod:`.pieces` judges a smaller unit as a piece of a larger one there, :mod:`.evidence`
+holds what the spike trains say, :mod:`.bursts` tells a burst's late spikes, :mod:`.two_sizes`
+one neuron at two sizes from two neighbours),
 :mod:`.drift` (units seen at two probe positions, after drift correction); :mod:`.noise` (a
 neuron's pieces too small for the refractory test, alike within their spikes' scatter, at the
 end of curation).
