@@ -127,7 +127,10 @@ def footprint_merges(
     pass the lags where a unit's echoes and residues sit (its template window). A piece that no
     other rule joined may still join on the burst's timing, on any probe, with footprints agreeing
     to ``compact_cosine`` and its shape alike at up to ``phase_lag``; on a dense probe, one with at
-    most ``QUIET_FRACTION`` of the unit's spikes may join on a refractory period holding no pair.
+    most ``QUIET_FRACTION`` of the unit's spikes may join on a refractory period holding no pair;
+    on a compact one, no larger than ``max_piece_size`` of its unit and its footprint agreeing to
+    ``min_cosine``, whatever its shape, when no pair lies where ``NARROW_EXPECTED`` or more are
+    expected once aligned at its phase lag (the rules themselves: :class:`.pieces.PieceRules`).
     """
     k = dense.shape[0]
     if k == 0:
