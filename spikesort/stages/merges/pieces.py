@@ -293,7 +293,8 @@ class PieceRules:
                             continue
                     elif s < LOOSE_SIMILARITY or (narrow and not self.absorbed(cos, s, times[piece], times[big])):
                         continue
-                    if tr.empty_period(tb, tp - shift) if rare else tr.bursting(tb, tp):
+                    # a compact piece's period was counted above, and held no pair
+                    if compact or (tr.empty_period(tb, tp - shift) if rare else tr.bursting(tb, tp)):
                         self.attach.append((1.0 if rare else 0.0, piece, big, shift))
                         (self.phased if compact else self.quiet if rare else self.bursts).add(piece)
                         attached.add(piece)
