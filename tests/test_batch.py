@@ -529,3 +529,38 @@ def test_batch_on_a_separately_started_cluster(data, tmp_path):
         if worker is not None:
             _stop(worker)
         _stop(scheduler)
+
+
+def test_a_worker_opens_its_log_though_another_removed_the_emptied_scratch_folder_meanwhile(tmp_path, monkeypatch):
+    # a dask worker finishing its recording removes the shared scratch folder once it is empty;
+    # another worker that had just made it must make it again (CI, 2026-12-05: FileNotFoundError)
+    import logging
+
+    from spikesort.batch import task
+
+    scratch = tmp_path / ".spikesort-batch" / "b.log"
+    real = logging.FileHandler
+    calls = []
+
+    def racing(path, *a, **kw):
+        calls.append(path)
+        if len(calls) == 1:
+            Path(path).parent.rmdir()  # the other worker, between mkdir and open
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(task.logging, "FileHandler", racing)
+    handler = task._open_scratch(scratch)
+    try:
+        assert len(calls) == 2 and scratch.is_file()
+    finally:
+        handler.close()
+
+    # a folder that cannot be made is still an error, after the tries
+    def never(path, *a, **kw):
+        calls.append(path)
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(task.logging, "FileHandler", never)
+    with pytest.raises(FileNotFoundError):
+        task._open_scratch(scratch, tries=3)
+    assert len(calls) == 5

@@ -108,6 +108,20 @@ def _append(src: Path, dst: Path) -> None:
     src.unlink()
 
 
+def _open_scratch(scratch: Path, *, tries: int = 20) -> logging.FileHandler:
+    """A log handler on ``scratch``. The scratch folder is shared by the batch's workers, and a
+    worker that moves its own log out removes the folder when it is left empty: between this
+    worker's ``mkdir`` and its ``open`` the folder can vanish, so it is made again and retried."""
+    while True:
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return logging.FileHandler(scratch, mode="a", encoding="utf8")
+        except FileNotFoundError:
+            tries -= 1
+            if tries <= 0:
+                raise
+
+
 def _finish_log(job: BatchJob) -> Path | None:
     """Move the scratch log into OUT/<name>/spikesort.log (appended to an earlier attempt's)."""
     scratch = _scratch_log(job)
@@ -181,9 +195,7 @@ def sort_recording_task(job: BatchJob, *, params: Params, overwrite: bool = Fals
         pid=os.getpid(),
         started=started,
     )
-    scratch = _scratch_log(job)
-    scratch.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(scratch, mode="a", encoding="utf8")
+    handler = _open_scratch(_scratch_log(job))
     handler.setLevel(logging.DEBUG)
     handler.addFilter(_LogFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
