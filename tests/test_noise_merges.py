@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from spikestore import SpikeStore
 
 from spikesort.stages.merges import excess_distance, noise_merges
 
@@ -9,31 +10,6 @@ NT, PRE, C = 40, 12, 16
 FS = 30_000
 DURATION = 300 * FS
 REFRACTORY, DOUBLE_FIT = 45, 15
-
-
-class SpikeStore:
-    """Whitened traces made on demand, read as the trace store reads them: white noise plus every
-    spike whose waveform reaches into the window (a 300 s recording never sits in memory)."""
-
-    def __init__(self, units, *, seed: int):
-        self.times = np.concatenate([t for t, _ in units])
-        self.owner = np.concatenate([np.full(len(t), k) for k, (t, _) in enumerate(units)])
-        order = np.argsort(self.times, kind="stable")
-        self.times, self.owner = self.times[order], self.owner[order]
-        self.waveforms = [w for _, w in units]
-        self.rng = np.random.default_rng(seed)
-
-    def snippets(self, times, *, pre, nt, channels=None):
-        chans = np.arange(C) if channels is None else np.asarray(channels)
-        out = self.rng.normal(size=(len(times), nt, C)).astype(np.float32)
-        for n, t in enumerate(np.asarray(times)):
-            start = t - pre
-            lo, hi = np.searchsorted(self.times, [start - NT + PRE + 1, start + nt + PRE])
-            for s, k in zip(self.times[lo:hi], self.owner[lo:hi]):
-                a = s - PRE - start  # where the spike's window starts inside this one
-                src = slice(max(0, -a), min(NT, nt - a))
-                out[n, max(0, a) : max(0, a) + src.stop - src.start] += self.waveforms[k][src]
-        return out[:, :, chans]
 
 
 def _waveform(centre: float, *, width: float = 2.0, peak: int = PRE, amplitude: float = 4.0) -> np.ndarray:
@@ -55,7 +31,7 @@ def _trains(rng, rates_hz):
 
 def _recording(rng, units):
     """The store of (times, waveform) units, their dense templates and their times."""
-    store = SpikeStore(units, seed=int(rng.integers(1 << 30)))
+    store = SpikeStore(units, seed=int(rng.integers(1 << 30)), peak=PRE)
     return store, np.stack([w for _, w in units]).astype(np.float32), [np.asarray(t) for t, _ in units]
 
 
