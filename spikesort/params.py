@@ -257,6 +257,14 @@ class Params:
         stage="curate",
         help="units below good_min_snr firing less often than this are dropped (0: keep them)",
     )
+    max_shadowed_fraction: float = _p(
+        0.1,
+        lo=0.0,
+        hi=1.0,
+        stage="curate",
+        help="units with more than this fraction of their spikes fitted better by a larger unit's template "
+        "than by their own are dropped, unless their train shows a neuron apart from it (1: keep them)",
+    )
     refractory_ms: float = _p(1.5, lo=0.1, hi=10.0, stage="curate", help="refractory period for contamination")
     censored_ms: float = _p(0.0, lo=0.0, hi=5.0, stage="curate", help="censored period for contamination estimates")
     good_max_contamination: float = _p(

@@ -21,6 +21,7 @@ from spikesort.stages.curate import (
     composite_units,
     remove_duplicates,
     residue_spikes,
+    shadowed_units,
     within_recording,
 )
 from spikesort.stages.detect import (
@@ -455,6 +456,11 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     kw = dict(positions_um=info.positions_um, amplitude_range=p.amplitude_range, **trains)
     spikes = composite_units(spikes, final.dense, max_lag=nt // 2, **kw)
     spikes = within_recording(spikes, n_samples=info.n_samples)
+    # then the units between larger ones: other neurons' shrunken spikes, mixed
+    independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)
+    skw = dict(pre=pre, nt=nt, seed=p.seed, max_fraction=p.max_shadowed_fraction, independent=independent)
+    shadowed = shadowed_units(store, spikes, final.dense, **skw)
+    spikes = spikes.take(np.flatnonzero(~np.isin(spikes.templates, shadowed)))
     # units left without spikes (all theirs were duplicates) are dropped and ids made contiguous
     # too few spikes to be a unit: leftovers and pieces, which grow with the recording (hence a rate)
     counts = np.bincount(spikes.templates, minlength=final.n_templates)
