@@ -262,8 +262,9 @@ class Params:
         lo=0.0,
         hi=1.0,
         stage="curate",
-        help="units with more than this fraction of their spikes fitted better by a larger unit's template "
-        "than by their own are dropped, unless their train shows a neuron apart from it (1: keep them)",
+        help="units spread over the probe (a tetrode's) with more than this fraction of their spikes fitted "
+        "better by a larger unit's template than by their own are dropped, unless their train shows a neuron "
+        "apart from it (1: keep them)",
     )
     refractory_ms: float = _p(1.5, lo=0.1, hi=10.0, stage="curate", help="refractory period for contamination")
     censored_ms: float = _p(0.0, lo=0.0, hi=5.0, stage="curate", help="censored period for contamination estimates")

@@ -367,20 +367,21 @@ def shadowed_units(
     fine_lag: int = 3,
     max_spikes: int = 300,
 ) -> np.ndarray:
-    """Units on a compact probe whose spikes a larger unit's template fits better than their own,
-    more than ``max_fraction`` of the time: the units to drop.
+    """Units spread over the probe (a tetrode's) whose spikes a larger unit's template fits better
+    than their own, more than ``max_fraction`` of the time: the units to drop.
 
     A neuron's own template fits its spikes better than any other unit's does, save when the two
     templates are nearly one (then each spike goes either way by chance, and the trains tell the
     neurons apart). A unit made of other neurons' spikes, shrunken in their bursts and mixed,
-    has a template between theirs, and many of its spikes sit closer to one of theirs. On 69
+    has a template between theirs, and many of its spikes sit closer to one of theirs. On 57
     benchmark tetrode recordings (2026-12-05) 10 of 16 false units had more than a tenth, and two
     true units, whose trains showed a neuron apart. So such a unit is dropped unless it fires
     independently (``independent``) of each larger unit that fits half that fraction of its spikes
     better (of the one that fits most, when none does). Only
-    units whose footprint spans ``COMPACT_REACH`` of the probe are judged: on long generated
-    probes true units reached 0.41 (a neighbour of nearly the same template, drifting), and there
-    a footprint tells neurons apart where a tetrode's cannot.
+    units whose footprint spans ``COMPACT_REACH`` of the probe's channels are judged (every unit of
+    a tetrode; on a long probe, one spread over all of it): on long generated probes true units
+    reached 0.41 (a neighbour of nearly the same template, drifting), and there a footprint tells
+    neurons apart where a tetrode's cannot.
 
     Each unit's spikes (up to ``max_spikes``, :func:`.sampling.keyed_subset` with ``seed``) are
     fitted on the channels of its own footprint, its own template within ``fine_lag`` samples and
