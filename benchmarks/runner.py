@@ -270,8 +270,9 @@ def run_polled(
                 now_mb = _tree_memory_mb(proc)
                 peak_mb = max(peak_mb, now_mb)
                 elapsed = time.perf_counter() - t0
-                # a tree that exited since the poll reads 0 MB (a zombie has no memory): no sample
-                if timeline_s is not None and elapsed >= next_t and now_mb > 0:
+                # a tree that exited since the poll reads 0 MB (a zombie has no memory), and one not
+                # yet exec'd reads a few kB (a loaded machine showed 0.0 MB at 0 s): no sample
+                if timeline_s is not None and elapsed >= next_t and now_mb >= 1.0:
                     timeline.append((round(elapsed, 1), round(now_mb, 1)))
                     next_t = elapsed + timeline_s
                 if timeout_s is not None and time.perf_counter() - t0 > timeout_s:
