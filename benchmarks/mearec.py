@@ -237,6 +237,25 @@ register(
         cells_seed=2,
         description="mearec_tetrode_bursts with cells from a third template library, 300 s",
     ),
+    # made after the twenty-fifth pass and checked only: libraries no rule was shaped on
+    _mearec(
+        "mearec_tetrode_cells3",
+        "tetrode-mea-l",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        cells_seed=3,
+        description="mearec_tetrode with cells from a fourth template library, 300 s",
+    ),
+    _mearec(
+        "mearec_nn32_cells2",
+        "Neuronexus-32",
+        n_exc=12,
+        n_inh=4,
+        n_bursting=6,
+        cells_seed=2,
+        description="mearec_nn32 with cells from a third template library, 300 s",
+    ),
 )
 
 
