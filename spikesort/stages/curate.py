@@ -13,6 +13,7 @@ import numpy as np
 from .match import MatchedSpikes
 from .merges.pieces import COMPACT_REACH
 from .merges.templates import SIGNAL_FRACTION, lagged_dots
+from .sampling import keyed_subset
 
 log = logging.getLogger(__name__)
 
@@ -387,8 +388,6 @@ def shadowed_units(
     fitted on the channels of its own footprint, its own template within ``fine_lag`` samples and
     each unit with ``larger`` times its spikes whose footprint overlaps (cosine of channel norms
     ``min_overlap``) within ``fine_lag`` of its best template lag, each with its best gain."""
-    from .sampling import keyed_subset
-
     k = dense.shape[0]
     sizes = np.bincount(spikes.templates, minlength=k)
     norms = np.sqrt((dense.astype(np.float64) ** 2).sum(axis=1))  # (K, C)
