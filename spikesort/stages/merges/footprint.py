@@ -111,12 +111,14 @@ def footprint_merges(
     A compact piece too few for the test, with at most ``QUIET_FRACTION`` of a unit's spikes and
     shapes alike to ``min_similarity``, joins the larger unit it is most like.
     A narrow footprint on a long probe agreeing to ``min_cosine``, a dense one agreeing to only
-    ``LOOSE_COSINE``, or a dense one whose shape agrees to less than ``min_similarity``, joins as
+    ``compact_cosine``, or a dense one whose shape agrees to less than ``min_similarity``, joins as
     a piece does on a compact one, but only with the stricter evidence of ``NARROW_EXPECTED`` and
     ``NARROW_RATIO`` (counted by :func:`banded_refractory_ratio`), shapes alike to
     ``LOOSE_SIMILARITY`` (or, a burst having stretched a dense piece past that, footprints agreeing
     to ``min_cosine`` and a gap :func:`.evidence.deep_gap` calls deep and rare, the piece aligned at
-    its phase lag), and no fallback for small pieces. A dense unit with at most
+    its phase lag), and no fallback for small pieces; footprints under ``LOOSE_COSINE``, or a
+    stretched shape without that deep gap, join on that evidence whatever the shape, from a piece
+    neither too small to be caught beside its unit nor its echo (:meth:`.pieces.PieceRules.wide_piece`). A dense unit with at most
     ``SLIVER_FRACTION`` of another's spikes, no larger, whose shape is the other's on another
     phase (``SLIVER_SIMILARITY``; :func:`.templates.sliver_of`), joins it with footprints agreeing
     to ``compact_cosine``.
@@ -130,7 +132,10 @@ def footprint_merges(
     most ``QUIET_FRACTION`` of the unit's spikes may join on a refractory period holding no pair;
     on a compact one, no larger than ``max_piece_size`` of its unit and its footprint agreeing to
     ``min_cosine``, whatever its shape, when no pair lies where ``NARROW_EXPECTED`` or more are
-    expected once aligned at its phase lag (the rules themselves: :class:`.pieces.PieceRules`).
+    expected once aligned at its phase lag. On a long probe, a piece with at most ``QUIET_FRACTION``
+    of a unit's spikes and no larger, shaped alike to ``min_similarity``, whose trains are too short
+    for any count, joins the unit it is most like unless the trains show two neurons
+    (:meth:`.pieces.PieceRules.scarce_pair`; the rules themselves: :class:`.pieces.PieceRules`).
     """
     k = dense.shape[0]
     if k == 0:
@@ -189,7 +194,7 @@ def footprint_merges(
                     continue
             else:
                 if cos < min_cosine:
-                    if judged and cos >= LOOSE_COSINE:
+                    if judged and cos >= compact_cosine:
                         rules.piece_pair(i, j, cos, narrow=True)
                     sliver = None
                     if judged and cos >= compact_cosine:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .evidence import ABSORB_FRACTION, NARROW_EXPECTED, NARROW_RATIO, Trains, ample_gap, deep_gap, strong_gap
-from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_similarity
+from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_dots, lagged_similarity
 from .two_sizes import trains_say
 
 # a probe so compact that a footprint spans this much of it (a tetrode): every neuron there has
@@ -26,6 +26,15 @@ COMPACT_REACH = 0.75
 # left out) a piece may look less like its unit: mearec_nn32's bursting neurons left pieces at a
 # third of their size with footprints agreeing to 0.988 and shapes to 0.64-0.79
 LOOSE_COSINE, LOOSE_SIMILARITY = 0.98, 0.6
+# a dense piece whose footprint agrees to only compact_cosine (or whose shape a burst stretched
+# past LOOSE_SIMILARITY) joins on a near-empty refractory period with NARROW_EXPECTED pairs or
+# more: of 40 dense recordings' unit pairs that alike (2026-12-05), pairs of two neurons kept 0.49
+# of chance's pairs or more, a neuron's pieces 0-0.17 (mearec_nn32_cells2 seed 2: one neuron's
+# three units, footprints 0.968-0.989, shapes 0.36-0.65, none of 12-17 expected). But a unit far
+# smaller than its neighbour loses to the matching every spike that comes near the neighbour's,
+# and its period is empty whatever the truth (shanks4 seed 1: a neuron at 0.07 of a larger one's
+# size, footprints 0.957, none of 10.6 expected); burst pieces kept 0.29-0.58 of their unit's size
+WIDE_PIECE_SIZE = 0.2
 # on a compact probe, footprints this alike are one neuron unless the trains show two: a neuron's
 # pieces on MEArec tetrodes agreed to 0.9973-0.9999, distinct neurons to at most 0.9931; too few
 # spikes for the refractory test to show one neuron is then no reason to keep them apart
@@ -92,6 +101,7 @@ class PieceRules:
     alike: set = field(default_factory=set)  # units of one size on a near-empty refractory period
     faint: set = field(default_factory=set)  # compact pieces few and small, shaped as their unit
     phased: set = field(default_factory=set)  # compact rare pieces on another phase, on ample evidence
+    scarce: set = field(default_factory=set)  # rare pieces shaped as their unit, the trains too short
 
     def __post_init__(self):
         self.k = self.dense.shape[0]
@@ -141,7 +151,7 @@ class PieceRules:
     def piece_pair(self, i: int, j: int, cos: float, *, narrow: bool = False) -> None:
         """The smaller unit as a piece of the larger, judged by the gap the trains leave in the
         refractory period's outer half. A narrow footprint on a long probe, or a dense one agreeing
-        to only ``LOOSE_COSINE``, needs more: neighbours can agree there, and the collisions the
+        to only ``compact_cosine``, needs more: neighbours can agree there, and the collisions the
         matching loses thin their correlogram, so only a near-empty period on ample evidence
         (NARROW_EXPECTED pairs, under NARROW_RATIO of them, the double fits' lags left out) shows
         one neuron, with shapes alike to ``LOOSE_SIMILARITY`` and no fallback for small pieces. A
@@ -165,14 +175,25 @@ class PieceRules:
             if not small:
                 return
             ratio, expected = tr.banded(times[big], times[piece])
-            if narrow and s < LOOSE_SIMILARITY:
+            lags = max(self.max_lag, self.phase_lag)
+            if narrow and s < LOOSE_SIMILARITY and cos >= self.min_cosine and deep_gap(ratio, expected):
                 # a burst stretched the piece past its unit's shape (it aligns on another phase):
                 # a footprint as close as a dense one's, and a gap deep and rare
-                if cos >= self.min_cosine and deep_gap(ratio, expected):
-                    lags = max(self.max_lag, self.phase_lag)
+                shift = lagged_similarity(dense[big], dense[piece], max_lag=lags)[1]
+                self.attach.append((ratio, piece, big, shift))
+                self.stretched.add(piece)
+                return
+            if narrow and (cos < LOOSE_COSINE or s < LOOSE_SIMILARITY):
+                # footprint or shape looser still (a burst stretched a piece and blurred its
+                # footprint): a near-empty period on ample evidence, whatever the shape, from a
+                # piece that is neither the unit's echo nor too small to be caught beside it
+                if not self.wide_piece(piece, big):
+                    return
+                if s < LOOSE_SIMILARITY:
+                    if self.phase_lag <= self.max_lag:
+                        return  # a stretched piece aligns on another phase, which the caller rules out
                     shift = lagged_similarity(dense[big], dense[piece], max_lag=lags)[1]
-                    self.attach.append((ratio, piece, big, shift))
-                    self.stretched.add(piece)
+                self.ample_pair(piece, big, shift, cos, ratio, expected, narrow=True)
                 return
             self.ample_pair(piece, big, shift, cos, ratio, expected, narrow=narrow)
             return
@@ -204,6 +225,24 @@ class PieceRules:
             if independent is not None and self.likeliest(piece, big, s) and not independent(big, piece):
                 self.attach.append((2.0 - s, piece, big, shift))  # after the rest, the likeliest unit first
                 self.faint.add(piece)
+
+    def no_larger(self, piece: int, big: int) -> bool:
+        """The piece is no larger than ``big``: by peak-to-peak, or by its template's projection
+        on ``big``'s, which the noise of a few dozen spikes leaves unbiased where it inflates their
+        peak-to-peak (mearec_np64_cells1 seed 1: 73 spikes of a 5018-spike neuron, 1.15 of its
+        size peak to peak)."""
+        if self.size_uv[piece] <= self.size_uv[big]:
+            return True
+        dots, energy = lagged_dots(self.dense[piece], self.dense[big], max_lag=max(self.max_lag, self.phase_lag))
+        best = int(np.argmax(dots))
+        return dots[best] <= energy[best]
+
+    def wide_piece(self, piece: int, big: int) -> bool:
+        """A piece whose refractory gap can speak for it: at least ``WIDE_PIECE_SIZE`` of its
+        unit's size, and not mostly its unit's echoes (:meth:`.evidence.Trains.echoing`)."""
+        if self.size_uv[piece] < WIDE_PIECE_SIZE * self.size_uv[big]:
+            return False
+        return not self.trains.echoing(self.times[big], self.times[piece])
 
     def likeliest(self, piece: int, big: int, s: float) -> bool:
         """No other unit larger than the piece has a shape more like the piece's than ``big``."""
@@ -265,7 +304,7 @@ class PieceRules:
                         continue
                     if rare:  # the piece has fewer spikes and is no larger
                         big, piece = (i, j) if len(times[i]) >= len(times[j]) else (j, i)
-                        if len(times[piece]) > QUIET_FRACTION * len(times[big]) or size_uv[piece] > size_uv[big]:
+                        if len(times[piece]) > QUIET_FRACTION * len(times[big]) or not self.no_larger(piece, big):
                             continue
                     else:
                         big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
@@ -273,10 +312,14 @@ class PieceRules:
                             continue
                     if piece in attached:
                         continue
+                    # larger peak to peak only by its few spikes' noise: it joins only shaped as its
+                    # unit (a collision of two neurons, larger than either, fitted a few dozen times
+                    # beside a third neuron's unit, was alike to it to 0.66: mearec_nn32_cells1 seed 0)
+                    inflated = rare and size_uv[piece] > size_uv[big]
                     cos, n_ch = footprint_cosine(ptp[i], ptp[j])
                     narrow = rare and n_ch < self.min_channels  # on a long probe: only a sliver alike as dense units
                     compact = narrow and n_ch >= COMPACT_REACH * ptp.shape[1]
-                    if compact and size_uv[piece] > self.max_piece_size * size_uv[big]:
+                    if compact and (inflated or size_uv[piece] > self.max_piece_size * size_uv[big]):
                         continue  # at one size a footprint must agree as only one neuron's do
                     if cos < (self.min_cosine if compact else self.compact_cosine):
                         continue
@@ -291,13 +334,40 @@ class PieceRules:
                         ratio, expected = tr.beyond_double_fits(tb, tp - shift)
                         if ratio > 0 or expected < NARROW_EXPECTED:
                             continue
-                    elif s < LOOSE_SIMILARITY or (narrow and not self.absorbed(cos, s, times[piece], times[big])):
+                    elif s < LOOSE_SIMILARITY:
                         continue
                     # a compact piece's period was counted above, and held no pair
-                    if compact or (tr.empty_period(tb, tp - shift) if rare else tr.bursting(tb, tp)):
+                    if inflated or (narrow and not compact and not self.absorbed(cos, s, tp, tb)):
+                        joins = False
+                    else:
+                        joins = compact or (tr.empty_period(tb, tp - shift) if rare else tr.bursting(tb, tp))
+                    if joins:
                         self.attach.append((1.0 if rare else 0.0, piece, big, shift))
                         (self.phased if compact else self.quiet if rare else self.bursts).add(piece)
                         attached.add(piece)
+                    elif rare and not compact and self.scarce_pair(piece, big, cos, s, narrow=narrow):
+                        self.attach.append((2.0 - s, piece, big, shift))  # after the rest, the likeliest unit first
+                        self.scarce.add(piece)
+                        attached.add(piece)
+
+    def scarce_pair(self, piece: int, big: int, cos: float, s: float, *, narrow: bool) -> bool:
+        """A rare piece (``QUIET_FRACTION``, no larger) shaped as its unit (``min_similarity``),
+        its footprint agreeing to ``compact_cosine`` (``LOOSE_COSINE`` when narrow), the unit the
+        likeliest, trains too short for the refractory test (under ``min_expected`` pairs in the
+        banded count) and not showing two neurons firing on their own. MEArec neurons' rarer,
+        smaller spikes on dense probes came out as such pieces (75-300 spikes, footprints
+        0.967-1.0, shapes 0.81-0.94, at most 2.2 pairs expected; some had one or two pairs, the
+        spike fitted twice at one lag). Of every unit pair of 40 dense recordings that alike and
+        that rare, one was two neurons (``shanks4`` seed 1: 328 spikes beside 1979, footprints
+        0.977, shapes 0.89), and its trains were long enough to say so: 1.2 of chance where 3.3
+        pairs were expected."""
+        if s < self.min_similarity or cos < (LOOSE_COSINE if narrow else self.compact_cosine):
+            return False
+        if self.independent is None or self.independent(big, piece):
+            return False
+        if self.trains.banded(self.times[big], self.times[piece])[1] >= self.trains.min_expected:
+            return False  # the trains can say it: the other rules listen to them
+        return self.likeliest(piece, big, s)
 
     def rejoins(self, piece: int, group: list[int], shift: int) -> bool:
         """The piece judged again, by the rule that attached it, against the whole ``group`` it is
@@ -317,6 +387,9 @@ class PieceRules:
             # ample evidence's near-empty period, not an empty one
             ratio, expected = tr.beyond_double_fits(whole, times[piece] - shift)
             return expected >= NARROW_EXPECTED and ratio < NARROW_RATIO
+        if piece in self.scarce:
+            short = tr.banded(whole, times[piece])[1] < tr.min_expected
+            return short and len(times[piece]) <= QUIET_FRACTION * len(whole)
         if piece in self.quiet:
             return len(times[piece]) <= QUIET_FRACTION * len(whole) and tr.empty_period(whole, times[piece] - shift)
         # the plain count of the outer half, which a piece of one size must pass nearly empty
