@@ -4,6 +4,7 @@ run gets; and its codec kernels against numpy twins."""
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -126,7 +127,7 @@ def test_block_length_divides_the_chunk_grids():
     assert block_samples(60_000, 11_101) == MAX_BLOCK  # no useful common divisor: shared blocks
 
 
-def test_which_store_a_run_gets(tmp_path, monkeypatch):
+def test_which_store_a_run_gets(tmp_path, monkeypatch, caplog):
     path = tmp_path / "state" / "temp_wh.dat"
     kw = dict(n_samples=30_000, n_channels=4, chunk_sizes=(6000,))
     assert isinstance(open_store(path, kind="auto", **kw), TraceStore)
@@ -144,7 +145,10 @@ def test_which_store_a_run_gets(tmp_path, monkeypatch):
         free = 100_000
 
     monkeypatch.setattr(traces.shutil, "disk_usage", lambda p: Usage)
-    assert isinstance(open_store(path, kind="auto", **kw), CompressedTraceStore)
+    with caplog.at_level(logging.INFO, logger="spikesort.pipeline.traces"):
+        store = open_store(path, kind="auto", **kw)
+    assert isinstance(store, CompressedTraceStore) and store.kind == "compressed"
+    assert "keeping it compressed" in caplog.text  # the sort differs a little: say why
     monkeypatch.undo()
     # a resumed run keeps the kind already on disk
     path.parent.mkdir()

@@ -332,7 +332,7 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
             peak_rss_mb=stages.peak_rss_mb,
             reused_stages=reused,
             # thread-seconds in the trace store's reads and window cuts, per stage: a slow disk shows here
-            extra={"store_read_s": stages.store_read_s},
+            extra={"store_read_s": stages.store_read_s, "trace_store": run.store.kind},
         ),
     )
     checkpoints.kill_point("export")

@@ -51,6 +51,8 @@ class _TimedReads:
 
 
 class TraceStore(_TimedReads):
+    kind = "plain"
+
     def __init__(self, path: str | Path, *, n_samples: int, n_channels: int):
         self._timing_init()
         self.path = Path(path)
@@ -183,6 +185,8 @@ class CompressedTraceStore(_TimedReads):
     chunk) goes back into its room when it fits, else to the end of the file. Blocks never written
     read as zeros. Thread-safe: chunk workers write and read side by side.
     """
+
+    kind = "compressed"
 
     def __init__(self, path: str | Path, *, n_samples: int, n_channels: int, block: int, plain_path=None):
         import numcodecs.blosc as nb
@@ -454,6 +458,14 @@ def open_store(
         free = shutil.disk_usage(where).free
     except OSError:
         free = None
-    if need > COMPRESS_ABOVE_GB * 1e9 or (free is not None and need > free):
+    if need > COMPRESS_ABOVE_GB * 1e9:
+        return compressed()
+    if free is not None and need > free:
+        # the sort then differs a little from one on a roomier disk (values rounded to 1/8 sd)
+        log.info(
+            "%.1f GB free where the plain whitened copy needs %.1f GB: keeping it compressed",
+            free / 1e9,
+            need / 1e9,
+        )
         return compressed()
     return plain()
