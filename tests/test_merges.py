@@ -1470,7 +1470,9 @@ def test_on_a_dense_probe_a_rare_piece_too_few_for_the_trains_joins_the_unit_it_
 
     def n_groups(times, independent=None):
         def fire_apart(i, j):
-            return fire_independently(times[i], times[j], refractory=refractory, double_fit=double_fit, duration=duration)
+            return fire_independently(
+                times[i], times[j], refractory=refractory, double_fit=double_fit, duration=duration
+            )
 
         sizes = np.array([len(t) for t in times])
         return len(footprint_merges(dense, dense, sizes, **kw, times=times, independent=independent or fire_apart))

@@ -28,7 +28,7 @@ import logging
 import numpy as np
 
 from .evidence import ABSORB_FRACTION, Trains
-from .pieces import COMPACT_REACH, LOOSE_COSINE, PHASE_TWICE_FRACTION, PieceRules
+from .pieces import COMPACT_REACH, PHASE_TWICE_FRACTION, PieceRules
 from .refractory import mostly_fitted_twice
 from .templates import footprint_cosine, lagged_similarity, sliver_of
 
@@ -118,7 +118,8 @@ def footprint_merges(
     to ``min_cosine`` and a gap :func:`.evidence.deep_gap` calls deep and rare, the piece aligned at
     its phase lag), and no fallback for small pieces; footprints under ``LOOSE_COSINE``, or a
     stretched shape without that deep gap, join on that evidence whatever the shape, from a piece
-    neither too small to be caught beside its unit nor its echo (:meth:`.pieces.PieceRules.wide_piece`). A dense unit with at most
+    neither too small to be caught beside its unit nor its echo
+    (:meth:`.pieces.PieceRules.wide_piece`). A dense unit with at most
     ``SLIVER_FRACTION`` of another's spikes, no larger, whose shape is the other's on another
     phase (``SLIVER_SIMILARITY``; :func:`.templates.sliver_of`), joins it with footprints agreeing
     to ``compact_cosine``.
