@@ -220,11 +220,16 @@ class PieceRules:
         # a neuron's shrunken spikes (MEArec tetrodes: 178-273 at 0.37-0.52 of units of 1098-1517,
         # footprints 0.993-0.998, shapes 0.81-0.86), too few to show an empty period; no distinct
         # tetrode neuron alike to 0.8 had under 0.35 of a larger one's spikes (37 recordings)
-        elif small and len(times[piece]) <= QUIET_FRACTION * len(times[big]) and s >= self.min_similarity:
-            independent = self.independent
-            if independent is not None and self.likeliest(piece, big, s) and not independent(big, piece):
-                self.attach.append((2.0 - s, piece, big, shift))  # after the rest, the likeliest unit first
-                self.faint.add(piece)
+        elif small and len(times[piece]) <= QUIET_FRACTION * len(times[big]) and self.its_likeliest(piece, big, s):
+            self.attach.append((2.0 - s, piece, big, shift))  # after the rest, the likeliest unit first
+            self.faint.add(piece)
+
+    def its_likeliest(self, piece: int, big: int, s: float) -> bool:
+        """A rare piece too few for the refractory count, shaped as ``big`` (``min_similarity``),
+        joins the unit it is most like unless the trains show two neurons firing on their own."""
+        if s < self.min_similarity or self.independent is None:
+            return False
+        return self.likeliest(piece, big, s) and not self.independent(big, piece)
 
     def no_larger(self, piece: int, big: int) -> bool:
         """The piece is no larger than ``big``: by peak-to-peak, or by its template's projection
@@ -361,13 +366,11 @@ class PieceRules:
         that rare, one was two neurons (``shanks4`` seed 1: 328 spikes beside 1979, footprints
         0.977, shapes 0.89), and its trains were long enough to say so: 1.2 of chance where 3.3
         pairs were expected."""
-        if s < self.min_similarity or cos < (LOOSE_COSINE if narrow else self.compact_cosine):
-            return False
-        if self.independent is None or self.independent(big, piece):
+        if cos < (LOOSE_COSINE if narrow else self.compact_cosine):
             return False
         if self.trains.banded(self.times[big], self.times[piece])[1] >= self.trains.min_expected:
             return False  # the trains can say it: the other rules listen to them
-        return self.likeliest(piece, big, s)
+        return self.its_likeliest(piece, big, s)
 
     def rejoins(self, piece: int, group: list[int], shift: int) -> bool:
         """The piece judged again, by the rule that attached it, against the whole ``group`` it is
