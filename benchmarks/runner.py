@@ -190,6 +190,26 @@ def child_main(*, spec_path: Path) -> int:
     return 0 if report["status"] == "ok" else 1
 
 
+def _store_kind(result_folder: Path, *, label: str, log) -> dict:
+    """``{"trace_store": kind}`` from a spikesort run's record (empty without one). A compressed
+    copy on a recording the sorter would keep plain means the disk was short: the sort rounds the
+    traces then and can differ a little from one on a roomier disk, so the run says it."""
+    path = result_folder / "spikesort_run.json"
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    kind = record.get("trace_store")
+    if kind is None:
+        return {}
+    rec = record.get("recording", {})
+    plain_gb = 2 * rec.get("n_samples", 0) * rec.get("n_channels", 0) / 1e9
+    from spikesort.pipeline.traces import COMPRESS_ABOVE_GB
+
+    if kind == "compressed" and plain_gb <= COMPRESS_ABOVE_GB:
+        log(f"{label} spikesort kept its traces compressed (the disk was short): its figures may differ a little")
+    return {"trace_store": kind}
+
+
 def _own_peak_mb(own) -> float:
     """This process's peak RSS in MB. Linux keeps ru_maxrss across exec, so a child started by a
     parent that had grown large (one that generated a MEArec recording in memory: 9 GB) would
@@ -500,6 +520,8 @@ def run_benchmark(
                     row.update(score_sorting(gt=gt, tested=tested))
                     if (result_folder / "cluster_KSLabel.tsv").is_file():
                         row.update(score_labels(gt=gt, tested=tested, labels_tsv=result_folder / "cluster_KSLabel.tsv"))
+                    if sorter == "spikesort":
+                        row.update(_store_kind(result_folder, label=f"[{name} seed {seed}]", log=log))
                     if sorter == "spikesort" and scenario.drift != "none" and not dummy:
                         truth = ensure_true_displacement(folder=folder, scenario=scenario, seed=seed)
                         row["motion_rms_um"] = motion_error_um(motion_folder=result_folder, truth_path=truth)

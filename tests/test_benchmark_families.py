@@ -409,3 +409,21 @@ def test_the_other_cells_scenarios_draw_their_own_template_library(tmp_path, mon
     assert dict(catalog.SCENARIOS["mearec_np64_cells1"].options) == {**np64, "cells_seed": 1}
     bursts = dict(catalog.SCENARIOS["mearec_tetrode_bursts"].options)
     assert dict(catalog.SCENARIOS["mearec_tetrode_bursts_cells2"].options) == {**bursts, "cells_seed": 2}
+
+
+def test_a_run_kept_compressed_by_a_short_disk_is_named_in_its_row(tmp_path):
+    from benchmarks.runner import _store_kind
+
+    said = []
+    assert _store_kind(tmp_path, label="[x seed 0]", log=said.append) == {}  # no run record
+    record = {"recording": {"n_samples": 9_000_000, "n_channels": 64}, "trace_store": "plain"}
+    (tmp_path / "spikesort_run.json").write_text(json.dumps(record))
+    assert _store_kind(tmp_path, label="[x seed 0]", log=said.append) == {"trace_store": "plain"} and not said
+    record["trace_store"] = "compressed"  # 1.2 GB plain: only a short disk compresses it
+    (tmp_path / "spikesort_run.json").write_text(json.dumps(record))
+    assert _store_kind(tmp_path, label="[x seed 0]", log=said.append) == {"trace_store": "compressed"}
+    assert len(said) == 1 and "[x seed 0]" in said[0] and "disk was short" in said[0]
+    record["recording"]["n_samples"] = 30_000 * 3600 * 2  # 2 h of 64 channels, 27.6 GB: compressed by design
+    (tmp_path / "spikesort_run.json").write_text(json.dumps(record))
+    assert _store_kind(tmp_path, label="[x seed 0]", log=said.append) == {"trace_store": "compressed"}
+    assert len(said) == 1
