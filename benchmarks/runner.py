@@ -202,10 +202,9 @@ def _store_kind(result_folder: Path, *, label: str, log) -> dict:
     if kind is None:
         return {}
     rec = record.get("recording", {})
-    plain_gb = 2 * rec.get("n_samples", 0) * rec.get("n_channels", 0) / 1e9
-    from spikesort.pipeline.traces import COMPRESS_ABOVE_GB
+    from spikesort.pipeline.traces import compressed_by_size
 
-    if kind == "compressed" and plain_gb <= COMPRESS_ABOVE_GB:
+    if kind == "compressed" and not compressed_by_size(rec.get("n_samples", 0), rec.get("n_channels", 0)):
         log(f"{label} spikesort kept its traces compressed (the disk was short): its figures may differ a little")
     return {"trace_store": kind}
 

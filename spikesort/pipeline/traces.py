@@ -150,6 +150,16 @@ COMPRESS_ABOVE_GB = 16.0
 COMPRESSED_RATIO_FOR_SPACE = 2.5
 
 
+def plain_bytes(n_samples: int, n_channels: int) -> int:
+    """Bytes of the plain (int16) whitened copy."""
+    return int(n_samples) * 2 * int(n_channels)
+
+
+def compressed_by_size(n_samples: int, n_channels: int) -> bool:
+    """Whether "auto" compresses the copy for its size alone, whatever the disk holds."""
+    return plain_bytes(n_samples, n_channels) > COMPRESS_ABOVE_GB * 1e9
+
+
 def store_files(plain_path: Path) -> list[Path]:
     """Every file a store of either kind for the plain path ``plain_path`` may leave."""
     c = Path(plain_path).with_suffix(COMPRESSED_SUFFIX)
@@ -250,7 +260,7 @@ class CompressedTraceStore(_TimedReads):
         return int(self.index[self.index[:, 1] > 0, 1].sum())
 
     def check_space(self) -> None:
-        need = self.n_samples * 2 * self.n_channels / COMPRESSED_RATIO_FOR_SPACE
+        need = plain_bytes(self.n_samples, self.n_channels) / COMPRESSED_RATIO_FOR_SPACE
         try:
             free = shutil.disk_usage(self.path.parent).free
         except OSError:
@@ -273,7 +283,7 @@ class CompressedTraceStore(_TimedReads):
         from spikesort.atomic import write_atomic
 
         write_atomic(self.index_path, lambda fh: np.save(fh, self.index))
-        plain = self.n_samples * 2 * self.n_channels
+        plain = plain_bytes(self.n_samples, self.n_channels)
         log.info(
             "whitened traces kept compressed: %.2f GB, %.1fx smaller than the %.2f GB of int16",
             self.nbytes() / 1e9,
@@ -450,7 +460,7 @@ def open_store(
         return compressed()
     if path.is_file():
         return plain()
-    need = n_samples * 2 * n_channels
+    need = plain_bytes(n_samples, n_channels)
     where = path.parent
     while not where.exists() and where != where.parent:
         where = where.parent
@@ -458,7 +468,7 @@ def open_store(
         free = shutil.disk_usage(where).free
     except OSError:
         free = None
-    if need > COMPRESS_ABOVE_GB * 1e9:
+    if compressed_by_size(n_samples, n_channels):
         return compressed()
     if free is not None and need > free:
         # the sort then differs a little from one on a roomier disk (values rounded to 1/8 sd)
