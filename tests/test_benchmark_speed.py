@@ -4,6 +4,7 @@ only, a temporary cache)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -614,7 +615,11 @@ def test_rss_timeline_summary():
 def test_speed_mode_on_a_tiled_recording(tmp_path, monkeypatch):
     """(b) with a 6 s tile: the 3 s case sorts the tile itself, the 12 s case the tile played
     twice (only the tile is saved); the rows say which, with the memory timeline of each run."""
-    monkeypatch.setattr(speed, "RSS_TIMELINE_S", 1.0)  # runs of seconds: a point a second
+    # runs of seconds: a point every 0.2 s, polled as often, so that even a child done in a second
+    # leaves the two points the quarters need (polled each second, a fast run once left one)
+    monkeypatch.setattr(speed, "RSS_TIMELINE_S", 0.2)
+    fast_poll = functools.partial(speed.run_sorter_subprocess, poll_s=0.2)
+    monkeypatch.setattr(speed, "run_sorter_subprocess", fast_poll)
     rows = speed.run_speed(
         scenarios=[],
         seed=0,
