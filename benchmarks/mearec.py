@@ -276,6 +276,23 @@ register(
         noise_level_uv=5.0,
         description="mearec_tetrode with half the noise (5 µV), 300 s",
     ),
+    # made after the twenty-eighth pass and checked only: silicon tetrodes of other layouts
+    _mearec(
+        "mearec_tetrode_square",
+        "tetrode-mea-s",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        description="MEArec silicon tetrode, 4 contacts on a 16 µm square, 6 bursting cells, 300 s",
+    ),
+    _mearec(
+        "mearec_tetrode_diamond",
+        "tetrode-mea-d",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        description="MEArec silicon tetrode, 4 contacts on a diamond 32 µm across, 6 bursting cells, 300 s",
+    ),
 )
 
 
