@@ -1494,3 +1494,33 @@ def test_on_a_dense_probe_a_rare_piece_too_few_for_the_trains_joins_the_unit_it_
     dense = np.stack([full, noisy])
     sliver = rng.random(len(neuron)) < 0.05
     assert n_groups([neuron[~sliver], np.sort(np.r_[neuron[sliver], neuron[~sliver][200] - 20])]) == 1
+
+
+def test_on_a_tetrode_units_whose_trains_never_meet_in_the_refractory_period_join_whatever_their_shapes():
+    # mearec_tetrode_diamond seed 0: one bursting neuron as three units of unlike shapes (0.14-0.45),
+    # footprints 0.97-0.998, none of 9.4 and 16.1 pairs expected between the third and the others
+    from spikesort.stages.merges import empty_period_merges
+
+    rng = np.random.default_rng(7)
+    full = _unit(peak=40.0)
+    tet = np.ascontiguousarray(
+        np.stack([full, 0.6 * _stretched(full, 1.6), 0.8 * np.roll(_stretched(full, 1.3), 5, axis=0)])[:, :, 10:14]
+    )
+    neuron = np.cumsum(rng.integers(96, 4_000, size=6000))
+    part = rng.integers(0, 3, size=len(neuron))
+    trains = [neuron[part == u] for u in range(3)]
+    kw = dict(refractory=48, duration=int(neuron[-1]) + 1, max_lag=3)
+    groups = empty_period_merges(tet, tet, trains, **kw)
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1, 2]]
+    # a neighbour firing on its own stays apart, though its footprint is the neuron's
+    other = np.sort(rng.integers(0, kw["duration"], size=1700))
+    groups = empty_period_merges(tet, tet, [trains[0], trains[1], other], **kw)
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1], [2]]
+    # so does a unit whose footprint is another's, though the trains never meet
+    moved = tet.copy()
+    moved[2] = tet[2][:, ::-1] * np.array([1.0, 0.5, 0.3, 0.2], dtype=np.float32)
+    groups = empty_period_merges(moved, moved, trains, **kw)
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1], [2]]
+    # and on a long probe, where a footprint spans a few of its channels, the rule does not judge
+    long_probe = np.stack([full, 0.6 * _stretched(full, 1.6), 0.8 * _stretched(full, 1.3)])
+    assert len(empty_period_merges(long_probe, long_probe, trains, **kw)) == 3

@@ -39,6 +39,7 @@ from spikesort.stages.merges import (
     apply_groups,
     drift_split_groups,
     drop_refractory_doubles,
+    empty_period_merges,
     footprint_merges,
     independence_test,
     merge_similar_templates,
@@ -427,6 +428,16 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
         residue = residue_spikes(spikes, templates.dense, window=residue_window, positions_um=info.positions_um)
         return spikes.take(np.flatnonzero(~residue)), bool(residue.any())
 
+    def merge_empty_periods(spikes, templates):
+        """Units of one neuron on a compact probe whose trains, all together, never meet within
+        the refractory period."""
+        uv = templates.dense @ w_inv_uv.astype(np.float32)
+        times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
+        groups = empty_period_merges(templates.dense, uv, times, max_lag=3, **trains)
+        if len(groups) == templates.n_templates:
+            return spikes, templates
+        return join(spikes, groups)
+
     spikes, _ = drop_residues(spikes, post)
     veto = snippet_merge_test(
         store, spikes.times, spikes.templates, pre=pre, nt=nt, threshold=p.bimodality_threshold, seed=p.seed
@@ -449,6 +460,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     spikes, dropped = drop_residues(spikes, merged)
     spikes, final = merge_footprints(spikes, templates_of(spikes, len(groups)) if dropped else merged)
     spikes, final = merge_noise_pieces(spikes, final)
+    spikes, final = merge_empty_periods(spikes, final)
     # collision leftovers last, once every piece of a neuron has joined its unit; then the units
     # whose template is one or two others' (synchronous firing, another alignment)
     collided = collision_units(spikes, final.dense, window=residue_window, positions_um=info.positions_um)

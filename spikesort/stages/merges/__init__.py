@@ -10,12 +10,14 @@ holds what the spike trains say, :mod:`.bursts` tells a burst's late spikes, :mo
 one neuron at two sizes from two neighbours),
 :mod:`.drift` (units seen at two probe positions, after drift correction); :mod:`.noise` (a
 neuron's pieces too small for the refractory test, alike within their spikes' scatter, at the
-end of curation).
+end of curation); :mod:`.gaps` (a compact probe's units whose whole trains never meet within the
+refractory period, last).
 """
 
 from .clusters import merge_groups
 from .drift import drift_split_groups
 from .footprint import footprint_merges
+from .gaps import empty_period_merges
 from .noise import excess_distance, noise_merges
 from .refractory import (
     apply_groups,
@@ -32,6 +34,7 @@ __all__ = [
     "merge_groups",
     "drift_split_groups",
     "drop_refractory_doubles",
+    "empty_period_merges",
     "fire_independently",
     "footprint_merges",
     "independence_test",
