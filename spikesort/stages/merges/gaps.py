@@ -21,7 +21,7 @@ import numpy as np
 from .evidence import NARROW_EXPECTED, NARROW_RATIO
 from .pieces import COMPACT_REACH, LOOSE_COSINE
 from .refractory import banded_refractory_ratio
-from .templates import footprint_cosine, lagged_similarity
+from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_similarity
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,12 @@ def empty_period_merges(
         return []
     ptp = np.ptp(templates_uv, axis=1)  # (k, C)
     reach = COMPACT_REACH * ptp.shape[1]
+    # a pair's footprint spans at most the channels of both: on a long probe no pair reaches
+    span = (ptp >= SIGNAL_FRACTION * ptp.max(axis=1, keepdims=True)).sum(axis=1)
     alike = np.zeros((k, k), dtype=bool)
     candidates = []
     for i in range(k):
-        for j in range(i + 1, k):
+        for j in np.flatnonzero(span[i] + span[i + 1 :] >= reach) + i + 1:
             cos, n_ch = footprint_cosine(ptp[i], ptp[j])
             if n_ch < reach or cos < min_cosine:
                 continue
