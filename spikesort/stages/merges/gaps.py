@@ -21,7 +21,7 @@ import numpy as np
 from .evidence import NARROW_EXPECTED, NARROW_RATIO
 from .pieces import COMPACT_REACH, LOOSE_COSINE
 from .refractory import banded_refractory_ratio
-from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_similarity
+from .templates import SIGNAL_FRACTION, complete_link, footprint_cosine, lagged_similarity
 
 log = logging.getLogger(__name__)
 
@@ -59,28 +59,25 @@ def empty_period_merges(
             ratio, expected = _banded(times[i], times[j], refractory=refractory, duration=duration)
             if _near_empty(ratio, expected):
                 candidates.append((ratio, -expected, i, j))
-    members = {i: [i] for i in range(k)}
-    group = list(range(k))
-    for _r, _e, i, j in sorted(candidates):
-        gi, gj = group[i], group[j]
-        if gi == gj or not all(alike[a, b] for a in members[gi] for b in members[gj]):
-            continue
-        ta = np.concatenate([times[t] for t in members[gi]])
-        tb = np.concatenate([times[t] for t in members[gj]])
-        if not _near_empty(*_banded(ta, tb, refractory=refractory, duration=duration)):
-            continue
-        for b in members[gj]:
-            group[b] = gi
-        members[gi] += members.pop(gj)
-    out = []
-    for g in members.values():
-        rep = max(g, key=lambda t: len(times[t]))
-        out.append(
-            [(t, 0 if t == rep else -int(lagged_similarity(dense[rep], dense[t], max_lag=max_lag)[1])) for t in g]
-        )
+    lag = np.zeros((k, k), dtype=np.int64)
+    for i, j in zip(*np.nonzero(np.triu(alike))):
+        shift = lagged_similarity(dense[i], dense[j], max_lag=max_lag)[1]
+        lag[i, j], lag[j, i] = shift, -shift
+
+    def whole_trains_leave_gap(a: list[int], b: list[int]) -> bool:
+        ta, tb = (np.concatenate([times[t] for t in g]) for g in (a, b))
+        return _near_empty(*_banded(ta, tb, refractory=refractory, duration=duration))
+
+    order = [(i, j) for _r, _e, i, j in sorted(candidates)]
+    sizes = [len(t) for t in times]
+    out = complete_link(
+        order, k=k, linked=lambda a, b: alike[a, b], lag=lag, sizes=sizes, accept_groups=whole_trains_leave_gap
+    )
+    for g in out:
         if len(g) > 1:
             log.info(
-                "units %s: footprints alike and trains that never meet within the refractory period: merged", sorted(g)
+                "units %s: footprints alike and trains that never meet within the refractory period: merged",
+                sorted(t for t, _ in g),
             )
     return out
 

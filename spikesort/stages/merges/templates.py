@@ -143,10 +143,13 @@ def merge_similar_templates(
     )
 
 
-def complete_link(order, *, k: int, linked, lag: np.ndarray, sizes, accept=None) -> list[list[tuple[int, int]]]:
+def complete_link(
+    order, *, k: int, linked, lag: np.ndarray, sizes, accept=None, accept_groups=None
+) -> list[list[tuple[int, int]]]:
     """Groups of ``k`` units grown over the pairs (i, j) of ``order``, first pairs first: two
     groups join only when ``linked(a, b)`` holds for every cross pair (so no chain links two
-    neurons through a unit that looks like both) and ``accept(i, j)`` (when given) agrees.
+    neurons through a unit that looks like both), ``accept(i, j)`` (when given) agrees, and so
+    does ``accept_groups(members_i, members_j)`` (when given: the two groups' units, whole).
     Returns, per group, (unit, offset to add to its spike times to align them on the group's
     largest unit by ``sizes``: ``-lag[rep, unit]``)."""
     group = list(range(k))
@@ -156,6 +159,8 @@ def complete_link(order, *, k: int, linked, lag: np.ndarray, sizes, accept=None)
         if gi == gj or not all(linked(a, b) for a in members[gi] for b in members[gj]):
             continue
         if accept is not None and not accept(i, j):
+            continue
+        if accept_groups is not None and not accept_groups(members[gi], members[gj]):
             continue
         for b in members[gj]:
             group[b] = gi
