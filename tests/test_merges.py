@@ -1516,7 +1516,7 @@ def test_on_a_tetrode_units_whose_trains_never_meet_in_the_refractory_period_joi
     other = np.sort(rng.integers(0, kw["duration"], size=1700))
     groups = empty_period_merges(tet, tet, [trains[0], trains[1], other], **kw)
     assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 1], [2]]
-    # so does a unit whose footprint is another's, though the trains never meet
+    # so does a unit whose footprint differs from the neuron's, though the trains never meet
     moved = tet.copy()
     moved[2] = tet[2][:, ::-1] * np.array([1.0, 0.5, 0.3, 0.2], dtype=np.float32)
     groups = empty_period_merges(moved, moved, trains, **kw)
