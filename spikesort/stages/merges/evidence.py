@@ -44,17 +44,17 @@ def ample_gap(ratio: float, expected: float, *, compact: bool) -> bool:
     MEArec tetrode neurons' pairs to 0.47 of chance at most, where a burst's stretched piece
     (mearec_tetrode_bursts seed 4: 582 spikes, shapes 0.46) left none of 8.2 (p = 3e-4; the
     distinct pairs of 7 tetrode recordings, 0.05 or more)."""
-    if _near_empty_on_plenty(ratio, expected):
+    if near_empty_on_plenty(ratio, expected):
         return True
     return compact and gap_probability(ratio, expected) < (CLOSE_GAP_P if ratio < NARROW_RATIO else STRONG_GAP_P)
 
 
 def strong_gap(ratio: float, expected: float) -> bool:
     """Ample evidence without ``CLOSE_GAP_P``'s allowance: a piece on this joins before those on less."""
-    return _near_empty_on_plenty(ratio, expected) or gap_probability(ratio, expected) < STRONG_GAP_P
+    return near_empty_on_plenty(ratio, expected) or gap_probability(ratio, expected) < STRONG_GAP_P
 
 
-def _near_empty_on_plenty(ratio: float, expected: float) -> bool:
+def near_empty_on_plenty(ratio: float, expected: float) -> bool:
     """Under ``NARROW_RATIO`` of chance's pairs where ``NARROW_EXPECTED`` or more are expected."""
     return expected >= NARROW_EXPECTED and ratio < NARROW_RATIO
 

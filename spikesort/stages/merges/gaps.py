@@ -18,7 +18,7 @@ import logging
 
 import numpy as np
 
-from .evidence import NARROW_EXPECTED, NARROW_RATIO
+from .evidence import near_empty_on_plenty
 from .pieces import COMPACT_REACH, LOOSE_COSINE
 from .refractory import banded_refractory_ratio
 from .templates import SIGNAL_FRACTION, complete_link, footprint_cosine, lagged_similarity
@@ -57,7 +57,7 @@ def empty_period_merges(
                 continue
             alike[i, j] = alike[j, i] = True
             ratio, expected = _banded(times[i], times[j], refractory=refractory, duration=duration)
-            if _near_empty(ratio, expected):
+            if near_empty_on_plenty(ratio, expected):
                 candidates.append((ratio, -expected, i, j))
     lag = np.zeros((k, k), dtype=np.int64)
     for i, j in zip(*np.nonzero(np.triu(alike))):
@@ -66,7 +66,7 @@ def empty_period_merges(
 
     def whole_trains_leave_gap(a: list[int], b: list[int]) -> bool:
         ta, tb = (np.concatenate([times[t] for t in g]) for g in (a, b))
-        return _near_empty(*_banded(ta, tb, refractory=refractory, duration=duration))
+        return near_empty_on_plenty(*_banded(ta, tb, refractory=refractory, duration=duration))
 
     order = [(i, j) for _r, _e, i, j in sorted(candidates)]
     sizes = [len(t) for t in times]
@@ -84,7 +84,3 @@ def empty_period_merges(
 
 def _banded(ta: np.ndarray, tb: np.ndarray, *, refractory: int, duration: int) -> tuple[float, float]:
     return banded_refractory_ratio(ta, tb, refractory=refractory, inner=refractory // 2, duration=duration)
-
-
-def _near_empty(ratio: float, expected: float) -> bool:
-    return expected >= NARROW_EXPECTED and ratio < NARROW_RATIO
