@@ -16,8 +16,9 @@ def one_line(text) -> str:
 
 # Ctrl-C that cannot be lost. Python raises KeyboardInterrupt wherever the main thread is when
 # SIGINT lands; inside a finalizer (``__del__``, e.g. llvmlite's) the exception is printed and
-# dropped, and a run would go on to the end. The command's handler also records the request, and
-# every stage checks it at its start and end.
+# dropped, and a run would go on to the end. The command's handler also records the request
+# (and only records it while numba compiles in the main thread), and every stage checks it at
+# its start and end and after each chunk.
 _stop_requested = threading.Event()
 
 

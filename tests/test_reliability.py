@@ -688,3 +688,29 @@ def test_background_save_is_loadable_after_wait_and_reports_its_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         state.wait()
     assert not state.has("detect")
+
+
+def test_ctrl_c_while_numba_compiles_is_deferred_to_the_next_chunk():
+    # raised while the main thread holds numba's compiler lock, KeyboardInterrupt can leave the lock
+    # held (it lands before the block that releases it): workers loading a kernel then wait for ever
+    from numba.core.compiler_lock import global_compiler_lock
+
+    from spikesort.cli.app import _on_sigint
+    from spikesort.errors import clear_stop
+    from spikesort.pipeline.state import _Run
+
+    run = SimpleNamespace(n_jobs=1, tq=lambda total, desc: None)
+    clear_stop()
+    try:
+        with global_compiler_lock:
+            _on_sigint(signal.SIGINT, None)  # recorded, not raised
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            for x in _Run.map(run, lambda ch: ch, [1, 2, 3], "chunks", "test"):
+                done.append(x)
+        assert done == []  # stopped at the first chunk's end
+        clear_stop()
+        with pytest.raises(KeyboardInterrupt):  # outside a compile: at once, as before
+            _on_sigint(signal.SIGINT, None)
+    finally:
+        clear_stop()

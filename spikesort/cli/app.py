@@ -157,7 +157,23 @@ def _on_sigterm(signum, frame):
 
 def _on_sigint(signum, frame):
     request_stop()  # kept for the stages to raise again if a finalizer swallows this one
+    if _compiling():
+        # raised here it could land between numba taking its compiler lock and entering the block
+        # that releases it: the lock stays held, the chunk workers that load a kernel wait on it
+        # for ever, and so does the interrupted run waiting for them (a CI run hung 300 s so,
+        # 2026-12-05). The request is raised at the next chunk instead
+        return
     raise KeyboardInterrupt
+
+
+def _compiling() -> bool:
+    """This (the main) thread holds numba's compiler lock."""
+    try:
+        from numba.core.compiler_lock import global_compiler_lock
+
+        return bool(global_compiler_lock.is_locked())
+    except Exception:  # noqa: BLE001 - numba's internals moved: raise as before
+        return False
 
 
 def stop_request(exc: BaseException) -> BaseException | None:

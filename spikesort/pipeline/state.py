@@ -178,6 +178,7 @@ class _Run:
         try:
             for i, result in enumerate(results, start=1):
                 checkpoints.kill_point(f"{stage}:{i}")
+                raise_if_stop_requested()  # a Ctrl-C deferred or swallowed stops at the next chunk
                 yield result
         finally:
             results.close()  # on an interrupt, wait here for the chunks in flight to finish
