@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spikesort.errors import SpikesortError
+from spikesort.errors import SpikesortError, clear_stop
 from spikesort.params import Params
 
 from . import model as files
@@ -448,6 +448,9 @@ class OnlineRun:
                 yield self._emit(found, force_state=True)
 
     def _finish(self) -> None:
+        # a Ctrl-C that stopped the loop is answered by this: finishing it is what was asked (a
+        # second Ctrl-C records a new request and stops the finish too)
+        clear_stop()
         s = self.streamer
         for _ in self._tail():  # stopped from outside (Ctrl-C, the loop left): emitted, not yielded
             pass
