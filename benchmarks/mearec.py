@@ -293,6 +293,15 @@ register(
         n_bursting=6,
         description="MEArec silicon tetrode, 4 contacts on a diamond 32 µm across, 6 bursting cells, 300 s",
     ),
+    # made after the twenty-ninth pass and checked only: the wire tetrode (MEAutility's `tetrode`)
+    _mearec(
+        "mearec_tetrode_wire",
+        "tetrode",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        description="MEArec microwire tetrode, 4 round contacts 16 µm apart, 6 bursting cells, 300 s",
+    ),
 )
 
 
