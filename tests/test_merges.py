@@ -1524,3 +1524,33 @@ def test_on_a_tetrode_units_whose_trains_never_meet_in_the_refractory_period_joi
     # and on a long probe, where a footprint spans a few of its channels, the rule does not judge
     long_probe = np.stack([full, 0.6 * _stretched(full, 1.6), 0.8 * _stretched(full, 1.3)])
     assert len(empty_period_merges(long_probe, long_probe, trains, **kw)) == 3
+
+
+def test_on_a_tetrode_a_burst_s_late_spikes_of_another_shape_join_their_unit_on_the_burst_timing_alone():
+    from spikesort.stages.merges import footprint_merges, lagged_similarity
+    from spikesort.stages.merges.footprint import footprint_cosine
+
+    # mearec_tetrode_bursts_cells2 seed 3: 562 late spikes of a 4464-spike neuron, shrunk to 0.4 of
+    # its size and changed past every shape floor (0.08 at its alignment, 0.40 at 22 samples),
+    # footprints 0.995; stray fits beside the unit's spikes fill the refractory period's outer half
+    rng = np.random.default_rng(11)
+    duration, refractory = 9_600_000, 48
+    full_t, late_t = _bursting_neuron(rng, duration=duration)
+    doubles = full_t[rng.random(len(full_t)) < 0.02]
+    doubles = doubles + rng.integers(25, 48, size=len(doubles))
+    piece_t = np.sort(np.r_[late_t, doubles])
+    other_t = np.sort(rng.integers(0, duration, size=len(piece_t)))
+    full = _unit(nt=90, peak=40, center=12, width=3.0)
+    late = 0.4 * np.roll(_stretched(full, 3.5), 22, axis=0)
+    dense = np.stack([full, late])
+    tet = np.ascontiguousarray(dense[:, :, 10:14])
+    ptp = np.ptp(tet, axis=1)
+    assert footprint_cosine(ptp[0], ptp[1])[0] >= 0.99
+    assert lagged_similarity(tet[0], tet[1], max_lag=32)[0] < 0.6
+    sizes = np.array([len(full_t), len(piece_t)])
+    kw = dict(max_lag=3, phase_lag=32, refractory=refractory, duration=duration, burst_lags=(112, 1600))
+    assert len(footprint_merges(tet, tet, sizes, **kw, times=[full_t, piece_t])) == 1
+    # a unit of that template firing on its own stays apart
+    assert len(footprint_merges(tet, tet, sizes, **kw, times=[full_t, other_t])) == 2
+    # on a dense probe the footprint is no evidence of one neuron: the shape floor stands
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=[full_t, piece_t])) == 2

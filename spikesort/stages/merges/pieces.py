@@ -291,7 +291,9 @@ class PieceRules:
         stretched so far that they align on another phase: shapes alike to ``LOOSE_SIMILARITY``
         within ``phase_lag`` and the burst's timing (mearec_nn32_bursts seed 1: 65 spikes at 0.38
         of their unit's size, aligned 26 samples early, footprint 0.976, shape 0.66; 80 % of them
-        3.5-50 ms after one of the unit's, z = 13). Then, where footprints span ``min_channels``
+        3.5-50 ms after one of the unit's, z = 13); on a compact probe, footprints agreeing to
+        ``min_cosine``, a wide piece (:meth:`wide_piece`) joins on that timing whatever its
+        shape. Then, where footprints span ``min_channels``
         (narrower on a long probe: a sliver alike as dense units must be), a neuron's rarer spikes
         (``QUIET_FRACTION``): shapes alike within ``phase_lag``, an empty refractory period once
         aligned."""
@@ -330,6 +332,16 @@ class PieceRules:
                         continue
                     s, shift = lagged_similarity(self.dense[big], self.dense[piece], max_lag=lags)
                     tb, tp = times[big], times[piece]
+                    burst_only = False
+                    if not rare and s < LOOSE_SIMILARITY:
+                        # on a compact probe a burst can change its late spikes past every shape
+                        # floor (mearec_tetrode_bursts_cells2 seed 3: 562 spikes at 0.4 of a 4464-spike
+                        # neuron's size, shapes 0.08, 0.40 at a 22-sample lag, footprints 0.995,
+                        # stray fits filling the refractory period); the burst's timing, which
+                        # an independent neuron does not follow, then speaks for a wide piece alone
+                        burst_only = n_ch >= COMPACT_REACH * ptp.shape[1] and cos >= self.min_cosine
+                        if not burst_only or not self.wide_piece(piece, big):
+                            continue
                     if compact:
                         # a neuron's rare spikes a burst shrank and changed past its unit's shape, caught on
                         # another phase (mearec_tetrode_cells2 seed 3: 663 spikes 26 samples early,
@@ -339,7 +351,7 @@ class PieceRules:
                         ratio, expected = tr.beyond_double_fits(tb, tp - shift)
                         if ratio > 0 or expected < NARROW_EXPECTED:
                             continue
-                    elif s < LOOSE_SIMILARITY:
+                    elif s < LOOSE_SIMILARITY and not burst_only:
                         continue
                     # a compact piece's period was counted above, and held no pair
                     if inflated or (narrow and not compact and not self.absorbed(cos, s, tp, tb)):
