@@ -325,7 +325,8 @@ class PieceRules:
                     inflated = rare and size_uv[piece] > size_uv[big]
                     cos, n_ch = footprint_cosine(ptp[i], ptp[j])
                     narrow = rare and n_ch < self.min_channels  # on a long probe: only a sliver alike as dense units
-                    compact = narrow and n_ch >= COMPACT_REACH * ptp.shape[1]
+                    spans = n_ch >= COMPACT_REACH * ptp.shape[1]  # the footprint covers a compact probe
+                    compact = narrow and spans
                     if compact and (inflated or size_uv[piece] > self.max_piece_size * size_uv[big]):
                         continue  # at one size a footprint must agree as only one neuron's do
                     if cos < (self.min_cosine if compact else self.compact_cosine):
@@ -339,7 +340,7 @@ class PieceRules:
                         # neuron's size, shapes 0.08, 0.40 at a 22-sample lag, footprints 0.995,
                         # stray fits filling the refractory period); the burst's timing, which
                         # an independent neuron does not follow, then speaks for a wide piece alone
-                        burst_only = n_ch >= COMPACT_REACH * ptp.shape[1] and cos >= self.min_cosine
+                        burst_only = spans and cos >= self.min_cosine
                         if not burst_only or not self.wide_piece(piece, big):
                             continue
                     if compact:
