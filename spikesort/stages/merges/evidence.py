@@ -41,9 +41,11 @@ def ample_gap(ratio: float, expected: float, *, compact: bool) -> bool:
     or more. On a compact probe also any gap that two neurons firing on their own leave less
     often than ``STRONG_GAP_P`` (``CLOSE_GAP_P`` under ``NARROW_RATIO`` of chance): there every
     pair of neurons shares the contacts, and the collisions the matching loses thinned distinct
-    MEArec tetrode neurons' pairs to 0.47 of chance at most, where a burst's stretched piece
-    (mearec_tetrode_bursts seed 4: 582 spikes, shapes 0.46) left none of 8.2 (p = 3e-4; the
-    distinct pairs of 7 tetrode recordings, 0.05 or more)."""
+    MEArec silicon-tetrode neurons' pairs to 0.47 of chance at most, where a burst's stretched
+    piece (mearec_tetrode_bursts seed 4: 582 spikes, shapes 0.46) left none of 8.2 (p = 3e-4; the
+    distinct pairs of 7 tetrode recordings, 0.05 or more). On MEArec's microwire tetrode, whose
+    neighbours have nearly proportional footprints, distinct neurons kept only 0.26-0.40 and some
+    joined on this test (2026-12-05, the thirtieth pass of docs/benchmarks.md)."""
     if near_empty_on_plenty(ratio, expected):
         return True
     return compact and gap_probability(ratio, expected) < (CLOSE_GAP_P if ratio < NARROW_RATIO else STRONG_GAP_P)

@@ -8,7 +8,7 @@ within the refractory period (`mearec_tetrode_diamond` seed 0: one neuron as uni
 and 883 spikes; the last none of 9.4 and 16.1 pairs expected against the other two). Here the
 whole trains decide: two groups join when their footprints agree and their spikes together leave
 the refractory period's outer half near empty (under ``NARROW_RATIO`` of chance) where
-``NARROW_EXPECTED`` pairs or more are expected. Distinct MEArec tetrode neurons kept 0.47 of
+``NARROW_EXPECTED`` pairs or more are expected. Distinct MEArec silicon-tetrode neurons kept 0.47 of
 chance's pairs or more there (:mod:`.evidence`).
 """
 

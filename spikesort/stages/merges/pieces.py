@@ -171,7 +171,7 @@ class PieceRules:
         unlike = s < self.compact_similarity or (cos < self.min_cosine and s < self.loose_footprint_similarity)
         if narrow or unlike:
             # ... unless the evidence is ample: a burst changed a tetrode neuron's shape to 0.40 of
-            # its unit's, and distinct tetrode neurons kept at least 0.47 of chance's pairs
+            # its unit's, and distinct silicon-tetrode neurons kept at least 0.47 of chance's pairs
             if not small:
                 return
             ratio, expected = tr.banded(times[big], times[piece])
