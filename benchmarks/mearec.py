@@ -293,6 +293,29 @@ register(
         n_bursting=6,
         description="MEArec silicon tetrode, 4 contacts on a diamond 32 µm across, 6 bursting cells, 300 s",
     ),
+    # made in the thirty-first pass and checked only: longer recordings (every MEArec one before
+    # lasted 300 s; labs record for an hour, and the piece and merge rules count pairs that grow
+    # with the length)
+    _mearec(
+        "mearec_nn32_long",
+        "Neuronexus-32",
+        n_exc=12,
+        n_inh=4,
+        n_bursting=6,
+        # 10 min, not 20: MEArec's temporary files for 20 min of 32 channels (about 15 GB) did not
+        # fit on this machine's disk
+        duration_s=600.0,
+        description="MEArec Neuronexus-32 (3 columns), 16 Blue Brain cells, 6 bursting, correlated noise, 10 min",
+    ),
+    _mearec(
+        "mearec_tetrode_long",
+        "tetrode-mea-l",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        duration_s=1200.0,
+        description="MEArec silicon tetrode (4 contacts in a line, 16 µm), 6 bursting cells, correlated noise, 20 min",
+    ),
     # made after the twenty-ninth pass and checked only: the wire tetrode (MEAutility's `tetrode`)
     _mearec(
         "mearec_tetrode_wire",
