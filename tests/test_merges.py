@@ -591,6 +591,34 @@ def test_on_a_long_probe_a_narrow_footprint_at_two_sizes_merges_only_on_ample_re
     _merge_only_on_ample_evidence(rng, dense, times, refractory=refractory, duration=duration)
 
 
+def test_on_a_long_probe_a_piece_whose_footprint_is_its_unit_s_joins_on_a_gap_stray_fits_thinned():
+    from spikesort.stages.merges import footprint_merges
+    from spikesort.stages.merges.footprint import footprint_cosine
+    from spikesort.stages.merges.refractory import banded_refractory_ratio
+
+    # mearec_nn32_long seed 1: a bursting neuron's 2009 shrunken spikes beside its 5633-spike unit,
+    # footprints 1.000, shapes 0.90; stray fits left 0.32 of chance's pairs (28 expected)
+    rng = np.random.default_rng(22)
+    full = _unit(peak=40, center=12, width=1.0)  # 5 of 32 channels: a narrow footprint
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 3000, size=5500))
+    small = rng.random(len(neuron)) < 0.3
+    stray = np.sort(rng.integers(0, duration, size=int(0.3 * small.sum())))
+    times = [neuron[~small], np.sort(np.r_[neuron[small], stray])]
+    ratio, expected = banded_refractory_ratio(*times, refractory=refractory, inner=16, duration=duration)
+    assert 0.2 < ratio < 0.4 and expected > 10
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, refractory=refractory, duration=duration, times=times)
+    piece = 0.63 * _stretched(full, 1.15)
+    assert lagged_similarity(full, piece, max_lag=3)[0] > 0.8
+    assert len(footprint_merges(np.stack([full, piece]), np.stack([full, piece]), sizes, **kw)) == 1
+    # a neighbour's footprint, a little off, needs the near-empty period that gap is not
+    off = 0.63 * _unit(peak=40, center=12.15, width=1.0)  # 0.994, as close as two neurons came
+    cos, _ = footprint_cosine(np.ptp(full, axis=0), np.ptp(off, axis=0))
+    assert 0.98 < cos < 0.999
+    assert len(footprint_merges(np.stack([full, off]), np.stack([full, off]), sizes, **kw)) == 2
+
+
 def test_on_a_tetrode_a_piece_of_another_shape_joins_on_ample_refractory_evidence():
     from spikesort.stages.merges.footprint import footprint_cosine
     from spikesort.stages.merges.templates import lagged_similarity

@@ -26,6 +26,14 @@ COMPACT_REACH = 0.75
 # left out) a piece may look less like its unit: mearec_nn32's bursting neurons left pieces at a
 # third of their size with footprints agreeing to 0.988 and shapes to 0.64-0.79
 LOOSE_COSINE, LOOSE_SIMILARITY = 0.98, 0.6
+# on a dense probe, footprints this alike are one neuron's: two neurons agreed to 0.994 at most on
+# generated probes, and to 0.986 where 10 or more pairs were expected in the piece judgements of
+# 21 dense MEArec recordings (2026-12-05), where a bursting neuron's piece of shrunken spikes
+# agreed to 1.000 (mearec_nn32_long seed 1: 2009 spikes at 0.63 of its unit's size, shapes 0.90).
+# Such a piece joins on a gap under DENSE_ALIKE_RATIO of chance with NARROW_EXPECTED pairs or
+# more: its stray fits beside the unit's spikes kept 0.32 of 28 (neighbours on a dense probe keep
+# 0.25 and more, but none this alike)
+DENSE_ALIKE_COSINE, DENSE_ALIKE_RATIO = 0.999, 0.4
 # a dense piece whose footprint agrees to only compact_cosine (or whose shape a burst stretched
 # past LOOSE_SIMILARITY) joins on a near-empty refractory period with NARROW_EXPECTED pairs or
 # more: of 40 dense recordings' unit pairs that alike (2026-12-05), pairs of two neurons kept 0.49
@@ -69,6 +77,11 @@ PHASE_TWICE_FRACTION = 0.25
 QUIET_FRACTION = 0.25
 
 
+def thinned_gap(ratio: float, expected: float) -> bool:
+    """Under ``DENSE_ALIKE_RATIO`` of chance's pairs where ``NARROW_EXPECTED`` or more are expected."""
+    return expected >= NARROW_EXPECTED and ratio < DENSE_ALIKE_RATIO
+
+
 @dataclass
 class PieceRules:
     """One footprint-merge call's units (whitened ``dense`` templates, ``ptp`` footprints in µV,
@@ -102,6 +115,7 @@ class PieceRules:
     faint: set = field(default_factory=set)  # compact pieces few and small, shaped as their unit
     phased: set = field(default_factory=set)  # compact rare pieces on another phase, on ample evidence
     scarce: set = field(default_factory=set)  # rare pieces shaped as their unit, the trains too short
+    twins: set = field(default_factory=set)  # dense pieces whose footprint is their unit's, on a thinned gap
 
     def __post_init__(self):
         self.k = self.dense.shape[0]
@@ -183,6 +197,11 @@ class PieceRules:
                 self.attach.append((ratio, piece, big, shift))
                 self.stretched.add(piece)
                 return
+            if narrow and cos >= DENSE_ALIKE_COSINE and s >= LOOSE_SIMILARITY:
+                if thinned_gap(ratio, expected):
+                    self.attach.append((ratio, piece, big, shift))
+                    self.twins.add(piece)
+                    return
             if narrow and (cos < LOOSE_COSINE or s < LOOSE_SIMILARITY):
                 # footprint or shape looser still (a burst stretched a piece and blurred its
                 # footprint): a near-empty period on ample evidence, whatever the shape, from a
@@ -398,6 +417,8 @@ class PieceRules:
             return deep_gap(*tr.banded(whole, times[piece]))
         if piece in self.ample:
             return ample_gap(*tr.banded(whole, times[piece]), compact=piece in self.compact_ample)
+        if piece in self.twins:
+            return thinned_gap(*tr.banded(whole, times[piece]))
         if piece in self.phased:
             # the group's other pieces may have been fitted twice with this one at some lag: the
             # ample evidence's near-empty period, not an empty one
