@@ -56,9 +56,9 @@ def strong_gap(ratio: float, expected: float) -> bool:
     return near_empty_on_plenty(ratio, expected) or gap_probability(ratio, expected) < STRONG_GAP_P
 
 
-def near_empty_on_plenty(ratio: float, expected: float) -> bool:
-    """Under ``NARROW_RATIO`` of chance's pairs where ``NARROW_EXPECTED`` or more are expected."""
-    return expected >= NARROW_EXPECTED and ratio < NARROW_RATIO
+def near_empty_on_plenty(ratio: float, expected: float, *, below: float = NARROW_RATIO) -> bool:
+    """Under ``below`` of chance's pairs where ``NARROW_EXPECTED`` or more are expected."""
+    return expected >= NARROW_EXPECTED and ratio < below
 
 
 def deep_gap(ratio: float, expected: float) -> bool:

@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .evidence import ABSORB_FRACTION, NARROW_EXPECTED, NARROW_RATIO, Trains, ample_gap, deep_gap, strong_gap
+from .evidence import (
+    ABSORB_FRACTION,
+    NARROW_EXPECTED,
+    NARROW_RATIO,
+    Trains,
+    ample_gap,
+    deep_gap,
+    near_empty_on_plenty,
+    strong_gap,
+)
 from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_dots, lagged_similarity
 from .two_sizes import trains_say
 
@@ -75,11 +84,6 @@ PHASE_TWICE_FRACTION = 0.25
 # period beyond the double fits once aligned (two neurons firing on their own leave it empty e^-E
 # of the time)
 QUIET_FRACTION = 0.25
-
-
-def thinned_gap(ratio: float, expected: float) -> bool:
-    """Under ``DENSE_ALIKE_RATIO`` of chance's pairs where ``NARROW_EXPECTED`` or more are expected."""
-    return expected >= NARROW_EXPECTED and ratio < DENSE_ALIKE_RATIO
 
 
 @dataclass
@@ -198,7 +202,7 @@ class PieceRules:
                 self.stretched.add(piece)
                 return
             if narrow and cos >= DENSE_ALIKE_COSINE and s >= LOOSE_SIMILARITY:
-                if thinned_gap(ratio, expected):
+                if near_empty_on_plenty(ratio, expected, below=DENSE_ALIKE_RATIO):
                     self.attach.append((ratio, piece, big, shift))
                     self.twins.add(piece)
                     return
@@ -418,12 +422,12 @@ class PieceRules:
         if piece in self.ample:
             return ample_gap(*tr.banded(whole, times[piece]), compact=piece in self.compact_ample)
         if piece in self.twins:
-            return thinned_gap(*tr.banded(whole, times[piece]))
+            return near_empty_on_plenty(*tr.banded(whole, times[piece]), below=DENSE_ALIKE_RATIO)
         if piece in self.phased:
             # the group's other pieces may have been fitted twice with this one at some lag: the
             # ample evidence's near-empty period, not an empty one
             ratio, expected = tr.beyond_double_fits(whole, times[piece] - shift)
-            return expected >= NARROW_EXPECTED and ratio < NARROW_RATIO
+            return near_empty_on_plenty(ratio, expected)
         if piece in self.scarce:
             short = tr.banded(whole, times[piece])[1] < tr.min_expected
             return short and len(times[piece]) <= QUIET_FRACTION * len(whole)
