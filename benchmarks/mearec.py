@@ -50,6 +50,8 @@ def _mearec(
     drift_um=0.0,
     drift_velocity_um_per_min=0.0,
     cells_seed=0,
+    noise_mode="distance-correlated",
+    noise_color=False,
 ):
     """A MEArec scenario: what MEArec is asked for lives in the options (part of the cache key).
 
@@ -85,7 +87,7 @@ def _mearec(
             ("n_exc", n_exc),
             ("n_inh", n_inh),
             ("n_bursting", n_bursting),  # how many cells burst (amplitude and shape decay within bursts)
-            ("noise_mode", "distance-correlated"),
+            ("noise_mode", noise_mode),
             ("noise_level_uv", float(noise_level_uv)),
             ("rate_exc_hz", 5.0),
             ("rate_inh_hz", 15.0),
@@ -95,6 +97,7 @@ def _mearec(
         )
         + ((("one_chunk", True),) if one_chunk else ())
         + ((("cells_seed", int(cells_seed)),) if cells_seed else ())
+        + ((("noise_color", True),) if noise_color else ())
         + drift,
     )
 
@@ -316,6 +319,35 @@ register(
         duration_s=1200.0,
         description="MEArec silicon tetrode (4 contacts in a line, 16 µm), 6 bursting cells, correlated noise, 20 min",
     ),
+    # made in the thirty-second pass and checked only: MEArec's default noise (independent on
+    # every channel), where every other MEArec scenario has noise correlated by distance
+    _mearec(
+        "mearec_tetrode_white",
+        "tetrode-mea-l",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        noise_mode="uncorrelated",
+        description="mearec_tetrode with independent noise on every channel (MEArec's default), 300 s",
+    ),
+    _mearec(
+        "mearec_tetrode_colored",
+        "tetrode-mea-l",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        noise_color=True,
+        description="mearec_tetrode with MEArec's coloured noise (its spectrum shaped like a recording's), 300 s",
+    ),
+    _mearec(
+        "mearec_nn32_white",
+        "Neuronexus-32",
+        n_exc=12,
+        n_inh=4,
+        n_bursting=6,
+        noise_mode="uncorrelated",
+        description="mearec_nn32 with independent noise on every channel (MEArec's default), 300 s",
+    ),
     # made after the twenty-ninth pass and checked only: the wire tetrode (MEAutility's `tetrode`)
     _mearec(
         "mearec_tetrode_wire",
@@ -387,6 +419,10 @@ def ensure_templates(
                 params=params,
                 templates_tmp_folder=tmp,
                 n_jobs=n_jobs,
+                # a fresh pool per library: loky's workers outlive the call, in the folder they
+                # started in, and MEArec hands them its parameter file by a relative path (a
+                # second library in one process failed: "No such file ... tmp_params_path.yaml")
+                joblib_backend="multiprocessing",
                 verbose=False,
             )
         finally:
@@ -415,6 +451,7 @@ def recording_params(*, scenario: Scenario, seed: int) -> dict:
     params["recordings"].update(
         noise_mode=o["noise_mode"],
         noise_level=float(o["noise_level_uv"]),
+        noise_color=bool(o.get("noise_color", False)),
         filter=True,
         bursting=bursting,
         shape_mod=bursting,

@@ -300,10 +300,11 @@ def test_mearec_template_simulation_leaves_the_working_directory_clean(tmp_path,
 
     seen = {}
 
-    def gen_templates(*, cell_models_folder, params, templates_tmp_folder, n_jobs, verbose):
+    def gen_templates(*, cell_models_folder, params, templates_tmp_folder, n_jobs, joblib_backend, verbose):
         Path("tmp_params_path.yaml").write_text("probe: tetrode\n")  # what MEArec does, relative
         seen["cwd"] = Path.cwd()
         seen["tmp"] = Path(templates_tmp_folder)
+        seen["backend"] = joblib_backend
         return "generator"
 
     def save_template_generator(gen, *, filename):
@@ -323,6 +324,9 @@ def test_mearec_template_simulation_leaves_the_working_directory_clean(tmp_path,
     path = mearec.ensure_templates(cache_dir=Path("cache"), probe="tetrode", templates_per_cell=2, seed=0, n_jobs=1)
     assert not (work / "tmp_params_path.yaml").exists()
     assert seen["cwd"] == seen["tmp"] and seen["tmp"].is_absolute()
+    # the workers that read that file must start there too: a fresh pool per library (loky's
+    # reusable workers stay in the folder of the first library simulated in the process)
+    assert seen["backend"] == "multiprocessing"
     assert Path.cwd() == work  # back where it was
     assert (work / path).read_bytes() == b"h5"
 
@@ -338,7 +342,7 @@ def test_drifting_mearec_scenario_asks_for_drifting_templates_and_recording(tmp_
 
     made = {}
 
-    def gen_templates(*, cell_models_folder, params, templates_tmp_folder, n_jobs, verbose):
+    def gen_templates(*, cell_models_folder, params, templates_tmp_folder, n_jobs, joblib_backend, verbose):
         made.update(params)
         return "generator"
 
