@@ -619,6 +619,14 @@ def test_on_a_long_probe_a_piece_whose_footprint_is_its_unit_s_joins_on_a_gap_st
     assert len(footprint_merges(np.stack([full, off]), np.stack([full, off]), sizes, **kw)) == 2
 
 
+def _tetrode_and_wide_piece(scale: float) -> np.ndarray:
+    """A tetrode neuron (``_unit`` on channels 10-13) and a piece of it at ``scale`` of its size
+    that a burst widened threefold: footprints alike, shapes not."""
+    full = _unit(peak=40, center=12, width=3.0)
+    wide = scale * _stretched(_unit(peak=40, center=12.4, width=3.0), 3.0)
+    return np.ascontiguousarray(np.stack([full, wide])[:, :, 10:14])
+
+
 def test_on_a_tetrode_a_piece_of_another_shape_joins_on_ample_refractory_evidence():
     from spikesort.stages.merges.footprint import footprint_cosine
     from spikesort.stages.merges.templates import lagged_similarity
@@ -627,9 +635,7 @@ def test_on_a_tetrode_a_piece_of_another_shape_joins_on_ample_refractory_evidenc
     # footprints agreeing to 0.993 and shapes to only 0.40; no pair in the refractory period's
     # outer half where 48 were expected (distinct tetrode neurons: at least 0.47 of chance)
     rng = np.random.default_rng(14)
-    full = _unit(peak=40, center=12, width=3.0)
-    wide = 0.45 * _stretched(_unit(peak=40, center=12.4, width=3.0), 3.0)
-    tet = np.ascontiguousarray(np.stack([full, wide])[:, :, 10:14])
+    tet = _tetrode_and_wide_piece(0.45)
     cos, _ = footprint_cosine(np.ptp(tet[0], axis=0), np.ptp(tet[1], axis=0))
     s, _ = lagged_similarity(tet[0], tet[1], max_lag=3)
     assert cos > 0.95 and s < 0.7
@@ -648,9 +654,7 @@ def test_on_a_tetrode_a_piece_of_another_shape_that_is_its_unit_s_echo_stays_apa
     # pair, the echo lying just beyond it, and the ample evidence joined them: the neuron's unit
     # at 0.57 accuracy instead of 0.98
     rng = np.random.default_rng(14)
-    full = _unit(peak=40, center=12, width=3.0)
-    wide = 0.45 * _stretched(_unit(peak=40, center=12.4, width=3.0), 3.0)
-    tet = np.ascontiguousarray(np.stack([full, wide])[:, :, 10:14])
+    tet = _tetrode_and_wide_piece(0.45)
     duration, refractory = 9_600_000, 48
     kw = dict(max_lag=3, refractory=refractory, duration=duration, burst_lags=(96, 960))
 
@@ -672,9 +676,7 @@ def test_on_a_tetrode_a_piece_of_another_shape_joins_on_a_gap_too_deep_for_two_n
     # 0.9925, shapes 0.46 (stretched in bursts); no pair in the refractory period's outer half where
     # chance gives 8.2 (p = 3e-4), short of the ample evidence's 10 pairs
     rng = np.random.default_rng(21)
-    full = _unit(peak=40, center=12, width=3.0)
-    wide = 0.54 * _stretched(_unit(peak=40, center=12.4, width=3.0), 3.0)
-    tet = np.ascontiguousarray(np.stack([full, wide])[:, :, 10:14])
+    tet = _tetrode_and_wide_piece(0.54)
     duration, refractory = 9_600_000, 48
     times = _split_neuron(rng, n_spikes=3400, max_isi=5500, fraction=0.17)
     sizes = np.array([len(t) for t in times])
@@ -697,9 +699,7 @@ def test_on_a_tetrode_a_piece_of_another_shape_joins_on_an_empty_period_rare_for
     # mearec_tetrode_cells2 seed 3: 353 spikes of a 3200-spike unit at 0.66 of its size, footprints
     # 0.9975, shapes 0.69; no pair where chance gives 5.6 (p = 0.004): rarer than any distinct pair
     # of 57 tetrode recordings left, but short of STRONG_GAP_P
-    full = _unit(peak=40, center=12, width=3.0)
-    wide = 0.6 * _stretched(_unit(peak=40, center=12.4, width=3.0), 3.0)
-    tet = np.ascontiguousarray(np.stack([full, wide])[:, :, 10:14])
+    tet = _tetrode_and_wide_piece(0.6)
     assert footprint_cosine(np.ptp(tet[0], axis=0), np.ptp(tet[1], axis=0))[0] >= 0.99
     duration, refractory = 9_600_000, 48
     rng = np.random.default_rng(4)
