@@ -118,8 +118,8 @@ def footprint_merges(
     to ``min_cosine`` and a gap :func:`.evidence.deep_gap` calls deep and rare, the piece aligned at
     its phase lag), and no fallback for small pieces; footprints under ``LOOSE_COSINE``, or a
     stretched shape without that deep gap, join on that evidence whatever the shape, from a piece
-    neither too small to be caught beside its unit nor its echo
-    (:meth:`.pieces.PieceRules.wide_piece`). A dense unit with at most
+    not too small to be caught beside its unit (:meth:`.pieces.PieceRules.wide_piece`). No rule
+    joins a unit's echo, fits to its waveform tail (:meth:`.pieces.PieceRules.echo`). A dense unit with at most
     ``SLIVER_FRACTION`` of another's spikes, no larger, whose shape is the other's on another
     phase (``SLIVER_SIMILARITY``; :func:`.templates.sliver_of`), joins it with footprints agreeing
     to ``compact_cosine``.

@@ -174,9 +174,11 @@ class PieceRules:
         (NARROW_EXPECTED pairs, under NARROW_RATIO of them, the double fits' lags left out) shows
         one neuron, with shapes alike to ``LOOSE_SIMILARITY`` and no fallback for small pieces. A
         compact piece whose shape agrees less than a piece's must is judged on that same evidence,
-        with no floor on the shape."""
+        with no floor on the shape. A unit's echo (:meth:`echo`) joins by none of them."""
         tr, times, size_uv, dense = self.trains, self.times, self.size_uv, self.dense
         big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
+        if self.echo(piece, big):
+            return
         s, shift = lagged_similarity(dense[big], dense[piece], max_lag=self.max_lag)
         small = size_uv[piece] <= self.max_piece_size * size_uv[big]
         if small and s >= LOOSE_SIMILARITY and tr.bursting(times[big], times[piece]):
@@ -209,7 +211,7 @@ class PieceRules:
             if narrow and (cos < LOOSE_COSINE or s < LOOSE_SIMILARITY):
                 # footprint or shape looser still (a burst stretched a piece and blurred its
                 # footprint): a near-empty period on ample evidence, whatever the shape, from a
-                # piece that is neither the unit's echo nor too small to be caught beside it
+                # piece not too small to be caught beside its unit
                 if not self.wide_piece(piece, big):
                     return
                 if s < LOOSE_SIMILARITY:
@@ -267,10 +269,17 @@ class PieceRules:
 
     def wide_piece(self, piece: int, big: int) -> bool:
         """A piece whose refractory gap can speak for it: at least ``WIDE_PIECE_SIZE`` of its
-        unit's size, and not mostly its unit's echoes (:meth:`.evidence.Trains.echoing`)."""
-        if self.size_uv[piece] < WIDE_PIECE_SIZE * self.size_uv[big]:
-            return False
-        return not self.trains.echoing(self.times[big], self.times[piece])
+        unit's size (a smaller one is too easily missed beside its unit's spikes)."""
+        return self.size_uv[piece] >= WIDE_PIECE_SIZE * self.size_uv[big]
+
+    def echo(self, piece: int, big: int | np.ndarray) -> bool:
+        """The piece is mostly fits to the waveform tail of ``big`` (a unit, or a group's spike
+        times; :meth:`.evidence.Trains.echoing`): no spikes of its neuron, whatever gap their
+        lag, just past the refractory period, leaves in the count (mearec_tetrode_quiet seed 2:
+        1107 fits, 93 % of them 1.2-2.8 ms after one of a neuron's 1458 spikes, joined it on no
+        pair where 6.9 were expected)."""
+        whole = self.times[big] if np.ndim(big) == 0 else big
+        return self.trains.echoing(whole, self.times[piece])
 
     def likeliest(self, piece: int, big: int, s: float) -> bool:
         """No other unit larger than the piece has a shape more like the piece's than ``big``."""
@@ -281,13 +290,7 @@ class PieceRules:
     def ample_pair(
         self, piece: int, big: int, shift: int, cos: float, ratio: float, expected: float, *, narrow: bool
     ) -> None:
-        """Attach the piece on ample evidence (a rare gap, for footprints alike to ``min_cosine``),
-        unless it is the unit's echo (:meth:`.evidence.Trains.echoing`): fits to the unit's
-        waveform tail just past the refractory period leave it empty whatever the truth
-        (mearec_tetrode_quiet seed 2: 1107 fits, 93 % of them 1.2-2.8 ms after one of a neuron's
-        1458 spikes, joined it on no pair where 6.9 were expected)."""
-        if self.trains.echoing(self.times[big], self.times[piece]):
-            return
+        """Attach the piece on ample evidence (a rare gap, for footprints alike to ``min_cosine``)."""
         compact = not narrow and cos >= self.min_cosine
         if ample_gap(ratio, expected, compact=compact):
             # on a gap only CLOSE_GAP_P allows, after the pieces the trains vouch for more strongly
@@ -346,7 +349,7 @@ class PieceRules:
                         big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
                         if size_uv[piece] > self.max_piece_size * size_uv[big]:
                             continue
-                    if piece in attached:
+                    if piece in attached or self.echo(piece, big):
                         continue
                     # larger peak to peak only by its few spikes' noise: it joins only shaped as its
                     # unit (a collision of two neurons, larger than either, fitted a few dozen times
@@ -418,9 +421,11 @@ class PieceRules:
         """The piece judged again, by the rule that attached it, against the whole ``group`` it is
         to join (its units' spikes together), aligned by ``shift``."""
         tr, times = self.trains, self.times
+        whole = np.concatenate([times[t] for t in group])
+        if self.echo(piece, whole):
+            return False
         if piece in self.strict:
             return not any(self.independent(m, piece) for m in group)
-        whole = np.concatenate([times[t] for t in group])
         if piece in self.bursts:
             return tr.bursting(whole, times[piece])
         if piece in self.stretched:
