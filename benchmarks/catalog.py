@@ -14,7 +14,7 @@ import importlib.util
 
 from .scenarios import FAMILIES, SCENARIOS
 
-FAMILY_MODULES = ("families", "mearec")
+FAMILY_MODULES = ("families", "mearec", "injected")
 
 for _module in FAMILY_MODULES:
     if importlib.util.find_spec(f"{__package__}.{_module}") is not None:

@@ -431,3 +431,20 @@ def test_a_run_kept_compressed_by_a_short_disk_is_named_in_its_row(tmp_path):
     (tmp_path / "spikesort_run.json").write_text(json.dumps(record))
     assert _store_kind(tmp_path, label="[x seed 0]", log=said.append) == {"trace_store": "compressed"}
     assert len(said) == 1
+
+
+def test_injected_recording_is_the_other_generator_on_the_scenario_s_probe_and_rate(tmp_path):
+    """The injected family reads spikeinterface's generate_ground_truth_recording (not the
+    drifting generator) on the scenario's own probe, rate and units."""
+    assert catalog.FAMILIES["injected"] == ["injected_tetrode", "injected32", "injected64"]
+    scenario = dataclasses.replace(catalog.SCENARIOS["injected32"], name="injected_test", duration_s=3.0, num_units=5)
+    folder = scenarios.ensure_recording(cache_dir=tmp_path, scenario=scenario, seed=1, n_jobs=1)
+    rec = scenarios.load_recording(folder=folder)
+    assert rec.get_num_channels() == 32 and rec.sampling_frequency == 25000.0
+    assert np.allclose(rec.get_channel_locations(), scenarios.build_probe(kind="multi32").contact_positions)
+    gt = scenarios.load_sorting_npz(path=folder / "gt_sorting.npz")
+    assert gt.get_num_units() == 5
+    # Poisson trains at the generator's 15 Hz with its 4 ms refractory period
+    trains = [gt.get_unit_spike_train(u) for u in gt.unit_ids]
+    assert 20 <= np.mean([len(t) for t in trains]) <= 70
+    assert min(np.diff(t).min() for t in trains) >= 0.004 * 25000.0 - 1
