@@ -482,6 +482,28 @@ def test_double_fits_at_one_lag_are_left_out_of_the_refractory_count_but_indepen
     assert 0.6 < ratio < 1.5 and expected > 10
 
 
+def test_double_fits_astride_the_inner_bound_are_left_out_whole():
+    from spikesort.stages.merges.refractory import banded_refractory_ratio
+
+    # mearec_nn32 seed 2: a neuron as a unit of 2757 spikes and one of 2309 at 0.44 of its size,
+    # the smaller fitted again 19-29 samples after 19 of the larger's spikes: astride the inner
+    # half's bound (24), the crowd's outer part alone was too thin to be found, and kept 11 pairs
+    # in the count where chance gave 32 (0.35, no near-empty period); the neuron stayed two units
+    rng = np.random.default_rng(31)
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(64, 3400, size=5000))  # never two spikes within 2 ms
+    piece = rng.random(len(neuron)) < 0.45
+    ta = neuron[~piece]
+    doubles = ta[rng.choice(len(ta), size=24, replace=False)] + rng.integers(19, 30, size=24)
+    tb = np.sort(np.r_[neuron[piece], doubles])
+    ratio, expected = banded_refractory_ratio(ta, tb, refractory=refractory, inner=24, duration=duration)
+    assert ratio < 0.2 and expected > 10
+    # independent trains with the same crowd keep the rest of their pairs
+    other = np.sort(np.r_[rng.integers(0, duration, size=len(tb) - len(doubles)), doubles])
+    ratio, expected = banded_refractory_ratio(ta, other, refractory=refractory, inner=24, duration=duration)
+    assert 0.6 < ratio < 1.5 and expected > 10
+
+
 def test_a_bursting_neurons_piece_that_looks_less_alike_joins_only_on_ample_refractory_evidence():
 
     # mearec_nn32: pieces at a third of their neuron's size, footprints agreeing to 0.988 over 10

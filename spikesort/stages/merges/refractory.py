@@ -277,7 +277,10 @@ def banded_refractory_ratio(
     lags where pairs crowd: one spike fitted twice, by a piece's template at a fixed offset from
     the unit's, lands at one lag (± ``halfwidth`` samples) again and again, where spikes firing on
     their own would spread evenly. A window of lags holding more pairs than even spreading gives
-    with probability ``p_value`` (Poisson) is left out, from the count and from the expectation."""
+    with probability ``p_value`` (Poisson) is left out, from the count and from the expectation.
+    Crowds are sought over the inner half's lags too, so that one astride the inner bound is left
+    out whole (mearec_nn32 seed 2: a neuron's half-size unit fitted 19-29 samples after 19 of its
+    large unit's spikes, 11 pairs counted where 32 were expected, none at the other lags)."""
     from scipy.stats import poisson
 
     tb = np.sort(np.asarray(tb))
@@ -290,19 +293,20 @@ def banded_refractory_ratio(
     n = hi - lo  # every pair within the period: b's spikes lo..hi-1 around each of a's
     within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
     d = tb[np.repeat(lo, n) + within] - np.repeat(ta, n)
-    d = d[(np.abs(d) > inner) & (np.abs(d) <= refractory)]
     counts = np.bincount(d + refractory, minlength=2 * refractory + 1).astype(np.float64)
     rate = len(ta) * len(tb) / max(int(duration), 1)  # pairs expected per lag
-    keep = np.zeros(2 * refractory + 1, dtype=bool)
-    keep[lags + refractory] = True
+    crowded = np.zeros(2 * refractory + 1, dtype=bool)
     width = 2 * halfwidth + 1
     limit = max(float(poisson.isf(p_value, rate * width)), 4.0)
     while True:
-        box = np.convolve(np.where(keep, counts, 0.0), np.ones(width), mode="same")
+        box = np.convolve(np.where(crowded, 0.0, counts), np.ones(width), mode="same")
         peak = int(np.argmax(box))
         if box[peak] <= limit:
             break
-        keep[max(peak - halfwidth, 0) : peak + halfwidth + 1] = False
+        crowded[max(peak - halfwidth, 0) : peak + halfwidth + 1] = True
+    keep = np.zeros(2 * refractory + 1, dtype=bool)
+    keep[lags + refractory] = True
+    keep &= ~crowded
     expected = rate * keep.sum()
     return float(counts[keep].sum()) / max(expected, 1e-12), expected
 
