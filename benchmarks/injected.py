@@ -39,8 +39,8 @@ register(
         10,
         300.0,
         "none",
-        "spikeinterface's generate_ground_truth_recording on its tetrode: 10 units (its default "
-        "for 4 channels), 25 kHz, 300 s, static",
+        "spikeinterface's generate_ground_truth_recording on spikeinterface's tetrode (4 contacts on "
+        "a 10 µm circle): 10 units (the generator's default for 4 channels), 25 kHz, 300 s, static",
         family="injected",
         kind="injected",
         sampling_rate_hz=25000.0,

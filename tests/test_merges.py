@@ -668,50 +668,43 @@ def test_on_a_tetrode_a_piece_of_another_shape_joins_on_ample_refractory_evidenc
     _merge_only_on_ample_evidence(rng, tet, times, refractory=refractory, duration=duration)
 
 
-def test_on_a_tetrode_a_piece_of_another_shape_that_is_its_unit_s_echo_stays_apart():
+def _echo_stays_apart_own_piece_joins(dense: np.ndarray, *, seed: int) -> None:
+    """Of the two units of ``dense``, fits 2 ms after 70 % of the larger's 5000 spikes (its echo,
+    past the 1.5 ms refractory period, which it leaves empty) stay apart; a random 40 % of its own
+    spikes, with the same empty period and no echo, still join."""
     from spikesort.stages.merges import footprint_merges
 
-    # mearec_tetrode_quiet seed 2: 1107 fits, 93 % of them 1.2-2.8 ms after one of a neuron's 1458
-    # spikes (its waveform's tail), footprints alike, shapes not; the refractory period held no
-    # pair, the echo lying just beyond it, and the ample evidence joined them: the neuron's unit
-    # at 0.57 accuracy instead of 0.98
-    rng = np.random.default_rng(14)
-    tet = _tetrode_and_wide_piece(0.45)
-    duration, refractory = 9_600_000, 48
-    kw = dict(max_lag=3, refractory=refractory, duration=duration, burst_lags=(96, 960))
-
-    def n_groups(times):
-        return len(footprint_merges(tet, tet, np.array([len(t) for t in times]), **kw, times=times))
-
-    unit = np.cumsum(rng.integers(160, 3000, size=5000))
-    echo = unit[rng.random(len(unit)) < 0.7] + 64  # 2 ms: past the 1.5 ms refractory period
-    assert n_groups([unit, echo]) == 2
-    # the same empty period from the neuron's own spikes, no echo, still joins them
-    late = rng.random(len(unit)) < 0.4
-    assert n_groups([unit[~late], unit[late]]) == 1
-
-
-def test_on_a_dense_probe_a_piece_whose_footprint_is_its_unit_s_stays_apart_when_it_is_the_echo():
-    from spikesort.stages.merges import footprint_merges
-    from spikesort.stages.merges.templates import lagged_similarity
-
-    # a dense piece whose footprint is its unit's joins on a near-empty period, but fits to the
-    # unit's waveform tail leave that period empty too: the echo must stay apart (on
-    # mearec_nn32_white seed 0 two such echoes had joined their neurons' units)
-    rng = np.random.default_rng(3)
-    full = _unit(peak=40, center=12, width=3.0)
-    dense = np.stack([full, 0.5 * _stretched(full, 2.5)])  # the tail's fits: smaller, wider
-    assert 0.6 < lagged_similarity(dense[0], dense[1], max_lag=3)[0] < 0.8
+    rng = np.random.default_rng(seed)
     kw = dict(max_lag=3, refractory=48, duration=9_600_000, burst_lags=(96, 960))
 
     def n_groups(times):
         return len(footprint_merges(dense, dense, np.array([len(t) for t in times]), **kw, times=times))
 
     unit = np.cumsum(rng.integers(160, 3000, size=5000))
-    echo = unit[rng.random(len(unit)) < 0.7] + 64  # 2 ms: past the 1.5 ms refractory period
+    echo = unit[rng.random(len(unit)) < 0.7] + 64
     assert n_groups([unit, echo]) == 2
     late = rng.random(len(unit)) < 0.4
     assert n_groups([unit[~late], unit[late]]) == 1
+
+
+def test_on_a_tetrode_a_piece_of_another_shape_that_is_its_unit_s_echo_stays_apart():
+    # mearec_tetrode_quiet seed 2: 1107 fits, 93 % of them 1.2-2.8 ms after one of a neuron's 1458
+    # spikes (its waveform's tail), footprints alike, shapes not; the refractory period held no
+    # pair, the echo lying just beyond it, and the ample evidence joined them: the neuron's unit
+    # at 0.57 accuracy instead of 0.98
+    _echo_stays_apart_own_piece_joins(_tetrode_and_wide_piece(0.45), seed=14)
+
+
+def test_on_a_dense_probe_a_piece_whose_footprint_is_its_unit_s_stays_apart_when_it_is_the_echo():
+    from spikesort.stages.merges.templates import lagged_similarity
+
+    # a dense piece whose footprint is its unit's joins on a near-empty period, but fits to the
+    # unit's waveform tail leave that period empty too: the echo must stay apart (on
+    # mearec_nn32_white seed 0 two such echoes had joined their neurons' units)
+    full = _unit(peak=40, center=12, width=3.0)
+    dense = np.stack([full, 0.5 * _stretched(full, 2.5)])  # the tail's fits: smaller, wider
+    assert 0.6 < lagged_similarity(dense[0], dense[1], max_lag=3)[0] < 0.8
+    _echo_stays_apart_own_piece_joins(dense, seed=3)
 
 
 def test_on_a_tetrode_a_piece_of_another_shape_joins_on_a_gap_too_deep_for_two_neurons():
