@@ -998,6 +998,37 @@ def test_a_small_unit_made_of_two_units_firing_together_or_of_one_unit_delayed_g
     assert np.array_equal(np.bincount(out.templates, minlength=5), [300, 250, 40, 50, 40])
 
 
+def test_a_collision_with_a_neuron_s_smaller_spikes_goes_back_to_a_unit_that_holds_them():
+    from spikesort.stages.curate import composite_units
+
+    # mearec_nn32_white seed 2: 66 fits where two neurons collide, their template the sum of the
+    # first's at 1.07 and the second's at 0.475; the second's unit held its burst spikes at 0.44
+    # of its size (a piece merged into it), so 0.475 is a size its own spikes have
+    rng = np.random.default_rng(8)
+    a, b = _unit(peak=40, center=9, width=3.0), _unit(peak=60, center=11, width=3.0)
+    dense = np.stack([a, b, a + 0.47 * np.roll(b, 6, axis=0)])  # neither alone explains it
+    n_samples = 10_000_000
+    grid = 100 * (1 + rng.choice(n_samples // 100 - 2, size=5540, replace=False))
+    times = np.split(grid, [3000, 5500])
+    units = np.concatenate([np.full(len(t), i) for i, t in enumerate(times)])
+    norms = np.sqrt((dense.astype(np.float64) ** 2).sum(axis=(1, 2)))
+
+    def dissolved(b_scales: np.ndarray) -> bool:
+        scales = np.concatenate([np.ones(3000), b_scales, np.ones(40)])
+        gains = (scales * norms[units]) ** 2  # the energy each spike's fit explains
+        t = np.concatenate(times)
+        order = np.argsort(t, kind="stable")
+        spikes = MatchedSpikes(t[order], units[order], np.ones(len(t), np.float32), gains[order].astype(np.float32))
+        kw = dict(max_lag=30, positions_um=np.c_[np.zeros(32), 20.0 * np.arange(32)], refractory=45, duration=n_samples)
+        out = composite_units(spikes, dense, amplitude_range=(0.5, 2.0), **kw)
+        return np.bincount(out.templates, minlength=3)[2] == 0
+
+    burst = rng.random(2500) < 0.4
+    assert dissolved(np.where(burst, rng.normal(0.44, 0.03, 2500), rng.normal(1.0, 0.08, 2500)))
+    # a unit whose spikes all came at its own size asks the matching's range (0.5 or more)
+    assert not dissolved(rng.normal(1.0, 0.08, 2500))
+
+
 def test_an_echo_locked_to_a_large_unit_is_dropped_but_a_neighbour_is_not():
     from spikesort.stages.curate import residue_spikes
 
