@@ -231,8 +231,11 @@ def _smallest_fits(spikes: MatchedSpikes, dense: np.ndarray, *, lo: float) -> np
     norms = np.sqrt((dense.astype(np.float64) ** 2).sum(axis=(1, 2)))
     scale = np.sqrt(np.maximum(spikes.gains.astype(np.float64), 0.0)) / np.maximum(norms[spikes.templates], 1e-12)
     floor = np.full(k, float(lo))
-    for i in np.unique(spikes.templates):
-        floor[i] = min(float(lo), float(np.quantile(scale[spikes.templates == i], 0.01)))
+    order = np.argsort(spikes.templates, kind="stable")
+    bounds = np.searchsorted(spikes.templates[order], np.arange(k + 1))
+    for i in range(k):
+        if bounds[i + 1] > bounds[i]:
+            floor[i] = min(float(lo), float(np.quantile(scale[order[bounds[i] : bounds[i + 1]]], 0.01)))
     return floor
 
 
