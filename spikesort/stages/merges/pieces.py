@@ -349,7 +349,7 @@ class PieceRules:
                         big, piece = (i, j) if size_uv[i] >= size_uv[j] else (j, i)
                         if size_uv[piece] > self.max_piece_size * size_uv[big]:
                             continue
-                    if piece in attached or self.echo(piece, big):
+                    if piece in attached:
                         continue
                     # larger peak to peak only by its few spikes' noise: it joins only shaped as its
                     # unit (a collision of two neurons, larger than either, fitted a few dozen times
@@ -385,6 +385,8 @@ class PieceRules:
                         if ratio > 0 or expected < NARROW_EXPECTED:
                             continue
                     elif s < LOOSE_SIMILARITY and not burst_only:
+                        continue
+                    if self.echo(piece, big):  # last: the cheaper tests above rule out most pairs
                         continue
                     # a compact piece's period was counted above, and held no pair
                     if inflated or (narrow and not compact and not self.absorbed(cos, s, tp, tb)):
