@@ -1518,6 +1518,47 @@ def test_on_a_tetrode_a_faint_piece_too_few_for_the_trains_joins_the_unit_it_is_
     assert _tetrode_merged(three[[0, 2]], [times[0], times[2]])
 
 
+def _faint_groups(dense: np.ndarray, trains, *, refractory=48, duration=9_600_000, double_fit=16) -> list:
+    """``faint_piece_merges``' groups for units of ``dense`` (300 s at 32 kHz) firing ``trains``."""
+    from spikesort.stages.merges import faint_piece_merges, fire_independently
+
+    def independent(i, j):
+        return fire_independently(trains[i], trains[j], refractory=refractory, double_fit=double_fit, duration=duration)
+
+    kw = dict(refractory=refractory, duration=duration, echo_window=100, independent=independent, max_lag=3)
+    return faint_piece_merges(dense, dense, trains, **kw)
+
+
+def test_on_a_tetrode_a_faint_piece_left_at_the_end_joins_the_unit_it_is_most_like():
+    # mearec_tetrode_colored seed 3: 115 of a neuron's spikes at 0.31 of its 1193-spike unit's
+    # size, shapes 0.82, 0.7 pairs expected; every piece rule left it apart
+    rng = np.random.default_rng(3)
+    full = _unit(peak=40, center=12, width=3.0)
+    tet, neuron, piece = _tetrode_piece(rng, full, scale=0.35, stretch=1.85, n_spikes=1300, fraction=0.09)
+    trains = [neuron[~piece], neuron[piece]]
+    groups = _faint_groups(tet, trains)
+    assert len(groups) == 1 and sorted(u for u, _ in groups[0]) == [0, 1]
+    assert dict(groups[0])[1] == -lagged_similarity(tet[0], tet[1], max_lag=3)[1]  # aligned on the unit
+    # a shape further from the unit's (0.68), or more spikes than FAINT_FRACTION of the unit's,
+    # keep it apart; so does its being the unit's echo (every spike 40 samples after one of its)
+    unlike = np.ascontiguousarray(np.stack([tet[0], 0.35 * _stretched(full, 2.5)[:, 10:14]]))
+    assert len(_faint_groups(unlike, trains)) == 2
+    more = rng.random(len(neuron)) < 0.17
+    many = [neuron[~more], neuron[more]]
+    assert len(many[1]) > 0.16 * len(many[0]) and len(_faint_groups(tet, many)) == 2
+    echo = [trains[0], trains[0][rng.random(len(trains[0])) < 0.09] + 40]
+    assert len(_faint_groups(tet, echo)) == 2
+    # on a long probe the footprint tells neurons apart: the rule is for compact probes only
+    long = np.ascontiguousarray(np.stack([full, 0.35 * _stretched(full, 1.85)]))
+    assert len(_faint_groups(long, trains)) == 2
+    # with a third, larger unit more like it, the piece joins that one (the likeliest), and a
+    # unit that took a piece is no piece of another
+    third = np.ascontiguousarray(np.stack([tet[0], tet[1], 1.5 * tet[1]]))
+    times = [trains[0], trains[1], np.cumsum(rng.integers(96, 10_000, size=3000))]
+    groups = _faint_groups(third, times)
+    assert sorted(sorted(u for u, _ in g) for g in groups) == [[0], [1, 2]]
+
+
 def test_on_a_long_probe_a_sliver_of_a_narrow_footprint_joins_its_unit_on_an_empty_period():
     # mearec_nn32_cells1 seed 2: 65 of a neuron's spikes (1.1 % of its 5813-spike unit) at 0.94 of
     # its size, over 7 channels of 32: footprints 0.998, shapes 0.91, no pair in the refractory

@@ -40,6 +40,7 @@ from spikesort.stages.merges import (
     drift_split_groups,
     drop_refractory_doubles,
     empty_period_merges,
+    faint_piece_merges,
     footprint_merges,
     independence_test,
     merge_similar_templates,
@@ -488,4 +489,12 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     remap[keep] = np.arange(len(keep))
     final = final.take(keep)
     spikes = MatchedSpikes(spikes.times, remap[spikes.templates], spikes.amplitudes, spikes.gains)
+    # last, once only the units to report are left: a compact probe's faint pieces
+    uv = final.dense @ w_inv_uv.astype(np.float32)
+    times = [spikes.times[spikes.templates == i] for i in range(final.n_templates)]
+    independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)
+    kw = dict(echo_window=residue_window, independent=independent, max_lag=3, **trains)
+    groups = faint_piece_merges(final.dense, uv, times, **kw)
+    if len(groups) < final.n_templates:
+        spikes, final = join(spikes, groups)
     return Curated(spikes=spikes, templates=final)

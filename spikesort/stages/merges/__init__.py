@@ -11,11 +11,13 @@ one neuron at two sizes from two neighbours),
 :mod:`.drift` (units seen at two probe positions, after drift correction); :mod:`.noise` (a
 neuron's pieces too small for the refractory test, alike within their spikes' scatter, at the
 end of curation); :mod:`.gaps` (a compact probe's units whose whole trains never meet within the
-refractory period, last).
+refractory period); :mod:`.faint` (a compact probe's faint pieces, too few for any count, once
+curation has dropped every unit it drops, last).
 """
 
 from .clusters import merge_groups
 from .drift import drift_split_groups
+from .faint import faint_piece_merges
 from .footprint import footprint_merges
 from .gaps import empty_period_merges
 from .noise import excess_distance, noise_merges
@@ -35,6 +37,7 @@ __all__ = [
     "drift_split_groups",
     "drop_refractory_doubles",
     "empty_period_merges",
+    "faint_piece_merges",
     "fire_independently",
     "footprint_merges",
     "independence_test",
