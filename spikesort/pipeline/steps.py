@@ -493,7 +493,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     uv = final.dense @ w_inv_uv.astype(np.float32)
     times = [spikes.times[spikes.templates == i] for i in range(final.n_templates)]
     independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)
-    kw = dict(echo_window=residue_window, independent=independent, max_lag=3, **trains)
+    kw = dict(echo_window=residue_window, independent=independent, max_lag=phase_lag, **trains)
     groups = faint_piece_merges(final.dense, uv, times, **kw)
     if len(groups) < final.n_templates:
         spikes, final = join(spikes, groups)

@@ -11,12 +11,14 @@ Here, once every other merge and every drop of curation is done (so leftovers, e
 mixtures of small spikes are gone, and only units that would be reported remain), such a piece
 joins the unit it is most like: on a compact probe, at most ``FAINT_FRACTION`` of that unit's
 spikes, no larger than ``max_piece_size`` of it, footprints agreeing to ``FAINT_COSINE``, shapes to
-``min_similarity``, too few pairs expected for the banded refractory count, not mostly within a
-template window of its spikes (an echo), and trains that do not show two neurons firing on their
-own.
+``min_similarity`` (at any lag within the window's lead: a few such pieces are caught on another
+phase, 0.5 ms early, and join aligned on their unit), too few pairs expected for the banded
+refractory count, not mostly within a template window of its spikes (an echo), and trains that do
+not show two neurons firing on their own.
 
 Measured on 58 tetrode recordings (2026-12-06): the pieces left apart that were one neuron's had
-0.06-0.14 of its unit's spikes, footprints 0.94-0.999 and shapes 0.72-0.83. Distinct neurons
+0.06-0.15 of its unit's spikes, footprints 0.94-0.999 and shapes 0.72-0.83 (0.76 at 15 and 18
+samples for two caught on another phase). Distinct neurons
 alike to 0.7 whose units were pure fired at 0.19 of the larger one's rate or more; the one pair
 of two neurons this rule would join was a 55-spike fragment beside a 4510-spike unit.
 """
