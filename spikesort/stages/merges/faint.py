@@ -16,11 +16,11 @@ phase, 0.5 ms early, and join aligned on their unit), too few pairs expected for
 refractory count, not mostly within a template window of its spikes (an echo), and trains that do
 not show two neurons firing on their own.
 
-Measured on 58 tetrode recordings (2026-12-06): the pieces left apart that were one neuron's had
-0.06-0.15 of its unit's spikes, footprints 0.94-0.999 and shapes 0.72-0.83 (0.76 at 15 and 18
-samples for two caught on another phase). Distinct neurons
-alike to 0.7 whose units were pure fired at 0.19 of the larger one's rate or more; the one pair
-of two neurons this rule would join was a 55-spike fragment beside a 4510-spike unit.
+Measured on 49 tetrode recordings (2026-12-06; 45 of them MEArec): the pieces left apart that
+were one neuron's had 0.06-0.15 of its unit's spikes, footprints 0.94-0.999 and shapes 0.72-0.83
+(0.76 at 15 and 18 samples for two caught on another phase). Distinct neurons alike to 0.7 whose
+units were pure fired at 0.19 of the larger one's rate or more; the one pair of two neurons this
+rule would join was a 55-spike fragment beside a 4510-spike unit.
 """
 
 from __future__ import annotations
