@@ -1,26 +1,28 @@
-"""A compact probe's faint pieces, joined last: a neuron's shrunken spikes too few for any count.
+"""Faint pieces, joined last: a neuron's smaller spikes, too few for any count of the trains.
 
-A MEArec cell fires some of its spikes at a third to two thirds of its usual size, and on a
-tetrode they can come out as a unit of their own: 100-200 spikes beside the neuron's 1100-1500,
-at random times in its train (not late in bursts), and too few for the refractory period to say
-anything (a pair or two expected). The piece rules of :mod:`.pieces` leave them apart: their
-template, the median of so few spikes, agrees with the neuron's footprint to only 0.94-0.99 and
-in shape to 0.72-0.83, where those rules ask more of a piece the trains cannot vouch for.
+A MEArec cell fires some of its spikes at a third to two thirds of its usual size, and they can
+come out as a unit of their own: 100-200 spikes beside the neuron's 1100-1500, at random times in
+its train (not late in bursts), too few for the refractory period to say anything (a pair or two
+expected). The piece rules of :mod:`.pieces` leave them apart: their template, the median of so
+few spikes, agrees with the neuron's footprint to only 0.94-0.99 and in shape to 0.72-0.83, where
+those rules ask more of a piece the trains cannot vouch for.
 
 Here, once every other merge and every drop of curation is done (so leftovers, echoes and
 mixtures of small spikes are gone, and only units that would be reported remain), such a piece
-joins the unit it is most like: on a compact probe, at most ``FAINT_FRACTION`` of that unit's
-spikes, no larger than ``max_piece_size`` of it, footprints agreeing to ``FAINT_COSINE``, shapes to
-``min_similarity`` (at any lag within the window's lead: a few such pieces are caught on another
-phase, 0.5 ms early, and join aligned on their unit), too few pairs expected for the banded
-refractory count, not mostly within a template window of its spikes (an echo), and trains that do
-not show two neurons firing on their own.
+joins the unit it is most like: at most ``FAINT_FRACTION`` of that unit's spikes, no larger than
+``max_piece_size`` of it, footprints agreeing to ``FAINT_COSINE``, shapes to ``min_similarity``
+(at any lag within ``max_lag``: a few such pieces are caught on another phase, 0.5 ms early, and
+join aligned on their unit), too few pairs expected for the banded refractory count, not mostly
+within a template window of its spikes (an echo), and trains that do not show two neurons firing
+on their own.
 
-Measured on 49 tetrode recordings (2026-12-06; 45 of them MEArec): the pieces left apart that
-were one neuron's had 0.06-0.15 of its unit's spikes, footprints 0.94-0.999 and shapes 0.72-0.83
-(0.76 at 15 and 18 samples for two caught on another phase). Distinct neurons alike to 0.7 whose
-units were pure fired at 0.19 of the larger one's rate or more; the one pair of two neurons this
-rule would join was a 55-spike fragment beside a 4510-spike unit.
+Measured on 70 recordings (2026-12-06): 49 tetrodes (45 of them MEArec), 6 MEArec Neuronexus-32
+and 15 of spikeinterface's generators on 32-64 channels, up to 120 units. The pieces left apart that were one
+neuron's had 0.06-0.15 of its unit's spikes, footprints 0.94-0.999 and shapes 0.72-0.83 (0.76 at
+15 and 18 samples for two caught on another phase); on tetrodes, distinct neurons alike to 0.7
+whose units were pure fired at 0.19 of the larger one's rate or more, and the one pair of two
+neurons this rule would join was a 55-spike fragment beside a 4510-spike unit. On the dense
+probes the rule joined only two such pieces (of one Neuronexus-32 neuron, on two noise seeds).
 """
 
 from __future__ import annotations
@@ -29,15 +31,14 @@ import logging
 
 import numpy as np
 
-from .pieces import COMPACT_REACH
 from .refractory import banded_refractory_ratio, mostly_fitted_twice
-from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_similarity
+from .templates import footprint_cosine, lagged_similarity
 
 log = logging.getLogger(__name__)
 
 FAINT_FRACTION = 0.16
 # a piece's template is the median of a hundred-odd spikes at a third of its neuron's size: its
-# footprint agreed to 0.94-0.95 on three recordings
+# footprint agreed to 0.94-0.95 on four recordings
 FAINT_COSINE = 0.93
 
 
@@ -51,15 +52,14 @@ def faint_piece_merges(
     echo_window: int,
     independent,
     max_lag: int,
-    min_channels: int = 8,
     max_piece_size: float = 0.75,
     min_similarity: float = 0.7,
     min_expected: float = 3.0,
 ) -> list[list[tuple[int, int]]]:
     """Groups of units (each as (unit, offset aligning its spikes on the group's unit)): each
-    faint piece (see the module) with the unit it is most like. Footprints must span most of a
-    compact probe (``COMPACT_REACH``) on fewer than ``min_channels`` channels; shapes are compared
-    within ``max_lag`` samples; ``echo_window`` is a template window in samples;
+    faint piece (see the module) with the unit it is most like, of the larger units whose
+    footprints agree with its own. Shapes are compared within
+    ``max_lag`` samples; ``echo_window`` is a template window in samples;
     ``independent(i, j)`` tells two units firing on their own. A unit that takes pieces is no
     piece itself."""
     k = len(times)
@@ -68,27 +68,29 @@ def faint_piece_merges(
     ptp = np.ptp(templates_uv, axis=1)  # (k, C)
     size = ptp.max(axis=1)
     counts = np.array([len(t) for t in times])
-    reach = COMPACT_REACH * ptp.shape[1]
-    span = (ptp >= SIGNAL_FRACTION * size[:, None]).sum(axis=1)
     attach = []
-    for piece in np.flatnonzero(span >= reach):
-        larger = [u for u in range(k) if u != piece and size[u] > size[piece]]
+    banded = dict(refractory=refractory, inner=refractory // 2, duration=duration)
+    for piece in range(k):
+        # the unit it is most like among the larger ones whose footprints agree with its own
+        larger = [
+            u for u in np.flatnonzero(size > size[piece]) if footprint_cosine(ptp[u], ptp[piece])[0] >= FAINT_COSINE
+        ]
         if not larger:
             continue
         similar = [lagged_similarity(dense[u], dense[piece], max_lag=max_lag) for u in larger]
         best = int(np.argmax([s for s, _ in similar]))
-        big, (s, shift) = larger[best], similar[best]
-        if counts[piece] > FAINT_FRACTION * counts[big] or size[piece] > max_piece_size * size[big]:
+        big, (s, shift) = int(larger[best]), similar[best]
+        if (
+            s < min_similarity
+            or counts[piece] > FAINT_FRACTION * counts[big]
+            or size[piece] > max_piece_size * size[big]
+        ):
             continue
-        cos, n_ch = footprint_cosine(ptp[big], ptp[piece])
-        if n_ch >= min_channels or n_ch < reach or cos < FAINT_COSINE or s < min_similarity:
-            continue
-        banded = dict(refractory=refractory, inner=refractory // 2, duration=duration)
         if banded_refractory_ratio(times[big], times[piece], **banded)[1] >= min_expected:
             continue  # the trains can say it: the piece rules listened to them
         if mostly_fitted_twice(times[big], times[piece], window=echo_window) or independent(big, piece):
             continue
-        attach.append((-s, int(piece), big, int(shift)))
+        attach.append((-s, piece, big, int(shift)))
     joined, took = {}, set()  # piece -> (its unit, lag of the piece onto it); units that took pieces
     for neg_s, piece, big, shift in sorted(attach):
         if big in joined or piece in took:
