@@ -32,7 +32,7 @@ import logging
 import numpy as np
 
 from .refractory import banded_refractory_ratio, mostly_fitted_twice
-from .templates import footprint_cosine, lagged_similarity
+from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_similarity
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,19 @@ def faint_piece_merges(
     ptp = np.ptp(templates_uv, axis=1)  # (k, C)
     size = ptp.max(axis=1)
     counts = np.array([len(t) for t in times])
+    # each unit seen on the other's largest channel: footprints that agree do (and it spares a
+    # long probe's far pairs the cosine)
+    peak = ptp.argmax(axis=1)
+    seen = ptp[:, peak].T >= SIGNAL_FRACTION * size[None, :]  # seen[i, j]: j on i's largest channel
+    seen &= seen.T
     attach = []
     banded = dict(refractory=refractory, inner=refractory // 2, duration=duration)
     for piece in range(k):
         # the unit it is most like among the larger ones whose footprints agree with its own
         larger = [
-            u for u in np.flatnonzero(size > size[piece]) if footprint_cosine(ptp[u], ptp[piece])[0] >= FAINT_COSINE
+            u
+            for u in np.flatnonzero(seen[piece] & (size > size[piece]))
+            if footprint_cosine(ptp[u], ptp[piece])[0] >= FAINT_COSINE
         ]
         if not larger:
             continue
