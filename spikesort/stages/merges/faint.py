@@ -31,6 +31,7 @@ import logging
 
 import numpy as np
 
+from .pieces import LOOSE_SIMILARITY
 from .refractory import banded_refractory_ratio, mostly_fitted_twice
 from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_similarity
 
@@ -53,7 +54,7 @@ def faint_piece_merges(
     independent,
     max_lag: int,
     max_piece_size: float = 0.75,
-    min_similarity: float = 0.7,
+    min_similarity: float = LOOSE_SIMILARITY,
     min_expected: float = 3.0,
 ) -> list[list[tuple[int, int]]]:
     """Groups of units (each as (unit, offset aligning its spikes on the group's unit)): each
