@@ -16,13 +16,15 @@ join aligned on their unit), too few pairs expected for the banded refractory co
 within a template window of its spikes (an echo), and trains that do not show two neurons firing
 on their own.
 
-Measured on 70 recordings (2026-12-06): 49 tetrodes (45 of them MEArec), 6 MEArec Neuronexus-32
-and 15 of spikeinterface's generators on 32-64 channels, up to 120 units. The pieces left apart that were one
-neuron's had 0.06-0.15 of its unit's spikes, footprints 0.94-0.999 and shapes 0.72-0.83 (0.76 at
-15 and 18 samples for two caught on another phase); on tetrodes, distinct neurons alike to 0.7
-whose units were pure fired at 0.19 of the larger one's rate or more, and the one pair of two
-neurons this rule would join was a 55-spike fragment beside a 4510-spike unit. On the dense
-probes the rule joined only two such pieces (of one Neuronexus-32 neuron, on two noise seeds).
+Measured on 82 recordings (2026-12-06): 58 tetrodes (54 of them MEArec), 9 MEArec
+Neuronexus-32 and 15 of spikeinterface's generators on 32-64 channels, up to 120 units. The
+pieces left apart that were one neuron's had 0.02-0.15 of its unit's spikes, footprints
+0.94-0.999 and shapes 0.63-0.84 (0.64-0.76 at 15-28 samples for three caught on another phase).
+Traced at this step on 64 of them (the MEArec and tetrode ones but the 20-minute tetrodes), 27
+units had a likeliest unit whose trains expect under 3 pairs; of those alike to 0.5 or more, one
+pair was of two neurons: a mixture, 0.58 alike (MEArec's wire tetrode, seed 4). Earlier, in the footprint merges, distinct tetrode neurons alike to 0.7 whose
+units were pure fired at 0.19 of the larger one's rate or more. On the dense generated
+recordings the rule joined nothing.
 """
 
 from __future__ import annotations
