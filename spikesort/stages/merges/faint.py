@@ -22,9 +22,9 @@ pieces left apart that were one neuron's had 0.02-0.15 of its unit's spikes, foo
 0.94-0.999 and shapes 0.63-0.84 (0.64-0.76 at 15-28 samples for three caught on another phase).
 Traced at this step on 64 of them (the MEArec and tetrode ones but the 20-minute tetrodes), 27
 units had a likeliest unit whose trains expect under 3 pairs; of those alike to 0.5 or more, one
-pair was of two neurons: a mixture, 0.58 alike (MEArec's wire tetrode, seed 4). Earlier, in the footprint merges, distinct tetrode neurons alike to 0.7 whose
-units were pure fired at 0.19 of the larger one's rate or more. On the dense generated
-recordings the rule joined nothing.
+pair was of two neurons: a mixture, 0.58 alike (MEArec's wire tetrode, seed 4). Earlier, in the
+footprint merges, distinct tetrode neurons alike to 0.7 whose units were pure fired at 0.19 of
+the larger one's rate or more. On the dense generated recordings the rule joined nothing.
 """
 
 from __future__ import annotations
