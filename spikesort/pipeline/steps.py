@@ -489,7 +489,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     remap[keep] = np.arange(len(keep))
     final = final.take(keep)
     spikes = MatchedSpikes(spikes.times, remap[spikes.templates], spikes.amplitudes, spikes.gains)
-    # last, once only the units to report are left: a compact probe's faint pieces
+    # last, once only the units to report are left: faint pieces, too few for the trains to speak
     uv = final.dense @ w_inv_uv.astype(np.float32)
     times = [spikes.times[spikes.templates == i] for i in range(final.n_templates)]
     independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)

@@ -11,7 +11,7 @@ one neuron at two sizes from two neighbours),
 :mod:`.drift` (units seen at two probe positions, after drift correction); :mod:`.noise` (a
 neuron's pieces too small for the refractory test, alike within their spikes' scatter, at the
 end of curation); :mod:`.gaps` (a compact probe's units whose whole trains never meet within the
-refractory period); :mod:`.faint` (a compact probe's faint pieces, too few for any count, once
+refractory period); :mod:`.faint` (faint pieces, too few for any count of the trains, once
 curation has dropped every unit it drops, last).
 """
 

@@ -4,7 +4,7 @@ A MEArec cell fires some of its spikes at a third to two thirds of its usual siz
 come out as a unit of their own: 100-200 spikes beside the neuron's 1100-1500, at random times in
 its train (not late in bursts), too few for the refractory period to say anything (a pair or two
 expected). The piece rules of :mod:`.pieces` leave them apart: their template, the median of so
-few spikes, agrees with the neuron's footprint to only 0.94-0.99 and in shape to 0.72-0.83, where
+few spikes, agrees with the neuron's footprint to only 0.94-0.99 and in shape to 0.63-0.84, where
 those rules ask more of a piece the trains cannot vouch for.
 
 Here, once every other merge and every drop of curation is done (so leftovers, echoes and
@@ -35,7 +35,7 @@ import numpy as np
 
 from .pieces import LOOSE_SIMILARITY
 from .refractory import banded_refractory_ratio, mostly_fitted_twice
-from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_similarity
+from .templates import footprint_cosine, lagged_similarity, seen_on_peaks
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,9 @@ def faint_piece_merges(
 ) -> list[list[tuple[int, int]]]:
     """Groups of units (each as (unit, offset aligning its spikes on the group's unit)): each
     faint piece (see the module) with the unit it is most like, of the larger units whose
-    footprints agree with its own. Shapes are compared within
-    ``max_lag`` samples; ``echo_window`` is a template window in samples;
-    ``independent(i, j)`` tells two units firing on their own. A unit that takes pieces is no
-    piece itself."""
+    footprints agree with its own. Shapes are compared within ``max_lag`` samples;
+    ``echo_window`` is a template window in samples; ``independent(i, j)`` tells two units firing
+    on their own. A unit that takes pieces is no piece itself."""
     k = len(times)
     if k == 0:
         return []
@@ -73,8 +72,7 @@ def faint_piece_merges(
     counts = np.array([len(t) for t in times])
     # each unit seen on the other's largest channel: footprints that agree do (and it spares a
     # long probe's far pairs the cosine)
-    peak = ptp.argmax(axis=1)
-    seen = ptp[:, peak].T >= SIGNAL_FRACTION * size[None, :]  # seen[i, j]: j on i's largest channel
+    seen = seen_on_peaks(ptp)
     seen &= seen.T
     attach = []
     banded = dict(refractory=refractory, inner=refractory // 2, duration=duration)

@@ -22,7 +22,7 @@ from .evidence import (
     near_empty_on_plenty,
     strong_gap,
 )
-from .templates import SIGNAL_FRACTION, footprint_cosine, lagged_dots, lagged_similarity
+from .templates import footprint_cosine, lagged_dots, lagged_similarity, seen_on_peaks
 from .two_sizes import trains_say
 
 # a probe so compact that a footprint spans this much of it (a tetrode): every neuron there has
@@ -124,9 +124,8 @@ class PieceRules:
     def __post_init__(self):
         self.k = self.dense.shape[0]
         self.size_uv = self.ptp.max(axis=1)
-        peak = self.ptp.argmax(axis=1)
         # a footprint that agrees has signal on the other unit's largest channel at least
-        self.near = self.ptp[:, peak].T >= SIGNAL_FRACTION * self.size_uv[None, :]  # near[i, j]: j seen on i's peak
+        self.near = seen_on_peaks(self.ptp)  # near[i, j]: j seen on i's peak
 
     @property
     def judged(self) -> bool:

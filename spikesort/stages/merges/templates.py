@@ -26,6 +26,13 @@ def footprint_cosine(pa: np.ndarray, pb: np.ndarray) -> tuple[float, int]:
     return float(pa @ pb) / float(np.linalg.norm(pa) * np.linalg.norm(pb)), int(chans.sum())
 
 
+def seen_on_peaks(ptp: np.ndarray) -> np.ndarray:
+    """(k, k) bool, ``[i, j]``: unit j has at least ``SIGNAL_FRACTION`` of its largest amplitude on
+    unit i's largest channel (``ptp``: the (k, C) footprints, peak-to-peak per channel). Two
+    footprints that agree see each other so."""
+    return ptp[:, ptp.argmax(axis=1)].T >= SIGNAL_FRACTION * ptp.max(axis=1)[None, :]
+
+
 def lagged_similarity(a: np.ndarray, b: np.ndarray, *, max_lag: int, signal_fraction: float = 0.2) -> tuple[float, int]:
     """Best cosine similarity of two (nt, C) templates over shifts of ``b`` by -max_lag..max_lag
     samples, and that shift (b delayed by ``lag`` matches a).
