@@ -389,6 +389,11 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     burst_lags = (residue_window, max(residue_window, int(round(BURST_MS * fs / 1000))))
     trough_lags = tuple(int(round(ms * fs / 1000)) for ms in CCG_TROUGH_MS)
 
+    def footprints_and_times(spikes, templates):
+        """The templates in µV (unwhitened) and each unit's spike times, as every merge reads them."""
+        uv = templates.dense @ w_inv_uv.astype(np.float32)
+        return uv, [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
+
     def join(spikes, groups):
         """A merge's groups applied; each merged unit drops its spikes fitted twice (by two of its
         pieces' templates), and the templates are built anew."""
@@ -400,8 +405,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     def merge_footprints(spikes, templates):
         """The pieces of a neuron whose spikes shrink in bursts: one footprint at several sizes."""
         sizes = np.bincount(spikes.templates, minlength=templates.n_templates)
-        uv = templates.dense @ w_inv_uv.astype(np.float32)
-        times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
+        uv, times = footprints_and_times(spikes, templates)
         independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)
         lags = dict(
             max_lag=3, phase_lag=phase_lag, double_fit=double_fit, burst_lags=burst_lags, trough_lags=trough_lags
@@ -414,8 +418,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     def merge_noise_pieces(spikes, templates):
         """Pieces of a neuron too few for the refractory test, told from neighbours by their
         spikes' scatter."""
-        uv = templates.dense @ w_inv_uv.astype(np.float32)
-        times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
+        uv, times = footprints_and_times(spikes, templates)
         kw = dict(pre=pre, nt=nt, double_fit=double_fit, seed=p.seed, **trains)
         groups = noise_merges(store, templates.dense, uv, times, **kw)
         if len(groups) == templates.n_templates:
@@ -432,8 +435,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     def merge_empty_periods(spikes, templates):
         """Units of one neuron on a compact probe whose trains, all together, never meet within
         the refractory period."""
-        uv = templates.dense @ w_inv_uv.astype(np.float32)
-        times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
+        uv, times = footprints_and_times(spikes, templates)
         groups = empty_period_merges(templates.dense, uv, times, max_lag=3, **trains)
         if len(groups) == templates.n_templates:
             return spikes, templates
@@ -490,8 +492,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     final = final.take(keep)
     spikes = MatchedSpikes(spikes.times, remap[spikes.templates], spikes.amplitudes, spikes.gains)
     # last, once only the units to report are left: faint pieces, too few for the trains to speak
-    uv = final.dense @ w_inv_uv.astype(np.float32)
-    times = [spikes.times[spikes.templates == i] for i in range(final.n_templates)]
+    uv, times = footprints_and_times(spikes, final)
     independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)
     kw = dict(echo_window=residue_window, independent=independent, max_lag=phase_lag, **trains)
     groups = faint_piece_merges(final.dense, uv, times, **kw)
