@@ -389,10 +389,9 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     burst_lags = (residue_window, max(residue_window, int(round(BURST_MS * fs / 1000))))
     trough_lags = tuple(int(round(ms * fs / 1000)) for ms in CCG_TROUGH_MS)
 
-    def footprints_and_times(spikes, templates):
-        """The templates in µV (unwhitened) and each unit's spike times, as every merge reads them."""
-        uv = templates.dense @ w_inv_uv.astype(np.float32)
-        return uv, [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
+    def footprints_and_times(spikes, templates):  # templates in µV, each unit's times: what merges read
+        times = [spikes.times[spikes.templates == i] for i in range(templates.n_templates)]
+        return templates.dense @ w_inv_uv.astype(np.float32), times
 
     def join(spikes, groups):
         """A merge's groups applied; each merged unit drops its spikes fitted twice (by two of its
