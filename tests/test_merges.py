@@ -1539,17 +1539,23 @@ def test_a_faint_piece_left_at_the_end_joins_the_unit_it_is_most_like():
     groups = _faint_groups(tet, trains)
     assert len(groups) == 1 and sorted(u for u, _ in groups[0]) == [0, 1]
     assert dict(groups[0])[1] == -lagged_similarity(tet[0], tet[1], max_lag=3)[1]  # aligned on the unit
-    # a shape further from the unit's (0.48), or more spikes than FAINT_FRACTION of the unit's,
+    # a shape further from the unit's (0.39), or more spikes than FAINT_FRACTION of the unit's,
     # keep it apart; so does its being the unit's echo (every spike 40 samples after one of its)
-    unlike = np.ascontiguousarray(np.stack([tet[0], 0.35 * _stretched(full, 4.0)[:, 10:14]]))
+    unlike = np.ascontiguousarray(np.stack([tet[0], 0.35 * _stretched(full, 5.0)[:, 10:14]]))
     assert len(_faint_groups(unlike, trains)) == 2
-    looser = np.ascontiguousarray(np.stack([tet[0], 0.35 * _stretched(full, 2.5)[:, 10:14]]))
-    assert len(_faint_groups(looser, trains)) == 1  # 0.68, above the floor of 0.6
+    looser = np.ascontiguousarray(np.stack([tet[0], 0.35 * _stretched(full, 3.5)[:, 10:14]]))
+    assert len(_faint_groups(looser, trains)) == 1  # 0.53, above the floor of 0.45
     more = rng.random(len(neuron)) < 0.17
     many = [neuron[~more], neuron[more]]
     assert len(many[1]) > 0.16 * len(many[0]) and len(_faint_groups(tet, many)) == 2
     echo = [trains[0], trains[0][rng.random(len(trains[0])) < 0.09] + 40]
     assert len(_faint_groups(tet, echo)) == 2
+    # more pairs in the refractory period than chance gives (mearec_tetrode_wire seed 4: 6 where
+    # 1.4 were expected, a mixture beside a neuron's unit): not one neuron
+    stray = trains[0][rng.choice(len(trains[0]), size=8, replace=False)] + rng.integers(25, 48, size=8)
+    crowded = [trains[0], np.sort(np.r_[trains[1], stray])]
+    assert len(_faint_groups(tet, crowded)) == 2
+    assert len(_faint_groups(tet, [trains[0], np.sort(np.r_[trains[1], stray[:1]])])) == 1  # one such pair
     # caught on another phase (mearec_tetrode_colored seed 4: 151 spikes alike to 0.76 at 15
     # samples): it joins within the lags asked, aligned on the unit
     early = np.ascontiguousarray(np.stack([tet[0], np.roll(tet[1], -12, axis=0)]))
@@ -1569,6 +1575,13 @@ def test_a_faint_piece_left_at_the_end_joins_the_unit_it_is_most_like():
     times = [trains[0], trains[1], np.cumsum(rng.integers(96, 10_000, size=3000))]
     groups = _faint_groups(third, times)
     assert sorted(sorted(u for u, _ in g) for g in groups) == [[0], [1, 2]]
+    # a neuron's faint pieces are more like each other than like its unit (mearec_nn32 seed 15:
+    # pieces of 30, 62 and 86 spikes, alike to 0.98, to their 1642-spike unit 0.6-0.7): each joins
+    # the unit, not a piece with too few spikes to have pieces of its own
+    split = rng.random(len(trains[1])) < 0.5
+    pieces = np.ascontiguousarray(np.stack([tet[0], tet[1], 0.9 * tet[1]]))
+    groups = _faint_groups(pieces, [trains[0], trains[1][split], trains[1][~split]])
+    assert sorted(sorted(u for u, _ in g) for g in groups) == [[0, 1, 2]]
 
 
 def test_on_a_long_probe_a_sliver_of_a_narrow_footprint_joins_its_unit_on_an_empty_period():

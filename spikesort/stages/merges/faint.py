@@ -4,17 +4,21 @@ A MEArec cell fires some of its spikes at a third to two thirds of its usual siz
 come out as a unit of their own: 100-200 spikes beside the neuron's 1100-1500, at random times in
 its train (not late in bursts), too few for the refractory period to say anything (a pair or two
 expected). The piece rules of :mod:`.pieces` leave them apart: their template, the median of so
-few spikes, agrees with the neuron's footprint to only 0.94-0.99 and in shape to 0.63-0.84, where
-those rules ask more of a piece the trains cannot vouch for.
+few spikes, agrees with the neuron's footprint to only 0.94-0.99 and in shape to 0.48-0.84
+(those spikes are not the full-size ones scaled: at the neuron's own spike times their mean
+waveform agreed with its usual one to 0.57-0.92 for seven such pieces, and not at all for two
+on MEArec's diamond tetrode), where those rules ask more of a piece the trains
+cannot vouch for.
 
 Here, once every other merge and every drop of curation is done (so leftovers, echoes and
 mixtures of small spikes are gone, and only units that would be reported remain), such a piece
-joins the unit it is most like: at most ``FAINT_FRACTION`` of that unit's spikes, no larger than
+joins the unit it is most like among the larger units with at least 1 / ``FAINT_FRACTION`` of its
+spikes (a neuron's faint pieces are more like one another than like its unit): no larger than
 ``max_piece_size`` of it, footprints agreeing to ``FAINT_COSINE``, shapes to ``min_similarity``
 (at any lag within ``max_lag``: a few such pieces are caught on another phase, 0.5 ms early, and
-join aligned on their unit), too few pairs expected for the banded refractory count, not mostly
-within a template window of its spikes (an echo), and trains that do not show two neurons firing
-on their own.
+join aligned on their unit), too few pairs expected for the banded refractory count and not more
+pairs there than chance allows (``EXCESS_P``), not mostly within a template window of its spikes
+(an echo), and trains that do not show two neurons firing on their own.
 
 Measured on 82 recordings (2026-12-06): 58 tetrodes (54 of them MEArec), 9 MEArec
 Neuronexus-32 and 15 of spikeinterface's generators on 32-64 channels, up to 120 units. The
@@ -25,6 +29,11 @@ units had a likeliest unit whose trains expect under 3 pairs; of those alike to 
 pair was of two neurons: a mixture, 0.58 alike (MEArec's wire tetrode, seed 4). Earlier, in the
 footprint merges, distinct tetrode neurons alike to 0.7 whose units were pure fired at 0.19 of
 the larger one's rate or more. On the dense generated recordings the rule joined nothing.
+Then (2026-12-06, the same 82 and 9 more), the shape floor went from 0.6 to ``FAINT_SIMILARITY``
+with the count of excess pairs beside it, and the likeliest unit was sought among units with many
+more spikes: 5 pieces more joined (0.48-0.6 alike, or pieces of 30-86 spikes of one neuron alike
+to each other to 0.98), nothing else changed. The one pair of two neurons alike over 0.45 left
+in that trace (the wire tetrode's mixture, 0.58) had 6 pairs where chance gave 1.4.
 """
 
 from __future__ import annotations
@@ -32,8 +41,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from scipy.stats import poisson
 
-from .pieces import LOOSE_SIMILARITY
 from .refractory import banded_refractory_ratio, mostly_fitted_twice
 from .templates import footprint_cosine, lagged_similarity, seen_on_peaks
 
@@ -43,6 +52,10 @@ FAINT_FRACTION = 0.16
 # a piece's template is the median of a hundred-odd spikes at a third of its neuron's size: its
 # footprint agreed to 0.94-0.95 on four recordings
 FAINT_COSINE = 0.93
+# at the neuron's spike times, pieces' spikes agreed with its usual waveform to 0.57-0.92
+FAINT_SIMILARITY = 0.45
+# one neuron leaves its refractory period empty; more pairs there than chance gives is two
+EXCESS_P = 0.01
 
 
 def faint_piece_merges(
@@ -56,7 +69,7 @@ def faint_piece_merges(
     independent,
     max_lag: int,
     max_piece_size: float = 0.75,
-    min_similarity: float = LOOSE_SIMILARITY,
+    min_similarity: float = FAINT_SIMILARITY,
     min_expected: float = 3.0,
 ) -> list[list[tuple[int, int]]]:
     """Groups of units (each as (unit, offset aligning its spikes on the group's unit)): each
@@ -77,10 +90,11 @@ def faint_piece_merges(
     attach = []
     banded = dict(refractory=refractory, inner=refractory // 2, duration=duration)
     for piece in range(k):
-        # the unit it is most like among the larger ones whose footprints agree with its own
+        # the unit it is most like among the larger ones, with many more spikes, whose footprints
+        # agree with its own (a neuron's faint pieces are more like each other than like it)
         larger = [
             u
-            for u in np.flatnonzero(seen[piece] & (size > size[piece]))
+            for u in np.flatnonzero(seen[piece] & (size > size[piece]) & (counts * FAINT_FRACTION >= counts[piece]))
             if footprint_cosine(ptp[u], ptp[piece])[0] >= FAINT_COSINE
         ]
         if not larger:
@@ -88,14 +102,13 @@ def faint_piece_merges(
         similar = [lagged_similarity(dense[u], dense[piece], max_lag=max_lag) for u in larger]
         best = int(np.argmax([s for s, _ in similar]))
         big, (s, shift) = int(larger[best]), similar[best]
-        if (
-            s < min_similarity
-            or counts[piece] > FAINT_FRACTION * counts[big]
-            or size[piece] > max_piece_size * size[big]
-        ):
+        if s < min_similarity or size[piece] > max_piece_size * size[big]:
             continue
-        if banded_refractory_ratio(times[big], times[piece], **banded)[1] >= min_expected:
+        ratio, expected = banded_refractory_ratio(times[big], times[piece], **banded)
+        if expected >= min_expected:
             continue  # the trains can say it: the piece rules listened to them
+        if poisson.sf(round(ratio * expected) - 1, expected) < EXCESS_P:
+            continue  # more pairs in the refractory period than chance gives: not one neuron
         if mostly_fitted_twice(times[big], times[piece], window=echo_window) or independent(big, piece):
             continue
         attach.append((-s, piece, big, int(shift)))
