@@ -482,6 +482,27 @@ def test_double_fits_at_one_lag_are_left_out_of_the_refractory_count_but_indepen
     assert 0.6 < ratio < 1.5 and expected > 10
 
 
+def test_the_independence_test_leaves_out_pairs_crowding_at_one_lag():
+    from spikesort.stages.merges import fire_independently
+
+    # mearec_tetrode_quiet seed 0: a neuron's 408-spike piece fitted again beside its unit's
+    # spikes at a few fixed lags; those pairs beyond the double fits' lags made the two look
+    # independent, and the piece stayed a false unit
+    rng = np.random.default_rng(44)
+    duration, refractory, double_fit = 9_600_000, 48, 16
+    neuron = np.cumsum(rng.integers(96, 4000, size=4400))  # never two spikes within 3 ms
+    piece = rng.random(len(neuron)) < 0.1
+    ta = neuron[~piece]
+    kw = dict(refractory=refractory, double_fit=double_fit, duration=duration)
+    doubles = ta[rng.choice(len(ta), size=20, replace=False)] + rng.integers(35, 38, size=20)
+    assert not fire_independently(ta, np.sort(np.r_[neuron[piece], doubles]), **kw)
+    # as many pairs spread over the lags are a second neuron's spikes firing on its own
+    spread = ta[rng.choice(len(ta), size=20, replace=False)] + rng.choice([-1, 1], 20) * rng.integers(17, 49, size=20)
+    assert fire_independently(ta, np.sort(np.r_[neuron[piece], spread]), **kw)
+    other = np.sort(rng.integers(0, duration, size=piece.sum() + 20))
+    assert fire_independently(ta, other, **kw)
+
+
 def test_double_fits_astride_the_inner_bound_are_left_out_whole():
     from spikesort.stages.merges.refractory import banded_refractory_ratio
 

@@ -282,29 +282,12 @@ def banded_refractory_ratio(
     out whole (mearec_nn32 seed 2: a neuron's half-size unit fitted 19-29 samples after 19 of its
     large unit's spikes, 11 pairs counted where 32 were expected, 9 of them at the crowd's outer
     lags 25-29)."""
-    from scipy.stats import poisson
-
-    tb = np.sort(np.asarray(tb))
-    ta = np.asarray(ta)
     lags = np.r_[-refractory:-inner, inner + 1 : refractory + 1]
     if len(ta) == 0 or len(tb) == 0 or len(lags) == 0:
         return 0.0, 0.0
-    lo = np.searchsorted(tb, ta - refractory, side="left")
-    hi = np.searchsorted(tb, ta + refractory, side="right")
-    n = hi - lo  # every pair within the period: b's spikes lo..hi-1 around each of a's
-    within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-    d = tb[np.repeat(lo, n) + within] - np.repeat(ta, n)
-    counts = np.bincount(d + refractory, minlength=2 * refractory + 1).astype(np.float64)
+    counts = pair_lags(ta, tb, refractory=refractory)
     rate = len(ta) * len(tb) / max(int(duration), 1)  # pairs expected per lag
-    crowded = np.zeros(2 * refractory + 1, dtype=bool)
-    width = 2 * halfwidth + 1
-    limit = max(float(poisson.isf(p_value, rate * width)), 4.0)
-    while True:
-        box = np.convolve(np.where(crowded, 0.0, counts), np.ones(width), mode="same")
-        peak = int(np.argmax(box))
-        if box[peak] <= limit:
-            break
-        crowded[max(peak - halfwidth, 0) : peak + halfwidth + 1] = True
+    crowded = crowded_lags(counts, rate=rate, halfwidth=halfwidth, p_value=p_value)
     keep = np.zeros(2 * refractory + 1, dtype=bool)
     keep[lags + refractory] = True
     keep &= ~crowded
@@ -370,7 +353,8 @@ def fire_independently(
     samples there are at least ``min_ratio`` of the pairs independent firing would give, and
     that expectation is at least ``min_expected`` (enough evidence). One neuron leaves a gap
     there; lags up to ``double_fit`` are left out, where one spike fitted by two pieces'
-    templates lands."""
+    templates lands, and so are lags beyond where pairs crowd (:func:`crowded_lags`: one spike
+    fitted again at a fixed offset, mearec_tetrode_quiet seed 0)."""
     observed, expected = pairs_beyond_double_fits(
         ta, tb, refractory=refractory, double_fit=double_fit, duration=duration, rate_bin=rate_bin
     )
@@ -381,10 +365,49 @@ def pairs_beyond_double_fits(
     ta: np.ndarray, tb: np.ndarray, *, refractory: int, double_fit: int, duration: int, rate_bin: int | None = None
 ) -> tuple[float, float]:
     """(observed, expected) (a, b) spike pairs at lags between ``double_fit`` and ``refractory``
-    samples, chance from the rates in bins of ``rate_bin`` samples (``cross_refractory_ratio``)."""
+    samples, chance from the rates in bins of ``rate_bin`` samples (``cross_refractory_ratio``),
+    the lags where pairs crowd left out of both (the crowds sought at the mean rates)."""
     obs_r, exp_r = cross_refractory_ratio(ta, tb, refractory=refractory, duration=duration, rate_bin=rate_bin)
     obs_d, exp_d = cross_refractory_ratio(ta, tb, refractory=double_fit, duration=duration, rate_bin=rate_bin)
-    return obs_r * exp_r - obs_d * exp_d, exp_r - exp_d
+    observed, expected = obs_r * exp_r - obs_d * exp_d, exp_r - exp_d
+    counts = pair_lags(ta, tb, refractory=refractory)
+    crowded = crowded_lags(counts, rate=len(ta) * len(tb) / max(int(duration), 1))
+    band = np.abs(np.arange(-refractory, refractory + 1)) > double_fit
+    if not (crowded & band).any():
+        return observed, expected
+    kept = band & ~crowded
+    return observed - float(counts[band & crowded].sum()), expected * kept.sum() / max(band.sum(), 1)
+
+
+def pair_lags(ta: np.ndarray, tb: np.ndarray, *, refractory: int) -> np.ndarray:
+    """How many (a, b) spike pairs lie at each lag tb - ta in [-refractory, refractory]."""
+    tb = np.sort(np.asarray(tb))
+    ta = np.asarray(ta)
+    if len(ta) == 0 or len(tb) == 0:
+        return np.zeros(2 * refractory + 1)
+    lo = np.searchsorted(tb, ta - refractory, side="left")
+    hi = np.searchsorted(tb, ta + refractory, side="right")
+    n = hi - lo
+    within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    d = tb[np.repeat(lo, n) + within] - np.repeat(ta, n)
+    return np.bincount(d + refractory, minlength=2 * refractory + 1).astype(np.float64)
+
+
+def crowded_lags(counts: np.ndarray, *, rate: float, halfwidth: int = 3, p_value: float = 1e-3) -> np.ndarray:
+    """Lags (of ``pair_lags``' counts) where pairs crowd: windows of 2 * ``halfwidth`` + 1 lags
+    holding more pairs than even spreading at ``rate`` pairs per lag gives with probability
+    ``p_value`` (Poisson), and at least 4; sought again and again until none is left."""
+    from scipy.stats import poisson
+
+    crowded = np.zeros(len(counts), dtype=bool)
+    width = 2 * halfwidth + 1
+    limit = max(float(poisson.isf(p_value, rate * width)), 4.0)
+    while True:
+        box = np.convolve(np.where(crowded, 0.0, counts), np.ones(width), mode="same")
+        peak = int(np.argmax(box))
+        if box[peak] <= limit:
+            return crowded
+        crowded[max(peak - halfwidth, 0) : peak + halfwidth + 1] = True
 
 
 def independence_test(spikes: MatchedSpikes, **kw):
