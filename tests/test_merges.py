@@ -1597,7 +1597,7 @@ def test_a_faint_piece_left_at_the_end_joins_the_unit_it_is_most_like():
     groups = _faint_groups(third, times)
     assert sorted(sorted(u for u, _ in g) for g in groups) == [[0], [1, 2]]
     # a neuron's faint pieces are more like each other than like its unit (mearec_nn32 seed 15:
-    # pieces of 30, 62 and 86 spikes, alike to 0.98, to their 1642-spike unit 0.6-0.7): each joins
+    # pieces of 30, 62 and 86 spikes, alike to 0.98, to their 1642-spike unit 0.55-0.72): each joins
     # the unit, not a piece with too few spikes to have pieces of its own
     split = rng.random(len(trains[1])) < 0.5
     pieces = np.ascontiguousarray(np.stack([tet[0], tet[1], 0.9 * tet[1]]))

@@ -367,16 +367,14 @@ def pairs_beyond_double_fits(
     """(observed, expected) (a, b) spike pairs at lags between ``double_fit`` and ``refractory``
     samples, chance from the rates in bins of ``rate_bin`` samples (``cross_refractory_ratio``),
     the lags where pairs crowd left out of both (the crowds sought at the mean rates)."""
-    obs_r, exp_r = cross_refractory_ratio(ta, tb, refractory=refractory, duration=duration, rate_bin=rate_bin)
-    obs_d, exp_d = cross_refractory_ratio(ta, tb, refractory=double_fit, duration=duration, rate_bin=rate_bin)
-    observed, expected = obs_r * exp_r - obs_d * exp_d, exp_r - exp_d
+    expected = (
+        cross_refractory_ratio(ta, tb, refractory=refractory, duration=duration, rate_bin=rate_bin)[1]
+        - cross_refractory_ratio(ta, tb, refractory=double_fit, duration=duration, rate_bin=rate_bin)[1]
+    )
     counts = pair_lags(ta, tb, refractory=refractory)
-    crowded = crowded_lags(counts, rate=len(ta) * len(tb) / max(int(duration), 1))
     band = np.abs(np.arange(-refractory, refractory + 1)) > double_fit
-    if not (crowded & band).any():
-        return observed, expected
-    kept = band & ~crowded
-    return observed - float(counts[band & crowded].sum()), expected * kept.sum() / max(band.sum(), 1)
+    kept = band & ~crowded_lags(counts, rate=len(ta) * len(tb) / max(int(duration), 1))
+    return float(counts[kept].sum()), expected * kept.sum() / max(band.sum(), 1)
 
 
 def pair_lags(ta: np.ndarray, tb: np.ndarray, *, refractory: int) -> np.ndarray:
