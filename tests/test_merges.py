@@ -620,6 +620,38 @@ def test_a_dense_piece_a_burst_stretched_past_its_units_shape_joins_on_a_deep_ra
         assert len(footprint_merges(dense, dense, sizes, **kw, times=[times[0], thinned])) == 2, every
 
 
+def test_a_stretched_piece_on_another_phase_is_judged_on_its_whole_period_once_aligned():
+    from spikesort.stages.merges import footprint_merges
+    from spikesort.stages.merges.refractory import STRONG_GAP_P, banded_refractory_ratio, gap_probability
+
+    # mearec_nn32 seed 22: a burst's 504-spike piece of a 2622-spike neuron at 0.45 of its size,
+    # footprints 0.994 over 6 channels, aligned 10 samples off; no pair in the refractory period's
+    # outer half where 6.6 were expected (p = 0.0014), none in the whole period beyond the double
+    # fits once aligned, where 8.8 were
+    rng = np.random.default_rng(31)
+    full = _unit(peak=40, center=12, width=1.0)  # 5 of 32 channels: a narrow footprint
+    wide = 0.45 * np.roll(_stretched(full, 3.0), 10, axis=0)
+    dense = np.stack([full, wide])
+    assert lagged_similarity(full, wide, max_lag=3)[0] < 0.6  # no piece's shape within max_lag
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 5100, size=3600))
+    late = rng.random(len(neuron)) < 0.11
+    times = [neuron[~late], neuron[late] - 10]
+    ratio, expected = banded_refractory_ratio(*times, refractory=refractory, inner=24, duration=duration)
+    assert ratio == 0 and gap_probability(ratio, expected) > STRONG_GAP_P  # the outer half says too little
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, phase_lag=32, double_fit=16, refractory=refractory, duration=duration)
+    groups = footprint_merges(dense, dense, sizes, **kw, times=times)
+    assert len(groups) == 1 and abs(dict(groups[0])[1] - 10) <= 3  # joined on its own phase
+    # a neighbour firing on its own, its collisions kept, or thinned to a half or a quarter
+    other = np.sort(rng.integers(0, duration, size=len(times[1])))
+    # pairs near a spike of the unit, aligned at the piece's lag or not
+    close = np.searchsorted(times[0], other + refractory, "right") > np.searchsorted(times[0], other - 10 - refractory)
+    for every in (1, 2, 4):
+        thinned = np.delete(other, np.flatnonzero(close)[np.arange(close.sum()) % every != 0])
+        assert len(footprint_merges(dense, dense, sizes, **kw, times=[times[0], thinned])) == 2, every
+
+
 def test_on_a_long_probe_a_narrow_footprint_at_two_sizes_merges_only_on_ample_refractory_evidence():
 
     # mearec_nn32 seed 2: a bursting neuron at two sizes whose footprint spans 5 of 32 channels,
