@@ -277,7 +277,7 @@ class Params:
     )
     noise_max_snr: float = _p(2.5, lo=0.0, hi=1000.0, stage="curate", help="units with SNR below this are 'noise'")
     good_max_piece_fraction: float = _p(
-        0.1,
+        0.2,
         lo=0.0,
         hi=1.0,
         stage="curate",

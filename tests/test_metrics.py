@@ -242,9 +242,12 @@ def test_label_thresholds():
         m.label_units(um, good_max_contamination=10.0, good_min_snr=5.0, good_min_presence=0.8, noise_max_snr=2.0)
 
 
-def test_a_unit_with_a_tenth_of_a_larger_ones_spikes_and_its_footprint_is_not_good():
+def test_a_unit_with_a_fifth_of_a_larger_ones_spikes_and_its_footprint_is_not_good():
+    from spikesort.params import Params
+
     # mearec_tetrode seeds 3, 5, 7: slivers and pieces of 38-368 spikes (0.8-8 % of their
-    # neuron's unit), footprints agreeing to 0.991-0.9997, all labelled 'good' before
+    # neuron's unit), footprints agreeing to 0.991-0.9997, all labelled 'good' before; mearec_nn32
+    # seed 22: a burst's spikes fitted 0.8 ms late, 0.17 of their unit's
     t = np.arange(40, dtype=np.float64)
     wave = -np.exp(-0.5 * ((t - 15) / 2.0) ** 2)
     footprint = np.array([1.0, 0.8, 0.5, 0.3])
@@ -257,15 +260,19 @@ def test_a_unit_with_a_tenth_of_a_larger_ones_spikes_and_its_footprint_is_not_go
             40 * wave[:, None] * footprint,  # a small neuron of that footprint, firing a third as often
             # a burst's stretched spikes: the footprint agrees to 0.962 only (mearec_nn32: 0.946-0.963)
             40 * wave[:, None] * np.array([0.7, 1.0, 0.6, 0.2]),
+            30 * wave[:, None] * footprint,  # a piece with a sixth of its unit's spikes
         ]
     )
-    counts = np.array([1000, 60, 60, 300, 60])
-    piece = m.possible_pieces(templates_uv=templates, spike_counts=counts, max_fraction=0.1)
-    assert piece.tolist() == [False, True, False, False, True]
-    um = _unit_metrics(contamination=[0.0] * 5, snr=[20.0, 8.0, 8.0, 8.0, 8.0], presence=[1.0] * 5)
+    counts = np.array([1000, 60, 60, 300, 60, 170])
+    piece = m.possible_pieces(
+        templates_uv=templates, spike_counts=counts, max_fraction=Params().good_max_piece_fraction
+    )
+    assert piece.tolist() == [False, True, False, False, True, True]
+    assert m.possible_pieces(templates_uv=templates, spike_counts=counts, max_fraction=0.1).tolist()[5] is False
+    um = _unit_metrics(contamination=[0.0] * 6, snr=[20.0] + [8.0] * 5, presence=[1.0] * 6)
     kw = dict(good_max_contamination=0.1, good_min_snr=5.0, good_min_presence=0.8, noise_max_snr=2.0)
-    assert m.label_units(um, **kw, possible_piece=piece).tolist() == ["good", "mua", "good", "good", "mua"]
-    assert m.label_units(um, **kw).tolist() == ["good"] * 5
+    assert m.label_units(um, **kw, possible_piece=piece).tolist() == ["good", "mua", "good", "good", "mua", "mua"]
+    assert m.label_units(um, **kw).tolist() == ["good"] * 6
     # 0 switches the rule off
     assert not m.possible_pieces(templates_uv=templates, spike_counts=counts, max_fraction=0.0).any()
 
