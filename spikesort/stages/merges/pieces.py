@@ -199,7 +199,7 @@ class PieceRules:
                 # a burst stretched the piece past its unit's shape (it aligns on another phase):
                 # a footprint as close as a dense one's, and a gap deep and rare
                 phase = lagged_similarity(dense[big], dense[piece], max_lag=lags)[1]
-                if self.stretched_gap(times[big], piece, phase):
+                if self.stretched_gap(times[big], piece, phase, banded=(ratio, expected)):
                     self.attach.append((ratio, piece, big, phase))
                     self.stretched.add(piece)
                     return
@@ -249,14 +249,19 @@ class PieceRules:
             self.attach.append((2.0 - s, piece, big, shift))  # after the rest, the likeliest unit first
             self.faint.add(piece)
 
-    def stretched_gap(self, whole: np.ndarray, piece: int, shift: int) -> bool:
+    def stretched_gap(
+        self, whole: np.ndarray, piece: int, shift: int, *, banded: tuple[float, float] | None = None
+    ) -> bool:
         """A deep, rare gap (:func:`.evidence.deep_gap`) between ``whole`` and a stretched piece:
-        in the refractory period's outer half as counted, or, once the piece is aligned at its
-        phase lag ``shift``, in the whole period beyond the double fits. A piece on another phase
-        shifts the period by its lag (mearec_nn32 seed 22: a burst's 504-spike piece 10 samples
-        off, no pair where 6.6 were expected in the outer half, p = 0.0014; aligned, none of 8.8)."""
+        in the refractory period's outer half as counted (``banded``, when the caller has it), or,
+        once the piece is aligned at its phase lag ``shift``, in the whole period beyond the double
+        fits. A piece on another phase shifts the period by its lag (mearec_nn32 seed 22: a burst's
+        504-spike piece 10 samples off, no pair where 6.6 were expected in the outer half,
+        p = 0.0014; aligned, none of 8.8)."""
         tr, tp = self.trains, self.times[piece]
-        return deep_gap(*tr.banded(whole, tp)) or deep_gap(*tr.beyond_double_fits(whole, tp - shift))
+        if deep_gap(*(banded or tr.banded(whole, tp))):
+            return True
+        return deep_gap(*tr.beyond_double_fits(whole, tp - shift))
 
     def its_likeliest(self, piece: int, big: int, s: float) -> bool:
         """A rare piece too few for the refractory count, shaped as ``big`` (``min_similarity``),
