@@ -357,6 +357,15 @@ register(
         n_bursting=6,
         description="MEArec microwire tetrode, 4 round contacts 16 µm apart, 6 bursting cells, 300 s",
     ),
+    # made in the thirty-sixth pass and checked only: a probe no scenario had used
+    _mearec(
+        "mearec_neuroseeker",
+        "Neuroseeker-128",
+        n_exc=24,
+        n_inh=8,
+        n_bursting=8,
+        description="MEArec Neuroseeker-128 (4 columns, 128 contacts), 32 Blue Brain cells, 8 bursting, 300 s",
+    ),
 )
 
 
