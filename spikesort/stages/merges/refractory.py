@@ -37,13 +37,19 @@ def cross_refractory_ratio(
     lo = np.searchsorted(tb, ta - refractory, side="left")
     hi = np.searchsorted(tb, ta + refractory, side="right")
     observed = float((hi - lo).sum())
+    expected = chance_per_lag(ta, tb, duration=duration, rate_bin=rate_bin) * (2 * refractory + 1)
+    return observed / max(expected, 1e-12), expected
+
+
+def chance_per_lag(ta: np.ndarray, tb: np.ndarray, *, duration: int, rate_bin: int | None = None) -> float:
+    """(a, b) spike pairs independent firing puts at one lag, from the rates in bins of
+    ``rate_bin`` samples (the whole recording when None)."""
     duration = max(int(duration), 1)
     width = duration if not rate_bin else max(1, min(int(rate_bin), duration))
     edges = np.append(np.arange(0, duration, width), duration)
     na = np.histogram(ta, bins=edges)[0].astype(np.float64)
     nb = np.histogram(tb, bins=edges)[0].astype(np.float64)
-    expected = float((na * nb / np.diff(edges)).sum()) * (2 * refractory + 1)
-    return observed / max(expected, 1e-12), expected
+    return float((na * nb / np.diff(edges)).sum())
 
 
 # a refractory gap that independent neurons leave less often than this is one neuron's, whatever
@@ -367,14 +373,11 @@ def pairs_beyond_double_fits(
     """(observed, expected) (a, b) spike pairs at lags between ``double_fit`` and ``refractory``
     samples, chance from the rates in bins of ``rate_bin`` samples (``cross_refractory_ratio``),
     the lags where pairs crowd left out of both (the crowds sought at the mean rates)."""
-    expected = (
-        cross_refractory_ratio(ta, tb, refractory=refractory, duration=duration, rate_bin=rate_bin)[1]
-        - cross_refractory_ratio(ta, tb, refractory=double_fit, duration=duration, rate_bin=rate_bin)[1]
-    )
+    per_lag = chance_per_lag(ta, tb, duration=duration, rate_bin=rate_bin)
     counts = pair_lags(ta, tb, refractory=refractory)
     band = np.abs(np.arange(-refractory, refractory + 1)) > double_fit
     kept = band & ~crowded_lags(counts, rate=len(ta) * len(tb) / max(int(duration), 1))
-    return float(counts[kept].sum()), expected * kept.sum() / max(band.sum(), 1)
+    return float(counts[kept].sum()), per_lag * kept.sum()
 
 
 def pair_lags(ta: np.ndarray, tb: np.ndarray, *, refractory: int) -> np.ndarray:
