@@ -52,6 +52,7 @@ def _mearec(
     cells_seed=0,
     noise_mode="distance-correlated",
     noise_color=False,
+    fs_hz=None,
 ):
     """A MEArec scenario: what MEArec is asked for lives in the options (part of the cache key).
 
@@ -65,6 +66,9 @@ def _mearec(
     21-22 in every 20 s, whatever their intervals). Real bursts shrink their late spikes; a
     one-chunk recording keeps that (there, the cell's spikes with two of its own in the 100 ms
     before were at 0.22-0.45 of its size, the others at 1.0).
+
+    ``fs_hz`` samples the recording at another rate than the templates' 32 kHz (MEArec resamples
+    them).
 
     ``drift_um`` > 0 moves every cell along the probe: its templates are simulated at
     ``DRIFT_STEPS`` positions spanning ``drift_um`` (a library of its own), and the recording
@@ -82,7 +86,7 @@ def _mearec(
         description,
         family="biophysical",
         kind="mearec",
-        sampling_rate_hz=32000.0,  # MEArec's templates are simulated at 1/32 ms
+        sampling_rate_hz=float(fs_hz or 32000.0),  # MEArec's templates are simulated at 1/32 ms
         options=(
             ("n_exc", n_exc),
             ("n_inh", n_inh),
@@ -98,6 +102,7 @@ def _mearec(
         + ((("one_chunk", True),) if one_chunk else ())
         + ((("cells_seed", int(cells_seed)),) if cells_seed else ())
         + ((("noise_color", True),) if noise_color else ())
+        + ((("fs_hz", float(fs_hz)),) if fs_hz else ())
         + drift,
     )
 
@@ -366,6 +371,25 @@ register(
         n_bursting=8,
         description="MEArec Neuroseeker-128 (4 columns, 128 contacts), 32 Blue Brain cells, 8 bursting, 300 s",
     ),
+    # made in the thirty-seventh pass and checked only: rates other than the templates' 32 kHz
+    _mearec(
+        "mearec_tetrode_20k",
+        "tetrode-mea-l",
+        n_exc=4,
+        n_inh=2,
+        n_bursting=6,
+        fs_hz=20000.0,
+        description="mearec_tetrode sampled at 20 kHz, 300 s",
+    ),
+    _mearec(
+        "mearec_nn32_24k",
+        "Neuronexus-32",
+        n_exc=12,
+        n_inh=4,
+        n_bursting=6,
+        fs_hz=24000.0,
+        description="mearec_nn32 sampled at 24 kHz, 300 s",
+    ),
 )
 
 
@@ -469,6 +493,8 @@ def recording_params(*, scenario: Scenario, seed: int) -> dict:
         # 0: one chunk (see _mearec)
         chunk_duration=0 if o.get("one_chunk") else 10,
     )
+    if o.get("fs_hz"):
+        params["recordings"]["fs"] = float(o["fs_hz"])
     if o.get("drift_um", 0) > 0:
         params["recordings"].update(
             drifting=True,
