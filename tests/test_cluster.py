@@ -48,6 +48,42 @@ def test_small_unit_beside_a_big_one_is_split_off_for_every_seed():
     assert not all(found(seed, n_init=1) for seed in range(12))  # what the restarts are for
 
 
+def test_a_neighbour_apart_on_a_smaller_axis_than_a_bursting_neurons_stretch_is_split_off_on_a_tetrode():
+    # MEArec's tetrode with independent noise, seed 21: a bursting neuron's sizes stretch its
+    # cluster, 2-means cuts along the stretch (valleys 0.10-0.22) and a neighbour apart on the
+    # second axis (0.67 there alone) stayed in it; a split along one principal axis finds it
+    from spikesort.stages.cluster import axis_split, local_pca
+
+    rng = np.random.default_rng(21)
+    d = 30
+    shape = rng.normal(size=d)
+    shape /= np.linalg.norm(shape)
+    other = rng.normal(size=d)
+    other -= (other @ shape) * shape
+    other /= np.linalg.norm(other)
+    bursting = 12.0 * rng.uniform(0.3, 1.2, size=(2000, 1)) * shape + rng.normal(0, 1, (2000, d))
+    neighbour = 9.0 * shape + 5.0 * other + rng.normal(0, 1, (900, d))
+    x = np.concatenate([bursting, neighbour])
+    truth = np.r_[np.zeros(len(bursting)), np.ones(len(neighbour))].astype(bool)
+
+    def labels(x, seed, along_axes=True):
+        rng = np.random.default_rng(seed)
+        return split_recursive(x, min_size=30, max_depth=6, threshold=0.25, rng=rng, along_axes=along_axes)
+
+    def found(seed, **kw):
+        lab = labels(x, seed, **kw)
+        return max(truth[lab == k].sum() / truth.sum() * np.mean(truth[lab == k]) for k in np.unique(lab)) > 0.9
+
+    assert all(found(seed) for seed in range(10))
+    assert not all(found(seed, along_axes=False) for seed in range(10))  # 2-means' tries alone
+    # the bursting neuron alone, stretched as much, stays whole
+    assert all(len(np.unique(labels(bursting, seed))) == 1 for seed in range(10))
+    # and a few dozen stray spikes apart on that axis are no neighbour to cut off along it
+    strays = 9.0 * shape + 5.0 * other + rng.normal(0, 1, (60, d))
+    assert axis_split(local_pca(np.concatenate([bursting, strays]), 6), min_size=30, threshold=0.25) is None
+    assert axis_split(local_pca(x, 6), min_size=30, threshold=0.25) is not None
+
+
 def test_two_neighbours_split_though_the_first_tries_seed_on_stray_spikes(monkeypatch):
     # crowded64 seed 1: a few spikes with another neuron's on top lie far out; k-means++ draws its
     # second seed by squared distance, and each of the 5 tries cut off a side of 2-17 spikes,
