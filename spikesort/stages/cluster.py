@@ -139,15 +139,17 @@ MIN_AXIS_SHARE = 0.2
 
 def axis_split(y: np.ndarray, *, min_size: int, threshold: float, n_iter: int = 20):
     """(valley depth, side a, side b) of the best split along one principal axis of ``y`` with a
-    valley of ``threshold`` or more and both sides of ``min_size``, or None. 2-means cuts along the
-    largest spread: a bursting neuron's sizes stretch it, and a second neuron apart on a smaller
-    axis stays hidden (MEArec's tetrode with independent noise, seed 21: two neurons at 57 % and
-    27 % of a contact's spikes, 2-means' best valley 0.22, the second axis alone 0.67)."""
+    valley of ``threshold`` or more and both sides of ``min_size`` and ``MIN_AXIS_SHARE`` of the
+    spikes, or None. 2-means cuts along the largest spread: a bursting neuron's sizes stretch it,
+    and a second neuron apart on a smaller axis stays hidden (MEArec's tetrode with independent
+    noise, seed 21: two neurons at 57 % and 27 % of a contact's spikes, 2-means' best valley 0.22,
+    the second axis alone 0.67)."""
     best = None
     for k in range(y.shape[1]):
         p = y[:, k]
         lo, hi = np.percentile(p, [25, 75])
-        for _ in range(n_iter):  # 1-D 2-means from the quartiles
+        # 1-D 2-means from the quartiles: no draws, so no other cluster's stream moves
+        for _ in range(n_iter):
             cut = 0.5 * (lo + hi)
             a = p < cut
             if a.all() or not a.any():
