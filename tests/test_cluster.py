@@ -24,17 +24,22 @@ def test_two_clear_modes_split_even_when_small():
     assert bimodality(x, 4.0) > 0.5
 
 
+def _shape_and_orthogonal(rng: np.random.Generator, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """A unit waveform direction in ``d`` features and a unit direction orthogonal to it."""
+    shape = rng.normal(size=d)
+    shape /= np.linalg.norm(shape)
+    other = rng.normal(size=d)
+    other -= (other @ shape) * shape
+    return shape, other / np.linalg.norm(other)
+
+
 def test_small_unit_beside_a_big_one_is_split_off_for_every_seed():
     # a big cluster, stretched along one axis (amplitude changes, say), and a small one of a third
     # of its amplitude on the same channels: one 2-means seed often cuts the big cluster along its
     # stretch, finds no valley and stops; the restarts must find the small one
     rng = np.random.default_rng(2)
     d = 30
-    shape = rng.normal(size=d)
-    shape /= np.linalg.norm(shape)
-    other = rng.normal(size=d)
-    other -= (other @ shape) * shape
-    other /= np.linalg.norm(other)
+    shape, other = _shape_and_orthogonal(rng, d)
     big = 9.0 * shape + rng.normal(0, 1, (2300, d)) + 3.0 * rng.normal(size=(2300, 1)) * other
     small = 3.0 * shape + rng.normal(0, 1, (700, d))
     x = np.concatenate([big, small])
@@ -56,11 +61,7 @@ def test_a_neighbour_apart_on_a_smaller_axis_than_a_bursting_neurons_stretch_is_
 
     rng = np.random.default_rng(21)
     d = 30
-    shape = rng.normal(size=d)
-    shape /= np.linalg.norm(shape)
-    other = rng.normal(size=d)
-    other -= (other @ shape) * shape
-    other /= np.linalg.norm(other)
+    shape, other = _shape_and_orthogonal(rng, d)
     bursting = 12.0 * rng.uniform(0.3, 1.2, size=(2000, 1)) * shape + rng.normal(0, 1, (2000, d))
     neighbour = 9.0 * shape + 5.0 * other + rng.normal(0, 1, (900, d))
     x = np.concatenate([bursting, neighbour])
