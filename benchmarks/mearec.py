@@ -390,6 +390,23 @@ register(
         fs_hz=24000.0,
         description="mearec_nn32 sampled at 24 kHz, 300 s",
     ),
+    # made in the thirty-eighth pass and checked only: twice the cells on the same probe
+    _mearec(
+        "mearec_nn32_crowded",
+        "Neuronexus-32",
+        n_exc=24,
+        n_inh=8,
+        n_bursting=10,
+        description="MEArec Neuronexus-32, 32 Blue Brain cells (twice mearec_nn32's), 10 bursting, 300 s",
+    ),
+    _mearec(
+        "mearec_tetrode_crowded",
+        "tetrode-mea-l",
+        n_exc=7,
+        n_inh=3,
+        n_bursting=6,
+        description="MEArec silicon tetrode with 10 cells (mearec_tetrode's 6 and 4 more), 6 bursting, 300 s",
+    ),
 )
 
 
