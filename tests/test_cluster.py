@@ -206,6 +206,39 @@ def test_clusters_caught_on_the_lobe_before_their_trough_are_moved_onto_it():
         trough_offsets(dense, pre=pre, sign=0, min_offset=15)
 
 
+def test_spikes_are_reported_at_their_units_trough_as_recorded():
+    """mearec_nn32_crowded seed 0: a cell whose positive lobe dominates its channels was aligned by
+    its whitened template 13 samples (0.4 ms) before its trough in µV, where no ground-truth spike
+    lay; the unit matched none of its neuron's spikes within 0.4 ms."""
+    from spikesort.stages.curate import on_recorded_troughs
+    from spikesort.stages.match import MatchedSpikes
+    from spikesort.stages.templates import trough_offsets
+
+    pre, nt = 30, 76
+    uv = np.zeros((2, nt, 3), dtype=np.float32)
+
+    def bump(at):
+        return np.exp(-0.5 * ((np.arange(nt) - at) / 3.0) ** 2)
+
+    uv[0, :, 0] = 60 * bump(pre)  # a positive lobe at the spike time
+    uv[0, :, 1] = -40 * bump(pre + 13) + 50 * bump(pre + 30)  # the trough 13 samples on, a larger lobe after
+    uv[1, :, 2] = 30 * _biphasic(nt, pre + 3)  # 3 samples off: within a trough's width
+    # the clusters' realignment keeps a unit whose opposite lobe dominates; the report does not
+    assert trough_offsets(uv, pre=pre, sign=-1)[0] == 0
+    ones = np.ones(5, np.float32)
+    spikes = MatchedSpikes(np.array([100, 300, 500, 990, 995]), np.array([0, 1, 0, 0, 1]), ones, ones)
+    moved, changed = on_recorded_troughs(spikes, uv, pre=pre, sign=-1, n_samples=1000, min_offset=8)
+    assert changed
+    np.testing.assert_array_equal(moved.times, [113, 300, 513, 995])  # 990 + 13 is past the end
+    np.testing.assert_array_equal(moved.templates, [0, 1, 0, 1])
+    # positive spikes count from their positive peak; units near their trough stay as they are
+    again, changed = on_recorded_troughs(spikes, -uv, pre=pre, sign=1, n_samples=1000, min_offset=8)
+    np.testing.assert_array_equal(again.times, moved.times)
+    on_trough = MatchedSpikes(np.array([300, 995]), np.array([1, 1]), ones[:2], ones[:2])
+    same, changed = on_recorded_troughs(on_trough, uv, pre=pre, sign=-1, n_samples=1000, min_offset=8)
+    assert same is on_trough and not changed
+
+
 def test_a_cluster_moved_onto_its_trough_gets_its_whole_waveform_in_the_template(tmp_path):
     from spikesort.pipeline.traces import TraceStore
     from spikesort.stages.templates import build_templates, trough_offsets

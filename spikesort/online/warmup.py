@@ -126,7 +126,7 @@ def sort_stretch(recording, *, prep: Preprocessed, det: Detected, params: Params
     run = _run(recording, params=params, store=store, progress=progress)
     clu = _cluster(run, prep=prep, det=det)
     mat = _match(run, prep=prep, det=det, clu=clu)
-    cur = _curate(run, prep=prep, clu=clu, mat=mat)
+    cur = _curate(run, prep=prep, clu=clu, mat=mat, sign=det.sign)
     t = cur.templates
     log.info("warm-up: %d units from %.1f s", t.n_templates, run.info.duration_s)
     model = OnlineModel(

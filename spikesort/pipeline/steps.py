@@ -19,6 +19,7 @@ from spikesort.stages.cluster import ClusterSample, cluster_spikes
 from spikesort.stages.curate import (
     collision_units,
     composite_units,
+    on_recorded_troughs,
     remove_duplicates,
     residue_spikes,
     shadowed_units,
@@ -82,6 +83,8 @@ CCG_TROUGH_MS = (2.0, 10.0)
 RESIDUE_EXTRA_MS = 1.0
 # a cluster whose trough sits this far from where detection puts spikes' troughs is realigned on it
 TROUGH_MS = 0.5
+# spikes are reported at their unit's trough in µV when matching put them this far from it
+RECORDED_TROUGH_MS = 0.3
 NOISE_BLOCKS = 10  # blocks sampled for the templates' scores on noise
 
 
@@ -367,7 +370,7 @@ def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
     return Curated(spikes=spikes, templates=templates)
 
 
-def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> Curated:
+def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign: int) -> Curated:
     info, p, store = run.info, run.params, run.store
     pre, nt, fs = run.pre, run.nt, info.sampling_rate_hz
     dup = int(round(p.duplicate_ms * fs / 1000))
@@ -444,16 +447,8 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     veto = snippet_merge_test(
         store, spikes.times, spikes.templates, pre=pre, nt=nt, threshold=p.bimodality_threshold, seed=p.seed
     )
-    groups = refractory_merges(
-        spikes,
-        post.dense,
-        positions_um=info.positions_um,
-        duration=info.n_samples,
-        refractory=refractory,
-        similarity=p.post_merge_similarity,
-        same_unit=veto,
-        rate_bin=rate_bin,
-    )
+    rkw = dict(positions_um=info.positions_um, duration=info.n_samples, refractory=refractory, rate_bin=rate_bin)
+    groups = refractory_merges(spikes, post.dense, similarity=p.post_merge_similarity, same_unit=veto, **rkw)
     spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
     log.info("%d units after refractory merges", len(groups))
     # merged units can show residues and echoes that their parts hid; then the footprints again,
@@ -497,4 +492,8 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched) -> C
     groups = faint_piece_merges(final.dense, uv, times, **kw)
     if len(groups) < final.n_templates:
         spikes, final = join(spikes, groups)
-    return Curated(spikes=spikes, templates=final)
+    # reported where ground truth and Phy's users put a spike: at its unit's trough as recorded
+    uv = final.dense @ w_inv_uv.astype(np.float32)
+    far = int(round(RECORDED_TROUGH_MS * fs / 1000))
+    spikes, moved = on_recorded_troughs(spikes, uv, pre=pre, sign=sign, n_samples=info.n_samples, min_offset=far)
+    return Curated(spikes=spikes, templates=templates_of(spikes, final.n_templates) if moved else final)

@@ -74,12 +74,12 @@ def template_snr(templates_uv: np.ndarray, noise_uv: np.ndarray) -> np.ndarray:
     return peak[np.arange(len(best)), best] / np.maximum(noise_uv[best], 1e-12)
 
 
-def trough_offsets(dense: np.ndarray, *, pre: int, sign: int, min_offset: int = 1) -> np.ndarray:
+def trough_offsets(dense: np.ndarray, *, pre: int, sign: int, min_offset: int = 1, dominant: bool = True) -> np.ndarray:
     """(K,) samples by which each unit's spike times must move to put its trough (its largest
     deflection of the detection ``sign``, on the channel where that deflection is largest) at
     ``pre``; 0 where the trough is within ``min_offset`` of ``pre`` already, on the window's edge,
-    or not the largest deflection on that channel (a unit whose opposite lobe dominates
-    keeps its alignment)."""
+    or, with ``dominant``, not the largest deflection on that channel (a unit whose opposite lobe
+    dominates keeps its alignment)."""
     if sign not in (-1, 1):
         raise ValueError(f"sign must be -1 or 1, got {sign}")
     k, nt = dense.shape[:2]
@@ -89,10 +89,10 @@ def trough_offsets(dense: np.ndarray, *, pre: int, sign: int, min_offset: int = 
     main = signed.max(axis=1).argmax(axis=1)
     wave = signed[np.arange(k), :, main]  # (K, nt)
     trough = wave.argmax(axis=1)
-    dominant = wave.max(axis=1) >= np.abs(wave).max(axis=1)
     offset = trough - pre
     inside = (trough > 0) & (trough < nt - 1)  # an extremum, not a slope cut by the window's edge
-    move = dominant & inside & (np.abs(offset) >= min_offset)
+    lobe = wave.max(axis=1) >= np.abs(wave).max(axis=1) if dominant else np.ones(k, dtype=bool)
+    move = lobe & inside & (np.abs(offset) >= min_offset)
     return np.where(move, offset, 0).astype(np.int64)
 
 
