@@ -39,9 +39,12 @@ def on_recorded_troughs(
     neither ground truth nor Phy's users put a spike. Closer than a trough's own width, the
     whitened alignment is as good a time (MEArec's spike times sat at it for a unit 8 samples
     from its trough)."""
-    shift = trough_offsets(templates_uv, pre=pre, sign=sign, min_offset=min_offset, dominant=False)[spikes.templates]
+    offsets = trough_offsets(templates_uv, pre=pre, sign=sign, min_offset=min_offset, dominant=False)
+    shift = offsets[spikes.templates]
     if not shift.any():
         return spikes, False
+    for u in np.flatnonzero(offsets):
+        log.info("unit %d: spikes moved %+d samples, onto its trough as recorded", u, offsets[u])
     moved = MatchedSpikes(spikes.times + shift, spikes.templates, spikes.amplitudes, spikes.gains)
     moved = moved.take(np.lexsort((moved.templates, moved.times)))
     return within_recording(moved, n_samples=n_samples), True
