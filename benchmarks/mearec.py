@@ -407,6 +407,15 @@ register(
         n_bursting=6,
         description="MEArec silicon tetrode with 10 cells (mearec_tetrode's 6 and 4 more), 6 bursting, 300 s",
     ),
+    # made in the thirty-eighth pass and checked only: a sparse grid no scenario had used
+    _mearec(
+        "mearec_sqmea30",
+        "SqMEA-5-30",
+        n_exc=12,
+        n_inh=4,
+        n_bursting=6,
+        description="MEArec 5 x 5 MEA at 30 µm pitch, 16 Blue Brain cells, 6 bursting, correlated noise, 300 s",
+    ),
 )
 
 
