@@ -215,7 +215,7 @@ def test_spikes_are_reported_at_their_units_trough_as_recorded():
     from spikesort.stages.templates import trough_offsets
 
     pre, nt = 30, 76
-    uv = np.zeros((2, nt, 3), dtype=np.float32)
+    uv = np.zeros((3, nt, 3), dtype=np.float32)
 
     def bump(at):
         return np.exp(-0.5 * ((np.arange(nt) - at) / 3.0) ** 2)
@@ -223,18 +223,19 @@ def test_spikes_are_reported_at_their_units_trough_as_recorded():
     uv[0, :, 0] = 60 * bump(pre)  # a positive lobe at the spike time
     uv[0, :, 1] = -40 * bump(pre + 13) + 50 * bump(pre + 30)  # the trough 13 samples on, a larger lobe after
     uv[1, :, 2] = 30 * _biphasic(nt, pre + 3)  # 3 samples off: within a trough's width
+    uv[2, :, 0] = 80 * bump(pre) - 10 * bump(pre + 20)  # a positive spike: its dip 20 samples on is no trough
     # the clusters' realignment keeps a unit whose opposite lobe dominates; the report does not
     assert trough_offsets(uv, pre=pre, sign=-1)[0] == 0
-    ones = np.ones(5, np.float32)
-    spikes = MatchedSpikes(np.array([100, 300, 500, 990, 995]), np.array([0, 1, 0, 0, 1]), ones, ones)
+    ones = np.ones(6, np.float32)
+    spikes = MatchedSpikes(np.array([100, 300, 500, 700, 990, 995]), np.array([0, 1, 0, 2, 0, 1]), ones, ones)
     moved, changed = on_recorded_troughs(spikes, uv, pre=pre, sign=-1, n_samples=1000, min_offset=8)
     assert changed
-    np.testing.assert_array_equal(moved.times, [113, 300, 513, 995])  # 990 + 13 is past the end
-    np.testing.assert_array_equal(moved.templates, [0, 1, 0, 1])
+    np.testing.assert_array_equal(moved.times, [113, 300, 513, 700, 995])  # 990 + 13 is past the end
+    np.testing.assert_array_equal(moved.templates, [0, 1, 0, 2, 1])
     # positive spikes count from their positive peak; units near their trough stay as they are
     again, changed = on_recorded_troughs(spikes, -uv, pre=pre, sign=1, n_samples=1000, min_offset=8)
     np.testing.assert_array_equal(again.times, moved.times)
-    on_trough = MatchedSpikes(np.array([300, 995]), np.array([1, 1]), ones[:2], ones[:2])
+    on_trough = MatchedSpikes(np.array([300, 700, 995]), np.array([1, 2, 1]), ones[:3], ones[:3])
     same, changed = on_recorded_troughs(on_trough, uv, pre=pre, sign=-1, n_samples=1000, min_offset=8)
     assert same is on_trough and not changed
 

@@ -38,8 +38,12 @@ def on_recorded_troughs(
     dominates its largest channel was reported 13 samples (0.4 ms) before its trough, where
     neither ground truth nor Phy's users put a spike. Closer than a trough's own width, the
     whitened alignment is as good a time (MEArec's spike times sat at it for a unit 8 samples
-    from its trough)."""
+    from its trough). A unit whose trough is under half its largest deflection (a spike of the
+    other sign, its trough a dip) keeps its alignment."""
     offsets = trough_offsets(templates_uv, pre=pre, sign=sign, min_offset=min_offset, dominant=False)
+    k = len(templates_uv)
+    depth = (sign * templates_uv.reshape(k, -1)).max(axis=1, initial=0.0)
+    offsets[depth < 0.5 * np.abs(templates_uv.reshape(k, -1)).max(axis=1, initial=0.0)] = 0
     shift = offsets[spikes.templates]
     if not shift.any():
         return spikes, False
