@@ -238,6 +238,9 @@ def test_spikes_are_reported_at_their_units_trough_as_recorded():
     on_trough = MatchedSpikes(np.array([300, 700, 995]), np.array([1, 2, 1]), ones[:3], ones[:3])
     same, changed = on_recorded_troughs(on_trough, uv, pre=pre, sign=-1, n_samples=1000, min_offset=8)
     assert same is on_trough and not changed
+    none = MatchedSpikes(np.zeros(0, np.int64), np.zeros(0, np.int64), ones[:0], ones[:0])
+    same, changed = on_recorded_troughs(none, uv[:0], pre=pre, sign=-1, n_samples=1000, min_offset=8)
+    assert same is none and not changed  # a recording where no unit was left
 
 
 def test_a_cluster_moved_onto_its_trough_gets_its_whole_waveform_in_the_template(tmp_path):

@@ -41,7 +41,8 @@ def on_recorded_troughs(
     from its trough). A unit whose trough is under half its largest deflection (a spike of the
     other sign, its trough a dip) keeps its alignment."""
     offsets = trough_offsets(templates_uv, pre=pre, sign=sign, min_offset=min_offset, dominant=False)
-    flat = templates_uv.reshape(len(templates_uv), -1)
+    k, nt, c = templates_uv.shape
+    flat = templates_uv.reshape(k, nt * c)  # no unit left: (0, nt * c)
     offsets[(sign * flat).max(axis=1, initial=0.0) < 0.5 * np.abs(flat).max(axis=1, initial=0.0)] = 0
     shift = offsets[spikes.templates]
     if not shift.any():
