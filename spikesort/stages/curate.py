@@ -12,6 +12,7 @@ import numpy as np
 
 from .match import MatchedSpikes
 from .merges.pieces import COMPACT_REACH
+from .merges.refractory import apply_groups
 from .merges.templates import SIGNAL_FRACTION, lagged_dots
 from .sampling import keyed_subset
 from .templates import trough_offsets
@@ -49,8 +50,7 @@ def on_recorded_troughs(
         return spikes, False
     for u in np.flatnonzero(offsets):
         log.info("unit %d: spikes moved %+d samples, onto its trough as recorded", u, offsets[u])
-    moved = MatchedSpikes(spikes.times + shift, spikes.templates, spikes.amplitudes, spikes.gains)
-    moved = moved.take(np.lexsort((moved.templates, moved.times)))
+    moved = apply_groups(spikes, [[(u, int(offsets[u]))] for u in range(k)])  # each unit on its own, shifted
     return within_recording(moved, n_samples=n_samples), True
 
 
