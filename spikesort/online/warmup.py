@@ -26,9 +26,10 @@ import numpy as np
 
 from spikesort.params import Params
 from spikesort.pipeline import checkpoints
+from spikesort.pipeline.curation import _curate
 from spikesort.pipeline.run import make_run
 from spikesort.pipeline.state import Detected, Preprocessed, _neighbors
-from spikesort.pipeline.steps import _cluster, _curate, _detect, _match, _preprocess
+from spikesort.pipeline.steps import _cluster, _detect, _match, _preprocess
 from spikesort.stages.detect import Detections, detect_block, envelope_bank
 from spikesort.stages.match import MatchedSpikes
 

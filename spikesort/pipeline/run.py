@@ -23,6 +23,7 @@ from spikesort.params import Params
 from spikesort.stages.detect import Detections
 
 from . import checkpoints
+from .curation import _curate, _merge_drift_splits
 from .phy_export import _export
 from .state import (
     Clustered,
@@ -36,7 +37,7 @@ from .state import (
     _stage,
     recording_info,
 )
-from .steps import _cluster, _curate, _detect, _drift, _match, _merge_drift_splits, _preprocess
+from .steps import _cluster, _detect, _drift, _match, _preprocess
 from .traces import open_store
 
 log = logging.getLogger(__name__)
