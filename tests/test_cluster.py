@@ -269,3 +269,49 @@ def test_a_cluster_moved_onto_its_trough_gets_its_whole_waveform_in_the_template
     # the window now holds the lobe after the trough, which the early alignment cut off
     assert after[0, pre + 15, 1] > 0.5 * wave.max()
     assert before[0, :, 1].max() < 0.5 * wave.max()
+
+
+def test_a_unit_caught_beyond_its_window_is_followed_to_its_trough_in_two_looks(tmp_path):
+    """A unit whose spikes were caught before their trough by more than the window's tail shows a
+    template cut by the window's end: a slope, which the report's realignment leaves alone. Before
+    the footprints are compared, the spikes follow that slope to the window's edge; rebuilt there,
+    the template holds the trough, and a second look puts the spikes on it."""
+    from spikesort.pipeline.traces import TraceStore
+    from spikesort.stages.curate import on_recorded_troughs
+    from spikesort.stages.match import MatchedSpikes
+    from spikesort.stages.templates import build_templates
+
+    rng = np.random.default_rng(5)
+    pre, nt, n, n_ch = 30, 76, 60_000, 3
+    wave = 10 * _biphasic(60, 20, width=6.0)
+    x = 0.2 * rng.standard_normal((n, n_ch)).astype(np.float32)
+    starts = np.arange(1000, n - 1000, 997)
+    for t in starts:
+        x[t : t + 60, 1] += wave
+        x[t : t + 60, 2] += 0.5 * wave
+    store = TraceStore(tmp_path / "s.dat", n_samples=n, n_channels=n_ch)
+    store.create()
+    store.write(0, x)
+    trough = starts + int(np.argmin(wave))
+    early = trough - 56  # 56 samples before the trough: past the 45 the window holds after the spike
+    ones = np.ones(len(early), np.float32)
+    spikes = MatchedSpikes(early, np.zeros(len(early), np.int64), ones, ones)
+    kw = dict(pre=pre, sign=-1, n_samples=n, min_offset=8)
+
+    def template(s):
+        return build_templates(store, s.times, s.templates, n_units=1, pre=pre, nt=nt, seed=0).dense
+
+    cut = template(spikes)
+    assert np.argmin(cut[0, :, 1]) == nt - 1  # the trough lies beyond the window
+    same, changed = on_recorded_troughs(spikes, cut, **kw)
+    assert same is spikes and not changed  # without edges, a slope is not a trough
+    once, changed = on_recorded_troughs(spikes, cut, edges=True, **kw)
+    assert changed
+    np.testing.assert_array_equal(once.times, early + nt - 1 - pre)
+    twice, changed = on_recorded_troughs(once, template(once), edges=True, **kw)
+    assert changed
+    np.testing.assert_array_equal(twice.times, trough)
+    whole = template(twice)
+    assert np.argmin(whole[0, :, 1]) == pre and whole[0, pre, 1] < 0.9 * wave.min()
+    settled, changed = on_recorded_troughs(twice, whole, edges=True, **kw)
+    assert settled is twice and not changed

@@ -126,8 +126,26 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
         spikes = drop_refractory_doubles(spikes, units=merged, refractory=refractory)
         return spikes, templates_of(spikes, len(groups))
 
+    far = int(round(RECORDED_TROUGH_MS * fs / 1000))
+
+    def on_troughs(spikes, templates):
+        """Units caught off their trough as recorded moved onto it, a trough on the window's edge
+        followed there and looked for again: the footprints compare templates, and one cut by the
+        window's end looks like no other piece of its neuron (mearec_tetrode seed 7: 181 spikes of
+        a neuron caught 47 samples before their trough, a false unit; on it, they joined)."""
+        kw = dict(pre=pre, sign=sign, n_samples=info.n_samples, min_offset=far, edges=True)
+        for _ in range(2):
+            spikes, moved = on_recorded_troughs(spikes, templates.dense @ w_inv_uv.astype(np.float32), **kw)
+            if not moved:
+                break
+            spikes = remove_duplicates(spikes, window=dup)
+            templates = templates_of(spikes, templates.n_templates)
+        return spikes, templates
+
     def merge_footprints(spikes, templates):
-        """The pieces of a neuron whose spikes shrink in bursts: one footprint at several sizes."""
+        """The pieces of a neuron whose spikes shrink in bursts: one footprint at several sizes,
+        compared once each unit sits on its trough."""
+        spikes, templates = on_troughs(spikes, templates)
         sizes = np.bincount(spikes.templates, minlength=templates.n_templates)
         uv, times = footprints_and_times(spikes, templates)
         independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)
@@ -216,6 +234,5 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
         spikes, final = join(spikes, groups)
     # reported where ground truth and Phy's users put a spike: at its unit's trough as recorded
     uv = final.dense @ w_inv_uv.astype(np.float32)
-    far = int(round(RECORDED_TROUGH_MS * fs / 1000))
     spikes, moved = on_recorded_troughs(spikes, uv, pre=pre, sign=sign, n_samples=info.n_samples, min_offset=far)
     return Curated(spikes=spikes, templates=templates_of(spikes, final.n_templates) if moved else final)

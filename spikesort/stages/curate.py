@@ -29,7 +29,14 @@ def within_recording(spikes: MatchedSpikes, *, n_samples: int) -> MatchedSpikes:
 
 
 def on_recorded_troughs(
-    spikes: MatchedSpikes, templates_uv: np.ndarray, *, pre: int, sign: int, n_samples: int, min_offset: int
+    spikes: MatchedSpikes,
+    templates_uv: np.ndarray,
+    *,
+    pre: int,
+    sign: int,
+    n_samples: int,
+    min_offset: int,
+    edges: bool = False,
 ) -> tuple[MatchedSpikes, bool]:
     """Each unit's spikes moved to its trough as recorded (``templates_uv``, (K, nt, C) in µV:
     the largest deflection of the detection ``sign`` on the channel where it is largest) when
@@ -40,8 +47,9 @@ def on_recorded_troughs(
     neither ground truth nor Phy's users put a spike. Closer than a trough's own width, the
     whitened alignment is as good a time (MEArec's spike times sat at it for a unit 8 samples
     from its trough). A unit whose trough is under half its largest deflection (a spike of the
-    other sign, its trough a dip) keeps its alignment."""
-    offsets = trough_offsets(templates_uv, pre=pre, sign=sign, min_offset=min_offset, dominant=False)
+    other sign, its trough a dip) keeps its alignment. With ``edges``, a trough on the window's
+    edge moves the spikes there (see :func:`.templates.trough_offsets`; called again, they reach it)."""
+    offsets = trough_offsets(templates_uv, pre=pre, sign=sign, min_offset=min_offset, dominant=False, edges=edges)
     k, nt, c = templates_uv.shape
     flat = templates_uv.reshape(k, nt * c)  # no unit left: (0, nt * c)
     offsets[(sign * flat).max(axis=1, initial=0.0) < 0.5 * np.abs(flat).max(axis=1, initial=0.0)] = 0

@@ -74,12 +74,15 @@ def template_snr(templates_uv: np.ndarray, noise_uv: np.ndarray) -> np.ndarray:
     return peak[np.arange(len(best)), best] / np.maximum(noise_uv[best], 1e-12)
 
 
-def trough_offsets(dense: np.ndarray, *, pre: int, sign: int, min_offset: int = 1, dominant: bool = True) -> np.ndarray:
+def trough_offsets(
+    dense: np.ndarray, *, pre: int, sign: int, min_offset: int = 1, dominant: bool = True, edges: bool = False
+) -> np.ndarray:
     """(K,) samples by which each unit's spike times must move to put its trough (its largest
     deflection of the detection ``sign``, on the channel where that deflection is largest) at
-    ``pre``; 0 where the trough is within ``min_offset`` of ``pre`` already, on the window's edge,
-    or, with ``dominant``, not the largest deflection on that channel (a unit whose opposite lobe
-    dominates keeps its alignment)."""
+    ``pre``; 0 where the trough is within ``min_offset`` of ``pre`` already, on the window's edge
+    (unless ``edges``: the spikes were caught at least that far off their trough, and moved there
+    they show it whole), or, with ``dominant``, not the largest deflection on that channel (a unit
+    whose opposite lobe dominates keeps its alignment)."""
     if sign not in (-1, 1):
         raise ValueError(f"sign must be -1 or 1, got {sign}")
     k, nt = dense.shape[:2]
@@ -90,7 +93,7 @@ def trough_offsets(dense: np.ndarray, *, pre: int, sign: int, min_offset: int = 
     wave = signed[np.arange(k), :, main]  # (K, nt)
     trough = wave.argmax(axis=1)
     offset = trough - pre
-    inside = (trough > 0) & (trough < nt - 1)  # an extremum, not a slope cut by the window's edge
+    inside = (trough > 0) & (trough < nt - 1) | edges  # an extremum, not a slope cut by the window's edge
     lobe = wave.max(axis=1) >= np.abs(wave).max(axis=1) if dominant else np.ones(k, dtype=bool)
     move = lobe & inside & (np.abs(offset) >= min_offset)
     return np.where(move, offset, 0).astype(np.int64)
