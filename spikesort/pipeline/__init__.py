@@ -7,7 +7,7 @@ the batch driver must start without them.
 __all__ = ["sort", "read_result", "is_complete", "is_unfinished"]
 
 
-_SUBMODULES = frozenset({"checkpoints", "progress", "run", "state", "steps", "traces"})
+_SUBMODULES = frozenset({"checkpoints", "curation", "progress", "run", "state", "steps", "traces"})
 
 
 def __getattr__(name):
@@ -15,8 +15,9 @@ def __getattr__(name):
 
     if name in _SUBMODULES:  # `from spikesort.pipeline import checkpoints` must not load the sorter
         return importlib.import_module(f"{__name__}.{name}")
-    # every name of the former flat module spikesort/pipeline.py (now run, state and steps), kept for one release
-    for module in ("run", "state", "steps"):
+    # every name of the former flat module spikesort/pipeline.py (now run, state, steps and
+    # curation), kept for one release
+    for module in ("run", "state", "steps", "curation"):
         home = importlib.import_module(f"{__name__}.{module}")
         if hasattr(home, name):
             return getattr(home, name)

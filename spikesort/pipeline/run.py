@@ -1,8 +1,8 @@
 """The orchestrator: calls the stages in order and holds no algorithm of its own.
 
-``sort`` runs the steps of :mod:`.steps` in stage order, each through its checkpoint (reused
-when it was made from the same recording, parameters and version), then writes the run record
-and the completion marker.
+``sort`` runs the steps of :mod:`.steps` and :mod:`.curation` in stage order, each through its
+checkpoint (reused when it was made from the same recording, parameters and version), then writes
+the run record and the completion marker.
 """
 
 from __future__ import annotations

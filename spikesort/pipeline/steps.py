@@ -1,4 +1,5 @@
-"""The stage steps of a sort, one function per step, and the results they hand on.
+"""The stage steps of a sort up to matching, one function per step (the curation steps after it
+are in :mod:`.curation`).
 
 ``spikesort.pipeline.run`` calls them in order and saves their results as checkpoints; each step
 reads what it needs from ``_Run`` (the recording, its geometry, the sizes derived from the
