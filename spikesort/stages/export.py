@@ -9,7 +9,8 @@ import numpy as np
 
 from spikesort.io.phy import PhyData, inverse_whitening_uv, pad_templates_to_center, write_phy_folder
 
-from .metrics import UnitMetrics, compute_unit_metrics, label_units, possible_pieces
+from .labels import label_units, possible_pieces, same_ray_units
+from .metrics import UnitMetrics, compute_unit_metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def unit_metrics(
         refractory_ms=params.refractory_ms,
         censored_ms=params.censored_ms,
     )
+    counts = np.bincount(np.asarray(spike_clusters, dtype=np.int64), minlength=k)[:k]
     labels = label_units(
         m,
         good_max_contamination=params.good_max_contamination,
@@ -76,9 +78,13 @@ def unit_metrics(
         good_min_presence=params.good_min_presence,
         noise_max_snr=params.noise_max_snr,
         possible_piece=possible_pieces(
+            templates_uv=templates_uv, spike_counts=counts, max_fraction=params.good_max_piece_fraction
+        )
+        | same_ray_units(
             templates_uv=templates_uv,
-            spike_counts=np.bincount(np.asarray(spike_clusters, dtype=np.int64), minlength=k)[:k],
-            max_fraction=params.good_max_piece_fraction,
+            spike_clusters=spike_clusters,
+            amplitudes=amplitudes,
+            min_fraction=params.good_max_piece_fraction,
         ),
     )
     return m, labels

@@ -1,4 +1,4 @@
-"""Per-unit quality metrics and the automatic good / mua / noise label.
+"""Per-unit quality metrics (the good / mua / noise label that reads them: ``labels.py``).
 
 All functions are pure numpy on whole-sorting arrays and return one value per entry of
 ``unit_ids`` (spikes of other clusters are ignored). Spike times are int sample indices.
@@ -18,13 +18,6 @@ import numpy as np
 from spikesort.errors import SpikesortError
 
 logger = logging.getLogger(__name__)
-
-LABELS = ("good", "mua", "noise")
-# footprints agreeing this closely, one unit with a tenth of the other's spikes: possibly one
-# neuron. A burst's stretched spikes agree less (mearec_nn32: 0.946-0.963). On 40 benchmark
-# recordings (2026-12-03) the rule caught 5 more false 'good' units at 0.95 than at 0.99, and no
-# true one down to 0.9
-PIECE_COSINE = 0.95
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,60 +434,3 @@ def compute_unit_metrics(
         peak_channel=peak.channel,
         depth_um=template_depth_um(templates_uv=unit_templates, channel_positions=channel_positions),
     )
-
-
-def possible_pieces(
-    *, templates_uv: np.ndarray, spike_counts: np.ndarray, max_fraction: float, min_cosine: float = PIECE_COSINE
-) -> np.ndarray:
-    """Units that may be a piece of a larger one: at most ``max_fraction`` of the spikes of a unit
-    with a larger peak-to-peak whose footprint (peak-to-peak per channel) agrees to ``min_cosine``.
-    A bursting neuron's late spikes, or its spikes aligned on another phase, come out as such
-    units; their trains are too short for the merges' refractory test to say, so they are left
-    for the curator as 'mua'."""
-    # imported here: the merges bring the numba kernels, which light readers of the metrics (the
-    # batch driver's skip checks) must not import
-    from spikesort.stages.merges.templates import footprint_cosine
-
-    k = templates_uv.shape[0]
-    counts = np.asarray(spike_counts, dtype=np.float64)
-    ptp = np.ptp(templates_uv, axis=1)
-    size = ptp.max(axis=1, initial=0.0)
-    piece = np.zeros(k, dtype=bool)
-    for u in range(k):
-        if counts[u] == 0:
-            continue
-        larger = [v for v in range(k) if v != u and counts[u] <= max_fraction * counts[v] and size[v] > size[u]]
-        piece[u] = any(footprint_cosine(ptp[u], ptp[v])[0] >= min_cosine for v in larger)
-    return piece
-
-
-def label_units(
-    metrics: UnitMetrics,
-    *,
-    good_max_contamination: float,
-    good_min_snr: float,
-    good_min_presence: float,
-    noise_max_snr: float,
-    possible_piece: np.ndarray | None = None,
-) -> np.ndarray:
-    """'noise' when snr < noise_max_snr (or undefined); 'good' when contamination <
-    good_max_contamination, snr >= good_min_snr and presence_ratio >= good_min_presence, and the
-    unit is not a ``possible_piece`` of a larger one; 'mua' otherwise. An undefined contamination
-    or presence (NaN) is never good."""
-    if not 0.0 <= good_max_contamination <= 1.0:
-        raise SpikesortError(f"good_max_contamination must be in [0, 1], got {good_max_contamination}")
-    if not 0.0 <= good_min_presence <= 1.0:
-        raise SpikesortError(f"good_min_presence must be in [0, 1], got {good_min_presence}")
-    if good_min_snr < 0 or noise_max_snr < 0:
-        raise SpikesortError(f"SNR thresholds must be >= 0, got {good_min_snr} and {noise_max_snr}")
-    s = np.asarray(metrics.snr, dtype=np.float64)
-    # comparisons with NaN are False, so undefined metrics fall through to mua / noise
-    noise = ~(s >= noise_max_snr)
-    good = (
-        (np.asarray(metrics.contamination) < good_max_contamination)
-        & (s >= good_min_snr)
-        & (np.asarray(metrics.presence_ratio) >= good_min_presence)
-    )
-    if possible_piece is not None:
-        good &= ~np.asarray(possible_piece, dtype=bool)
-    return np.where(noise, "noise", np.where(good, "good", "mua"))
