@@ -321,8 +321,11 @@ def test_two_units_on_one_ray_whose_sizes_overlap_are_not_good():
     few = np.concatenate([np.arange(1000), np.arange(1000, 1100)])
     kw_few = dict(templates_uv=templates[:2], spike_clusters=clusters[few], amplitudes=scale[few])
     assert lb.same_ray_units(**kw_few, min_fraction=0.2).tolist() == [False, True]
-    # 0 switches the rule off
+    # 0 switches the rule off; no unit or a lone one has no sibling
     assert not lb.same_ray_units(**kw, min_fraction=0.0).any()
+    empty = dict(spike_clusters=np.zeros(0, np.int64), amplitudes=np.zeros(0), min_fraction=0.2)
+    assert lb.same_ray_units(templates_uv=np.zeros((0, 40, 4)), **empty).tolist() == []
+    assert lb.same_ray_units(templates_uv=templates[:1], **empty).tolist() == [False]
     um = _unit_metrics(contamination=[0.0] * 4, snr=[20.0, 10.0, 20.0, 6.0], presence=[1.0] * 4)
     labels = lb.label_units(
         um,

@@ -25,7 +25,8 @@ LABELS = ("good", "mua", "noise")
 PIECE_COSINE = 0.95
 # footprints agreeing this closely differ in size only: one neuron's spikes at two sizes, or two
 # neurons on one ray from the probe. MEArec's wire tetrode puts neuron pairs at 0.999-1.000
-# (sizes 0.7 apart); a tetrode's distinct neurons mostly stay under 0.997
+# (sizes 0.7 apart); at 0.99 the benchmark's tetrodes held many pairs of distinct, well sorted
+# neurons, at 0.995 several (so the sizes decide, below)
 RAY_COSINE = 0.997
 # two such units whose spike sizes overlap more than this (of the smaller) are not told apart by
 # size: spikeinterface's steady neurons on one ray overlapped 0.002-0.03 (linear32_20k seed 0:
@@ -103,13 +104,13 @@ def same_ray_units(
     sizes and stay 'good'; a far smaller sibling (a few dozen spikes of a large unit's echo)
     says nothing about its large unit, hence the count."""
     k = templates_uv.shape[0]
-    clusters = np.asarray(spike_clusters, dtype=np.int64)
-    counts = np.bincount(clusters, minlength=k)[:k].astype(np.float64)
-    ptp, cosine = _footprints(templates_uv)
-    sizes = np.asarray(amplitudes, dtype=np.float64) * ptp.max(axis=1, initial=0.0)[np.minimum(clusters, k - 1)]
     ray = np.zeros(k, dtype=bool)
     if min_fraction <= 0 or k < 2:
         return ray
+    clusters = np.asarray(spike_clusters, dtype=np.int64)
+    counts = np.bincount(clusters, minlength=k)[:k].astype(np.float64)
+    ptp, cosine = _footprints(templates_uv)
+    sizes = np.asarray(amplitudes, dtype=np.float64) * ptp.max(axis=1)[clusters]
     for u in range(k):
         if counts[u] == 0:
             continue
