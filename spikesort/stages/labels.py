@@ -35,12 +35,15 @@ RAY_OVERLAP = 0.04
 
 
 def _footprints(templates_uv: np.ndarray):
+    """Footprints (peak-to-peak per channel), their cosine for a pair, and which pairs see each
+    other's largest channel (footprints that agree closely always do: a cheap first look)."""
     # imported here: the merges bring the numba kernels, which light readers of the metrics (the
     # batch driver's skip checks) must not import
-    from spikesort.stages.merges.templates import footprint_cosine
+    from spikesort.stages.merges.templates import footprint_cosine, seen_on_peaks
 
     ptp = np.ptp(templates_uv, axis=1)
-    return ptp, (lambda u, v: footprint_cosine(ptp[u], ptp[v])[0])
+    seen = seen_on_peaks(ptp)
+    return ptp, (lambda u, v: footprint_cosine(ptp[u], ptp[v])[0]), seen & seen.T
 
 
 def possible_pieces(
@@ -53,7 +56,7 @@ def possible_pieces(
     for the curator as 'mua'."""
     k = templates_uv.shape[0]
     counts = np.asarray(spike_counts, dtype=np.float64)
-    ptp, cosine = _footprints(templates_uv)
+    ptp, cosine, _ = _footprints(templates_uv)
     size = ptp.max(axis=1, initial=0.0)
     piece = np.zeros(k, dtype=bool)
     for u in range(k):
@@ -109,13 +112,13 @@ def same_ray_units(
         return ray
     clusters = np.asarray(spike_clusters, dtype=np.int64)
     counts = np.bincount(clusters, minlength=k)[:k].astype(np.float64)
-    ptp, cosine = _footprints(templates_uv)
+    ptp, cosine, near = _footprints(templates_uv)
     sizes = np.asarray(amplitudes, dtype=np.float64) * ptp.max(axis=1)[clusters]
     for u in range(k):
         if counts[u] == 0:
             continue
         for v in range(k):
-            if v == u or counts[v] < min_fraction * counts[u] or cosine(u, v) < min_cosine:
+            if v == u or not near[u, v] or counts[v] < min_fraction * counts[u] or cosine(u, v) < min_cosine:
                 continue
             if size_overlap(sizes[clusters == u], sizes[clusters == v]) > max_overlap:
                 ray[u] = True
