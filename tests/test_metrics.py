@@ -288,12 +288,14 @@ def test_size_overlap_counts_the_spikes_on_the_wrong_side_of_the_best_size():
 
 
 def test_two_units_on_one_ray_whose_sizes_overlap_are_not_good():
-    # mearec_tetrode_wire seeds 0, 2 and 4, mearec_tetrode seed 11: pairs sharing a footprint to
-    # 0.997-1.000 whose sizes overlapped by 0.05-0.55, each 'good' unit matching its neuron at
-    # 0.60-0.77; spikeinterface's steady neurons on one ray (static32, tetrode seeds 2 and 4)
-    # kept a gap between their sizes and were sorted at 0.99-1.00
+    # mearec_tetrode_wire seeds 0 and 4, _cells2 seed 2: pairs sharing a footprint to 0.999-1.000
+    # and a whitened shape to 0.85-0.95, whose sizes overlapped, each 'good' unit matching its
+    # neuron at 0.66-0.77; spikeinterface's steady neurons on one ray (static32, tetrode seeds 2
+    # and 4) kept a gap between their sizes and were sorted at 0.99-1.00; MEArec's neurons of one
+    # size on one ray differed in shape (0.73-0.78) and were sorted at 0.77-0.96
     t = np.arange(40, dtype=np.float64)
     wave = -np.exp(-0.5 * ((t - 15) / 2.0) ** 2)
+    wide = -np.exp(-0.5 * ((t - 15) / 4.0) ** 2) + 0.8 * np.exp(-0.5 * ((t - 24) / 4.0) ** 2)
     footprint = np.array([1.0, 0.8, 0.5, 0.3])
     templates = np.stack(
         [
@@ -301,11 +303,13 @@ def test_two_units_on_one_ray_whose_sizes_overlap_are_not_good():
             50 * wave[:, None] * footprint,  # half its size on its ray: sizes overlap
             100 * wave[:, None] * np.array([0.3, 0.5, 0.8, 1.0]),  # elsewhere on the probe
             30 * wave[:, None] * np.array([0.3, 0.5, 0.8, 1.0]),  # on that one's ray, sizes apart
+            # on the first ray at the second's size, but of another shape (a wide, biphasic cell)
+            50 * wide[:, None] * footprint,
         ]
     )
     rng = np.random.default_rng(0)
-    n = [1000, 800, 1000, 600]
-    clusters = np.repeat(np.arange(4), n)
+    n = [1000, 800, 1000, 600, 800]
+    clusters = np.repeat(np.arange(5), n)
     # template scales: the large neuron's spikes shrink in bursts down into the second's sizes
     scale = np.concatenate(
         [
@@ -313,20 +317,25 @@ def test_two_units_on_one_ray_whose_sizes_overlap_are_not_good():
             rng.normal(1.0, 0.15, n[1]),
             rng.normal(1.0, 0.08, n[2]),
             rng.normal(1.0, 0.08, n[3]),
+            rng.normal(1.0, 0.15, n[4]),
         ]
     )
-    kw = dict(templates_uv=templates, spike_clusters=clusters, amplitudes=scale)
-    assert lb.same_ray_units(**kw, min_fraction=0.2).tolist() == [True, True, False, False]
+    kw = dict(templates_uv=templates, templates_white=templates, spike_clusters=clusters, amplitudes=scale)
+    assert lb.same_ray_units(**kw, min_fraction=0.2).tolist() == [True, True, False, False, False]
+    # the shape is what keeps the fifth unit out: sizes alone would not
+    assert lb.same_ray_units(**kw, min_fraction=0.2, min_shape=0.0).tolist() == [True, True, False, False, True]
     # a sibling with under a fifth of a unit's spikes says nothing about it
     few = np.concatenate([np.arange(1000), np.arange(1000, 1100)])
-    kw_few = dict(templates_uv=templates[:2], spike_clusters=clusters[few], amplitudes=scale[few])
-    assert lb.same_ray_units(**kw_few, min_fraction=0.2).tolist() == [False, True]
+    kw_few = dict(templates_uv=templates[:2], templates_white=templates[:2], spike_clusters=clusters[few])
+    assert lb.same_ray_units(**kw_few, amplitudes=scale[few], min_fraction=0.2).tolist() == [False, True]
     # 0 switches the rule off; no unit or a lone one has no sibling
     assert not lb.same_ray_units(**kw, min_fraction=0.0).any()
     empty = dict(spike_clusters=np.zeros(0, np.int64), amplitudes=np.zeros(0), min_fraction=0.2)
-    assert lb.same_ray_units(templates_uv=np.zeros((0, 40, 4)), **empty).tolist() == []
-    assert lb.same_ray_units(templates_uv=templates[:1], **empty).tolist() == [False]
-    um = _unit_metrics(contamination=[0.0] * 4, snr=[20.0, 10.0, 20.0, 6.0], presence=[1.0] * 4)
+    none = np.zeros((0, 40, 4))
+    assert lb.same_ray_units(templates_uv=none, templates_white=none, **empty).tolist() == []
+    one = templates[:1]
+    assert lb.same_ray_units(templates_uv=one, templates_white=one, **empty).tolist() == [False]
+    um = _unit_metrics(contamination=[0.0] * 5, snr=[20.0, 10.0, 20.0, 6.0, 10.0], presence=[1.0] * 5)
     labels = lb.label_units(
         um,
         good_max_contamination=0.1,
@@ -335,7 +344,7 @@ def test_two_units_on_one_ray_whose_sizes_overlap_are_not_good():
         noise_max_snr=2.0,
         possible_piece=lb.same_ray_units(**kw, min_fraction=0.2),
     )
-    assert labels.tolist() == ["mua", "mua", "good", "good"]
+    assert labels.tolist() == ["mua", "mua", "good", "good", "good"]
 
 
 def test_compute_unit_metrics_end_to_end():

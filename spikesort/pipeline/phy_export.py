@@ -71,6 +71,7 @@ def _export(run: _Run, out: Path, *, prep: Preprocessed, det: Detected, cur: Cur
             spike_clusters=spikes.templates,
             amplitudes=amplitudes,
             templates_uv=templates_uv,
+            templates_white=final.dense,
             noise_uv=model.noise_sd * info.gains_to_uv,
             positions_um=info.positions_um,
             sampling_rate_hz=fs,

@@ -50,6 +50,7 @@ def unit_metrics(
     spike_clusters,
     amplitudes,
     templates_uv,
+    templates_white,
     noise_uv,
     positions_um,
     sampling_rate_hz,
@@ -82,6 +83,7 @@ def unit_metrics(
         )
         | same_ray_units(
             templates_uv=templates_uv,
+            templates_white=templates_white,
             spike_clusters=spike_clusters,
             amplitudes=amplitudes,
             min_fraction=params.good_max_piece_fraction,
