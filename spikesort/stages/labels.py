@@ -30,7 +30,7 @@ PIECE_COSINE = 0.95
 RAY_COSINE = 0.997
 # two such units whose spike sizes overlap more than this (of the smaller) are not told apart by
 # size: spikeinterface's steady neurons on one ray overlapped 0.002-0.03 (linear32_20k seed 0:
-# 18 of 610 spikes), MEArec's bursting ones 0.05-0.55
+# 18 of 610 spikes), the pairs MEArec's bursts mixed 0.05-1.00
 RAY_OVERLAP = 0.04
 # ... and whose whitened waveforms agree this closely (best lag within RAY_MAX_LAG samples) differ
 # in size only. MEArec's neurons of one size on one ray were told apart by their shapes (0.73-0.78),
@@ -113,17 +113,18 @@ def same_ray_units(
     Tetrode users know such clusters, strung along one line through the origin of the
     peak-amplitude scatter. Neither unit can be vouched for as one whole neuron, so both are
     left for the curator as 'mua'. Neurons of steady size on one ray keep a gap between their
-    sizes and stay 'good'; a far smaller sibling (a few dozen spikes of a large unit's echo)
-    says nothing about its large unit, hence the count."""
+    sizes, and neurons of one size on one ray differ in shape: both stay 'good'. A far smaller
+    sibling (a few dozen spikes of a large unit's echo) says nothing about its large unit, hence
+    the count."""
     k = templates_uv.shape[0]
     ray = np.zeros(k, dtype=bool)
     if min_fraction <= 0 or k < 2:
         return ray
-    clusters = np.asarray(spike_clusters, dtype=np.int64)
-    counts = np.bincount(clusters, minlength=k)[:k].astype(np.float64)
     # imported here, as in _footprints
     from spikesort.stages.merges.templates import lagged_similarity
 
+    clusters = np.asarray(spike_clusters, dtype=np.int64)
+    counts = np.bincount(clusters, minlength=k)[:k].astype(np.float64)
     ptp, cosine, near = _footprints(templates_uv)
     sizes = np.asarray(amplitudes, dtype=np.float64) * ptp.max(axis=1)[clusters]
     for u in range(k):
@@ -151,8 +152,9 @@ def label_units(
 ) -> np.ndarray:
     """'noise' when snr < noise_max_snr (or undefined); 'good' when contamination <
     good_max_contamination, snr >= good_min_snr and presence_ratio >= good_min_presence, and the
-    unit is not a ``possible_piece`` of a larger one; 'mua' otherwise. An undefined contamination
-    or presence (NaN) is never good."""
+    unit is not marked in ``possible_piece`` (``possible_pieces`` and ``same_ray_units``: units
+    that may not be one whole neuron); 'mua' otherwise. An undefined contamination or presence
+    (NaN) is never good."""
     if not 0.0 <= good_max_contamination <= 1.0:
         raise SpikesortError(f"good_max_contamination must be in [0, 1], got {good_max_contamination}")
     if not 0.0 <= good_min_presence <= 1.0:
