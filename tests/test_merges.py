@@ -652,6 +652,38 @@ def test_a_stretched_piece_on_another_phase_is_judged_on_its_whole_period_once_a
         assert len(footprint_merges(dense, dense, sizes, **kw, times=[times[0], thinned])) == 2, every
 
 
+def test_a_narrow_piece_alike_in_shape_joins_on_the_deep_rare_gap_a_stretched_one_joins_on():
+    from spikesort.stages.merges import footprint_merges
+    from spikesort.stages.merges.footprint import footprint_cosine
+    from spikesort.stages.merges.refractory import STRONG_GAP_P, banded_refractory_ratio, gap_probability
+
+    # mearec_sqmea30 seed 0: 412 spikes of a 3507-spike neuron at half its size, footprints 0.9905
+    # over 7 of 25 channels, shapes 0.70 (more alike than a stretched piece's, less than a piece's
+    # must be without ample evidence); no pair beyond the double fits where 8.5 were expected
+    rng = np.random.default_rng(32)
+    full = _unit(peak=40, center=12, width=1.0)  # 5 of 32 channels: a narrow footprint
+    half = 0.5 * _stretched(_unit(peak=40, center=12.15, width=1.0), 2.2)
+    dense = np.stack([full, half])
+    cos, _ = footprint_cosine(np.ptp(full, axis=0), np.ptp(half, axis=0))
+    assert 0.99 <= cos < 0.999 and 0.6 < lagged_similarity(full, half, max_lag=3)[0] < 0.8
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 5100, size=3500))
+    late = rng.random(len(neuron)) < 0.12
+    times = [neuron[~late], neuron[late]]
+    ratio, expected = banded_refractory_ratio(*times, refractory=refractory, inner=24, duration=duration)
+    assert ratio == 0 and expected < 10 and gap_probability(ratio, expected) > STRONG_GAP_P
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, phase_lag=32, double_fit=16, refractory=refractory, duration=duration)
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=times)) == 1
+    # a neighbour of that template firing on its own, its collisions kept, or thinned to a half or
+    # a quarter (as the matching thins distinct neighbours' pairs)
+    other = np.sort(rng.integers(0, duration, size=len(times[1])))
+    close = np.searchsorted(times[0], other + refractory, "right") > np.searchsorted(times[0], other - refractory)
+    for every in (1, 2, 4):
+        thinned = np.delete(other, np.flatnonzero(close)[np.arange(close.sum()) % every != 0])
+        assert len(footprint_merges(dense, dense, sizes, **kw, times=[times[0], thinned])) == 2, every
+
+
 def test_on_a_long_probe_a_narrow_footprint_at_two_sizes_merges_only_on_ample_refractory_evidence():
 
     # mearec_nn32 seed 2: a bursting neuron at two sizes whose footprint spans 5 of 32 channels,

@@ -114,10 +114,11 @@ def footprint_merges(
     ``compact_cosine``, or a dense one whose shape agrees to less than ``min_similarity``, joins as
     a piece does on a compact one, but only with the stricter evidence of ``NARROW_EXPECTED`` and
     ``NARROW_RATIO`` (counted by :func:`banded_refractory_ratio`), shapes alike to
-    ``LOOSE_SIMILARITY`` (or, a burst having stretched a dense piece past that, footprints agreeing
-    to ``min_cosine`` and a gap :func:`.evidence.deep_gap` calls deep and rare, the piece aligned at
-    its phase lag), and no fallback for small pieces; footprints under ``LOOSE_COSINE``, or a
-    stretched shape without that deep gap, join on that evidence whatever the shape, from a piece
+    ``LOOSE_SIMILARITY`` (or, footprints agreeing to ``min_cosine``, whatever the shape, a gap
+    :func:`.evidence.deep_gap` calls deep and rare, the piece aligned at its phase lag: a burst can
+    stretch a piece past any shape floor), and no fallback for small pieces; footprints under
+    ``LOOSE_COSINE``, or a stretched shape without that deep gap, join on that evidence whatever
+    the shape, from a piece
     not too small to be caught beside its unit (:meth:`.pieces.PieceRules.wide_piece`). No rule
     joins a unit's echo, fits to its waveform tail (:meth:`.pieces.PieceRules.echo`). A dense unit with at most
     ``SLIVER_FRACTION`` of another's spikes, no larger, whose shape is the other's on another
