@@ -1754,6 +1754,38 @@ def test_a_dense_piece_whose_footprint_agrees_less_joins_on_a_near_empty_period_
     assert n_groups(piece, [unit, echo]) == 2
 
 
+def test_a_piece_that_took_a_sliver_of_its_own_still_joins_its_unit_and_brings_it_aligned():
+    from spikesort.stages.merges import footprint_merges
+
+    # mearec_sqmea30 seed 2: a bursting neuron's 843-spike piece (footprints 0.952 with its
+    # 2657-spike unit, shapes 0.48, 2 pairs where 12.8 were expected) had first taken 82 spikes of
+    # its own, alike to it, caught a sample early; it then joined nothing and stayed a false unit
+    rng = np.random.default_rng(34)
+    full = _unit(peak=40, center=12, width=3.0)
+    piece = 0.45 * _stretched(_unit(peak=40, center=13.2, width=3.0), 2.0)
+    sliver = 0.95 * np.roll(piece, 1, axis=0)
+    dense = np.stack([full, piece, sliver])
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 3000, size=6000))
+    late = rng.random(len(neuron)) < 0.3
+    few = late & (rng.random(len(neuron)) < 0.08)
+    times = [neuron[~late], neuron[late & ~few], neuron[few] - 1]  # caught early: its waveform later
+    sizes = np.array([len(t) for t in times])
+    kw = dict(max_lag=3, phase_lag=32, double_fit=16, refractory=refractory, duration=duration, burst_lags=(105, 960))
+    # alone, the piece joins its unit, and the sliver joins the piece
+    assert len(footprint_merges(dense[:2], dense[:2], sizes[:2], **kw, times=times[:2])) == 1
+    assert len(footprint_merges(dense[1:], dense[1:], sizes[1:], **kw, times=times[1:])) == 1
+    groups = footprint_merges(dense, dense, sizes, **kw, times=times)
+    assert len(groups) == 1
+    offset = dict(groups[0])
+    assert offset[0] == 0 and offset[2] - offset[1] == 1  # the sliver aligned on the piece
+    # a piece whose group holds a unit larger than a sliver takes no other role
+    half = late & (rng.random(len(neuron)) < 0.5)
+    times = [neuron[~late], neuron[late & ~half], neuron[half] - 1]
+    sizes = np.array([len(t) for t in times])
+    assert len(footprint_merges(dense, dense, sizes, **kw, times=times)) == 2
+
+
 def test_on_a_dense_probe_a_rare_piece_too_few_for_the_trains_joins_the_unit_it_is_most_like():
     from spikesort.stages.merges import fire_independently, footprint_merges
 

@@ -35,6 +35,11 @@ from .templates import footprint_cosine, lagged_similarity, sliver_of
 log = logging.getLogger(__name__)
 
 
+def _sliver_of(t: int, piece: int, ok: np.ndarray, sizes: np.ndarray) -> bool:
+    """Unit ``t`` joined ``piece``'s group as a sliver of it: linked to it, and few."""
+    return bool(ok[piece, t]) and sizes[t] <= ABSORB_FRACTION * sizes[piece]
+
+
 def footprint_merges(
     dense: np.ndarray,
     templates_uv: np.ndarray,
@@ -68,7 +73,9 @@ def footprint_merges(
     samples; up to ``phase_lag`` samples when the spike ``times`` show one neuron: no pairs closer
     than the ``refractory`` period beyond ``double_fit`` samples, default its half). Groups are joined
     most similar first, and only when every cross pair agrees, so no chain links two neurons
-    through a piece that looks like both.
+    through a piece that looks like both. A smaller piece then joins one unit's group, never one
+    that took pieces or is one, and only alone or with slivers of its own that it took in those
+    pairs (each at most ``ABSORB_FRACTION`` of its spikes), which come aligned on it.
 
     Two neurons a few µm apart also have footprints that agree to 0.99 (on dense probes, and
     beyond the end of a shank). A pair of about one size (peak-to-peak within
@@ -255,21 +262,28 @@ def footprint_merges(
         members[gi] += members.pop(gj)
     for _r, piece, big, shift in sorted(rules.attach):
         gp, gb = group[piece], group[big]
-        if gp == gb or len(members[gp]) > 1 or big in via:
-            continue  # a piece joins once; a unit that took pieces, or is one, takes no other role
+        # a piece joins once; a unit that took pieces, or is one, takes no other role. But a piece
+        # that took only slivers of its own (linked to it, each at most ABSORB_FRACTION of its
+        # spikes) is still a piece, and brings them (mearec_sqmea30 seed 2: a bursting neuron's
+        # 843-spike piece had taken 82 spikes of itself first, and stayed a false unit)
+        slivers = [t for t in members[gp] if t != piece]
+        if gp == gb or big in via or piece in via or not all(_sliver_of(t, piece, ok, sizes) for t in slivers):
+            continue
         if not rules.rejoins(piece, members[gb], shift):
             continue
-        group[piece] = gb
+        for t in members[gp]:
+            group[t] = gb
         members[gb] += members.pop(gp)
         via[piece] = (big, shift)
+        via.update({t: (piece, int(lag[piece, t])) for t in slivers})
     out = []
     for g in members.values():
         rep = max((t for t in g if t not in via), key=lambda t: sizes[t])
         offset = {t: 0 if t == rep else -int(lag[rep, t]) for t in g if t not in via}
-        for t in g:
-            if t not in offset:  # a piece aligns on the unit it joined
-                big, shift = via[t]
-                offset[t] = offset[big] - int(shift)
+        while len(offset) < len(g):  # a piece aligns on the unit it joined, its slivers on it
+            for t in g:
+                if t not in offset and via[t][0] in offset:
+                    offset[t] = offset[via[t][0]] - int(via[t][1])
         out.append([(t, offset[t]) for t in g])
         if len(g) > 1:
             log.info("units %s: one neuron at several sizes (footprints agree): merged", sorted(g))
