@@ -37,7 +37,7 @@ to each other to 0.98), nothing else changed. The one pair of two neurons alike 
 in that trace (the wire tetrode's mixture, 0.58) had 6 pairs where chance gave 1.4.
 Later that day (104 recordings, 10 of them held out), a piece whose trains expect 3 pairs or more
 joins when they hold under ``NARROW_RATIO`` of them, and ``FAINT_FRACTION`` went from 0.16 to
-0.18: 3 pieces more joined, all one neuron's (none of 4.7 and 6.4 expected; 0.169 of a unit's
+0.18: 2 pieces more joined, both one neuron's (none of 4.7 pairs expected; 0.169 of a unit's
 spikes), nothing else changed. Below 3 pairs the rule asks less: an empty period is then no
 evidence at all (two neurons leave one e^-3 = 5 % of the time or more).
 """
@@ -114,8 +114,8 @@ def faint_piece_merges(
         if s < min_similarity or size[piece] > max_piece_size * size[big]:
             continue
         ratio, expected = banded_refractory_ratio(times[big], times[piece], **banded)
-        # enough pairs expected for the count, but fewer than the piece rules ask (mearec_sqmea30
-        # seed 0: none of 6.4; mearec_tetrode_colored seed 3: none of 4.7): a near-empty period
+        # enough pairs expected for the count, but fewer than the piece rules ask
+        # (mearec_tetrode_colored seed 3: none of 4.7 beside a 4301-spike unit): a near-empty period
         # leans to one neuron, where two neurons' thinned collisions kept 0.26 of chance or more
         if expected >= min_expected and ratio >= NARROW_RATIO:
             continue  # the trains can say it, and do not lean to one neuron: the piece rules listened
