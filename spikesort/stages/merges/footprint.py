@@ -125,8 +125,8 @@ def footprint_merges(
     :func:`.evidence.deep_gap` calls deep and rare, the piece aligned at its phase lag: a burst can
     stretch a piece past any shape floor), and no fallback for small pieces; footprints under
     ``LOOSE_COSINE``, or a stretched shape without that deep gap, join on that evidence whatever
-    the shape, from a piece
-    not too small to be caught beside its unit (:meth:`.pieces.PieceRules.wide_piece`). No rule
+    the shape, from a piece not too small to be caught beside its unit
+    (:meth:`.pieces.PieceRules.wide_piece`). No rule
     joins a unit's echo, fits to its waveform tail (:meth:`.pieces.PieceRules.echo`). A dense unit with at most
     ``SLIVER_FRACTION`` of another's spikes, no larger, whose shape is the other's on another
     phase (``SLIVER_SIMILARITY``; :func:`.templates.sliver_of`), joins it with footprints agreeing
@@ -281,9 +281,11 @@ def footprint_merges(
         rep = max((t for t in g if t not in via), key=lambda t: sizes[t])
         offset = {t: 0 if t == rep else -int(lag[rep, t]) for t in g if t not in via}
         while len(offset) < len(g):  # a piece aligns on the unit it joined, its slivers on it
-            for t in g:
-                if t not in offset and via[t][0] in offset:
-                    offset[t] = offset[via[t][0]] - int(via[t][1])
+            ready = [t for t in g if t not in offset and via[t][0] in offset]
+            if not ready:
+                raise RuntimeError(f"footprint merges: pieces {sorted(set(g) - set(offset))} align on no unit")
+            for t in ready:
+                offset[t] = offset[via[t][0]] - int(via[t][1])
         out.append([(t, offset[t]) for t in g])
         if len(g) > 1:
             log.info("units %s: one neuron at several sizes (footprints agree): merged", sorted(g))

@@ -112,7 +112,7 @@ class PieceRules:
     strict: set = field(default_factory=set)  # on their footprint, the trains too short to say
     ample: set = field(default_factory=set)  # on ample refractory evidence, footprint or shape looser
     compact_ample: set = field(default_factory=set)  # those of them on a compact probe
-    stretched: set = field(default_factory=set)  # dense pieces a burst stretched past their unit's shape
+    stretched: set = field(default_factory=set)  # on a dense footprint and a deep, rare gap, stretched or not
     bursts: set = field(default_factory=set)  # the late spikes of their unit's bursts
     quiet: set = field(default_factory=set)  # rare pieces, no larger than their unit, on an empty period
     alike: set = field(default_factory=set)  # units of one size on a near-empty refractory period
