@@ -127,6 +127,8 @@ def same_ray_units(
     counts = np.bincount(clusters, minlength=k)[:k].astype(np.float64)
     ptp, cosine, near = _footprints(templates_uv)
     sizes = np.asarray(amplitudes, dtype=np.float64) * ptp.max(axis=1)[clusters]
+    order = np.argsort(clusters, kind="stable")
+    by_unit = np.split(sizes[order], np.cumsum(counts.astype(np.int64))[:-1])  # each unit's sizes, once
     for u in range(k):
         if counts[u] == 0:
             continue
@@ -135,7 +137,7 @@ def same_ray_units(
                 continue
             if lagged_similarity(templates_white[u], templates_white[v], max_lag=RAY_MAX_LAG)[0] < min_shape:
                 continue
-            if size_overlap(sizes[clusters == u], sizes[clusters == v]) > max_overlap:
+            if size_overlap(by_unit[u], by_unit[v]) > max_overlap:
                 ray[u] = True
                 break
     return ray
