@@ -36,6 +36,7 @@ from spikesort.stages.merges import (
     refractory_merges,
     snippet_merge_test,
 )
+from spikesort.stages.mixtures import split_two_neuron_units
 from spikesort.stages.templates import build_templates, template_snr
 
 from .state import Clustered, Curated, Matched, Preprocessed, _Run
@@ -168,7 +169,11 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
         log.info("%d units after merging pieces alike within noise", len(groups))
         return join(spikes, groups)
 
-    spikes, post = merge_footprints(spikes, templates_of(spikes, clu.templates.n_templates))
+    # units of two neurons, cut before any merge drops the refractory pairs that show them
+    spikes, n_units = split_two_neuron_units(
+        store, spikes, clu.templates.dense, pre=pre, nt=nt, double_fit=double_fit, seed=p.seed, **trains
+    )
+    spikes, post = merge_footprints(spikes, templates_of(spikes, n_units))
 
     def drop_residues(spikes, templates):
         residue = residue_spikes(spikes, templates.dense, window=residue_window, positions_um=info.positions_um)
