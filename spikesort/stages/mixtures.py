@@ -131,7 +131,6 @@ def two_neuron_cut(
     (``mearec_tetrode`` seed 14: 59 of a unit's 68 pairs between halves that each held both of its
     neurons)."""
     n = len(times)
-    own, _ = refractory_pairs(times, lo=lo, hi=hi, duration=duration)
     alone = features[isolated]
     best = None
     for cut in _candidate_cuts(alone, rng):
@@ -148,21 +147,25 @@ def two_neuron_cut(
         ta, tb = times[~side], times[side]
         cross, chance = refractory_pairs(ta, tb, lo=lo, hi=hi, duration=duration)
         within = [refractory_pairs(t, lo=lo, hi=hi, duration=duration) for t in (ta, tb)]
+        inner = sum(o for o, _ in within)
         log.debug(
-            "cut %d / %d, d' %.1f: %d of %d pairs between (%.1f expected); within %s",
+            "cut %d / %d, d' %.1f: %d pairs between (%.1f expected), %d within (%s expected)",
             n - n_b,
             n_b,
             separation,
             cross,
-            own,
             chance,
-            [f"{o:.0f} of {e:.1f}" for o, e in within],
+            inner,
+            " + ".join(f"{e:.1f}" for _, e in within),
         )
-        if chance < MIN_EXPECTED or cross < MIN_CROSS_SHARE * own or cross < MIN_CROSS_RATIO * chance:
+        # the share between is of the pairs the halves hold, each count without its crowded lags
+        # (two neurons' collisions can crowd a lag between the halves and not the unit's own
+        # correlogram, whose chance is higher)
+        if chance < MIN_EXPECTED or cross < MIN_CROSS_SHARE * (cross + inner) or cross < MIN_CROSS_RATIO * chance:
             continue
         # the halves left nearly empty: a few pairs are strays (other neurons' spikes) they keep.
         # Judged together: a half of a thousand spikes expects 4 pairs, and 4 strays say nothing
-        if sum(o for o, _ in within) > MAX_HALF_RATIO * sum(e for _, e in within) + MAX_HALF_STRAYS:
+        if inner > MAX_HALF_RATIO * sum(e for _, e in within) + MAX_HALF_STRAYS:
             continue
         if best is None or cross > best[0]:
             best = (cross, side)
