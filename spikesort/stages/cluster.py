@@ -137,6 +137,18 @@ def split_recursive(
 MIN_AXIS_SHARE = 0.2
 
 
+def below_1d_two_means(p: np.ndarray, *, n_iter: int = 20) -> np.ndarray:
+    """The values of ``p`` below the cut of a 1-D 2-means started from the quartiles: no draws,
+    so no other cluster's random stream moves."""
+    lo, hi = np.percentile(p, [25, 75])
+    for _ in range(n_iter):
+        a = p < 0.5 * (lo + hi)
+        if a.all() or not a.any():
+            break
+        lo, hi = p[a].mean(), p[~a].mean()
+    return p < 0.5 * (lo + hi)
+
+
 def axis_split(y: np.ndarray, *, min_size: int, threshold: float, n_iter: int = 20):
     """(valley depth, side a, side b) of the best split along one principal axis of ``y`` with a
     valley of ``threshold`` or more and both sides of ``min_size`` and ``MIN_AXIS_SHARE`` of the
@@ -147,15 +159,7 @@ def axis_split(y: np.ndarray, *, min_size: int, threshold: float, n_iter: int = 
     best = None
     for k in range(y.shape[1]):
         p = y[:, k]
-        lo, hi = np.percentile(p, [25, 75])
-        # 1-D 2-means from the quartiles: no draws, so no other cluster's stream moves
-        for _ in range(n_iter):
-            cut = 0.5 * (lo + hi)
-            a = p < cut
-            if a.all() or not a.any():
-                break
-            lo, hi = p[a].mean(), p[~a].mean()
-        a = p < 0.5 * (lo + hi)
+        a = below_1d_two_means(p, n_iter=n_iter)
         if min(a.sum(), (~a).sum()) < max(min_size, MIN_AXIS_SHARE * len(p)):
             continue
         # judged as 2-means' splits are: along the line between the two sides' means

@@ -23,7 +23,7 @@ import logging
 
 import numpy as np
 
-from .cluster import two_means
+from .cluster import below_1d_two_means, two_means
 from .merges.refractory import crowded_lags, pair_lags
 from .sampling import keyed_subset
 
@@ -102,14 +102,7 @@ def _candidate_cuts(features: np.ndarray, rng: np.random.Generator):
     for _ in range(N_TRIES):
         yield two_means(features, rng).astype(bool)
     for k in range(features.shape[1]):
-        p = features[:, k]
-        lo, hi = np.percentile(p, [25, 75])
-        for _ in range(20):
-            side = p >= 0.5 * (lo + hi)
-            if side.all() or not side.any():
-                break
-            lo, hi = p[~side].mean(), p[side].mean()
-        yield p >= 0.5 * (lo + hi)
+        yield ~below_1d_two_means(features[:, k])
 
 
 def two_neuron_cut(
