@@ -108,3 +108,18 @@ def test_a_neuron_and_its_echoes_one_lag_after_its_spikes_stay_one_unit():
     store, spikes, dense, _ = _one_unit([t, echoes], [_waveform(5.0), -0.5 * _waveform(5.0)], rng)
     out, n_units = split_two_neuron_units(store, spikes, dense, **ARGS)
     assert n_units == 1 and np.array_equal(out.templates, spikes.templates)
+
+
+def test_a_unit_firing_faster_than_one_spike_a_window_is_left_alone():
+    # artefacts or noise crossings at random, every 10 samples on average: chance's pairs in the
+    # refractory period, but no spike alone in its window to draw a cut on
+    rng = np.random.default_rng(1)
+    duration = 40_000
+    t = np.sort(rng.choice(np.arange(100, duration - 100), 4000, replace=False))
+    gaps = np.diff(t)
+    assert not (np.r_[True, gaps > NT] & np.r_[gaps > NT, True]).any()
+    store = SpikeStore([(t, _waveform(5.0))], seed=1, peak=PRE)
+    n = len(t)
+    spikes = MatchedSpikes(t, np.zeros(n, np.int64), np.ones(n, np.float32), np.ones(n, np.float32))
+    out, n_units = split_two_neuron_units(store, spikes, _waveform(5.0)[None], **{**ARGS, "duration": duration})
+    assert n_units == 1 and np.array_equal(out.templates, spikes.templates)

@@ -201,6 +201,8 @@ def split_two_neuron_units(
         chans = np.sort(chans[norm[u, chans] > 0])
         gap = np.diff(t)
         isolated = np.r_[True, gap > nt] & np.r_[gap > nt, True]  # no spike of the unit within a window
+        if isolated.sum() < MIN_HALF_FRACTION * n:  # a train of bursts or artefacts, not two neurons' spikes
+            continue
         features = _features(store, t, isolated=isolated, pre=pre, nt=nt, channels=chans, seed=seed)
         # collisions with other units' spikes lie far out on every axis: clipped, they cannot draw a cut to themselves
         features = np.clip(features, *np.percentile(features[isolated], [2, 98], axis=0))
