@@ -186,13 +186,15 @@ def split_two_neuron_units(
     templates = spikes.templates.copy()
     norm = np.sqrt((dense.astype(np.float64) ** 2).sum(axis=1))  # (k, C)
     counts = np.bincount(templates, minlength=k)
+    # each unit's spikes in time order, grouped once (not a pass over every spike per unit)
+    order = np.lexsort((spikes.times, templates))
+    starts = np.r_[0, np.cumsum(counts)]
     n_units = k
     for u in range(k):
         n = int(counts[u])
         if n * n * (hi - lo) / duration < MIN_EXPECTED:  # too few pairs expected even at every lag
             continue
-        idx = np.flatnonzero(templates == u)
-        idx = idx[np.argsort(spikes.times[idx], kind="stable")]
+        idx = order[starts[u] : starts[u + 1]]
         t = spikes.times[idx]
         own, expected = refractory_pairs(t, lo=lo, hi=hi, duration=duration)
         if expected < MIN_EXPECTED or own < max(MIN_PAIRS, MIN_RATIO * expected):
