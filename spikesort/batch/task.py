@@ -161,7 +161,7 @@ def _count_good(labels) -> int:
 
 def _is_finished(folder: Path, params: Params) -> bool:
     """A finished run made with these parameters (sort would only read it back)."""
-    # checkpoints, not pipeline: the driver never imports the sorter (scipy.signal, numba: 1.5 s)
+    # checkpoints, not pipeline: the driver never imports the sorter (scipy, numba: about 1 s)
     from spikesort.pipeline import checkpoints
 
     if not folder.is_dir() or not checkpoints.is_complete(folder):

@@ -11,9 +11,9 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import signal
 
 from spikesort.kernels.preprocess import sosfiltfilt_rows, sparse_mix, subtract_reference
+from spikesort.stages.filters import butter_sos, sos_steady_state
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ def design_filter(*, sampling_rate_hz: float, highpass_hz: float, lowpass_hz: fl
     if highpass_hz >= nyq:
         raise ValueError(f"high-pass {highpass_hz} Hz is above Nyquist ({nyq} Hz) for this sampling rate")
     if lowpass_hz and lowpass_hz < 0.95 * nyq and lowpass_hz > highpass_hz:
-        return signal.butter(3, [highpass_hz, lowpass_hz], btype="bandpass", fs=sampling_rate_hz, output="sos")
-    return signal.butter(3, highpass_hz, btype="highpass", fs=sampling_rate_hz, output="sos")
+        return butter_sos(3, (highpass_hz, lowpass_hz), btype="bandpass", sampling_rate_hz=sampling_rate_hz)
+    return butter_sos(3, highpass_hz, btype="highpass", sampling_rate_hz=sampling_rate_hz)
 
 
 def filter_and_reference(
@@ -60,7 +60,7 @@ def filter_and_reference(
     # filtfilt needs a few filter lengths of signal; tiny blocks are padded less
     padlen = max(0, min(3 * (2 * len(sos) + 1), x.shape[0] - 1))
     if x.shape[0] >= 2:
-        x = sosfiltfilt_rows(x, sos, _sos_zi(sos), padlen, True)
+        x = sosfiltfilt_rows(x, sos, sos_steady_state(sos), padlen, True)
     else:
         x = x - x.mean(axis=0, keepdims=True)
     ref = common_reference(x, reference=reference, good_channels=good_channels)
@@ -116,10 +116,6 @@ def resolve_reference(reference: str, *, positions_um: np.ndarray) -> str:
     dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
     reach = np.median(np.sum(dist <= REFERENCE_FOOTPRINT_UM, axis=1))
     return "none" if reach > REFERENCE_MAX_REACH * len(pos) else "median"
-
-
-def _sos_zi(sos: np.ndarray) -> np.ndarray:
-    return signal.sosfilt_zi(sos)
 
 
 def robust_sd(x: np.ndarray, axis: int = 0, max_samples: int = 100_000) -> np.ndarray:

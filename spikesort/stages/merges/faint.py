@@ -47,8 +47,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from scipy.stats import poisson
 
+from . import poisson
 from .evidence import NARROW_RATIO
 from .refractory import banded_refractory_ratio, mostly_fitted_twice
 from .templates import footprint_cosine, lagged_similarity, seen_on_peaks

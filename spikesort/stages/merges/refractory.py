@@ -18,6 +18,7 @@ import numpy as np
 
 from spikesort.stages.match import MatchedSpikes
 
+from . import poisson
 from .templates import lagged_similarity
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,7 @@ WEAK_GAP_SIMILARITY = 0.8
 def gap_probability(ratio: float, expected: float) -> float:
     """How often two neurons firing independently leave at most the observed pairs (``ratio`` of
     ``expected``) in the refractory period: the Poisson probability of a gap that deep."""
-    from scipy.stats import poisson
-
-    return float(poisson.cdf(round(ratio * expected), expected))
+    return poisson.cdf(round(ratio * expected), expected)
 
 
 def makes_way(ta: np.ndarray, tb: np.ndarray, *, duration: int, rate_bin: int | None) -> bool:
@@ -398,11 +397,9 @@ def crowded_lags(counts: np.ndarray, *, rate: float, halfwidth: int = 3, p_value
     """Lags (of ``pair_lags``' counts) where pairs crowd: windows of 2 * ``halfwidth`` + 1 lags
     holding more pairs than even spreading at ``rate`` pairs per lag gives with probability
     ``p_value`` (Poisson), and at least 4; sought again and again until none is left."""
-    from scipy.stats import poisson
-
     crowded = np.zeros(len(counts), dtype=bool)
     width = 2 * halfwidth + 1
-    limit = max(float(poisson.isf(p_value, rate * width)), 4.0)
+    limit = max(poisson.isf(p_value, rate * width), 4.0)
     while True:
         box = np.convolve(np.where(crowded, 0.0, counts), np.ones(width), mode="same")
         peak = int(np.argmax(box))
