@@ -45,6 +45,45 @@ def test_a_units_template_does_not_change_when_another_unit_does(tmp_path):
     assert not np.array_equal(before[0], after[0])
 
 
+
+def test_templates_from_the_memo_are_the_ones_built_anew(tmp_path):
+    """A unit whose chosen spikes did not change since the last call is taken from the memo, not
+    read again; a unit that changed, or a new one, is read. Either way the templates are those a
+    call without the memo builds."""
+    from spikesort.pipeline.traces import TraceStore
+    from spikesort.stages.sampling import keyed_subset
+    from spikesort.stages.templates import build_templates
+
+    rng = np.random.default_rng(6)
+    n, n_ch, pre, nt = 300_000, 4, 20, 50
+    store = TraceStore(tmp_path / "s.dat", n_samples=n, n_channels=n_ch)
+    store.create()
+    store.write(0, rng.standard_normal((n, n_ch)).astype(np.float32))
+    reads = []
+    snippets = store.snippets
+
+    def counted(times, **kw):
+        reads.append(len(times))
+        return snippets(times, **kw)
+
+    store.snippets = counted
+    times = np.sort(rng.choice(np.arange(100, n - 100), 2000, replace=False))
+    labels = rng.integers(0, 4, len(times))
+    kw = dict(pre=pre, nt=nt, seed=0, max_spikes=300)
+    memo = {}
+    first = build_templates(store, times, labels, n_units=4, memo=memo, **kw).dense
+    assert len(reads) == 4 and len(memo) == 4
+    # unit 1 absorbs unit 3 (ids 0-2 left), one of unit 0's chosen spikes is dropped: 0 and 1 change
+    labels2 = np.where(labels == 3, 1, labels)
+    keep = ~np.isin(times, keyed_subset(times[labels == 0], 300, seed=0)[:1])
+    reads.clear()
+    second = build_templates(store, times[keep], labels2[keep], n_units=3, memo=memo, **kw).dense
+    assert len(reads) == 2  # unit 2 came from the memo
+    np.testing.assert_array_equal(second, build_templates(store, times[keep], labels2[keep], n_units=3, **kw).dense)
+    np.testing.assert_array_equal(second[2], first[2])
+    assert len(memo) == 3  # the last call's templates only
+
+
 def test_the_merge_veto_keeps_two_close_neighbours_apart_whichever_spikes_it_draws(tmp_path):
     """Two units 3.2 noise sds apart along the axis between them (a shallow valley): read from
     VETO_SPIKES spikes each, the veto keeps them apart for every seed; read from 300, one draw in

@@ -99,10 +99,11 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
     dup = int(round(p.duplicate_ms * fs / 1000))
     spikes = remove_duplicates(mat.spikes, window=dup)
 
+    memo: dict = {}  # the units a merge or a drop left as they were keep their templates
+
     def templates_of(spikes, n_units):
-        return build_templates(
-            store, spikes.times, spikes.templates, n_units=n_units, pre=pre, nt=nt, seed=p.seed, n_jobs=run.n_jobs
-        )
+        kw = dict(pre=pre, nt=nt, seed=p.seed, n_jobs=run.n_jobs, memo=memo)
+        return build_templates(store, spikes.times, spikes.templates, n_units=n_units, **kw)
 
     _, w_inv_uv = phy_whitening(prep.model.whitening, info.gains_to_uv)
     refractory = int(round(p.refractory_ms * fs / 1000))

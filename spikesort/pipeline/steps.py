@@ -220,7 +220,8 @@ def _cluster(run: _Run, *, prep: Preprocessed, det: Detected) -> Clustered:
         seed=p.seed,
     )
     times, labels = spikes.times[cl.spike_index], cl.labels
-    tkw = dict(pre=pre, nt=nt, seed=p.seed, n_jobs=run.n_jobs)
+    # memo: the clusters that realignment and the merges leave as they were keep their templates
+    tkw = dict(pre=pre, nt=nt, seed=p.seed, n_jobs=run.n_jobs, memo={})
     templates = build_templates(store, times, labels, n_units=cl.n_units, **tkw)
     # realigned before the template merges, so that a neuron's clusters caught on two lobes merge
     min_offset = int(round(TROUGH_MS * info.sampling_rate_hz / 1000))
