@@ -114,19 +114,22 @@ class TraceStore(_TimedReads):
         return out
 
     def snippets(self, times: np.ndarray, *, pre: int, nt: int, channels: np.ndarray | None = None) -> np.ndarray:
-        """(n, nt, C') windows starting at ``times - pre``; windows that cross an edge are zero."""
+        """(n, nt, C') windows starting at ``times - pre``; windows that cross an edge are zero.
+
+        The file is mapped anew for every ``MAPPED_WINDOWS`` windows: the kernel counts the
+        page-cache folios a mapping touches (up to 2 MB around each window) as the process's
+        resident memory until it is unmapped (2511 windows of 384 channels in one mapping, 0.2 GB
+        of data, took resident memory 3.7 GB higher)."""
         t0 = time.perf_counter()
-        mm = np.memmap(self.path, dtype=np.int16, mode="r", shape=(self.n_samples, self.n_channels))
         chans = np.arange(self.n_channels) if channels is None else np.asarray(channels)
-        out = np.zeros((len(times), nt, len(chans)), dtype=np.float32)
-        gather_windows(
-            mm,
-            np.asarray(times, dtype=np.int64) - pre,
-            np.ascontiguousarray(chans, dtype=np.int64),
-            np.float32(1.0 / SCALE),
-            out,
-        )
-        del mm
+        chans = np.ascontiguousarray(chans, dtype=np.int64)
+        starts = np.asarray(times, dtype=np.int64) - pre
+        out = np.zeros((len(starts), nt, len(chans)), dtype=np.float32)
+        for first in range(0, len(starts), MAPPED_WINDOWS):
+            mm = np.memmap(self.path, dtype=np.int16, mode="r", shape=(self.n_samples, self.n_channels))
+            last = first + MAPPED_WINDOWS
+            gather_windows(mm, starts[first:last], chans, np.float32(1.0 / SCALE), out[first:last])
+            del mm
         self._timed(t0)
         return out
 
@@ -148,6 +151,10 @@ FULL_DECODE_BYTES_PER_WINDOW = 100_000
 COMPRESS_ABOVE_GB = 16.0
 # what the compressed copy is assumed to need when checking the disk (measured 2.9x: margin kept)
 COMPRESSED_RATIO_FOR_SPACE = 2.5
+
+
+# windows cut out of one mapping of the plain copy: at most ~2 MB of resident memory each
+MAPPED_WINDOWS = 128
 
 
 def plain_bytes(n_samples: int, n_channels: int) -> int:
