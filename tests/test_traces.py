@@ -120,6 +120,27 @@ def test_compressed_snippets_equal_the_plain_stores(tmp_path, channels):
     assert store.snippets(np.zeros(0, dtype=np.int64), pre=pre, nt=nt).shape == (0, nt, N_CH)
 
 
+def test_plain_snippets_equal_numpy_across_mappings(tmp_path, monkeypatch):
+    """The plain copy is mapped anew every few windows (a mapping's touched page cache counts as
+    resident memory): windows in no order, on either side of a mapping's last window and at the
+    recording's edges read what numpy cuts out of the same int16 copy."""
+    monkeypatch.setattr(traces, "MAPPED_WINDOWS", 7)
+    rng = np.random.default_rng(5)
+    n, nt, pre = 6_000, 41, 15
+    plain = TraceStore(tmp_path / "p.dat", n_samples=n, n_channels=N_CH)
+    plain.create()
+    plain.write(0, whitened(rng, n))
+    codes = np.fromfile(tmp_path / "p.dat", dtype=np.int16).reshape(n, N_CH)
+    times = np.r_[rng.integers(0, n, 40), 3, n - 3, pre, n - nt + pre]
+    rng.shuffle(times)
+    chans = np.array([5, 0, 11])
+    got = plain.snippets(times, pre=pre, nt=nt, channels=chans)
+    for t, window in zip(times, got):
+        s = t - pre
+        want = codes[s : s + nt, chans] * np.float32(1.0 / traces.SCALE) if 0 <= s <= n - nt else np.zeros((nt, 3))
+        np.testing.assert_array_equal(window, np.asarray(want, dtype=np.float32))
+
+
 def test_block_length_divides_the_chunk_grids():
     assert block_samples(60_000, 60_000) == 7_500
     assert block_samples(60_000, 45_000) == 7_500  # gcd 15 000
