@@ -45,7 +45,6 @@ def test_a_units_template_does_not_change_when_another_unit_does(tmp_path):
     assert not np.array_equal(before[0], after[0])
 
 
-
 def test_templates_from_the_memo_are_the_ones_built_anew(tmp_path):
     """A unit whose chosen spikes did not change since the last call is taken from the memo, not
     read again; a unit that changed, or a new one, is read. Either way the templates are those a
