@@ -278,6 +278,21 @@ def test_a_unit_with_a_fifth_of_a_larger_ones_spikes_and_its_footprint_is_not_go
     assert not lb.possible_pieces(templates_uv=templates, spike_counts=counts, max_fraction=0.0).any()
 
 
+def test_a_few_dozen_spikes_with_a_frequent_units_footprint_are_a_possible_piece_whatever_their_size():
+    # mearec_nn32_crowded seed 6: 30 of a 4693-spike neuron's spikes, their template's peak-to-peak
+    # 88 µV against its unit's 60, labelled 'good'
+    t = np.arange(40, dtype=np.float64)
+    wave = -np.exp(-0.5 * ((t - 15) / 2.0) ** 2)
+    footprint = np.array([1.0, 0.8, 0.5, 0.3])
+    templates = np.stack(
+        [60 * wave[:, None] * footprint, 88 * wave[:, None] * footprint, 88 * wave[:, None] * footprint]
+    )
+    counts = np.array([4693, 30, 900])  # the rare one, and a larger neuron firing a fifth as often
+    piece = lb.possible_pieces(templates_uv=templates, spike_counts=counts, max_fraction=0.2)
+    assert piece.tolist() == [False, True, False]
+    assert not lb.possible_pieces(templates_uv=templates, spike_counts=counts, max_fraction=0.0).any()
+
+
 def test_size_overlap_counts_the_spikes_on_the_wrong_side_of_the_best_size():
     assert lb.size_overlap(np.array([10.0, 11, 12]), np.array([1.0, 2, 3, 4])) == 0.0
     # one of the large set's spikes (2.5) among the small set's: one wrong whatever the threshold
