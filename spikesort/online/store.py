@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spikesort.kernels.preprocess import gather_windows, quantize_int16
-from spikesort.pipeline.traces import SCALE
+from spikesort.kernels.preprocess import quantize_int16
+from spikesort.pipeline.traces import SCALE, mapped_windows
 from spikesort.stages import saturation
 from spikesort.stages.preprocess import PreprocessModel, preprocess_chunk
 
@@ -155,12 +155,12 @@ class RingStore:
         slot = (times - pre) % self.capacity
         flat = inside & (slot + nt <= self.capacity)  # windows that do not cross the wrap
         if flat.any():
-            mm = np.memmap(self.path, dtype=np.int16, mode="r", shape=(self.capacity, self.n_channels))
             idx = np.flatnonzero(flat)
             part = np.zeros((len(idx), nt, len(chans)), dtype=np.float32)
-            gather_windows(mm, slot[idx], np.ascontiguousarray(chans, dtype=np.int64), np.float32(1.0 / SCALE), part)
+            mapped_windows(
+                self.path, n_rows=self.capacity, n_channels=self.n_channels, starts=slot[idx], channels=chans, out=part
+            )
             out[idx] = part
-            del mm
         for i in np.flatnonzero(inside & ~flat):
             out[i] = self.read(times[i] - pre, times[i] - pre + nt)[:, chans]
         return out

@@ -116,20 +116,14 @@ class TraceStore(_TimedReads):
     def snippets(self, times: np.ndarray, *, pre: int, nt: int, channels: np.ndarray | None = None) -> np.ndarray:
         """(n, nt, C') windows starting at ``times - pre``; windows that cross an edge are zero.
 
-        The file is mapped anew for every ``MAPPED_WINDOWS`` windows: the kernel counts the
-        page-cache folios a mapping touches (up to 2 MB around each window) as the process's
-        resident memory until it is unmapped (2511 windows of 384 channels in one mapping, 0.2 GB
-        of data, took resident memory 3.7 GB higher)."""
+        Cut out of short mappings of the file (:func:`mapped_windows`)."""
         t0 = time.perf_counter()
         chans = np.arange(self.n_channels) if channels is None else np.asarray(channels)
-        chans = np.ascontiguousarray(chans, dtype=np.int64)
+        out = np.zeros((len(times), nt, len(chans)), dtype=np.float32)
         starts = np.asarray(times, dtype=np.int64) - pre
-        out = np.zeros((len(starts), nt, len(chans)), dtype=np.float32)
-        for first in range(0, len(starts), MAPPED_WINDOWS):
-            mm = np.memmap(self.path, dtype=np.int16, mode="r", shape=(self.n_samples, self.n_channels))
-            last = first + MAPPED_WINDOWS
-            gather_windows(mm, starts[first:last], chans, np.float32(1.0 / SCALE), out[first:last])
-            del mm
+        mapped_windows(
+            self.path, n_rows=self.n_samples, n_channels=self.n_channels, starts=starts, channels=chans, out=out
+        )
         self._timed(t0)
         return out
 
@@ -155,6 +149,22 @@ COMPRESSED_RATIO_FOR_SPACE = 2.5
 
 # windows cut out of one mapping of the plain copy: at most ~2 MB of resident memory each
 MAPPED_WINDOWS = 128
+
+
+def mapped_windows(path, *, n_rows: int, n_channels: int, starts: np.ndarray, channels, out: np.ndarray) -> None:
+    """``out[i] = rows starts[i] ... of the scaled int16 file at path (n_rows x n_channels), on
+    channels``, as float32; windows that cross an edge are left as they are. The file is mapped
+    anew for every ``MAPPED_WINDOWS`` windows: the kernel counts the page-cache folios a mapping
+    touches (up to 2 MB around each window) as the process's resident memory until it is
+    unmapped (2511 windows of 384 channels in one mapping, 0.2 GB of data, took resident memory
+    3.7 GB higher)."""
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    chans = np.ascontiguousarray(channels, dtype=np.int64)
+    for first in range(0, len(starts), MAPPED_WINDOWS):
+        mm = np.memmap(path, dtype=np.int16, mode="r", shape=(n_rows, n_channels))
+        last = first + MAPPED_WINDOWS
+        gather_windows(mm, starts[first:last], chans, np.float32(1.0 / SCALE), out[first:last])
+        del mm
 
 
 def plain_bytes(n_samples: int, n_channels: int) -> int:
