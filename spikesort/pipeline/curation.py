@@ -34,6 +34,7 @@ from spikesort.stages.merges import (
     independence_test,
     noise_merges,
     refractory_merges,
+    shrunken_piece_merges,
     snippet_merge_test,
 )
 from spikesort.stages.mixtures import split_two_neuron_units
@@ -236,6 +237,11 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
     independent = independence_test(spikes, double_fit=double_fit, rate_bin=rate_bin, **trains)
     kw = dict(echo_window=residue_window, independent=independent, max_lag=phase_lag, **trains)
     groups = faint_piece_merges(final.dense, uv, times, **kw)
+    if len(groups) < final.n_templates:
+        spikes, final = join(spikes, groups)
+    # then the small pieces on a larger unit's footprint that no train vouches for
+    counts = np.bincount(spikes.templates, minlength=final.n_templates)
+    groups = shrunken_piece_merges(final.dense, final.dense @ w_inv_uv.astype(np.float32), counts, max_lag=phase_lag)
     if len(groups) < final.n_templates:
         spikes, final = join(spikes, groups)
     # reported where ground truth and Phy's users put a spike: at its unit's trough as recorded

@@ -38,12 +38,6 @@ RAY_OVERLAP = 0.04
 # took the label from 7 false 'good' units and from 2 true ones (matched at 0.80 and 0.83)
 RAY_SHAPE = 0.85
 RAY_MAX_LAG = 3
-# a unit with at most this share of the spikes of one whose footprint agrees is a possible piece
-# whatever its size: the template of a few dozen spikes is too rough for its peak-to-peak to say
-# it is the larger (mearec_nn32_crowded seed 6: 30 of a 4693-spike neuron's spikes, 88 µV against
-# its unit's 60, labelled 'good'; on 116 benchmark recordings (2026-12-07) no other 'good' unit
-# changed at 0.01-0.05)
-RARE_PIECE_FRACTION = 0.05
 
 
 def _footprints(templates_uv: np.ndarray):
@@ -65,25 +59,13 @@ def possible_pieces(
     with a larger peak-to-peak whose footprint (peak-to-peak per channel) agrees to ``min_cosine``.
     A bursting neuron's late spikes, or its spikes aligned on another phase, come out as such
     units; their trains are too short for the merges' refractory test to say, so they are left
-    for the curator as 'mua'. A unit with at most ``RARE_PIECE_FRACTION`` of the other's spikes
-    needs no smaller peak-to-peak."""
-    k = templates_uv.shape[0]
-    counts = np.asarray(spike_counts, dtype=np.float64)
-    ptp, cosine, _ = _footprints(templates_uv)
-    size = ptp.max(axis=1, initial=0.0)
-    piece = np.zeros(k, dtype=bool)
-    for u in range(k):
-        if counts[u] == 0:
-            continue
-        larger = [
-            v
-            for v in range(k)
-            if v != u
-            and counts[u] <= max_fraction * counts[v]
-            and (size[v] > size[u] or counts[u] <= RARE_PIECE_FRACTION * counts[v])
-        ]
-        piece[u] = any(cosine(u, v) >= min_cosine for v in larger)
-    return piece
+    for the curator as 'mua' (curation has joined those at under 0.8 of their unit's size,
+    :mod:`spikesort.stages.merges.shrunken`). A unit with at most ``RARE_FRACTION`` of the
+    other's spikes there needs no smaller peak-to-peak."""
+    from spikesort.stages.merges.shrunken import piece_hosts  # here: see _footprints
+
+    ptp = np.ptp(templates_uv, axis=1)
+    return piece_hosts(ptp, spike_counts, max_fraction=max_fraction, min_cosine=min_cosine, max_size_ratio=1.0) >= 0
 
 
 def size_overlap(a: np.ndarray, b: np.ndarray) -> float:

@@ -12,7 +12,8 @@ one neuron at two sizes from two neighbours),
 neuron's pieces too small for the refractory test, alike within their spikes' scatter, at the
 end of curation); :mod:`.gaps` (a compact probe's units whose whole trains never meet within the
 refractory period); :mod:`.faint` (faint pieces, too few for any count of the trains, once
-curation has dropped every unit it drops, last).
+curation has dropped every unit it drops); :mod:`.shrunken` (small pieces whose footprint is a
+larger unit's, by the footprint alone, last).
 """
 
 from .clusters import merge_groups
@@ -30,6 +31,7 @@ from .refractory import (
     refractory_merges,
     relabel,
 )
+from .shrunken import shrunken_piece_merges
 from .templates import lagged_similarity, merge_similar_templates, snippet_merge_test
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "cross_refractory_ratio",
     "refractory_merges",
     "relabel",
+    "shrunken_piece_merges",
     "lagged_similarity",
     "merge_similar_templates",
     "snippet_merge_test",
