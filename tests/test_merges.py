@@ -698,6 +698,24 @@ def test_on_a_long_probe_a_narrow_footprint_at_two_sizes_merges_only_on_ample_re
     _merge_only_on_ample_evidence(rng, dense, times, refractory=refractory, duration=duration)
 
 
+def test_on_a_long_probe_a_narrow_piece_whose_footprint_a_burst_blurred_joins_on_ample_evidence():
+    from spikesort.stages.merges.footprint import footprint_cosine
+
+    # mearec_nn32_crowded seed 7: a neuron's 2572 shrunken spikes (0.46 of its size) beside its
+    # 3139-spike unit, footprints 0.983-0.985 over a few of 32 channels, 0.054 of chance's pairs
+    # (37 expected) once the lags where pairs crowd are left out
+    rng = np.random.default_rng(31)
+    full = _unit(peak=40, center=12, width=1.0)
+    piece = 0.46 * _stretched(_unit(peak=40, center=12.25, width=1.0), 1.5)
+    cos, n_ch = footprint_cosine(np.ptp(full, axis=0), np.ptp(piece, axis=0))
+    assert 0.98 < cos < 0.99 and n_ch < 8
+    duration, refractory = 9_600_000, 48
+    neuron = np.cumsum(rng.integers(96, 3000, size=5500))
+    small = rng.random(len(neuron)) < 0.45
+    times = [neuron[~small], neuron[small]]
+    _merge_only_on_ample_evidence(rng, np.stack([full, piece]), times, refractory=refractory, duration=duration)
+
+
 def test_on_a_long_probe_a_piece_whose_footprint_is_its_unit_s_joins_on_a_gap_stray_fits_thinned():
     from spikesort.stages.merges import footprint_merges
     from spikesort.stages.merges.footprint import footprint_cosine

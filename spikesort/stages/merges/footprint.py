@@ -28,7 +28,7 @@ import logging
 import numpy as np
 
 from .evidence import ABSORB_FRACTION, Trains
-from .pieces import COMPACT_REACH, PHASE_TWICE_FRACTION, PieceRules
+from .pieces import COMPACT_REACH, LOOSE_COSINE, PHASE_TWICE_FRACTION, PieceRules
 from .refractory import mostly_fitted_twice
 from .templates import footprint_cosine, lagged_similarity, sliver_of
 
@@ -117,7 +117,7 @@ def footprint_merges(
     smaller piece whose trains show no gap (a few stray fits) but too little to show two neurons.
     A compact piece too few for the test, with at most ``QUIET_FRACTION`` of a unit's spikes and
     shapes alike to ``min_similarity``, joins the larger unit it is most like.
-    A narrow footprint on a long probe agreeing to ``min_cosine``, a dense one agreeing to only
+    A narrow footprint on a long probe agreeing to ``LOOSE_COSINE``, a dense one agreeing to only
     ``compact_cosine``, or a dense one whose shape agrees to less than ``min_similarity``, joins as
     a piece does on a compact one, but only with the stricter evidence of ``NARROW_EXPECTED`` and
     ``NARROW_RATIO`` (counted by :func:`banded_refractory_ratio`), shapes alike to
@@ -186,7 +186,9 @@ def footprint_merges(
                 if not judged:
                     continue
                 if n_ch < COMPACT_REACH * ptp.shape[1]:
-                    if cos >= min_cosine:
+                    # a burst blurs a piece's narrow footprint below a dense one's 0.99; the
+                    # narrow evidence (a near-empty banded period on ample pairs) judges it then
+                    if cos >= LOOSE_COSINE:
                         rules.piece_pair(i, j, cos, narrow=True)
                     continue
                 n_attached = len(rules.attach)
