@@ -634,3 +634,23 @@ def test_match_block_keeps_a_faint_candidates_fit_only_near_full_size(line_posit
     # a gate at the detection threshold changes nothing
     same, _ = match_block(x, sure_threshold=kw["detect_threshold"], faint_min_amplitude=0.7, **kw)
     assert same.times.tolist() == times
+
+
+def test_the_sign_is_read_where_enough_samples_cross_not_from_a_dozen():
+    from spikesort.stages.detect import choose_sign
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (320_000, 4)).astype(np.float32)
+    troughs = rng.choice(np.arange(10, 319_990), 400, replace=False)
+    for t in troughs:  # many spikes at -8.5 sd, a few samples each: under 2x the detection threshold
+        x[t - 1 : t + 2, 0] -= np.array([5.0, 8.5, 5.0], dtype=np.float32)
+    for t in troughs[:12]:  # one neuron's positive lobe passes 10 sd a dozen times
+        x[t + 8, 1] += 11.0
+    # mearec_tetrode_noisy seed 71: read from those 12 samples alone the sign came out +1
+    assert np.count_nonzero(np.abs(x) > 10) < 200
+    assert choose_sign(x, threshold=10.0, floor=5.0) == -1
+    # a recording whose spikes are positive stays +1, and one with plenty past 10 sd is read there
+    assert choose_sign(-x, threshold=10.0, floor=5.0) == 1
+    big = x.copy()
+    big[troughs, 2] += 40.0  # 400 samples past 10 sd, all positive
+    assert choose_sign(big, threshold=10.0, floor=5.0) == 1

@@ -156,7 +156,7 @@ def _detection_pass(run: _Run, *, prep: Preprocessed, each_chunk=None) -> Detect
     block, starts = _sample_blocks(run)
     peak_nb, feat_nb = _neighbors(run, prep.model.good_channels)
     white_blocks = [store.read(s, s + block) for s in starts[:10]]
-    sign = choose_sign(np.concatenate(white_blocks), threshold=2 * p.detect_threshold)
+    sign = choose_sign(np.concatenate(white_blocks), threshold=2 * p.detect_threshold, floor=p.detect_threshold)
     bases = learn_temporal_bases(
         white_blocks,
         sign=sign,
