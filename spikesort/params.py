@@ -163,8 +163,10 @@ class Params:
         help="smaller clusters are dropped, and so are units left with fewer spikes after matching",
     )
     split_depth: int = _p(6, lo=1, hi=20, stage="cluster", help="maximum depth of recursive bimodal splits")
+    # 0.2: three MEArec tetrode neurons of one shape (waveforms 0.91-0.96 alike) left valleys of
+    # 0.20-0.25 and came out as one cluster at 0.25 (mearec_tetrode seed 71; docs/benchmarks.md)
     bimodality_threshold: float = _p(
-        0.25, lo=0.0, hi=1.0, stage="cluster", help="valley depth (1 - valley/peak) needed to split a cluster in two"
+        0.2, lo=0.0, hi=1.0, stage="cluster", help="valley depth (1 - valley/peak) needed to split a cluster in two"
     )
     merge_similarity: float = _p(
         0.8, lo=0.0, hi=1.0, stage="cluster", help="templates with cosine similarity above this are tested for merging"

@@ -33,6 +33,34 @@ def _shape_and_orthogonal(rng: np.random.Generator, d: int) -> tuple[np.ndarray,
     return shape, other / np.linalg.norm(other)
 
 
+def test_the_default_valley_splits_two_neighbours_a_quarter_valley_left_together_but_not_one_neuron():
+    # mearec_tetrode seed 71: three neurons whose waveforms agree to 0.91-0.96 left valleys of
+    # 0.20-0.25 along their 2-means axes and stayed one cluster at 0.25 (3 of 6 neurons found)
+    from spikesort.params import Params
+
+    threshold = Params().bimodality_threshold
+
+    def n_clusters(x, seed, t):
+        return len(
+            np.unique(split_recursive(x, min_size=30, max_depth=6, threshold=t, rng=np.random.default_rng(seed)))
+        )
+
+    def neighbours(seed, sep=3.3):
+        rng = np.random.default_rng(seed)
+        a, b = rng.normal(0, 1, (1100, 12)), rng.normal(0, 1, (1800, 12))
+        b[:, 0] += sep
+        return np.concatenate([a, b])
+
+    split = [n_clusters(neighbours(seed), seed, threshold) == 2 for seed in range(12)]
+    at_quarter = [n_clusters(neighbours(seed), seed, 0.25) == 2 for seed in range(12)]
+    assert sum(split) >= 11 and sum(at_quarter) <= 9
+    # one neuron whose sizes spread it along one axis stays one cluster
+    for seed in range(12):
+        x = np.random.default_rng(seed).normal(0, 1, (2900, 12))
+        x[:, 0] *= 1.8
+        assert n_clusters(x, seed, threshold) == 1
+
+
 def test_small_unit_beside_a_big_one_is_split_off_for_every_seed():
     # a big cluster, stretched along one axis (amplitude changes, say), and a small one of a third
     # of its amplitude on the same channels: one 2-means seed often cuts the big cluster along its
