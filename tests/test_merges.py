@@ -1902,3 +1902,54 @@ def test_on_a_tetrode_a_burst_s_late_spikes_of_another_shape_join_their_unit_on_
     assert len(footprint_merges(tet, tet, sizes, **kw, times=[full_t, other_t])) == 2
     # on a dense probe the footprint is no evidence of one neuron: the shape floor stands
     assert len(footprint_merges(dense, dense, sizes, **kw, times=[full_t, piece_t])) == 2
+
+
+def _masked(rng, times, by, *, window, keep=0.0):
+    """``times`` without (all but ``keep`` of) the spikes within ``window`` of one of ``by``'s."""
+    by = np.sort(by)
+    near = np.searchsorted(by, times + window, "right") > np.searchsorted(by, times - window)
+    return times[~(near & (rng.random(len(times)) >= keep))]
+
+
+def test_a_piece_whose_larger_neighbour_masked_its_spikes_joins_neither_on_a_gap_rarer_beside_its_own_neuron():
+    from spikesort.stages.merges import empty_period_merges
+    from spikesort.stages.merges.evidence import rarer_gap
+    from spikesort.stages.merges.refractory import banded_refractory_ratio
+
+    # mearec_tetrode_crowded seed 70: a neuron's piece (1660 spikes, 33 uV) left 1 pair of 10.5
+    # expected beside a 293 uV neighbour whose spikes hid it, and 5 of 25 beside its own neuron's
+    # unit (92 uV): the near-empty period with the neighbour joined two neurons
+    rng = np.random.default_rng(11)
+    duration, refractory = 9_000_000, 45
+    full = _unit(peak=40.0)
+    tet = np.ascontiguousarray(np.stack([7.3 * full, 2.3 * full, 0.8 * _stretched(full, 1.4)])[:, :, 10:14])
+    big = np.sort(rng.choice(duration, 1500, replace=False))
+    own = np.sort(rng.choice(duration, 3000, replace=False))
+    piece = np.sort(rng.choice(duration, 2200, replace=False))
+    piece = _masked(rng, _masked(rng, piece, big, window=refractory), own, window=refractory, keep=0.3)
+    kw = dict(refractory=refractory, inner=refractory // 2, duration=duration)
+    with_big, with_own = banded_refractory_ratio(big, piece, **kw), banded_refractory_ratio(own, piece, **kw)
+    assert with_big[0] < 0.2 <= with_own[0] and with_big[1] >= 10 and with_own[1] >= 10
+    own_and_big = banded_refractory_ratio(own, big, **kw)  # two neurons: chance's pairs
+    assert rarer_gap(with_big, [(with_own, own_and_big)], min_expected=10.0) == 0
+    groups = empty_period_merges(tet, tet, [big, own, piece], refractory=refractory, duration=duration, max_lag=3)
+    assert len(groups) == 3
+    # its own neuron's unit left as much of a gap as chance: the neighbour's is the only one, and
+    # joins it (the rule cannot tell a masked piece from one whose trains say nothing else)
+    loose = np.sort(rng.choice(duration, 3000, replace=False))
+    alone = _masked(rng, np.sort(rng.choice(duration, 2200, replace=False)), big, window=refractory)
+    groups = empty_period_merges(tet, tet, [big, loose, alone], refractory=refractory, duration=duration, max_lag=3)
+    assert sorted(sorted(k for k, _ in g) for g in groups) == [[0, 2], [1]]
+
+
+def test_rarer_gap_names_the_first_rival_whose_gap_is_rarer_and_rare_and_that_is_not_the_units_neuron():
+    from spikesort.stages.merges.evidence import rarer_gap
+
+    own = (1 / 10.5, 10.5)  # 1 pair of 10.5
+    apart = (1.0, 20.0)  # the rival beside the unit: chance's pairs, another neuron
+    assert rarer_gap(own, [((1.0, 20.0), apart), ((5 / 25, 25.0), apart)], min_expected=3.0) == 1
+    assert rarer_gap((0.0, 25.0), [((5 / 25, 25.0), apart)], min_expected=3.0) is None  # its own gap is the rarer
+    assert rarer_gap(own, [((0.0, 2.0), apart)], min_expected=3.0) is None  # too few pairs expected to count
+    assert rarer_gap((1.0, 1.0), [((0.5, 4.0), apart)], min_expected=3.0) is None  # 2 of 4: not rare (p 0.24)
+    # mearec_tetrode_wire seed 72: the rival was another piece of the unit's neuron (no pair beside it)
+    assert rarer_gap(own, [((5 / 25, 25.0), (0.0, 12.0))], min_expected=3.0) is None

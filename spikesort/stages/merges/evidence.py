@@ -34,6 +34,8 @@ NARROW_EXPECTED, NARROW_RATIO = 10.0, 0.2
 # seed 3). So such a gap needs only CLOSE_GAP_P there. Not on a dense probe: a neuron's phase
 # piece there left 0.14 of chance beside a distinct neuron (mearec_np64_cells1 seed 0)
 CLOSE_GAP_P = 1e-2
+# a unit whose gap with a piece two neurons leave less often than this is its rival owner
+RIVAL_GAP_P = 1e-2
 
 
 def ample_gap(ratio: float, expected: float, *, compact: bool) -> bool:
@@ -49,6 +51,29 @@ def ample_gap(ratio: float, expected: float, *, compact: bool) -> bool:
     if near_empty_on_plenty(ratio, expected):
         return True
     return compact and gap_probability(ratio, expected) < (CLOSE_GAP_P if ratio < NARROW_RATIO else STRONG_GAP_P)
+
+
+def rarer_gap(
+    own: tuple[float, float], rivals: list[tuple[tuple[float, float], tuple[float, float]]], *, min_expected: float
+) -> int | None:
+    """The first of ``rivals`` whose gap with a piece two neurons leave less often than
+    ``RIVAL_GAP_P`` and than ``own`` (the piece's (ratio, expected) beside the unit it would join);
+    None if none. A rival is given as its count beside the piece and its count beside that unit,
+    and only one whose trains leave no such gap beside that unit counts (another piece of the
+    same neuron does). Two neurons cannot both own a piece: a piece's gap beside a much larger
+    neighbour is the collisions the matching lost there (mearec_tetrode_crowded seed 70: a
+    neuron's piece at 0.12 of a neighbour's size left 1 pair of 10.5 expected with it, and 5 of
+    25 with its own neuron's unit). Counts on fewer than ``min_expected`` pairs say nothing."""
+
+    def p(ratio: float, expected: float) -> float:
+        return gap_probability(ratio, expected) if expected >= min_expected else 1.0
+
+    p_own = p(*own)
+    for i, (with_piece, with_unit) in enumerate(rivals):
+        q = p(*with_piece)
+        if q < RIVAL_GAP_P and q < p_own and p(*with_unit) >= RIVAL_GAP_P:
+            return i
+    return None
 
 
 def strong_gap(ratio: float, expected: float) -> bool:

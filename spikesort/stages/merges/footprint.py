@@ -27,7 +27,7 @@ import logging
 
 import numpy as np
 
-from .evidence import ABSORB_FRACTION, Trains
+from .evidence import ABSORB_FRACTION, Trains, rarer_gap
 from .pieces import COMPACT_REACH, LOOSE_COSINE, PHASE_TWICE_FRACTION, PieceRules
 from .refractory import mostly_fitted_twice
 from .templates import footprint_cosine, lagged_similarity, sliver_of
@@ -145,6 +145,8 @@ def footprint_merges(
     of a unit's spikes and no larger, shaped alike to ``min_similarity``, whose trains are too short
     for any count, joins the unit it is most like unless the trains show two neurons
     (:meth:`.pieces.PieceRules.scarce_pair`; the rules themselves: :class:`.pieces.PieceRules`).
+    A piece joins no unit while the trains leave it a rarer gap beside a unit of another group
+    (:func:`.evidence.rarer_gap`; a much larger neighbour masks its spikes near its own).
     """
     k = dense.shape[0]
     if k == 0:
@@ -270,6 +272,21 @@ def footprint_merges(
         # 843-spike piece had taken 82 spikes of itself first, and stayed a false unit)
         slivers = [t for t in members[gp] if t != piece]
         if gp == gb or big in via or piece in via or not all(_sliver_of(t, piece, ok, sizes) for t in slivers):
+            continue
+        # a piece whose trains leave a rarer gap beside a unit of another group joins neither
+        rivals = [
+            c
+            for c in range(k)
+            if group[c] not in (gb, gp)
+            and rules.size_uv[c] > rules.size_uv[piece]
+            and footprint_cosine(ptp[piece], ptp[c])[0] >= compact_cosine
+        ]
+        own = tr.outer(times[big], times[piece])
+        counts = [(tr.outer(times[c], times[piece]), tr.outer(times[c], times[big])) for c in rivals]
+        rival = rarer_gap(own, counts, min_expected=tr.min_expected)
+        if rival is not None:
+            msg = "unit %d: a piece of unit %d, or of unit %d whose trains leave a rarer gap: left apart"
+            log.info(msg, piece, big, rivals[rival])
             continue
         if not rules.rejoins(piece, members[gb], shift):
             continue

@@ -9,7 +9,9 @@ and 883 spikes; the last none of 9.4 and 16.1 pairs expected against the other t
 whole trains decide: two groups join when their footprints agree and their spikes together leave
 the refractory period's outer half near empty (under ``NARROW_RATIO`` of chance) where
 ``NARROW_EXPECTED`` pairs or more are expected. Distinct MEArec silicon-tetrode neurons kept 0.47 of
-chance's pairs or more there (:mod:`.evidence`).
+chance's pairs or more there (:mod:`.evidence`). A pair stays apart when the smaller unit's
+trains leave a rarer gap beside a third unit (:func:`.evidence.rarer_gap`): a much larger
+neighbour hides a small unit's spikes near its own, an empty period that says nothing of one neuron.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 
 import numpy as np
 
-from .evidence import near_empty_on_plenty
+from .evidence import NARROW_EXPECTED, near_empty_on_plenty, rarer_gap
 from .pieces import COMPACT_REACH, LOOSE_COSINE
 from .refractory import banded_refractory_ratio
 from .templates import SIGNAL_FRACTION, complete_link, footprint_cosine, lagged_similarity
@@ -59,6 +61,32 @@ def empty_period_merges(
             ratio, expected = _banded(times[i], times[j], refractory=refractory, duration=duration)
             if near_empty_on_plenty(ratio, expected):
                 candidates.append((ratio, -expected, i, j))
+    size = ptp.max(axis=1)
+
+    def rival(i: int, j: int) -> int | None:
+        """A unit that the smaller of the pair, not the larger, has a rarer gap with (the larger
+        then left its gap by masking the smaller's spikes: :func:`.evidence.rarer_gap`)."""
+        small, other = (i, j) if size[i] < size[j] else (j, i)
+        rivals = [
+            c
+            for c in range(k)
+            if c not in (i, j) and size[c] > size[small] and footprint_cosine(ptp[small], ptp[c])[0] >= min_cosine
+        ]
+        kw = dict(refractory=refractory, duration=duration)
+        counts = [(_banded(times[c], times[small], **kw), _banded(times[c], times[other], **kw)) for c in rivals]
+        own = _banded(times[other], times[small], **kw)
+        found = rarer_gap(own, counts, min_expected=NARROW_EXPECTED)
+        return None if found is None else rivals[found]
+
+    kept = []
+    for r, e, i, j in candidates:
+        c = rival(i, j)
+        if c is None:
+            kept.append((r, e, i, j))
+        else:
+            msg = "units %d and %d: trains that never meet, but one leaves a rarer gap beside unit %d: kept apart"
+            log.info(msg, i, j, c)
+    candidates = kept
     lag = np.zeros((k, k), dtype=np.int64)
     for i, j in zip(*np.nonzero(np.triu(alike))):
         shift = lagged_similarity(dense[i], dense[j], max_lag=max_lag)[1]
