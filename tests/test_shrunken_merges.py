@@ -4,6 +4,7 @@ import numpy as np
 
 from spikesort.stages.match import MatchedSpikes
 from spikesort.stages.merges import apply_groups, shrunken_piece_merges
+from spikesort.stages.merges.shrunken import double_fit_lag
 from spikesort.stages.merges.templates import footprint_cosine
 
 NT, C = 60, 8
@@ -66,3 +67,55 @@ def test_a_piece_of_a_piece_joins_the_unit_they_both_belong_to():
 def test_nothing_to_join_without_units_or_spikes():
     assert _groups([_template(FOOT), _template(OTHER)], [0, 0]) == [[(0, 0)], [(1, 0)]]
     assert shrunken_piece_merges(np.zeros((0, NT, C)), np.zeros((0, NT, C)), np.zeros(0), max_lag=3) == []
+
+
+def test_a_piece_whose_spikes_were_fitted_twice_is_aligned_at_the_lag_of_those_pairs():
+    # mearec_tetrode seed 70: a neuron's shrunken spikes caught 20-40 samples early, a shape too
+    # unlike its unit's (0.40) to tell the lag; half of them were also fitted on time by the unit
+    rng = np.random.default_rng(0)
+    n_samples = 9_000_000
+    unit_t = np.sort(rng.choice(n_samples - 100, 5000, replace=False)) + 50
+    caught = rng.choice(unit_t, 500, replace=False)
+    piece_t = np.sort(caught - rng.integers(23, 28, size=500))  # 23-27 samples early
+    doubles = rng.random(500) < 0.5
+    unit_only = np.setdiff1d(unit_t, caught[~doubles])  # the others the unit missed
+    unit, piece = _template(FOOT), 0.5 * _template(FOOT, trough=26)  # shape says: 6
+    dense = np.stack([unit, piece])
+    counts = np.array([len(unit_only), len(piece_t)])
+    by_shape = shrunken_piece_merges(dense, dense, counts, max_lag=30)
+    assert by_shape == [[(0, 0), (1, 6)]]
+    kw = dict(times=[unit_only, piece_t], refractory=45, n_samples=n_samples)
+    groups = shrunken_piece_merges(dense, dense, counts, max_lag=30, **kw)
+    lag = groups[0][1][1]
+    assert 23 <= lag <= 27
+    # aligned, the piece's spikes land within 2 samples of the neuron's spikes they were
+    spikes = MatchedSpikes(
+        np.concatenate([unit_only, piece_t]),
+        np.repeat([0, 1], counts),
+        np.ones(counts.sum(), np.float32),
+        np.ones(counts.sum(), np.float32),
+    )
+    joined = apply_groups(spikes, groups)
+    moved = np.setdiff1d(joined.times, unit_only)
+    near = np.abs(moved[:, None] - caught[None, :]).min(axis=1)
+    assert np.all(near <= 2)
+
+
+def test_double_fit_lag_needs_more_pairs_than_chance_gives_and_a_tenth_of_the_piece():
+    rng = np.random.default_rng(1)
+    n_samples = 9_000_000
+    a = np.sort(rng.choice(n_samples, 5000, replace=False))
+    b = np.sort(rng.choice(n_samples, 500, replace=False))  # independent: about 14 pairs within 45 samples
+    assert double_fit_lag(b, a, refractory=45, n_samples=n_samples) is None
+    # 60 of them fitted twice 30 samples apart: a tenth of the piece, far over chance's 1.4 in 5 samples
+    c = np.sort(np.concatenate([b, a[:60] - 30]))
+    lag, pairs = double_fit_lag(c, a, refractory=45, n_samples=n_samples)
+    assert lag == 30 and pairs >= 60
+    # 14 of 514 (mearec_tetrode seed 5: the unit's own misfits beside a piece sitting elsewhere)
+    d = np.sort(np.concatenate([b, a[:14] - 30]))
+    assert double_fit_lag(d, a, refractory=45, n_samples=n_samples) is None
+    # a small piece: 12 of 112 are enough; 6 of 106 are not
+    e = b[:100]
+    assert double_fit_lag(np.sort(np.concatenate([e, a[:12] - 30])), a, refractory=45, n_samples=n_samples)[0] == 30
+    assert double_fit_lag(np.sort(np.concatenate([e, a[:6] - 30])), a, refractory=45, n_samples=n_samples) is None
+    assert double_fit_lag(np.array([], np.int64), a, refractory=45, n_samples=n_samples) is None

@@ -241,7 +241,9 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
         spikes, final = join(spikes, groups)
     # then the small pieces on a larger unit's footprint that no train vouches for
     counts = np.bincount(spikes.templates, minlength=final.n_templates)
-    groups = shrunken_piece_merges(final.dense, final.dense @ w_inv_uv.astype(np.float32), counts, max_lag=phase_lag)
+    uv, times = footprints_and_times(spikes, final)
+    skw = dict(max_lag=phase_lag, times=times, refractory=refractory, n_samples=info.n_samples)
+    groups = shrunken_piece_merges(final.dense, uv, counts, **skw)
     if len(groups) < final.n_templates:
         spikes, final = join(spikes, groups)
     # reported where ground truth and Phy's users put a spike: at its unit's trough as recorded
