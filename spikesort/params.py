@@ -277,6 +277,13 @@ class Params:
     good_min_presence: float = _p(
         0.8, lo=0.0, hi=1.0, stage="curate", help="label 'good' needs spikes in at least this fraction of time bins"
     )
+    good_min_spikes: int = _p(
+        50,
+        lo=0,
+        hi=10**6,
+        stage="curate",
+        help="label 'good' needs at least this many spikes (fewer cannot show a clean refractory period)",
+    )
     noise_max_snr: float = _p(2.5, lo=0.0, hi=1000.0, stage="curate", help="units with SNR below this are 'noise'")
     good_max_piece_fraction: float = _p(
         0.2,

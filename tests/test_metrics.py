@@ -209,12 +209,12 @@ def test_snr_peak_and_depth():
     assert math.isnan(m.snr(templates_uv=templates, noise_uv=np.array([0.0, 0.0, 1.0]))[0])
 
 
-def _unit_metrics(contamination, snr, presence):
+def _unit_metrics(contamination, snr, presence, n_spikes=None):
     n = len(snr)
     z = np.zeros(n)
     return m.UnitMetrics(
         unit_id=np.arange(n),
-        n_spikes=z,
+        n_spikes=z if n_spikes is None else np.asarray(n_spikes, float),
         firing_rate_hz=z,
         isi_violation_ratio=z,
         contamination=np.asarray(contamination, float),
@@ -241,6 +241,19 @@ def test_label_thresholds():
     ).tolist() == ["mua"]
     with pytest.raises(SpikesortError):
         lb.label_units(um, good_max_contamination=10.0, good_min_snr=5.0, good_min_presence=0.8, noise_max_snr=2.0)
+
+
+def test_a_unit_of_a_few_dozen_spikes_is_not_good_whatever_its_train_shows():
+    from spikesort.params import Params
+
+    # mearec_nn32 seed 60: 31 spikes of no neuron at SNR 5.2 with no refractory violation, which
+    # even a train of pure noise that short would show (0.01 expected in 300 s)
+    um = _unit_metrics(contamination=[0.0] * 3, snr=[5.2, 8.0, 8.0], presence=[1.0] * 3, n_spikes=[31, 49, 50])
+    kw = dict(good_max_contamination=0.1, good_min_snr=5.0, good_min_presence=0.8, noise_max_snr=2.0)
+    floor = Params().good_min_spikes
+    assert floor == 50
+    assert lb.label_units(um, **kw, good_min_spikes=floor).tolist() == ["mua", "mua", "good"]
+    assert lb.label_units(um, **kw, good_min_spikes=0).tolist() == ["good"] * 3
 
 
 def test_a_unit_with_a_fifth_of_a_larger_ones_spikes_and_its_footprint_is_not_good():

@@ -78,6 +78,7 @@ def unit_metrics(
         good_min_snr=params.good_min_snr,
         good_min_presence=params.good_min_presence,
         noise_max_snr=params.noise_max_snr,
+        good_min_spikes=params.good_min_spikes,
         possible_piece=possible_pieces(
             templates_uv=templates_uv, spike_counts=counts, max_fraction=params.good_max_piece_fraction
         )
