@@ -291,6 +291,23 @@ def test_a_unit_with_a_fifth_of_a_larger_ones_spikes_and_its_footprint_is_not_go
     assert not lb.possible_pieces(templates_uv=templates, spike_counts=counts, max_fraction=0.0).any()
 
 
+def test_a_rare_shrunken_piece_whose_few_spikes_blur_its_footprint_to_0_93_is_not_good():
+    # mearec_nn32 seed 80: 95 spikes at 0.3 of a 1088-spike neuron's size, footprint 0.928 (its
+    # few spikes' noise); a footprint at 0.90 is another neuron's
+    t = np.arange(40, dtype=np.float64)
+    wave = -np.exp(-0.5 * ((t - 15) / 2.0) ** 2)
+    footprint = np.array([1.0, 0.8, 0.5, 0.3])
+    blurred = np.array([0.7, 1.0, 0.2, 0.1])  # 0.934
+    other = np.array([0.6, 1.0, 0.1, 0.1])  # 0.895
+    templates = np.stack([190 * wave[:, None] * footprint, 57 * wave[:, None] * blurred, 57 * wave[:, None] * other])
+    counts = np.array([1088, 95, 95])
+    assert lb.possible_pieces(templates_uv=templates, spike_counts=counts, max_fraction=0.2).tolist() == [
+        False,
+        True,
+        False,
+    ]
+
+
 def test_a_few_dozen_spikes_with_a_frequent_units_footprint_are_a_possible_piece_whatever_their_size():
     # mearec_nn32_crowded seed 6: 30 of a 4693-spike neuron's spikes, their template's peak-to-peak
     # 88 µV against its unit's 60, labelled 'good'
