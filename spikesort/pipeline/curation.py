@@ -23,6 +23,7 @@ from spikesort.stages.curate import (
 )
 from spikesort.stages.drift import applied_motion
 from spikesort.stages.export import phy_whitening
+from spikesort.stages.labels import PIECE_COSINE
 from spikesort.stages.match import MatchedSpikes
 from spikesort.stages.merges import (
     apply_groups,
@@ -243,6 +244,7 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
     counts = np.bincount(spikes.templates, minlength=final.n_templates)
     uv, times = footprints_and_times(spikes, final)
     skw = dict(max_lag=phase_lag, times=times, refractory=refractory, n_samples=info.n_samples)
+    skw["min_cosine"] = PIECE_COSINE  # the label's floor: a piece the label would mark joins here
     groups = shrunken_piece_merges(final.dense, uv, counts, **skw)
     if len(groups) < final.n_templates:
         spikes, final = join(spikes, groups)

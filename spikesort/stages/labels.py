@@ -21,8 +21,9 @@ LABELS = ("good", "mua", "noise")
 # footprints agreeing this closely, one unit with a tenth of the other's spikes: possibly one
 # neuron. A burst's stretched spikes agree less (mearec_nn32: 0.946-0.963; seed 80: 95 shrunken
 # spikes at 0.3 of their unit's size, 0.928). On 40 benchmark recordings (2026-12-03) the rule
-# caught 5 more false 'good' units at 0.95 than at 0.99, and no true one down to 0.9; on 75 more
-# (2026-12-07, 1011 'good' units) 0.92 caught 2 false units more than 0.95, and no true one
+# caught 5 more false 'good' units at 0.95 than at 0.99, and no true one down to 0.9; on 74 more
+# (2026-12-07, 1011 true 'good' units) 0.92 caught 2 false units more than 0.95, and no true one.
+# Curation's last step joins such pieces at the same floor (merges/shrunken.py)
 PIECE_COSINE = 0.92
 # footprints agreeing this closely differ in size only: one neuron's spikes at two sizes, or two
 # neurons on one ray from the probe. MEArec's wire tetrode puts neuron pairs at 0.999-1.000
