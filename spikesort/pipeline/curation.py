@@ -243,8 +243,8 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
     # then the small pieces on a larger unit's footprint that no train vouches for
     counts = np.bincount(spikes.templates, minlength=final.n_templates)
     uv, times = footprints_and_times(spikes, final)
-    skw = dict(max_lag=phase_lag, times=times, refractory=refractory, n_samples=info.n_samples)
-    skw["min_cosine"] = PIECE_COSINE  # the label's floor: a piece the label would mark joins here
+    # at the label's floor: a piece the label would mark joins here
+    skw = dict(max_lag=phase_lag, min_cosine=PIECE_COSINE, times=times, refractory=refractory, n_samples=info.n_samples)
     groups = shrunken_piece_merges(final.dense, uv, counts, **skw)
     if len(groups) < final.n_templates:
         spikes, final = join(spikes, groups)
