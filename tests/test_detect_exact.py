@@ -607,30 +607,46 @@ def test_match_block_drops_misfits_and_gives_their_fits_back_to_the_residual(lin
     np.testing.assert_allclose(residual, expected, atol=1e-4)
 
 
-def test_match_block_keeps_a_faint_candidates_fit_only_near_full_size(line_positions):
-    """Spikes of one template at 1.0, 0.8 and 0.55 of its size. Candidates under the sure
-    threshold (here the two smaller ones) are kept only when fitted at 0.7 of the template or
-    more: the 0.8 spike is, the 0.55 one stays in the residual. Without the gate all three are fitted."""
-    dense = two_templates()[:1]
+def test_match_block_keeps_a_faint_candidates_fit_only_near_full_size_unless_its_template_is_faint(line_positions):
+    """A strong template (A, channels 0-2) and one at half its size (B, channels 3-5), each with a
+    spike at full size and one at 0.55-0.6. Candidates under the sure threshold are kept only when
+    fitted at 0.7 of the template or more, which drops A's small spike: at that scale a spike of A
+    would peak well above the candidate. B's full-size spike is itself faint, so B has no floor and
+    both its spikes are kept (a faint neuron's template is drawn from its spikes past detection, and
+    its own spikes fit it at 0.6-0.7). Without the gate all four are fitted."""
+    from spikesort.stages.match import faint_floors
+    from spikesort.stages.templates import filtered_templates
+
+    dense = np.zeros((2, NT, N_C), dtype=np.float32)
+    dense[0][:, 0:3] = spike_waveform()[:, None] * np.array([0.6, 1.0, 0.6])
+    dense[1][:, 3:6] = 0.5 * dense[0][:, 0:3]
     templates = sparsify(dense, pre=PRE)
-    n = 1200
+    n = 1400
     x = noise(34, n=n, sd=0.05)
-    times, scales = [200, 500, 800], [1.0, 0.8, 0.55]
-    for t, a in zip(times, scales):
-        x[t - PRE : t - PRE + NT] += a * dense[0]
+    times, kinds, scales = [200, 500, 800, 1100], [0, 0, 1, 1], [1.0, 0.55, 1.0, 0.6]
+    for t, k, a in zip(times, kinds, scales):
+        x[t - PRE : t - PRE + NT] += a * dense[k]
     bases = hand_bases(spike_waveform())
-    kw = _match_kw(templates, line_positions, n=n, iterations=3, bases=bases, match_threshold=5.0)
+    kw = _match_kw(templates, line_positions, n=n, iterations=3, bases=bases, match_threshold=3.0)
     kw["filter_sd"] = np.ones(N_C, np.float32)
-    peak = temporal_filter(x, np.ascontiguousarray(bases[0]), PRE, kw["filter_sd"]).max()
-    kw["detect_threshold"] = 0.4 * peak  # every spike is a candidate
+    peak = temporal_filter(x, np.ascontiguousarray(bases[0]), PRE, kw["filter_sd"]).max()  # A at full size
+    kw["detect_threshold"] = 0.25 * peak  # every spike is a candidate
     every, _ = match_block(x, **kw)
-    assert every.times.tolist() == times
+    assert every.times.tolist() == times and every.templates.tolist() == kinds
     np.testing.assert_allclose(every.amplitudes, scales, atol=0.02)
-    gated, residual = match_block(x, sure_threshold=0.9 * peak, faint_min_amplitude=0.7, **kw)
-    assert gated.times.tolist() == times[:2]
-    np.testing.assert_allclose(gated.amplitudes, scales[:2], atol=0.02)
-    left = residual[800 - PRE : 800 - PRE + NT]
-    np.testing.assert_allclose(left, x[800 - PRE : 800 - PRE + NT])
+    sure = 0.6 * peak  # B's full-size spike (0.5 of A's peak) is faint; A's at 0.7 of its size is not
+    floors = faint_floors(
+        filtered_templates(templates, np.ascontiguousarray(bases[0])),
+        channels=templates.channels,
+        inv_sd=np.ones(N_C, np.float32),
+        sure_threshold=sure,
+        faint_min_amplitude=0.7,
+    )
+    np.testing.assert_allclose(floors, [0.7, 0.0])
+    gated, residual = match_block(x, sure_threshold=sure, faint_min_amplitude=0.7, **kw)
+    assert gated.times.tolist() == [200, 800, 1100] and gated.templates.tolist() == [0, 1, 1]
+    np.testing.assert_allclose(gated.amplitudes, [1.0, 1.0, 0.6], atol=0.02)
+    np.testing.assert_allclose(residual[500 - PRE : 500 - PRE + NT], x[500 - PRE : 500 - PRE + NT])
     # a gate at the detection threshold changes nothing
     same, _ = match_block(x, sure_threshold=kw["detect_threshold"], faint_min_amplitude=0.7, **kw)
     assert same.times.tolist() == times

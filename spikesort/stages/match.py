@@ -155,7 +155,7 @@ def match_block(
     ``sure_threshold`` (noise sd) is faint, and its fit is kept only at ``faint_min_amplitude`` of
     the template's size or more. Faint candidates find the spikes of faint neurons; fitted small,
     a larger neighbour's template takes spikes of a neuron it does not describe (on a crowded
-    probe, 0.55-0.68 of its size)."""
+    probe, 0.55-0.68 of its size). A template too faint for that (``faint_floors``) has no floor."""
     r = np.array(x, dtype=np.float32, copy=True)
     nt = templates.values.shape[1]
     pre = templates.pre
@@ -171,6 +171,15 @@ def match_block(
     if filtered is None:
         filtered = filtered_templates(templates, h)
     values_t = np.ascontiguousarray(templates.values.transpose(0, 2, 1))
+    floors = None
+    if sure_threshold is not None and faint_min_amplitude > 0:
+        floors = faint_floors(
+            filtered,
+            channels=templates.channels,
+            inv_sd=inv_sd,
+            sure_threshold=sure_threshold,
+            faint_min_amplitude=faint_min_amplitude,
+        )
     rows = np.arange(lo, hi)
     for _ in range(iterations):
         t, c = detect_peaks_rows(y, 1.0, float(detect_threshold), peak_neighbors, exclusion, rows)
@@ -190,8 +199,8 @@ def match_block(
             float(amplitude_range[1]),
         )
         fit = (k >= 0) & (g > thr2[np.maximum(k, 0)])
-        if sure_threshold is not None and faint_min_amplitude > 0:
-            fit &= (y[t, c] >= sure_threshold) | (a >= faint_min_amplitude)
+        if floors is not None:
+            fit &= (y[t, c] >= sure_threshold) | (a >= floors[np.maximum(k, 0)])
         ok = np.flatnonzero(fit)
         if len(ok) == 0:
             break
@@ -211,6 +220,32 @@ def match_block(
     if drop_misfits:
         spikes = set_misfits_aside(spikes, r, offset=offset, templates=templates)
     return spikes, r
+
+
+def faint_floors(
+    filtered: np.ndarray,
+    *,
+    channels: np.ndarray,
+    inv_sd: np.ndarray,
+    sure_threshold: float,
+    faint_min_amplitude: float,
+) -> np.ndarray:
+    """(K,) least scale of a fit on a faint candidate: ``faint_min_amplitude``, or 0 for a template
+    whose own spike at that scale would be faint too (its peak on the filtered traces, from
+    ``filtered`` scaled by ``inv_sd`` per channel, times ``faint_min_amplitude``, under
+    ``sure_threshold``).
+
+    Such a template is a faint neuron's, often spread over several contacts, and its median was
+    drawn from spikes past the detection threshold, so its own spikes fit at 0.6-0.7 of it: the
+    floor kept out a third of them (``crowded64`` seed 90, a 20 µV neuron on four contacts,
+    recall 0.71). A larger template's fit that small on a faint peak is what the floor is for:
+    its own spike at that scale would peak far above the candidate."""
+    if len(filtered) == 0:
+        return np.zeros(0, dtype=np.float32)
+    valid = channels >= 0
+    scale = np.where(valid, inv_sd[np.where(valid, channels, 0)], 0.0).astype(np.float32)  # (K, S)
+    peak = (filtered * scale[:, None, :]).max(axis=(1, 2))
+    return np.where(peak * faint_min_amplitude < sure_threshold, 0.0, faint_min_amplitude).astype(np.float32)
 
 
 def set_misfits_aside(
