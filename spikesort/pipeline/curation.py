@@ -39,6 +39,7 @@ from spikesort.stages.merges import (
     snippet_merge_test,
 )
 from spikesort.stages.mixtures import split_two_neuron_units
+from spikesort.stages.refits import refit_spikes
 from spikesort.stages.templates import build_templates, template_snr
 
 from .state import Clustered, Curated, Matched, Preprocessed, _Run
@@ -100,6 +101,8 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
     pre, nt, fs = run.pre, run.nt, info.sampling_rate_hz
     dup = int(round(p.duplicate_ms * fs / 1000))
     spikes = remove_duplicates(mat.spikes, window=dup)
+    # leftovers reach as far as the waveform (biophysical tails echoed at ±2.3-2.5 ms); bursts beyond
+    residue_window = int(round((p.ms_before + p.ms_after + RESIDUE_EXTRA_MS) * fs / 1000))
 
     memo: dict = {}  # the units a merge or a drop left as they were keep their templates
 
@@ -113,8 +116,6 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
     phase_lag = int(round(p.ms_before * fs / 1000))
     trains = dict(refractory=refractory, duration=info.n_samples)
     double_fit, rate_bin = int(round(DOUBLE_FIT_MS * fs / 1000)), int(round(REFRACTORY_RATE_BIN_S * fs))
-    # leftovers reach as far as the waveform (biophysical tails echoed at ±2.3-2.5 ms); bursts beyond
-    residue_window = int(round((p.ms_before + p.ms_after + RESIDUE_EXTRA_MS) * fs / 1000))
     burst_lags = (residue_window, max(residue_window, int(round(BURST_MS * fs / 1000))))
     trough_lags = tuple(int(round(ms * fs / 1000)) for ms in CCG_TROUGH_MS)
 
@@ -180,6 +181,8 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
 
     def drop_residues(spikes, templates):
         residue = residue_spikes(spikes, templates.dense, window=residue_window, positions_um=info.positions_um)
+        # refits fill the refractory gap between a neuron's pieces
+        residue |= refit_spikes(spikes, templates, store, window=residue_window, positions_um=info.positions_um)
         return spikes.take(np.flatnonzero(~residue)), bool(residue.any())
 
     def merge_empty_periods(spikes, templates):
