@@ -46,12 +46,9 @@ def crowded_lag_spikes(
     if len(ta) == 0 or len(tb) < (2 if same else 1):
         return out
     i = np.searchsorted(tb, ta)
-    if same:  # the neighbours of each spike in its own train, itself left out
-        prev = np.where(i >= 1, tb[np.maximum(i - 1, 0)], np.iinfo(np.int64).min // 2)
-        nxt = np.where(i + 1 < len(tb), tb[np.minimum(i + 1, len(tb) - 1)], np.iinfo(np.int64).max // 2)
-    else:
-        prev = np.where(i >= 1, tb[np.maximum(i - 1, 0)], np.iinfo(np.int64).min // 2)
-        nxt = np.where(i < len(tb), tb[np.minimum(i, len(tb) - 1)], np.iinfo(np.int64).max // 2)
+    j = i + 1 if same else i  # in its own train, a spike's next neighbour is past itself
+    prev = np.where(i >= 1, tb[np.maximum(i - 1, 0)], np.iinfo(np.int64).min // 2)
+    nxt = np.where(j < len(tb), tb[np.minimum(j, len(tb) - 1)], np.iinfo(np.int64).max // 2)
     lag = np.where(ta - prev <= nxt - ta, ta - prev, ta - nxt)
     near = (np.abs(lag) <= window) & (lag != 0)
     if near.sum() < min_count:
