@@ -27,7 +27,14 @@ import numpy as np
 from spikesort.stages.detect import Detections, detect_block, envelope_bank
 from spikesort.stages.export import phy_whitening
 from spikesort.stages.geometry import neighbor_table
-from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block, match_thresholds, set_misfits_aside
+from spikesort.stages.match import (
+    MatchedSpikes,
+    channel_candidates,
+    faint_floors,
+    match_block,
+    match_thresholds,
+    set_misfits_aside,
+)
 from spikesort.stages.templates import filtered_templates, sparsify
 
 from .discover import strongest_per_event
@@ -69,6 +76,7 @@ class Tables:
     templates: object
     cand: np.ndarray
     filtered: np.ndarray
+    floors: np.ndarray  # faint candidates' least fit scale per template (faint_floors)
     thresholds: np.ndarray | None = None  # measured on the first block these tables match
 
 
@@ -200,10 +208,19 @@ class Streamer:
             if shift_um and self.live.tracker is not None:
                 dense = self.live.tracker.move(dense, shift_um)
             templates = sparsify(dense, pre=self.pre)
+            filtered = filtered_templates(templates, self.model.bases[0])
+            floors = faint_floors(
+                filtered,
+                channels=templates.channels,
+                inv_sd=(1.0 / self.model.filter_sd).astype(np.float32),
+                sure_threshold=self.p.match_sure_threshold,
+                faint_min_amplitude=self.p.match_faint_min_amplitude,
+            )
             t = Tables(
                 templates=templates,
                 cand=channel_candidates(templates, n_channels=self.info.n_channels),
-                filtered=filtered_templates(templates, self.model.bases[0]),
+                filtered=filtered,
+                floors=floors,
             )
             self._tables = {s: v for s, v in self._tables.items() if any(s == ln.shift_um for ln in self.lanes())}
             self._tables[shift_um] = t
@@ -285,7 +302,7 @@ class Streamer:
                 sign=m.sign,
                 detect_threshold=p.match_detect_threshold,
                 sure_threshold=p.match_sure_threshold,
-                faint_min_amplitude=p.match_faint_min_amplitude,
+                faint_min_amplitude=tab.floors,
                 peak_neighbors=self.peak_nb,
                 exclusion=self.exclusion,
                 match_threshold=tab.thresholds,

@@ -27,7 +27,7 @@ from spikesort.stages.detect import (
 )
 from spikesort.stages.drift import MotionPeaks, correct_drift
 from spikesort.stages.export import phy_whitening
-from spikesort.stages.match import MatchedSpikes, channel_candidates, match_block, match_thresholds
+from spikesort.stages.match import MatchedSpikes, channel_candidates, faint_floors, match_block, match_thresholds
 from spikesort.stages.merges import (
     merge_similar_templates,
     relabel,
@@ -274,6 +274,15 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
     if len(thresholds):
         log.info("matching thresholds %.1f-%.1f (each template's score on noise)", thresholds.min(), thresholds.max())
 
+    # once for the run, not per chunk (hundreds of templates on 384 channels)
+    floors = faint_floors(
+        filtered,
+        channels=templates.channels,
+        inv_sd=(1.0 / det.filter_sd).astype(np.float32),
+        sure_threshold=p.match_sure_threshold,
+        faint_min_amplitude=p.match_faint_min_amplitude,
+    )
+
     def match_fn(ch):
         x = store.read(ch.read_start, ch.read_stop)
         spikes, _ = match_block(
@@ -286,7 +295,7 @@ def _match(run: _Run, *, prep: Preprocessed, det: Detected, clu: Clustered) -> M
             sign=det.sign,
             detect_threshold=p.match_detect_threshold,
             sure_threshold=p.match_sure_threshold,
-            faint_min_amplitude=p.match_faint_min_amplitude,
+            faint_min_amplitude=floors,
             peak_neighbors=peak_nb,
             exclusion=run.exclusion,
             match_threshold=thresholds,

@@ -142,7 +142,7 @@ def match_block(
     filtered: np.ndarray | None = None,
     drop_misfits: bool = False,
     sure_threshold: float | None = None,
-    faint_min_amplitude: float = 0.0,
+    faint_min_amplitude: float | np.ndarray = 0.0,
 ) -> tuple[MatchedSpikes, np.ndarray]:
     """Peel templates off one whitened block. Returns the spikes (recording samples) and the residual.
 
@@ -155,7 +155,8 @@ def match_block(
     ``sure_threshold`` (noise sd) is faint, and its fit is kept only at ``faint_min_amplitude`` of
     the template's size or more. Faint candidates find the spikes of faint neurons; fitted small,
     a larger neighbour's template takes spikes of a neuron it does not describe (on a crowded
-    probe, 0.55-0.68 of its size). A template too faint for that (``faint_floors``) has no floor."""
+    probe, 0.55-0.68 of its size). A template too faint for that (``faint_floors``) has no floor.
+    ``faint_min_amplitude`` may be those floors, one per template, computed once by the caller."""
     r = np.array(x, dtype=np.float32, copy=True)
     nt = templates.values.shape[1]
     pre = templates.pre
@@ -172,7 +173,9 @@ def match_block(
         filtered = filtered_templates(templates, h)
     values_t = np.ascontiguousarray(templates.values.transpose(0, 2, 1))
     floors = None
-    if sure_threshold is not None and faint_min_amplitude > 0:
+    if sure_threshold is not None and np.ndim(faint_min_amplitude) == 1:
+        floors = np.asarray(faint_min_amplitude, dtype=np.float32)
+    elif sure_threshold is not None and faint_min_amplitude > 0:
         floors = faint_floors(
             filtered,
             channels=templates.channels,
