@@ -232,6 +232,35 @@ def test_a_weak_gap_joins_only_templates_alike_as_one_neurons_pieces():
     assert len(refractory_merges(_spikes(a2, b2), neighbours, **kw)) == 1
 
 
+def test_a_weak_gap_between_two_modes_is_two_neurons():
+    # two large neurons on one contact, templates alike to 0.9 (crowded64 seed 90: neurons 10 and
+    # 49, 8 µm apart, 0.92 alike at 320 µV): one pair of theirs in the refractory period where 6.5
+    # are expected happens 1 % of the time; their spikes fall in two modes, and that says two neurons
+    rng = np.random.default_rng(8)
+    fs, dur = 30000, 30000 * 300
+    positions = np.stack([np.zeros(32), 20.0 * np.arange(32)], axis=1)
+    kw = dict(positions_um=positions, duration=dur, refractory=45, similarity=0.7, rate_bin=10 * fs)
+    dense = np.stack([_unit(peak=30, center=12), _unit(peak=30, center=13)])
+    assert lagged_similarity(dense[0], dense[1], max_lag=3)[0] > 0.85
+    a = _poisson_times(rng, 3, dur)
+    b = _with_pairs(rng, a, _poisson_times(rng, 3, dur), keep=1, refractory=45)
+    ratio, expected = cross_refractory_ratio(a, b, refractory=45, duration=dur, rate_bin=10 * fs)
+    assert 6 < expected < 10 and ratio < 0.25 and makes_way(a, b, duration=dur, rate_bin=10 * fs)
+    asked = []
+
+    def two_modes(i, j, lag):
+        asked.append((i, j))
+        return False
+
+    assert len(refractory_merges(_spikes(a, b), dense, same_unit=two_modes, **kw)) == 2 and asked == [(0, 1)]
+    # one mode along the line between them (a neuron's pieces, the shrunken spikes of its bursts)
+    assert len(refractory_merges(_spikes(a, b), dense, same_unit=lambda i, j, lag: True, **kw)) == 1
+    # a gap that independent neurons would almost never leave needs no mode test
+    a2 = _poisson_times(rng, 10, dur)
+    b2 = _with_pairs(rng, a2, _poisson_times(rng, 10, dur), keep=0, refractory=45)
+    assert len(refractory_merges(_spikes(a2, b2), dense, same_unit=two_modes, **kw)) == 1
+
+
 def _stretched(u: np.ndarray, factor: float) -> np.ndarray:
     """``u`` widened in time by ``factor`` about its trough (a spike late in a burst)."""
     t = np.arange(u.shape[0], dtype=np.float64)

@@ -67,6 +67,13 @@ STRETCH_DISPERSION = 3.0
 WEAK_GAP_SIMILARITY = 0.8
 
 
+def _one_mode(same_unit, i: int, j: int, lag: int) -> bool:
+    if same_unit(i, j, lag):
+        return True
+    log.info("units %d and %d: a weak refractory gap, but their spikes form two modes: kept apart", i, j)
+    return False
+
+
 def gap_probability(ratio: float, expected: float) -> float:
     """How often two neurons firing independently leave at most the observed pairs (``ratio`` of
     ``expected``) in the refractory period: the Poisson probability of a gap that deep."""
@@ -163,7 +170,9 @@ def refractory_merges(
                 ok = ratio < max_ratio and (
                     gap_probability(ratio, expected) < strong_gap_p
                     or (
-                        s >= weak_gap_similarity and makes_way(times[i], times[j], duration=duration, rate_bin=rate_bin)
+                        s >= weak_gap_similarity
+                        and makes_way(times[i], times[j], duration=duration, rate_bin=rate_bin)
+                        and (same_unit is None or _one_mode(same_unit, i, j, lag))
                     )
                 )
             elif s >= absorb_similarity and min(len(times[i]), len(times[j])) <= absorb_fraction * max(
