@@ -161,8 +161,9 @@ def residue_spikes(
             # an echo of two large neurons' long waveforms at once: each holds under half of the
             # unit's spikes, together more (mearec_tetrode seed 90: 32 % and 32 %, 62 % together)
             rest = ~residue
-            near_any = np.logical_or.reduce([near for _, near in locked]) & rest
-            if near_any.sum() > echo_fraction * rest.sum():
+            near_any = int((np.logical_or.reduce([near for _, near in locked]) & rest).sum())
+            chance_any = rest.sum() * sum(len(times[b]) for b, _ in locked) / span * (2 * window + 1)
+            if near_any > echo_fraction * rest.sum() and near_any >= echo_over_chance * chance_any:
                 echo_of = [b for b, _ in locked]
                 residue[:] = True
         if not residue.any():
