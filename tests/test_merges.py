@@ -252,13 +252,13 @@ def test_a_weak_gap_between_two_modes_is_two_neurons():
         asked.append((i, j))
         return False
 
-    assert len(refractory_merges(_spikes(a, b), dense, same_unit=two_modes, **kw)) == 2 and asked == [(0, 1)]
-    # one mode along the line between them (a neuron's pieces, the shrunken spikes of its bursts)
-    assert len(refractory_merges(_spikes(a, b), dense, same_unit=lambda i, j, lag: True, **kw)) == 1
+    assert len(refractory_merges(_spikes(a, b), dense, same_shape=two_modes, **kw)) == 2 and asked == [(0, 1)]
+    # one mode once each spike is divided by its size (a neuron's pieces, its bursts' shrunken spikes)
+    assert len(refractory_merges(_spikes(a, b), dense, same_shape=lambda i, j, lag: True, **kw)) == 1
     # a gap that independent neurons would almost never leave needs no mode test
     a2 = _poisson_times(rng, 10, dur)
     b2 = _with_pairs(rng, a2, _poisson_times(rng, 10, dur), keep=0, refractory=45)
-    assert len(refractory_merges(_spikes(a2, b2), dense, same_unit=two_modes, **kw)) == 1
+    assert len(refractory_merges(_spikes(a2, b2), dense, same_shape=two_modes, **kw)) == 1
 
 
 def _stretched(u: np.ndarray, factor: float) -> np.ndarray:

@@ -113,3 +113,35 @@ def test_the_merge_veto_keeps_two_close_neighbours_apart_whichever_spikes_it_dra
 
     assert not any(merged())
     assert any(merged(300))
+
+
+def test_the_scale_free_veto_joins_one_shape_at_two_sizes_and_parts_two_shapes(tmp_path):
+    """A neuron's spikes at full size and at 0.55 of it (a burst's shrunken ones) form two modes
+    along the line between their means, but one once each spike is divided by its size; a
+    neighbour of another footprint stays apart either way."""
+    from spikesort.pipeline.traces import TraceStore
+    from spikesort.stages.merges.templates import snippet_merge_test
+
+    rng = np.random.default_rng(2)
+    n, n_ch, pre, nt = 1_000_000, 4, 10, 30
+    x = rng.standard_normal((n, n_ch)).astype(np.float32)
+    bump = np.exp(-0.5 * ((np.arange(nt) - pre) / 3.0) ** 2).astype(np.float32)
+    footprint = np.array([1.0, 0.6, 0.3, 0.0], np.float32)
+    other = np.array([1.0, 0.0, 0.3, 0.6], np.float32)
+    ta = np.arange(200, n - 200, 331)[:1000]
+    tb, tc = ta + 110, ta + 220
+    for t in ta:
+        x[t - pre : t - pre + nt] += 12 * bump[:, None] * footprint
+    for t in tb:
+        x[t - pre : t - pre + nt] += 6.6 * bump[:, None] * footprint
+    for t in tc:
+        x[t - pre : t - pre + nt] += 12 * bump[:, None] * other
+    store = TraceStore(tmp_path / "s.dat", n_samples=n, n_channels=n_ch)
+    store.create()
+    store.write(0, x)
+    times, labels = np.concatenate([ta, tb, tc]), np.repeat([0, 1, 2], len(ta))
+    kw = dict(pre=pre, nt=nt, threshold=0.25, seed=0)
+    sized = snippet_merge_test(store, times, labels, **kw)
+    free = snippet_merge_test(store, times, labels, scale_free=True, **kw)
+    assert not sized(0, 1, 0) and free(0, 1, 0)
+    assert not sized(0, 2, 0) and not free(0, 2, 0)

@@ -195,11 +195,13 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
         return join(spikes, groups)
 
     spikes, _ = drop_residues(spikes, post)
-    veto = snippet_merge_test(
-        store, spikes.times, spikes.templates, pre=pre, nt=nt, threshold=p.bimodality_threshold, seed=p.seed
-    )
+    vkw = dict(pre=pre, nt=nt, threshold=p.bimodality_threshold, seed=p.seed)
+    veto = snippet_merge_test(store, spikes.times, spikes.templates, **vkw)
     rkw = dict(positions_um=info.positions_um, duration=info.n_samples, refractory=refractory, rate_bin=rate_bin)
-    groups = refractory_merges(spikes, post.dense, similarity=p.post_merge_similarity, same_unit=veto, **rkw)
+    # a weak gap's pair must be one shape at any size: a bursting neuron's pieces differ in size
+    shape = snippet_merge_test(store, spikes.times, spikes.templates, scale_free=True, **vkw)
+    rkw.update(same_unit=veto, same_shape=shape)
+    groups = refractory_merges(spikes, post.dense, similarity=p.post_merge_similarity, **rkw)
     spikes = remove_duplicates(apply_groups(spikes, groups), window=dup)
     log.info("%d units after refractory merges", len(groups))
     # merged units can show residues and echoes that their parts hid; then the footprints again,

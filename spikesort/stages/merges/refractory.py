@@ -129,6 +129,7 @@ def refractory_merges(
     absorb_fraction: float = 0.1,
     rate_bin: int | None = None,
     same_unit=None,
+    same_shape=None,
     strong_gap_p: float = STRONG_GAP_P,
     weak_gap_similarity: float = WEAK_GAP_SIMILARITY,
 ) -> list[list[tuple[int, int]]]:
@@ -138,9 +139,11 @@ def refractory_merges(
     cross-correlogram (observed/expected < ``max_ratio``, the expectation from the rates in bins
     of ``rate_bin`` samples); a gap that independent neurons would leave with probability over
     ``strong_gap_p`` also needs templates alike to ``weak_gap_similarity`` and the larger unit to
-    make way for the smaller (``makes_way``). Where the two fire too little at the same time for
-    the correlogram to say anything (expected pairs < ``min_expected``), only near-identical
-    templates (``strict_similarity``) whose spikes form one mode (``same_unit(i, j, lag)``) merge.
+    make way for the smaller (``makes_way``) and, when ``same_shape`` is given, their spikes to
+    form one mode once each is divided by its size (``same_shape(i, j, lag)``). Where the two
+    fire too little at the same time for the correlogram to say anything (expected pairs <
+    ``min_expected``), only near-identical templates (``strict_similarity``) whose spikes form one
+    mode (``same_unit(i, j, lag)``) merge.
     A unit with under ``absorb_fraction`` of the spikes of a unit whose template it repeats
     (``absorb_similarity``) joins it without the mode test: it is a slice of that unit's spikes
     (sub-sample jitter, collisions) the test would call separable, and a wrong merge of so few
@@ -172,7 +175,7 @@ def refractory_merges(
                     or (
                         s >= weak_gap_similarity
                         and makes_way(times[i], times[j], duration=duration, rate_bin=rate_bin)
-                        and (same_unit is None or _one_mode(same_unit, i, j, lag))
+                        and (same_shape is None or _one_mode(same_shape, i, j, lag))
                     )
                 )
             elif s >= absorb_similarity and min(len(times[i]), len(times[j])) <= absorb_fraction * max(

@@ -191,6 +191,22 @@ VETO_SPIKES = 1000
 CHANNEL_SPIKES = 300
 
 
+# a spike scaled to this of the mean or less is mostly noise: dividing by its scale would blow it up
+MIN_SCALE = 0.25
+
+
+def _sizeless(si: np.ndarray, sj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Snippets of two units divided by their least-squares scale on the two means' average."""
+    ref = 0.5 * (si.mean(0) + sj.mean(0)).ravel()
+    rr = max(float(ref @ ref), 1e-12)
+
+    def scaled(x):
+        k = np.maximum(x.reshape(len(x), -1) @ ref / rr, MIN_SCALE)
+        return x / k[:, None, None].astype(x.dtype)
+
+    return scaled(si), scaled(sj)
+
+
 def snippet_merge_test(
     store,
     times: np.ndarray,
@@ -201,12 +217,16 @@ def snippet_merge_test(
     threshold: float,
     seed: int,
     max_spikes: int = VETO_SPIKES,
+    scale_free: bool = False,
 ):
     """A veto for template merges: the spikes of two clusters, aligned on the first, must form
     one mode along the axis joining their mean waveforms (else they are two neurons). Up to
     ``max_spikes`` of each, chosen by :func:`.sampling.keyed_subset` with ``seed``, on the channels
     where either mean waveform (of ``CHANNEL_SPIKES`` of them) reaches 0.2 of the larger's peak:
-    the rest only adds noise to the projection."""
+    the rest only adds noise to the projection. ``scale_free``: each spike is first divided by
+    its size (its least-squares scale on the two means' average, at least ``MIN_SCALE``), so that
+    one neuron's spikes at two sizes (a burst's shrunken ones) form one mode, and only shapes
+    and footprints that differ form two."""
 
     chosen = {}  # (unit, n) -> its drawn spikes: a unit is met in many pairs
     means = {}  # (unit, lag) -> the mean waveform, every channel, that picks the pair's channels
@@ -232,6 +252,8 @@ def snippet_merge_test(
         )
         si = store.snippets(ti, pre=pre, nt=nt, channels=chans)
         sj = store.snippets(tj, pre=pre, nt=nt, channels=chans)
+        if scale_free:
+            si, sj = _sizeless(si, sj)
         axis = (si.mean(0) - sj.mean(0)).ravel()
         nrm = np.linalg.norm(axis)
         if nrm == 0:
