@@ -153,7 +153,7 @@ def residue_spikes(
             near_rest = int((near & rest).sum())
             if near_rest >= max(min_count, echo_over_chance * chance_near):
                 if near_rest > echo_fraction * rest.sum():
-                    echo_of = b
+                    echo_of = [b]
                     residue[:] = True
                     break
                 locked.append((b, near))
@@ -172,7 +172,7 @@ def residue_spikes(
         if echo_of is not None:
             drop[members[a]] = True
             whole += 1
-            of = ", ".join(map(str, echo_of)) if isinstance(echo_of, list) else str(echo_of)
+            of = ", ".join(map(str, echo_of))
             log.info("unit %d: its spikes come within the window of unit %s's: an echo, dropped", a, of)
         elif frac > drop_fraction:
             drop[members[a]] = True
