@@ -1640,6 +1640,38 @@ def test_on_a_tetrode_a_piece_whose_pairs_crowd_at_one_lag_joins_on_the_gap_arou
     assert not _tetrode_merged(loose, [unit, thinned])
 
 
+def test_on_a_tetrode_a_stretched_piece_caught_off_time_joins_on_the_gap_centred_where_it_lies():
+    from spikesort.stages.merges import footprint_merges
+    from spikesort.stages.merges.evidence import Trains, ample_gap
+
+    # mearec_tetrode_20k seed 90: a bursting neuron's stretched spikes (999, a third of its unit's
+    # size, footprints 0.997, shapes 0.53), caught about 10 samples after their time: the gap they
+    # leave beside its unit sits off centre, and at lag 0 the pairs of the burst's short intervals
+    # fill one side of the period (7 pairs where 19 were expected): a false unit
+    rng = np.random.default_rng(31)
+    tet = _tetrode_and_wide_piece(0.35)
+    duration, refractory, late = 15_200_000, 48, 24
+    burst = rng.random(6000) < 0.2  # a burst's intervals: just past the refractory period
+    isi = np.where(burst, rng.integers(50, 300, size=6000), rng.integers(150, 6000, size=6000))
+    neuron = np.cumsum(isi)
+    piece = rng.random(len(neuron)) < 0.2
+    times = [neuron[~piece], neuron[piece] + late]
+    sizes = np.array([len(t) for t in times])
+    tr = Trains(times, refractory, duration, None, 3.0, 0.4)
+    assert not ample_gap(*tr.banded(*times), compact=True)  # no gap where it is usually sought
+    ratio, expected, lag = tr.centred(*times, max_shift=32)
+    assert ratio == 0 and expected > 10 and abs(lag - late) <= 3
+    kw = dict(max_lag=3, phase_lag=32, refractory=refractory, duration=duration)
+    assert len(footprint_merges(tet, tet, sizes, **kw, times=times)) == 1
+    # a neuron of that footprint firing on its own leaves no gap at any lag
+    other = np.sort(rng.integers(0, duration, size=len(times[1])))
+    assert len(footprint_merges(tet, tet, sizes, **kw, times=[times[0], other])) == 2
+    # nor does one whose collisions the matching thinned (to 0.47 of chance's pairs)
+    close = np.searchsorted(times[0], other + refractory, "right") > np.searchsorted(times[0], other - refractory)
+    thinned = other[~(close & (rng.random(len(other)) < 0.53))]
+    assert len(footprint_merges(tet, tet, sizes, **kw, times=[times[0], thinned])) == 2
+
+
 def test_on_a_tetrode_a_faint_piece_too_few_for_the_trains_joins_the_unit_it_is_most_like():
     # mearec_tetrode seed 12: 251 of a neuron's spikes at 0.38 of its 1517-spike unit's size,
     # footprints 0.997, shapes 0.81; 2.5 pairs expected in the refractory period's outer half,

@@ -8,6 +8,7 @@ it, so that the piece is judged again, by that rule, against the whole group it 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,12 +19,15 @@ from .evidence import (
     NARROW_RATIO,
     Trains,
     ample_gap,
+    centred_gap,
     deep_gap,
     near_empty_on_plenty,
     strong_gap,
 )
 from .templates import footprint_cosine, lagged_dots, lagged_similarity, seen_on_peaks
 from .two_sizes import trains_say
+
+log = logging.getLogger(__name__)
 
 # a probe so compact that a footprint spans this much of it (a tetrode): every neuron there has
 # about the same footprint, and the spike trains decide
@@ -120,12 +124,19 @@ class PieceRules:
     phased: set = field(default_factory=set)  # compact rare pieces on another phase, on ample evidence
     scarce: set = field(default_factory=set)  # rare pieces shaped as their unit, the trains too short
     twins: set = field(default_factory=set)  # dense pieces whose footprint is their unit's, on a thinned gap
+    centred: set = field(default_factory=set)  # compact stretched pieces, on a deep gap off centre
+    off_centre: list = field(default_factory=list)  # their candidates, (ratio, piece, unit, lag)
 
     def __post_init__(self):
         self.k = self.dense.shape[0]
         self.size_uv = self.ptp.max(axis=1)
         # a footprint that agrees has signal on the other unit's largest channel at least
         self.near = seen_on_peaks(self.ptp)  # near[i, j]: j seen on i's peak
+
+    @property
+    def searched(self) -> float:
+        """How many positions of the refractory period apart a search within ``phase_lag`` tries."""
+        return 1.0 + 2.0 * self.phase_lag / max(self.trains.refractory, 1)
 
     @property
     def judged(self) -> bool:
@@ -221,6 +232,12 @@ class PieceRules:
                         return  # a stretched piece aligns on another phase, which the caller rules out
                     shift = lagged_similarity(dense[big], dense[piece], max_lag=lags)[1]
                 self.ample_pair(piece, big, shift, cos, ratio, expected, narrow=True)
+                return
+            if not narrow and cos >= self.min_cosine and not ample_gap(ratio, expected, compact=True):
+                # a compact footprint as close as a dense one's: the gap may sit off centre
+                ratio, expected, lag = tr.centred(times[big], times[piece], max_shift=self.phase_lag)
+                if centred_gap(ratio, expected, searched=self.searched):
+                    self.off_centre.append((ratio, piece, big, lag))  # if no other rule joins it
                 return
             self.ample_pair(piece, big, shift, cos, ratio, expected, narrow=narrow)
             return
@@ -344,7 +361,7 @@ class PieceRules:
         shape. Then, where footprints span ``min_channels``
         (narrower on a long probe: a sliver alike as dense units must be), a neuron's rarer spikes
         (``QUIET_FRACTION``): shapes alike within ``phase_lag``, an empty refractory period once
-        aligned."""
+        aligned. Last, a compact stretched piece on a deep gap off centre (:meth:`.Trains.centred`)."""
         times, tr, size_uv, ptp = self.times, self.trains, self.size_uv, self.ptp
         if times is None:
             return
@@ -417,6 +434,13 @@ class PieceRules:
                         self.attach.append((2.0 - s, piece, big, shift))  # after the rest, the likeliest unit first
                         self.scarce.add(piece)
                         attached.add(piece)
+        # last, compact stretched pieces whose gap beside their unit sits off centre
+        for ratio, piece, big, lag in sorted(self.off_centre):
+            if piece not in attached:
+                self.attach.append((ratio, piece, big, lag))
+                self.centred.add(piece)
+                attached.add(piece)
+                log.info("unit %d: a piece of unit %d, its refractory gap %+d samples off", piece, big, lag)
 
     def scarce_pair(self, piece: int, big: int, cos: float, s: float, *, narrow: bool) -> bool:
         """A rare piece (``QUIET_FRACTION``, no larger) shaped as its unit (``min_similarity``),
@@ -450,6 +474,8 @@ class PieceRules:
             return self.stretched_gap(whole, piece, shift)
         if piece in self.ample:
             return ample_gap(*tr.banded(whole, times[piece]), compact=piece in self.compact_ample)
+        if piece in self.centred:
+            return near_empty_on_plenty(*tr.banded(whole, times[piece] - shift))
         if piece in self.twins:
             return near_empty_on_plenty(*tr.banded(whole, times[piece]), below=DENSE_ALIKE_RATIO)
         if piece in self.phased:
