@@ -1640,27 +1640,32 @@ def test_on_a_tetrode_a_piece_whose_pairs_crowd_at_one_lag_joins_on_the_gap_arou
     assert not _tetrode_merged(loose, [unit, thinned])
 
 
-def test_on_a_tetrode_a_stretched_piece_caught_off_time_joins_on_the_gap_centred_where_it_lies():
+def test_on_a_tetrode_a_stretched_piece_caught_off_time_joins_on_the_gap_near_where_its_shape_aligns():
     from spikesort.stages.merges import footprint_merges
     from spikesort.stages.merges.evidence import Trains, ample_gap
+    from spikesort.stages.merges.templates import lagged_similarity
 
     # mearec_tetrode_20k seed 90: a bursting neuron's stretched spikes (999, a third of its unit's
-    # size, footprints 0.997, shapes 0.53), caught about 10 samples after their time: the gap they
-    # leave beside its unit sits off centre, and at lag 0 the pairs of the burst's short intervals
-    # fill one side of the period (7 pairs where 19 were expected): a false unit
+    # size, footprints 0.997, shapes 0.53), caught late: at lag 0 the pairs of the burst's short
+    # intervals fill one side of the refractory period (7 pairs where 19 were expected), and the
+    # gap they leave lies a few samples off where the shapes align them: a false unit
     rng = np.random.default_rng(31)
-    tet = _tetrode_and_wide_piece(0.35)
+    full, piece = _tetrode_and_wide_piece(0.35)
+    tet = np.ascontiguousarray(np.stack([np.roll(full, 20, axis=0), piece]))  # caught 20 samples late
     duration, refractory, late = 15_200_000, 48, 24
     burst = rng.random(6000) < 0.2  # a burst's intervals: just past the refractory period
     isi = np.where(burst, rng.integers(50, 300, size=6000), rng.integers(150, 6000, size=6000))
     neuron = np.cumsum(isi)
-    piece = rng.random(len(neuron)) < 0.2
-    times = [neuron[~piece], neuron[piece] + late]
+    own = rng.random(len(neuron)) < 0.2
+    times = [neuron[~own], neuron[own] + late]
     sizes = np.array([len(t) for t in times])
     tr = Trains(times, refractory, duration, None, 3.0, 0.4)
     assert not ample_gap(*tr.banded(*times), compact=True)  # no gap where it is usually sought
-    ratio, expected, lag = tr.centred(*times, max_shift=32)
-    assert ratio == 0 and expected > 10 and abs(lag - late) <= 3
+    lag = lagged_similarity(tet[0], tet[1], max_lag=32)[1]
+    assert 0 < abs(lag - late) <= refractory // 4
+    ratio, expected = tr.centred(*times, lag=lag, reach=refractory // 4)
+    assert ratio == 0 and expected > 10
+    assert tr.centred(*times, lag=-lag, reach=refractory // 4)[0] > 0.5  # and none elsewhere
     kw = dict(max_lag=3, phase_lag=32, refractory=refractory, duration=duration)
     assert len(footprint_merges(tet, tet, sizes, **kw, times=times)) == 1
     # a neuron of that footprint firing on its own leaves no gap at any lag

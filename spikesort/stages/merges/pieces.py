@@ -134,9 +134,9 @@ class PieceRules:
         self.near = seen_on_peaks(self.ptp)  # near[i, j]: j seen on i's peak
 
     @property
-    def searched(self) -> float:
-        """How many positions of the refractory period apart a search within ``phase_lag`` tries."""
-        return 1.0 + 2.0 * self.phase_lag / max(self.trains.refractory, 1)
+    def reach(self) -> int:
+        """How far from the shapes' lag a stretched piece's gap is sought: a quarter of the period."""
+        return self.trains.refractory // 4
 
     @property
     def judged(self) -> bool:
@@ -235,8 +235,9 @@ class PieceRules:
                 return
             if not narrow and cos >= self.min_cosine and not ample_gap(ratio, expected, compact=True):
                 # a compact footprint as close as a dense one's: the gap may sit off centre
-                ratio, expected, lag = tr.centred(times[big], times[piece], max_shift=self.phase_lag)
-                if centred_gap(ratio, expected, searched=self.searched):
+                lag = lagged_similarity(dense[big], dense[piece], max_lag=max(self.max_lag, self.phase_lag))[1]
+                ratio, expected = tr.centred(times[big], times[piece], lag=lag, reach=self.reach)
+                if centred_gap(ratio, expected, searched=1.0 + 2.0 * self.reach / tr.refractory):
                     self.off_centre.append((ratio, piece, big, lag))  # if no other rule joins it
                 return
             self.ample_pair(piece, big, shift, cos, ratio, expected, narrow=narrow)
@@ -440,7 +441,7 @@ class PieceRules:
                 self.attach.append((ratio, piece, big, lag))
                 self.centred.add(piece)
                 attached.add(piece)
-                log.info("unit %d: a piece of unit %d, its refractory gap %+d samples off", piece, big, lag)
+                log.info("unit %d: a piece of unit %d at %+d samples, its refractory gap a little off", piece, big, lag)
 
     def scarce_pair(self, piece: int, big: int, cos: float, s: float, *, narrow: bool) -> bool:
         """A rare piece (``QUIET_FRACTION``, no larger) shaped as its unit (``min_similarity``),
@@ -475,7 +476,7 @@ class PieceRules:
         if piece in self.ample:
             return ample_gap(*tr.banded(whole, times[piece]), compact=piece in self.compact_ample)
         if piece in self.centred:
-            return near_empty_on_plenty(*tr.banded(whole, times[piece] - shift))
+            return near_empty_on_plenty(*tr.centred(whole, times[piece], lag=shift, reach=self.reach))
         if piece in self.twins:
             return near_empty_on_plenty(*tr.banded(whole, times[piece]), below=DENSE_ALIKE_RATIO)
         if piece in self.phased:
