@@ -70,13 +70,16 @@ def refractory_pairs(ta: np.ndarray, tb: np.ndarray | None = None, *, lo: int, h
     return (observed / 2, expected / 2) if tb is None else (observed, expected)
 
 
-def _features(store, times: np.ndarray, *, isolated: np.ndarray, pre: int, nt: int, channels, seed: int) -> np.ndarray:
+def _features(
+    store, times: np.ndarray, *, isolated: np.ndarray, pre: int, nt: int, channels, seed: int, scale_free: bool = False
+) -> np.ndarray:
     """(n, ``N_DIMS``) every spike's snippet on the top principal axes of up to ``BASIS_SPIKES``
     of the ``isolated`` ones, read ``CHUNK`` spikes at a time (an hour's unit holds tens of
-    thousands)."""
+    thousands); ``scale_free``: each snippet divided by its norm first, so that only shapes count."""
 
     def read(t):
-        return store.snippets(t, pre=pre, nt=nt, channels=channels).reshape(len(t), -1).astype(np.float64)
+        x = store.snippets(t, pre=pre, nt=nt, channels=channels).reshape(len(t), -1).astype(np.float64)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) if scale_free else x
 
     ref = read(keyed_subset(times[isolated], BASIS_SPIKES, seed=seed))
     mean = ref.mean(0)
@@ -189,7 +192,7 @@ def split_two_neuron_units(
     # each unit's spikes in time order, grouped once (not a pass over every spike per unit)
     order = np.lexsort((spikes.times, templates))
     starts = np.r_[0, np.cumsum(counts)]
-    n_units = k
+    n_units, by_shape = k, 0
     for u in range(k):
         n = int(counts[u])
         if n * n * (hi - lo) / duration < MIN_EXPECTED:  # too few pairs expected even at every lag
@@ -205,11 +208,20 @@ def split_two_neuron_units(
         isolated = np.r_[True, gap > nt] & np.r_[gap > nt, True]  # no spike of the unit within a window
         if isolated.sum() < MIN_HALF_FRACTION * n:  # a train of bursts or artefacts, not two neurons' spikes
             continue
-        features = _features(store, t, isolated=isolated, pre=pre, nt=nt, channels=chans, seed=seed)
-        # collisions with other units' spikes lie far out on every axis: clipped, they cannot draw a cut to themselves
-        features = np.clip(features, *np.percentile(features[isolated], [2, 98], axis=0))
-        rng = np.random.default_rng([seed, u, n])
-        side = two_neuron_cut(t, features, isolated=isolated, lo=lo, hi=hi, duration=duration, rng=rng)
+        # by shape and size first; then by shape alone: bursting neurons' sizes spread so far that
+        # two of one footprint overlap on every axis that sizes stretch (mearec_nn32_crowded seed
+        # 80: neurons of 2110 and 1828 spikes in one unit, shapes 0.89 alike, sizes' CV 0.4-0.5)
+        for scale_free in (False, True):
+            kw = dict(isolated=isolated, pre=pre, nt=nt, channels=chans, seed=seed, scale_free=scale_free)
+            features = _features(store, t, **kw)
+            # collisions with other units' spikes lie far out on every axis: clipped, they cannot
+            # draw a cut to themselves
+            features = np.clip(features, *np.percentile(features[isolated], [2, 98], axis=0))
+            rng = np.random.default_rng([seed, u, n])
+            side = two_neuron_cut(t, features, isolated=isolated, lo=lo, hi=hi, duration=duration, rng=rng)
+            if side is not None:
+                by_shape += scale_free
+                break
         log.debug(
             "unit %d: %d spikes, %d pairs in the refractory period (%.1f expected at its rate)%s",
             u,
@@ -223,5 +235,5 @@ def split_two_neuron_units(
         templates[idx[side]] = n_units
         n_units += 1
     if n_units > k:
-        log.info("%d units held two neurons by their trains: cut in two", n_units - k)
+        log.info("%d units held two neurons by their trains: cut in two (%d by shape alone)", n_units - k, by_shape)
     return type(spikes)(spikes.times, templates, spikes.amplitudes, spikes.gains), n_units
