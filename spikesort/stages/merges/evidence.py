@@ -98,7 +98,9 @@ def deep_gap(ratio: float, expected: float) -> bool:
 def centred_gap(ratio: float, expected: float, *, searched: float) -> bool:
     """A near-empty period on ample evidence (``NARROW_RATIO``, ``NARROW_EXPECTED``) that two
     neurons firing on their own leave less often than ``STRONG_GAP_P`` shared among the
-    ``searched`` positions of the period a search for it tried (:meth:`Trains.centred`)."""
+    ``searched`` lags a search for it tried (:meth:`Trains.centred`), each counted as a chance of
+    its own: on a few pairs a search finds a lag with one (two neighbours whose collisions the
+    matching thinned to a quarter: 1 pair where 11 were expected, three lags from 3)."""
     return near_empty_on_plenty(ratio, expected) and gap_probability(ratio, expected) < STRONG_GAP_P / searched
 
 

@@ -237,7 +237,7 @@ class PieceRules:
                 # a compact footprint as close as a dense one's: the gap may sit off centre
                 lag = lagged_similarity(dense[big], dense[piece], max_lag=max(self.max_lag, self.phase_lag))[1]
                 ratio, expected = tr.centred(times[big], times[piece], lag=lag, reach=self.reach)
-                if centred_gap(ratio, expected, searched=1.0 + 2.0 * self.reach / tr.refractory):
+                if centred_gap(ratio, expected, searched=2 * self.reach + 1):
                     self.off_centre.append((ratio, piece, big, lag))  # if no other rule joins it
                 return
             self.ample_pair(piece, big, shift, cos, ratio, expected, narrow=narrow)
