@@ -40,6 +40,15 @@ def _one_unit(trains, waveforms, rng):
     return store, spikes, dense, owner[order]
 
 
+def _each_neuron_one_unit(out, owner, trains, share: float = 0.9) -> None:
+    """Each neuron is one unit of ``out``: its spikes mostly in one, that unit mostly its spikes."""
+    for k in range(len(trains)):
+        held = np.bincount(out.templates[owner == k], minlength=len(trains))
+        unit = int(np.argmax(held))
+        assert held[unit] >= share * len(trains[k])
+        assert np.mean(owner[out.templates == unit] == k) >= share
+
+
 def _brute(ta, tb, lo, hi):
     d = np.abs(np.asarray(tb)[None, :] - np.asarray(ta)[:, None])
     return int(((d > lo) & (d <= hi)).sum())
@@ -69,12 +78,7 @@ def test_two_neighbours_at_two_sizes_in_one_unit_are_cut_apart_along_their_own_t
     store, spikes, dense, owner = _one_unit(trains, [_waveform(5.0), _waveform(3.6)], rng)
     out, n_units = split_two_neuron_units(store, spikes, dense, **ARGS)
     assert n_units == 2
-    for k in range(2):
-        # each neuron is one unit: its spikes mostly in one, that unit mostly its spikes
-        held = np.bincount(out.templates[owner == k], minlength=2)
-        unit = int(np.argmax(held))
-        assert held[unit] >= 0.9 * len(trains[k])
-        assert np.mean(owner[out.templates == unit] == k) >= 0.9
+    _each_neuron_one_unit(out, owner, trains)
     assert np.array_equal(out.times, spikes.times)
 
 
@@ -107,11 +111,7 @@ def test_two_bursting_neighbours_whose_sizes_hide_their_shapes_are_cut_apart_by_
     assert cut(False)[1] == 1  # sizes spread over every axis the shapes differ on
     out, n_units = cut(True)
     assert n_units == 2
-    for k in range(2):
-        held = np.bincount(out.templates[owner == k], minlength=2)
-        unit = int(np.argmax(held))
-        assert held[unit] >= 0.9 * len(trains[k])
-        assert np.mean(owner[out.templates == unit] == k) >= 0.9
+    _each_neuron_one_unit(out, owner, trains)
 
 
 def test_a_bursting_neuron_at_two_sizes_and_two_neurons_alike_in_everything_stay_whole():
