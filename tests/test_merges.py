@@ -1714,6 +1714,28 @@ def test_on_a_tetrode_a_faint_piece_too_few_for_the_trains_joins_the_unit_it_is_
     assert _tetrode_merged(three[[0, 2]], [times[0], times[2]])
 
 
+def test_on_a_tetrode_a_faint_piece_whose_countable_pairs_are_its_double_fits_is_judged_as_faint():
+    from spikesort.stages.merges.evidence import Trains
+
+    # mearec_tetrode seed 92: 330 of a neuron's spikes at a third of its 1535-spike unit's size,
+    # shapes 0.90; the outer half expected 3.4 pairs, enough to be counted, and held 7, crowded at
+    # one lag (its spikes fitted twice); left out, 2.2 were expected: too few for any count
+    rng = np.random.default_rng(12)
+    full = _unit(peak=40, center=12, width=3.0)
+    tet, neuron, piece = _tetrode_piece(rng, full, scale=0.35, stretch=1.85, n_spikes=1900, fraction=0.18)
+    unit = neuron[~piece]
+    twice = np.r_[unit[rng.random(len(unit)) < 0.006] + 34, unit[rng.random(len(unit)) < 0.006] - 30]
+    own = np.sort(np.r_[neuron[piece], twice])
+    tr = Trains([unit, own], 48, 9_600_000, 16, 3.0, 0.4)
+    assert tr.outer(unit, own)[1] >= 3.0 and tr.outer(unit, own)[0] > 1 and tr.banded(unit, own)[1] < 3.0
+    assert _tetrode_merged(tet, [unit, own])
+    # a neighbour of that shape firing on its own, as many pairs expected: none crowd, the count
+    # stands and says two neurons
+    other = np.sort(rng.integers(0, 9_600_000, size=420))
+    assert tr.outer(unit, other)[1] >= 3.0 and tr.banded(unit, other)[1] >= 3.0
+    assert not _tetrode_merged(tet, [unit, other])
+
+
 def _faint_groups(dense: np.ndarray, trains, *, refractory=48, duration=9_600_000, double_fit=16, max_lag=3) -> list:
     """``faint_piece_merges``' groups for units of ``dense`` (300 s at 32 kHz) firing ``trains``."""
     from spikesort.stages.merges import faint_piece_merges, fire_independently

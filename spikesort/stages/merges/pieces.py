@@ -20,7 +20,6 @@ from .evidence import (
     Trains,
     ample_gap,
     centred_gap,
-    deep_gap,
     near_empty_on_plenty,
     strong_gap,
 )
@@ -212,7 +211,7 @@ class PieceRules:
                 # for one more alike (mearec_sqmea30 seed 0: 412 spikes at half their unit's size,
                 # footprints 0.9905 over 7 of 25 channels, shapes 0.70, no pair of 8.5 expected)
                 phase = lagged_similarity(dense[big], dense[piece], max_lag=lags)[1]
-                if self.stretched_gap(times[big], piece, phase, banded=(ratio, expected)):
+                if tr.stretched(times[big], times[piece], phase, banded=(ratio, expected)):
                     self.attach.append((ratio, piece, big, phase))
                     self.stretched.add(piece)
                     return
@@ -255,8 +254,14 @@ class PieceRules:
                 self.strict.add(piece)
             elif small:
                 # pairs crowding at one lag of the outer half are its changed spikes fitted twice
-                # (mearec_tetrode_cells1 seed 0: 23 pairs at 1.0-1.2 ms, none of 29 expected elsewhere)
-                self.ample_pair(piece, big, shift, cos, *tr.banded(times[big], times[piece]), narrow=False)
+                # (mearec_tetrode_cells1 seed 0: 23 pairs at 1.0-1.2 ms, none of 29 expected elsewhere);
+                # with them left out, too few may be left to count (mearec_tetrode seed 92: 330 of a
+                # neuron's spikes at a third of its size, 2.2 pairs expected): a faint piece, below
+                banded = tr.banded(times[big], times[piece])
+                if banded[1] >= tr.min_expected:
+                    self.ample_pair(piece, big, shift, cos, *banded, narrow=False)
+                else:
+                    self.faint_pair(piece, big, s, shift)
         elif self.absorbed(cos, s, times[piece], times[big]):
             self.attach.append((1.0, piece, big, shift))  # after every piece the trains vouch for
         elif self.strict_pair(cos, s, big, piece):
@@ -265,23 +270,15 @@ class PieceRules:
         # a neuron's shrunken spikes (MEArec tetrodes: 178-273 at 0.37-0.52 of units of 1098-1517,
         # footprints 0.993-0.998, shapes 0.81-0.86), too few to show an empty period; no distinct
         # tetrode neuron alike to 0.8 had under 0.35 of a larger one's spikes (37 recordings)
-        elif small and len(times[piece]) <= QUIET_FRACTION * len(times[big]) and self.its_likeliest(piece, big, s):
-            self.attach.append((2.0 - s, piece, big, shift))  # after the rest, the likeliest unit first
-            self.faint.add(piece)
+        elif small:
+            self.faint_pair(piece, big, s, shift)
 
-    def stretched_gap(
-        self, whole: np.ndarray, piece: int, shift: int, *, banded: tuple[float, float] | None = None
-    ) -> bool:
-        """A deep, rare gap (:func:`.evidence.deep_gap`) between ``whole`` and a stretched piece:
-        in the refractory period's outer half as counted (``banded``, when the caller has it), or,
-        once the piece is aligned at its phase lag ``shift``, in the whole period beyond the double
-        fits. A piece on another phase shifts the period by its lag (mearec_nn32 seed 22: a burst's
-        504-spike piece 10 samples off, no pair where 6.6 were expected in the outer half,
-        p = 0.0014; aligned, none of 8.8)."""
-        tr, tp = self.trains, self.times[piece]
-        if deep_gap(*(banded or tr.banded(whole, tp))):
-            return True
-        return deep_gap(*tr.beyond_double_fits(whole, tp - shift))
+    def faint_pair(self, piece: int, big: int, s: float, shift: int) -> None:
+        """Attach a piece too few for the count, with at most ``QUIET_FRACTION`` of its unit's spikes,
+        to the unit it is likeliest to be (:meth:`its_likeliest`), after the rest."""
+        if len(self.times[piece]) <= QUIET_FRACTION * len(self.times[big]) and self.its_likeliest(piece, big, s):
+            self.attach.append((2.0 - s, piece, big, shift))
+            self.faint.add(piece)
 
     def its_likeliest(self, piece: int, big: int, s: float) -> bool:
         """A rare piece too few for the refractory count, shaped as ``big`` (``min_similarity``),
@@ -472,7 +469,7 @@ class PieceRules:
         if piece in self.bursts:
             return tr.bursting(whole, times[piece])
         if piece in self.stretched:
-            return self.stretched_gap(whole, piece, shift)
+            return tr.stretched(whole, times[piece], shift)
         if piece in self.ample:
             return ample_gap(*tr.banded(whole, times[piece]), compact=piece in self.compact_ample)
         if piece in self.centred:
@@ -489,8 +486,9 @@ class PieceRules:
             return short and len(times[piece]) <= QUIET_FRACTION * len(whole)
         if piece in self.quiet:
             return len(times[piece]) <= QUIET_FRACTION * len(whole) and tr.empty_period(whole, times[piece] - shift)
-        # the plain count of the outer half, which a piece of one size must pass nearly empty
-        ratio, expected = tr.outer(whole, times[piece])
+        # the plain count of the outer half, which a piece of one size must pass nearly empty (a
+        # faint piece's without the crowds of its double fits, as it was judged)
+        ratio, expected = (tr.banded if piece in self.faint else tr.outer)(whole, times[piece])
         share = QUIET_FRACTION if piece in self.faint else ABSORB_FRACTION  # when pairs are too few
         if piece in self.alike:
             return expected >= ONE_SIZE_EXPECTED and ratio < NARROW_RATIO
