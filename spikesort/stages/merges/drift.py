@@ -1,8 +1,9 @@
 """After drift correction: units that are one neuron seen at two (or more) probe positions.
 
-``drift_split_groups`` grows the groups (``_grow``) with two position tests that compare where
-the probe was when the units fired: ``_apart`` (the units' spikes come from different
-positions) and ``_fills`` (together they sample the positions like one neuron firing all along).
+``drift_split_groups`` grows the groups (``_grow``) with position tests that compare where the
+probe was when the units fired: ``_apart`` (the groups' spikes come from different positions),
+``_disjoint`` (no two of their units share positions) and ``_fills`` (together they sample the
+positions like one neuron firing all along).
 """
 
 from __future__ import annotations
@@ -60,6 +61,36 @@ def _apart(
     return sep >= np.percentile(null, 95) + 0.15
 
 
+def _disjoint(ga: list, gb: list, *, pos: _Positions, min_spikes: int, max_cover: float = 0.5) -> bool:
+    """No unit of one group fires where a unit of the other fires: one neuron is at one position
+    at a time, so its pieces never share positions, while two neurons on one spot, each cut in two
+    by the same steps of the motion, do (``shanks4`` seed 95: two neurons at 588 and 306 µV at
+    the end of a shank, 26 µm apart in depth, each in two units; the smaller neuron's two units
+    formed a group that spanned both positions, and the larger neuron's units joined it). A unit
+    covers another's positions when, weighted by where the other fires, it fires there at more than
+    ``max_cover`` of its own mean rate per unit of the probe's occupancy: a look-alike firing all
+    along covers every piece. Units under ``min_spikes`` are too few to say."""
+    n_bins = len(pos.edges) - 1
+
+    def rate(u: int) -> np.ndarray | None:
+        x = pos.binned[pos.units == u]
+        if len(x) < min_spikes:
+            return None
+        occ = np.bincount(_occupancy(u, pos=pos), minlength=n_bins).astype(np.float64)
+        r = np.bincount(x, minlength=n_bins) / np.maximum(occ, 1.0)
+        return r / max(len(x) / max(occ.sum(), 1.0), 1e-12), np.bincount(x, minlength=n_bins) / len(x)
+
+    rates = {u: rate(u) for u in [*ga, *gb]}
+    for a in ga:
+        for b in gb:
+            if rates[a] is None or rates[b] is None:
+                continue
+            (ra, pa), (rb, pb) = rates[a], rates[b]
+            if (pb * np.minimum(ra, 1.0)).sum() > max_cover or (pa * np.minimum(rb, 1.0)).sum() > max_cover:
+                return False
+    return True
+
+
 def _fills(parts: list[list], *, pos: _Positions) -> bool:
     """Together the parts fire like one neuron that never stopped: their union follows the
     probe's occupancy clearly better than any part alone (a look-alike that fires all along,
@@ -105,6 +136,7 @@ def _grow(
         delta = offset[i] - int(lag[i, j]) - offset[j]
         if (
             _apart(members[ga], members[gb], pos=pos, min_spikes=min_spikes, min_separation=min_separation, rng=rng)
+            and _disjoint(members[ga], members[gb], pos=pos, min_spikes=min_spikes)
             and (not check_fill or _fills([members[ga], members[gb]], pos=pos))
             and (
                 two_neurons is None
@@ -221,7 +253,8 @@ def drift_split_groups(
     together they sample the probe's positions like a neuron that fired all along. Different
     neurons fire whatever the probe position. Groups grow greedily from the most similar pair;
     two groups join when their templates are similar on average over every cross pair, and the
-    position tests compare the two groups being joined. Templates are compared at their best
+    position tests compare the two groups being joined, and every unit of one with every unit of
+    the other (``_disjoint``). Templates are compared at their best
     shift within ``max_lag`` samples: where the waveform changes with the position, a piece can
     be aligned on a point of it a few samples from its neuron's. Given ``sampling_rate_hz``, two
     groups whose spikes fall within ``refractory_ms`` of each other (beyond ``double_fit_ms``,
