@@ -72,13 +72,15 @@ def _disjoint(ga: list, gb: list, *, pos: _Positions, min_spikes: int, max_cover
     along covers every piece. Units under ``min_spikes`` are too few to say."""
     n_bins = len(pos.edges) - 1
 
-    def rate(u: int) -> np.ndarray | None:
+    def rate(u: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rate per bin relative to the unit's mean, share of its spikes per bin)."""
         x = pos.binned[pos.units == u]
         if len(x) < min_spikes:
             return None
+        counts = np.bincount(x, minlength=n_bins)
         occ = np.bincount(_occupancy(u, pos=pos), minlength=n_bins).astype(np.float64)
-        r = np.bincount(x, minlength=n_bins) / np.maximum(occ, 1.0)
-        return r / max(len(x) / max(occ.sum(), 1.0), 1e-12), np.bincount(x, minlength=n_bins) / len(x)
+        mean = len(x) / max(occ.sum(), 1.0)
+        return counts / np.maximum(occ, 1.0) / max(mean, 1e-12), counts / len(x)
 
     rates = {u: rate(u) for u in [*ga, *gb]}
     for a in ga:
