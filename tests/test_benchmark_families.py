@@ -289,6 +289,12 @@ def test_hum_at_channel_gains_is_subtracted():
     # the hum's 400 Hz line: at the noise floor with the gains, far above it with the plain median
     assert line_400hz(model) < 3 < 10 < line_400hz(dc.replace(model, reference_gains=None))
 
+    # the noise that SNRs are measured against is the traces' once the hum is gone: measured
+    # before the gains it held each channel's share of the hum, and neurons there fell under the
+    # template SNR floor (the dirty family's seed 95 lost two of 50)
+    clean = fit(noise).noise_sd
+    assert np.abs(model.noise_sd / clean - 1).max() < 0.05
+
 
 def test_mearec_template_simulation_leaves_the_working_directory_clean(tmp_path, monkeypatch):
     """MEArec writes ``tmp_params_path.yaml`` into the working directory it runs in (its worker

@@ -358,6 +358,10 @@ def fit_preprocessing(
         g = gains.astype(np.float64)
         cov = cov - np.outer(g, c) - np.outer(c, g) + np.outer(g, g) * v
         sample = sample - np.concatenate([p[6] for p in parts])[:, None] * gains[None, :]
+        # the noise is what the traces keep once the hum is gone: measured before the gains it
+        # held each channel's share of the hum (up to 1.5x its noise on the benchmark's dirty
+        # recording) and put neurons there under the template SNR floor
+        noise_sd = np.where(good, robust_sd(sample), noise_sd)
     w = local_zca(cov, positions_um=positions_um, radius_um=whitening_radius_um, good_channels=good)
     # scale rows so every good channel has unit robust noise sd in whitened space: thresholds are then in sd
     sd_white = robust_sd(apply_whitening(sample, w))
