@@ -24,6 +24,7 @@ from spikesort.stages.curate import (
 from spikesort.stages.drift import applied_motion
 from spikesort.stages.export import phy_whitening
 from spikesort.stages.labels import PIECE_COSINE
+from spikesort.stages.lookalikes import sizes_apart
 from spikesort.stages.match import MatchedSpikes
 from spikesort.stages.merges import (
     apply_groups,
@@ -96,7 +97,9 @@ def _merge_drift_splits(run: _Run, cur: Curated, *, out: Path) -> Curated:
     return Curated(spikes=spikes, templates=templates)
 
 
-def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign: int) -> Curated:
+def _curate(
+    run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign: int, drift_corrected: bool = False
+) -> Curated:
     info, p, store = run.info, run.params, run.store
     pre, nt, fs = run.pre, run.nt, info.sampling_rate_hz
     dup = int(round(p.duplicate_ms * fs / 1000))
@@ -253,6 +256,14 @@ def _curate(run: _Run, *, prep: Preprocessed, clu: Clustered, mat: Matched, sign
     groups = shrunken_piece_merges(final.dense, uv, counts, **skw)
     if len(groups) < final.n_templates:
         spikes, final = join(spikes, groups)
+    # two neurons of one shape at two sizes: each spike to the unit of its size, once the merges
+    # have said which units are neurons. Not where the drift was corrected: a neuron's size there
+    # follows the probe's position (on shanks4 seed 0 a neuron's spikes at one position took the
+    # size of a look-alike's, and 93 of them moved to it)
+    if not drift_corrected:
+        spikes, moved = sizes_apart(store, spikes, final.dense, pre=pre, nt=nt, duplicate=dup)
+        if moved:
+            final = templates_of(spikes, final.n_templates)
     # reported where ground truth and Phy's users put a spike: at its unit's trough as recorded
     uv = final.dense @ w_inv_uv.astype(np.float32)
     spikes, moved = on_recorded_troughs(spikes, uv, pre=pre, sign=sign, n_samples=info.n_samples, min_offset=far)

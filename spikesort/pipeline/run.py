@@ -21,6 +21,7 @@ from spikesort.errors import SpikesortError
 from spikesort.outputs.result import SortingResult
 from spikesort.params import Params
 from spikesort.stages.detect import Detections
+from spikesort.stages.drift import applied_motion
 
 from . import checkpoints
 from .curation import _curate, _merge_drift_splits
@@ -313,11 +314,14 @@ def _sort_into(recording, out: Path, *, params: Params, progress: bool) -> Sorti
     # only clustering reads the detected spikes: their features need not outlive it
     det = dataclasses.replace(det, spikes=Detections.empty(*det.spikes.features.shape[1:]))
     mat = stage("match", Matched, lambda: _match(run, prep=prep, det=det, clu=clu))
-    cur = stage(
-        "curate",
-        Curated,
-        lambda: _merge_drift_splits(run, _curate(run, prep=prep, clu=clu, mat=mat, sign=det.sign), out=out),
-    )
+
+    def curate():
+        corrected = applied_motion(out) is not None
+        return _merge_drift_splits(
+            run, _curate(run, prep=prep, clu=clu, mat=mat, sign=det.sign, drift_corrected=corrected), out=out
+        )
+
+    cur = stage("curate", Curated, curate)
     mat = None  # the matched spikes (24 bytes each) are curated's now: the export needs only those
     with _stage(stages, "export"):
         state.discard_from("export")
