@@ -59,15 +59,15 @@ def _fits(snips: np.ndarray, template: np.ndarray, *, margin: int, fine_lag: int
 
 
 def _without_others(
-    snips: np.ndarray, starts: np.ndarray, *, spikes: MatchedSpikes, dense, pre: int, own_at: int, skip
+    snips: np.ndarray, starts: np.ndarray, *, ordered: MatchedSpikes, dense, pre: int, own_at: int, skip
 ) -> np.ndarray:
     """``snips`` (n, W, C') starting at recording samples ``starts``, with every other spike that
     reaches into them subtracted at its fitted scale, as the matching had subtracted them: on a
     crowded probe a neighbour's spike in the window, or the other unit's when the two neurons fire
     together, otherwise decides which of two look-alike templates fits better. The snippet's own
-    spike (a unit of ``skip`` at ``start + own_at``) stays; ``pre``: the templates' lead."""
-    order = np.argsort(spikes.times, kind="stable")
-    times, units, scales = spikes.times[order], spikes.templates[order], spikes.amplitudes[order]
+    spike (a unit of ``skip`` at ``start + own_at``) stays; ``pre``: the templates' lead;
+    ``ordered``: every spike, in time order."""
+    times, units, scales = ordered.times, ordered.templates, ordered.amplitudes
     width, nt = snips.shape[1], dense.shape[1]
     starts = np.asarray(starts, dtype=np.int64)
     lo = np.searchsorted(times, starts + pre - nt + 1)
@@ -150,12 +150,13 @@ def sizes_apart(
         chans = np.flatnonzero(feet[a] | feet[b])
         idx = np.flatnonzero((units == a) | (units == b))
         own_b = units[idx] == b
-        everyone = MatchedSpikes(times, units, amplitudes, gains)
+        order = np.argsort(times, kind="stable")  # moved spikes shift by a few samples: once a pair
+        everyone = MatchedSpikes(times[order], units[order], amplitudes[order], gains[order])
         fits_a, fits_b = [], []
         for s0 in range(0, len(idx), SPIKES_PER_BLOCK):  # windows of a long recording's units by blocks
             block = times[idx[s0 : s0 + SPIKES_PER_BLOCK]]
             snips = store.snippets(block, pre=pre + fine_lag, nt=nt + 2 * fine_lag, channels=chans)
-            kw = dict(spikes=everyone, dense=d64[:, :, chans], pre=pre, own_at=pre + fine_lag, skip=(a, b))
+            kw = dict(ordered=everyone, dense=d64[:, :, chans], pre=pre, own_at=pre + fine_lag, skip=(a, b))
             snips = _without_others(snips.astype(np.float64), block - pre - fine_lag, **kw)
             fits_a.append(_fits(snips, d64[a][:, chans], margin=fine_lag, fine_lag=fine_lag))
             fits_b.append(_fits(snips, d64[b][:, chans], margin=fine_lag, fine_lag=fine_lag))
