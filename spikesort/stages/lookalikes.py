@@ -23,6 +23,7 @@ import numpy as np
 
 from .bimodality import bimodality
 from .match import MatchedSpikes
+from .preprocess import MAD_TO_SD
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ FOOTPRINT_SHARE = 0.2
 # the two sizes' valley must fall below (1 - this) of the smaller mode
 MIN_VALLEY = 0.5
 ITERATIONS = 5
-MAD_TO_SD = 1.4826
 # (snippet, spike) pairs subtracted at once: a few tens of MB of windows
 PAIRS_PER_BLOCK = 2048
 SPIKES_PER_BLOCK = 4096
