@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from spikesort.kernels.detect import detect_peaks, project_neighborhoods, temporal_filter
-from spikesort.kernels.match import best_matches, select_non_overlapping, subtract_filtered, subtract_templates
+from spikesort.kernels.match import (
+    best_matches,
+    select_non_overlapping,
+    subtract_filtered,
+    subtract_templates,
+    support_energy,
+)
 
 SEEDS = [0, 1, 2, 3, 4]
 I64 = np.int64
@@ -640,6 +646,30 @@ def test_best_matches_one_channel_window_at_both_edges():
     # no lag fits at all
     k, *_ = fit(r, [0, n_t - 1], [0, 0], values, channels, norm2, cand, pre, 2)
     np.testing.assert_array_equal(k, [-1, -1])
+
+
+def ref_support_energy(r, times, labels, channels, pre, nt):
+    """numpy twin: residual energy on each spike's window (rows clipped to r) and template support."""
+    rows = np.clip(np.asarray(times)[:, None] - pre + np.arange(nt), 0, r.shape[0] - 1)
+    ch = channels[labels]
+    valid = ch >= 0
+    w = r.astype(np.float64)[rows[:, :, None], np.where(valid, ch, 0)[:, None, :]]
+    return ((w**2) * valid[:, None, :]).sum(axis=(1, 2))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_support_energy_matches_twin_random(seed):
+    rng = np.random.default_rng(seed)
+    n_t, n_c, nt, pre, k = 150, 7, 12, 4, 6
+    _, channels, _ = random_sparse_templates(rng, k, nt, n_c, 4)
+    r = rng.normal(size=(n_t, n_c)).astype(np.float32)
+    # windows inside, and windows hanging over both ends (their rows clipped to the first and last)
+    times = np.concatenate([rng.integers(pre, n_t - nt + pre, 20), [0, 2, n_t - 3, n_t - 1]]).astype(I64)
+    labels = rng.integers(0, k, len(times)).astype(I64)
+    got = support_energy(r, times, labels, channels, pre, nt)
+    np.testing.assert_allclose(got, ref_support_energy(r, times, labels, channels, pre, nt), rtol=1e-6)
+    assert got.dtype == np.float64
+    assert support_energy(r, np.zeros(0, I64), np.zeros(0, I64), channels, pre, nt).shape == (0,)
 
 
 # ---------------------------------------------------------------------------------------------

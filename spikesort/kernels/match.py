@@ -200,3 +200,24 @@ def subtract_filtered(y, ts, ks, amps, filtered, channels, inv_sd):
                 t = base + m
                 if 0 <= t < n_t:
                     y[t, ch] -= f * filtered[k, m, s]
+
+
+@njit(**JIT, fastmath=FASTMATH)
+def support_energy(r, times, labels, channels, pre, nt):
+    """Sum of r^2 over each spike's window (rows ``times - pre`` .. ``+ nt``, clipped to ``r``'s
+    first and last row) on its template's support channels; float64 per spike."""
+    n_t = r.shape[0]
+    out = np.empty(times.shape[0], dtype=np.float64)
+    for i in range(times.shape[0]):
+        k = labels[i]
+        acc = 0.0
+        for s in range(channels.shape[1]):
+            ch = channels[k, s]
+            if ch < 0:
+                break
+            for j in range(nt):
+                t = min(max(times[i] - pre + j, 0), n_t - 1)
+                v = r[t, ch]
+                acc += v * v
+        out[i] = acc
+    return out

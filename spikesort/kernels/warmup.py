@@ -36,6 +36,7 @@ _COMPILE_S = {
     "subtract_templates": 0.3,
     "subtract_filtered": 0.3,
     "template_projections": 0.4,
+    "support_energy": 0.2,
 }
 _FIRST_COMPILE_S = 1.0  # numba's own set-up and the shared allocation helpers, paid once
 # how long a kernel's first call waits for the compile process before compiling the kernel itself
@@ -70,6 +71,7 @@ def _kernels() -> list[tuple[object, tuple]]:
         (match.select_non_overlapping, (i64_1, i64_1, i64_1, i64_2, i64, i64, i64, i64)),
         (match.subtract_templates, (f32_2, i64_1, i64_1, f32_1, f32_3, i64_2, i64)),
         (match.subtract_filtered, (f32_2, i64_1, i64_1, f32_1, f32_3, i64_2, f32_1)),
+        (match.support_energy, (f32_2, i64_1, i64_1, i64_2, i64, i64)),
         (match.template_projections, (f32_2, i64_1, i64_2, f32_3, i64_2, f32_1, i64)),
     ]
 

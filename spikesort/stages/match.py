@@ -19,6 +19,7 @@ from spikesort.kernels.match import (
     select_non_overlapping,
     subtract_filtered,
     subtract_templates,
+    support_energy,
     template_projections,
 )
 
@@ -304,11 +305,8 @@ def poorly_fit(
     if len(times) == 0:
         return out
     nt = templates.values.shape[1]
-    rows = np.clip(np.asarray(times)[:, None] - templates.pre + np.arange(nt), 0, residual.shape[0] - 1)
-    ch = templates.channels[labels]
-    valid = ch >= 0
-    w = residual[rows[:, :, None], np.where(valid, ch, 0)[:, None, :]]
-    left = ((w**2) * valid[:, None, :]).sum(axis=(1, 2))
-    cells = nt * valid.sum(axis=1)
+    labels = np.asarray(labels, dtype=np.int64)
+    left = support_energy(residual, np.asarray(times, dtype=np.int64), labels, templates.channels, templates.pre, nt)
+    cells = nt * (templates.channels[labels] >= 0).sum(axis=1)
     fitted = np.asarray(amplitudes, np.float64) ** 2 * templates.norm2[labels]
     return left - cells > max_unexplained * fitted + 4.0 * np.sqrt(2.0 * cells)
