@@ -59,10 +59,12 @@ def draw_dirt(
     noisy_sd_uv: float = 50.0,
     artefacts_per_min: float = 6.0,
     saturations: int = 5,
+    bad_channels: bool = True,
 ) -> Dirt:
     """Seeded impairments. The hum's k-th harmonic has amplitude ``line_uv / k``; movement
     artefacts are 0.5-3 mV, rising in 0.2-1 ms and decaying in 5-40 ms; saturations last
-    20-150 ms. Dead and noisy channels are away from the probe's ends (channels 1..C-2)."""
+    20-150 ms. Dead and noisy channels are away from the probe's ends (channels 1..C-2); without
+    ``bad_channels`` there are none (-1), the rest drawn as with them."""
     if num_channels < 4:
         raise ValueError("a dirty recording needs at least 4 channels (a dead and a noisy one among them)")
     rng = np.random.default_rng([seed, 15])
@@ -77,8 +79,8 @@ def draw_dirt(
         line_amplitudes_uv=tuple(float(x) for x in line_uv / k),
         line_phases=tuple(float(x) for x in rng.uniform(0, 2 * np.pi, harmonics)),
         line_gains=tuple(float(x) for x in rng.uniform(0.7, 1.3, num_channels)),
-        dead_channel=int(dead),
-        noisy_channel=int(noisy),
+        dead_channel=int(dead) if bad_channels else -1,
+        noisy_channel=int(noisy) if bad_channels else -1,
         noisy_sd_uv=float(noisy_sd_uv),
         artefact_times_s=tuple(float(x) for x in art_t),
         artefact_amplitudes_uv=tuple(float(x) for x in rng.uniform(500, 3000, n_art) * rng.choice([-1, 1], n_art)),
@@ -125,7 +127,7 @@ def dirt_traces(dirt: Dirt, *, start: int, end: int, fs: float) -> tuple[np.ndar
     for t0, dur, sign in zip(dirt.saturation_times_s, dirt.saturation_durations_s, dirt.saturation_signs, strict=True):
         saturation[(t >= t0) & (t < t0 + dur)] = sign
     # the noisy channel: white noise drawn per fixed block, so it does not depend on the chunking
-    if n:
+    if n and dirt.noisy_channel >= 0:
         b0, b1 = start // NOISE_BLOCK, (end - 1) // NOISE_BLOCK
         noise = np.concatenate(
             [
@@ -149,7 +151,8 @@ class DirtyRecordingSegment(BasePreprocessorSegment):
         x = self.parent_recording_segment.get_traces(start, end, slice(None)).astype(np.float64)
         added, saturation = dirt_traces(self.dirt, start=start, end=end, fs=self.fs)
         x += added
-        x[:, self.dirt.dead_channel] = 0.0  # a broken contact: flat
+        if self.dirt.dead_channel >= 0:
+            x[:, self.dirt.dead_channel] = 0.0  # a broken contact: flat
         rail = self.dirt.rail_uv
         x[saturation != 0] = saturation[saturation != 0, None] * rail  # every channel pinned at a rail
         np.clip(x, -rail, rail, out=x)

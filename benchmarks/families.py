@@ -191,6 +191,18 @@ register(
         kind="dirty",
     ),
     Scenario(
+        "dirty_tetrode",
+        "tetrode",
+        6,
+        300.0,
+        "none",
+        "tetrode (the same units and noise) with the hum, movement artefacts and saturations of dirty64; "
+        "no dead or noisy contact (two of four would be left)",
+        family="dirty",
+        kind="dirty",
+        options=(("bad_channels", False),),
+    ),
+    Scenario(
         "linear32_20k",
         "linear32_50um",
         24,

@@ -152,6 +152,24 @@ def test_dirty_recording():
     assert np.array_equal(rec.get_traces(start_frame=12_345, end_frame=54_321), x[12_345:54_321])
 
 
+def test_dirt_without_bad_channels_is_the_same_dirt_on_every_contact():
+    """``bad_channels=False`` (the dirty tetrode: two bad contacts of four would leave two): no dead
+    or noisy channel, and the hum, artefacts and saturations drawn as with them."""
+    from spikeinterface.core import NumpyRecording
+
+    kw = dict(num_channels=4, duration_s=10.0, seed=3, rail_uv=6000.0, artefacts_per_min=60)
+    with_bad, without = draw_dirt(**kw), draw_dirt(**kw, bad_channels=False)
+    assert (without.dead_channel, without.noisy_channel) == (-1, -1) and with_bad.dead_channel >= 0
+    same = ("line_phases", "line_gains", "artefact_times_s", "artefact_gains", "saturation_times_s")
+    assert all(getattr(with_bad, f) == getattr(without, f) for f in same)
+    x = DirtyRecording(NumpyRecording(np.zeros((300_000, 4), np.float32), 30000.0), dirt=without.to_dict()).get_traces()
+    added, saturation = dirt_traces(without, start=0, end=300_000, fs=30000.0)
+    free = saturation == 0
+    np.testing.assert_allclose(x[free], np.clip(added[free], -6000, 6000).astype(np.float32), atol=1e-3)
+    sd = x[:30_000].std(axis=0)
+    assert np.all(sd > 10) and sd.max() < 2 * sd.min()  # every contact live, none far noisier
+
+
 def test_artefact_waveform():
     t = np.arange(-10, 1000) / 30000.0
     w = artefact_waveform(t, rise_ms=0.5, decay_ms=5.0)

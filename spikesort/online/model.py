@@ -85,6 +85,7 @@ def save_model(path: Path, m: OnlineModel) -> None:
         bad=np.array(json.dumps({str(k): v for k, v in p.bad_reasons.items()})),
         artefact=np.array([p.artefact_threshold, p.artefact_pad], dtype=np.float64),
         reference_gains=np.zeros(0, np.float32) if p.reference_gains is None else p.reference_gains,
+        line_cycles=np.zeros(0) if p.line_cycles is None else p.line_cycles,
         sign=np.array(m.sign),
         bases=m.bases,
         filter_sd=m.filter_sd,
@@ -108,10 +109,11 @@ def load_model(model_path: Path, templates_path: Path) -> OnlineModel:
             noise_sd=z["noise_sd"],
             reference=str(z["reference"]),
             bad_reasons={int(k): v for k, v in json.loads(str(z["bad"])).items()},
-            # models saved before artefact blanking and reference gains have neither
+            # models saved before artefact blanking, reference gains and mains lines have none of them
             artefact_threshold=float(z["artefact"][0]) if "artefact" in z else 0.0,
             artefact_pad=int(z["artefact"][1]) if "artefact" in z else 0,
             reference_gains=z["reference_gains"] if "reference_gains" in z and z["reference_gains"].size else None,
+            line_cycles=z["line_cycles"] if "line_cycles" in z and z["line_cycles"].size else None,
         )
         sign, bases, filter_sd, pre = int(z["sign"]), z["bases"], z["filter_sd"], int(z["pre"])
     with np.load(templates_path) as t:

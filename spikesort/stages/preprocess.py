@@ -14,6 +14,7 @@ import numpy as np
 
 from spikesort.kernels.preprocess import sosfiltfilt_rows, sparse_mix, subtract_reference
 from spikesort.stages.filters import butter_sos, sos_steady_state
+from spikesort.stages.lines import line_power, mains_lines, without_lines
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class PreprocessModel:
     artefact_pad: int = 0  # samples blanked on either side of an artefact
     # (C,) extra multiple of the reference subtracted from each channel, or None (see reference_gains)
     reference_gains: np.ndarray | None = None
+    # mains harmonics (frequency / sampling rate) fitted out of every chunk (spikesort.stages.lines)
+    line_cycles: np.ndarray | None = None
 
 
 def design_filter(*, sampling_rate_hz: float, highpass_hz: float, lowpass_hz: float = 0.0) -> np.ndarray:
@@ -221,6 +224,8 @@ def preprocess_chunk(traces: np.ndarray, *, model: PreprocessModel) -> np.ndarra
     )
     if model.reference_gains is not None and ref is not None:
         x -= ref[:, None] * model.reference_gains[None, :]
+    if model.line_cycles is not None:
+        x, ref = without_lines(x, ref, cycles=model.line_cycles)
     w = apply_whitening(x, model.whitening)
     if model.artefact_threshold > 0 and ref is not None:
         w[artefact_mask(ref, threshold=model.artefact_threshold, pad=model.artefact_pad)] = 0
@@ -307,9 +312,10 @@ def fit_preprocessing(
         # the bad-channel test compares with a tenth and 5x the probe median: a coarse sd will do
         sd_raw = robust_sd(x, max_samples=3_000)
         ref = common_reference(x, reference=reference)
+        spectrum = (len(x), line_power(x))
         if ref is None:
-            return sd_raw, sd_raw, stats(x)
-        return sd_raw, robust_sd(x, max_samples=3_000), stats(x, ref)
+            return sd_raw, sd_raw, stats(x), spectrum
+        return sd_raw, robust_sd(x, max_samples=3_000), stats(x, ref), spectrum
 
     first = list(map_chunks(first_pass, range(n_blocks), n_jobs=n_jobs))
     n_ch = len(first[0][0])
@@ -362,6 +368,27 @@ def fit_preprocessing(
         # held each channel's share of the hum (up to 1.5x its noise on the benchmark's dirty
         # recording) and put neurons there under the template SNR floor
         noise_sd = np.where(good, robust_sd(sample), noise_sd)
+
+    def cleaned(i, cycles=None):
+        x, ref = filter_and_reference(blocks[i], sos=sos, reference=reference, good_channels=good, with_reference=True)
+        if gains is not None:
+            x -= ref[:, None] * gains[None, :]
+        return (len(x), line_power(x[:, good])) if cycles is None else stats(without_lines(x, None, cycles=cycles)[0])
+
+    # mains lines the reference (at the channels' gains, where fitted) left: fitted out of every
+    # chunk, and the statistics measured once they are gone
+    lines = mains_lines([f[3] for f in first], sampling_rate_hz=sampling_rate_hz)
+    if len(lines) and (bad or gains is not None):
+        lines = mains_lines(
+            list(map_chunks(cleaned, range(n_blocks), n_jobs=n_jobs)), sampling_rate_hz=sampling_rate_hz
+        )
+    cycles = lines / sampling_rate_hz if len(lines) else None
+    if cycles is not None:
+        log.info("mains hum: %d lines at %.2f-%.2f Hz, fitted out of every chunk", len(lines), lines[0], lines[-1])
+        parts = list(map_chunks(lambda i: cleaned(i, cycles), range(n_blocks), n_jobs=n_jobs))
+        cov = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
+        noise_sd = np.where(good, np.median([p[2] for p in parts], axis=0), noise_sd)
+        sample = np.concatenate([p[3] for p in parts])
     w = local_zca(cov, positions_um=positions_um, radius_um=whitening_radius_um, good_channels=good)
     # scale rows so every good channel has unit robust noise sd in whitened space: thresholds are then in sd
     sd_white = robust_sd(apply_whitening(sample, w))
@@ -379,6 +406,7 @@ def fit_preprocessing(
         artefact_threshold=artefact_threshold,
         artefact_pad=int(round(ARTEFACT_PAD_MS * sampling_rate_hz / 1000)),
         reference_gains=gains,
+        line_cycles=cycles,
     )
 
 
