@@ -229,6 +229,23 @@ class ClusterSample:
         return self.parts[0] if self.parts else None
 
 
+# detections more than this many times the median size (feature norm) of their channel's, and
+# fewer than EXTREME_MAX_SHARE of them, are no neuron's: movement artefacts of 0.5-3 mV seen on
+# every contact of a tetrode, which has no reference to blank them (15-20x the median on the dirty
+# tetrode; at most 2.7x on the clean one). Kept, every 2-means try cut them off as a side too small
+# to keep, the channel's group stopped splitting and two neurons stayed one (`dirty_tetrode` seed 1)
+EXTREME_NORM = 6.0
+EXTREME_MAX_SHARE = 0.02
+
+
+def stray_extremes(x: np.ndarray) -> np.ndarray:
+    """(n,) bool: rows of ``x`` (one channel's features) whose norm is more than EXTREME_NORM times
+    the median, when they are fewer than EXTREME_MAX_SHARE of the rows (more of them: a neuron)."""
+    norm = np.linalg.norm(x, axis=1)
+    far = norm > EXTREME_NORM * np.median(norm) if len(x) else np.zeros(0, bool)
+    return far if far.sum() <= EXTREME_MAX_SHARE * len(x) else np.zeros(len(x), bool)
+
+
 def cluster_spikes(
     *,
     times: np.ndarray,
@@ -256,9 +273,13 @@ def cluster_spikes(
         idx = np.flatnonzero((channels == c) & sampled)
         if len(idx) < min_cluster_size:
             continue
-        chosen.append(idx)
         m = int((neighbors[c] >= 0).sum())
         x = features[idx, :m, :].reshape(len(idx), -1).astype(np.float64)
+        stray = stray_extremes(x)
+        if stray.any():
+            log.info("channel %d: %d detections far larger than the rest left out of the clustering", c, stray.sum())
+            idx, x = idx[~stray], x[~stray]
+        chosen.append(idx)
         lab = split_recursive(
             x,
             min_size=min_cluster_size,
