@@ -343,3 +343,46 @@ def test_a_unit_caught_beyond_its_window_is_followed_to_its_trough_in_two_looks(
     assert np.argmin(whole[0, :, 1]) == pre and whole[0, pre, 1] < 0.9 * wave.min()
     settled, changed = on_recorded_troughs(twice, whole, edges=True, **kw)
     assert settled is twice and not changed
+
+
+def _two_units_and_artefacts(rng, *, n=1500, n_artefacts=25):
+    """Two units peaking on one channel (feature norms ~10) and a few artefacts 10-30x larger in
+    every direction, as movement artefacts on a tetrode."""
+    feats = np.where(rng.random(n)[:, None, None] < 0.5, [[10.0, 0, 0, 0]], [[0, 10.0, 0, 0]])
+    feats = feats + rng.normal(size=(n, 1, 4))
+    art = rng.normal(size=(n_artefacts, 1, 4))
+    art *= rng.uniform(100, 300, (n_artefacts, 1, 1)) / np.linalg.norm(art, axis=2, keepdims=True)
+    return np.concatenate([feats, art]).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_few_huge_detections_are_left_out_and_the_units_beside_them_split(seed):
+    """Movement artefacts (a tetrode has no reference to blank them) are no unit: left out of the
+    clustering, the two units split. A neuron far larger than its channel's others, with more than
+    2 % of the spikes, is kept."""
+    from spikesort.stages import cluster as cl_mod
+
+    rng = np.random.default_rng(seed)
+    feats = _two_units_and_artefacts(rng)
+    n = len(feats)
+    kw = dict(
+        neighbors=np.zeros((1, 1), np.int64),
+        max_spikes_per_channel=10_000,
+        min_cluster_size=30,
+        split_depth=4,
+        bimodality_threshold=0.5,
+        merge_similarity=0.8,
+        seed=seed,
+    )
+
+    def run(f):
+        times, channels = np.arange(len(f)) * 50, np.zeros(len(f), np.int64)
+        return cl_mod.cluster_spikes(features=f, times=times, channels=channels, **kw)
+
+    out = run(feats)
+    assert out.n_units == 2 and not np.isin(np.arange(n - 25, n), out.spike_index).any()
+    # a giant unit: 6 % of the spikes, 15x the others' size, all alike
+    giant = (np.array([[0, 0, 150.0, 0]]) + rng.normal(size=(100, 1, 4))).astype(np.float32)
+    out = run(np.concatenate([feats[: n - 25], giant]))
+    assert out.n_units == 3 and len(out.spike_index) == n - 25 + 100
+    assert cl_mod.stray_extremes(np.zeros((0, 4))).shape == (0,)
