@@ -229,9 +229,9 @@ class ClusterSample:
         return self.parts[0] if self.parts else None
 
 
-# detections more than this many times the median size (feature norm) of their channel's, and
-# fewer than EXTREME_MAX_SHARE of them, are no neuron's: movement artefacts of 0.5-3 mV seen on
-# every contact of a tetrode, which has no reference to blank them (15-20x the median on the dirty
+# on a compact probe (a tetrode), detections more than this many times the median size (feature
+# norm) of their channel's, and fewer than EXTREME_MAX_SHARE of them, are no neuron's: movement
+# artefacts of 0.5-3 mV seen on every contact, which no reference blanks there (15-20x the median on the dirty
 # tetrode; at most 2.7x on the clean one). Kept, every 2-means try cut them off as a side too small
 # to keep, the channel's group stopped splitting and two neurons stayed one (`dirty_tetrode` seed 1)
 EXTREME_NORM = 6.0
@@ -275,7 +275,9 @@ def cluster_spikes(
             continue
         m = int((neighbors[c] >= 0).sum())
         x = features[idx, :m, :].reshape(len(idx), -1).astype(np.float64)
-        stray = stray_extremes(x)
+        compact = m >= COMPACT_REACH * n_c
+        # elsewhere a common reference is subtracted and artefacts seen on every channel blanked
+        stray = stray_extremes(x) if compact else np.zeros(len(x), bool)
         if stray.any():
             log.info("channel %d: %d detections far larger than the rest left out of the clustering", c, stray.sum())
             idx, x = idx[~stray], x[~stray]
@@ -287,7 +289,7 @@ def cluster_spikes(
             threshold=bimodality_threshold,
             rng=rng,
             seed=seed,
-            along_axes=m >= COMPACT_REACH * n_c,
+            along_axes=compact,
         )
         for k in np.unique(lab):
             members = idx[lab == k]
