@@ -134,3 +134,41 @@ def test_mains_hum_is_taken_out_on_every_probe(positions, by):
         w = preprocess_chunk(chunk, model=dataclasses.replace(model, line_cycles=None))[1000:-1000]
         spectrum = np.abs(np.fft.rfft(w, axis=0))
         assert np.median(spectrum[np.argmin(np.abs(freqs - 400.04))] / np.median(spectrum[near], axis=0)) > 10
+
+
+def test_online_model_keeps_its_lines(tmp_path):
+    """The online sorter's saved model carries the mains lines its warm-up found (and a model saved
+    without them loads as having none)."""
+    from spikesort.online.model import OnlineModel, load_model, save_model, save_templates
+
+    rng = np.random.default_rng(4)
+    positions = np.array([[-8.0, -8.0], [-8.0, 8.0], [8.0, -8.0], [8.0, 8.0]])
+    blocks = [
+        (rng.normal(0, 10, (30000, 4)) + hum(30000, f0=60.0, start=i * 50_000)[:, None]).astype(np.float32)
+        for i in range(4)
+    ]
+    prep = fit(blocks, positions=positions)
+    assert prep.line_cycles is not None
+    for p in (
+        prep,
+        fit(
+            [b - hum(30000, f0=60.0, start=i * 50_000)[:, None].astype(np.float32) for i, b in enumerate(blocks)],
+            positions=positions,
+        ),
+    ):
+        m = OnlineModel(
+            prep=p,
+            sign=-1,
+            bases=np.eye(3, 20, dtype=np.float32),
+            filter_sd=np.ones(4, np.float32),
+            dense=np.zeros((0, 20, 4), np.float32),
+            pre=6,
+            ref_depth_um=np.zeros(0),
+        )
+        save_model(tmp_path / "model.npz", m)
+        save_templates(tmp_path / "templates.npz", m)
+        back = load_model(tmp_path / "model.npz", tmp_path / "templates.npz").prep
+        if p.line_cycles is None:
+            assert back.line_cycles is None
+        else:
+            np.testing.assert_array_equal(back.line_cycles, p.line_cycles)
