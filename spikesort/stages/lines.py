@@ -187,8 +187,9 @@ OUTLIER_SDS = 5.0
 def _common_outliers(x: np.ndarray, *, pad: int) -> np.ndarray:
     """(n,) bool: samples where the median over channels of |x| / (robust sd) exceeds
     OUTLIER_SDS, widened by ``pad`` samples on either side."""
-    sub = x[:: max(1, len(x) // 20_000)]
-    sd = 1.4826 * np.median(np.abs(sub - np.median(sub, axis=0)), axis=0)
+    from .preprocess import robust_sd  # preprocess imports this module
+
+    sd = robust_sd(x, max_samples=20_000)
     far = np.median(np.abs(x) / np.maximum(sd, 1e-12), axis=1) > OUTLIER_SDS
     if not far.any():
         return far
