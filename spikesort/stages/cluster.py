@@ -231,9 +231,10 @@ class ClusterSample:
 
 # on a compact probe (a tetrode), detections more than this many times the median size (feature
 # norm) of their channel's, and fewer than EXTREME_MAX_SHARE of them, are no neuron's: movement
-# artefacts of 0.5-3 mV seen on every contact, which no reference blanks there (15-20x the median on the dirty
-# tetrode; at most 2.7x on the clean one). Kept, every 2-means try cut them off as a side too small
-# to keep, the channel's group stopped splitting and two neurons stayed one (`dirty_tetrode` seed 1)
+# artefacts of 0.5-3 mV seen on every contact, which no reference blanks there (15-20x the
+# median on the dirty tetrode; at most 2.7x on the clean one). Kept, every 2-means try cut them
+# off as a side too small to keep, the channel's group stopped splitting and two neurons stayed
+# one (`dirty_tetrode` seed 1)
 EXTREME_NORM = 6.0
 EXTREME_MAX_SHARE = 0.02
 
