@@ -180,7 +180,7 @@ def localize(
 
 def filtered_noise_sd(blocks: list[np.ndarray], *, bases: np.ndarray, pre: int) -> np.ndarray:
     """Robust sd per channel of the traces after the matched filter of the first temporal basis."""
-    from .preprocess import robust_sd
+    from .noise_sd import robust_sd
 
     y = np.concatenate([temporal_filter(b, bases[0], pre, np.ones(b.shape[1], np.float32)) for b in blocks])
     return np.maximum(robust_sd(y), 1e-6).astype(np.float32)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .bimodality import bimodality
 from .match import MatchedSpikes
-from .preprocess import MAD_TO_SD
+from .noise_sd import MAD_TO_SD
 
 log = logging.getLogger(__name__)
 

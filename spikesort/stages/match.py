@@ -23,7 +23,7 @@ from spikesort.kernels.match import (
     template_projections,
 )
 
-from .preprocess import robust_sd
+from .noise_sd import robust_sd
 from .templates import Templates, filtered_templates
 
 log = logging.getLogger(__name__)

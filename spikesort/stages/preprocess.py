@@ -15,11 +15,9 @@ import numpy as np
 from spikesort.kernels.preprocess import sosfiltfilt_rows, sparse_mix, subtract_reference
 from spikesort.stages.filters import butter_sos, sos_steady_state
 from spikesort.stages.lines import line_power, mains_lines, without_lines
+from spikesort.stages.noise_sd import robust_sd
 
 log = logging.getLogger(__name__)
-
-# MAD -> standard deviation for Gaussian noise
-MAD_TO_SD = 1.4826
 
 
 @dataclass(frozen=True)
@@ -119,18 +117,6 @@ def resolve_reference(reference: str, *, positions_um: np.ndarray) -> str:
     dist = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
     reach = np.median(np.sum(dist <= REFERENCE_FOOTPRINT_UM, axis=1))
     return "none" if reach > REFERENCE_MAX_REACH * len(pos) else "median"
-
-
-def robust_sd(x: np.ndarray, axis: int = 0, max_samples: int = 100_000) -> np.ndarray:
-    """MAD-based noise sd along ``axis``; long inputs are subsampled with a regular stride
-    (the estimate needs thousands of samples, not millions)."""
-    n = x.shape[axis]
-    if n > max_samples:
-        x = np.take(x, np.arange(0, n, -(-n // max_samples)), axis=axis)
-    # numpy selects along a strided axis slowly: move it last and contiguous first
-    x = np.ascontiguousarray(np.moveaxis(x, axis, -1))
-    med = np.median(x, axis=-1, keepdims=True)
-    return MAD_TO_SD * np.median(np.abs(x - med), axis=-1)
 
 
 def find_bad_channels(
