@@ -20,6 +20,8 @@ import functools
 
 import numpy as np
 
+from .noise_sd import robust_sd
+
 MAINS_HZ = (50.0, 60.0)
 # how far the mains frequency may be from nominal (grids hold it within 0.2 Hz)
 MAINS_TOLERANCE_HZ = 0.5
@@ -182,15 +184,17 @@ def remove_lines(x: np.ndarray, *, cycles: np.ndarray) -> np.ndarray:
 # Fitted with the rest, an artefact rang through the fitted hum for a fifth of a second, and on the
 # dirty tetrode a false unit gathered 460 spikes 2-50 ms after artefacts and saturations
 OUTLIER_SDS = 5.0
+OUTLIER_CHANNELS = 16
 
 
 def _common_outliers(x: np.ndarray, *, pad: int) -> np.ndarray:
     """(n,) bool: samples where the median over channels of |x| / (robust sd) exceeds
     OUTLIER_SDS, widened by ``pad`` samples on either side."""
-    from .preprocess import robust_sd  # preprocess imports this module
-
-    sd = robust_sd(x, max_samples=20_000)
-    far = np.median(np.abs(x) / np.maximum(sd, 1e-12), axis=1) > OUTLIER_SDS
+    # events seen on every channel are seen on a few evenly spread ones (384 channels: 16)
+    cols = np.unique(np.linspace(0, x.shape[1] - 1, min(x.shape[1], OUTLIER_CHANNELS)).round().astype(np.int64))
+    sub = x[:, cols]
+    sd = robust_sd(sub, max_samples=20_000)
+    far = np.median(np.abs(sub) / np.maximum(sd, 1e-12), axis=1) > OUTLIER_SDS
     if not far.any():
         return far
     return np.convolve(far.astype(np.float32), np.ones(2 * pad + 1, np.float32), mode="same") > 0
@@ -201,11 +205,12 @@ def _fit(q: np.ndarray, seg: np.ndarray, keep: np.ndarray) -> np.ndarray | None:
     ``keep`` (all rows: a projection, ``q`` being orthonormal); None when too few rows are kept."""
     if keep.all():
         return q @ (q.T @ seg)
-    qk = q[keep]
-    if len(qk) < MIN_SAMPLES_PER_COLUMN * q.shape[1] // 2:
+    if keep.sum() < MIN_SAMPLES_PER_COLUMN * q.shape[1] // 2:
         return None
-    gram = qk.T.astype(np.float64) @ qk
-    coef = np.linalg.solve(gram + 1e-9 * np.eye(len(gram)), qk.T.astype(np.float64) @ seg[keep])
+    # the left-out rows weighted 0: no copy of the traces' kept rows
+    qk = q * keep[:, None].astype(q.dtype)
+    gram = qk.T.astype(np.float64) @ qk.astype(np.float64)
+    coef = np.linalg.solve(gram + 1e-9 * np.eye(len(gram)), (qk.T @ seg).astype(np.float64))
     return q @ coef.astype(np.float32)
 
 
