@@ -191,6 +191,17 @@ register(
         kind="dirty",
     ),
     Scenario(
+        "dirty16",
+        "np1_16",
+        12,
+        300.0,
+        "none",
+        "16 ch NP1-like slice (a spike reaches 38 % of it: no per-channel reference gains), 12 units, "
+        "with the dirt of dirty64",
+        family="dirty",
+        kind="dirty",
+    ),
+    Scenario(
         "dirty_tetrode",
         "tetrode",
         6,
