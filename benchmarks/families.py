@@ -202,6 +202,15 @@ register(
         kind="dirty",
     ),
     Scenario(
+        "static16",
+        "np1_16",
+        12,
+        300.0,
+        "none",
+        "16 ch NP1-like slice, 12 units, 300 s, static (dirty16's clean twin)",
+        family="rates",
+    ),
+    Scenario(
         "dirty_tetrode",
         "tetrode",
         6,
