@@ -43,7 +43,7 @@ def test_families_are_registered():
         for name in names:
             scenario = catalog.SCENARIOS[name]
             assert scenario.family == family and scenario.kind in scenarios.GENERATORS
-    assert catalog.FAMILIES["rates"] == ["linear32_20k", "np64_25k"]
+    assert catalog.FAMILIES["rates"] == ["static16", "linear32_20k", "np64_25k"]
     with pytest.raises(ValueError, match="registered twice"):
         scenarios.register(dataclasses.replace(catalog.SCENARIOS["tetrode"], num_units=7))
 
@@ -59,7 +59,7 @@ def test_family_flag_selects_its_scenarios(monkeypatch):
     assert (
         cli.main(["--family", "rates", "tetrode", "--scenarios", "tetrode", "--quiet", "--sorters", "spikesort"]) == 0
     )
-    assert seen["scenarios"] == ["tetrode", "linear32_20k", "np64_25k"]
+    assert seen["scenarios"] == ["tetrode", "static16", "linear32_20k", "np64_25k"]
     with pytest.raises(SystemExit):
         cli.main(["--family", "nosuchfamily"])
 
